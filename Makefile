@@ -1,0 +1,49 @@
+# One command each: `make demo` runs backshift end to end on a sample tree, `make test` runs
+# the whole suite. Both create .venv and install what they need, system packages included.
+
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: all venv sysdeps test test-fast lint demo bench bench-peers docs clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	@$(PY) -m venv $(VENV) 2>/dev/null || { \
+	  echo "python3 -m venv failed: installing python3-venv"; \
+	  SUDO=; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq python3-venv >/dev/null; \
+	  $(PY) -m venv $(VENV); }
+	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -m pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -c "import apsw, xxhash, click, tabulate, pyfastcdc, zstandard, pytest"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+sysdeps:
+	@sh tools/ensure-sysdeps.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check backshift tests bench tools
+
+test: $(STAMP) sysdeps lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) sysdeps
+	$(BIN)/python -m pytest -m "not slow" -x -q $(PYTEST_ARGS)
+
+demo: $(STAMP) sysdeps
+	@sh tools/demo.sh
+
+bench: $(STAMP) sysdeps
+	$(BIN)/python -m bench
+
+bench-peers: $(STAMP)
+	@sh tools/install-peers.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info demo-work .pytest_cache

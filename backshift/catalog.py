@@ -1,0 +1,474 @@
+"""The SQLite catalog: every SQL statement backshift runs, behind methods named by intent."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Iterator
+from importlib import resources
+
+import apsw
+
+from .crashpoints import crashpoint
+from .errors import CatalogTooNew, NotACatalog, RepositoryIOError, RepositoryNotFound
+from .model import ChunkRef, SaveRow, Version
+
+APPLICATION_ID = 0x42534854  # 'BSHT'
+CATALOG_NAME = b"catalog.sqlite3"
+WRITER_BUSY_MS = 60_000
+READER_BUSY_MS = 5_000
+
+
+def _sql(text: str) -> str:
+    return textwrap.dedent(text).strip()
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(number, file name, SQL) of every packaged migration, in order."""
+    out = []
+    for entry in resources.files("backshift.migrations").iterdir():
+        name = entry.name
+        if name.endswith(".sql"):
+            out.append((int(name.split("_", 1)[0]), name, entry.read_text(encoding="utf-8")))
+    out.sort()
+    return out
+
+
+def schema_version() -> int:
+    """The schema version this program writes: the number of the last migration."""
+    return migrations()[-1][0]
+
+
+# -- statements ----------------------------------------------------------------------------
+
+SAVE_COLUMNS = _sql("""
+    id, hostname, subset, started_ns, finished_ns, status, files, bytes, bytes_read,
+    bytes_borrowed, new_chunks, new_bytes_stored, warnings, tool_version
+""")
+
+INSERT_SAVE = _sql("""
+    INSERT INTO save (hostname, subset, started_ns, status, tool_version, writer_host, writer_pid)
+    VALUES (:hostname, :subset, :started_ns, 'running', :tool_version, :writer_host, :writer_pid)
+""")
+
+UPDATE_SAVE_COUNTERS = _sql("""
+    UPDATE save
+    SET files = :files, bytes = :bytes, bytes_read = :bytes_read,
+        bytes_borrowed = :bytes_borrowed, new_chunks = :new_chunks,
+        new_bytes_stored = :new_bytes_stored, warnings = :warnings
+    WHERE id = :save_id
+""")
+
+FINISH_SAVE = _sql("""
+    UPDATE save
+    SET status = :status, finished_ns = :finished_ns
+    WHERE id = :save_id
+""")
+
+RUNNING_SAVES_OF_HOST = _sql("""
+    SELECT id, writer_pid
+    FROM save
+    WHERE status = 'running'
+      AND writer_host = :writer_host
+""")
+
+MARK_SAVE_INTERRUPTED = _sql("""
+    UPDATE save
+    SET status = 'interrupted'
+    WHERE id = :save_id
+      AND status = 'running'
+""")
+
+PREVIOUS_SAVES_FOR_BORROWING = _sql("""
+    SELECT id, started_ns FROM (
+        SELECT id, started_ns
+        FROM save
+        WHERE hostname = :hostname AND subset = :subset AND id != :save_id
+        ORDER BY started_ns DESC, id DESC
+        LIMIT 1
+    )
+    UNION ALL
+    SELECT id, started_ns FROM (
+        SELECT id, started_ns
+        FROM save
+        WHERE hostname = :hostname AND subset = :subset AND id != :save_id
+          AND status = 'complete'
+        ORDER BY started_ns DESC, id DESC
+        LIMIT 1
+    )
+    UNION ALL
+    SELECT id, started_ns FROM (
+        SELECT id, started_ns
+        FROM save
+        WHERE hostname = :hostname AND subset = :subset AND id != :save_id
+        ORDER BY files DESC, started_ns ASC
+        LIMIT 1
+    )
+""")
+
+LIST_SAVES = _sql(f"""
+    SELECT {SAVE_COLUMNS}
+    FROM save
+    WHERE (:hostname IS NULL OR hostname = :hostname)
+      AND (:subset IS NULL OR subset = :subset)
+    ORDER BY id
+""")
+
+GET_SAVE = _sql(f"""
+    SELECT {SAVE_COLUMNS}
+    FROM save
+    WHERE id = :save_id
+""")
+
+LATEST_SAVE_ID = _sql("""
+    SELECT max(id)
+    FROM save
+""")
+
+PATH_ID_BY_KEY = _sql("""
+    SELECT id
+    FROM path
+    WHERE key = :key
+""")
+
+INSERT_PATH = _sql("""
+    INSERT INTO path (parent_id, key, name)
+    VALUES (:parent_id, :key, :name)
+""")
+
+VERSION_COLUMNS = _sql("""
+    v.mode, v.uid, v.gid, v.user, v.grp, v.size, v.mtime_ns, v.ctime_ns, v.dev, v.ino,
+    v.nlink, v.rdev, v.link_target, v.content_id
+""")
+
+VERSION_IN_SAVE = _sql(f"""
+    SELECT v.id, {VERSION_COLUMNS}
+    FROM member AS m
+    JOIN version AS v ON v.id = m.version_id
+    WHERE m.save_id = :save_id
+      AND m.path_id = :path_id
+""")
+
+INSERT_VERSION = _sql("""
+    INSERT INTO version (path_id, mode, uid, gid, user, grp, size, mtime_ns, ctime_ns, dev,
+                         ino, nlink, rdev, link_target, content_id)
+    VALUES (:path_id, :mode, :uid, :gid, :user, :grp, :size, :mtime_ns, :ctime_ns, :dev,
+            :ino, :nlink, :rdev, :link_target, :content_id)
+""")
+
+INSERT_MEMBER = _sql("""
+    INSERT INTO member (save_id, path_id, version_id)
+    VALUES (:save_id, :path_id, :version_id)
+    ON CONFLICT DO NOTHING
+""")
+
+CONTENT_BY_DIGEST = _sql("""
+    SELECT id
+    FROM content
+    WHERE digest = :digest
+      AND size = :size
+""")
+
+INSERT_CONTENT = _sql("""
+    INSERT INTO content (size, digest, chunk_count)
+    VALUES (:size, :digest, :chunk_count)
+""")
+
+CHUNK_ID_BY_SHA = _sql("""
+    SELECT id
+    FROM chunk
+    WHERE sha256 = :sha256
+""")
+
+INSERT_CHUNK = _sql("""
+    INSERT INTO chunk (sha256, length, stored_length)
+    VALUES (:sha256, :length, :stored_length)
+""")
+
+UPDATE_CHUNK_STORED_LENGTH = _sql("""
+    UPDATE chunk
+    SET stored_length = :stored_length
+    WHERE id = :chunk_id
+      AND stored_length != :stored_length
+""")
+
+INSERT_CONTENT_CHUNK = _sql("""
+    INSERT INTO content_chunk (content_id, seq, chunk_id)
+    VALUES (:content_id, :seq, :chunk_id)
+""")
+
+CHUNKS_OF_CONTENT = _sql("""
+    SELECT k.sha256, k.length
+    FROM content_chunk AS cc
+    JOIN chunk AS k ON k.id = cc.chunk_id
+    WHERE cc.content_id = :content_id
+    ORDER BY cc.seq
+""")
+
+
+class Catalog:
+    """One apsw connection to REPO/catalog.sqlite3, opened for writing or read-only."""
+
+    def __init__(self, conn: apsw.Connection, path: bytes, readonly: bool) -> None:
+        self.conn = conn
+        self.path = path
+        self.readonly = readonly
+
+    # -- opening --------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: bytes) -> Catalog:
+        """Create a new catalog file with every migration applied (init only)."""
+        flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_EXRESCODE
+        conn = apsw.Connection(os.fsdecode(path), flags=flags)
+        cat = cls(conn, path, readonly=False)
+        cat._configure(writer=True)
+        conn.execute("PRAGMA journal_mode = WAL").fetchall()
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        cat.migrate()
+        return cat
+
+    @classmethod
+    def open(cls, path: bytes, readonly: bool = False) -> Catalog:
+        """Open an existing catalog. Never creates a file; refuses foreign or newer catalogs."""
+        if not os.path.isfile(path):
+            raise RepositoryNotFound(os.fsdecode(os.path.dirname(path) or b"."))
+        if readonly:
+            flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
+            name = "file:" + _uri_quote(os.fsdecode(path)) + "?mode=ro"
+        else:
+            flags = apsw.SQLITE_OPEN_READWRITE
+            name = os.fsdecode(path)
+        flags |= apsw.SQLITE_OPEN_EXRESCODE
+        try:
+            conn = apsw.Connection(name, flags=flags)
+            cat = cls(conn, path, readonly=readonly)
+            cat._configure(writer=not readonly)
+            cat._check_identity()
+        except apsw.Error as e:
+            raise NotACatalog(os.fsdecode(path), _root_cause(e)) from None
+        if not readonly:
+            cat.migrate()
+        return cat
+
+    def _configure(self, writer: bool) -> None:
+        c = self.conn
+        c.set_busy_timeout(WRITER_BUSY_MS if writer else READER_BUSY_MS)
+        c.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
+        c.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
+        c.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
+        c.execute("PRAGMA foreign_keys = ON")
+        c.execute("PRAGMA trusted_schema = OFF")
+        if writer:
+            c.execute("PRAGMA synchronous = FULL")
+            c.execute("PRAGMA journal_size_limit = 67108864")
+        c.execute("PRAGMA cache_size = -65536")  # 64 MiB page cache
+
+    def _check_identity(self) -> None:
+        app_id = self.conn.execute("PRAGMA application_id").fetchall()[0][0]
+        version = self.user_version()
+        if app_id != APPLICATION_ID:
+            raise NotACatalog(os.fsdecode(self.path), "application_id does not match")
+        if version > schema_version():
+            raise CatalogTooNew(os.fsdecode(self.path), version, schema_version())
+
+    def user_version(self) -> int:
+        return self.conn.execute("PRAGMA user_version").fetchall()[0][0]
+
+    def migrate(self) -> list[int]:
+        """Apply pending migrations, each in its own IMMEDIATE transaction with its version."""
+        applied = []
+        for number, _name, sql in migrations():
+            if number <= self.user_version():
+                continue
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                for _row in self.conn.execute(sql):
+                    pass  # consume: apsw pauses a script at the first statement with rows
+                crashpoint("migration_mid")
+                self.conn.execute(f"PRAGMA user_version = {number}")
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            applied.append(number)
+        return applied
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- transactions ---------------------------------------------------------------------
+
+    def begin(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        crashpoint("before_catalog_commit")
+        try:
+            self.conn.execute("COMMIT")
+        except apsw.Error as e:
+            self.rollback_quietly()
+            raise RepositoryIOError(os.fsdecode(self.path), _root_cause(e)) from None
+        crashpoint("after_catalog_commit")
+
+    def rollback_quietly(self) -> None:
+        if not self.conn.autocommit:
+            try:
+                self.conn.execute("ROLLBACK")
+            except apsw.Error:
+                pass
+
+    def checkpoint(self) -> None:
+        """Fold the WAL back into the catalog file (end of save/expire)."""
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except apsw.BusyError:
+            pass  # a reader holds the WAL; the automatic checkpoint will catch up
+
+    # -- meta -----------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self.conn.execute("SELECT value FROM meta WHERE key = :key", {"key": key})
+        row = rows.fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (:key, :value) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            {"key": key, "value": value},
+        )
+
+    # -- saves ----------------------------------------------------------------------------
+
+    def insert_save(self, hostname: str, subset: str, started_ns: int, tool_version: str,
+                    writer_host: str, writer_pid: int) -> int:
+        self.conn.execute(INSERT_SAVE, {
+            "hostname": hostname, "subset": subset, "started_ns": started_ns,
+            "tool_version": tool_version, "writer_host": writer_host, "writer_pid": writer_pid,
+        })
+        return self.conn.last_insert_rowid()
+
+    def update_save_counters(self, save_id: int, **counters: int) -> None:
+        self.conn.execute(UPDATE_SAVE_COUNTERS, {"save_id": save_id, **counters})
+
+    def finish_save(self, save_id: int, status: str, finished_ns: int) -> None:
+        self.conn.execute(FINISH_SAVE, {
+            "save_id": save_id, "status": status, "finished_ns": finished_ns,
+        })
+
+    def running_saves_of_host(self, writer_host: str) -> list[tuple[int, int]]:
+        return self.conn.execute(RUNNING_SAVES_OF_HOST, {"writer_host": writer_host}).fetchall()
+
+    def mark_save_interrupted(self, save_id: int) -> None:
+        self.conn.execute(MARK_SAVE_INTERRUPTED, {"save_id": save_id})
+
+    def previous_saves_for_borrowing(self, hostname: str, subset: str,
+                                     save_id: int) -> list[tuple[int, int]]:
+        """(id, started_ns): the most recent, most recent complete, largest; no repeats."""
+        seen: dict[int, int] = {}
+        rows = self.conn.execute(PREVIOUS_SAVES_FOR_BORROWING, {
+            "hostname": hostname, "subset": subset, "save_id": save_id,
+        })
+        for sid, started in rows:
+            seen.setdefault(sid, started)
+        return sorted(seen.items(), key=lambda item: item[1], reverse=True)
+
+    def list_saves(self, hostname: str | None = None,
+                   subset: str | None = None) -> list[SaveRow]:
+        rows = self.conn.execute(LIST_SAVES, {"hostname": hostname, "subset": subset})
+        return [SaveRow(*row) for row in rows]
+
+    def get_save(self, save_id: int) -> SaveRow | None:
+        row = self.conn.execute(GET_SAVE, {"save_id": save_id}).fetchone()
+        return SaveRow(*row) if row else None
+
+    def latest_save_id(self) -> int | None:
+        return self.conn.execute(LATEST_SAVE_ID).fetchone()[0]
+
+    # -- paths ----------------------------------------------------------------------------
+
+    def path_id(self, key: bytes) -> int | None:
+        row = self.conn.execute(PATH_ID_BY_KEY, {"key": key}).fetchone()
+        return row[0] if row else None
+
+    def insert_path(self, parent_id: int | None, key: bytes, name: bytes) -> int:
+        self.conn.execute(INSERT_PATH, {"parent_id": parent_id, "key": key, "name": name})
+        return self.conn.last_insert_rowid()
+
+    # -- versions and membership ----------------------------------------------------------
+
+    def version_in_save(self, save_id: int, path_id: int) -> tuple[int, Version] | None:
+        row = self.conn.execute(VERSION_IN_SAVE, {"save_id": save_id, "path_id": path_id})
+        found = row.fetchone()
+        if found is None:
+            return None
+        return found[0], Version(*found[1:])
+
+    def insert_version(self, path_id: int, v: Version) -> int:
+        self.conn.execute(INSERT_VERSION, {
+            "path_id": path_id, "mode": v.mode, "uid": v.uid, "gid": v.gid, "user": v.user,
+            "grp": v.group, "size": v.size, "mtime_ns": v.mtime_ns, "ctime_ns": v.ctime_ns,
+            "dev": v.dev, "ino": v.ino, "nlink": v.nlink, "rdev": v.rdev,
+            "link_target": v.link_target, "content_id": v.content_id,
+        })
+        return self.conn.last_insert_rowid()
+
+    def insert_member(self, save_id: int, path_id: int, version_id: int) -> bool:
+        """Record that the save holds this version; False if the path was already in it."""
+        self.conn.execute(INSERT_MEMBER, {
+            "save_id": save_id, "path_id": path_id, "version_id": version_id,
+        })
+        return self.conn.changes() == 1
+
+    # -- contents and chunks --------------------------------------------------------------
+
+    def content_id(self, digest: bytes, size: int) -> int | None:
+        row = self.conn.execute(CONTENT_BY_DIGEST, {"digest": digest, "size": size}).fetchone()
+        return row[0] if row else None
+
+    def insert_content(self, digest: bytes, size: int,
+                       chunks: list[tuple[ChunkRef, int]]) -> int:
+        """A content with its ordered chunks (ref, stored length; 0 = unknown, keep old)."""
+        self.conn.execute(INSERT_CONTENT, {
+            "size": size, "digest": digest, "chunk_count": len(chunks),
+        })
+        content_id = self.conn.last_insert_rowid()
+        for seq, (ref, stored_length) in enumerate(chunks):
+            chunk_id = self.chunk_id(ref, stored_length)
+            self.conn.execute(INSERT_CONTENT_CHUNK, {
+                "content_id": content_id, "seq": seq, "chunk_id": chunk_id,
+            })
+        return content_id
+
+    def chunk_id(self, ref: ChunkRef, stored_length: int) -> int:
+        row = self.conn.execute(CHUNK_ID_BY_SHA, {"sha256": ref.sha256}).fetchone()
+        if row is not None:
+            if stored_length:
+                self.conn.execute(UPDATE_CHUNK_STORED_LENGTH, {
+                    "chunk_id": row[0], "stored_length": stored_length,
+                })
+            return row[0]
+        self.conn.execute(INSERT_CHUNK, {
+            "sha256": ref.sha256, "length": ref.length, "stored_length": stored_length,
+        })
+        return self.conn.last_insert_rowid()
+
+    def chunks_of_content(self, content_id: int) -> list[ChunkRef]:
+        rows = self.conn.execute(CHUNKS_OF_CONTENT, {"content_id": content_id})
+        return [ChunkRef(sha, length) for sha, length in rows]
+
+    def iter_rows(self, sql: str, params: dict | None = None) -> Iterator[tuple]:
+        """Run a statement from this module and stream its rows."""
+        yield from self.conn.execute(sql, params or {})
+
+
+def _uri_quote(path: str) -> str:
+    return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+
+
+def _root_cause(e: BaseException) -> str:
+    """The first error of a chain: apsw may mask 'disk I/O error' behind a rollback error."""
+    while e.__context__ is not None and isinstance(e.__context__, apsw.Error):
+        e = e.__context__
+    return str(e)

@@ -1,0 +1,338 @@
+"""The command line: parse arguments, open the repository, call one operation, render it.
+
+The only module that imports click. Errors become one line on stderr and the exit code of
+their class (errors.py); --debug shows the traceback too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+
+import click
+
+from . import __version__
+from .errors import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_WARNING,
+    BackshiftError,
+    UsageError,
+    exit_code_table,
+)
+from .model import ChunkerParams, SaveStats
+from .render import FORMATS, human_bytes, iso_time, local_time, render
+from .repo import READ, WRITE, init_repository, open_repository
+
+EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(
+    f"  {code:>3}  {meaning}" for code, meaning in exit_code_table()
+)
+
+
+class Context:
+    def __init__(self, repo: str | None, debug: bool) -> None:
+        self.repo_arg = repo
+        self.debug = debug
+
+    @property
+    def repo(self) -> bytes:
+        if not self.repo_arg:
+            raise UsageError("no repository given: use -r REPO or set BACKSHIFT_REPO")
+        return os.fsencode(self.repo_arg)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def echo_err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def emit_lines(lines) -> None:
+    out = sys.stdout
+    for line in lines:
+        out.write(line)
+        out.write("\n")
+
+
+@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-r", "--repo", envvar="BACKSHIFT_REPO", metavar="REPO",
+              help="Repository directory (or set BACKSHIFT_REPO).")
+@click.option("--debug", is_flag=True, help="Show a traceback for errors.")
+@click.version_option(__version__, prog_name="backshift")
+@click.pass_context
+def cli(ctx: click.Context, repo: str | None, debug: bool) -> None:
+    """backshift: deduplicating backups with a SQLite catalog, restored through tar.
+
+    \b
+    Quick tour:
+      backshift -r /backup/repo init
+      find /home -xdev -print0 | backshift -r /backup/repo save --subset home
+      backshift -r /backup/repo saves
+    """
+    ctx.obj = Context(repo, debug)
+
+
+# -- init -------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--chunk-min", default=ChunkerParams.min_size, show_default=True,
+              help="Smallest chunk in bytes.")
+@click.option("--chunk-avg", default=ChunkerParams.avg_size, show_default=True,
+              help="Average chunk in bytes.")
+@click.option("--chunk-max", default=ChunkerParams.max_size, show_default=True,
+              help="Largest chunk in bytes.")
+@click.option("--zstd-level", default=3, show_default=True, type=click.IntRange(1, 19),
+              help="zstd compression level for new chunks.")
+@pass_ctx
+def init(ctx: Context, chunk_min: int, chunk_avg: int, chunk_max: int, zstd_level: int) -> None:
+    """Create a new, empty repository.
+
+    The chunker parameters and compression are recorded in the catalog; every later
+    save uses them.
+
+    \b
+    Example:
+      backshift -r /backup/repo init
+    """
+    if not 64 <= chunk_min < chunk_avg < chunk_max <= 16 << 20:
+        raise UsageError("need 64 <= --chunk-min < --chunk-avg < --chunk-max <= 16 MiB")
+    params = ChunkerParams(min_size=chunk_min, avg_size=chunk_avg, max_size=chunk_max)
+    init_repository(ctx.repo, params, zstd_level)
+    echo_err(f"created repository {os.fsdecode(os.path.abspath(ctx.repo))}")
+
+
+# -- save -------------------------------------------------------------------------------
+
+
+def _check_label(kind: str, value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"--{kind} must be valid UTF-8 text") from None
+    if not value:
+        raise UsageError(f"--{kind} must not be empty")
+    return value
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=bytes))
+@click.option("--hostname", default=None, help="Series host name [default: this host].")
+@click.option("--subset", default="default", show_default=True,
+              help="Series name within the host, e.g. home or root.")
+@click.option("--filelist", type=click.File("rb"), default=None,
+              help="Read NUL-separated names from FILE instead of stdin.")
+@click.option("--one-file-system", "-x", is_flag=True,
+              help="With PATHs: do not cross into other filesystems.")
+@click.option("--exclude", multiple=True, metavar="GLOB",
+              help="With PATHs: skip matching names (repeatable). A glob with '/' "
+                   "matches the whole path, otherwise the last component.")
+@click.option("--progress/--no-progress", default=None,
+              help="Live progress on stderr [default: when stderr is a terminal].")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option("--workers", default=min(4, os.cpu_count() or 2), show_default=True,
+              type=click.IntRange(1, 64), help="Threads reading and compressing files.")
+@pass_ctx
+def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: str,
+         filelist, one_file_system: bool, exclude: tuple[str, ...], progress: bool | None,
+         as_json: bool, workers: int) -> None:
+    """Save files into a new save of HOSTNAME/SUBSET.
+
+    Names come from stdin, NUL-separated, as `find -print0` writes them; or from
+    --filelist FILE; or backshift walks the PATHs given. Unchanged files (same size,
+    mtime, ctime and inode as in an earlier save of the series) are not read again.
+
+    \b
+    Examples:
+      find /home -xdev -print0 | backshift -r /backup/repo save --subset home
+      backshift -r /backup/repo save --subset etc /etc
+      backshift -r /backup/repo save --filelist names.0 --hostname web1
+
+    Exit status 1 means the save completed but some files were skipped (see stderr).
+    """
+    from . import walk
+    from .ops.save import SaveOptions
+    from .ops.save import save as run_save
+
+    hostname = _check_label("hostname", hostname or socket.gethostname())
+    subset = _check_label("subset", subset)
+    if paths and filelist is not None:
+        raise UsageError("give either PATHs or --filelist, not both")
+    if not paths and filelist is None and sys.stdin.isatty():
+        raise UsageError("no names to save: give PATHs, --filelist FILE, "
+                         "or pipe `find ... -print0` into stdin")
+    cwd = os.getcwdb()
+    warnings: list[str] = []
+
+    def warn(msg: str) -> None:
+        warnings.append(msg)
+        _clear_progress()
+        echo_err(f"warning: {msg}")
+
+    if paths:
+        names = walk.walk(paths, cwd, warn, one_file_system=one_file_system,
+                          excludes=[os.fsencode(e) for e in exclude])
+    else:
+        stream = filelist if filelist is not None else sys.stdin.buffer
+        names = walk.normalized(walk.read_nul_names(stream), cwd, warn)
+    show = sys.stderr.isatty() if progress is None else progress
+    opts = SaveOptions(hostname=hostname, subset=subset, workers=workers)
+    with open_repository(ctx.repo, WRITE, operation="save") as repo:
+        stats = run_save(repo, names, opts, warn, _progress_printer if show else None)
+    _clear_progress()
+    if as_json:
+        click.echo(json.dumps(_summary_dict(stats), sort_keys=True))
+    else:
+        for line in _summary_lines(stats):
+            click.echo(line)
+    if stats.warnings:
+        raise SystemExit(EXIT_WARNING)
+
+
+_progress_shown = False
+
+
+def _progress_printer(stats: SaveStats, estimate: int | None) -> None:
+    global _progress_shown
+    rate = stats.bytes_read / stats.elapsed_s if stats.elapsed_s > 0 else 0
+    line = (f"{stats.files:,} files, {human_bytes(stats.bytes)} "
+            f"({human_bytes(stats.bytes_read)} read, {human_bytes(rate)}/s)")
+    if estimate and stats.files and stats.files < estimate:
+        eta = stats.elapsed_s * (estimate - stats.files) / stats.files
+        line += f", ETA {int(eta) // 60}:{int(eta) % 60:02d}"
+    sys.stderr.write("\r\x1b[K" + line)
+    sys.stderr.flush()
+    _progress_shown = True
+
+
+def _clear_progress() -> None:
+    global _progress_shown
+    if _progress_shown:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
+        _progress_shown = False
+
+
+def _summary_dict(s: SaveStats) -> dict:
+    return {
+        "save_id": s.save_id, "status": s.status, "files": s.files, "bytes": s.bytes,
+        "files_read": s.files_read, "bytes_read": s.bytes_read,
+        "files_borrowed": s.files_borrowed, "bytes_borrowed": s.bytes_borrowed,
+        "new_chunks": s.new_chunks, "new_bytes_stored": s.new_bytes_stored,
+        "warnings": s.warnings, "elapsed_s": round(s.elapsed_s, 3),
+    }
+
+
+def _summary_lines(s: SaveStats) -> list[str]:
+    return [
+        f"save {s.save_id} {s.status}: {s.files:,} files, {human_bytes(s.bytes)}",
+        f"  read {s.files_read:,} files ({human_bytes(s.bytes_read)}), "
+        f"borrowed {s.files_borrowed:,} unchanged ({human_bytes(s.bytes_borrowed)})",
+        f"  new chunks {s.new_chunks:,}, {human_bytes(s.new_bytes_stored)} written",
+        f"  warnings {s.warnings}, elapsed {s.elapsed_s:.1f} s",
+    ]
+
+
+# -- saves ------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--last", type=click.IntRange(1), default=None, help="Only the last N saves.")
+@click.option("--hostname", default=None, help="Only saves of this host.")
+@click.option("--subset", default=None, help="Only saves of this subset.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@pass_ctx
+def saves(ctx: Context, last: int | None, hostname: str | None, subset: str | None,
+          fmt: str) -> None:
+    """List the saves in the repository, oldest first.
+
+    \b
+    Examples:
+      backshift -r /backup/repo saves --last 5
+      backshift -r /backup/repo saves --format json | jq .id
+    """
+    with open_repository(ctx.repo, READ) as repo:
+        rows = repo.catalog.list_saves(hostname, subset)
+    if last:
+        rows = rows[-last:]
+    if fmt == "table":
+        headers = ["id", "hostname", "subset", "started", "finished", "status", "files",
+                   "size", "new stored"]
+        body = [[r.id, r.hostname, r.subset, local_time(r.started_ns),
+                 local_time(r.finished_ns), r.status, f"{r.files:,}", human_bytes(r.bytes),
+                 human_bytes(r.new_bytes_stored)] for r in rows]
+    else:
+        headers = ["id", "hostname", "subset", "started", "finished", "status", "files",
+                   "bytes", "bytes_read", "bytes_borrowed", "new_chunks", "new_bytes_stored",
+                   "warnings", "tool_version"]
+        body = [[r.id, r.hostname, r.subset, iso_time(r.started_ns), iso_time(r.finished_ns),
+                 r.status, r.files, r.bytes, r.bytes_read, r.bytes_borrowed, r.new_chunks,
+                 r.new_bytes_stored, r.warnings, r.tool_version] for r in rows]
+    emit_lines(render(headers, body, fmt))
+
+
+# -- entry point ------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script: run the CLI and exit with its code."""
+    sys.exit(run(argv))
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and translate every outcome into one exit code (the only place)."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    code = EXIT_OK
+    try:
+        cli.main(args=argv, prog_name="backshift", standalone_mode=False)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else EXIT_ERROR
+    except click.exceptions.Abort:
+        echo_err("backshift: interrupted")
+        code = EXIT_INTERRUPTED
+    except click.ClickException as e:
+        e.show()
+        code = EXIT_ERROR
+    except BackshiftError as e:
+        if debug:
+            import traceback
+            traceback.print_exc()
+        _clear_progress()
+        echo_err(f"backshift: error: {e.message()}")
+        code = e.exit_code
+    except KeyboardInterrupt:
+        _clear_progress()
+        echo_err("backshift: interrupted")
+        code = EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _silence_stdout()
+        echo_err("backshift: error: output closed early (broken pipe)")
+        code = EXIT_ERROR
+    except OSError as e:
+        if debug:
+            import traceback
+            traceback.print_exc()
+        where = f"{os.fsdecode(e.filename)}: " if e.filename else ""
+        echo_err(f"backshift: error: {where}{e.strerror or e}")
+        code = EXIT_ERROR
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        if code == EXIT_OK:
+            echo_err("backshift: error: output closed early (broken pipe)")
+            code = EXIT_ERROR
+    return code
+
+
+def _silence_stdout() -> None:
+    """After EPIPE, point stdout at /dev/null so the interpreter's final flush is quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+

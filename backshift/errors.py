@@ -1,0 +1,139 @@
+"""The error tree: every failure a user can see, its one-line message and its exit code."""
+
+from __future__ import annotations
+
+# The exit-code table. README.md documents it; tests/test_cli_exit_codes.py keeps both equal.
+EXIT_OK = 0
+EXIT_WARNING = 1  # the operation finished, but some files or members had problems
+EXIT_ERROR = 2  # generic error, including bad command-line usage
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT (128 + 2)
+
+
+class BackshiftError(Exception):
+    """Error: {0}"""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.args = args
+
+    def message(self) -> str:
+        doc = (type(self).__doc__ or "{0}").strip().splitlines()[0]
+        try:
+            return doc.format(*self.args)
+        except (IndexError, KeyError):
+            return " ".join(str(a) for a in self.args) or doc
+
+    def __str__(self) -> str:
+        return self.message()
+
+
+class UsageError(BackshiftError):
+    """{0}"""
+
+
+class RepositoryNotFound(BackshiftError):
+    """no repository at {0} (create one with 'backshift -r {0} init')"""
+
+    exit_code = 3
+
+
+class RepositoryExists(BackshiftError):
+    """cannot init {0}: {1}"""
+
+    exit_code = 4
+
+
+class RepositoryLocked(BackshiftError):
+    """repository {0} is locked: {1}"""
+
+    exit_code = 5
+
+
+class CatalogTooNew(BackshiftError):
+    """catalog {0} has schema {1}, newer than this backshift knows ({2}); upgrade backshift"""
+
+    exit_code = 6
+
+
+class NotACatalog(BackshiftError):
+    """{0} is not a usable backshift catalog: {1}"""
+
+    exit_code = 7
+
+
+class NoSuchSave(BackshiftError):
+    """no save {0} in this repository (see 'backshift saves')"""
+
+    exit_code = 8
+
+
+class NoSuchPath(BackshiftError):
+    """{0} is not in save {1}"""
+
+    exit_code = 9
+
+
+class DataDamaged(BackshiftError):
+    """{0}"""
+
+    exit_code = 10
+
+
+class QueryDenied(BackshiftError):
+    """query refused: {0}"""
+
+    exit_code = 11
+
+
+class RepositoryIOError(BackshiftError):
+    """{0}: {1}"""
+
+    exit_code = 12
+
+
+class ChunkCorrupt(DataDamaged):
+    """chunk {0} is damaged: {1}"""
+
+
+class ChunkMissing(DataDamaged):
+    """chunk {0} is missing from the repository"""
+
+
+class Interrupted(BackshiftError):
+    """interrupted"""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+def exit_code_table() -> list[tuple[int, str]]:
+    """Every documented exit code with its meaning, lowest first (README and --help use it)."""
+    rows = {
+        EXIT_OK: "success",
+        EXIT_WARNING: "finished with warnings (files skipped, members damaged); see stderr",
+        EXIT_ERROR: "error (bad usage, unexpected failure)",
+        EXIT_INTERRUPTED: "interrupted by Ctrl-C / SIGINT (work done so far is committed)",
+    }
+    for cls in _all_subclasses(BackshiftError):
+        if cls.exit_code not in rows:
+            rows[cls.exit_code] = _describe(cls)
+    return sorted(rows.items())
+
+
+def _describe(cls: type[BackshiftError]) -> str:
+    name = cls.__name__
+    words = [name[0]]
+    for ch in name[1:]:
+        if ch.isupper():
+            words.append(" ")
+        words.append(ch.lower())
+    return "".join(words)
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_all_subclasses(sub))
+    return out

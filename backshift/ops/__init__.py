@@ -1,0 +1,1 @@
+"""Operations: what each command does, testable without a terminal."""

@@ -1,0 +1,24 @@
+"""Small lookups that several operations share: resolving save ids."""
+
+from __future__ import annotations
+
+from ..catalog import Catalog
+from ..errors import NoSuchSave, UsageError
+from ..model import SaveRow
+
+
+def resolve_save(catalog: Catalog, spec: str) -> SaveRow:
+    """A save by integer id or 'latest' (the highest id)."""
+    if spec == "latest":
+        save_id = catalog.latest_save_id()
+        if save_id is None:
+            raise NoSuchSave("latest (the repository has no saves yet)")
+    else:
+        try:
+            save_id = int(spec)
+        except ValueError:
+            raise UsageError(f"save id must be a number or 'latest', not {spec!r}") from None
+    row = catalog.get_save(save_id)
+    if row is None:
+        raise NoSuchSave(spec)
+    return row

@@ -1,0 +1,496 @@
+"""Saving a file tree: lstat each name, borrow unchanged files, read the rest, record it all.
+
+The main thread owns the catalog; a small thread pool reads, chunks, hashes, compresses
+and stores new file contents (pyfastcdc, hashlib, zstandard and file I/O release the GIL,
+so both cores work). Results are recorded in input order, a batch per transaction.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import hashlib
+import os
+import signal
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+import xxhash
+
+from .. import __version__
+from ..chunker import Chunker
+from ..errors import BackshiftError, Interrupted
+from ..model import (
+    TYPE_FILE,
+    TYPE_SYMLINK,
+    ChunkerParams,
+    SaveStats,
+    StoredChunk,
+    Version,
+    type_of_mode,
+)
+from ..pathcodec import basename, parent, sort_key
+from ..repo import Repository
+from ..store import Store
+from .owners import Owners
+
+# A file whose mtime or ctime is this close to (or after) the start of the save that
+# recorded it may have changed again within the filesystem's timestamp granularity after
+# it was read: it is not trusted for borrowing (git's racy-git rule, borg's cmtime rule).
+RACY_MARGIN_NS = 2_000_000_000
+
+Warn = Callable[[str], None]
+Progress = Callable[[SaveStats, int | None], None]
+
+
+@dataclass(frozen=True)
+class SaveOptions:
+    hostname: str
+    subset: str
+    workers: int = 2
+    batch_files: int = 2000
+    batch_bytes: int = 256 << 20
+    batch_seconds: float = 10.0
+    max_in_flight_bytes: int = 256 << 20
+
+
+class SkipFile(Exception):
+    """A file that could not be saved; the message says why (becomes a warning)."""
+
+
+@dataclass
+class ReadResult:
+    size: int
+    digest: bytes
+    chunks: list[StoredChunk]
+    changed: str | None  # why the file is suspect, if it changed while being read
+
+
+# -- reading (worker threads) ------------------------------------------------------------
+
+_local = threading.local()
+OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+O_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+def open_for_reading(path: bytes) -> int:
+    """Open without following symlinks, blocking on FIFOs or touching atime (when allowed)."""
+    if O_NOATIME:
+        try:
+            return os.open(path, OPEN_FLAGS | O_NOATIME)
+        except PermissionError:
+            pass  # O_NOATIME needs ownership (EPERM): retry without it
+    return os.open(path, OPEN_FLAGS)
+
+
+def read_file(path: bytes, st: Version, params: ChunkerParams, store: Store) -> ReadResult:
+    """Chunk, hash and store one regular file; SkipFile if it cannot be read safely.
+
+    ST is what lstat said: the open file must be that same regular file (type, dev, ino).
+    """
+    chunker = getattr(_local, "chunker", None)
+    if chunker is None or chunker.params != params:
+        chunker = _local.chunker = Chunker(params)
+    try:
+        fd = open_for_reading(path)
+    except FileNotFoundError:
+        raise SkipFile("vanished before it could be read") from None
+    except PermissionError:
+        raise SkipFile("permission denied") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SkipFile("replaced by a symlink since it was listed") from None
+        raise SkipFile(e.strerror or str(e)) from None
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        fst = os.fstat(fd)
+        if not stat.S_ISREG(fst.st_mode) or fst.st_ino != st.ino or fst.st_dev != st.dev:
+            raise SkipFile("replaced by another file between lstat and open")
+        digest = xxhash.xxh3_128()
+        chunks = []
+        size = 0
+        try:
+            for view in chunker.cut_stream(f):
+                digest.update(view)
+                sha = hashlib.sha256(view).digest()
+                chunks.append(store.put(view, sha))
+                size += len(view)
+        except OSError as e:
+            raise SkipFile(f"read error: {e.strerror or e}") from None
+        after = os.fstat(fd)
+    changed = None
+    if size != st.size or after.st_size != st.size:
+        changed = f"size changed while being read ({st.size} -> {size} bytes)"
+    elif after.st_mtime_ns != st.mtime_ns or after.st_ctime_ns != st.ctime_ns:
+        changed = "modified while being read"
+    return ReadResult(size, digest.digest(), chunks, changed)
+
+
+# -- the save ----------------------------------------------------------------------------
+
+
+@dataclass
+class Item:
+    """One input name on its way to the catalog."""
+
+    path: bytes
+    path_id: int
+    version: Version  # content_id filled in when known
+    base_version_id: int | None  # an earlier identical version to reuse, if any
+    future: Future | None = None
+    link_first: Item | None = None  # earlier member of the same hardlink group
+    done: bool = False
+    skipped: bool = False
+
+
+class Saver:
+    def __init__(self, repo: Repository, opts: SaveOptions, warn: Warn,
+                 progress: Progress | None = None) -> None:
+        self.repo = repo
+        self.cat = repo.catalog
+        self.opts = opts
+        self._warn_cb = warn
+        self.progress = progress
+        self.stats = SaveStats()
+        self.owners = Owners()
+        self.dir_ids: dict[bytes, int] = {}
+        self.hardlinks: dict[tuple[int, int], Item] = {}
+        self.queue: collections.deque[Item] = collections.deque()
+        self.in_flight_bytes = 0
+        self.stop_signal: int | None = None
+        self.estimate: int | None = None
+        self.started = time.monotonic()
+        self._batch_files = 0
+        self._batch_bytes = 0
+        self._batch_started = time.monotonic()
+        self._last_progress = 0.0
+
+    def warn(self, msg: str) -> None:
+        self.stats.warnings += 1
+        self._warn_cb(msg)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        host = socket.gethostname()
+        self.cat.begin()
+        for sid, pid in self.cat.running_saves_of_host(host):
+            if not _pid_alive(pid):
+                self.cat.mark_save_interrupted(sid)
+        started_ns = time.time_ns()
+        self.stats.save_id = self.cat.insert_save(
+            self.opts.hostname, self.opts.subset, started_ns, __version__, host, os.getpid())
+        self.cat.commit()
+        self.candidates = self.cat.previous_saves_for_borrowing(
+            self.opts.hostname, self.opts.subset, self.stats.save_id)
+        if self.candidates:
+            biggest = max(self.cat.get_save(sid).files for sid, _ in self.candidates)
+            self.estimate = biggest or None
+        self.cat.begin()
+
+    def run(self, paths: Iterable[bytes]) -> SaveStats:
+        self.start()
+        pool = ThreadPoolExecutor(max_workers=self.opts.workers, thread_name_prefix="read")
+        try:
+            with _graceful_signals(self):
+                for path in paths:
+                    if self.stop_signal is not None:
+                        break
+                    self.add(path, pool)
+                    self.drain(block=False)
+                    self.maybe_commit()
+                    self.report_progress()
+                self.drain(block=True)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            self.fail()
+            raise
+        pool.shutdown(wait=True)
+        status = "complete" if self.stop_signal is None else "interrupted"
+        self.finish(status)
+        if self.stop_signal is not None:
+            raise Interrupted()
+        return self.stats
+
+    def finish(self, status: str) -> None:
+        self.repo.store.flush()
+        self.write_counters()
+        from ..crashpoints import crashpoint
+        crashpoint("before_save_complete")
+        self.cat.finish_save(self.stats.save_id, status, time.time_ns())
+        self.cat.commit()
+        self.cat.checkpoint()
+        self.stats.status = status
+        self.stats.elapsed_s = time.monotonic() - self.started
+        self.report_progress(final=True)
+
+    def fail(self) -> None:
+        """After an error: keep nothing uncommitted, mark the save interrupted if possible."""
+        self.repo.store.abandon()
+        self.cat.rollback_quietly()
+        try:
+            self.cat.begin()
+            self.write_counters()
+            self.cat.finish_save(self.stats.save_id, "interrupted", time.time_ns())
+            self.cat.commit()
+        except BackshiftError:
+            self.cat.rollback_quietly()
+        except Exception:  # the original error matters more than this one
+            self.cat.rollback_quietly()
+        self.stats.status = "interrupted"
+
+    def write_counters(self) -> None:
+        s = self.stats
+        self.cat.update_save_counters(
+            s.save_id, files=s.files, bytes=s.bytes, bytes_read=s.bytes_read,
+            bytes_borrowed=s.bytes_borrowed, new_chunks=s.new_chunks,
+            new_bytes_stored=s.new_bytes_stored, warnings=s.warnings)
+
+    def maybe_commit(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and self._batch_files < self.opts.batch_files \
+                and self._batch_bytes < self.opts.batch_bytes \
+                and now - self._batch_started < self.opts.batch_seconds:
+            return
+        self.repo.store.flush()
+        self.write_counters()
+        self.cat.commit()
+        self.cat.begin()
+        self._batch_files = 0
+        self._batch_bytes = 0
+        self._batch_started = now
+
+    def report_progress(self, final: bool = False) -> None:
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if final or now - self._last_progress >= 0.2:
+            self._last_progress = now
+            self.stats.elapsed_s = now - self.started
+            self.progress(self.stats, self.estimate)
+
+    # -- per name -------------------------------------------------------------------------
+
+    def add(self, path: bytes, pool: ThreadPoolExecutor) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            self.warn(f"{os.fsdecode(path)}: vanished before it could be saved")
+            return
+        except OSError as e:
+            self.warn(f"{os.fsdecode(path)}: cannot lstat: {e.strerror}")
+            return
+        ftype = type_of_mode(st.st_mode)
+        if ftype is None:
+            self.warn(f"{os.fsdecode(path)}: skipped: unknown file type {st.st_mode:o}")
+            return
+        link_target = None
+        if ftype == TYPE_SYMLINK:
+            try:
+                link_target = os.readlink(path)
+            except OSError as e:
+                self.warn(f"{os.fsdecode(path)}: cannot read symlink: {e.strerror}")
+                return
+        user, group = self.owners.names(st.st_uid, st.st_gid)
+        version = Version(
+            mode=st.st_mode, uid=st.st_uid, gid=st.st_gid, user=user, group=group,
+            size=st.st_size if ftype == TYPE_FILE else 0, mtime_ns=st.st_mtime_ns,
+            ctime_ns=st.st_ctime_ns, dev=st.st_dev, ino=st.st_ino, nlink=st.st_nlink,
+            rdev=st.st_rdev, link_target=link_target, content_id=None)
+        path_id = self.intern(path)
+        item = Item(path, path_id, version, None)
+        if ftype == TYPE_FILE:
+            self.plan_regular(item, st, pool)
+        else:
+            item.base_version_id = self.reusable_version(path_id, version)
+            item.done = True
+        self.queue.append(item)
+
+    def plan_regular(self, item: Item, st: os.stat_result, pool: ThreadPoolExecutor) -> None:
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1:
+            first = self.hardlinks.get(key)
+            if first is not None:
+                item.link_first = first
+                return
+            self.hardlinks[key] = item
+        borrowed = self.borrow(item)
+        if borrowed:
+            return
+        item.future = pool.submit(read_file, item.path, item.version, self.repo.chunker,
+                                  self.repo.store)
+        self.in_flight_bytes += st.st_size
+
+    def borrow(self, item: Item) -> bool:
+        """Reuse an earlier save's content for an unchanged file (size, mtime, ctime, inode)."""
+        v = item.version
+        for sid, started_ns in self.candidates:
+            found = self.cat.version_in_save(sid, item.path_id)
+            if found is None:
+                continue
+            old_id, old = found
+            if (old.content_id is None or old.size != v.size or old.mtime_ns != v.mtime_ns
+                    or old.ctime_ns != v.ctime_ns or old.ino != v.ino or old.mode != v.mode):
+                continue
+            if max(v.mtime_ns, v.ctime_ns) >= started_ns - RACY_MARGIN_NS:
+                continue  # racy: may have changed within the timestamp granularity
+            refs = self.cat.chunks_of_content(old.content_id)
+            if any(self.repo.store.stored_size(r.sha256) is None for r in refs):
+                return False  # Missing_chunk: read afresh, which stores the chunk again
+            item.version = replace(v, content_id=old.content_id)
+            if item.version == old:
+                item.base_version_id = old_id
+            item.done = True
+            self.stats.files_borrowed += 1
+            self.stats.bytes_borrowed += v.size
+            return True
+        return False
+
+    def reusable_version(self, path_id: int, v: Version) -> int | None:
+        for sid, _ in self.candidates:
+            found = self.cat.version_in_save(sid, path_id)
+            if found is not None:
+                return found[0] if found[1] == v else None
+        return None
+
+    def intern(self, path: bytes) -> int:
+        """The path's id, creating it (and its missing parents) on first sight."""
+        cached = self.dir_ids.get(path)
+        if cached is not None:
+            return cached
+        key = sort_key(path)
+        pid = self.cat.path_id(key)
+        if pid is None:
+            up = parent(path)
+            parent_id = self.intern(up) if up is not None else None
+            pid = self.cat.insert_path(parent_id, key, basename(path))
+        if len(self.dir_ids) > 100_000:
+            self.dir_ids.clear()
+        if path.count(b"/") < 64:
+            self.dir_ids[path] = pid
+        return pid
+
+    # -- recording ------------------------------------------------------------------------
+
+    def drain(self, block: bool) -> None:
+        """Record finished items in input order; block on the oldest when told to or when
+        too much is in flight (memory stays bounded)."""
+        q = self.queue
+        while q:
+            item = q[0]
+            if item.future is not None and not item.future.done():
+                must_wait = block or self.in_flight_bytes > self.opts.max_in_flight_bytes \
+                    or len(q) > 4 * self.opts.batch_files
+                if not must_wait:
+                    return
+            q.popleft()
+            self.record(item)
+            self.maybe_commit()
+
+    def record(self, item: Item) -> None:
+        v = item.version
+        if item.future is not None:
+            self.in_flight_bytes -= v.size
+            try:
+                result: ReadResult = item.future.result()
+            except SkipFile as e:
+                self.warn(f"{os.fsdecode(item.path)}: skipped: {e}")
+                item.skipped = True
+                return
+            v = self.store_content(v, result)
+            if result.changed:
+                self.warn(f"{os.fsdecode(item.path)}: {result.changed}; saved as read, "
+                          "it will be read again next time")
+        elif item.link_first is not None:
+            first = item.link_first
+            if first.skipped or first.version.content_id is None:
+                # the group's first member could not be read: this one carries the data
+                self.hardlinks[(v.dev, v.ino)] = item
+                item.link_first = None
+                if not self.borrow(item):
+                    try:
+                        result = read_file(item.path, v, self.repo.chunker, self.repo.store)
+                    except SkipFile as e:
+                        self.warn(f"{os.fsdecode(item.path)}: skipped: {e}")
+                        item.skipped = True
+                        return
+                    v = self.store_content(v, result)
+                else:
+                    v = item.version
+            else:
+                v = replace(v, content_id=first.version.content_id, size=first.version.size)
+        item.version = v
+        version_id = item.base_version_id
+        if version_id is None and v.type == TYPE_FILE:
+            version_id = self.reusable_version(item.path_id, v)
+        if version_id is None:
+            version_id = self.cat.insert_version(item.path_id, v)
+        if not self.cat.insert_member(self.stats.save_id, item.path_id, version_id):
+            self.warn(f"{os.fsdecode(item.path)}: given more than once; saved once")
+            return
+        self.stats.files += 1
+        if v.type == TYPE_FILE:
+            self.stats.bytes += v.size
+        self._batch_files += 1
+
+    def store_content(self, v: Version, result: ReadResult) -> Version:
+        self.stats.files_read += 1
+        self.stats.bytes_read += result.size
+        self._batch_bytes += result.size
+        for c in result.chunks:
+            if c.new:
+                self.stats.new_chunks += 1
+                self.stats.new_bytes_stored += c.stored_length
+        content_id = self.cat.content_id(result.digest, result.size)
+        if content_id is None:
+            content_id = self.cat.insert_content(
+                result.digest, result.size, [(c.ref, c.stored_length) for c in result.chunks])
+        else:
+            for c in result.chunks:  # heal: a re-stored chunk gets its new stored length
+                if c.new:
+                    self.cat.chunk_id(c.ref, c.stored_length)
+        return replace(v, size=result.size, content_id=content_id)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _graceful_signals:
+    """First SIGINT/SIGTERM: finish the current file, commit, stop. Second: hard stop."""
+
+    def __init__(self, saver: Saver) -> None:
+        self.saver = saver
+        self.old: dict[int, object] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        if self.saver.stop_signal is not None:
+            raise KeyboardInterrupt
+        self.saver.stop_signal = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def save(repo: Repository, paths: Iterable[bytes], opts: SaveOptions, warn: Warn,
+         progress: Progress | None = None) -> SaveStats:
+    """Save PATHS (absolute, normal) as a new save of opts.hostname/opts.subset."""
+    return Saver(repo, opts, warn, progress).run(paths)

@@ -1,0 +1,70 @@
+"""Turning rows into text for people and programs: tables, JSON lines, CSV, sizes, times."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Iterable, Sequence
+
+from tabulate import tabulate
+
+from .pathcodec import escape
+
+FORMATS = ("table", "json", "csv")
+
+
+def human_bytes(n: int | float) -> str:
+    """1536 -> '1.5 KiB' (binary units, as borg and restic print them)."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def local_time(ns: int | None) -> str:
+    if ns is None:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns // 1_000_000_000))
+
+
+def iso_time(ns: int | None) -> str | None:
+    if ns is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ns // 1_000_000_000))
+
+
+def cell_text(value: object) -> object:
+    """A cell as safe text: bytes and control characters escaped losslessly."""
+    if isinstance(value, bytes):
+        return escape(value)
+    if isinstance(value, str):
+        return escape(value.encode("utf-8", "surrogateescape"))
+    return value
+
+
+def render(headers: Sequence[str], rows: Iterable[Sequence[object]], fmt: str) -> Iterable[str]:
+    """Lines of output for ROWS in FMT: 'table' (tabulate), 'json' (one object a line),
+    or 'csv' (with a header line). json and csv stream; table needs all rows."""
+    if fmt == "json":
+        for row in rows:
+            yield json.dumps({h: cell_text(v) for h, v in zip(headers, row, strict=True)},
+                             ensure_ascii=False)
+    elif fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(headers)
+        yield buf.getvalue().rstrip("\n")
+        for row in rows:
+            buf.seek(0)
+            buf.truncate()
+            writer.writerow([cell_text(v) for v in row])
+            yield buf.getvalue().rstrip("\n")
+    elif fmt == "table":
+        body = [[cell_text(v) for v in row] for row in rows]
+        yield tabulate(body, headers=list(headers), tablefmt="simple", disable_numparse=True)
+    else:
+        raise ValueError(f"unknown format {fmt!r}")

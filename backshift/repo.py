@@ -1,0 +1,88 @@
+"""Opening a repository: find it, lock it, open catalog and store, close in reverse order."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+from . import __version__
+from .catalog import CATALOG_NAME, Catalog
+from .errors import RepositoryExists, RepositoryIOError, RepositoryNotFound
+from .lock import RepoLock
+from .model import ChunkerParams
+from .store import Store
+
+READ = "read"  # no lock: WAL readers never block writers; catalog opened read-only
+WRITE = "write"  # shared lock: saves may run side by side
+EXCLUSIVE = "exclusive"  # exclusive lock: expire, GC, repair
+
+
+@dataclass
+class Repository:
+    path: bytes
+    catalog: Catalog
+    store: Store
+    chunker: ChunkerParams
+    mode: str
+
+
+def init_repository(path: bytes, params: ChunkerParams, zstd_level: int = 3) -> None:
+    """Create REPO (mode 0700) with its chunk directories and a fully migrated catalog."""
+    path = os.path.abspath(path)
+    try:
+        if os.path.exists(path):
+            if not os.path.isdir(path):
+                raise RepositoryExists(os.fsdecode(path), "it exists and is not a directory")
+            if os.listdir(path):
+                raise RepositoryExists(os.fsdecode(path), "directory exists and is not empty")
+            os.chmod(path, 0o700)
+        else:
+            os.makedirs(path, mode=0o700)
+        Store.create_layout(path)
+        cat = Catalog.create(os.path.join(path, CATALOG_NAME))
+    except OSError as e:
+        raise RepositoryIOError(os.fsdecode(e.filename or path), e.strerror or str(e)) from None
+    try:
+        cat.begin()
+        cat.set_meta("repository_id", str(uuid.uuid4()))
+        cat.set_meta("created_ns", str(time.time_ns()))
+        cat.set_meta("created_by", f"backshift {__version__}")
+        cat.set_meta("chunker", json.dumps(asdict(params), sort_keys=True))
+        cat.set_meta("compression", json.dumps({"algorithm": "zstd", "level": zstd_level}))
+        cat.commit()
+    finally:
+        cat.close()
+
+
+@contextmanager
+def open_repository(path: bytes, mode: str = READ, operation: str = "",
+                    lock_wait_s: float = 0.0) -> Iterator[Repository]:
+    """Yield an open Repository; the one place that acquires and releases its resources."""
+    path = os.path.abspath(path)
+    catalog_path = os.path.join(path, CATALOG_NAME)
+    if not os.path.isfile(catalog_path):
+        raise RepositoryNotFound(os.fsdecode(path))
+    lock = None
+    if mode in (WRITE, EXCLUSIVE):
+        lock = RepoLock(path, exclusive=(mode == EXCLUSIVE), operation=operation or mode)
+        try:
+            lock.acquire(lock_wait_s)
+        except PermissionError as e:
+            raise RepositoryIOError(os.fsdecode(path), e.strerror) from None
+    try:
+        catalog = Catalog.open(catalog_path, readonly=(mode == READ))
+        try:
+            params = ChunkerParams(**json.loads(catalog.get_meta("chunker") or "{}"))
+            compression = json.loads(catalog.get_meta("compression") or "{}")
+            store = Store(path, zstd_level=int(compression.get("level", 3)))
+            yield Repository(path, catalog, store, params, mode)
+        finally:
+            catalog.close()
+    finally:
+        if lock is not None:
+            lock.release()

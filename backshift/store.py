@@ -1,0 +1,254 @@
+"""The chunk store: one file per chunk, named by the SHA-256 of its uncompressed bytes.
+
+File format (the original backshift's, so its chunk stores can be imported unread):
+b"8\\n" + one zstd frame, or b"1\\n" + the raw bytes when zstd does not shrink the chunk.
+Readers also accept b"7\\n" (xz) and b"5\\n" (bz2).
+
+Write protocol (invariant I1 of RELIABILITY.md): a new chunk is compressed, verified by
+decompressing it, and written to a temp file beside its final name. Temp files of a batch
+are made durable together (syncfs), then renamed, then the directory entries are made
+durable, and only then may the catalog commit rows that name them. A crash therefore
+leaves temp files or unreferenced chunks, never a referenced chunk that is not on disk.
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import lzma
+import os
+import secrets
+import socket
+import threading
+
+import zstandard
+
+from . import diskio
+from .crashpoints import crashpoint
+from .errors import ChunkCorrupt, ChunkMissing, RepositoryIOError
+from .model import ChunkRef, StoredChunk
+
+HEADER_ZSTD = b"8\n"
+HEADER_RAW = b"1\n"
+HEADER_XZ = b"7\n"
+HEADER_BZ2 = b"5\n"
+TEMP_MARK = b".tmp."
+CHUNKS_DIR = b"chunks"
+
+
+class Store:
+    """Reads and writes chunk files under REPO/chunks/xx/."""
+
+    def __init__(self, repo: bytes, zstd_level: int = 3) -> None:
+        self.root = os.path.join(repo, CHUNKS_DIR)
+        self.zstd_level = zstd_level
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._pending: dict[bytes, tuple[bytes, bytes]] = {}  # sha -> (temp, final)
+        host = socket.gethostname().encode("ascii", "replace").replace(b"/", b"_")[:32]
+        self._temp_tag = TEMP_MARK + host + b"." + str(os.getpid()).encode() + b"."
+
+    # -- layout ---------------------------------------------------------------------------
+
+    @staticmethod
+    def create_layout(repo: bytes) -> None:
+        """Make chunks/00 .. chunks/ff (at init, so that saving never needs a mkdir)."""
+        root = os.path.join(repo, CHUNKS_DIR)
+        os.mkdir(root, 0o700)
+        for i in range(256):
+            os.mkdir(os.path.join(root, b"%02x" % i), 0o700)
+
+    def path_for(self, sha256: bytes) -> bytes:
+        hexname = sha256.hex().encode()
+        return os.path.join(self.root, hexname[:2], hexname)
+
+    # -- codec ----------------------------------------------------------------------------
+
+    def _zstd(self) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+        pair = getattr(self._local, "zstd", None)
+        if pair is None:
+            pair = (
+                zstandard.ZstdCompressor(level=self.zstd_level),
+                zstandard.ZstdDecompressor(),
+            )
+            self._local.zstd = pair
+        return pair
+
+    def encode(self, data: bytes | memoryview) -> bytes:
+        """The chunk file body for DATA, verified: what is written decodes back to DATA."""
+        comp, decomp = self._zstd()
+        packed = comp.compress(data)
+        if len(packed) >= len(data):
+            return HEADER_RAW + bytes(data)
+        if decomp.decompress(packed, max_output_size=len(data)) != data:
+            raise ChunkCorrupt(
+                hashlib.sha256(data).hexdigest(), "compressor output does not decompress back"
+            )
+        return HEADER_ZSTD + packed
+
+    def decode(self, body: bytes) -> bytes:
+        head, payload = body[:2], memoryview(body)[2:]
+        if head == HEADER_ZSTD:
+            return self._zstd()[1].decompress(payload)
+        if head == HEADER_RAW:
+            return bytes(payload)
+        if head == HEADER_XZ:
+            return lzma.decompress(payload)
+        if head == HEADER_BZ2:
+            return bz2.decompress(payload)
+        raise ValueError(f"unknown chunk header {bytes(head)!r}")
+
+    # -- reading --------------------------------------------------------------------------
+
+    def stored_size(self, sha256: bytes) -> int | None:
+        """Size of the chunk file, None when it is absent."""
+        try:
+            return os.stat(self.path_for(sha256)).st_size
+        except FileNotFoundError:
+            return None
+
+    def read(self, ref: ChunkRef) -> bytes:
+        """The verified bytes of a chunk; ChunkMissing or ChunkCorrupt otherwise."""
+        name = ref.sha256.hex()
+        try:
+            with open(self.path_for(ref.sha256), "rb") as f:
+                body = f.read()
+        except FileNotFoundError:
+            raise ChunkMissing(name) from None
+        except OSError as e:
+            raise ChunkCorrupt(name, e.strerror or str(e)) from None
+        try:
+            data = self.decode(body)
+        except Exception as e:  # any decoder error means damage, never a crash
+            raise ChunkCorrupt(name, f"cannot decompress ({e})") from None
+        if len(data) != ref.length:
+            raise ChunkCorrupt(name, f"length {len(data)}, expected {ref.length}")
+        if hashlib.sha256(data).digest() != ref.sha256:
+            raise ChunkCorrupt(name, "content does not match its name (sha256)")
+        return data
+
+    # -- writing --------------------------------------------------------------------------
+
+    def put(self, data: bytes | memoryview, sha256: bytes) -> StoredChunk:
+        """Store DATA under SHA256 unless it is there already (or pending in this batch).
+
+        Thread-safe. A new chunk is only a temp file until flush() makes it durable.
+        """
+        ref = ChunkRef(sha256, len(data))
+        with self._lock:
+            if sha256 in self._pending:
+                return StoredChunk(ref, 0, False)
+        size = self.stored_size(sha256)
+        if size is not None:
+            return StoredChunk(ref, size, False)
+        body = self.encode(data)
+        final = self.path_for(sha256)
+        temp = final + self._temp_tag + secrets.token_hex(4).encode()
+        self._write_temp(temp, body)
+        crashpoint("after_chunk_tmp_write")
+        with self._lock:
+            if sha256 in self._pending:  # another thread stored it meanwhile
+                self._discard(temp)
+                return StoredChunk(ref, 0, False)
+            self._pending[sha256] = (temp, final)
+        return StoredChunk(ref, len(body), True)
+
+    def _write_temp(self, temp: bytes, body: bytes) -> None:
+        try:
+            fd = diskio.create_temp(temp)
+        except OSError as e:
+            raise RepositoryIOError(os.fsdecode(temp), e.strerror or str(e)) from None
+        try:
+            diskio.write_all(fd, body)
+        except OSError as e:
+            diskio.close(fd)
+            self._discard(temp)
+            raise RepositoryIOError(os.fsdecode(temp), e.strerror or str(e)) from None
+        diskio.close(fd)
+
+    def _discard(self, temp: bytes) -> None:
+        """Remove a temp file; on a full disk where unlink fails, at least free its blocks."""
+        try:
+            diskio.unlink(temp)
+        except OSError:
+            try:
+                os.truncate(temp, 0)
+            except OSError:
+                pass
+
+    def has_pending(self) -> bool:
+        with self._lock:
+            return bool(self._pending)
+
+    def flush(self) -> int:
+        """Make every pending chunk durable under its final name; returns how many.
+
+        Called before each catalog commit that may name these chunks.
+        """
+        with self._lock:
+            batch, self._pending = self._pending, {}
+        if not batch:
+            return 0
+        try:
+            diskio.syncfs(self.root)
+            for temp, final in batch.values():
+                diskio.rename(temp, final)
+                crashpoint("after_chunk_rename")
+            diskio.syncfs(self.root)
+        except OSError as e:
+            for temp, _final in batch.values():
+                if os.path.exists(temp):
+                    self._discard(temp)
+            raise RepositoryIOError(os.fsdecode(self.root), e.strerror or str(e)) from None
+        return len(batch)
+
+    def abandon(self) -> None:
+        """Drop pending temp files (a save that stops with an error)."""
+        with self._lock:
+            batch, self._pending = self._pending, {}
+        for temp, _final in batch.values():
+            self._discard(temp)
+
+    def write_verified(self, sha256: bytes, body: bytes) -> None:
+        """Place an already-encoded chunk body durably (import of another store's chunk)."""
+        data = self.decode(body)
+        if hashlib.sha256(data).digest() != sha256:
+            raise ChunkCorrupt(sha256.hex(), "content does not match its name (sha256)")
+        final = self.path_for(sha256)
+        temp = final + self._temp_tag + secrets.token_hex(4).encode()
+        fd = diskio.create_temp(temp)
+        try:
+            diskio.write_all(fd, body)
+            diskio.fsync(fd)
+        finally:
+            diskio.close(fd)
+        diskio.rename(temp, final)
+        diskio.fsync_dir(os.path.dirname(final))
+
+    # -- maintenance ----------------------------------------------------------------------
+
+    def iter_chunk_files(self):
+        """(sha256, size) of every final-name chunk file, and temp files as (None, path)."""
+        for i in range(256):
+            sub = os.path.join(self.root, b"%02x" % i)
+            try:
+                entries = os.scandir(sub)
+            except FileNotFoundError:
+                continue
+            with entries:
+                for e in entries:
+                    name = e.name
+                    if len(name) == 64 and TEMP_MARK not in name:
+                        try:
+                            sha = bytes.fromhex(name.decode())
+                            yield sha, e.stat(follow_symlinks=False).st_size
+                        except ValueError:
+                            yield None, e.path
+                    else:
+                        yield None, e.path
+
+    def remove(self, sha256: bytes) -> None:
+        try:
+            diskio.unlink(self.path_for(sha256))
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,106 @@
+"""Filesystem input: NUL-separated name lists (find -print0) and walking PATH arguments."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO
+
+from .pathcodec import BadPath, normalize
+
+Warn = Callable[[str], None]
+
+
+def read_nul_names(stream: BinaryIO, block: int = 1 << 16) -> Iterator[bytes]:
+    """Raw names from a NUL-separated stream, read incrementally (memory stays flat).
+
+    Empty records are skipped; a last name without its final NUL still counts.
+    """
+    tail = b""
+    while True:
+        data = stream.read(block)
+        if not data:
+            break
+        parts = (tail + data).split(b"\x00")
+        tail = parts.pop()
+        for p in parts:
+            if p:
+                yield p
+    if tail:
+        yield tail
+
+
+def normalized(names: Iterable[bytes], cwd: bytes, warn: Warn) -> Iterator[bytes]:
+    """Absolute normal paths for raw input names; bad names are warned about and skipped."""
+    for raw in names:
+        try:
+            yield normalize(raw, cwd)
+        except BadPath as e:
+            warn(f"{os.fsdecode(raw)!r}: skipped: {e}")
+
+
+def excluded(path: bytes, patterns: list[bytes]) -> bool:
+    """True when a glob matches the whole path (pattern with '/') or its last component."""
+    name = path.rsplit(b"/", 1)[-1]
+    for pat in patterns:
+        target = path if b"/" in pat else name
+        if fnmatch.fnmatchcase(target, pat):
+            return True
+    return False
+
+
+def walk(roots: Iterable[bytes], cwd: bytes, warn: Warn, one_file_system: bool = False,
+         excludes: list[bytes] | None = None) -> Iterator[bytes]:
+    """Each root and everything below it, depth-first, directories before their contents,
+    entries sorted by name bytes. Symlinks are never followed. Iterative: no depth limit.
+    """
+    excludes = excludes or []
+    for raw in roots:
+        try:
+            root = normalize(raw, cwd)
+        except BadPath as e:
+            warn(f"{os.fsdecode(raw)!r}: skipped: {e}")
+            continue
+        if excluded(root, excludes):
+            continue
+        try:
+            st = os.lstat(root)
+        except OSError as e:
+            warn(f"{os.fsdecode(root)}: skipped: {e.strerror}")
+            continue
+        yield root
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        stack = [(root, _sorted_children(root, warn))]
+        while stack:
+            parent, children = stack[-1]
+            try:
+                name, is_dir = next(children)
+            except StopIteration:
+                stack.pop()
+                continue
+            path = parent + b"/" + name if parent != b"/" else b"/" + name
+            if excluded(path, excludes):
+                continue
+            yield path
+            if is_dir:
+                if one_file_system:
+                    try:
+                        if os.lstat(path).st_dev != st.st_dev:
+                            continue
+                    except OSError:
+                        continue
+                stack.append((path, _sorted_children(path, warn)))
+
+
+def _sorted_children(path: bytes, warn: Warn) -> Iterator[tuple[bytes, bool]]:
+    try:
+        with os.scandir(path) as it:
+            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+    except OSError as e:
+        warn(f"{os.fsdecode(path)}: cannot list directory: {e.strerror}")
+        return iter(())
+    entries.sort()
+    return iter(entries)

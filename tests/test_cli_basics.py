@@ -1,0 +1,116 @@
+"""CLI depth: init, save, saves, repository errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from backshift.errors import exit_code_table
+from conftest import find0, run, run_bin
+
+
+def test_init_creates_private_repository(tmp_path):
+    run("-r", str(tmp_path / "r"), "init")
+    assert (tmp_path / "r" / "catalog.sqlite3").is_file()
+    assert (tmp_path / "r" / "chunks" / "ff").is_dir()
+    assert (tmp_path / "r").stat().st_mode & 0o777 == 0o700
+
+
+def test_init_refuses_non_empty_directory(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "precious").write_text("keep me")
+    res = run("-r", str(tmp_path / "r"), "init", exit_code=4)
+    assert "not empty" in res.stderr
+    assert (tmp_path / "r" / "precious").read_text() == "keep me"
+    assert sorted(os.listdir(tmp_path / "r")) == ["precious"]
+
+
+def test_missing_repository_is_an_error_and_creates_nothing(tmp_path):
+    res = run("-r", str(tmp_path / "typo"), "saves", exit_code=3)
+    assert "no repository at" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "typo").exists()
+
+
+def test_repo_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKSHIFT_REPO", str(tmp_path / "r"))
+    run("init")
+    assert (tmp_path / "r" / "catalog.sqlite3").is_file()
+
+
+def test_no_repository_given_is_a_usage_error():
+    res = run("saves", exit_code=2)
+    assert "BACKSHIFT_REPO" in res.stderr
+
+
+def test_save_then_saves_lists_it(tmp_path, tree, repo):
+    res = run("-r", repo, "save", "--subset", "home", "--hostname", "h1", "--json",
+              input=find0(tree))
+    summary = json.loads(res.stdout)
+    assert summary["status"] == "complete"
+    assert summary["files"] == len(find0(tree).split(b"\0")) - 1
+    res = run("-r", repo, "saves", "--format", "json")
+    row = json.loads(res.stdout.splitlines()[-1])
+    assert (row["id"], row["hostname"], row["subset"], row["status"]) == (
+        summary["save_id"], "h1", "home", "complete")
+    table = run("-r", repo, "saves").stdout
+    assert re.search(r"^1\s+h1\s+home\s", table, re.M)
+
+
+def test_saves_last_and_filters(tree, repo):
+    for subset in ("a", "b", "a"):
+        run("-r", repo, "save", "--subset", subset, str(tree))
+    rows = [json.loads(x) for x in run("-r", repo, "saves", "--format", "json",
+                                       "--subset", "a").stdout.splitlines()]
+    assert [r["id"] for r in rows] == [1, 3]
+    last = run("-r", repo, "saves", "--last", "1", "--format", "csv").stdout.splitlines()
+    assert last[0].startswith("id,hostname,subset") and last[1].startswith("3,")
+
+
+def test_save_with_paths_walks_them(tree, repo):
+    res = run("-r", repo, "save", "--json", str(tree), "--exclude", "*.bin")
+    summary = json.loads(res.stdout)
+    assert summary["files"] == len(find0(tree).split(b"\0")) - 2  # minus random.bin
+
+
+def test_save_refuses_paths_and_filelist_together(tree, repo, tmp_path):
+    (tmp_path / "list").write_bytes(find0(tree))
+    res = run("-r", repo, "save", "--filelist", str(tmp_path / "list"), str(tree), exit_code=2)
+    assert "not both" in res.stderr
+
+
+def test_save_from_filelist(tree, repo, tmp_path):
+    (tmp_path / "list").write_bytes(find0(tree))
+    res = run("-r", repo, "save", "--json", "--filelist", str(tmp_path / "list"))
+    assert json.loads(res.stdout)["files"] > 10
+
+
+def test_save_warning_exit_code_for_vanished_file(tree, repo):
+    names = find0(tree) + os.fsencode(tree / "no-such-file") + b"\0"
+    res = run("-r", repo, "save", "--json", input=names, exit_code=1)
+    assert "no-such-file: vanished" in res.stderr
+    assert json.loads(res.stdout)["warnings"] == 1
+
+
+def test_help_lists_exit_codes():
+    out = run("--help").stdout
+    for code, _meaning in exit_code_table():
+        assert re.search(rf"^\s+{code}\s", out, re.M), code
+
+
+def test_readme_documents_every_exit_code():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for code, _meaning in exit_code_table():
+        assert re.search(rf"^\|\s*{code}\s*\|", readme, re.M), f"exit code {code} not in README"
+
+
+def test_python_dash_m_and_console_script_work(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "backshift", "--version"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "backshift" in out
+    res = run_bin("-r", str(tmp_path / "nope"), "saves")
+    assert res.returncode == 3 and b"Traceback" not in res.stderr
