@@ -467,6 +467,13 @@ def _uri_quote(path: str) -> str:
     return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
 
 
+def translate_error(e: apsw.Error, path: bytes) -> Exception:
+    """The user-facing error for an SQLite failure met while using the catalog at PATH."""
+    if isinstance(e, apsw.CorruptError | apsw.NotADBError):
+        return NotACatalog(os.fsdecode(path), f"damaged ({_root_cause(e)}); see 'backshift check'")
+    return RepositoryIOError(os.fsdecode(path), _root_cause(e))
+
+
 def _root_cause(e: BaseException) -> str:
     """The first error of a chain: apsw may mask 'disk I/O error' behind a rollback error."""
     while e.__context__ is not None and isinstance(e.__context__, apsw.Error):
