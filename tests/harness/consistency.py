@@ -99,8 +99,9 @@ def assert_repo_consistent(repo: bytes, allow_temps: bool = True,
         except DataDamaged as e:
             problems.append(f"referenced by a complete save: {e}")
     finals = 0
-    for sha, path in store.iter_chunk_files():
+    for sha, item in store.iter_chunk_files():
         if sha is None:
+            path = item
             name = os.path.basename(path)
             if not TEMP_NAME.match(name):
                 problems.append(f"unexpected file in chunk store: {path!r}")
@@ -108,7 +109,7 @@ def assert_repo_consistent(repo: bytes, allow_temps: bool = True,
                 problems.append(f"temp file left behind: {path!r}")
             continue
         finals += 1
-        with open(path, "rb") as f:
+        with open(store.path_for(sha), "rb") as f:
             body = f.read()
         try:
             data = store.decode(body)

@@ -180,8 +180,8 @@ def diff(expected: Manifest, got: Manifest, symlink_mtime: bool = True) -> list[
             b = replace(b, mtime_ns=a.mtime_ns, mode=a.mode)
         if a != b:
             fields = [f for f in a.__dataclass_fields__ if getattr(a, f) != getattr(b, f)]
-            out.append(f"{path!r}: {', '.join(f'{f} {getattr(a, f)!r} != {getattr(b, f)!r}'
-                                                 for f in fields)}")
+            detail = ", ".join(f"{f} {getattr(a, f)!r} != {getattr(b, f)!r}" for f in fields)
+            out.append(f"{path!r}: {detail}")
     return out
 
 
