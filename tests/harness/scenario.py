@@ -33,6 +33,7 @@ def change_tree(root: Path, seed: int = 8) -> None:
     """New and rewritten content, so the next save writes new chunks."""
     rnd = random.Random(seed)
     (root / "new.bin").write_bytes(rnd.randbytes(120_000))
+    (root / "new.txt").write_bytes(b"".join(b"entry %d %d\n" % (i, seed) for i in range(8000)))
     (root / "d" / "small").write_bytes(b"small file, changed\n")
 
 
