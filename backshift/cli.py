@@ -136,10 +136,14 @@ def _check_label(kind: str, value: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("--workers", default=min(4, os.cpu_count() or 2), show_default=True,
               type=click.IntRange(1, 64), help="Threads reading and compressing files.")
+@click.option("--checkpoint-interval", default=10.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(0.1), help="Commit what is saved at least this often.")
+@click.option("--checkpoint-files", default=2000, hidden=True, type=click.IntRange(1))
 @pass_ctx
 def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: str,
          filelist, one_file_system: bool, exclude: tuple[str, ...], progress: bool | None,
-         as_json: bool, workers: int) -> None:
+         as_json: bool, workers: int, checkpoint_interval: float,
+         checkpoint_files: int) -> None:
     """Save files into a new save of HOSTNAME/SUBSET.
 
     Names come from stdin, NUL-separated, as `find -print0` writes them; or from
@@ -180,7 +184,8 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
         stream = filelist if filelist is not None else sys.stdin.buffer
         names = walk.normalized(walk.read_nul_names(stream), cwd, warn)
     show = sys.stderr.isatty() if progress is None else progress
-    opts = SaveOptions(hostname=hostname, subset=subset, workers=workers)
+    opts = SaveOptions(hostname=hostname, subset=subset, workers=workers,
+                       batch_files=checkpoint_files, batch_seconds=checkpoint_interval)
     with open_repository(ctx.repo, WRITE, operation="save") as repo:
         stats = run_save(repo, names, opts, warn, _progress_printer if show else None)
     _clear_progress()
@@ -255,6 +260,8 @@ def saves(ctx: Context, last: int | None, hostname: str | None, subset: str | No
       backshift -r /backup/repo saves --last 5
       backshift -r /backup/repo saves --format json | jq .id
     """
+    from .ops.common import effective_status
+
     with open_repository(ctx.repo, READ) as repo:
         rows = repo.catalog.list_saves(hostname, subset)
     if last:
@@ -263,15 +270,16 @@ def saves(ctx: Context, last: int | None, hostname: str | None, subset: str | No
         headers = ["id", "hostname", "subset", "started", "finished", "status", "files",
                    "size", "new stored"]
         body = [[r.id, r.hostname, r.subset, local_time(r.started_ns),
-                 local_time(r.finished_ns), r.status, f"{r.files:,}", human_bytes(r.bytes),
+                 local_time(r.finished_ns), effective_status(r), f"{r.files:,}",
+                 human_bytes(r.bytes),
                  human_bytes(r.new_bytes_stored)] for r in rows]
     else:
         headers = ["id", "hostname", "subset", "started", "finished", "status", "files",
                    "bytes", "bytes_read", "bytes_borrowed", "new_chunks", "new_bytes_stored",
                    "warnings", "tool_version"]
         body = [[r.id, r.hostname, r.subset, iso_time(r.started_ns), iso_time(r.finished_ns),
-                 r.status, r.files, r.bytes, r.bytes_read, r.bytes_borrowed, r.new_chunks,
-                 r.new_bytes_stored, r.warnings, r.tool_version] for r in rows]
+                 effective_status(r), r.files, r.bytes, r.bytes_read, r.bytes_borrowed,
+                 r.new_chunks, r.new_bytes_stored, r.warnings, r.tool_version] for r in rows]
     emit_lines(render(headers, body, fmt))
 
 

@@ -25,6 +25,7 @@ import xxhash
 from .. import __version__
 from ..chunker import Chunker
 from ..errors import BackshiftError, Interrupted
+from ..lock import pid_alive
 from ..model import (
     TYPE_FILE,
     TYPE_SYMLINK,
@@ -179,7 +180,7 @@ class Saver:
         host = socket.gethostname()
         self.cat.begin()
         for sid, pid in self.cat.running_saves_of_host(host):
-            if not _pid_alive(pid):
+            if not pid_alive(pid, None):
                 self.cat.mark_save_interrupted(sid)
         started_ns = time.time_ns()
         self.stats.save_id = self.cat.insert_save(
@@ -454,16 +455,6 @@ class Saver:
                 if c.new:
                     self.cat.chunk_id(c.ref, c.stored_length)
         return replace(v, size=result.size, content_id=content_id)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _graceful_signals:
