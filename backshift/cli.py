@@ -159,8 +159,7 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
     Exit status 1 means the save completed but some files were skipped (see stderr).
     """
     from . import walk
-    from .ops.save import SaveOptions
-    from .ops.save import save as run_save
+    from .ops.save import SaveOptions, Saver
 
     hostname = _check_label("hostname", hostname or socket.gethostname())
     subset = _check_label("subset", subset)
@@ -170,30 +169,33 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
         raise UsageError("no names to save: give PATHs, --filelist FILE, "
                          "or pipe `find ... -print0` into stdin")
     cwd = os.getcwdb()
-    warnings: list[str] = []
 
     def warn(msg: str) -> None:
-        warnings.append(msg)
         _clear_progress()
         echo_err(f"warning: {msg}")
 
-    if paths:
-        names = walk.walk(paths, cwd, warn, one_file_system=one_file_system,
-                          excludes=[os.fsencode(e) for e in exclude])
-    else:
-        stream = filelist if filelist is not None else sys.stdin.buffer
-        names = walk.normalized(walk.read_nul_names(stream), cwd, warn)
     show = sys.stderr.isatty() if progress is None else progress
     opts = SaveOptions(hostname=hostname, subset=subset, workers=workers,
                        batch_files=checkpoint_files, batch_seconds=checkpoint_interval)
     with open_repository(ctx.repo, WRITE, operation="save") as repo:
-        stats = run_save(repo, names, opts, warn, _progress_printer if show else None)
+        saver = Saver(repo, opts, warn, _progress_printer if show else None)
+        if paths:
+            names = walk.walk(paths, cwd, saver.warn, one_file_system=one_file_system,
+                              excludes=[os.fsencode(e) for e in exclude])
+        else:
+            stream = filelist if filelist is not None else sys.stdin.buffer
+            names = walk.normalized(walk.read_nul_names(stream), cwd, saver.warn)
+        stats = saver.run(names)
     _clear_progress()
     if as_json:
         click.echo(json.dumps(_summary_dict(stats), sort_keys=True))
     else:
         for line in _summary_lines(stats):
             click.echo(line)
+    if stats.status == "interrupted":
+        echo_err(f"backshift: interrupted: save {stats.save_id} keeps the {stats.files:,} "
+                 "files committed so far; the next save borrows from it")
+        raise SystemExit(EXIT_INTERRUPTED)
     if stats.warnings:
         raise SystemExit(EXIT_WARNING)
 

@@ -24,7 +24,7 @@ import xxhash
 
 from .. import __version__
 from ..chunker import Chunker
-from ..errors import BackshiftError, Interrupted
+from ..errors import BackshiftError
 from ..lock import pid_alive
 from ..model import (
     TYPE_FILE,
@@ -213,8 +213,6 @@ class Saver:
         pool.shutdown(wait=True)
         status = "complete" if self.stop_signal is None else "interrupted"
         self.finish(status)
-        if self.stop_signal is not None:
-            raise Interrupted()
         return self.stats
 
     def finish(self, status: str) -> None:
@@ -483,5 +481,9 @@ class _graceful_signals:
 
 def save(repo: Repository, paths: Iterable[bytes], opts: SaveOptions, warn: Warn,
          progress: Progress | None = None) -> SaveStats:
-    """Save PATHS (absolute, normal) as a new save of opts.hostname/opts.subset."""
+    """Save PATHS (absolute, normal) as a new save of opts.hostname/opts.subset.
+
+    Warnings about the input itself (bad names) belong in the save's count too: build the
+    PATHS iterator with Saver.warn as its callback, as the CLI does.
+    """
     return Saver(repo, opts, warn, progress).run(paths)
