@@ -28,7 +28,7 @@ sysdeps:
 	@sh tools/ensure-sysdeps.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check backshift tests bench tools
+	$(BIN)/ruff check .
 
 test: $(STAMP) sysdeps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
