@@ -117,7 +117,8 @@ def test_B8_disk_full_while_writing_chunks(tmp_path, repo, monkeypatch, after_by
     res = save(repo, src, exit_code=12)
     line = one_line_error(res["stderr"])
     assert "No space left on device" in line and os.fsdecode(repo) in line, line
-    assert fault.raised == 1, "ENOSPC is permanent: not retried"
+    # ENOSPC is permanent: each reading thread meets it at most once, nothing is retried.
+    assert 1 <= fault.raised <= 4, fault
     assert save_status(repo)[max(save_status(repo))] == "interrupted"
     assert temp_files(repo) == []
     monkeypatch.undo()
