@@ -58,7 +58,19 @@ def emit_lines(lines) -> None:
         out.write("\n")
 
 
-@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+class _OutputClosed(Exception):
+    """Carries a BrokenPipeError past click, which would swallow it and exit 0."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as e:
+            raise _OutputClosed() from e
+
+
+@click.group(cls=_Group, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-r", "--repo", envvar="BACKSHIFT_REPO", metavar="REPO",
               help="Repository directory (or set BACKSHIFT_REPO).")
 @click.option("--debug", is_flag=True, help="Show a traceback for errors.")
@@ -418,7 +430,7 @@ def run(argv: list[str] | None = None) -> int:
         _clear_progress()
         echo_err("backshift: interrupted")
         code = EXIT_INTERRUPTED
-    except BrokenPipeError:
+    except (BrokenPipeError, _OutputClosed):
         _silence_stdout()
         echo_err("backshift: error: output closed early (broken pipe)")
         code = EXIT_ERROR
