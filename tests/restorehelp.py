@@ -94,3 +94,20 @@ def hash_dir(root: Path | bytes) -> dict[bytes, str]:
         st = os.lstat(p)
         out[rel] = _digest(p) if stat.S_ISREG(st.st_mode) else f"{st.st_mode:o}"
     return out
+
+
+def enrich_tree(tree: Path) -> Path:
+    """make_tree plus a hardlink group of three, odd times and owners, as root a char device."""
+    (tree / "sub" / "deeper" / "big").write_bytes(os.urandom(200_000))
+    os.link(tree / "sub" / "deeper" / "big", tree / "big-link1")
+    os.link(tree / "sub" / "deeper" / "big", tree / "sub" / "big-link2")
+    os.utime(tree / "sub", ns=(1_500_000_000_987_654_321, 1_500_000_000_987_654_321))
+    if os.geteuid() == 0:
+        os.mknod(tree / "null-dev", stat.S_IFCHR | 0o640, os.makedev(1, 3))
+        os.chown(tree / "empty", 1234, 2097152 + 5)  # no names; gid beyond ustar's octal
+    (tree / "sticky").mkdir()
+    os.chmod(tree / "sticky", 0o1777)
+    # before 1970; whole seconds: libarchive reads "-86400.000000001" as -86399.999999999
+    os.utime(tree / "sticky", ns=(-86_400_000_000_000, -86_400_000_000_000))
+    os.utime(tree, ns=(1_400_000_000_000_000_001, 1_400_000_000_000_000_001))
+    return tree

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import apsw
 import pytest
-from restorehelp import compare_trees, extract, hash_dir, save_tree, tar_stream
+from restorehelp import compare_trees, enrich_tree, extract, hash_dir, save_tree, tar_stream
 from tarlint import lint_tar
 
 from backshift import pathcodec
@@ -34,16 +34,7 @@ def rel(tree: Path) -> str:
 
 @pytest.fixture
 def full_tree(tree):
-    """make_tree plus a second hardlink group of three and, as root, a char device."""
-    (tree / "sub" / "deeper" / "big").write_bytes(os.urandom(200_000))
-    os.link(tree / "sub" / "deeper" / "big", tree / "big-link1")
-    os.link(tree / "sub" / "deeper" / "big", tree / "sub" / "big-link2")
-    os.utime(tree / "sub", ns=(1_500_000_000_987_654_321, 1_500_000_000_987_654_321))
-    if os.geteuid() == 0:
-        os.mknod(tree / "null-dev", stat.S_IFCHR | 0o640, os.makedev(1, 3))
-        os.chown(tree / "empty", 1234, 2097152 + 5)  # gid beyond ustar's 7 octal digits
-    os.utime(tree, ns=(1_400_000_000_000_000_001, 1_400_000_000_000_000_001))
-    return tree
+    return enrich_tree(tree)
 
 
 @pytest.mark.parametrize("tool", ["gnu", "bsd", "python"])
