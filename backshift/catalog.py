@@ -43,7 +43,7 @@ def schema_version() -> int:
 
 SAVE_COLUMNS = _sql("""
     id, hostname, subset, started_ns, finished_ns, status, files, bytes, bytes_read,
-    bytes_borrowed, new_chunks, new_bytes_stored, warnings, tool_version
+    bytes_borrowed, new_chunks, new_bytes_stored, warnings, tool_version, writer_host, writer_pid
 """)
 
 INSERT_SAVE = _sql("""
@@ -343,7 +343,7 @@ class Catalog:
         crashpoint("after_catalog_commit")
 
     def rollback_quietly(self) -> None:
-        if not self.conn.autocommit:
+        if self.conn.in_transaction:
             try:
                 self.conn.execute("ROLLBACK")
             except apsw.Error:

@@ -24,8 +24,9 @@ import xxhash
 
 from .. import __version__
 from ..chunker import Chunker
-from ..errors import BackshiftError, Interrupted
+from ..errors import BackshiftError
 from ..legacy import legacy_time_ns
+from ..lock import pid_alive
 from ..model import (
     TYPE_FILE,
     TYPE_SYMLINK,
@@ -180,7 +181,7 @@ class Saver:
         host = socket.gethostname()
         self.cat.begin()
         for sid, pid in self.cat.running_saves_of_host(host):
-            if not _pid_alive(pid):
+            if not pid_alive(pid, None):
                 self.cat.mark_save_interrupted(sid)
         started_ns = time.time_ns()
         self.stats.save_id = self.cat.insert_save(
@@ -215,8 +216,6 @@ class Saver:
         pool.shutdown(wait=True)
         status = "complete" if self.stop_signal is None else "interrupted"
         self.finish(status)
-        if self.stop_signal is not None:
-            raise Interrupted()
         return self.stats
 
     def finish(self, status: str) -> None:
@@ -469,16 +468,6 @@ class Saver:
         return replace(v, size=result.size, content_id=content_id)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class _graceful_signals:
     """First SIGINT/SIGTERM: finish the current file, commit, stop. Second: hard stop."""
 
@@ -505,5 +494,9 @@ class _graceful_signals:
 
 def save(repo: Repository, paths: Iterable[bytes], opts: SaveOptions, warn: Warn,
          progress: Progress | None = None) -> SaveStats:
-    """Save PATHS (absolute, normal) as a new save of opts.hostname/opts.subset."""
+    """Save PATHS (absolute, normal) as a new save of opts.hostname/opts.subset.
+
+    Warnings about the input itself (bad names) belong in the save's count too: build the
+    PATHS iterator with Saver.warn as its callback, as the CLI does.
+    """
     return Saver(repo, opts, warn, progress).run(paths)
