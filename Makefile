@@ -40,7 +40,7 @@ sysdeps:
 	@sh tools/ensure-sysdeps.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check backshift tests bench tools
+	$(BIN)/ruff check .
 
 test: $(STAMP) sysdeps lint .venv-legacy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
