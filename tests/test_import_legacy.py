@@ -233,6 +233,25 @@ def test_import_legacy_crash_after_first_save_commit_is_finished_by_rerun(legacy
     assert_matches_tree(members(repo, 2), root)
 
 
+@pytest.mark.parametrize("point", ["after_chunk_rename", "after_catalog_commit:1",
+                                   "before_catalog_commit:2"])
+def test_import_legacy_killed_anywhere_leaves_nothing_half_done(legacy_bin, repo, tmp_path,
+                                                                 point):
+    """Killed after chunks are placed, after the contents commit, or before the save's
+    commit: no save is visible, and the rerun imports it whole."""
+    root = source_tree(tmp_path)
+    sd = tmp_path / "savedir"
+    legacy_save(legacy_bin, sd, find0(root))
+    env = dict(os.environ, BACKSHIFT_CRASH_AT=point)
+    proc = subprocess.run([BACKSHIFT, "-r", repo, "import-legacy", str(sd)], env=env,
+                          capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert saves(repo) == []
+    res = run("-r", repo, "import-legacy", str(sd))
+    assert "1 saves imported, 0 already imported" in res.stdout
+    assert_matches_tree(members(repo, 1), root)
+
+
 def test_import_legacy_missing_and_damaged_chunks_are_reported_and_files_skipped(
         legacy_bin, repo, tmp_path):
     root = source_tree(tmp_path)

@@ -175,6 +175,7 @@ class Placer:
             diskio.syncfs(self.store.root)
             for temp, final in batch.values():
                 diskio.rename(temp, final)
+                crashpoint("after_chunk_rename")
                 if os.path.lexists(temp):  # rename onto a link of the same inode is a no-op
                     diskio.unlink(temp)
             diskio.syncfs(self.store.root)
