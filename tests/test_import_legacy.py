@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import time
@@ -296,6 +297,32 @@ def test_import_legacy_then_save_reads_nothing_of_an_unchanged_tree(legacy_bin, 
     res = run("-r", repo, "save", "--hostname", "vm", "--subset", "small", "--json",
               input=find0(root))
     assert json.loads(res.stdout)["files_read"] == 1  # a.txt (its hardlink shares it)
+
+
+def test_import_legacy_then_real_save_borrows_from_a_tree_older_than_the_margin(
+        legacy_bin, repo, tmp_path):
+    root = source_tree(tmp_path)
+    time.sleep(2.1)  # ctimes before the legacy save's start minus the racy margin
+    sd = tmp_path / "savedir"
+    legacy_save(legacy_bin, sd, find0(root))
+    run("-r", repo, "import-legacy", str(sd))
+    proc = subprocess.run([BACKSHIFT, "-r", repo, "save", "--hostname", "vm", "--subset",
+                           "small", "--json"], input=find0(root), capture_output=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["files_read"] == 0 and summary["files_borrowed"] > 0
+
+
+def test_import_legacy_save_without_metadata_is_skipped_with_a_warning(legacy_bin, repo,
+                                                                       tmp_path):
+    root = source_tree(tmp_path)
+    sd = tmp_path / "savedir"
+    legacy_save(legacy_bin, sd, find0(root))
+    shutil.rmtree(sd / "files" / legacy_ids(sd)[0])
+    res = run("-r", repo, "import-legacy", str(sd), exit_code=1)
+    assert "metadata is gone" in res.stderr
+    assert saves(repo) == []
 
 
 def test_import_legacy_refuses_a_directory_that_is_not_a_savedir(repo, tmp_path):

@@ -243,6 +243,10 @@ class Importer:
         except (OSError, lg.LegacyFormatError) as e:
             self.warn(f"legacy save {lid.text}: skipped: summary: {e}")
             return
+        if not os.path.isdir(os.path.join(self.savedir, b"files", os.fsencode(lid.text))):
+            self.warn(f"legacy save {lid.text}: skipped: its files/ metadata is gone "
+                      "(expired by the original?)")
+            return
         links: collections.Counter[tuple[int, int]] = collections.Counter()
         self.resolve_contents(lid.text, links)
         needers: dict[bytes, list[bytes]] = collections.defaultdict(list)
