@@ -304,8 +304,9 @@ class Importer:
         source = os.path.join(self.savedir, b"chunks", h[:5], h[5:11], h[11:])
         why = None
         body = b""
-        try:
-            with open(source, "rb") as f:
+        try:  # never through a symlink: the file itself is what gets linked
+            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
                 body = f.read()
         except FileNotFoundError:
             why = "is missing"
