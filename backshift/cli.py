@@ -285,6 +285,51 @@ def saves(ctx: Context, last: int | None, hostname: str | None, subset: str | No
     emit_lines(render(headers, body, fmt))
 
 
+# -- import-legacy ----------------------------------------------------------------------
+
+
+@cli.command("import-legacy")
+@click.argument("savedir", type=click.Path(path_type=bytes))
+@click.option("--link", "method", flag_value="link", default=None,
+              help="Hard-link the legacy chunk files [default when on the same filesystem].")
+@click.option("--copy", "method", flag_value="copy",
+              help="Copy the legacy chunk files (the save directory stays independent).")
+@pass_ctx
+def import_legacy_cmd(ctx: Context, savedir: bytes, method: str | None) -> None:
+    """Import every save of a backshift 1.x save directory (idempotent, resumable).
+
+    Each legacy save becomes a save of its hostname and subset; its chunks are verified
+    and hard-linked (or copied) into the repository. Saves imported before are skipped,
+    so running it again finishes an interrupted import.
+
+    \b
+    Examples:
+      backshift -r /backup/repo import-legacy /backup/old-savedir
+      backshift -r /backup/repo import-legacy /mnt/usb/savedir --copy
+
+    Exit status 1 means some files were not imported (a legacy chunk missing or damaged,
+    named on stderr).
+    """
+    from .ops.import_legacy import import_legacy
+
+    def warn(msg: str) -> None:
+        echo_err(f"warning: {msg}")
+
+    with open_repository(ctx.repo, WRITE, operation="import-legacy") as repo:
+        stats = import_legacy(repo, savedir, method, warn)
+    for lid, save_id in stats.imported:
+        click.echo(f"imported {lid} as save {save_id}")
+    click.echo(
+        f"{stats.saves_imported} saves imported, {stats.saves_skipped} already imported, "
+        f"{stats.files:,} files ({human_bytes(stats.bytes)}), {stats.files_skipped} skipped")
+    click.echo(
+        f"chunks: {stats.chunks_linked:,} linked, {stats.chunks_copied:,} copied, "
+        f"{stats.chunks_present:,} already present, {stats.chunks_bad:,} missing or damaged; "
+        f"{stats.elapsed_s:.1f} s")
+    if stats.warnings or stats.chunks_bad:
+        raise SystemExit(EXIT_WARNING)
+
+
 # -- entry point ------------------------------------------------------------------------
 
 
