@@ -6,6 +6,7 @@ their class (errors.py); --debug shows the traceback too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -397,14 +398,16 @@ def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, exclude: tupl
     if output == "-" and sys.stdout.isatty():
         raise UsageError("refusing to write a tar stream to a terminal: "
                          "pipe it into tar or give -o FILE")
-    with open_repository(ctx.repo, READ) as repo:
+    with open_repository(ctx.repo, READ) as repo, contextlib.ExitStack() as stack:
         save_row = resolve_save(repo.catalog, backup)
-        if output == "-":
-            sys.stdout.flush()
-            problems = tar_save(repo, save_row.id, sel, sys.stdout.buffer, _report)
-        else:
-            with open(os.fsencode(output), "wb") as out:
-                problems = tar_save(repo, save_row.id, sel, out, _report)
+
+        def open_out():
+            if output == "-":
+                sys.stdout.flush()
+                return sys.stdout.buffer
+            return stack.enter_context(open(os.fsencode(output), "wb"))
+
+        problems = tar_save(repo, save_row.id, sel, open_out, _report)
     _finish(problems)
 
 

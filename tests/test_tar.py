@@ -13,6 +13,8 @@ from pathlib import Path
 
 import apsw
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from restorehelp import compare_trees, enrich_tree, extract, hash_dir, save_tree, tar_stream
 from tarlint import lint_tar
 
@@ -308,3 +310,51 @@ def test_tar_of_fresh_tree_twice_is_identical(repo, tmp_path):
     src = make_tree(tmp_path / "other")
     save_tree(repo, src)
     assert tar_stream(repo)[0] == tar_stream(repo)[0]
+
+
+def test_tar_output_file_not_created_on_error(repo, tree, tmp_path):
+    save_tree(repo, tree)
+    out = tmp_path / "out.tar"
+    run("-r", repo, "tar", "--backup", "latest", "/no/such", "-o", str(out), exit_code=9)
+    run("-r", repo, "tar", "--backup", "latest", "--where", "nosuchcolumn = 1",
+        "-o", str(out), exit_code=11)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("delta", [-1000, 1000])
+def test_tar_size_disagreeing_with_content_keeps_declared_size(repo, tree, tmp_path, delta):
+    save_tree(repo, tree)
+    conn = apsw.Connection(os.fsdecode(os.path.join(repo, b"catalog.sqlite3")))
+    key = pathcodec.sort_key(os.fsencode(tree / "random.bin"))
+    conn.execute("UPDATE version SET size = size + ? WHERE path_id = "
+                 "(SELECT id FROM path WHERE key = ?)", (delta, key))
+    conn.close()
+    data, err = tar_stream(repo, exit_code=10)
+    by = {ti.name: ti for ti in lint_tar(data)}
+    assert by[rel(tree) + "/random.bin"].size == 300_000 + delta
+    assert ("longer" if delta < 0 else "padded") in err
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.binary(min_size=1, max_size=300).filter(lambda b: b"\0" not in b),
+       link=st.binary(max_size=200).filter(lambda b: b"\0" not in b),
+       uid=st.integers(0, 2**40), size=st.integers(0, 2**40),
+       mtime_ns=st.integers(-(2**62), 2**62), user=st.binary(max_size=40))
+def test_tar_header_round_trips_through_tarfile(name, link, uid, size, mtime_ns, user):
+    from backshift.ops import tarstream as ts
+
+    user = user.replace(b"\0", b"")
+    h = ts.Header(name=name, typeflag=ts.REGTYPE, mode=0o7777, uid=uid, gid=5, uname=user,
+                  gname=b"g", size=size, mtime_ns=mtime_ns, linkname=link)
+    ti = tarfile.TarInfo.fromtarfile(_Fake(ts.encode_header(h) + bytes(1024)))
+    assert ti.name.encode("utf-8", "surrogateescape") == name
+    assert ti.linkname.encode("utf-8", "surrogateescape") == link
+    assert (ti.uid, ti.size, ti.mode) == (uid, size, 0o7777)
+    assert ti.uname.encode("utf-8", "surrogateescape") == user
+    text = ti.pax_headers.get("mtime")
+    if text is None:
+        assert ti.mtime * 10**9 == mtime_ns
+    else:
+        sign = -1 if text.startswith("-") else 1
+        sec, _, frac = text.lstrip("-").partition(".")
+        assert sign * (int(sec) * 10**9 + int(frac.ljust(9, "0"))) == mtime_ns

@@ -237,7 +237,6 @@ def _write_data(m, writer: TarWriter, catalog, store, problems) -> None:
     done = 0
     for ref in refs:
         if done >= size:
-            problems.damage(path, f"content longer than its declared size {size}; cut")
             break
         try:
             data = store.read(ref)
@@ -245,6 +244,7 @@ def _write_data(m, writer: TarWriter, catalog, store, problems) -> None:
             problems.damage(path, f"{e.message()}; {ref.length} zero bytes at offset {done}")
             data = bytes(ref.length)
         if done + len(data) > size:
+            problems.damage(path, f"content longer than its declared size {size}; cut")
             data = data[: size - done]
         writer.write(data)
         done += len(data)
@@ -257,15 +257,20 @@ def _write_data(m, writer: TarWriter, catalog, store, problems) -> None:
     writer.write(padding(size))
 
 
-def tar_save(repo, save_id: int, sel, out, report) -> object:
-    """Write the selection of a save to OUT as one pax tar stream; return its Problems."""
+def tar_save(repo, save_id: int, sel, open_out, report) -> object:
+    """Write the selection of a save as one pax tar stream; return its Problems.
+
+    OPEN_OUT() gives the binary file to write to; it is called only once the selection is
+    known to be valid (paths in the save, --where accepted), so an error leaves no output.
+    """
     from .select import Planner, Problems, check_paths_exist
 
     check_paths_exist(repo.catalog, save_id, sel.paths)
     problems = Problems(report)
     planner = Planner(repo.catalog, save_id, sel, problems)
     try:
-        write_members(planner.members(), TarWriter(out), repo.catalog, repo.store, problems)
+        writer = TarWriter(open_out())
+        write_members(planner.members(), writer, repo.catalog, repo.store, problems)
     finally:
         planner.close()
     return problems
