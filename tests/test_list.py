@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 
+import apsw
 import pytest
 from restorehelp import enrich_tree, save_tree, tar_stream
 
@@ -21,7 +22,7 @@ from backshift.catalog import (
 )
 from backshift.ops import tarstream as ts
 from backshift.ops.listing import TarLister, mode_string
-from conftest import run, run_bin
+from conftest import BACKSHIFT, run, run_bin
 
 
 def gnu_tar_list(data: bytes, verbose: bool, env: dict | None = None) -> bytes:
@@ -159,3 +160,24 @@ def test_list_query_plans_use_indexes(repo, saved, sql, params):
     assert "INDEX sqlite_autoindex_path_1 (key" in text or "PRIMARY KEY" in text, text
     if "member" in sql:
         assert "SEARCH m USING PRIMARY KEY (save_id=? AND path_id=?)" in text, text
+
+
+@pytest.mark.slow
+def test_list_and_tar_agree_on_a_9_gib_member(repo, tree):
+    """A crafted row: 9 GiB declared, no content. The stream pads it (exit 10) and stays
+    valid end to end; GNU tar lists it like `backshift list`."""
+    save_tree(repo, tree)
+    conn = apsw.Connection(os.fsdecode(os.path.join(repo, b"catalog.sqlite3")))
+    key = pathcodec.sort_key(os.fsencode(tree / "empty"))
+    conn.execute("UPDATE version SET size = ?, content_id = NULL WHERE path_id = "
+                 "(SELECT id FROM path WHERE key = ?)", (9 << 30, key))
+    conn.close()
+    p1 = subprocess.Popen([BACKSHIFT, "-r", repo, "tar", "--backup", "latest"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    got = subprocess.run(["tar", "-tvf", "-"], stdin=p1.stdout, capture_output=True,
+                         timeout=900)
+    p1.stdout.close()
+    assert p1.wait(timeout=60) == 10, p1.stderr.read()
+    listed = run("-r", repo, "list", "--backup", "latest", "-v").stdout_bytes
+    assert got.returncode == 0 and got.stdout == listed
+    assert b" 9663676416 " in listed

@@ -15,7 +15,7 @@ import fnmatch
 import os
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import apsw
 
@@ -165,7 +165,6 @@ class Problems:
     warnings: int = 0
     refused: int = 0
     damaged: int = 0
-    damaged_paths: list[str] = field(default_factory=list)
 
     def warn(self, msg: str) -> None:
         self.warnings += 1
@@ -177,8 +176,6 @@ class Problems:
 
     def damage(self, path: bytes, msg: str) -> None:
         self.damaged += 1
-        if len(self.damaged_paths) < 20:
-            self.damaged_paths.append(pathcodec.escape(path))
         self.report("error", f"{pathcodec.escape(path)}: {msg}")
 
 
