@@ -211,16 +211,19 @@ def test_tar_pads_damaged_chunk_and_exits_10(repo, tree, tmp_path, damage):
     compare_trees(tree, dest / rel(tree), mtime_exact=False)
 
 
-def _insert_member(repo: bytes, path: bytes, mode: int, target: bytes | None = None) -> None:
+def _insert_member(repo: bytes, path: bytes, mode: int, target: bytes | None = None, *,
+                   key: bytes | None = None, ino: int = 0, nlink: int = 1) -> None:
+    """A member row written with raw SQL, as a damaged or hostile catalog could hold it."""
     conn = apsw.Connection(os.fsdecode(os.path.join(repo, b"catalog.sqlite3")))
-    key = pathcodec.sort_key(path) if b"/../" not in path else path.replace(b"/", b"\0")
+    if key is None:
+        key = path.replace(b"/", b"\0")  # no normalising: '..' stays
     conn.execute("INSERT INTO path (parent_id, key, name) VALUES (NULL, ?, ?)",
                  (key, path.rsplit(b"/", 1)[-1]))
     path_id = conn.last_insert_rowid()
     conn.execute("INSERT INTO version (path_id, mode, uid, gid, user, grp, size, mtime_ns, "
                  "ctime_ns, dev, ino, nlink, rdev, link_target, content_id) "
-                 "VALUES (?, ?, 0, 0, x'', x'', 0, 0, 0, 0, 0, 1, 0, ?, NULL)",
-                 (path_id, mode, target))
+                 "VALUES (?, ?, 0, 0, x'', x'', 0, 0, 0, 0, ?, ?, 0, ?, NULL)",
+                 (path_id, mode, ino, nlink, target))
     conn.execute("INSERT INTO member (save_id, path_id, version_id) VALUES (1, ?, ?)",
                  (path_id, conn.last_insert_rowid()))
     conn.close()
@@ -233,12 +236,22 @@ def test_tar_refuses_hostile_catalog_rows(repo, tree, tmp_path):
     _insert_member(repo, raw + b"/trap", stat.S_IFLNK | 0o777, b"/etc")
     _insert_member(repo, raw + b"/trap/passwd", stat.S_IFREG | 0o644)
     _insert_member(repo, raw + b"/sock", stat.S_IFSOCK | 0o755)
+    _insert_member(repo, raw + b"/slash", stat.S_IFREG | 0o644,  # '/' inside a component
+                   key=pathcodec.sort_key(raw) + b"\0sub/a.txt")
+    _insert_member(repo, b"relative", stat.S_IFREG | 0o644, key=b"relative\0x")  # no range
+    # a hardlink group whose first member is refused: the next one must carry the data
+    _insert_member(repo, raw + b"/hl/../hl-a", stat.S_IFREG | 0o644, ino=424242, nlink=2)
+    _insert_member(repo, raw + b"/hl-b", stat.S_IFREG | 0o644, ino=424242, nlink=2)
     data, err = tar_stream(repo, exit_code=10)
     names = names_in(data)
     assert not any(".." in n.split("/") for n in names)
     assert rel(tree) + "/trap" in names and rel(tree) + "/trap/passwd" not in names
     assert "escape" in err and "trap/passwd" in err and "not a directory" in err
     assert "socket skipped" in err
+    assert "'/' inside the component 'sub/a.txt'" in err and "hl-a" in err
+    assert names.count(rel(tree) + "/sub/a.txt") == 0 and not any("relative" in n for n in names)
+    hl_b = [ti for ti in lint_tar(data) if ti.name == rel(tree) + "/hl-b"]
+    assert len(hl_b) == 1 and hl_b[0].isreg()
     dest = tmp_path / "dest"
     extract("gnu", data, dest)
     assert sorted(os.listdir(tmp_path)) == sorted(["dest", "repo", "src"])

@@ -181,15 +181,22 @@ class Problems:
 
 def member_name_of_key(key: bytes) -> bytes | None:
     """The tar name of a catalog key, or None when the key is not a normal absolute path."""
+    return None if key_problem(key) else (b"/".join(key.split(b"\0")[1:]) or b".")
+
+
+def key_problem(key: bytes) -> str | None:
+    """Why a catalog key is not a normal absolute path, or None when it is one."""
     if key == b"":
-        return b"."
+        return None
     parts = key.split(b"\0")
     if parts[0] != b"":
-        return None
+        return "not an absolute path"
     for part in parts[1:]:
-        if part in (b"", b".", b"..") or b"/" in part:
-            return None
-    return b"/".join(parts[1:])
+        if part in (b"", b".", b".."):
+            return "an empty, '.' or '..' component"
+        if b"/" in part:
+            return f"a '/' inside the component {pathcodec.escape(part)!r}"
+    return None
 
 
 class Planner:
@@ -323,7 +330,7 @@ class Planner:
     def _plan(self, e: Entry) -> Planned | None:
         name = member_name_of_key(e.key)
         if name is None:
-            self.problems.refuse(e.key, "not a normal absolute path (empty, '.' or '..' part)")
+            self.problems.refuse(e.key, "not a normal path: " + (key_problem(e.key) or "?"))
             return None
         kind = stat.S_IFMT(e.mode)
         size, link, major, minor = 0, b"", 0, 0
