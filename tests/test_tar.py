@@ -371,3 +371,22 @@ def test_tar_header_round_trips_through_tarfile(name, link, uid, size, mtime_ns,
         sign = -1 if text.startswith("-") else 1
         sec, _, frac = text.lstrip("-").partition(".")
         assert sign * (int(sec) * 10**9 + int(frac.ljust(9, "0"))) == mtime_ns
+
+
+@pytest.mark.parametrize("selector", [["*.txt"], ["--where", "type = 'file' AND size < 100"]])
+def test_tar_partial_restore_keeps_parent_metadata(repo, full_tree, tmp_path, selector):
+    save_tree(repo, full_tree)
+    data, _ = tar_stream(repo, *selector)
+    dest = tmp_path / "dest"
+    extract("gnu", data, dest)
+    top = dest / rel(full_tree)
+    restored = [p for p in top.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert restored
+    for p in restored:
+        src = full_tree / p.relative_to(top)
+        assert p.read_bytes() == src.read_bytes()
+        assert p.stat().st_mtime_ns == src.stat().st_mtime_ns
+    for d in [top, top / "sub"]:
+        src = full_tree / d.relative_to(top)
+        assert d.stat().st_mtime_ns == src.stat().st_mtime_ns
+        assert d.stat().st_mode == src.stat().st_mode
