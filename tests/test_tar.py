@@ -349,7 +349,8 @@ def test_tar_size_disagreeing_with_content_keeps_declared_size(repo, tree, tmp_p
 
 
 @settings(max_examples=200, deadline=None)
-@given(name=st.binary(min_size=1, max_size=300).filter(lambda b: b"\0" not in b),
+@given(name=st.binary(min_size=1, max_size=300).filter(  # tarfile drops a trailing '/'
+           lambda b: b"\0" not in b and not b.endswith(b"/")),
        link=st.binary(max_size=200).filter(lambda b: b"\0" not in b),
        uid=st.integers(0, 2**40), size=st.integers(0, 2**40),
        mtime_ns=st.integers(-(2**62), 2**62), user=st.binary(max_size=40))
