@@ -1,7 +1,8 @@
 """A tar-stream lint for tests: the producer invariants of RELIABILITY.md (d), checked.
 
     from tarlint import lint_tar
-    members = lint_tar(stream_bytes)   # raises AssertionError naming the first violation
+    members = lint_tar(stream_bytes)   # or lint_tar("out.tar"); AssertionError names
+                                       # the first violation
 
 Checks: the stream parses with tarfile in streaming mode ('r|'); every name is relative and
 normal (no empty, '.' or '..' component, no leading '/'); names are unique; nothing sits
@@ -13,6 +14,7 @@ blocks and is 512-aligned. Returns the TarInfo list (name, type, size...) for mo
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 
 BLOCK = 512
@@ -29,14 +31,24 @@ def _check_name(name: str, what: str) -> None:
         assert part not in (b"", b".", b".."), f"{what} not normal: {raw!r}"
 
 
-def lint_tar(data: bytes) -> list[tarfile.TarInfo]:
-    assert len(data) % BLOCK == 0, f"stream length {len(data)} is not a multiple of 512"
-    assert len(data) >= 2 * BLOCK and data[-2 * BLOCK:] == bytes(2 * BLOCK), \
-        "stream does not end with two zero blocks"
+def lint_tar(source: bytes | str | os.PathLike) -> list[tarfile.TarInfo]:
+    """Lint a whole stream given as bytes or as the path of a file holding it."""
+    if isinstance(source, bytes | bytearray):
+        return _lint(io.BytesIO(source), len(source))
+    with open(source, "rb") as f:
+        return _lint(f, os.fstat(f.fileno()).st_size)
+
+
+def _lint(fileobj, length: int) -> list[tarfile.TarInfo]:
+    assert length % BLOCK == 0, f"stream length {length} is not a multiple of 512"
+    assert length >= 2 * BLOCK, "stream shorter than the end-of-archive marker"
+    fileobj.seek(length - 2 * BLOCK)
+    assert fileobj.read(2 * BLOCK) == bytes(2 * BLOCK), "stream does not end with two zero blocks"
+    fileobj.seek(0)
     seen: dict[str, tarfile.TarInfo] = {}
     nondirs: set[str] = set()
     out = []
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r|", encoding="utf-8",
+    with tarfile.open(fileobj=fileobj, mode="r|", encoding="utf-8",
                       errors="surrogateescape") as tf:
         for ti in tf:
             name = ti.name.rstrip("/") or ti.name
