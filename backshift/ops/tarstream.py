@@ -12,6 +12,7 @@ fits; a preceding 'x' extended header carries the rest:
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -79,11 +80,6 @@ def _is_utf8(raw: bytes) -> bool:
     return True
 
 
-def _octal(value: int, width: int) -> bytes:
-    """A NUL-terminated zero-padded octal field of WIDTH bytes."""
-    return b"%0*o\0" % (width - 1, value)
-
-
 def _fits_ascii(raw: bytes, limit: int) -> bool:
     return len(raw) <= limit and raw.isascii()
 
@@ -141,29 +137,22 @@ def encode_header(h: Header) -> bytes:
     return bytes(out)
 
 
+USTAR = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s8s8s155s12s")  # NUL-padded fields
+
+
 def _ustar(name: bytes, typeflag: bytes, mode: int, uid: int, gid: int, uname: bytes,
            gname: bytes, size: int, mtime: int, linkname: bytes, devmajor: int,
            devminor: int) -> bytes:
-    parts = [
-        name.ljust(100, b"\0"),
-        _octal(mode, 8),
-        _octal(uid, 8),
-        _octal(gid, 8),
-        _octal(size, 12),
-        _octal(mtime, 12),
+    dev = typeflag in (CHRTYPE, BLKTYPE)
+    block = bytearray(USTAR.pack(
+        name, b"%07o\0" % mode, b"%07o\0" % uid, b"%07o\0" % gid, b"%011o\0" % size,
+        b"%011o\0" % mtime,
         b" " * 8,  # checksum: computed with this field as spaces
-        typeflag,
-        linkname.ljust(100, b"\0"),
-        b"ustar\x0000",
-        uname.ljust(32, b"\0"),
-        gname.ljust(32, b"\0"),
-        _octal(devmajor, 8) if typeflag in (CHRTYPE, BLKTYPE) else bytes(8),
-        _octal(devminor, 8) if typeflag in (CHRTYPE, BLKTYPE) else bytes(8),
-        bytes(155),  # prefix: unused, long names go in pax 'path'
-        bytes(12),
-    ]
-    block = bytearray(b"".join(parts))
-    assert len(block) == BLOCK, len(block)
+        typeflag, linkname, b"ustar\x0000", uname, gname,
+        b"%07o\0" % devmajor if dev else b"", b"%07o\0" % devminor if dev else b"",
+        b"",  # prefix: unused, long names go in pax 'path'
+        b"",
+    ))
     block[148:156] = b"%06o\0 " % sum(block)
     return bytes(block)
 
