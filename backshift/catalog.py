@@ -206,6 +206,91 @@ CHUNKS_OF_CONTENT = _sql("""
 """)
 
 
+# -- listing and tar ---
+# A save is traversed from the path table in key (depth-first) order, probing member by its
+# primary key for each path: an index range, never a scan of the save. CROSS JOIN pins that
+# loop order (path outside), so ORDER BY key needs no sort. The path table holds the paths of
+# every save; paths of other saves cost one probe each.
+
+ENTRY_COLUMNS = _sql("""
+    p.id, p.key, v.mode, v.uid, v.gid, v.user, v.grp, v.size, v.mtime_ns, v.dev, v.ino,
+    v.nlink, v.rdev, v.link_target, v.content_id, c.digest
+""")
+
+ENTRIES_IN_KEY_RANGE = _sql(f"""
+    SELECT {ENTRY_COLUMNS}
+    FROM path AS p
+    CROSS JOIN member AS m
+    JOIN version AS v ON v.id = m.version_id
+    LEFT JOIN content AS c ON c.id = v.content_id
+    WHERE p.key >= :lo
+      AND p.key < :hi
+      AND m.save_id = :save_id
+      AND m.path_id = p.id
+    ORDER BY p.key
+""")
+
+ENTRY_AT_KEY = _sql(f"""
+    SELECT {ENTRY_COLUMNS}
+    FROM path AS p
+    CROSS JOIN member AS m
+    JOIN version AS v ON v.id = m.version_id
+    LEFT JOIN content AS c ON c.id = v.content_id
+    WHERE p.key = :key
+      AND m.save_id = :save_id
+      AND m.path_id = p.id
+""")
+
+FIRST_PATH_IN_KEY_RANGE = _sql("""
+    SELECT p.key
+    FROM path AS p
+    WHERE p.key >= :lo
+      AND p.key < :hi
+    ORDER BY p.key
+    LIMIT 1
+""")
+
+WHERE_PREDICATE_MATCHES = """
+    SELECT 1
+    FROM files
+    WHERE save_id = :save_id
+      AND path_id = :path_id
+      AND ({predicate}
+      )
+"""
+
+
+# -- import-legacy ---
+LEGACY_IDS = _sql("""
+    SELECT legacy_id
+    FROM save
+    WHERE legacy_id IS NOT NULL
+""")
+
+IS_LEGACY_SAVE = _sql("""
+    SELECT legacy_id IS NOT NULL
+    FROM save
+    WHERE id = :save_id
+""")
+
+INSERT_LEGACY_SAVE = _sql("""
+    INSERT INTO save (hostname, subset, started_ns, status, tool_version, writer_host,
+                      writer_pid, legacy_id)
+    VALUES (:hostname, :subset, :started_ns, 'running', :tool_version, :writer_host,
+            :writer_pid, :legacy_id)
+""")
+
+CONTENTS_STARTING_WITH_CHUNK = _sql("""
+    SELECT c.id
+    FROM chunk AS k
+    JOIN content_chunk AS cc ON cc.chunk_id = k.id AND cc.seq = 0
+    JOIN content AS c ON c.id = cc.content_id
+    WHERE k.sha256 = :sha256
+      AND c.chunk_count = :chunk_count
+      AND c.size = :size
+""")
+
+
 class Catalog:
     """One apsw connection to REPO/catalog.sqlite3, opened for writing or read-only."""
 
@@ -461,6 +546,57 @@ class Catalog:
     def iter_rows(self, sql: str, params: dict | None = None) -> Iterator[tuple]:
         """Run a statement from this module and stream its rows."""
         yield from self.conn.execute(sql, params or {})
+
+    # -- listing and tar --
+
+    def entries_in_key_range(self, save_id: int, lo: bytes, hi: bytes) -> Iterator[tuple]:
+        """Rows (ENTRY_COLUMNS) of the save's members with lo <= key < hi, in key order."""
+        yield from self.conn.execute(ENTRIES_IN_KEY_RANGE,
+                                     {"save_id": save_id, "lo": lo, "hi": hi})
+
+    def entry_at_key(self, save_id: int, key: bytes) -> tuple | None:
+        return self.conn.execute(ENTRY_AT_KEY, {"save_id": save_id, "key": key}).fetchone()
+
+    def first_path_in_key_range(self, lo: bytes, hi: bytes) -> bytes | None:
+        """The smallest path key in [lo, hi) of any save (for stepping over subtrees)."""
+        row = self.conn.execute(FIRST_PATH_IN_KEY_RANGE, {"lo": lo, "hi": hi}).fetchone()
+        return row[0] if row else None
+
+    def explain(self, sql: str, params: dict) -> list[str]:
+        """The EXPLAIN QUERY PLAN details of a statement of this module (for tests)."""
+        return [row[3] for row in self.conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+
+
+    # -- import-legacy --
+
+    def legacy_ids(self) -> set[str]:
+        """Backup ids of the backshift 1.x saves imported so far."""
+        return {row[0] for row in self.conn.execute(LEGACY_IDS)}
+
+    def is_legacy_save(self, save_id: int) -> bool:
+        row = self.conn.execute(IS_LEGACY_SAVE, {"save_id": save_id}).fetchone()
+        return bool(row and row[0])
+
+    def insert_legacy_save(self, hostname: str, subset: str, started_ns: int,
+                           tool_version: str, legacy_id: str, writer_host: str) -> int:
+        """A save row for an imported legacy save (status set by finish_save at the end)."""
+        self.conn.execute(INSERT_LEGACY_SAVE, {
+            "hostname": hostname, "subset": subset, "started_ns": started_ns,
+            "tool_version": tool_version, "writer_host": writer_host,
+            "writer_pid": os.getpid(), "legacy_id": legacy_id,
+        })
+        return self.conn.last_insert_rowid()
+
+    def content_by_chunk_list(self, refs: list[ChunkRef]) -> int | None:
+        """A content made of exactly these chunks, in this order (so of the same bytes)."""
+        rows = self.conn.execute(CONTENTS_STARTING_WITH_CHUNK, {
+            "sha256": refs[0].sha256, "chunk_count": len(refs),
+            "size": sum(r.length for r in refs),
+        }).fetchall()
+        for (content_id,) in rows:
+            if self.chunks_of_content(content_id) == refs:
+                return content_id
+        return None
 
 
 def _uri_quote(path: str) -> str:

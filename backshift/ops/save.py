@@ -25,6 +25,7 @@ import xxhash
 from .. import __version__
 from ..chunker import Chunker
 from ..errors import BackshiftError
+from ..legacy import legacy_time_ns
 from ..lock import pid_alive
 from ..model import (
     TYPE_FILE,
@@ -191,6 +192,8 @@ class Saver:
         if self.candidates:
             biggest = max(self.cat.get_save(sid).files for sid, _ in self.candidates)
             self.estimate = biggest or None
+        self.legacy_candidates = {sid for sid, _ in self.candidates
+                                  if self.cat.is_legacy_save(sid)}
         self.cat.begin()
 
     def run(self, paths: Iterable[bytes]) -> SaveStats:
@@ -334,8 +337,8 @@ class Saver:
             if found is None:
                 continue
             old_id, old = found
-            if (old.content_id is None or old.size != v.size or old.mtime_ns != v.mtime_ns
-                    or old.ctime_ns != v.ctime_ns or old.ino != v.ino or old.mode != v.mode):
+            if (old.content_id is None or old.size != v.size or old.ino != v.ino
+                    or old.mode != v.mode or not self.same_times(sid, old, v)):
                 continue
             if max(v.mtime_ns, v.ctime_ns) >= started_ns - RACY_MARGIN_NS:
                 continue  # racy: may have changed within the timestamp granularity
@@ -350,6 +353,16 @@ class Saver:
             self.stats.bytes_borrowed += v.size
             return True
         return False
+
+    def same_times(self, sid: int, old: Version, v: Version) -> bool:
+        """Equal mtime and ctime. A save imported from backshift 1.x holds the times as the
+        original wrote them (repr of the st_mtime float, ~0.2 us resolution): compare the
+        current times rounded the same way (legacy.legacy_time_ns), never approximately."""
+        if old.mtime_ns == v.mtime_ns and old.ctime_ns == v.ctime_ns:
+            return True
+        return sid in self.legacy_candidates and \
+            old.mtime_ns == legacy_time_ns(v.mtime_ns) and \
+            old.ctime_ns == legacy_time_ns(v.ctime_ns)
 
     def reusable_version(self, path_id: int, v: Version) -> int | None:
         for sid, _ in self.candidates:
