@@ -148,8 +148,8 @@ def from_tar(repo: bytes, save_id: int, dest: Path, prefix: bytes) -> Manifest:
     stream = subprocess.run([BACKSHIFT, "-r", repo, "tar", "--backup", str(save_id)],
                             capture_output=True, env=env, timeout=300)
     assert stream.returncode == 0, stream.stderr.decode(errors="replace")
-    from .tarlint import lint_tar_stream  # noqa: PLC0415 - present once issue 3 landed
-    lint_tar_stream(stream.stdout)
+    from tarlint import lint_tar  # H6, from the listing engineer's branch (issue 3)
+    lint_tar(stream.stdout)
     ext = subprocess.run(["tar", "-x", "-p", "--numeric-owner", "-f", "-", "-C", str(dest)],
                          input=stream.stdout, capture_output=True, timeout=300)
     assert ext.returncode == 0, ext.stderr.decode(errors="replace")
