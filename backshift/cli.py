@@ -275,6 +275,43 @@ def saves(ctx: Context, last: int | None, hostname: str | None, subset: str | No
     emit_lines(render(headers, body, fmt))
 
 
+# -- reports --------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("statement")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="Bind :NAME in the statement (repeatable); integers bind as numbers.")
+@click.option("--timeout", type=click.FloatRange(0.1), default=60.0, show_default=True,
+              help="Stop the query after this many seconds.")
+@click.option("--max-rows", type=click.IntRange(0), default=100_000, show_default=True,
+              help="Print at most this many rows (0: no limit); stderr says when it cut.")
+@pass_ctx
+def sql(ctx: Context, statement: str, fmt: str, params: tuple[str, ...], timeout: float,
+        max_rows: int) -> None:
+    """Run one read-only SQL statement against the catalog's views and print its rows.
+
+    The views saves, files, contents and chunks are described in docs/schema.md;
+    docs/queries.md has ready-made queries. Writes, ATTACH and settings are refused.
+
+    \b
+    Examples:
+      backshift -r /backup/repo sql "SELECT path, size FROM files WHERE save_id = 3
+                                     ORDER BY size DESC LIMIT 10"
+      backshift -r /backup/repo sql --param id=3 --format csv \\
+          "SELECT path FROM files WHERE save_id = :id"
+    """
+    from .ops.query import QueryRunner, parse_params
+
+    bound = parse_params(params)
+    with open_repository(ctx.repo, READ), QueryRunner(ctx.repo, timeout) as runner:
+        result = runner.run(statement, bound, max_rows)
+        emit_lines(render(result.headers, result.rows, fmt))
+        if result.truncated:
+            echo_err(f"backshift: output cut at {max_rows:,} rows (--max-rows)")
+
+
 # -- entry point ------------------------------------------------------------------------
 
 
