@@ -89,8 +89,8 @@ class QueryRunner:
         if rest and rest.strip():
             try:
                 more = self._trace(rest, {})
-            except QueryFailed:
-                more = {"has_vdbe": True}
+            except (QueryFailed, QueryDenied):
+                more = {"has_vdbe": True}  # a second statement, even if a broken one
             if more is not None and more["has_vdbe"]:
                 raise QueryDenied("several statements given; run one statement at a time")
         if not info["readonly"]:
