@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import find0, run
 
 from backshift.errors import QueryDenied, QueryFailed, QueryTimeout
+from conftest import find0, run
 
 
 @pytest.fixture

@@ -188,7 +188,7 @@ def parse_since(text: str) -> int:
     except ValueError:
         raise UsageError(f"--since wants a date like 2026-01-31 or '2026-01-31 12:00', "
                          f"got {text!r}") from None
-    return int(when.timestamp()) * 1_000_000_000
+    return min(int(when.timestamp()) * 1_000_000_000, 2**63 - 1)
 
 
 # -- shared -------------------------------------------------------------------------------
