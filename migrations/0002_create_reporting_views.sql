@@ -65,7 +65,8 @@ SELECT
     v.ino,
     p.id AS path_id,
     v.id AS version_id,
-    v.content_id
+    v.content_id,
+    strftime('%Y-%m-%d %H:%M:%S', v.ctime_ns / 1000000000, 'unixepoch') AS ctime
 FROM member AS m
 JOIN version AS v ON v.id = m.version_id
 JOIN path AS p ON p.id = m.path_id
