@@ -207,3 +207,22 @@ def test_reports_on_generated_catalog(big_repo):
         changes = list(report.diff(r, 1, 2))
         assert {c.kind for c in changes} >= {"added", "removed", "content", "metadata"}
         assert [c.path for c in changes] == sorted((c.path for c in changes), key=sort_key)
+
+
+@pytest.mark.slow
+def test_reports_on_a_million_row_catalog(tmp_path):
+    """The benchmark's catalog size: find, history and diff still answer (no timing here)."""
+    from backshift.model import ChunkerParams
+    from backshift.ops import report
+    from backshift.repo import init_repository
+
+    path = os.fsencode(tmp_path / "repo")
+    init_repository(path, ChunkerParams())
+    build_catalog(path, 1_000_000, 10, seed=1)
+    with open_repository(path, READ) as r:
+        assert r.catalog.conn.execute("SELECT count(*) FROM member").fetchone()[0] >= 1_000_000
+        key = r.catalog.conn.execute("SELECT key FROM path WHERE id = 50000").fetchone()[0]
+        assert report.history(r, key.replace(b"\0", b"/"))
+        found = list(report.find(r, b"file0001234.*"))
+        assert {f.save_id for f in found} == set(range(1, 11))
+        assert any(c.kind == "content" for c in report.diff(r, 9, 10))

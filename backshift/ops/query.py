@@ -18,7 +18,7 @@ import apsw
 
 from .. import sqlguard
 from ..catalog import CATALOG_NAME
-from ..errors import QueryDenied, QueryFailed, QueryTimeout, RepositoryLocked
+from ..errors import NotACatalog, QueryDenied, QueryFailed, QueryTimeout, RepositoryLocked
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_ROWS = 100_000
@@ -45,14 +45,17 @@ class QueryRunner:
         path = os.fsdecode(os.path.join(os.path.abspath(repo_path), CATALOG_NAME))
         uri = "file:" + _uri_quote(path) + "?mode=ro"
         flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI | apsw.SQLITE_OPEN_EXRESCODE
-        self.conn = apsw.Connection(uri, flags=flags)
-        self.conn.set_busy_timeout(5_000)
-        self.conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
-        self.conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
-        # One read transaction for everything below: a consistent snapshot. Begun before
-        # the guard goes on, because the guard refuses transaction control.
-        self.conn.execute("BEGIN DEFERRED")
-        self.guard = sqlguard.harden(self.conn, timeout_s)
+        try:
+            self.conn = apsw.Connection(uri, flags=flags)
+            self.conn.set_busy_timeout(5_000)
+            self.conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
+            self.conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
+            # One read transaction for everything below: a consistent snapshot. Begun
+            # before the guard goes on, because the guard refuses transaction control.
+            self.conn.execute("BEGIN DEFERRED")
+            self.guard = sqlguard.harden(self.conn, timeout_s)
+        except apsw.Error as e:
+            raise NotACatalog(path, str(e)) from None
 
     def __enter__(self) -> QueryRunner:
         return self
