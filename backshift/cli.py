@@ -318,7 +318,8 @@ def sql(ctx: Context, statement: str, fmt: str, params: tuple[str, ...], timeout
     bound = parse_params(params)
     with open_repository(ctx.repo, READ), QueryRunner(ctx.repo, timeout) as runner:
         result = runner.run(statement, bound, max_rows)
-        emit_lines(render(result.headers, result.rows, fmt))
+        headers = [escape(h.encode("utf-8", "surrogateescape")) for h in result.headers]
+        emit_lines(render(headers, result.rows, fmt))
         if result.truncated:
             echo_err(f"backshift: output cut at {max_rows:,} rows (--max-rows)")
 
@@ -417,6 +418,8 @@ def history(ctx: Context, path: bytes, hostname: str | None, subset: str | None,
 
     with open_repository(ctx.repo, READ) as repo:
         rows = run_history(repo, path, hostname, subset)
+    if not rows:
+        echo_err(f"backshift: no save holds {escape(path)}")
     headers = ["save_id", "hostname", "subset", "started", "type", "size", "mtime", "digest",
                "changed"]
     if fmt == "table":

@@ -97,6 +97,8 @@ def test_history_lists_saves_and_content_changes(two_saves, no_racy_margin):
     assert rows[0]["digest"] != rows[1]["digest"] == rows[2]["digest"]
     assert run("-r", repo, "history", str(src / "edit.txt"), "--subset", "other",
                "--format", "csv").stdout.splitlines()[1:] == []
+    never = run("-r", repo, "history", str(src / "never.txt"))
+    assert never.stdout.splitlines()[2:] == [] and "no save holds" in never.stderr
     gone = run("-r", repo, "history", str(src / "gone.txt"), "--format", "csv").stdout
     assert [line.split(",")[0] for line in gone.splitlines()[1:]] == ["1"]
 

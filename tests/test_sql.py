@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from backshift.errors import QueryDenied, QueryFailed, QueryTimeout
-from conftest import find0, run
+from conftest import BACKSHIFT, find0, run, run_bin
 
 
 @pytest.fixture
@@ -74,8 +77,8 @@ def test_sql_denies_write_route_and_changes_nothing(saved, tmp_path, statement):
 
 
 def test_sql_names_what_was_denied(saved):
-    assert "ATTACH" in run("-r", saved, "sql", "VACUUM INTO 'x.db'", exit_code=11).stderr \
-        or "VACUUM" in run("-r", saved, "sql", "VACUUM INTO 'x.db'", exit_code=11).stderr
+    assert "VACUUM writes" in run("-r", saved, "sql", "VACUUM INTO 'x.db'", exit_code=11).stderr
+    assert "attach" in run("-r", saved, "sql", "ATTACH 'x.db' AS x", exit_code=11).stderr
     assert "PRAGMA journal_mode = DELETE" in run(
         "-r", saved, "sql", "PRAGMA journal_mode=DELETE", exit_code=11).stderr
     assert "load_extension" in run(
@@ -206,3 +209,45 @@ def test_sql_missing_repository(tmp_path):
     result = run("-r", tmp_path / "nothing", "sql", "SELECT 1", exit_code=3)
     assert not (tmp_path / "nothing").exists()
     assert "no repository" in result.stderr
+
+
+def test_sql_escapes_column_names(saved):
+    result = run("-r", saved, "sql", "SELECT 1 AS \"\x1b[2J\"", "--format", "csv")
+    assert result.stdout.splitlines()[0] == "\\x1b[2J"
+
+
+def test_sql_denied_in_a_real_process_leaves_no_file(saved, tmp_path):
+    run("-r", saved, "sql", "SELECT 1")
+    before = snapshot(saved, tmp_path)
+    proc = run_bin("-r", saved, "sql", "VACUUM INTO 'escaped.db'", cwd=tmp_path, timeout=60)
+    assert proc.returncode == QueryDenied.exit_code and proc.stdout == b""
+    assert proc.stderr.count(b"\n") == 1 and b"Traceback" not in proc.stderr
+    assert snapshot(saved, tmp_path) == before
+
+
+def test_sql_reads_last_commit_while_a_save_writes(saved):
+    """A writer in the middle of a transaction neither blocks the report nor shows in it."""
+    from backshift.catalog import CATALOG_NAME, Catalog
+
+    writer = Catalog.open(os.path.join(saved, CATALOG_NAME))
+    try:
+        writer.begin()
+        writer.insert_save("other", "x", 1, "test", "other", 1)
+        result = run("-r", saved, "sql", "SELECT count(*) AS n FROM saves", "--format", "csv")
+        assert result.stdout.split() == ["n", "1"]
+    finally:
+        writer.rollback_quietly()
+        writer.close()
+
+
+def test_sql_ctrl_c_stops_a_long_query(saved):
+    proc = subprocess.Popen(
+        [BACKSHIFT, "-r", saved, "sql",
+         "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) "
+         "SELECT count(*) FROM r"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err
