@@ -1,6 +1,7 @@
 """Build a big catalog fast: direct SQL inserts into a real, initialised repository.
 
-`build_catalog(repo, files, saves, seed)` adds SAVES complete saves of one series over
+`build_catalog(repo, files, saves, seed)` adds, to a freshly initialised repository (the
+same SEED gives the same catalog), SAVES complete saves of one series over
 files // saves paths (a tree of users, projects and directories), so the catalog holds about
 FILES member rows. Between saves a few percent of the files change content, a few change
 metadata, a few are added and a few removed, like a home directory from day to day. Chunk
@@ -12,24 +13,28 @@ from __future__ import annotations
 
 import os
 import random
-import time
 
 import apsw
 
 from backshift.catalog import CATALOG_NAME, Catalog
 
 DAY_NS = 86_400 * 1_000_000_000
+EPOCH_NS = 1_735_689_600 * 1_000_000_000  # 2025-01-01 UTC: saves start 300 days later
 EXTS = (b".txt", b".py", b".jpg", b".pdf", b".log", b".c", b".h", b".md", b".json", b".tar")
 
 
 def build_catalog(repo: bytes, files: int, saves: int, seed: int) -> None:
     """Fill REPO's catalog with SAVES saves holding about FILES file rows in all."""
     rng = random.Random(seed)
+    if not os.path.isdir(repo):
+        raise FileNotFoundError(repo)
     per_save = max(1, files // max(1, saves))
     cat = Catalog.open(os.path.join(repo, CATALOG_NAME))
     conn = cat.conn
     conn.execute("PRAGMA synchronous = OFF")
     try:
+        if conn.execute("SELECT count(*) FROM path").fetchone()[0]:
+            raise ValueError("build_catalog wants a freshly initialised repository")
         conn.execute("BEGIN IMMEDIATE")
         _Builder(conn, rng, per_save).run(saves)
         conn.execute("COMMIT")
@@ -56,7 +61,7 @@ class _Builder:
         self.new_content_chunks: list[tuple] = []
         self.new_chunks: list[tuple] = []
         self.file_no = 0
-        self.t0 = time.time_ns() - 400 * DAY_NS
+        self.t0 = EPOCH_NS  # fixed, so one seed always gives the same catalog
 
     def _max(self, table: str) -> int:
         return self.conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0]
