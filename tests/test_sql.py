@@ -251,3 +251,9 @@ def test_sql_ctrl_c_stops_a_long_query(saved):
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert b"Traceback" not in err
+
+
+def test_sql_unwrappable_statement_with_bad_text_does_not_crash(saved):
+    for fmt in ("table", "json", "csv"):
+        result = run("-r", saved, "sql", "EXPLAIN SELECT CAST(x'41ff' AS TEXT)", "--format", fmt)
+        assert "not UTF-8" in result.stdout and "Halt" in result.stdout

@@ -144,7 +144,8 @@ class QueryRunner:
             except UnicodeDecodeError:
                 # Only for statements that could not be wrapped (PRAGMA, EXPLAIN): apsw
                 # cannot hand the row over; say so in the row instead of stopping.
-                row = ("<row not shown: text that is not UTF-8; select it with CAST(x AS BLOB)>",)
+                note = "<row not shown: text that is not UTF-8; select CAST(x AS BLOB)>"
+                row = (note,) + (None,) * (len(result.headers) - 1)
             except apsw.Error as e:
                 raise self._translate(e) from None
             if result.max_rows and count >= result.max_rows:
