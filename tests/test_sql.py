@@ -92,6 +92,8 @@ def test_sql_names_what_was_denied(saved):
     "SELECT 1;SELECT 2;",
     "SELECT 1; DELETE FROM member",
     "SELECT 1; -- fine\nSELECT 2",
+    "SELECT 1; ; ;SELECT 2",
+    "SELECT 1; /* c */ ; DROP VIEW files",
 ])
 def test_sql_refuses_several_statements(saved, statements):
     result = run("-r", saved, "sql", statements, exit_code=QueryDenied.exit_code)
@@ -100,7 +102,7 @@ def test_sql_refuses_several_statements(saved, statements):
 
 
 def test_sql_allows_trailing_semicolon_and_comment(saved):
-    result = run("-r", saved, "sql", "SELECT 40 + 2 AS answer; -- done", "--format", "csv")
+    result = run("-r", saved, "sql", "SELECT 40 + 2 AS answer; ; -- done\n;", "--format", "csv")
     assert result.stdout == "answer\n42\n"
 
 

@@ -89,13 +89,16 @@ class QueryRunner:
         if info is None or not info["has_vdbe"]:
             raise QueryFailed("no SQL statement given")
         rest = info["remaining"]
-        if rest and rest.strip():
+        while rest and rest.strip():  # only empty statements and comments may follow
             try:
                 more = self._trace(rest, {})
             except (QueryFailed, QueryDenied):
-                more = {"has_vdbe": True}  # a second statement, even if a broken one
-            if more is not None and more["has_vdbe"]:
+                more = {"has_vdbe": True, "first": rest}  # a second one, even if broken
+            if more is None or not more["first"]:
+                break
+            if more["has_vdbe"]:
                 raise QueryDenied("several statements given; run one statement at a time")
+            rest = more["remaining"]
         if not info["readonly"]:
             # VACUUM asks the authorizer nothing while being prepared; SQLite knows it writes.
             verb = info["first"][_LEADING_NOISE.match(info["first"]).end():].split(None, 1)
