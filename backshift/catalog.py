@@ -301,6 +301,60 @@ FIND_PATHS = _sql(f"""
 """)
 
 
+# -- listing and tar ---
+# A save is traversed from the path table in key (depth-first) order, probing member by its
+# primary key for each path: an index range, never a scan of the save. CROSS JOIN pins that
+# loop order (path outside), so ORDER BY key needs no sort. The path table holds the paths of
+# every save; paths of other saves cost one probe each.
+
+ENTRY_COLUMNS = _sql("""
+    p.id, p.key, v.mode, v.uid, v.gid, v.user, v.grp, v.size, v.mtime_ns, v.dev, v.ino,
+    v.nlink, v.rdev, v.link_target, v.content_id, c.digest
+""")
+
+ENTRIES_IN_KEY_RANGE = _sql(f"""
+    SELECT {ENTRY_COLUMNS}
+    FROM path AS p
+    CROSS JOIN member AS m
+    JOIN version AS v ON v.id = m.version_id
+    LEFT JOIN content AS c ON c.id = v.content_id
+    WHERE p.key >= :lo
+      AND p.key < :hi
+      AND m.save_id = :save_id
+      AND m.path_id = p.id
+    ORDER BY p.key
+""")
+
+ENTRY_AT_KEY = _sql(f"""
+    SELECT {ENTRY_COLUMNS}
+    FROM path AS p
+    CROSS JOIN member AS m
+    JOIN version AS v ON v.id = m.version_id
+    LEFT JOIN content AS c ON c.id = v.content_id
+    WHERE p.key = :key
+      AND m.save_id = :save_id
+      AND m.path_id = p.id
+""")
+
+FIRST_PATH_IN_KEY_RANGE = _sql("""
+    SELECT p.key
+    FROM path AS p
+    WHERE p.key >= :lo
+      AND p.key < :hi
+    ORDER BY p.key
+    LIMIT 1
+""")
+
+WHERE_PREDICATE_MATCHES = """
+    SELECT 1
+    FROM files
+    WHERE save_id = :save_id
+      AND path_id = :path_id
+      AND ({predicate}
+      )
+"""
+
+
 # -- import-legacy ---
 LEGACY_IDS = _sql("""
     SELECT legacy_id
@@ -587,6 +641,25 @@ class Catalog:
     def iter_rows(self, sql: str, params: dict | None = None) -> Iterator[tuple]:
         """Run a statement from this module and stream its rows."""
         yield from self.conn.execute(sql, params or {})
+
+    # -- listing and tar --
+
+    def entries_in_key_range(self, save_id: int, lo: bytes, hi: bytes) -> Iterator[tuple]:
+        """Rows (ENTRY_COLUMNS) of the save's members with lo <= key < hi, in key order."""
+        yield from self.conn.execute(ENTRIES_IN_KEY_RANGE,
+                                     {"save_id": save_id, "lo": lo, "hi": hi})
+
+    def entry_at_key(self, save_id: int, key: bytes) -> tuple | None:
+        return self.conn.execute(ENTRY_AT_KEY, {"save_id": save_id, "key": key}).fetchone()
+
+    def first_path_in_key_range(self, lo: bytes, hi: bytes) -> bytes | None:
+        """The smallest path key in [lo, hi) of any save (for stepping over subtrees)."""
+        row = self.conn.execute(FIRST_PATH_IN_KEY_RANGE, {"lo": lo, "hi": hi}).fetchone()
+        return row[0] if row else None
+
+    def explain(self, sql: str, params: dict) -> list[str]:
+        """The EXPLAIN QUERY PLAN details of a statement of this module (for tests)."""
+        return [row[3] for row in self.conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
 
 
     # -- reports --------------------------------------------------------------------------

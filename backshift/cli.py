@@ -6,6 +6,7 @@ their class (errors.py); --debug shows the traceback too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -59,7 +60,20 @@ def emit_lines(lines) -> None:
         out.write("\n")
 
 
-@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+class _OutputClosed(Exception):
+    """Carries a BrokenPipeError past click, which would swallow it and exit 0."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as e:
+            raise _OutputClosed() from e
+
+
+@click.group(cls=_Group, epilog=EXIT_CODES_HELP,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-r", "--repo", envvar="BACKSHIFT_REPO", metavar="REPO",
               help="Repository directory (or set BACKSHIFT_REPO).")
 @click.option("--debug", is_flag=True, help="Show a traceback for errors.")
@@ -466,6 +480,118 @@ def find(ctx: Context, glob: bytes, save_id: int | None, since: str | None, fmt:
                      f.size, iso_time(f.mtime_ns)] for f in found)
         emit_lines(render(headers, body, fmt))
 
+# -- listing and tar --
+
+
+def _report(level: str, msg: str) -> None:
+    echo_err(f"backshift: {level}: {msg}")
+
+
+def _finish(problems) -> None:
+    """Exit status after a listing or tar stream: damage 10, warnings 1."""
+    from .errors import DataDamaged
+
+    if problems.damaged or problems.refused:
+        parts = []
+        if problems.damaged:
+            parts.append(f"{problems.damaged} member(s) damaged (padded with zeros)")
+        if problems.refused:
+            parts.append(f"{problems.refused} catalog row(s) refused")
+        raise DataDamaged("; ".join(parts) + " (see above)")
+    if problems.warnings:
+        raise SystemExit(EXIT_WARNING)
+
+
+@cli.command("list")
+@click.option("--backup", required=True, metavar="ID|latest", help="The save to list.")
+@click.option("--dir", "directory", default=None, metavar="PATH",
+              help="Only this directory (with its parents), leading '/' optional.")
+@click.option("--no-recursive", is_flag=True, help="With --dir: only its own entries.")
+@click.option("-v", "--verbose", is_flag=True, help="Long lines, as `tar -tvf` prints them.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text",
+              show_default=True)
+@pass_ctx
+def list_cmd(ctx: Context, backup: str, directory: str | None, no_recursive: bool,
+             verbose: bool, fmt: str) -> None:
+    """List the members of a save, exactly as `tar -tf` / `tar -tvf` would.
+
+    \b
+    Examples:
+      backshift -r /backup/repo list --backup latest -v
+      backshift -r /backup/repo list --backup 12 --dir /home/ann --no-recursive
+      backshift -r /backup/repo list --backup latest --format json | jq .path
+    """
+    from .ops.common import resolve_save
+    from .ops.listing import COLUMNS, TarLister, list_save, record
+    from .ops.select import Problems, Selection, normal_path
+
+    if no_recursive and directory is None:
+        raise UsageError("--no-recursive needs --dir PATH")
+    paths = (normal_path(os.fsencode(directory)),) if directory is not None else ()
+    sel = Selection(paths=paths, recursive=not no_recursive)
+    problems = Problems(_report)
+    with open_repository(ctx.repo, READ) as repo:
+        save_row = resolve_save(repo.catalog, backup)
+        members = list_save(repo.catalog, save_row.id, sel, problems)
+        if fmt == "text":
+            lister = TarLister(verbose)
+            sys.stdout.flush()
+            out = sys.stdout.buffer
+            for m in members:
+                out.write(lister.line(m.header))
+        else:
+            emit_lines(render(COLUMNS, (record(m) for m in members), fmt))
+    _finish(problems)
+
+
+@cli.command("tar")
+@click.argument("selectors", nargs=-1)
+@click.option("--backup", required=True, metavar="ID|latest", help="The save to restore.")
+@click.option("--exclude", multiple=True, metavar="GLOB",
+              help="Leave out matches and their subtrees (repeatable). A glob with '/' "
+                   "matches the whole member name, otherwise the last component.")
+@click.option("--where", default=None, metavar="SQL",
+              help="Only members for which this predicate over the `files` view holds.")
+@click.option("-o", "--output", default="-", metavar="FILE|-", show_default=True,
+              help="Write the stream to FILE instead of stdout.")
+@pass_ctx
+def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, exclude: tuple[str, ...],
+            where: str | None, output: str) -> None:
+    """Write a save, or part of it, as one POSIX (pax) tar stream: the restore.
+
+    SELECTORs are paths (each with its subtree, leading '/' optional) or globs over whole
+    member names ('*' and '**' both match across '/'). Parent directories of what is
+    selected come first, so `tar -xp` restores their modes and times.
+
+    \b
+    Examples:
+      backshift -r /backup/repo tar --backup latest | tar -xpf - -C /restore
+      backshift -r /backup/repo tar --backup 12 home/ann '*.pdf' -o ann.tar
+      backshift -r /backup/repo tar --backup latest --where "size > 1e9" | tar -tvf -
+    """
+    from .ops.common import resolve_save
+    from .ops.select import Selection, parse_selectors
+    from .ops.tarstream import tar_save
+
+    paths, globs = parse_selectors([os.fsencode(s) for s in selectors])
+    sel = Selection(paths=paths, globs=globs,
+                    excludes=tuple(os.fsencode(e) for e in exclude), where=where)
+    if output == "-" and sys.stdout.isatty():
+        raise UsageError("refusing to write a tar stream to a terminal: "
+                         "pipe it into tar or give -o FILE")
+    with open_repository(ctx.repo, READ) as repo, contextlib.ExitStack() as stack:
+        save_row = resolve_save(repo.catalog, backup)
+
+        def open_out():
+            if output == "-":
+                sys.stdout.flush()
+                return sys.stdout.buffer
+            return stack.enter_context(open(os.fsencode(output), "wb"))
+
+        problems = tar_save(repo, save_row.id, sel, open_out, _report)
+    _finish(problems)
+
+
 # -- import-legacy ----------------------------------------------------------------------
 
 
@@ -544,7 +670,7 @@ def run(argv: list[str] | None = None) -> int:
         _clear_progress()
         echo_err("backshift: interrupted")
         code = EXIT_INTERRUPTED
-    except BrokenPipeError:
+    except (BrokenPipeError, _OutputClosed):
         _silence_stdout()
         echo_err("backshift: error: output closed early (broken pipe)")
         code = EXIT_ERROR
