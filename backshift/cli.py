@@ -480,6 +480,7 @@ def find(ctx: Context, glob: bytes, save_id: int | None, since: str | None, fmt:
                      f.size, iso_time(f.mtime_ns)] for f in found)
         emit_lines(render(headers, body, fmt))
 
+
 # -- listing and tar --
 
 
