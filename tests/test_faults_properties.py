@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,9 @@ def test_codec_subtree_range_holds_exactly_the_descendants(top, other):
 def test_codec_escape_round_trips_and_is_one_printable_line(raw):
     text = pathcodec.escape(raw)
     assert pathcodec.unescape(text) == raw
-    assert all(ch.isprintable() for ch in text)
+    # no control character (C0, DEL, C1) survives: no newline, no terminal escape
+    assert not any(unicodedata.category(ch) == "Cc" for ch in text)
+    assert not any(0xDC80 <= ord(ch) <= 0xDCFF for ch in text)  # and no lone surrogate
 
 
 # -- save/restore round trip of generated small trees --------------------------------------
