@@ -475,7 +475,13 @@ class Catalog:
         return applied
 
     def close(self) -> None:
-        self.conn.close()
+        try:
+            self.conn.close()
+        except apsw.Error:
+            # SQLite checkpoints the WAL when the last connection closes; if that write
+            # fails (disk full, I/O error) every commit is still safe in the WAL and the
+            # next open recovers it. Close anyway, and let the original outcome stand.
+            self.conn.close(True)
 
     # -- transactions ---------------------------------------------------------------------
 
