@@ -280,3 +280,42 @@ def test_A1_killed_save_leaves_running_record_until_next_save(tmp_path, repo):
     save(repo, src)
     assert list(save_status(repo).values()) == ["interrupted", "complete"]
     assert signal.SIGKILL
+
+
+@pytest.mark.parametrize("err,call", [(faults.EIO, "xWrite"), (faults.ENOSPC, "xWrite"),
+                                      (faults.EIO, "xSync")])
+def test_A4_catalog_write_fault_loop_through_a_vfs(tmp_path, repo, err, call):
+    """SQLite's ioerr method: fail the Nth catalog write, N = 1, 2, 3, 5 ... until the save
+    completes; after every failure the catalog is intact and the earlier save restores."""
+    src = small_tree(tmp_path / "src")
+    first = save(repo, src)
+    before = manifest(src)
+    change_tree(src)
+    failures = 0
+    for nth in crash.each_visit(call, 400):
+        with faults.FaultVFS(faults.Fault(err, after_calls=nth - 1), calls=(call,)) as vfs:
+            res = run(*_save_args(repo), input=find0(src), exit_code=None)
+        if not vfs.fault.raised:
+            assert res.code == 0, res.stderr
+            break
+        failures += 1
+        if res.code != 0:  # a failure the save could not absorb: reported, root cause named
+            line = one_line_error(res.stderr)
+            assert res.code == 12, res.stderr
+            assert os.fsdecode(catalog_path(repo)) in line
+            assert ("disk I/O error" in line or "disk is full" in line
+                    or "injected" in line), line
+            assert "cannot rollback" not in line
+        assert_repo_consistent(repo, allow_dead_running=True)
+        assert_save_matches(repo, first["save_id"], before, src)
+    else:
+        pytest.fail("the save never completed")
+    assert failures >= 2
+    assert_repo_consistent(repo)
+    last = max(save_status(repo))
+    assert save_status(repo)[last] == "complete"
+    assert_save_matches(repo, last, manifest(src), src, tmp_path)
+
+
+def catalog_path(repo: bytes) -> bytes:
+    return os.path.join(repo, CATALOG_NAME)

@@ -59,3 +59,58 @@ def fsize_limit(limit_bytes: int):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
     return apply
+
+
+# -- H2b: an apsw VFS whose files fail writes or syncs after N calls -------------------------
+
+import apsw  # noqa: E402
+
+
+class FaultVFS(apsw.VFS):
+    """Registered as the default VFS while in use: every SQLite file opened in this process
+    (the catalog, its WAL and journal) counts its xWrite/xSync calls against FAULT and fails
+    with SQLITE_FULL (ENOSPC) or SQLITE_IOERR once past the limit."""
+
+    def __init__(self, fault: Fault, calls: tuple[str, ...] = ("xWrite", "xSync")) -> None:
+        self.fault = fault
+        self.calls = calls
+        self.base = "unix" if "unix" in apsw.vfs_names() else apsw.vfs_names()[0]
+        super().__init__("backshift-fault", base=self.base, makedefault=True)
+
+    def xOpen(self, name, flags):  # noqa: N802 - apsw's method name
+        return _FaultFile(self, name, flags)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.unregister()
+        return False
+
+
+class _FaultFile(apsw.VFSFile):
+    def __init__(self, vfs: FaultVFS, name, flags) -> None:
+        self.vfs = vfs
+        super().__init__(vfs.base, name, flags)
+
+    def _hit(self, call: str, nbytes: int = 0) -> None:
+        if call not in self.vfs.calls:
+            return
+        try:
+            self.vfs.fault.check(nbytes)
+        except OSError as e:
+            if e.errno == ENOSPC:
+                raise apsw.FullError("injected: " + e.strerror) from None
+            raise apsw.IOError("injected: " + e.strerror) from None
+
+    def xWrite(self, data, offset):  # noqa: N802
+        self._hit("xWrite", len(data))
+        return super().xWrite(data, offset)
+
+    def xSync(self, flags):  # noqa: N802
+        self._hit("xSync")
+        return super().xSync(flags)
+
+    def xTruncate(self, newsize):  # noqa: N802
+        self._hit("xTruncate")
+        return super().xTruncate(newsize)
