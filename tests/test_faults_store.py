@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import errno
 import os
 
 import pytest
-import zstandard
 from harness import crash
 from harness.consistency import assert_repo_consistent, temp_files
 from harness.faults import EACCES, EIO, ENOSPC, Fault, inject
@@ -174,8 +172,3 @@ def test_B10_missing_repository_has_its_own_exit_code(tmp_path):
     assert "no repository at" in line and str(tmp_path / "nowhere") in line
     assert not (tmp_path / "nowhere").exists()
 
-
-def test_B8_errno_names_are_the_os_ones():
-    assert os.strerror(ENOSPC) == "No space left on device"
-    assert errno.errorcode[EIO] == "EIO"
-    assert zstandard.ZstdCompressor  # the compressor B7 wraps
