@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import stat
+import subprocess
+import tarfile
 import zlib  # noqa: F401  (documents: chunks are zstd or raw, never zlib)
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from harness.scenario import save, save_status, small_tree
 
 from backshift.ops import save as save_mod
 from backshift.store import Store
-from conftest import find0, run_bin
+from conftest import BACKSHIFT, find0, run_bin
 
 
 def _warnings(res: dict) -> list[str]:
@@ -327,8 +330,25 @@ def test_D15_file_over_8_gib(tmp_path):
         f.seek(5 << 30)
         f.write(b"a few data bytes in the middle")
     res = save(repo, src)
-    assert _member(repo, os.fsencode(src / "huge"), res["save_id"])[1] == 9 << 30
-    assert_save_matches(repo, res["save_id"], manifest(src), src, tmp_path)
+    huge = os.fsencode(src / "huge")
+    assert _member(repo, huge, res["save_id"])[1] == 9 << 30
+    expected = manifest(src)
+    assert_save_matches(repo, res["save_id"], expected, src)  # catalog + store, chunk by chunk
+    # the tar stream, hashed as it flows (9 GiB neither in memory nor on disk)
+    proc = subprocess.Popen([BACKSHIFT, "-r", repo, "tar", "--backup", "latest"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
+        member = next(tf)
+        while not member.isreg():
+            member = next(tf)
+        assert member.size == 9 << 30
+        digest = hashlib.sha256()
+        f = tf.extractfile(member)
+        while block := f.read(1 << 20):
+            digest.update(block)
+    proc.stdout.close()
+    assert proc.wait(timeout=600) == 0
+    assert digest.digest() == expected[huge].sha256
 
 
 def test_D16_sparse_file_with_data_islands(tmp_path, repo):

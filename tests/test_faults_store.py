@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 from harness import crash
@@ -12,6 +13,8 @@ from harness.oracle import assert_save_matches, manifest
 from harness.scenario import change_tree, one_line_error, save, save_status, small_tree
 
 from backshift.errors import ChunkMissing
+from backshift.model import ChunkerParams
+from backshift.repo import init_repository
 from backshift.store import Store
 from conftest import find0, run
 
@@ -172,3 +175,44 @@ def test_B10_missing_repository_has_its_own_exit_code(tmp_path):
     assert "no repository at" in line and str(tmp_path / "nowhere") in line
     assert not (tmp_path / "nowhere").exists()
 
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 4 MiB tmpfs (H2d: a real ENOSPC); skipped where mounting is not allowed."""
+    mnt = tmp_path / "small-fs"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)],
+                         capture_output=True, timeout=30)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
+@pytest.mark.timeout(120)
+def test_B8_real_disk_full_on_a_small_filesystem(tmp_path, small_fs):
+    repo = os.fsencode(small_fs / "repo")
+    init_repository(repo, ChunkerParams(min_size=4096, avg_size=16384, max_size=65536))
+    src = small_tree(tmp_path / "src")
+    first = save(repo, src)
+    before = manifest(src)
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(8):
+        (big / f"r{i}").write_bytes(os.urandom(1 << 20))
+    res = save(repo, big, exit_code=12)
+    line = one_line_error(res["stderr"])
+    assert "No space left on device" in line and os.fsdecode(repo) in line, line
+    assert temp_files(repo) == []
+    status = save_status(repo)
+    assert status[first["save_id"]] == "complete"
+    assert all(s in ("interrupted", "running") for sid, s in status.items() if sid > 1)
+    assert_repo_consistent(repo, allow_temps=False, allow_dead_running=True)
+    assert_save_matches(repo, first["save_id"], before, src, tmp_path)
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_fs)], check=True, timeout=30)
+    again = save(repo, big)  # space freed: the next save works
+    assert_save_matches(repo, again["save_id"], manifest(big), big, tmp_path)
+    assert_repo_consistent(repo, allow_temps=False)

@@ -145,14 +145,16 @@ def from_tar(repo: bytes, save_id: int, dest: Path, prefix: bytes) -> Manifest:
 
     dest.mkdir(parents=True, exist_ok=False)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSHIFT_")}
-    stream = subprocess.run([BACKSHIFT, "-r", repo, "tar", "--backup", str(save_id)],
-                            capture_output=True, env=env, timeout=300)
-    assert stream.returncode == 0, stream.stderr.decode(errors="replace")
+    stream = os.fsdecode(dest) + ".tar"  # on disk, not in memory: saves can be large
+    made = subprocess.run([BACKSHIFT, "-r", repo, "tar", "--backup", str(save_id),
+                           "-o", stream], capture_output=True, env=env, timeout=600)
+    assert made.returncode == 0, made.stderr.decode(errors="replace")
     from tarlint import lint_tar  # H6, from the listing engineer's branch (issue 3)
-    lint_tar(stream.stdout)
-    ext = subprocess.run(["tar", "-x", "-p", "--numeric-owner", "-f", "-", "-C", str(dest)],
-                         input=stream.stdout, capture_output=True, timeout=300)
+    lint_tar(stream)
+    ext = subprocess.run(["tar", "-x", "-p", "--numeric-owner", "-f", stream, "-C", str(dest)],
+                         capture_output=True, timeout=600)
     assert ext.returncode == 0, ext.stderr.decode(errors="replace")
+    os.unlink(stream)
     base = os.fsencode(dest)
     got = manifest(base + prefix)
     return {path[len(base):]: e for path, e in
