@@ -312,7 +312,7 @@ class Catalog:
         crashpoint("after_catalog_commit")
 
     def rollback_quietly(self) -> None:
-        if not self.conn.autocommit:
+        if self.conn.in_transaction:
             try:
                 self.conn.execute("ROLLBACK")
             except apsw.Error:
