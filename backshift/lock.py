@@ -142,7 +142,7 @@ class RepoLock:
 
 
 def _notice(msg: str) -> None:
-    print(f"backshift: {msg}", file=sys.stderr)
+    print(f"backshift: {msg}", file=sys.stderr, flush=True)
 
 
 def describe(rec: dict) -> str:
