@@ -17,6 +17,7 @@ APPLICATION_ID = 0x42534854  # 'BSHT'
 CATALOG_NAME = b"catalog.sqlite3"
 WRITER_BUSY_MS = 60_000
 READER_BUSY_MS = 5_000
+CHECKPOINT_BUSY_MS = 200
 
 
 def _sql(text: str) -> str:
@@ -417,10 +418,16 @@ class Catalog:
 
     def checkpoint(self) -> None:
         """Fold the WAL back into the catalog file (end of save/expire)."""
+        # Short busy wait only: a TRUNCATE checkpoint holds the writer lock while it waits
+        # for readers, and another save waiting in BEGIN IMMEDIATE holds a read mark, so
+        # with the long writer timeout two concurrent saves stalled each other for 60 s.
+        self.conn.set_busy_timeout(CHECKPOINT_BUSY_MS)
         try:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except apsw.BusyError:
             pass  # a reader holds the WAL; the automatic checkpoint will catch up
+        finally:
+            self.conn.set_busy_timeout(WRITER_BUSY_MS if not self.readonly else READER_BUSY_MS)
 
     # -- meta -----------------------------------------------------------------------------
 
