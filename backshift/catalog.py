@@ -10,7 +10,13 @@ from importlib import resources
 import apsw
 
 from .crashpoints import crashpoint
-from .errors import CatalogTooNew, NotACatalog, RepositoryIOError, RepositoryNotFound
+from .errors import (
+    CatalogTooNew,
+    NotACatalog,
+    RepositoryIOError,
+    RepositoryLocked,
+    RepositoryNotFound,
+)
 from .model import ChunkRef, SaveRow, Version
 
 APPLICATION_ID = 0x42534854  # 'BSHT'
@@ -398,7 +404,12 @@ class Catalog:
     # -- transactions ---------------------------------------------------------------------
 
     def begin(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except apsw.BusyError:
+            raise RepositoryLocked(
+                os.fsdecode(self.path),
+                f"another writer held the catalog for {WRITER_BUSY_MS // 1000} s") from None
 
     def commit(self) -> None:
         crashpoint("before_catalog_commit")
