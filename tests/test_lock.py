@@ -140,13 +140,15 @@ def test_lock_two_saves_at_once_both_complete_storing_each_chunk_once(tmp_path, 
     for i in range(12):
         (src / f"f{i}.bin").write_bytes(os.urandom(150_000))
     expected = manifest(src)
-    names = find0(src)
+    (tmp_path / "names").write_bytes(find0(src))
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSHIFT_")}
-    procs = [subprocess.Popen([BACKSHIFT, "-r", repo, "save", "--subset", f"s{i}"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, env=env) for i in range(2)]
-    results = [p.communicate(names, timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], results
+    # names from a file, so that neither save waits on input while the other runs
+    procs = [subprocess.Popen([BACKSHIFT, "-r", repo, "save", "--subset", f"s{i}",
+                               "--filelist", str(tmp_path / "names")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+             for i in range(2)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [r[1].decode() for r in results]
     root = os.path.join(os.fsdecode(repo), "chunks")
     files = [n for d in os.listdir(root) for n in os.listdir(os.path.join(root, d))]
     assert all(".tmp." not in n for n in files)
