@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -153,10 +155,15 @@ def test_check_catalog_restored_from_its_copy(tmp_path, repo):
     data[:100] = b"\0" * 100  # header destroyed
     catalog.write_bytes(bytes(data))
     run("-r", repo, "saves", exit_code=7)
-    # the README's restore procedure, step by step
-    for extra in ("catalog.sqlite3-wal", "catalog.sqlite3-shm"):
-        (Path(os.fsdecode(repo)) / extra).unlink(missing_ok=True)
-    shutil.copyfile(os.fsdecode(copies[0][0]), catalog)
+    # the README's restore procedure, its commands run as written there
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    steps = readme.split("### Restoring the catalog from its copy", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"^\d\. .*?`([^`]+)`|^   `([^`]+)`$", steps, re.M)
+    commands = [a or b for a, b in commands if "mv" in (a or b) or "cp" in (a or b)]
+    assert len(commands) == 2, commands
+    for command in commands:
+        subprocess.run(["sh", "-c", command.replace("REPO", os.fsdecode(repo))], check=True)
+    assert (Path(os.fsdecode(repo)) / "damaged" / "catalog.sqlite3").exists()
     res = run("-r", repo, "check", "--read-data")
     assert "no problems found" in res.stdout
     listed = run("-r", repo, "saves", "--format", "csv").stdout.strip().splitlines()
