@@ -87,6 +87,18 @@ class QueryDenied(BackshiftError):
     exit_code = 11
 
 
+class QueryTimeout(BackshiftError):
+    """query stopped: it ran longer than {0} s (raise --timeout, or narrow the query)"""
+
+    exit_code = 20
+
+
+class QueryFailed(BackshiftError):
+    """query failed: {0}"""
+
+    exit_code = 21
+
+
 class RepositoryIOError(BackshiftError):
     """{0}: {1}"""
 
@@ -109,6 +121,12 @@ class ReferencedChunksMissing(BackshiftError):
 
 class CheckFoundDamage(DataDamaged):
     """check found {0} problem(s); see above"""
+
+
+class LegacyDirInvalid(BackshiftError):
+    """{0} is not a backshift 1.x save directory (no summaries/ and files/ in it)"""
+
+    exit_code = 25
 
 
 class Interrupted(BackshiftError):
