@@ -62,3 +62,24 @@ def save_contents(repo: bytes, save_id: int) -> dict[bytes, str]:
 def assert_save_matches(repo: bytes, save_id: int, expected: dict[bytes, str]) -> None:
     got = save_contents(repo, save_id)
     assert got == expected, f"save {save_id} differs from its source"
+
+
+def restore_with_tar(repo: bytes, save_id: int, dest) -> dict[bytes, str]:
+    """Restore a save through `backshift tar | tar -x` into DEST; the manifest of what came
+    out, keyed by the original absolute paths (GNU tar strips the leading '/')."""
+    import subprocess
+
+    from conftest import BACKSHIFT
+
+    os.makedirs(dest, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSHIFT_")}
+    producer = subprocess.Popen([BACKSHIFT, "-r", repo, "tar", "--backup", str(save_id)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    extract = subprocess.run(["tar", "-xf", "-", "-C", os.fsencode(dest)],
+                             stdin=producer.stdout, capture_output=True, timeout=120)
+    producer.stdout.close()
+    assert producer.wait(timeout=120) == 0, producer.stderr.read()
+    assert extract.returncode == 0, extract.stderr
+    dest_b = os.fsencode(dest)
+    return {b"/" + os.path.relpath(path, dest_b): digest
+            for path, digest in manifest(dest).items()}

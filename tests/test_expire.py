@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from repo_oracle import assert_save_matches, manifest
+from repo_oracle import assert_save_matches, manifest, restore_with_tar
 
 from backshift import catalog as catalog_mod
 from backshift.catalog import Catalog
@@ -174,6 +174,8 @@ def test_expire_killed_at_gc_point_leaves_only_orphans(tmp_path, repo, point):
     assert "no problems found" in res.stdout
     for sid in (3, 4):
         assert_save_matches(repo, sid, manifests[sid - 1])
+        restored = restore_with_tar(repo, sid, tmp_path / f"restore{sid}")
+        assert restored == manifests[sid - 1]  # a real restore, compared with the source
     again = run("-r", repo, "expire", "--keep-last", "2")
     assert "removed 0 save(s)" in again.stdout
     assert chunk_files(repo) == catalog_chunks(repo)
@@ -204,6 +206,8 @@ def test_expire_after_a_save_killed_at_point_keeps_every_complete_save(tmp_path,
     assert ids[0] == 2 and len(ids) == 2  # an interrupted save 3 went: a later one exists
     assert_save_matches(repo, 2, manifests[1])
     assert_save_matches(repo, ids[1], final)
+    assert restore_with_tar(repo, 2, tmp_path / "r2") == manifests[1]
+    assert restore_with_tar(repo, ids[1], tmp_path / "r-final") == final
     assert chunk_files(repo) == catalog_chunks(repo)
     # temp files of the killed save are younger than the grace period: kept until it ends
     monkeypatch.setattr(expire_mod, "TEMP_GRACE_S", 0)
