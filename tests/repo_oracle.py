@@ -78,7 +78,9 @@ def restore_with_tar(repo: bytes, save_id: int, dest) -> dict[bytes, str]:
     extract = subprocess.run(["tar", "-xf", "-", "-C", os.fsencode(dest)],
                              stdin=producer.stdout, capture_output=True, timeout=120)
     producer.stdout.close()
-    assert producer.wait(timeout=120) == 0, producer.stderr.read()
+    err = producer.stderr.read()
+    producer.stderr.close()
+    assert producer.wait(timeout=120) == 0, err
     assert extract.returncode == 0, extract.stderr
     dest_b = os.fsencode(dest)
     return {b"/" + os.path.relpath(path, dest_b): digest
