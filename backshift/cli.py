@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 
+import apsw
 import click
 
 from . import __version__
@@ -21,6 +22,7 @@ from .errors import (
     EXIT_OK,
     EXIT_WARNING,
     BackshiftError,
+    NotACatalog,
     UsageError,
     exit_code_table,
 )
@@ -863,6 +865,13 @@ def run(argv: list[str] | None = None) -> int:
         _silence_stdout()
         echo_err("backshift: error: output closed early (broken pipe)")
         code = EXIT_ERROR
+    except (apsw.CorruptError, apsw.NotADBError) as e:
+        if debug:
+            import traceback
+            traceback.print_exc()
+        echo_err(f"backshift: error: the catalog is damaged ({e}); see README, "
+                 "'Restoring the catalog from its copy'")
+        code = NotACatalog.exit_code
     except OSError as e:
         if debug:
             import traceback
