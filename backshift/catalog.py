@@ -777,36 +777,46 @@ class Catalog:
                 break
         return freed
 
-    def all_chunks(self) -> Iterator[tuple[bytes, int]]:
+    def _rows(self, sql: str, params: dict | None = None) -> list[tuple]:
+        """All rows of a check query; a damaged catalog becomes NotACatalog, not a crash."""
+        try:
+            return self.conn.execute(sql, params or {}).fetchall()
+        except apsw.Error as e:
+            raise NotACatalog(os.fsdecode(self.path), _root_cause(e)) from None
+
+    def all_chunks(self) -> list[tuple[bytes, int]]:
         """(sha256, stored_length) of every chunk row."""
-        yield from self.conn.execute(ALL_CHUNKS)
+        return self._rows(ALL_CHUNKS)
 
     def integrity_problems(self, quick: bool) -> list[str]:
-        rows = self.conn.execute(QUICK_CHECK if quick else INTEGRITY_CHECK).fetchall()
+        rows = self._rows(QUICK_CHECK if quick else INTEGRITY_CHECK)
         return [r[0] for r in rows if r[0] != "ok"]
 
     def foreign_key_problems(self) -> list[tuple]:
-        return self.conn.execute(FOREIGN_KEY_CHECK).fetchall()
+        return self._rows(FOREIGN_KEY_CHECK)
 
     def dangling_references(self) -> list[str]:
         """The references SQLite does not enforce (see migration 0001), found by anti-join."""
         out = [f"save {s} member path {p} names missing version {v}"
-               for s, p, v in self.conn.execute(MEMBERS_WITHOUT_VERSION)]
+               for s, p, v in self._rows(MEMBERS_WITHOUT_VERSION)]
         out += [f"save {s} member names missing path {p}"
-                for s, p in self.conn.execute(MEMBERS_WITHOUT_PATH)]
+                for s, p in self._rows(MEMBERS_WITHOUT_PATH)]
         out += [f"version {v} names missing path {p}"
-                for v, p in self.conn.execute(VERSIONS_WITHOUT_PATH)]
+                for v, p in self._rows(VERSIONS_WITHOUT_PATH)]
         return out
 
     def running_saves(self) -> list[tuple[int, str, str, int, str, int]]:
-        return self.conn.execute(RUNNING_SAVES).fetchall()
+        return self._rows(RUNNING_SAVES)
 
     def content_chunks_in_order(self) -> Iterator[tuple[int, int, bytes, bytes, int, int]]:
-        yield from self.conn.execute(CONTENT_CHUNKS_IN_ORDER)
+        try:
+            yield from self.conn.execute(CONTENT_CHUNKS_IN_ORDER)
+        except apsw.Error as e:
+            raise NotACatalog(os.fsdecode(self.path), _root_cause(e)) from None
 
     def chunk_users(self, sha256: bytes, limit: int = 20) -> list[tuple[int, bytes]]:
         """(save id, path key) pairs that reference a chunk, at most LIMIT."""
-        return self.conn.execute(CHUNK_USERS, {"sha256": sha256, "limit": limit}).fetchall()
+        return self._rows(CHUNK_USERS, {"sha256": sha256, "limit": limit})
 
     def backup_to(self, dest: str) -> None:
         """Copy the whole catalog, consistently, into a new SQLite file DEST (backup API)."""

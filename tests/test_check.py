@@ -170,3 +170,24 @@ def test_check_catalog_restored_from_its_copy(tmp_path, repo):
     assert len(listed) == 1 + KEEP + 2
     assert save_contents(repo, 1) == before
     assert_save_matches(repo, KEEP + 2, expected)
+
+
+def test_check_reports_a_damaged_catalog_page_without_a_traceback(tmp_path, repo):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(300):
+        (src / f"file-with-a-longish-name-{i:04d}.txt").write_bytes(b"%d\n" % i)
+    run("-r", repo, "save", input=find0(src))
+    catalog = os.path.join(os.fsdecode(repo), "catalog.sqlite3")
+    pages = os.path.getsize(catalog) // 4096
+    assert pages > 4
+    with open(catalog, "r+b") as f:
+        f.seek(4096 * (pages - 2))
+        f.write(b"\xff" * 4096)
+    res = run("-r", repo, "check", exit_code=10)
+    assert "the catalog is damaged" in res.stdout or "integrity_check:" in res.stdout
+    assert "Traceback" not in res.stderr
+    assert "catalog copy: newest is" in res.stdout
+    listed = run("-r", repo, "saves", "--format", "csv", "--last", "1", exit_code=None)
+    assert "Traceback" not in listed.stderr
+    assert listed.code in (0, 7)  # a damaged page a listing does not touch is not noticed

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import xxhash
 
-from ..errors import ChunkCorrupt, ChunkMissing
+from ..errors import ChunkCorrupt, ChunkMissing, NotACatalog
 from ..lock import pid_alive
 from ..model import ChunkRef
 from ..pathcodec import escape, from_key
@@ -72,45 +72,51 @@ def check(repo: Repository, read_data: bool = False, part: tuple[int, int] | Non
           repair: bool = False, progress: Callable[[str], None] | None = None) -> CheckResult:
     cat, store = repo.catalog, repo.store
     r = CheckResult()
-    r.catalog_problems += [f"integrity_check: {p}"
-                           for p in cat.integrity_problems(quick=not read_data)]
-    r.catalog_problems += [f"foreign_key_check: table {t} row {rowid} -> {parent}"
-                           for t, rowid, parent, _fk in cat.foreign_key_problems()]
-    r.catalog_problems += cat.dangling_references()
-    here = socket.gethostname()
-    for sid, host, subset, _started, writer_host, pid in cat.running_saves():
-        if writer_host == here and not pid_alive(pid, None):
-            r.dead_saves.append(f"save {sid} ({host}/{subset}) is 'running' but its process "
-                                f"{pid} is gone (the next save of this host marks it "
-                                f"interrupted; check --repair does it now)")
-            if repair:
-                r.repaired_saves.append(sid)
-    # Catalog first, then the disk: a save commits rows only after its files are durable,
-    # so a chunk committed before this snapshot is on disk by the time it is listed.
-    referenced = dict(cat.all_chunks())
-    r.chunks_referenced = len(referenced)
-    on_disk: dict[bytes, int] = {}
-    for sha, info in store.iter_chunk_files():
-        if sha is None:
-            r.temps += 1
-        else:
-            on_disk[sha] = info
-    for sha, stored_length in referenced.items():
-        size = on_disk.get(sha)
-        if size is None:
-            r.chunk_problems[sha] = ChunkProblem(sha, "missing")
-        elif stored_length and size != stored_length:
-            r.chunk_problems[sha] = ChunkProblem(
-                sha, f"size {size} bytes, catalog says {stored_length}")
-    for sha, size in on_disk.items():
-        if sha not in referenced:
-            r.orphans += 1
-            r.orphan_bytes += size
-    if read_data:
-        _read_data(repo, r, part, progress)
-    for problem in r.chunk_problems.values():
-        problem.users = [(sid, from_key(key))
-                         for sid, key in cat.chunk_users(problem.sha256, USERS_SHOWN + 1)]
+    try:
+        r.catalog_problems += [f"integrity_check: {p}"
+                               for p in cat.integrity_problems(quick=not read_data)]
+        r.catalog_problems += [f"foreign_key_check: table {t} row {rowid} -> {parent}"
+                               for t, rowid, parent, _fk in cat.foreign_key_problems()]
+        r.catalog_problems += cat.dangling_references()
+        here = socket.gethostname()
+        for sid, host, subset, _started, writer_host, pid in cat.running_saves():
+            if writer_host == here and not pid_alive(pid, None):
+                r.dead_saves.append(f"save {sid} ({host}/{subset}) is 'running' but its process "
+                                    f"{pid} is gone (the next save of this host marks it "
+                                    f"interrupted; check --repair does it now)")
+                if repair:
+                    r.repaired_saves.append(sid)
+        # Catalog first, then the disk: a save commits rows only after its files are durable,
+        # so a chunk committed before this snapshot is on disk by the time it is listed.
+        referenced = dict(cat.all_chunks())
+        r.chunks_referenced = len(referenced)
+        on_disk: dict[bytes, int] = {}
+        for sha, info in store.iter_chunk_files():
+            if sha is None:
+                r.temps += 1
+            else:
+                on_disk[sha] = info
+        for sha, stored_length in referenced.items():
+            size = on_disk.get(sha)
+            if size is None:
+                r.chunk_problems[sha] = ChunkProblem(sha, "missing")
+            elif stored_length and size != stored_length:
+                r.chunk_problems[sha] = ChunkProblem(
+                    sha, f"size {size} bytes, catalog says {stored_length}")
+        for sha, size in on_disk.items():
+            if sha not in referenced:
+                r.orphans += 1
+                r.orphan_bytes += size
+        if read_data:
+            _read_data(repo, r, part, progress)
+        for problem in r.chunk_problems.values():
+            problem.users = [(sid, from_key(key))
+                             for sid, key in cat.chunk_users(problem.sha256, USERS_SHOWN + 1)]
+    except NotACatalog as e:  # the catalog cannot be read: say so, and what to do
+        r.catalog_problems.append(f"{e.args[1]}: the catalog is damaged; restore it from "
+                                  "REPO/catalog-copies/ (README: restoring the catalog)")
+        r.copy_age_s = newest_copy_age_s(repo.path)
+        return r
     r.copy_age_s = newest_copy_age_s(repo.path)
     if repair:
         _repair(repo, r)
