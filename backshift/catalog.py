@@ -423,11 +423,21 @@ DELETE_UNREFERENCED_CHUNKS = _sql("""
     WHERE id NOT IN (SELECT chunk_id FROM content_chunk)
 """)
 
+# Live paths: those a member or version names, and all their ancestors (parent_id). One
+# pass, however deep a removed subtree was.
 DELETE_UNREFERENCED_PATHS = _sql("""
+    WITH RECURSIVE live (id) AS (
+        SELECT path_id FROM member
+        UNION
+        SELECT path_id FROM version
+        UNION
+        SELECT p.parent_id
+        FROM path AS p
+        JOIN live AS l ON p.id = l.id
+        WHERE p.parent_id IS NOT NULL
+    )
     DELETE FROM path
-    WHERE id NOT IN (SELECT path_id FROM member)
-      AND id NOT IN (SELECT path_id FROM version)
-      AND id NOT IN (SELECT parent_id FROM path WHERE parent_id IS NOT NULL)
+    WHERE id NOT IN (SELECT id FROM live)
 """)
 
 ALL_CHUNKS = _sql("""
@@ -771,10 +781,7 @@ class Catalog:
         c.execute(DELETE_UNREFERENCED_CONTENTS)  # content_chunk rows cascade
         freed = [(sha, n) for sha, n in c.execute(UNREFERENCED_CHUNKS)]
         c.execute(DELETE_UNREFERENCED_CHUNKS)
-        while True:  # a path freed may free its parent: one level per pass
-            c.execute(DELETE_UNREFERENCED_PATHS)
-            if c.changes() == 0:
-                break
+        c.execute(DELETE_UNREFERENCED_PATHS)
         return freed
 
     def _rows(self, sql: str, params: dict | None = None) -> list[tuple]:

@@ -213,3 +213,29 @@ def test_expire_after_a_save_killed_at_point_keeps_every_complete_save(tmp_path,
     monkeypatch.setattr(expire_mod, "TEMP_GRACE_S", 0)
     run("-r", repo, "expire", "--keep-last", "2")
     assert all_files(repo) == catalog_chunks(repo)
+
+
+def test_expire_removes_paths_of_a_deleted_subtree_and_keeps_live_ancestors(tmp_path, repo):
+    src = tmp_path / "src"
+    deep = src / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    (deep / "f.txt").write_bytes(b"deep\n")
+    (src / "keep.txt").write_bytes(b"keep\n")
+    run("-r", repo, "save", input=find0(src))
+    import shutil
+    shutil.rmtree(src / "a")
+    run("-r", repo, "save", input=find0(src))
+    # the second save, given only one file, still needs that file's ancestors as paths
+    run("-r", repo, "save", "--subset", "one", input=os.fsencode(src / "keep.txt") + b"\0")
+    run("-r", repo, "expire", "--keep-last", "1")
+    cat = Catalog.open(os.path.join(repo, b"catalog.sqlite3"), readonly=True)
+    try:
+        names = {n for (n,) in cat.conn.execute("SELECT name FROM path")}
+        orphans = cat.conn.execute(
+            "SELECT count(*) FROM path AS p LEFT JOIN path AS q ON q.id = p.parent_id "
+            "WHERE p.parent_id IS NOT NULL AND q.id IS NULL").fetchone()[0]
+    finally:
+        cat.close()
+    assert not names & {b"a", b"b", b"c", b"f.txt"}
+    assert b"keep.txt" in names and orphans == 0
+    run("-r", repo, "check")
