@@ -191,3 +191,26 @@ def test_check_reports_a_damaged_catalog_page_without_a_traceback(tmp_path, repo
     listed = run("-r", repo, "saves", "--format", "csv", "--last", "1", exit_code=None)
     assert "Traceback" not in listed.stderr
     assert listed.code in (0, 7)  # a damaged page a listing does not touch is not noticed
+
+
+def test_check_changes_nothing_and_waits_out_an_expire(tmp_path, repo):
+    from backshift.lock import RepoLock
+
+    src = make_source(tmp_path / "src")
+    run("-r", repo, "save", input=find0(src))
+    run("-r", repo, "expire", "--keep-last", "1")  # folds the WAL into the catalog file
+    catalog = Path(os.fsdecode(repo)) / "catalog.sqlite3"
+    before = catalog.read_bytes()
+    chunks_before = sorted(glob.glob(os.path.join(os.fsdecode(repo), "chunks", "*", "*")))
+    run("-r", repo, "check", "--read-data")
+    assert catalog.read_bytes() == before
+    assert sorted(glob.glob(os.path.join(os.fsdecode(repo), "chunks", "*", "*"))) == \
+        chunks_before
+    lock = RepoLock(repo, exclusive=True, operation="expire")
+    lock.acquire()
+    try:
+        res = run("-r", repo, "check", exit_code=5)
+        assert "held exclusively" in res.stderr and "(expire, since" in res.stderr
+    finally:
+        lock.release()
+    run("-r", repo, "check", "--lock-wait", "5")
