@@ -113,6 +113,16 @@ class ChunkMissing(DataDamaged):
     """chunk {0} is missing from the repository"""
 
 
+class ReferencedChunksMissing(BackshiftError):
+    """{0} chunk(s) kept saves need are missing (first {1}); nothing deleted; run check"""
+
+    exit_code = 13
+
+
+class CheckFoundDamage(DataDamaged):
+    """check found {0} problem(s); see above"""
+
+
 class LegacyDirInvalid(BackshiftError):
     """{0} is not a backshift 1.x save directory (no summaries/ and files/ in it)"""
 

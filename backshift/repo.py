@@ -22,6 +22,7 @@ from .store import Store
 READ = "read"  # no lock: WAL readers never block writers; catalog opened read-only
 WRITE = "write"  # shared lock: saves may run side by side
 EXCLUSIVE = "exclusive"  # exclusive lock: expire, GC, repair
+READ_LOCKED = "read-locked"  # shared lock, catalog read-only: check (no expire meanwhile)
 
 
 @dataclass
@@ -70,14 +71,14 @@ def open_repository(path: bytes, mode: str = READ, operation: str = "",
     if not os.path.isfile(catalog_path):
         raise RepositoryNotFound(os.fsdecode(path))
     lock = None
-    if mode in (WRITE, EXCLUSIVE):
+    if mode in (WRITE, EXCLUSIVE, READ_LOCKED):
         lock = RepoLock(path, exclusive=(mode == EXCLUSIVE), operation=operation or mode)
         try:
             lock.acquire(lock_wait_s)
         except PermissionError as e:
             raise RepositoryIOError(os.fsdecode(path), e.strerror) from None
     try:
-        catalog = Catalog.open(catalog_path, readonly=(mode == READ))
+        catalog = Catalog.open(catalog_path, readonly=(mode in (READ, READ_LOCKED)))
         try:
             params = ChunkerParams(**json.loads(catalog.get_meta("chunker") or "{}"))
             compression = json.loads(catalog.get_meta("compression") or "{}")

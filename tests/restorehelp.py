@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import tarfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from tarlint import lint_tar
@@ -49,12 +50,23 @@ def walk_all(root: bytes) -> list[bytes]:
 
 
 def compare_trees(src: Path | bytes, dst: Path | bytes, *, mode_mask: int = 0o7777,
-                  mtime_exact: bool = True, owners: bool = True) -> None:
+                  mtime_exact: bool = True, owners: bool = True,
+                  mtime_of: Callable[[int], int] | None = None,
+                  only: Iterable[bytes] | None = None) -> None:
     """Assert DST restores SRC: types, bytes, modes, mtimes (files and dirs), symlink
-    targets, owners, hardlink groups (same inode in DST where same inode in SRC)."""
+    targets, owners, hardlink groups (same inode in DST exactly where same inode in SRC).
+
+    MTIME_OF maps a source mtime_ns to the one the restore must have (an archive that
+    stored it less precisely). ONLY (paths relative to SRC) compares just those: a
+    partial restore, where DST may also hold the parent directories tar made for them."""
     src, dst = os.fsencode(src), os.fsencode(dst)
-    names = walk_all(src)
-    assert walk_all(dst) == names
+    if only is None:
+        names = walk_all(src)
+        assert walk_all(dst) == names
+    else:
+        names = sorted(set(only))
+        extra = set(walk_all(dst)) - set(names)
+        assert all(os.path.isdir(os.path.join(dst, n)) for n in extra), sorted(extra)
     groups: dict[tuple[int, int], bytes] = {}
     for rel in names:
         a, b = os.path.join(src, rel), os.path.join(dst, rel)
@@ -63,10 +75,11 @@ def compare_trees(src: Path | bytes, dst: Path | bytes, *, mode_mask: int = 0o77
         assert stat.S_IFMT(sa.st_mode) == stat.S_IFMT(sb.st_mode), where
         if not stat.S_ISLNK(sa.st_mode):
             assert stat.S_IMODE(sa.st_mode) & mode_mask == stat.S_IMODE(sb.st_mode), where
+            want = mtime_of(sa.st_mtime_ns) if mtime_of else sa.st_mtime_ns
             if mtime_exact:
-                assert sa.st_mtime_ns == sb.st_mtime_ns, where
+                assert want == sb.st_mtime_ns, where
             else:
-                assert abs(sa.st_mtime_ns - sb.st_mtime_ns) < 1000, where
+                assert abs(want - sb.st_mtime_ns) < 1000, where
         if owners:
             assert (sa.st_uid, sa.st_gid) == (sb.st_uid, sb.st_gid), where
         if stat.S_ISREG(sa.st_mode):
@@ -74,6 +87,8 @@ def compare_trees(src: Path | bytes, dst: Path | bytes, *, mode_mask: int = 0o77
             if sa.st_nlink > 1:
                 first = groups.setdefault((sa.st_dev, sa.st_ino), b)
                 assert os.lstat(first).st_ino == sb.st_ino, f"{where} not linked to {first!r}"
+            else:
+                assert sb.st_nlink == 1, f"{where} hardlinked in DST, not in SRC"
         elif stat.S_ISLNK(sa.st_mode):
             assert os.readlink(a) == os.readlink(b), where
         elif stat.S_ISCHR(sa.st_mode) or stat.S_ISBLK(sa.st_mode):
