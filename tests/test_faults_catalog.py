@@ -297,7 +297,10 @@ def test_A4_catalog_write_fault_loop_through_a_vfs(tmp_path, repo, err, call):
             assert res.code == 0, res.stderr
             break
         failures += 1
-        if res.code != 0:  # a failure the save could not absorb: reported, root cause named
+        if res.code == 1:  # only the catalog copy failed: a warning, the save itself stands
+            assert "could not write a catalog copy" in res.stderr, res.stderr
+            assert save_status(repo)[max(save_status(repo))] == "complete"
+        elif res.code != 0:  # a failure the save could not absorb: reported, root cause named
             line = one_line_error(res.stderr)
             assert res.code == 12, res.stderr
             assert os.fsdecode(catalog_path(repo)) in line
