@@ -161,6 +161,17 @@ def from_tar(repo: bytes, save_id: int, dest: Path, prefix: bytes) -> Manifest:
             ((p, _rebase_group(e, len(base))) for p, e in got.items())}
 
 
+def from_stream(stream: bytes, dest: Path, prefix: bytes) -> Manifest:
+    """Extract an already-made tar STREAM with GNU tar into DEST; manifest by original path."""
+    dest.mkdir(parents=True, exist_ok=False)
+    ext = subprocess.run(["tar", "-x", "-p", "--numeric-owner", "-f", "-", "-C", str(dest)],
+                         input=stream, capture_output=True, timeout=600)
+    assert ext.returncode == 0, ext.stderr.decode(errors="replace")
+    base = os.fsencode(dest)
+    return {path[len(base):]: _rebase_group(e, len(base))
+            for path, e in manifest(base + prefix).items()}
+
+
 def _rebase_group(e: Entry, cut: int) -> Entry:
     if e.group is None:
         return e
