@@ -338,9 +338,9 @@ def test_D15_file_over_8_gib(tmp_path):
     proc = subprocess.Popen([BACKSHIFT, "-r", repo, "tar", "--backup", "latest"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
-        member = next(tf)
+        member = tf.next()
         while not member.isreg():
-            member = next(tf)
+            member = tf.next()
         assert member.size == 9 << 30
         digest = hashlib.sha256()
         f = tf.extractfile(member)

@@ -198,3 +198,29 @@ def test_E13_stream_end_and_terminal_refusal(tmp_path, repo):
         os.close(master)
     assert res.returncode == 2
     assert "terminal" in one_line_error(res.stderr)
+
+
+def test_D17_extreme_metadata_rows_reach_the_tar_stream(tmp_path, repo):
+    src = small_tree(tmp_path / "src")
+    sid = save(repo, src)["save_id"]
+    target = os.fsencode(src / "text.txt")
+    mtime_ns = (2**33 + 1000) * 10**9 + 123_456_789  # beyond ustar's 2^33 s, with nanoseconds
+    conn = apsw.Connection(os.fsdecode(os.path.join(repo, b"catalog.sqlite3")))
+    conn.execute("UPDATE version SET uid = 3000000, gid = 3000001, mtime_ns = ? WHERE id = "
+                 "(SELECT m.version_id FROM member AS m JOIN path AS p ON p.id = m.path_id "
+                 "WHERE m.save_id = ? AND p.key = ?)", (mtime_ns, sid, sort_key(target)))
+    conn.close()
+    data, _, _ = _tar(repo)
+    (member,) = [ti for ti in lint_tar(data) if ti.name.endswith("/text.txt")]
+    assert (member.uid, member.gid) == (3000000, 3000001)
+    assert member.pax_headers.get("uid") == "3000000"
+    assert member.pax_headers.get("mtime") == f"{mtime_ns // 10**9}.{mtime_ns % 10**9:09d}"
+    listing = subprocess.run(["tar", "--numeric-owner", "-tvf", "-"], input=data,
+                             capture_output=True, timeout=60)
+    assert b"3000000/3000001" in listing.stdout
+    dest = tmp_path / "dest"
+    assert _extract("gnu", data, dest).returncode == 0
+    st = os.lstat(os.fsencode(dest) + target)
+    assert st.st_mtime_ns == mtime_ns
+    if os.geteuid() == 0:
+        assert (st.st_uid, st.st_gid) == (3000000, 3000001)
