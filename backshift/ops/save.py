@@ -11,12 +11,13 @@ import collections
 import errno
 import hashlib
 import os
+import queue
 import signal
 import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -59,6 +60,7 @@ class SaveOptions:
     batch_bytes: int = 256 << 20
     batch_seconds: float = 10.0
     max_in_flight_bytes: int = 256 << 20
+    idle_commit_s: float = 1.0  # input quiet this long: commit, release the write lock
 
 
 class SkipFile(Exception):
@@ -170,6 +172,7 @@ class Saver:
         self._batch_bytes = 0
         self._batch_started = time.monotonic()
         self._last_progress = 0.0
+        self._in_txn = False
 
     def warn(self, msg: str) -> None:
         self.stats.warnings += 1
@@ -194,16 +197,27 @@ class Saver:
             self.estimate = biggest or None
         self.legacy_candidates = {sid for sid, _ in self.candidates
                                   if self.cat.is_legacy_save(sid)}
-        self.cat.begin()
+
+    def writing(self) -> None:
+        """Open the batch's write transaction on its first write (BEGIN IMMEDIATE takes the
+        catalog's write lock: held only while there is work, never while waiting for names)."""
+        if not self._in_txn:
+            self.cat.begin()
+            self._in_txn = True
 
     def run(self, paths: Iterable[bytes]) -> SaveStats:
         self.start()
         pool = ThreadPoolExecutor(max_workers=self.opts.workers, thread_name_prefix="read")
         try:
             with _graceful_signals(self):
-                for path in paths:
+                for path in _with_pauses(paths, self.opts.idle_commit_s):
                     if self.stop_signal is not None:
                         break
+                    if path is None:  # the input is quiet: commit what is recorded
+                        self.drain(block=False)
+                        if self._in_txn:
+                            self.maybe_commit(force=True)
+                        continue
                     self.add(path, pool)
                     self.drain(block=False)
                     self.maybe_commit()
@@ -219,12 +233,14 @@ class Saver:
         return self.stats
 
     def finish(self, status: str) -> None:
+        self.writing()
         self.repo.store.flush()
         self.write_counters()
         from ..crashpoints import crashpoint
         crashpoint("before_save_complete")
         self.cat.finish_save(self.stats.save_id, status, time.time_ns())
         self.cat.commit()
+        self._in_txn = False
         self.stats.status = status
         self.cat.checkpoint()
         self.stats.elapsed_s = time.monotonic() - self.started
@@ -236,6 +252,7 @@ class Saver:
             return  # the error came after the final commit: the save stands
         self.repo.store.abandon()
         self.cat.rollback_quietly()
+        self._in_txn = False
         try:
             self.cat.begin()
             self.write_counters()
@@ -260,10 +277,12 @@ class Saver:
                 and self._batch_bytes < self.opts.batch_bytes \
                 and now - self._batch_started < self.opts.batch_seconds:
             return
+        if not self._in_txn:
+            return  # nothing recorded since the last commit
         self.repo.store.flush()
         self.write_counters()
         self.cat.commit()
-        self.cat.begin()
+        self._in_txn = False
         self._batch_files = 0
         self._batch_bytes = 0
         self._batch_started = now
@@ -280,6 +299,7 @@ class Saver:
     # -- per name -------------------------------------------------------------------------
 
     def add(self, path: bytes, pool: ThreadPoolExecutor) -> None:
+        self.writing()
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -406,6 +426,7 @@ class Saver:
             self.maybe_commit()
 
     def record(self, item: Item) -> None:
+        self.writing()
         v = item.version
         if item.future is not None:
             self.in_flight_bytes -= v.size
@@ -468,6 +489,50 @@ class Saver:
                 if c.new:
                     self.cat.chunk_id(c.ref, c.stored_length)
         return replace(v, size=result.size, content_id=content_id)
+
+
+def _with_pauses(paths: Iterable[bytes], pause_s: float) -> Iterator[bytes | None]:
+    """PATHS read by a helper thread; None whenever no name came for PAUSE_S seconds, so the
+    saver can commit and release the catalog while a slow producer (find) thinks."""
+    q: queue.Queue = queue.Queue(maxsize=4096)
+    done = object()
+    stop = threading.Event()
+
+    def feed() -> None:
+        try:
+            for p in paths:
+                while not stop.is_set():
+                    try:
+                        q.put(p, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # handed to the saver's thread, raised there
+            q.put(_Failed(e))
+
+    threading.Thread(target=feed, name="names", daemon=True).start()
+    try:
+        while True:
+            try:
+                item = q.get(timeout=pause_s)
+            except queue.Empty:
+                yield None
+                continue
+            if item is done:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+
+
+@dataclass
+class _Failed:
+    error: BaseException
 
 
 class _graceful_signals:
