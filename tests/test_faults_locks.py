@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import pytest
 from harness import crash
@@ -12,7 +13,7 @@ from harness.oracle import assert_save_matches, manifest
 from harness.scenario import one_line_error, save, save_status, small_tree
 
 from backshift.lock import LOCKS_DIR, RepoLock, read_records
-from conftest import BACKSHIFT, find0, run
+from conftest import BACKSHIFT, find0, run, run_bin
 
 
 def _popen_save(repo: bytes, src, hostname: str, subset: str) -> subprocess.Popen:
@@ -86,3 +87,31 @@ def test_C3_save_refused_while_an_exclusive_lock_is_held(tmp_path, repo):
     line = one_line_error(res.stderr)
     assert "locked" in line and f"pid {os.getpid()}" in line and "expire" in line, line
     assert save_status(repo) == {}
+
+
+@pytest.mark.timeout(90)
+def test_C1_a_save_waiting_for_names_does_not_block_another_save(tmp_path, repo):
+    """A slow producer (find on a slow disk) must not hold the catalog's write lock: another
+    host's save completes meanwhile, well within the 60 s busy timeout."""
+    src = small_tree(tmp_path / "src")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSHIFT_")}
+    stalled = subprocess.Popen([BACKSHIFT, "-r", repo, "save", "--hostname", "slow-host"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=env)
+    try:
+        stalled.stdin.write(find0(src))  # some names, then the producer goes quiet
+        stalled.stdin.flush()
+        deadline = time.monotonic() + 20
+        while not save_status(repo) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        other = run_bin("-r", repo, "save", "--hostname", "fast-host", input=find0(src),
+                        timeout=30)
+        assert other.returncode == 0, other.stderr
+    finally:
+        stalled.stdin.close()
+    assert stalled.wait(timeout=30) == 0, stalled.stderr.read()
+    assert sorted(save_status(repo).values()) == ["complete", "complete"]
+    assert_repo_consistent(repo)
+    for sid in save_status(repo):
+        assert_save_matches(repo, sid, manifest(src), src)
