@@ -11,6 +11,7 @@ import collections
 import errno
 import hashlib
 import os
+import queue
 import signal
 import socket
 import stat
@@ -170,10 +171,20 @@ class Saver:
         self._batch_bytes = 0
         self._batch_started = time.monotonic()
         self._last_progress = 0.0
+        self._warn_lock = threading.Lock()
+        self._txn = False
 
     def warn(self, msg: str) -> None:
-        self.stats.warnings += 1
-        self._warn_cb(msg)
+        """Record a per-file problem (thread-safe: the name reader warns from its thread)."""
+        with self._warn_lock:
+            self.stats.warnings += 1
+            self._warn_cb(msg)
+
+    def ensure_txn(self) -> None:
+        """Take the catalog's write lock only when there is something to write."""
+        if not self._txn:
+            self.cat.begin()
+            self._txn = True
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -194,16 +205,31 @@ class Saver:
             self.estimate = biggest or None
         self.legacy_candidates = {sid for sid, _ in self.candidates
                                   if self.cat.is_legacy_save(sid)}
-        self.cat.begin()
 
     def run(self, paths: Iterable[bytes]) -> SaveStats:
         self.start()
         pool = ThreadPoolExecutor(max_workers=self.opts.workers, thread_name_prefix="read")
+        names: queue.Queue = queue.Queue(maxsize=4096)
+        feeder = threading.Thread(target=_feed, args=(paths, names), daemon=True,
+                                  name="names")
         try:
             with _graceful_signals(self):
-                for path in paths:
-                    if self.stop_signal is not None:
+                feeder.start()
+                while self.stop_signal is None:
+                    try:
+                        path = names.get(timeout=0.25)
+                    except queue.Empty:
+                        # The input is slow (a find still walking): record what is done
+                        # and release the write lock so other saves can commit meanwhile.
+                        self.drain(block=False)
+                        if self._txn:
+                            self.maybe_commit(force=True)
+                        self.report_progress()
+                        continue
+                    if path is _END:
                         break
+                    if isinstance(path, _FeedError):
+                        raise path.error
                     self.add(path, pool)
                     self.drain(block=False)
                     self.maybe_commit()
@@ -219,12 +245,14 @@ class Saver:
         return self.stats
 
     def finish(self, status: str) -> None:
+        self.ensure_txn()
         self.repo.store.flush()
         self.write_counters()
         from ..crashpoints import crashpoint
         crashpoint("before_save_complete")
         self.cat.finish_save(self.stats.save_id, status, time.time_ns())
         self.cat.commit()
+        self._txn = False
         self.cat.checkpoint()
         self.stats.status = status
         self.stats.elapsed_s = time.monotonic() - self.started
@@ -234,6 +262,7 @@ class Saver:
         """After an error: keep nothing uncommitted, mark the save interrupted if possible."""
         self.repo.store.abandon()
         self.cat.rollback_quietly()
+        self._txn = False
         try:
             self.cat.begin()
             self.write_counters()
@@ -254,6 +283,8 @@ class Saver:
 
     def maybe_commit(self, force: bool = False) -> None:
         now = time.monotonic()
+        if not self._txn:
+            return
         if not force and self._batch_files < self.opts.batch_files \
                 and self._batch_bytes < self.opts.batch_bytes \
                 and now - self._batch_started < self.opts.batch_seconds:
@@ -261,7 +292,7 @@ class Saver:
         self.repo.store.flush()
         self.write_counters()
         self.cat.commit()
-        self.cat.begin()
+        self._txn = False
         self._batch_files = 0
         self._batch_bytes = 0
         self._batch_started = now
@@ -278,6 +309,7 @@ class Saver:
     # -- per name -------------------------------------------------------------------------
 
     def add(self, path: bytes, pool: ThreadPoolExecutor) -> None:
+        self.ensure_txn()
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -404,6 +436,7 @@ class Saver:
             self.maybe_commit()
 
     def record(self, item: Item) -> None:
+        self.ensure_txn()
         v = item.version
         if item.future is not None:
             self.in_flight_bytes -= v.size
@@ -466,6 +499,25 @@ class Saver:
                 if c.new:
                     self.cat.chunk_id(c.ref, c.stored_length)
         return replace(v, size=result.size, content_id=content_id)
+
+
+_END = object()
+
+
+class _FeedError:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _feed(paths: Iterable[bytes], names: queue.Queue) -> None:
+    """Reader thread: move input names into the queue, so the main thread never blocks on
+    input while it holds the catalog's write lock."""
+    try:
+        for path in paths:
+            names.put(path)
+    except BaseException as e:  # handed to the main thread, raised there
+        names.put(_FeedError(e))
+    names.put(_END)
 
 
 class _graceful_signals:
