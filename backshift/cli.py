@@ -204,7 +204,9 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
             names = walk.walk(paths, cwd, saver.warn, one_file_system=one_file_system,
                               excludes=[os.fsencode(e) for e in exclude])
         else:
-            stream = filelist if filelist is not None else sys.stdin.buffer
+            # stdin unbuffered: a single read returns what the pipe has, and the name
+            # reader thread never holds a buffer lock the interpreter needs at exit.
+            stream = filelist if filelist is not None else _raw_stdin()
             names = walk.normalized(walk.read_nul_names(stream), cwd, saver.warn)
         stats = saver.run(names)
         copied = _copy_catalog(repo) if stats.status == "complete" else True
@@ -220,6 +222,11 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
         raise SystemExit(EXIT_INTERRUPTED)
     if stats.warnings or not copied:
         raise SystemExit(EXIT_WARNING)
+
+
+def _raw_stdin():
+    buf = sys.stdin.buffer
+    return getattr(buf, "raw", buf)
 
 
 _progress_shown = False

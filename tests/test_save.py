@@ -349,3 +349,25 @@ def test_save_chunk_refs_match_store(repo, tree):
                 "SELECT sha256, length, stored_length FROM chunk"):
             assert r.store.stored_size(sha) == stored
             assert len(r.store.read(ChunkRef(sha, length))) == length
+
+
+@pytest.mark.timeout(90)
+def test_save_waiting_for_input_does_not_block_another_save(repo, tmp_path):
+    """A save whose find is still walking must not hold the catalog's write lock."""
+    root = make_tree(tmp_path / "src")
+    names = find0(root).split(b"\0")[:-1]
+    slow = subprocess.Popen([BACKSHIFT, "-r", repo, "save", "--subset", "slow", "--json"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    slow.stdin.write(b"\0".join(names[:5]) + b"\0")
+    slow.stdin.flush()
+    time.sleep(1.5)  # the slow save has recorded 5 names and waits for more
+    other = subprocess.run([BACKSHIFT, "-r", repo, "save", "--subset", "fast", "--json",
+                            os.fsdecode(root)], capture_output=True, timeout=30)
+    assert other.returncode == 0, other.stderr
+    slow.stdin.write(b"\0".join(names[5:]) + b"\0")
+    slow.stdin.close()
+    slow.wait(timeout=30)
+    assert slow.returncode == 0, slow.stderr.read()
+    assert json.loads(slow.stdout.read())["files"] == len(names)
+    assert _interrupted_status(repo) == ["complete", "complete"]

@@ -17,7 +17,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -60,7 +60,6 @@ class SaveOptions:
     batch_bytes: int = 256 << 20
     batch_seconds: float = 10.0
     max_in_flight_bytes: int = 256 << 20
-    idle_commit_s: float = 1.0  # input quiet this long: commit, release the write lock
 
 
 class SkipFile(Exception):
@@ -172,11 +171,20 @@ class Saver:
         self._batch_bytes = 0
         self._batch_started = time.monotonic()
         self._last_progress = 0.0
-        self._in_txn = False
+        self._warn_lock = threading.Lock()
+        self._txn = False
 
     def warn(self, msg: str) -> None:
-        self.stats.warnings += 1
-        self._warn_cb(msg)
+        """Record a per-file problem (thread-safe: the name reader warns from its thread)."""
+        with self._warn_lock:
+            self.stats.warnings += 1
+            self._warn_cb(msg)
+
+    def ensure_txn(self) -> None:
+        """Take the catalog's write lock only when there is something to write."""
+        if not self._txn:
+            self.cat.begin()
+            self._txn = True
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -198,26 +206,30 @@ class Saver:
         self.legacy_candidates = {sid for sid, _ in self.candidates
                                   if self.cat.is_legacy_save(sid)}
 
-    def writing(self) -> None:
-        """Open the batch's write transaction on its first write (BEGIN IMMEDIATE takes the
-        catalog's write lock: held only while there is work, never while waiting for names)."""
-        if not self._in_txn:
-            self.cat.begin()
-            self._in_txn = True
-
     def run(self, paths: Iterable[bytes]) -> SaveStats:
         self.start()
         pool = ThreadPoolExecutor(max_workers=self.opts.workers, thread_name_prefix="read")
+        names: queue.Queue = queue.Queue(maxsize=4096)
+        feeder = threading.Thread(target=_feed, args=(paths, names), daemon=True,
+                                  name="names")
         try:
             with _graceful_signals(self):
-                for path in _with_pauses(paths, self.opts.idle_commit_s):
-                    if self.stop_signal is not None:
-                        break
-                    if path is None:  # the input is quiet: commit what is recorded
+                feeder.start()
+                while self.stop_signal is None:
+                    try:
+                        path = names.get(timeout=0.25)
+                    except queue.Empty:
+                        # The input is slow (a find still walking): record what is done
+                        # and release the write lock so other saves can commit meanwhile.
                         self.drain(block=False)
-                        if self._in_txn:
+                        if self._txn:
                             self.maybe_commit(force=True)
+                        self.report_progress()
                         continue
+                    if path is _END:
+                        break
+                    if isinstance(path, _FeedError):
+                        raise path.error
                     self.add(path, pool)
                     self.drain(block=False)
                     self.maybe_commit()
@@ -233,14 +245,14 @@ class Saver:
         return self.stats
 
     def finish(self, status: str) -> None:
-        self.writing()
+        self.ensure_txn()
         self.repo.store.flush()
         self.write_counters()
         from ..crashpoints import crashpoint
         crashpoint("before_save_complete")
         self.cat.finish_save(self.stats.save_id, status, time.time_ns())
         self.cat.commit()
-        self._in_txn = False
+        self._txn = False
         self.stats.status = status
         self.cat.checkpoint()
         self.stats.elapsed_s = time.monotonic() - self.started
@@ -252,7 +264,7 @@ class Saver:
             return  # the error came after the final commit: the save stands
         self.repo.store.abandon()
         self.cat.rollback_quietly()
-        self._in_txn = False
+        self._txn = False
         try:
             self.cat.begin()
             self.write_counters()
@@ -273,16 +285,16 @@ class Saver:
 
     def maybe_commit(self, force: bool = False) -> None:
         now = time.monotonic()
+        if not self._txn:
+            return
         if not force and self._batch_files < self.opts.batch_files \
                 and self._batch_bytes < self.opts.batch_bytes \
                 and now - self._batch_started < self.opts.batch_seconds:
             return
-        if not self._in_txn:
-            return  # nothing recorded since the last commit
         self.repo.store.flush()
         self.write_counters()
         self.cat.commit()
-        self._in_txn = False
+        self._txn = False
         self._batch_files = 0
         self._batch_bytes = 0
         self._batch_started = now
@@ -299,7 +311,7 @@ class Saver:
     # -- per name -------------------------------------------------------------------------
 
     def add(self, path: bytes, pool: ThreadPoolExecutor) -> None:
-        self.writing()
+        self.ensure_txn()
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -426,7 +438,7 @@ class Saver:
             self.maybe_commit()
 
     def record(self, item: Item) -> None:
-        self.writing()
+        self.ensure_txn()
         v = item.version
         if item.future is not None:
             self.in_flight_bytes -= v.size
@@ -491,48 +503,23 @@ class Saver:
         return replace(v, size=result.size, content_id=content_id)
 
 
-def _with_pauses(paths: Iterable[bytes], pause_s: float) -> Iterator[bytes | None]:
-    """PATHS read by a helper thread; None whenever no name came for PAUSE_S seconds, so the
-    saver can commit and release the catalog while a slow producer (find) thinks."""
-    q: queue.Queue = queue.Queue(maxsize=4096)
-    done = object()
-    stop = threading.Event()
+_END = object()
 
-    def feed() -> None:
-        try:
-            for p in paths:
-                while not stop.is_set():
-                    try:
-                        q.put(p, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(done)
-        except BaseException as e:  # handed to the saver's thread, raised there
-            q.put(_Failed(e))
 
-    threading.Thread(target=feed, name="names", daemon=True).start()
+class _FeedError:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _feed(paths: Iterable[bytes], names: queue.Queue) -> None:
+    """Reader thread: move input names into the queue, so the main thread never blocks on
+    input while it holds the catalog's write lock."""
     try:
-        while True:
-            try:
-                item = q.get(timeout=pause_s)
-            except queue.Empty:
-                yield None
-                continue
-            if item is done:
-                return
-            if isinstance(item, _Failed):
-                raise item.error
-            yield item
-    finally:
-        stop.set()
-
-
-@dataclass
-class _Failed:
-    error: BaseException
+        for path in paths:
+            names.put(path)
+    except BaseException as e:  # handed to the main thread, raised there
+        names.put(_FeedError(e))
+    names.put(_END)
 
 
 class _graceful_signals:
