@@ -19,13 +19,15 @@ WIDTH = 100
 
 def help_text(command: click.Command, name: str, parent: click.Context | None) -> str:
     ctx = click.Context(command, info_name=name, parent=parent, terminal_width=WIDTH,
-                        max_content_width=WIDTH)
+                        max_content_width=WIDTH, **command.context_settings)
     return command.get_help(ctx)
 
 
 def render() -> str:
+    # the commands' own context settings (-h), as `backshift ... --help` builds them; and
+    # no help option cached by an earlier in-process run may leak in (tests run cli first)
     root = click.Context(cli, info_name="backshift", terminal_width=WIDTH,
-                         max_content_width=WIDTH)
+                         max_content_width=WIDTH, **cli.context_settings)
     parts = [
         "# backshift command reference",
         "",
