@@ -102,6 +102,14 @@ def _code_io_error(tmp_path, repo, monkeypatch):
                exit_code=None)
 
 
+def _code_kept_chunk_missing(tmp_path, repo, monkeypatch):
+    _saved(tmp_path, repo)
+    store = Store(repo)
+    sha = next(sha for sha, _ in store.iter_chunk_files() if sha is not None)
+    os.unlink(store.path_for(sha))
+    return run("-r", repo, "expire", "--keep-last", "1", exit_code=None)
+
+
 def _code_query_timeout(tmp_path, repo, monkeypatch):
     return run("-r", repo, "sql", "--timeout", "0.2", "WITH RECURSIVE c(x) AS (SELECT 1 UNION "
                "ALL SELECT x + 1 FROM c) SELECT count(*) FROM c", exit_code=None)
@@ -120,8 +128,14 @@ SCENARIOS = {
     0: _code_ok, 1: _code_warning, 2: _code_usage, 3: _code_not_found, 4: _code_exists,
     5: _code_locked, 6: _code_too_new, 7: _code_not_catalog, 8: _code_no_such_save,
     9: _code_no_such_path, 10: _code_damaged, 11: _code_query_denied, 12: _code_io_error,
-    20: _code_query_timeout, 21: _code_query_failed, 25: _code_legacy_invalid,
+    13: _code_kept_chunk_missing, 20: _code_query_timeout, 21: _code_query_failed,
+    25: _code_legacy_invalid,
 }
+
+
+def test_I1_every_documented_exit_code_has_a_scenario():
+    documented = {code for code, _ in exit_code_table()}
+    assert documented - set(SCENARIOS) <= {130}, "add a scenario for the new exit code"
 
 
 @pytest.mark.parametrize("code", sorted(SCENARIOS))
