@@ -734,9 +734,17 @@ class Catalog:
 
     # -- contents and chunks --------------------------------------------------------------
 
-    def content_id(self, digest: bytes, size: int) -> int | None:
-        row = self.conn.execute(CONTENT_BY_DIGEST, {"digest": digest, "size": size}).fetchone()
-        return row[0] if row else None
+    def content_id(self, digest: bytes, size: int, refs: list[ChunkRef]) -> int | None:
+        """The content with this digest and size AND exactly this chunk list, if any.
+
+        The digest (xxh3-128) only narrows the search: it is not collision resistant, so a
+        content is the same only when its SHA-256 chunk list is too.
+        """
+        rows = self.conn.execute(CONTENT_BY_DIGEST, {"digest": digest, "size": size})
+        for (content_id,) in rows.fetchall():
+            if self.chunks_of_content(content_id) == refs:
+                return content_id
+        return None
 
     def insert_content(self, digest: bytes, size: int,
                        chunks: list[tuple[ChunkRef, int]]) -> int:

@@ -778,7 +778,10 @@ def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, exclude: tupl
     if output == "-" and sys.stdout.isatty():
         raise UsageError("refusing to write a tar stream to a terminal: "
                          "pipe it into tar or give -o FILE")
-    with open_repository(ctx.repo, READ) as repo, contextlib.ExitStack() as stack:
+    from .repo import READ_CHUNKS
+
+    # a shared lock (no record, nothing written) keeps expire from deleting chunks mid-restore
+    with open_repository(ctx.repo, READ_CHUNKS) as repo, contextlib.ExitStack() as stack:
         save_row = resolve_save(repo.catalog, backup)
 
         def open_out():

@@ -141,6 +141,42 @@ class RepoLock:
         return "; ".join(parts) or "held by another process"
 
 
+class ReaderLock:
+    """A shared flock without a record, for restores: expire cannot delete chunks while a
+    restore reads them, and a repository on read-only media (no writable lock file) is
+    still restorable (the lock is then skipped: nothing can expire there anyway)."""
+
+    def __init__(self, repo: bytes) -> None:
+        self.repo = repo
+        self.fd: int | None = None
+
+    def acquire(self, wait_s: float = 0.0) -> None:
+        try:
+            fd = os.open(os.path.join(self.repo, LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                self.fd = fd
+                return
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    return
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                holders = RepoLock(self.repo, False, "").describe_holders()
+                raise RepositoryLocked(os.fsdecode(self.repo), holders)
+            time.sleep(0.1)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 def _notice(msg: str) -> None:
     print(f"backshift: {msg}", file=sys.stderr, flush=True)
 

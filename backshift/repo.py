@@ -15,7 +15,7 @@ import apsw
 from . import __version__
 from .catalog import CATALOG_NAME, Catalog, translate_error
 from .errors import RepositoryExists, RepositoryIOError, RepositoryNotFound
-from .lock import RepoLock
+from .lock import LOCK_FILE, ReaderLock, RepoLock
 from .model import ChunkerParams
 from .store import Store
 
@@ -23,6 +23,7 @@ READ = "read"  # no lock: WAL readers never block writers; catalog opened read-o
 WRITE = "write"  # shared lock: saves may run side by side
 EXCLUSIVE = "exclusive"  # exclusive lock: expire, GC, repair
 READ_LOCKED = "read-locked"  # shared lock, catalog read-only: check (no expire meanwhile)
+READ_CHUNKS = "read-chunks"  # shared flock only (no record, nothing written): restores
 
 
 @dataclass
@@ -47,6 +48,7 @@ def init_repository(path: bytes, params: ChunkerParams, zstd_level: int = 3) -> 
         else:
             os.makedirs(path, mode=0o700)
         Store.create_layout(path)
+        os.close(os.open(os.path.join(path, LOCK_FILE), os.O_WRONLY | os.O_CREAT, 0o600))
         cat = Catalog.create(os.path.join(path, CATALOG_NAME))
     except OSError as e:
         raise RepositoryIOError(os.fsdecode(e.filename or path), e.strerror or str(e)) from None
@@ -77,8 +79,11 @@ def open_repository(path: bytes, mode: str = READ, operation: str = "",
             lock.acquire(lock_wait_s)
         except PermissionError as e:
             raise RepositoryIOError(os.fsdecode(path), e.strerror) from None
+    elif mode == READ_CHUNKS:
+        lock = ReaderLock(path)
+        lock.acquire(lock_wait_s)
     try:
-        catalog = Catalog.open(catalog_path, readonly=(mode in (READ, READ_LOCKED)))
+        catalog = Catalog.open(catalog_path, readonly=(mode in (READ, READ_LOCKED, READ_CHUNKS)))
         try:
             params = ChunkerParams(**json.loads(catalog.get_meta("chunker") or "{}"))
             compression = json.loads(catalog.get_meta("compression") or "{}")

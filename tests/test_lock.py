@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+import pytest
 from repo_oracle import assert_save_matches, manifest
 
 from backshift.lock import RepoLock, read_records
@@ -193,3 +194,29 @@ def test_lock_save_and_expire_together_expire_refused_or_waits(tmp_path, repo):
     assert b"remove       save 1" in out
     assert_save_matches(repo, 2, expected)
     run("-r", repo, "check", "--read-data")
+
+
+def test_lock_restore_in_progress_keeps_expire_out(repo, tmp_path):
+    """tar holds a shared flock while it reads chunks: expire must not run meanwhile."""
+    import fcntl as _fcntl
+
+    from backshift.errors import RepositoryLocked
+    from backshift.lock import ReaderLock
+
+    reader = ReaderLock(repo)
+    reader.acquire()
+    try:
+        assert reader.fd is not None
+        res = run("-r", repo, "expire", "--keep-last", "1", exit_code=5)
+        assert "locked" in res.stderr
+    finally:
+        reader.release()
+    run("-r", repo, "expire", "--keep-last", "1")
+    # and a restore started during an expire waits for it, then says who holds the lock
+    fd = os.open(os.path.join(repo, b"lock"), os.O_RDWR)
+    _fcntl.flock(fd, _fcntl.LOCK_EX)
+    try:
+        with pytest.raises(RepositoryLocked):
+            ReaderLock(repo).acquire(0.2)
+    finally:
+        os.close(fd)

@@ -17,17 +17,18 @@ OUT = Path(__file__).parent.parent / "docs" / "cli.md"
 WIDTH = 100
 
 
+def context(command: click.Command, name: str, parent: click.Context | None):
+    """A context as click makes it for `--help` (context_settings applied), fixed width."""
+    return command.make_context(name, [], parent=parent, resilient_parsing=True,
+                                terminal_width=WIDTH, max_content_width=WIDTH)
+
+
 def help_text(command: click.Command, name: str, parent: click.Context | None) -> str:
-    ctx = click.Context(command, info_name=name, parent=parent, terminal_width=WIDTH,
-                        max_content_width=WIDTH, **command.context_settings)
-    return command.get_help(ctx)
+    return command.get_help(context(command, name, parent))
 
 
 def render() -> str:
-    # the commands' own context settings (-h), as `backshift ... --help` builds them; and
-    # no help option cached by an earlier in-process run may leak in (tests run cli first)
-    root = click.Context(cli, info_name="backshift", terminal_width=WIDTH,
-                         max_content_width=WIDTH, **cli.context_settings)
+    root = context(cli, "backshift", None)
     parts = [
         "# backshift command reference",
         "",

@@ -405,15 +405,22 @@ class Saver:
 
     def intern(self, path: bytes) -> int:
         """The path's id, creating it (and its missing parents) on first sight."""
-        cached = self.dir_ids.get(path)
-        if cached is not None:
-            return cached
-        key = sort_key(path)
-        pid = self.cat.path_id(key)
-        if pid is None:
-            up = parent(path)
-            parent_id = self.intern(up) if up is not None else None
-            pid = self.cat.insert_path(parent_id, key, basename(path))
+        missing: list[bytes] = []  # this path and its ancestors not yet in the catalog
+        parent_id: int | None = None
+        cur: bytes | None = path
+        while cur is not None:  # a loop, not recursion: paths may be thousands deep
+            known = self.dir_ids.get(cur)
+            if known is None:
+                known = self.cat.path_id(sort_key(cur))
+            if known is not None:
+                parent_id = known
+                break
+            missing.append(cur)
+            cur = parent(cur)
+        pid = parent_id
+        for p in reversed(missing):
+            pid = self.cat.insert_path(parent_id, sort_key(p), basename(p))
+            parent_id = pid
         if len(self.dir_ids) > 100_000:
             self.dir_ids.clear()
         if path.count(b"/") < 64:
@@ -492,7 +499,8 @@ class Saver:
             if c.new:
                 self.stats.new_chunks += 1
                 self.stats.new_bytes_stored += c.stored_length
-        content_id = self.cat.content_id(result.digest, result.size)
+        refs = [c.ref for c in result.chunks]
+        content_id = self.cat.content_id(result.digest, result.size, refs)
         if content_id is None:
             content_id = self.cat.insert_content(
                 result.digest, result.size, [(c.ref, c.stored_length) for c in result.chunks])
