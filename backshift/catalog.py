@@ -589,7 +589,13 @@ class Catalog:
         return applied
 
     def close(self) -> None:
-        self.conn.close()
+        try:
+            self.conn.close()
+        except apsw.Error:
+            # SQLite checkpoints the WAL when the last connection closes; if that write
+            # fails (disk full, I/O error) every commit is still safe in the WAL and the
+            # next open recovers it. Close anyway, and let the original outcome stand.
+            self.conn.close(True)
 
     # -- transactions ---------------------------------------------------------------------
 
@@ -929,6 +935,13 @@ class Catalog:
 
 def _uri_quote(path: str) -> str:
     return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+
+
+def translate_error(e: apsw.Error, path: bytes) -> Exception:
+    """The user-facing error for an SQLite failure met while using the catalog at PATH."""
+    if isinstance(e, apsw.CorruptError | apsw.NotADBError):
+        return NotACatalog(os.fsdecode(path), f"damaged ({_root_cause(e)}); see 'backshift check'")
+    return RepositoryIOError(os.fsdecode(path), _root_cause(e))
 
 
 def _root_cause(e: BaseException) -> str:

@@ -192,7 +192,8 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
 
     def warn(msg: str) -> None:
         _clear_progress()
-        echo_err(f"warning: {msg}")
+        # one line per warning, even for names holding newlines or terminal escapes
+        echo_err(f"warning: {escape(msg.encode('utf-8', 'surrogateescape'))}")
 
     show = sys.stderr.isatty() if progress is None else progress
     opts = SaveOptions(hostname=hostname, subset=subset, workers=workers,

@@ -87,7 +87,7 @@ def escape(raw: bytes) -> str:
         elif 0xDC80 <= code <= 0xDCFF:
             out.append(f"\\x{code - 0xDC00:02x}")
         elif code < 0x20 or code == 0x7F or (0x80 <= code < 0xA0):
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+            out.append(f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}")
         else:
             out.append(ch)
     return "".join(out)

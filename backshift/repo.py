@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
+import apsw
+
 from . import __version__
-from .catalog import CATALOG_NAME, Catalog
+from .catalog import CATALOG_NAME, Catalog, translate_error
 from .errors import RepositoryExists, RepositoryIOError, RepositoryNotFound
 from .lock import LOCK_FILE, ReaderLock, RepoLock
 from .model import ChunkerParams
@@ -87,6 +89,8 @@ def open_repository(path: bytes, mode: str = READ, operation: str = "",
             compression = json.loads(catalog.get_meta("compression") or "{}")
             store = Store(path, zstd_level=int(compression.get("level", 3)))
             yield Repository(path, catalog, store, params, mode)
+        except apsw.Error as e:  # damage or I/O errors met mid-command: one line, no traceback
+            raise translate_error(e, catalog_path) from None
         finally:
             catalog.close()
     finally:

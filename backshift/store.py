@@ -82,7 +82,11 @@ class Store:
         packed = comp.compress(data)
         if len(packed) >= len(data):
             return HEADER_RAW + bytes(data)
-        if decomp.decompress(packed, max_output_size=len(data)) != data:
+        try:
+            back = decomp.decompress(packed, max_output_size=len(data))
+        except zstandard.ZstdError:
+            back = None
+        if back != data:
             raise ChunkCorrupt(
                 hashlib.sha256(data).hexdigest(), "compressor output does not decompress back"
             )

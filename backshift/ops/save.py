@@ -235,13 +235,13 @@ class Saver:
                     self.maybe_commit()
                     self.report_progress()
                 self.drain(block=True)
+            pool.shutdown(wait=True)
+            status = "complete" if self.stop_signal is None else "interrupted"
+            self.finish(status)  # its flush and commit can fail too: same clean-up
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             self.fail()
             raise
-        pool.shutdown(wait=True)
-        status = "complete" if self.stop_signal is None else "interrupted"
-        self.finish(status)
         return self.stats
 
     def finish(self, status: str) -> None:
@@ -253,13 +253,15 @@ class Saver:
         self.cat.finish_save(self.stats.save_id, status, time.time_ns())
         self.cat.commit()
         self._txn = False
-        self.cat.checkpoint()
         self.stats.status = status
+        self.cat.checkpoint()
         self.stats.elapsed_s = time.monotonic() - self.started
         self.report_progress(final=True)
 
     def fail(self) -> None:
         """After an error: keep nothing uncommitted, mark the save interrupted if possible."""
+        if self.stats.status == "complete":
+            return  # the error came after the final commit: the save stands
         self.repo.store.abandon()
         self.cat.rollback_quietly()
         self._txn = False

@@ -1,0 +1,1 @@
+"""Fault-tolerance harness of RELIABILITY.md: H1 crashes, H2 I/O faults, H4 checker, H5 oracle."""

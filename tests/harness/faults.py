@@ -1,0 +1,116 @@
+"""H2: I/O fault injection. diskio functions that fail after N calls or bytes, and a child
+process whose file size limit (RLIMIT_FSIZE, SIGXFSZ ignored) makes catalog writes fail."""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import signal
+from dataclasses import dataclass, field
+
+from backshift import diskio
+
+ENOSPC, EIO, EACCES = errno.ENOSPC, errno.EIO, errno.EACCES
+
+
+@dataclass
+class Fault:
+    """Counts calls (and bytes, for write_all) and raises OSError(ERRNO) once past the limit."""
+
+    err: int
+    after_calls: int | None = None
+    after_bytes: int | None = None
+    calls: int = 0
+    bytes: int = 0
+    raised: int = 0
+    filenames: list = field(default_factory=list)
+
+    def check(self, nbytes: int = 0, filename=None) -> None:
+        self.calls += 1
+        self.bytes += nbytes
+        over = (self.after_calls is not None and self.calls > self.after_calls) or (
+            self.after_bytes is not None and self.bytes > self.after_bytes)
+        if over:
+            self.raised += 1
+            raise OSError(self.err, os.strerror(self.err), filename)
+
+
+def inject(monkeypatch, name: str, fault: Fault) -> Fault:
+    """Make diskio.NAME consult FAULT before doing its real work."""
+    real = getattr(diskio, name)
+
+    if name == "write_all":
+        def wrapper(fd, data):
+            fault.check(len(data))
+            return real(fd, data)
+    else:
+        def wrapper(*args):
+            fault.check(0, args[0] if args and isinstance(args[0], bytes | str) else None)
+            return real(*args)
+
+    monkeypatch.setattr(diskio, name, wrapper)
+    return fault
+
+
+def fsize_limit(limit_bytes: int):
+    """preexec_fn for subprocess: files may not grow beyond LIMIT_BYTES (EFBIG, no signal)."""
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+    return apply
+
+
+# -- H2b: an apsw VFS whose files fail writes or syncs after N calls -------------------------
+
+import apsw  # noqa: E402
+
+
+class FaultVFS(apsw.VFS):
+    """Registered as the default VFS while in use: every SQLite file opened in this process
+    (the catalog, its WAL and journal) counts its xWrite/xSync calls against FAULT and fails
+    with SQLITE_FULL (ENOSPC) or SQLITE_IOERR once past the limit."""
+
+    def __init__(self, fault: Fault, calls: tuple[str, ...] = ("xWrite", "xSync")) -> None:
+        self.fault = fault
+        self.calls = calls
+        self.base = "unix" if "unix" in apsw.vfs_names() else apsw.vfs_names()[0]
+        super().__init__("backshift-fault", base=self.base, makedefault=True)
+
+    def xOpen(self, name, flags):  # noqa: N802 - apsw's method name
+        return _FaultFile(self, name, flags)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.unregister()
+        return False
+
+
+class _FaultFile(apsw.VFSFile):
+    def __init__(self, vfs: FaultVFS, name, flags) -> None:
+        self.vfs = vfs
+        super().__init__(vfs.base, name, flags)
+
+    def _hit(self, call: str, nbytes: int = 0) -> None:
+        if call not in self.vfs.calls:
+            return
+        try:
+            self.vfs.fault.check(nbytes)
+        except OSError as e:
+            if e.errno == ENOSPC:
+                raise apsw.FullError("injected: " + e.strerror) from None
+            raise apsw.IOError("injected: " + e.strerror) from None
+
+    def xWrite(self, data, offset):  # noqa: N802
+        self._hit("xWrite", len(data))
+        return super().xWrite(data, offset)
+
+    def xSync(self, flags):  # noqa: N802
+        self._hit("xSync")
+        return super().xSync(flags)
+
+    def xTruncate(self, newsize):  # noqa: N802
+        self._hit("xTruncate")
+        return super().xTruncate(newsize)
