@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORIGINAL_BIN = os.path.join(HERE, ".peers", "original", "bin", "backshift")
@@ -29,6 +30,8 @@ class Tool:
         """A fresh, empty working directory (no repository yet)."""
         shutil.rmtree(self.work, ignore_errors=True)
         os.makedirs(self.work)
+        os.sync()  # the freed blocks' discards must not slow the next tool's first save
+        time.sleep(1)
 
     def env(self) -> dict:
         return dict(os.environ)
