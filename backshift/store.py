@@ -21,6 +21,7 @@ import secrets
 import socket
 import threading
 
+import xxhash
 import zstandard
 
 from . import diskio
@@ -80,7 +81,10 @@ class Store:
         packed = comp.compress(data)
         if len(packed) >= len(data):
             return HEADER_RAW + bytes(data)
-        if decomp.decompress(packed, max_output_size=len(data)) != data:
+        back = decomp.decompress(packed, max_output_size=len(data))
+        # xxh3-128 of both sides instead of `back != data`: comparing bytes with a memoryview
+        # goes byte by byte (~1 GB/s, 3% of a first save in perf); the hashes run at ~20 GB/s.
+        if len(back) != len(data) or xxhash.xxh3_128_digest(back) != xxhash.xxh3_128_digest(data):
             raise ChunkCorrupt(
                 hashlib.sha256(data).hexdigest(), "compressor output does not decompress back"
             )
