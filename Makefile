@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all venv sysdeps test test-fast lint demo bench bench-peers docs clean
+.PHONY: all venv legacy-venv sysdeps test test-fast lint demo bench bench-peers docs clean
 
 all: test
 
@@ -24,13 +24,25 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The original backshift 1.62, for import-legacy's end-to-end tests: its own venv, because
+# its distribution is also named "backshift" and it installs generic top-level modules.
+LEGACY_VENV := .venv-legacy
+$(LEGACY_VENV)/bin/backshift:
+	$(PY) -m venv $(LEGACY_VENV)
+	$(LEGACY_VENV)/bin/python -m pip install -q backshift==1.62 2>&1 | grep -v "^WARNING: Location" || true
+	@test -x $@
+
+.venv-legacy: $(LEGACY_VENV)/bin/backshift
+
+legacy-venv: .venv-legacy
+
 sysdeps:
 	@sh tools/ensure-sysdeps.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check backshift tests bench tools
+	$(BIN)/ruff check .
 
-test: $(STAMP) sysdeps lint
+test: $(STAMP) sysdeps lint .venv-legacy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP) sysdeps
@@ -46,4 +58,4 @@ bench-peers: $(STAMP)
 	@sh tools/install-peers.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info demo-work .pytest_cache
+	rm -rf $(VENV) $(LEGACY_VENV) build *.egg-info demo-work .pytest_cache

@@ -43,7 +43,7 @@ def schema_version() -> int:
 
 SAVE_COLUMNS = _sql("""
     id, hostname, subset, started_ns, finished_ns, status, files, bytes, bytes_read,
-    bytes_borrowed, new_chunks, new_bytes_stored, warnings, tool_version
+    bytes_borrowed, new_chunks, new_bytes_stored, warnings, tool_version, writer_host, writer_pid
 """)
 
 INSERT_SAVE = _sql("""
@@ -206,6 +206,37 @@ CHUNKS_OF_CONTENT = _sql("""
 """)
 
 
+# -- import-legacy ---
+LEGACY_IDS = _sql("""
+    SELECT legacy_id
+    FROM save
+    WHERE legacy_id IS NOT NULL
+""")
+
+IS_LEGACY_SAVE = _sql("""
+    SELECT legacy_id IS NOT NULL
+    FROM save
+    WHERE id = :save_id
+""")
+
+INSERT_LEGACY_SAVE = _sql("""
+    INSERT INTO save (hostname, subset, started_ns, status, tool_version, writer_host,
+                      writer_pid, legacy_id)
+    VALUES (:hostname, :subset, :started_ns, 'running', :tool_version, :writer_host,
+            :writer_pid, :legacy_id)
+""")
+
+CONTENTS_STARTING_WITH_CHUNK = _sql("""
+    SELECT c.id
+    FROM chunk AS k
+    JOIN content_chunk AS cc ON cc.chunk_id = k.id AND cc.seq = 0
+    JOIN content AS c ON c.id = cc.content_id
+    WHERE k.sha256 = :sha256
+      AND c.chunk_count = :chunk_count
+      AND c.size = :size
+""")
+
+
 class Catalog:
     """One apsw connection to REPO/catalog.sqlite3, opened for writing or read-only."""
 
@@ -312,7 +343,7 @@ class Catalog:
         crashpoint("after_catalog_commit")
 
     def rollback_quietly(self) -> None:
-        if not self.conn.autocommit:
+        if self.conn.in_transaction:
             try:
                 self.conn.execute("ROLLBACK")
             except apsw.Error:
@@ -461,6 +492,38 @@ class Catalog:
     def iter_rows(self, sql: str, params: dict | None = None) -> Iterator[tuple]:
         """Run a statement from this module and stream its rows."""
         yield from self.conn.execute(sql, params or {})
+
+
+    # -- import-legacy --
+
+    def legacy_ids(self) -> set[str]:
+        """Backup ids of the backshift 1.x saves imported so far."""
+        return {row[0] for row in self.conn.execute(LEGACY_IDS)}
+
+    def is_legacy_save(self, save_id: int) -> bool:
+        row = self.conn.execute(IS_LEGACY_SAVE, {"save_id": save_id}).fetchone()
+        return bool(row and row[0])
+
+    def insert_legacy_save(self, hostname: str, subset: str, started_ns: int,
+                           tool_version: str, legacy_id: str, writer_host: str) -> int:
+        """A save row for an imported legacy save (status set by finish_save at the end)."""
+        self.conn.execute(INSERT_LEGACY_SAVE, {
+            "hostname": hostname, "subset": subset, "started_ns": started_ns,
+            "tool_version": tool_version, "writer_host": writer_host,
+            "writer_pid": os.getpid(), "legacy_id": legacy_id,
+        })
+        return self.conn.last_insert_rowid()
+
+    def content_by_chunk_list(self, refs: list[ChunkRef]) -> int | None:
+        """A content made of exactly these chunks, in this order (so of the same bytes)."""
+        rows = self.conn.execute(CONTENTS_STARTING_WITH_CHUNK, {
+            "sha256": refs[0].sha256, "chunk_count": len(refs),
+            "size": sum(r.length for r in refs),
+        }).fetchall()
+        for (content_id,) in rows:
+            if self.chunks_of_content(content_id) == refs:
+                return content_id
+        return None
 
 
 def _uri_quote(path: str) -> str:

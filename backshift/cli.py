@@ -136,10 +136,14 @@ def _check_label(kind: str, value: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("--workers", default=min(4, os.cpu_count() or 2), show_default=True,
               type=click.IntRange(1, 64), help="Threads reading and compressing files.")
+@click.option("--checkpoint-interval", default=10.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(0.1), help="Commit what is saved at least this often.")
+@click.option("--checkpoint-files", default=2000, hidden=True, type=click.IntRange(1))
 @pass_ctx
 def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: str,
          filelist, one_file_system: bool, exclude: tuple[str, ...], progress: bool | None,
-         as_json: bool, workers: int) -> None:
+         as_json: bool, workers: int, checkpoint_interval: float,
+         checkpoint_files: int) -> None:
     """Save files into a new save of HOSTNAME/SUBSET.
 
     Names come from stdin, NUL-separated, as `find -print0` writes them; or from
@@ -155,8 +159,7 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
     Exit status 1 means the save completed but some files were skipped (see stderr).
     """
     from . import walk
-    from .ops.save import SaveOptions
-    from .ops.save import save as run_save
+    from .ops.save import SaveOptions, Saver
 
     hostname = _check_label("hostname", hostname or socket.gethostname())
     subset = _check_label("subset", subset)
@@ -166,29 +169,33 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
         raise UsageError("no names to save: give PATHs, --filelist FILE, "
                          "or pipe `find ... -print0` into stdin")
     cwd = os.getcwdb()
-    warnings: list[str] = []
 
     def warn(msg: str) -> None:
-        warnings.append(msg)
         _clear_progress()
         echo_err(f"warning: {msg}")
 
-    if paths:
-        names = walk.walk(paths, cwd, warn, one_file_system=one_file_system,
-                          excludes=[os.fsencode(e) for e in exclude])
-    else:
-        stream = filelist if filelist is not None else sys.stdin.buffer
-        names = walk.normalized(walk.read_nul_names(stream), cwd, warn)
     show = sys.stderr.isatty() if progress is None else progress
-    opts = SaveOptions(hostname=hostname, subset=subset, workers=workers)
+    opts = SaveOptions(hostname=hostname, subset=subset, workers=workers,
+                       batch_files=checkpoint_files, batch_seconds=checkpoint_interval)
     with open_repository(ctx.repo, WRITE, operation="save") as repo:
-        stats = run_save(repo, names, opts, warn, _progress_printer if show else None)
+        saver = Saver(repo, opts, warn, _progress_printer if show else None)
+        if paths:
+            names = walk.walk(paths, cwd, saver.warn, one_file_system=one_file_system,
+                              excludes=[os.fsencode(e) for e in exclude])
+        else:
+            stream = filelist if filelist is not None else sys.stdin.buffer
+            names = walk.normalized(walk.read_nul_names(stream), cwd, saver.warn)
+        stats = saver.run(names)
     _clear_progress()
     if as_json:
         click.echo(json.dumps(_summary_dict(stats), sort_keys=True))
     else:
         for line in _summary_lines(stats):
             click.echo(line)
+    if stats.status == "interrupted":
+        echo_err(f"backshift: interrupted: save {stats.save_id} keeps the {stats.files:,} "
+                 "files committed so far; the next save borrows from it")
+        raise SystemExit(EXIT_INTERRUPTED)
     if stats.warnings:
         raise SystemExit(EXIT_WARNING)
 
@@ -255,6 +262,8 @@ def saves(ctx: Context, last: int | None, hostname: str | None, subset: str | No
       backshift -r /backup/repo saves --last 5
       backshift -r /backup/repo saves --format json | jq .id
     """
+    from .ops.common import effective_status
+
     with open_repository(ctx.repo, READ) as repo:
         rows = repo.catalog.list_saves(hostname, subset)
     if last:
@@ -263,16 +272,62 @@ def saves(ctx: Context, last: int | None, hostname: str | None, subset: str | No
         headers = ["id", "hostname", "subset", "started", "finished", "status", "files",
                    "size", "new stored"]
         body = [[r.id, r.hostname, r.subset, local_time(r.started_ns),
-                 local_time(r.finished_ns), r.status, f"{r.files:,}", human_bytes(r.bytes),
+                 local_time(r.finished_ns), effective_status(r), f"{r.files:,}",
+                 human_bytes(r.bytes),
                  human_bytes(r.new_bytes_stored)] for r in rows]
     else:
         headers = ["id", "hostname", "subset", "started", "finished", "status", "files",
                    "bytes", "bytes_read", "bytes_borrowed", "new_chunks", "new_bytes_stored",
                    "warnings", "tool_version"]
         body = [[r.id, r.hostname, r.subset, iso_time(r.started_ns), iso_time(r.finished_ns),
-                 r.status, r.files, r.bytes, r.bytes_read, r.bytes_borrowed, r.new_chunks,
-                 r.new_bytes_stored, r.warnings, r.tool_version] for r in rows]
+                 effective_status(r), r.files, r.bytes, r.bytes_read, r.bytes_borrowed,
+                 r.new_chunks, r.new_bytes_stored, r.warnings, r.tool_version] for r in rows]
     emit_lines(render(headers, body, fmt))
+
+
+# -- import-legacy ----------------------------------------------------------------------
+
+
+@cli.command("import-legacy")
+@click.argument("savedir", type=click.Path(path_type=bytes))
+@click.option("--link", "method", flag_value="link", default=None,
+              help="Hard-link the legacy chunk files [default when on the same filesystem].")
+@click.option("--copy", "method", flag_value="copy",
+              help="Copy the legacy chunk files (the save directory stays independent).")
+@pass_ctx
+def import_legacy_cmd(ctx: Context, savedir: bytes, method: str | None) -> None:
+    """Import every save of a backshift 1.x save directory (idempotent, resumable).
+
+    Each legacy save becomes a save of its hostname and subset; its chunks are verified
+    and hard-linked (or copied) into the repository. Saves imported before are skipped,
+    so running it again finishes an interrupted import.
+
+    \b
+    Examples:
+      backshift -r /backup/repo import-legacy /backup/old-savedir
+      backshift -r /backup/repo import-legacy /mnt/usb/savedir --copy
+
+    Exit status 1 means some files were not imported (a legacy chunk missing or damaged,
+    named on stderr).
+    """
+    from .ops.import_legacy import import_legacy
+
+    def warn(msg: str) -> None:
+        echo_err(f"warning: {msg}")
+
+    with open_repository(ctx.repo, WRITE, operation="import-legacy") as repo:
+        stats = import_legacy(repo, savedir, method, warn)
+    for lid, save_id in stats.imported:
+        click.echo(f"imported {lid} as save {save_id}")
+    click.echo(
+        f"{stats.saves_imported} saves imported, {stats.saves_skipped} already imported, "
+        f"{stats.files:,} files ({human_bytes(stats.bytes)}), {stats.files_skipped} skipped")
+    click.echo(
+        f"chunks: {stats.chunks_linked:,} linked, {stats.chunks_copied:,} copied, "
+        f"{stats.chunks_present:,} already present, {stats.chunks_bad:,} missing or damaged; "
+        f"{stats.elapsed_s:.1f} s")
+    if stats.warnings or stats.chunks_bad:
+        raise SystemExit(EXIT_WARNING)
 
 
 # -- entry point ------------------------------------------------------------------------

@@ -101,6 +101,12 @@ class ChunkMissing(DataDamaged):
     """chunk {0} is missing from the repository"""
 
 
+class LegacyDirInvalid(BackshiftError):
+    """{0} is not a backshift 1.x save directory (no summaries/ and files/ in it)"""
+
+    exit_code = 25
+
+
 class Interrupted(BackshiftError):
     """interrupted"""
 

@@ -109,6 +109,8 @@ class SaveRow:
     new_bytes_stored: int
     warnings: int
     tool_version: str
+    writer_host: str = ""
+    writer_pid: int = 0
 
 
 @dataclass

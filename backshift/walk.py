@@ -19,8 +19,11 @@ def read_nul_names(stream: BinaryIO, block: int = 1 << 16) -> Iterator[bytes]:
     Empty records are skipped; a last name without its final NUL still counts.
     """
     tail = b""
+    # read1 returns what the pipe has now: names are saved as find produces them, instead
+    # of waiting for a full block (and nothing is left unsaved in a buffer on Ctrl-C).
+    read = getattr(stream, "read1", stream.read)
     while True:
-        data = stream.read(block)
+        data = read(block)
         if not data:
             break
         parts = (tail + data).split(b"\x00")

@@ -24,7 +24,9 @@ import xxhash
 
 from .. import __version__
 from ..chunker import Chunker
-from ..errors import BackshiftError, Interrupted
+from ..errors import BackshiftError
+from ..legacy import legacy_time_ns
+from ..lock import pid_alive
 from ..model import (
     TYPE_FILE,
     TYPE_SYMLINK,
@@ -202,7 +204,7 @@ class Saver:
         host = socket.gethostname()
         self.cat.begin()
         for sid, pid in self.cat.running_saves_of_host(host):
-            if not _pid_alive(pid):
+            if not pid_alive(pid, None):
                 self.cat.mark_save_interrupted(sid)
         started_ns = time.time_ns()
         self.stats.save_id = self.cat.insert_save(
@@ -213,6 +215,8 @@ class Saver:
         if self.candidates:
             biggest = max(self.cat.get_save(sid).files for sid, _ in self.candidates)
             self.estimate = biggest or None
+        self.legacy_candidates = {sid for sid, _ in self.candidates
+                                  if self.cat.is_legacy_save(sid)}
         self.cat.begin()
 
     def run(self, paths: Iterable[bytes]) -> SaveStats:
@@ -235,8 +239,6 @@ class Saver:
         pool.shutdown(wait=True)
         status = "complete" if self.stop_signal is None else "interrupted"
         self.finish(status)
-        if self.stop_signal is not None:
-            raise Interrupted()
         return self.stats
 
     def finish(self, status: str) -> None:
@@ -356,8 +358,8 @@ class Saver:
             if found is None:
                 continue
             old_id, old = found
-            if (old.content_id is None or old.size != v.size or old.mtime_ns != v.mtime_ns
-                    or old.ctime_ns != v.ctime_ns or old.ino != v.ino or old.mode != v.mode):
+            if (old.content_id is None or old.size != v.size or old.ino != v.ino
+                    or old.mode != v.mode or not self.same_times(sid, old, v)):
                 continue
             if max(v.mtime_ns, v.ctime_ns) >= started_ns - RACY_MARGIN_NS:
                 continue  # racy: may have changed within the timestamp granularity
@@ -372,6 +374,16 @@ class Saver:
             self.stats.bytes_borrowed += v.size
             return True
         return False
+
+    def same_times(self, sid: int, old: Version, v: Version) -> bool:
+        """Equal mtime and ctime. A save imported from backshift 1.x holds the times as the
+        original wrote them (repr of the st_mtime float, ~0.2 us resolution): compare the
+        current times rounded the same way (legacy.legacy_time_ns), never approximately."""
+        if old.mtime_ns == v.mtime_ns and old.ctime_ns == v.ctime_ns:
+            return True
+        return sid in self.legacy_candidates and \
+            old.mtime_ns == legacy_time_ns(v.mtime_ns) and \
+            old.ctime_ns == legacy_time_ns(v.ctime_ns)
 
     def reusable_version(self, path_id: int, v: Version) -> int | None:
         for sid, _ in self.candidates:
@@ -479,16 +491,6 @@ class Saver:
         return replace(v, size=result.size, content_id=content_id)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class _graceful_signals:
     """First SIGINT/SIGTERM: finish the current file, commit, stop. Second: hard stop."""
 
@@ -515,5 +517,9 @@ class _graceful_signals:
 
 def save(repo: Repository, paths: Iterable[bytes], opts: SaveOptions, warn: Warn,
          progress: Progress | None = None) -> SaveStats:
-    """Save PATHS (absolute, normal) as a new save of opts.hostname/opts.subset."""
+    """Save PATHS (absolute, normal) as a new save of opts.hostname/opts.subset.
+
+    Warnings about the input itself (bad names) belong in the save's count too: build the
+    PATHS iterator with Saver.warn as its callback, as the CLI does.
+    """
     return Saver(repo, opts, warn, progress).run(paths)

@@ -1,0 +1,73 @@
+"""The import arrows of STYLE.md, checked with ast so they stay true."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).parent.parent / "backshift"
+
+# module -> package modules it may import (besides itself)
+LEAVES = {"model", "pathcodec", "errors", "crashpoints", "diskio"}
+RULES = {
+    "chunker": {"model"},
+    "walk": {"model", "pathcodec"},
+    "retention": {"model"},
+    "legacy": {"model", "pathcodec"},
+    "catalog": LEAVES,
+    "store": LEAVES,
+}
+
+
+def package_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level >= 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("backshift"):
+            parts = node.module.split(".")
+            found.add(parts[1] if len(parts) > 1 else parts[0])
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("backshift."):
+                    found.add(alias.name.split(".")[1])
+    return found
+
+
+def test_leaf_modules_import_only_what_style_allows():
+    for name, allowed in RULES.items():
+        path = PKG / f"{name}.py"
+        if not path.exists():
+            continue
+        extra = package_imports(path) - allowed - {name}
+        assert not extra, f"{name}.py imports {extra}; allowed: {allowed}"
+
+
+def test_only_cli_imports_click():
+    for path in PKG.rglob("*.py"):
+        if path.name == "cli.py":
+            continue
+        src = path.read_text()
+        assert "import click" not in src and "from click" not in src, path
+
+
+def test_ops_never_imported_by_catalog_or_store():
+    for name in ("catalog", "store"):
+        assert "ops" not in package_imports(PKG / f"{name}.py")
+
+
+def test_stdlib_sqlite3_never_imported():
+    """One SQLite library per process (apsw's): a second copy can corrupt the catalog."""
+    for path in PKG.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not any(n.split(".")[0] == "sqlite3" for n in names), path

@@ -1,0 +1,128 @@
+"""Unit: catalog creation, migrations, identity checks and the settings RELIABILITY asks for."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import apsw
+import pytest
+
+from backshift import catalog as catalog_mod
+from backshift.catalog import APPLICATION_ID, Catalog, migrations, schema_version
+from backshift.errors import CatalogTooNew, NotACatalog, RepositoryNotFound
+from conftest import run
+
+ROOT = Path(__file__).parent.parent
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_migrations_are_numbered_from_one_without_gaps():
+    files = sorted(p.name for p in (ROOT / "migrations").glob("*.sql"))
+    numbers = [int(name.split("_", 1)[0]) for name in files]
+    assert numbers == list(range(1, len(files) + 1))
+    for p in (ROOT / "migrations").glob("*.sql"):
+        assert p.read_text().startswith("-- "), f"{p.name} must open with a -- comment"
+
+
+def test_packaged_migrations_equal_the_folder():
+    packaged = [(name, sql) for _n, name, sql in migrations()]
+    folder = [(p.name, p.read_text()) for p in sorted((ROOT / "migrations").glob("*.sql"))]
+    assert packaged == folder
+
+
+def test_catalog_created_with_every_migration_and_settings(tmp_path):
+    cat = Catalog.create(os.fsencode(tmp_path / "c.sqlite3"))
+    assert cat.user_version() == schema_version()
+    conn = cat.conn
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA trusted_schema").fetchone()[0] == 0
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type='view'")}
+    assert {"saves", "files", "contents", "chunks"} <= names
+    cat.close()
+
+
+def test_catalog_migrates_an_older_catalog(tmp_path):
+    path = os.fsencode(tmp_path / "c.sqlite3")
+    conn = apsw.Connection(os.fsdecode(path))
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    first = migrations()[0]
+    conn.execute(first[2])
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    cat = Catalog.open(path)
+    assert cat.user_version() == schema_version()
+    assert cat.conn.execute("SELECT count(*) FROM files").fetchone()[0] == 0
+    cat.close()
+
+
+def test_catalog_newer_than_program_is_refused_before_any_write(tmp_path, repo):
+    path = Path(os.fsdecode(repo)) / "catalog.sqlite3"
+    conn = apsw.Connection(str(path))
+    conn.execute(f"PRAGMA user_version = {schema_version() + 1}")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    before = digest(path)
+    with pytest.raises(CatalogTooNew):
+        Catalog.open(os.fsencode(path))
+    res = run("-r", repo, "save", str(tmp_path), exit_code=6)
+    assert "newer than this backshift" in res.stderr
+    assert digest(path) == before
+    wal = path.with_name("catalog.sqlite3-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+
+
+@pytest.mark.parametrize("kind", ["text", "empty", "other_sqlite"])
+def test_catalog_refuses_a_file_that_is_not_ours(tmp_path, kind):
+    repo = tmp_path / "r"
+    repo.mkdir()
+    path = repo / "catalog.sqlite3"
+    if kind == "text":
+        path.write_text("this is not a database\n" * 100)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:
+        conn = apsw.Connection(str(path))
+        conn.execute("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+        conn.close()
+    before = path.read_bytes()
+    with pytest.raises(NotACatalog):
+        Catalog.open(os.fsencode(path))
+    res = run("-r", str(repo), "saves", exit_code=7)
+    assert "not a usable backshift catalog" in res.stderr and "Traceback" not in res.stderr
+    assert path.read_bytes() == before
+
+
+def test_catalog_open_never_creates_a_file(tmp_path):
+    with pytest.raises(RepositoryNotFound):
+        Catalog.open(os.fsencode(tmp_path / "nope" / "catalog.sqlite3"))
+    assert not (tmp_path / "nope").exists()
+
+
+def test_catalog_readonly_connection_cannot_write(repo):
+    cat = Catalog.open(os.path.join(repo, catalog_mod.CATALOG_NAME), readonly=True)
+    with pytest.raises(apsw.ReadOnlyError):
+        cat.conn.execute("INSERT INTO meta (key, value) VALUES ('x', 'y')")
+    cat.close()
+
+
+def test_subtree_is_one_key_range(repo):
+    """A directory's subtree must be [key+NUL, key+0x01) in the path index order."""
+    from backshift.pathcodec import sort_key, subtree_range
+    paths = [b"/", b"/a", b"/a/b", b"/a/b/c", b"/a!", b"/a-b", b"/a/\xff", b"/ab", b"/a/b!"]
+    keys = sorted(sort_key(p) for p in paths)
+    lo, hi = subtree_range(sort_key(b"/a"))
+    inside = [k for k in keys if lo <= k < hi]
+    assert sorted(inside) == sorted(sort_key(p) for p in (b"/a/b", b"/a/b/c", b"/a/\xff",
+                                                          b"/a/b!"))
+    # depth-first: /a, then its subtree, then /a!
+    order = [k for k in keys]
+    assert order.index(sort_key(b"/a/b/c")) < order.index(sort_key(b"/a/b!"))
+    assert order.index(sort_key(b"/a/\xff")) < order.index(sort_key(b"/a!"))

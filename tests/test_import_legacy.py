@@ -1,0 +1,330 @@
+"""import-legacy end to end: real save directories made by the original backshift 1.62
+(installed by `make .venv-legacy`), imported, and compared with the source tree."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from backshift import legacy as lg
+from backshift import pathcodec
+from backshift.repo import READ, open_repository
+from conftest import BACKSHIFT, find0, make_tree, run
+
+ROOT = Path(__file__).resolve().parent.parent
+LEGACY = ROOT / ".venv-legacy" / "bin" / "backshift"
+IS_ROOT = os.geteuid() == 0
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="session")
+def legacy_bin() -> str:
+    if not LEGACY.exists():
+        pytest.fail(f"the original backshift is not installed at {LEGACY}: run `make "
+                    ".venv-legacy` (make test does it)", pytrace=False)
+    return str(LEGACY)
+
+
+def legacy_save(legacy_bin: str, savedir: Path, names: bytes, subset: str = "small",
+                hostname: str = "vm") -> None:
+    args = [legacy_bin, "--save-directory", str(savedir), "--backup", "--subset", subset,
+            "--hostname", hostname, "--progress-report", "none"]
+    if not savedir.exists():
+        args.append("--init-savedir")
+    proc = subprocess.run(args, input=names, capture_output=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+
+
+def legacy_ids(savedir: Path) -> list[str]:
+    return sorted((p.name for p in (savedir / "summaries").iterdir()),
+                  key=lambda n: float(n.split("_")[0]))
+
+
+def source_tree(tmp_path: Path) -> Path:
+    root = make_tree(tmp_path / "src")
+    if IS_ROOT:
+        os.mknod(root / "chardev", 0o644 | 0o020000, os.makedev(1, 3))
+        os.chown(root / "sub" / "deeper" / "setuid", 12345, 54321)
+    return root
+
+
+def saves(repo: bytes) -> list[dict]:
+    out = run("-r", repo, "saves", "--format", "json").stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def members(repo: bytes, save_id: int) -> dict[bytes, dict]:
+    """path -> version columns and content bytes (read and verified through the store)."""
+    out = {}
+    with open_repository(repo, READ) as r:
+        rows = r.catalog.conn.execute(
+            "SELECT p.key, v.mode, v.uid, v.gid, v.user, v.grp, v.size, v.mtime_ns, "
+            "v.ctime_ns, v.dev, v.ino, v.nlink, v.rdev, v.link_target, v.content_id "
+            "FROM member m JOIN path p ON p.id = m.path_id "
+            "JOIN version v ON v.id = m.version_id WHERE m.save_id = ?", (save_id,))
+        for row in rows.fetchall():
+            key, *cols, content_id = row
+            m = dict(zip(("mode", "uid", "gid", "user", "grp", "size", "mtime_ns", "ctime_ns",
+                          "dev", "ino", "nlink", "rdev", "target"), cols, strict=True))
+            m["data"] = None
+            if content_id is not None:
+                m["data"] = b"".join(r.store.read(ref)
+                                     for ref in r.catalog.chunks_of_content(content_id))
+            out[pathcodec.from_key(key)] = m
+    return out
+
+
+def expected_names(root: Path) -> list[bytes]:
+    return sorted(n for n in find0(root).split(b"\0") if n)
+
+
+def user_of(uid: int) -> bytes:
+    try:
+        return os.fsencode(pwd.getpwuid(uid).pw_name)
+    except KeyError:
+        return b""
+
+
+def assert_matches_tree(got: dict[bytes, dict], root: Path) -> None:
+    assert sorted(got) == expected_names(root)
+    for path, m in got.items():
+        st = os.lstat(path)
+        assert m["mode"] == st.st_mode, path
+        assert (m["uid"], m["gid"]) == (st.st_uid, st.st_gid), path
+        assert m["user"] == user_of(st.st_uid), path
+        assert m["mtime_ns"] == lg.legacy_time_ns(st.st_mtime_ns), path
+        if os.path.islink(path):
+            assert m["target"] == os.readlink(path), path
+        elif os.path.isfile(path):
+            assert m["data"] == Path(os.fsdecode(path)).read_bytes(), path
+            assert m["size"] == st.st_size and m["ino"] == st.st_ino, path
+            assert m["nlink"] == st.st_nlink, path
+        else:
+            assert m["data"] is None and m["rdev"] == st.st_rdev, path
+
+
+def test_import_legacy_save_matches_source_tree(legacy_bin, repo, tmp_path):
+    root = source_tree(tmp_path)
+    sd = tmp_path / "savedir"
+    legacy_save(legacy_bin, sd, find0(root))
+    res = run("-r", repo, "import-legacy", str(sd))
+    lid = legacy_ids(sd)[0]
+    assert f"imported {lid} as save 1" in res.stdout
+    [s] = saves(repo)
+    assert (s["hostname"], s["subset"], s["status"]) == ("vm", "small", "complete")
+    summary = lg.parse_summary((sd / "summaries" / lid).read_bytes())
+    assert s["files"] == len(expected_names(root))
+    with open_repository(repo, READ) as r:
+        row = r.catalog.conn.execute(
+            "SELECT legacy_id, started_ns, finished_ns FROM save").fetchone()
+    assert row == (lid, summary.start_ns, summary.finish_ns)
+    got = members(repo, 1)
+    assert_matches_tree(got, root)
+    link_a, link_b = got[os.fsencode(root / "a.txt")], got[os.fsencode(root / "sub/hardlink")]
+    assert link_a["nlink"] == link_b["nlink"] == 2 and link_a["ino"] == link_b["ino"]
+    if IS_ROOT:
+        setuid = got[os.fsencode(root / "sub" / "deeper" / "setuid")]
+        assert (setuid["uid"], setuid["user"], setuid["grp"]) == (12345, b"", b"")
+        assert got[os.fsencode(root / "chardev")]["rdev"] == os.makedev(1, 3)
+
+
+def test_import_legacy_links_by_default_and_copies_when_asked(legacy_bin, tmp_path):
+    root = source_tree(tmp_path)
+    sd = tmp_path / "savedir"
+    legacy_save(legacy_bin, sd, find0(root))
+    legacy_chunks = {p.stat().st_ino for p in (sd / "chunks").rglob("*") if p.is_file()}
+    for method, shared in ((None, True), ("--copy", False)):
+        repo = os.fsencode(tmp_path / f"repo-{method}")
+        run("-r", repo, "init")
+        run("-r", repo, "import-legacy", str(sd), *([method] if method else []))
+        ours = {p.stat().st_ino for p in Path(os.fsdecode(repo), "chunks").rglob("*")
+                if p.is_file()}
+        assert len(ours) == len(legacy_chunks)
+        assert (ours == legacy_chunks) is shared
+        assert not [p for p in Path(os.fsdecode(repo), "chunks").rglob("*.tmp.*")]
+        assert_matches_tree(members(repo, 1), root)
+
+
+def test_import_legacy_twice_adds_nothing_and_later_saves_are_added(legacy_bin, repo,
+                                                                      tmp_path):
+    root = source_tree(tmp_path)
+    sd = tmp_path / "savedir"
+    legacy_save(legacy_bin, sd, find0(root))
+    run("-r", repo, "import-legacy", str(sd))
+    before = (Path(os.fsdecode(repo)) / "catalog.sqlite3").stat().st_size
+    res = run("-r", repo, "import-legacy", str(sd))
+    assert "0 saves imported, 1 already imported" in res.stdout
+    assert len(saves(repo)) == 1
+    (root / "new.txt").write_bytes(b"new file\n")
+    legacy_save(legacy_bin, sd, find0(root))
+    res = run("-r", repo, "import-legacy", str(sd))
+    assert "1 saves imported, 1 already imported" in res.stdout
+    assert [s["status"] for s in saves(repo)] == ["complete", "complete"]
+    assert_matches_tree(members(repo, 2), root)
+    assert (Path(os.fsdecode(repo)) / "catalog.sqlite3").stat().st_size >= before
+
+
+def test_import_legacy_interrupted_legacy_save(legacy_bin, repo, tmp_path):
+    """SIGKILL the original mid-save (stdin paused): its summary says None and only DBs
+    evicted from its 50-entry LRU were written; the import keeps exactly those."""
+    root = tmp_path / "many"
+    for i in range(70):
+        d = root / f"d{i:02d}"
+        d.mkdir(parents=True)
+        (d / "f").write_bytes(b"file %d\n" % i)
+    names = [n for n in find0(root).split(b"\0") if n]
+    sd = tmp_path / "savedir"
+    proc = subprocess.Popen([legacy_bin, "--save-directory", str(sd), "--init-savedir",
+                             "--backup", "--subset", "small", "--hostname", "vm",
+                             "--progress-report", "none"], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc.stdin.write(b"\0".join(names) + b"\0")  # all names, but stdin stays open
+    proc.stdin.flush()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        written = [p for p in (sd / "files").rglob("entries") if p.stat().st_size > 0] \
+            if (sd / "files").exists() else []
+        if len(written) >= 10:
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert b"None" in (sd / "summaries" / legacy_ids(sd)[0]).read_bytes()
+    res = run("-r", repo, "import-legacy", str(sd))
+    assert "1 saves imported" in res.stdout
+    [s] = saves(repo)
+    assert s["status"] == "interrupted" and s["finished"] is None
+    got = members(repo, 1)
+    assert 10 <= len(got) < len(names)
+    for path, m in got.items():
+        if m["data"] is not None:
+            assert m["data"] == Path(os.fsdecode(path)).read_bytes()
+
+
+def test_import_legacy_crash_after_first_save_commit_is_finished_by_rerun(legacy_bin, repo,
+                                                                          tmp_path):
+    root = source_tree(tmp_path)
+    sd = tmp_path / "savedir"
+    legacy_save(legacy_bin, sd, find0(root))
+    (root / "second.txt").write_bytes(b"two\n")
+    legacy_save(legacy_bin, sd, find0(root))
+    env = dict(os.environ, BACKSHIFT_CRASH_AT="import_after_save_commit")
+    proc = subprocess.run([BACKSHIFT, "-r", repo, "import-legacy", str(sd)], env=env,
+                          capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert len(saves(repo)) == 1
+    res = run("-r", repo, "import-legacy", str(sd))
+    assert "1 saves imported, 1 already imported" in res.stdout
+    first, second = legacy_ids(sd)
+    with open_repository(repo, READ) as r:
+        rows = r.catalog.conn.execute("SELECT id, legacy_id FROM save ORDER BY id").fetchall()
+        assert r.catalog.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert rows == [(1, first), (2, second)]
+    assert_matches_tree(members(repo, 2), root)
+
+
+@pytest.mark.parametrize("point", ["after_chunk_rename", "after_catalog_commit:1",
+                                   "before_catalog_commit:2"])
+def test_import_legacy_killed_anywhere_leaves_nothing_half_done(legacy_bin, repo, tmp_path,
+                                                                 point):
+    """Killed after chunks are placed, after the contents commit, or before the save's
+    commit: no save is visible, and the rerun imports it whole."""
+    root = source_tree(tmp_path)
+    sd = tmp_path / "savedir"
+    legacy_save(legacy_bin, sd, find0(root))
+    env = dict(os.environ, BACKSHIFT_CRASH_AT=point)
+    proc = subprocess.run([BACKSHIFT, "-r", repo, "import-legacy", str(sd)], env=env,
+                          capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert saves(repo) == []
+    res = run("-r", repo, "import-legacy", str(sd))
+    assert "1 saves imported, 0 already imported" in res.stdout
+    assert_matches_tree(members(repo, 1), root)
+
+
+def test_import_legacy_missing_and_damaged_chunks_are_reported_and_files_skipped(
+        legacy_bin, repo, tmp_path):
+    root = source_tree(tmp_path)
+    sd = tmp_path / "savedir"
+    legacy_save(legacy_bin, sd, find0(root))
+    chunk_of = {}
+    for name in ("random.bin", "text.txt"):
+        data = (root / name).read_bytes()
+        h = hashlib.sha256(data).hexdigest()  # each is a single legacy chunk (< 512 KiB)
+        chunk_of[name] = (h, sd / "chunks" / h[:5] / h[5:11] / h[11:])
+    chunk_of["random.bin"][1].unlink()
+    damaged = chunk_of["text.txt"][1]
+    body = bytearray(damaged.read_bytes())
+    body[len(body) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(body))
+    res = run("-r", repo, "import-legacy", str(sd), exit_code=1)
+    for name, (h, _p) in chunk_of.items():
+        line = next(ln for ln in res.stderr.splitlines() if h in ln)
+        assert os.fsdecode(os.fsencode(root / name)) in line
+    assert "is missing" in res.stderr and "is damaged" in res.stderr
+    got = members(repo, 1)
+    expected = set(expected_names(root))
+    missing = {os.fsencode(root / "random.bin"), os.fsencode(root / "text.txt")}
+    assert set(got) == expected - missing
+    [s] = saves(repo)
+    assert s["warnings"] == 2 and s["status"] == "complete"
+
+
+def test_import_legacy_then_save_reads_nothing_of_an_unchanged_tree(legacy_bin, repo,
+                                                                    tmp_path, no_racy_margin):
+    root = source_tree(tmp_path)
+    os.utime(root / "random.bin", ns=(1, 1_700_000_000_987_654_321))  # ns not in a float
+    sd = tmp_path / "savedir"
+    legacy_save(legacy_bin, sd, find0(root))
+    run("-r", repo, "import-legacy", str(sd))
+    res = run("-r", repo, "save", "--hostname", "vm", "--subset", "small", "--json",
+              input=find0(root))
+    summary = json.loads(res.stdout)
+    assert summary["files_read"] == 0 and summary["bytes_read"] == 0
+    assert summary["files_borrowed"] > 0 and summary["new_chunks"] == 0
+    (root / "a.txt").write_bytes(b"changed\n")
+    res = run("-r", repo, "save", "--hostname", "vm", "--subset", "small", "--json",
+              input=find0(root))
+    assert json.loads(res.stdout)["files_read"] == 1  # a.txt (its hardlink shares it)
+
+
+def test_import_legacy_then_real_save_borrows_from_a_tree_older_than_the_margin(
+        legacy_bin, repo, tmp_path):
+    root = source_tree(tmp_path)
+    time.sleep(2.1)  # ctimes before the legacy save's start minus the racy margin
+    sd = tmp_path / "savedir"
+    legacy_save(legacy_bin, sd, find0(root))
+    run("-r", repo, "import-legacy", str(sd))
+    proc = subprocess.run([BACKSHIFT, "-r", repo, "save", "--hostname", "vm", "--subset",
+                           "small", "--json"], input=find0(root), capture_output=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["files_read"] == 0 and summary["files_borrowed"] > 0
+
+
+def test_import_legacy_save_without_metadata_is_skipped_with_a_warning(legacy_bin, repo,
+                                                                       tmp_path):
+    root = source_tree(tmp_path)
+    sd = tmp_path / "savedir"
+    legacy_save(legacy_bin, sd, find0(root))
+    shutil.rmtree(sd / "files" / legacy_ids(sd)[0])
+    res = run("-r", repo, "import-legacy", str(sd), exit_code=1)
+    assert "metadata is gone" in res.stderr
+    assert saves(repo) == []
+
+
+def test_import_legacy_refuses_a_directory_that_is_not_a_savedir(repo, tmp_path):
+    res = run("-r", repo, "import-legacy", str(tmp_path), exit_code=25)
+    assert "not a backshift 1.x save directory" in res.stderr

@@ -1,0 +1,351 @@
+"""Operation depth: ops.save on a real temp repository, verified from the catalog."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from backshift import pathcodec
+from backshift.errors import RepositoryIOError
+from backshift.model import ChunkRef
+from backshift.ops import save as save_mod
+from backshift.ops.save import SaveOptions
+from backshift.repo import READ, WRITE, open_repository
+from backshift.store import Store
+from conftest import BACKSHIFT, find0, make_tree, run
+
+
+def do_save(repo: bytes, root: Path, subset: str = "t", **opts):
+    warnings: list[str] = []
+    names = [pathcodec.normalize(n, b"/") for n in find0(root).split(b"\0") if n]
+    with open_repository(repo, WRITE) as r:
+        stats = save_mod.save(r, names, SaveOptions("host", subset, **opts), warnings.append)
+    return stats, warnings
+
+
+def members(repo: bytes, save_id: int) -> dict[bytes, dict]:
+    """Every member of a save: path bytes -> version columns and content bytes."""
+    out = {}
+    with open_repository(repo, READ) as r:
+        rows = r.catalog.conn.execute(
+            "SELECT p.key, v.mode, v.uid, v.gid, v.size, v.mtime_ns, v.link_target, "
+            "v.content_id, v.rdev, v.nlink FROM member m JOIN path p ON p.id = m.path_id "
+            "JOIN version v ON v.id = m.version_id WHERE m.save_id = ?", (save_id,)).fetchall()
+        for key, mode, uid, gid, size, mtime_ns, target, content_id, rdev, nlink in rows:
+            data = None
+            if content_id is not None:
+                data = b"".join(r.store.read(ref)
+                                for ref in r.catalog.chunks_of_content(content_id))
+            out[pathcodec.from_key(key)] = dict(mode=mode, uid=uid, gid=gid, size=size,
+                                                 mtime_ns=mtime_ns, target=target, data=data,
+                                                 rdev=rdev, nlink=nlink)
+    return out
+
+
+def test_save_records_every_type_and_odd_name(repo, tree):
+    stats, warnings = do_save(repo, tree)
+    assert warnings == []
+    got = members(repo, stats.save_id)
+    expected = [pathcodec.normalize(n, b"/") for n in find0(tree).split(b"\0") if n]
+    assert sorted(got) == sorted(expected)
+    for path, m in got.items():
+        st = os.lstat(path)
+        assert m["mode"] == st.st_mode, path
+        assert (m["uid"], m["gid"], m["mtime_ns"]) == (st.st_uid, st.st_gid, st.st_mtime_ns)
+        if stat.S_ISREG(st.st_mode):
+            with open(path, "rb") as f:
+                assert m["data"] == f.read(), path
+            assert m["size"] == st.st_size
+        elif stat.S_ISLNK(st.st_mode):
+            assert m["target"] == os.readlink(path)
+        else:
+            assert m["data"] is None
+    raw = os.fsencode(tree)
+    assert got[raw + b"/sub/bad-\xff\xfe-name"]["data"] == b"odd name bad-\xff\xfe-name\n"
+    assert got[raw + b"/sub/new\nline"]["size"] > 0
+    assert stat.S_ISFIFO(got[raw + b"/fifo"]["mode"])
+    assert got[raw + b"/a.txt"]["mtime_ns"] == 1_600_000_000_123_456_789
+    assert got[raw + b"/sub/deeper/setuid"]["mode"] & 0o7777 == 0o4755
+
+
+def test_save_identical_files_share_one_content(repo, tmp_path):
+    root = tmp_path / "dups"
+    root.mkdir()
+    for i in range(5):
+        (root / f"copy{i}").write_bytes(b"same bytes\n" * 1000)
+    stats, _ = do_save(repo, root)
+    with open_repository(repo, READ) as r:
+        n = r.catalog.conn.execute("SELECT count(*) FROM content").fetchone()[0]
+    assert n == 1
+    assert stats.new_chunks == 1
+
+
+def test_save_borrows_unchanged_file_without_reading(repo, tree, no_racy_margin, monkeypatch):
+    first, _ = do_save(repo, tree)
+
+    def no_reading(path):
+        raise AssertionError(f"{path!r} was opened for reading")
+
+    monkeypatch.setattr(save_mod, "open_for_reading", no_reading)
+    second, warnings = do_save(repo, tree)
+    assert warnings == []
+    assert second.files_read == 0 and second.bytes_read == 0
+    inodes = {(p.lstat().st_dev, p.lstat().st_ino) for p in tree.rglob("*")
+              if p.is_file() and not p.is_symlink()}
+    assert second.files_borrowed == len(inodes)
+    assert members(repo, first.save_id) == members(repo, second.save_id)
+
+
+def test_save_unchanged_resave_adds_only_member_rows(repo, tree, no_racy_margin):
+    do_save(repo, tree)
+
+    def counts():
+        with open_repository(repo, READ) as r:
+            return {t: r.catalog.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                    for t in ("path", "version", "content", "chunk", "member")}
+
+    before = counts()
+    do_save(repo, tree)
+    after = counts()
+    assert {t: after[t] - before[t] for t in after} == {
+        "path": 0, "version": 0, "content": 0, "chunk": 0, "member": before["member"]}
+
+
+def test_save_does_not_trust_a_file_modified_just_before_the_save(repo, tree):
+    """Racy timestamps: a file changed right before save 1 is read again by save 2."""
+    do_save(repo, tree)
+    second, _ = do_save(repo, tree)
+    assert second.files_read > 0  # everything in `tree` was created moments ago
+
+
+def test_save_detects_content_change_with_mtime_put_back(repo, tree, no_racy_margin):
+    target = tree / "text.txt"
+    do_save(repo, tree)
+    st = target.stat()
+    data = bytearray(target.read_bytes())
+    data[100:104] = b"EDIT"
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert target.stat().st_mtime_ns == st.st_mtime_ns and target.stat().st_size == st.st_size
+    stats, _ = do_save(repo, tree)
+    assert stats.files_read == 1
+    assert members(repo, stats.save_id)[os.fsencode(target)]["data"] == bytes(data)
+
+
+def test_save_rereads_borrowed_content_whose_chunk_is_missing(repo, tree, no_racy_margin):
+    first, _ = do_save(repo, tree)
+    with open_repository(repo, READ) as r:
+        content_id = r.catalog.conn.execute(
+            "SELECT v.content_id FROM member m JOIN path p ON p.id = m.path_id "
+            "JOIN version v ON v.id = m.version_id WHERE m.save_id = ? AND p.key = ?",
+            (first.save_id, pathcodec.sort_key(os.fsencode(tree / "text.txt")))).fetchone()[0]
+        refs = r.catalog.chunks_of_content(content_id)
+        os.unlink(r.store.path_for(refs[0].sha256))
+    second, _ = do_save(repo, tree)
+    assert second.files_read == 1 and second.new_chunks >= 1
+    with open_repository(repo, READ) as r:
+        assert r.store.read(refs[0])  # healed: the chunk is back and verifies
+
+
+def test_save_warns_about_vanished_file(repo, tree):
+    names = [pathcodec.normalize(n, b"/") for n in find0(tree).split(b"\0") if n]
+    (tree / "a.txt").unlink()
+    (tree / "sub" / "hardlink").unlink()
+    warnings: list[str] = []
+    with open_repository(repo, WRITE) as r:
+        stats = save_mod.save(r, names, SaveOptions("h", "s"), warnings.append)
+    assert len(warnings) == 2 and all("vanished" in w for w in warnings)
+    assert stats.status == "complete" and stats.warnings == 2
+    assert os.fsencode(tree / "a.txt") not in members(repo, stats.save_id)
+
+
+def test_save_skips_file_swapped_between_lstat_and_open(repo, tree, monkeypatch):
+    victim = os.fsencode(tree / "text.txt")
+    real_open = save_mod.open_for_reading
+
+    def swap_then_open(path):
+        if path == victim:
+            os.rename(os.fsencode(tree / "random.bin"), victim)
+        return real_open(path)
+
+    monkeypatch.setattr(save_mod, "open_for_reading", swap_then_open)
+    stats, warnings = do_save(repo, tree)
+    assert any("text.txt" in w and "replaced" in w for w in warnings), warnings
+    assert victim not in members(repo, stats.save_id)  # skipped, never recorded as empty
+
+
+@pytest.mark.timeout(30)
+def test_save_never_blocks_on_fifo_swapped_in_for_a_file(repo, tree, monkeypatch):
+    victim = os.fsencode(tree / "text.txt")
+    real_open = save_mod.open_for_reading
+
+    def fifo_then_open(path):
+        if path == victim:
+            os.unlink(path)
+            os.mkfifo(path)
+        return real_open(path)
+
+    monkeypatch.setattr(save_mod, "open_for_reading", fifo_then_open)
+    stats, warnings = do_save(repo, tree)
+    assert any("text.txt" in w for w in warnings)
+    assert stat.S_ISFIFO(members(repo, stats.save_id)[os.fsencode(tree / "fifo")]["mode"])
+
+
+def test_save_file_changing_while_read_is_kept_as_read_and_reread(repo, tmp_path,
+                                                                  no_racy_margin,
+                                                                  monkeypatch):
+    root = tmp_path / "grow"
+    root.mkdir()
+    path = root / "log"
+    path.write_bytes(os.urandom(200_000))
+    real_put = Store.put
+    appended = []
+
+    def put_and_append(self, data, sha):
+        if not appended:
+            with open(path, "ab") as f:
+                f.write(b"appended while reading\n")
+            appended.append(True)
+        return real_put(self, data, sha)
+
+    monkeypatch.setattr(Store, "put", put_and_append)
+    stats, warnings = do_save(repo, root)
+    assert any("while being read" in w for w in warnings), warnings
+    got = members(repo, stats.save_id)[os.fsencode(path)]
+    assert got["size"] == len(got["data"])  # declared size = bytes stored
+    monkeypatch.setattr(Store, "put", real_put)
+    again, warnings = do_save(repo, root)
+    assert warnings == [] and again.files_read == 1
+    assert members(repo, again.save_id)[os.fsencode(path)]["data"] == path.read_bytes()
+
+
+def test_save_duplicate_name_is_saved_once(repo, tree):
+    names = [pathcodec.normalize(n, b"/") for n in find0(tree).split(b"\0") if n]
+    names.append(names[3])
+    warnings: list[str] = []
+    with open_repository(repo, WRITE) as r:
+        stats = save_mod.save(r, names, SaveOptions("h", "s"), warnings.append)
+    assert len(warnings) == 1 and "more than once" in warnings[0]
+    assert stats.files == len(names) - 1
+
+
+def test_save_hardlink_group_shares_content_when_first_is_unreadable(repo, tmp_path,
+                                                                      monkeypatch):
+    root = tmp_path / "hl"
+    root.mkdir()
+    (root / "a").write_bytes(b"linked data\n" * 100)
+    os.link(root / "a", root / "b")
+    os.link(root / "a", root / "c")
+    real_open = save_mod.open_for_reading
+    order = [n for n in find0(root).split(b"\0") if n and n != os.fsencode(root)]
+    first_member = order[0]
+
+    def deny_first(path):
+        if path == first_member:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path)
+
+    monkeypatch.setattr(save_mod, "open_for_reading", deny_first)
+    stats, warnings = do_save(repo, root)
+    assert len(warnings) == 1 and "permission denied" in warnings[0]
+    got = members(repo, stats.save_id)
+    raw = os.fsencode(root)
+    assert first_member not in got
+    others = [raw + b"/" + n for n in (b"a", b"b", b"c") if raw + b"/" + n != first_member]
+    assert [got[p]["data"] for p in others] == [b"linked data\n" * 100] * 2
+
+
+def test_save_disk_full_stops_with_error_and_leaves_save_interrupted(repo, tree, monkeypatch):
+    from backshift import diskio
+
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(diskio, "write_all", full)
+    with pytest.raises(RepositoryIOError, match="No space left on device"):
+        do_save(repo, tree)
+    with open_repository(repo, READ) as r:
+        assert [s.status for s in r.catalog.list_saves()] == ["interrupted"]
+        assert [p for sha, p in r.store.iter_chunk_files() if sha is None] == []
+
+
+def test_save_names_from_stdin_are_normalised(repo, tree, monkeypatch):
+    monkeypatch.chdir(tree)
+    names = b"./a.txt\0sub//deeper/./setuid\0sub/../a.txt\0\0"
+    res = run("-r", repo, "save", "--json", input=names, exit_code=1)
+    assert "'..' component" in res.stderr
+    saved = members(repo, json.loads(res.stdout)["save_id"])
+    assert sorted(saved) == sorted([os.fsencode(tree / "a.txt"),
+                                    os.fsencode(tree / "sub" / "deeper" / "setuid")])
+
+
+def _interrupted_status(repo: bytes) -> list[str]:
+    res = run("-r", repo, "saves", "--format", "json")
+    return [json.loads(line)["status"] for line in res.stdout.splitlines()]
+
+
+@pytest.mark.timeout(60)
+def test_save_killed_midway_then_next_save_completes_and_borrows(repo, tmp_path):
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(60):
+        (root / f"f{i:03d}").write_bytes(os.urandom(5000))
+    time.sleep(2.1)  # older than the racy margin, so save 2 may borrow
+    env = dict(os.environ, BACKSHIFT_CRASH_AT="after_catalog_commit:4")
+    proc = subprocess.run([BACKSHIFT, "-r", repo, "save", "--checkpoint-files", "10",
+                           "--workers", "1"], input=find0(root), env=env, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert _interrupted_status(repo) == ["interrupted"]
+    with open_repository(repo, READ) as r:
+        assert r.catalog.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        committed = r.catalog.conn.execute("SELECT count(*) FROM member").fetchone()[0]
+    assert 0 < committed < 61
+    res = run("-r", repo, "save", "--json", input=find0(root))
+    summary = json.loads(res.stdout)
+    assert summary["status"] == "complete" and summary["files"] == 61
+    assert summary["files_borrowed"] >= committed - 1
+    assert _interrupted_status(repo) == ["interrupted", "complete"]
+    for path, m in members(repo, summary["save_id"]).items():
+        if m["data"] is not None:
+            assert m["data"] == Path(os.fsdecode(path)).read_bytes()
+
+
+@pytest.mark.timeout(60)
+def test_save_ctrl_c_commits_work_done_and_exits_130(repo, tmp_path):
+    root = make_tree(tmp_path / "src")
+    names = find0(root).split(b"\0")[:-1]
+    proc = subprocess.Popen([BACKSHIFT, "-r", repo, "save", "--json"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(b"\0".join(names[:5]) + b"\0")
+    proc.stdin.flush()
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    try:
+        proc.stdin.write(b"\0".join(names[5:]) + b"\0")
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    proc.wait(timeout=30)
+    out, err = proc.stdout.read(), proc.stderr.read()
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err
+    assert _interrupted_status(repo) == ["interrupted"]
+    summary = json.loads(out)
+    assert summary["status"] == "interrupted" and summary["files"] >= 5
+
+
+def test_save_chunk_refs_match_store(repo, tree):
+    stats, _ = do_save(repo, tree)
+    with open_repository(repo, READ) as r:
+        for sha, length, stored in r.catalog.conn.execute(
+                "SELECT sha256, length, stored_length FROM chunk"):
+            assert r.store.stored_size(sha) == stored
+            assert len(r.store.read(ChunkRef(sha, length))) == length

@@ -1,0 +1,133 @@
+"""Unit: the chunk store writes atomically and detects every kind of damage on read."""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import lzma
+import os
+
+import pytest
+
+from backshift import diskio
+from backshift.errors import ChunkCorrupt, ChunkMissing, RepositoryIOError
+from backshift.model import ChunkRef
+from backshift.store import HEADER_RAW, HEADER_ZSTD, Store
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    repo = os.fsencode(tmp_path)
+    Store.create_layout(repo)
+    return Store(repo)
+
+
+def put(store: Store, data: bytes) -> ChunkRef:
+    sha = hashlib.sha256(data).digest()
+    store.put(data, sha)
+    return ChunkRef(sha, len(data))
+
+
+def temp_files(store: Store) -> list[bytes]:
+    return [p for sha, p in store.iter_chunk_files() if sha is None]
+
+
+def test_store_chunk_invisible_until_flush(store):
+    ref = put(store, b"text " * 1000)
+    assert store.stored_size(ref.sha256) is None
+    assert len(temp_files(store)) == 1
+    assert store.flush() == 1
+    assert store.stored_size(ref.sha256) is not None
+    assert temp_files(store) == []
+    assert store.read(ref) == b"text " * 1000
+
+
+def test_store_compresses_text_and_keeps_random_raw(store):
+    text = put(store, b"abc" * 10000)
+    rnd = put(store, os.urandom(10000))
+    store.flush()
+    with open(store.path_for(text.sha256), "rb") as f:
+        assert f.read(2) == HEADER_ZSTD
+    with open(store.path_for(rnd.sha256), "rb") as f:
+        body = f.read()
+    assert body[:2] == HEADER_RAW and len(body) == 10002
+
+
+def test_store_writes_each_chunk_once(store):
+    data = b"same" * 5000
+    sha = hashlib.sha256(data).digest()
+    first = store.put(data, sha)
+    again = store.put(data, sha)  # pending in this batch
+    store.flush()
+    later = store.put(data, sha)  # on disk already
+    assert (first.new, again.new, later.new) == (True, False, False)
+    assert store.flush() == 0
+
+
+def test_store_abandon_removes_temps(store):
+    put(store, b"x" * 100)
+    store.abandon()
+    assert temp_files(store) == []
+
+
+@pytest.mark.parametrize("damage", ["truncate", "bitflip", "other_chunk", "delete", "garbage"])
+def test_store_read_detects_damaged_chunk(store, damage):
+    ref = put(store, b"payload " * 4000)
+    other = put(store, b"another " * 4000)
+    store.flush()
+    path = store.path_for(ref.sha256)
+    if damage == "truncate":
+        os.truncate(path, os.path.getsize(path) // 2)
+    elif damage == "bitflip":
+        with open(path, "r+b") as f:
+            f.seek(os.path.getsize(path) // 2)
+            b = f.read(1)
+            f.seek(-1, 1)
+            f.write(bytes([b[0] ^ 0x10]))
+    elif damage == "other_chunk":
+        with open(store.path_for(other.sha256), "rb") as f:
+            body = f.read()
+        with open(path, "wb") as f:
+            f.write(body)
+    elif damage == "delete":
+        os.unlink(path)
+    else:
+        with open(path, "wb") as f:
+            f.write(b"Q\nnot a chunk")
+    expected = ChunkMissing if damage == "delete" else ChunkCorrupt
+    with pytest.raises(expected) as info:
+        store.read(ref)
+    assert ref.sha256.hex() in str(info.value)
+
+
+def test_store_reads_legacy_xz_and_bz2_chunks(store):
+    for header, packed in ((b"7\n", lzma.compress(b"legacy xz")), (b"5\n", bz2.compress(b"bz"))):
+        data = b"legacy xz" if header == b"7\n" else b"bz"
+        sha = hashlib.sha256(data).digest()
+        with open(store.path_for(sha), "wb") as f:
+            f.write(header + packed)
+        assert store.read(ChunkRef(sha, len(data))) == data
+
+
+def test_store_refuses_corrupt_compressor_output(store, monkeypatch):
+    class BadCompressor:
+        def compress(self, data):
+            import zstandard
+            good = zstandard.ZstdCompressor().compress(b"something else entirely" * 100)
+            return good
+
+    monkeypatch.setattr(store, "_zstd", lambda: (BadCompressor(), __import__(
+        "zstandard").ZstdDecompressor()))
+    with pytest.raises(ChunkCorrupt, match="does not decompress back"):
+        put(store, b"z" * 100000)
+    assert temp_files(store) == []
+
+
+def test_store_disk_full_is_reported_and_leaves_no_temp(store, monkeypatch):
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(diskio, "write_all", full)
+    with pytest.raises(RepositoryIOError, match="No space left on device"):
+        put(store, b"a" * 1000)
+    assert temp_files(store) == []
