@@ -46,6 +46,13 @@ from .owners import Owners
 # it was read: it is not trusted for borrowing (git's racy-git rule, borg's cmtime rule).
 RACY_MARGIN_NS = 2_000_000_000
 
+# A re-save looks up each name's previous version in the earlier saves. It fetches a whole
+# directory's entries at once (one query per directory, not per file) and keeps a few
+# directories' worth: at most PREFETCH_ENTRIES versions in memory, whatever the tree size.
+# A directory with more than PREFETCH_MAX_CHILDREN entries is looked up file by file.
+PREFETCH_MAX_CHILDREN = 16384
+PREFETCH_ENTRIES = 65536
+
 Warn = Callable[[str], None]
 Progress = Callable[[SaveStats, int | None], None]
 
@@ -168,6 +175,7 @@ class Item:
     base_version_id: int | None  # an earlier identical version to reuse, if any
     future: Future | None = None
     link_first: Item | None = None  # earlier member of the same hardlink group
+    parent_id: int | None = None  # the path id of its directory (None for /)
     done: bool = False
     skipped: bool = False
 
@@ -193,6 +201,11 @@ class Saver:
         self._batch_bytes = 0
         self._batch_started = time.monotonic()
         self._last_progress = 0.0
+        # (save id, parent path id) -> ({path id: (version id, Version)}, {name: path id}),
+        # or None for a directory too big to prefetch; least recently used first
+        self._prev: collections.OrderedDict[tuple[int, int], tuple | None] = \
+            collections.OrderedDict()
+        self._prev_entries = 0
 
     def warn(self, msg: str) -> None:
         self.stats.warnings += 1
@@ -328,10 +341,12 @@ class Saver:
             rdev=st.st_rdev, link_target=link_target, content_id=None)
         path_id = self.intern(path)
         item = Item(path, path_id, version, None)
+        up = parent(path)
+        item.parent_id = self.intern(up) if up is not None else None
         if ftype == TYPE_FILE:
             self.plan_regular(item, st, pool)
         else:
-            item.base_version_id = self.reusable_version(path_id, version)
+            item.base_version_id = self.reusable_version(item, version)
             item.done = True
         self.queue.append(item)
 
@@ -354,7 +369,7 @@ class Saver:
         """Reuse an earlier save's content for an unchanged file (size, mtime, ctime, inode)."""
         v = item.version
         for sid, started_ns in self.candidates:
-            found = self.cat.version_in_save(sid, item.path_id)
+            found = self.previous_version(sid, item)
             if found is None:
                 continue
             old_id, old = found
@@ -385,23 +400,63 @@ class Saver:
             old.mtime_ns == legacy_time_ns(v.mtime_ns) and \
             old.ctime_ns == legacy_time_ns(v.ctime_ns)
 
-    def reusable_version(self, path_id: int, v: Version) -> int | None:
+    def reusable_version(self, item: Item, v: Version) -> int | None:
         for sid, _ in self.candidates:
-            found = self.cat.version_in_save(sid, path_id)
+            found = self.previous_version(sid, item)
             if found is not None:
                 return found[0] if found[1] == v else None
         return None
+
+    def previous_version(self, sid: int, item: Item) -> tuple[int, Version] | None:
+        """(version id, version) of ITEM's path in earlier save SID, if it holds it."""
+        if item.parent_id is None:
+            return self.cat.version_in_save(sid, item.path_id)
+        entry = self._prefetched(sid, item.parent_id)
+        if entry is None:
+            return self.cat.version_in_save(sid, item.path_id)
+        return entry[0].get(item.path_id)
+
+    def _prefetched(self, sid: int, parent_id: int) -> tuple | None:
+        """The entries of directory PARENT_ID in save SID, fetched once while it is in use."""
+        key = (sid, parent_id)
+        cache = self._prev
+        try:
+            entry = cache[key]
+        except KeyError:
+            pass
+        else:
+            cache.move_to_end(key)
+            return entry
+        rows = self.cat.versions_under(sid, parent_id, PREFETCH_MAX_CHILDREN + 1)
+        if len(rows) > PREFETCH_MAX_CHILDREN:
+            entry = None
+        else:
+            entry = ({pid: (vid, v) for pid, _name, vid, v in rows},
+                     {name: pid for pid, name, _vid, _v in rows})
+            self._prev_entries += len(rows)
+        cache[key] = entry
+        while self._prev_entries > PREFETCH_ENTRIES and len(cache) > 1:
+            _key, old = cache.popitem(last=False)
+            if old is not None:
+                self._prev_entries -= len(old[0])
+        return entry
 
     def intern(self, path: bytes) -> int:
         """The path's id, creating it (and its missing parents) on first sight."""
         cached = self.dir_ids.get(path)
         if cached is not None:
             return cached
+        up = parent(path)
+        parent_id = self.intern(up) if up is not None else None
+        pid = None
+        if parent_id is not None and self.candidates:
+            entry = self._prefetched(self.candidates[0][0], parent_id)
+            if entry is not None:
+                pid = entry[1].get(basename(path))
         key = sort_key(path)
-        pid = self.cat.path_id(key)
         if pid is None:
-            up = parent(path)
-            parent_id = self.intern(up) if up is not None else None
+            pid = self.cat.path_id(key)
+        if pid is None:
             pid = self.cat.insert_path(parent_id, key, basename(path))
         if len(self.dir_ids) > 100_000:
             self.dir_ids.clear()
@@ -461,7 +516,7 @@ class Saver:
         item.version = v
         version_id = item.base_version_id
         if version_id is None and v.type == TYPE_FILE:
-            version_id = self.reusable_version(item.path_id, v)
+            version_id = self.reusable_version(item, v)
         if version_id is None:
             version_id = self.cat.insert_version(item.path_id, v)
         if not self.cat.insert_member(self.stats.save_id, item.path_id, version_id):
