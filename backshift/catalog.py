@@ -239,18 +239,22 @@ CONTENTS_STARTING_WITH_CHUNK = _sql("""
 
 # -- save speed ---------------------------------------------------------------------------
 
-# One directory's entries in an earlier save, with their versions: a re-save asks once per
-# directory instead of once per file. CROSS JOIN pins the order (path_by_parent, then member
-# and version by key): left free, the planner scans the whole save's members instead.
+# One directory's entries in an earlier save, with their versions and chunk lists (one row
+# per chunk): a re-save asks once per directory instead of twice per file. CROSS JOIN pins
+# the plan (path_by_parent, then each table by its key): left free, SQLite scanned the whole
+# save's members for each directory.
 PREVIOUS_UNDER_PARENT = _sql(f"""
-    SELECT p.id, p.name, v.id, {VERSION_COLUMNS}
+    SELECT p.id, p.name, v.id, {VERSION_COLUMNS}, k.sha256, k.length
     FROM path AS p
     CROSS JOIN member AS m
     CROSS JOIN version AS v
+    LEFT JOIN content_chunk AS cc ON cc.content_id = v.content_id
+    LEFT JOIN chunk AS k ON k.id = cc.chunk_id
     WHERE p.parent_id = :parent_id
       AND m.save_id = :save_id
       AND m.path_id = p.id
       AND v.id = m.version_id
+    ORDER BY p.id, cc.seq
     LIMIT :limit
 """)
 
@@ -545,14 +549,25 @@ class Catalog:
 
     # -- save speed --
 
-    def versions_under(self, save_id: int, parent_id: int,
-                       limit: int) -> list[tuple[int, bytes, int, Version]]:
-        """(path id, name, version id, version) of the entries of directory PARENT_ID that
-        save SAVE_ID holds, at most LIMIT of them."""
+    def versions_under(self, save_id: int, parent_id: int, limit: int
+                       ) -> list[tuple[int, bytes, int, Version, list[ChunkRef]]] | None:
+        """(path id, name, version id, version, chunks) of each entry of directory PARENT_ID
+        in save SAVE_ID; None when that takes more than LIMIT rows (one per chunk)."""
         rows = self.conn.execute(PREVIOUS_UNDER_PARENT, {
-            "save_id": save_id, "parent_id": parent_id, "limit": limit,
-        })
-        return [(r[0], r[1], r[2], Version(*r[3:])) for r in rows]
+            "save_id": save_id, "parent_id": parent_id, "limit": limit + 1,
+        }).fetchall()
+        if len(rows) > limit:
+            return None
+        out: list = []
+        last = None
+        for r in rows:
+            if r[0] != last:
+                last = r[0]
+                refs: list[ChunkRef] = []
+                out.append((r[0], r[1], r[2], Version(*r[3:17]), refs))
+            if r[17] is not None:
+                refs.append(ChunkRef(r[17], r[18]))
+        return out
 
 def _uri_quote(path: str) -> str:
     return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")

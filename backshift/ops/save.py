@@ -31,6 +31,7 @@ from ..model import (
     TYPE_FILE,
     TYPE_SYMLINK,
     ChunkerParams,
+    ChunkRef,
     SaveStats,
     StoredChunk,
     Version,
@@ -49,8 +50,8 @@ RACY_MARGIN_NS = 2_000_000_000
 # A re-save looks up each name's previous version in the earlier saves. It fetches a whole
 # directory's entries at once (one query per directory, not per file) and keeps a few
 # directories' worth: at most PREFETCH_ENTRIES versions in memory, whatever the tree size.
-# A directory with more than PREFETCH_MAX_CHILDREN entries is looked up file by file.
-PREFETCH_MAX_CHILDREN = 16384
+# A directory with more than PREFETCH_MAX_ROWS entries or chunks is looked up file by file.
+PREFETCH_MAX_ROWS = 16384
 PREFETCH_ENTRIES = 65536
 
 Warn = Callable[[str], None]
@@ -372,13 +373,14 @@ class Saver:
             found = self.previous_version(sid, item)
             if found is None:
                 continue
-            old_id, old = found
+            old_id, old, refs = found
             if (old.content_id is None or old.size != v.size or old.ino != v.ino
                     or old.mode != v.mode or not self.same_times(sid, old, v)):
                 continue
             if max(v.mtime_ns, v.ctime_ns) >= started_ns - RACY_MARGIN_NS:
                 continue  # racy: may have changed within the timestamp granularity
-            refs = self.cat.chunks_of_content(old.content_id)
+            if refs is None:
+                refs = self.cat.chunks_of_content(old.content_id)
             if any(self.repo.store.stored_size(r.sha256) is None for r in refs):
                 return False  # Missing_chunk: read afresh, which stores the chunk again
             item.version = replace(v, content_id=old.content_id)
@@ -407,13 +409,14 @@ class Saver:
                 return found[0] if found[1] == v else None
         return None
 
-    def previous_version(self, sid: int, item: Item) -> tuple[int, Version] | None:
-        """(version id, version) of ITEM's path in earlier save SID, if it holds it."""
-        if item.parent_id is None:
-            return self.cat.version_in_save(sid, item.path_id)
-        entry = self._prefetched(sid, item.parent_id)
+    def previous_version(self, sid: int, item: Item
+                         ) -> tuple[int, Version, list[ChunkRef] | None] | None:
+        """(version id, version, its chunks or None if not fetched yet) of ITEM's path in
+        earlier save SID, if that save holds it."""
+        entry = self._prefetched(sid, item.parent_id) if item.parent_id is not None else None
         if entry is None:
-            return self.cat.version_in_save(sid, item.path_id)
+            found = self.cat.version_in_save(sid, item.path_id)
+            return None if found is None else (found[0], found[1], None)
         return entry[0].get(item.path_id)
 
     def _prefetched(self, sid: int, parent_id: int) -> tuple | None:
@@ -427,12 +430,12 @@ class Saver:
         else:
             cache.move_to_end(key)
             return entry
-        rows = self.cat.versions_under(sid, parent_id, PREFETCH_MAX_CHILDREN + 1)
-        if len(rows) > PREFETCH_MAX_CHILDREN:
+        rows = self.cat.versions_under(sid, parent_id, PREFETCH_MAX_ROWS)
+        if rows is None:
             entry = None
         else:
-            entry = ({pid: (vid, v) for pid, _name, vid, v in rows},
-                     {name: pid for pid, name, _vid, _v in rows})
+            entry = ({pid: (vid, v, refs) for pid, _name, vid, v, refs in rows},
+                     {name: pid for pid, name, _vid, _v, _refs in rows})
             self._prev_entries += len(rows)
         cache[key] = entry
         while self._prev_entries > PREFETCH_ENTRIES and len(cache) > 1:
