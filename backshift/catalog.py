@@ -258,6 +258,31 @@ PREVIOUS_UNDER_PARENT = _sql(f"""
     LIMIT :limit
 """)
 
+# New rows in one statement where the row is most likely new (a first save): the insert
+# itself says whether the key existed, instead of a lookup before every insert.
+INSERT_PATH_IF_NEW = _sql("""
+    INSERT INTO path (parent_id, key, name)
+    VALUES (:parent_id, :key, :name)
+    ON CONFLICT (key) DO NOTHING
+    RETURNING id
+""")
+
+INSERT_CONTENT_IF_NEW = _sql("""
+    INSERT INTO content (size, digest, chunk_count)
+    VALUES (:size, :digest, :chunk_count)
+    ON CONFLICT (digest, size) DO NOTHING
+    RETURNING id
+""")
+
+UPSERT_CHUNK = _sql("""
+    INSERT INTO chunk (sha256, length, stored_length)
+    VALUES (:sha256, :length, :stored_length)
+    ON CONFLICT (sha256) DO UPDATE
+    SET stored_length = excluded.stored_length
+    WHERE chunk.stored_length != excluded.stored_length
+    RETURNING id
+""")
+
 class Catalog:
     """One apsw connection to REPO/catalog.sqlite3, opened for writing or read-only."""
 
@@ -494,6 +519,12 @@ class Catalog:
         return content_id
 
     def chunk_id(self, ref: ChunkRef, stored_length: int) -> int:
+        if stored_length:  # a chunk file just written: its row is most likely new too
+            row = self.conn.execute(UPSERT_CHUNK, {
+                "sha256": ref.sha256, "length": ref.length, "stored_length": stored_length,
+            }).fetchone()
+            if row is not None:
+                return row[0]
         row = self.conn.execute(CHUNK_ID_BY_SHA, {"sha256": ref.sha256}).fetchone()
         if row is not None:
             if stored_length:
@@ -568,6 +599,29 @@ class Catalog:
             if r[17] is not None:
                 refs.append(ChunkRef(r[17], r[18]))
         return out
+
+    def insert_path_if_new(self, parent_id: int | None, key: bytes, name: bytes) -> int | None:
+        """The new path's id; None when KEY is already there."""
+        row = self.conn.execute(INSERT_PATH_IF_NEW, {
+            "parent_id": parent_id, "key": key, "name": name,
+        }).fetchone()
+        return row[0] if row else None
+
+    def insert_content_if_new(self, digest: bytes, size: int,
+                              chunks: list[tuple[ChunkRef, int]]) -> int | None:
+        """Like insert_content; None (and nothing written) when the content exists."""
+        row = self.conn.execute(INSERT_CONTENT_IF_NEW, {
+            "size": size, "digest": digest, "chunk_count": len(chunks),
+        }).fetchone()
+        if row is None:
+            return None
+        content_id = row[0]
+        for seq, (ref, stored_length) in enumerate(chunks):
+            self.conn.execute(INSERT_CONTENT_CHUNK, {
+                "content_id": content_id, "seq": seq,
+                "chunk_id": self.chunk_id(ref, stored_length),
+            })
+        return content_id
 
 def _uri_quote(path: str) -> str:
     return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")

@@ -456,11 +456,11 @@ class Saver:
             entry = self._prefetched(self.candidates[0][0], parent_id)
             if entry is not None:
                 pid = entry[1].get(basename(path))
-        key = sort_key(path)
         if pid is None:
-            pid = self.cat.path_id(key)
-        if pid is None:
-            pid = self.cat.insert_path(parent_id, key, basename(path))
+            key = sort_key(path)
+            pid = self.cat.insert_path_if_new(parent_id, key, basename(path))
+            if pid is None:
+                pid = self.cat.path_id(key)
         if len(self.dir_ids) > 100_000:
             self.dir_ids.clear()
         if path.count(b"/") < 64:
@@ -538,11 +538,10 @@ class Saver:
             if c.new:
                 self.stats.new_chunks += 1
                 self.stats.new_bytes_stored += c.stored_length
-        content_id = self.cat.content_id(result.digest, result.size)
+        content_id = self.cat.insert_content_if_new(
+            result.digest, result.size, [(c.ref, c.stored_length) for c in result.chunks])
         if content_id is None:
-            content_id = self.cat.insert_content(
-                result.digest, result.size, [(c.ref, c.stored_length) for c in result.chunks])
-        else:
+            content_id = self.cat.content_id(result.digest, result.size)
             for c in result.chunks:  # heal: a re-stored chunk gets its new stored length
                 if c.new:
                     self.cat.chunk_id(c.ref, c.stored_length)
