@@ -205,6 +205,155 @@ CHUNKS_OF_CONTENT = _sql("""
     ORDER BY cc.seq
 """)
 
+# -- reports ---------------------------------------------------------------------------------
+
+# Path text from a key ('/' for NUL), as in the `files` view: replace() cannot search for NUL,
+# json_quote spells it \u0000 (see migrations/0002).
+PATH_TEXT_OF_KEY = _sql(r"""
+    CASE WHEN p.key = x'' THEN '/'
+         ELSE replace(replace(replace(json_quote(CAST(p.key AS TEXT)), '\\', char(1)),
+                  '\u0000', '/'), char(1), '\\') ->> '$' END
+""")
+
+REPORT_SAVE_TOTALS = _sql("""
+    WITH held AS (
+        SELECT v.mode, v.size, v.content_id
+        FROM member AS m
+        JOIN version AS v ON v.id = m.version_id
+        WHERE m.save_id = :save_id
+    ),
+    used AS (
+        SELECT DISTINCT cc.chunk_id
+        FROM (SELECT DISTINCT content_id FROM held WHERE content_id IS NOT NULL) AS c
+        JOIN content_chunk AS cc ON cc.content_id = c.content_id
+    )
+    SELECT (SELECT count(*) FROM held),
+           (SELECT coalesce(sum(size), 0) FROM held WHERE mode & 61440 = 32768),
+           count(*), coalesce(sum(k.length), 0), coalesce(sum(k.stored_length), 0)
+    FROM used
+    JOIN chunk AS k ON k.id = used.chunk_id
+""")
+
+REPORT_REPOSITORY_TOTALS = _sql("""
+    SELECT (SELECT count(*) FROM member),
+           (SELECT coalesce(sum(v.size), 0)
+            FROM member AS m
+            JOIN version AS v ON v.id = m.version_id
+            WHERE v.mode & 61440 = 32768),
+           count(*), coalesce(sum(length), 0), coalesce(sum(stored_length), 0)
+    FROM chunk
+""")
+
+REPORT_NEW_BYTES = _sql("""
+    SELECT coalesce(sum(new_bytes_stored), 0)
+    FROM save
+""")
+
+# Both saves' members in path-key order: one walk of the key index with two primary-key
+# probes per path, so the differences stream out already sorted (no sort, no sets).
+DIFF_VERSION_COLUMNS = "id, mode, uid, gid, user, grp, size, mtime_ns, link_target, content_id"
+DIFF_SAVES = _sql(f"""
+    SELECT p.key,
+           {", ".join("va." + c for c in DIFF_VERSION_COLUMNS.split(", "))},
+           {", ".join("vb." + c for c in DIFF_VERSION_COLUMNS.split(", "))}
+    FROM path AS p
+    LEFT JOIN member AS a ON a.save_id = :old_id AND a.path_id = p.id
+    LEFT JOIN member AS b ON b.save_id = :new_id AND b.path_id = p.id
+    LEFT JOIN version AS va ON va.id = a.version_id
+    LEFT JOIN version AS vb ON vb.id = b.version_id
+    WHERE p.key >= :lo AND p.key < :hi
+      AND a.version_id IS NOT b.version_id
+    ORDER BY p.key
+""")
+
+# Every save holding one path: the saves are few, so probe member's primary key once per
+# save (CROSS JOIN keeps save outermost); member is never scanned.
+PATH_HISTORY = _sql("""
+    SELECT s.id, s.hostname, s.subset, s.started_ns, v.mode, v.size, v.mtime_ns,
+           lower(hex(c.digest)), v.content_id, v.link_target
+    FROM save AS s
+    CROSS JOIN member AS m
+    JOIN version AS v ON v.id = m.version_id
+    LEFT JOIN content AS c ON c.id = v.content_id
+    WHERE m.save_id = s.id
+      AND m.path_id = :path_id
+      AND (:hostname IS NULL OR s.hostname = :hostname)
+      AND (:subset IS NULL OR s.subset = :subset)
+    ORDER BY s.started_ns, s.id
+""")
+
+# Matching paths come from the distinct path table (a key range when the glob starts with a
+# directory), then one member probe per save; newest save first.
+FIND_PATHS = _sql(f"""
+    SELECT s.id, s.hostname, s.subset, s.started_ns, p.key, v.mode, v.size, v.mtime_ns
+    FROM path AS p
+    CROSS JOIN save AS s
+    CROSS JOIN member AS m
+    JOIN version AS v ON v.id = m.version_id
+    WHERE p.key >= :lo AND p.key < :hi
+      AND (:name_glob IS NULL OR CAST(p.name AS TEXT) GLOB CAST(:name_glob AS TEXT))
+      AND (:path_glob IS NULL OR ({PATH_TEXT_OF_KEY}) GLOB CAST(:path_glob AS TEXT))
+      AND (:save_id IS NULL OR s.id = :save_id)
+      AND (:since_ns IS NULL OR s.started_ns >= :since_ns)
+      AND m.save_id = s.id
+      AND m.path_id = p.id
+    ORDER BY s.started_ns DESC, s.id DESC, p.key
+""")
+
+
+# -- listing and tar ---
+# A save is traversed from the path table in key (depth-first) order, probing member by its
+# primary key for each path: an index range, never a scan of the save. CROSS JOIN pins that
+# loop order (path outside), so ORDER BY key needs no sort. The path table holds the paths of
+# every save; paths of other saves cost one probe each.
+
+ENTRY_COLUMNS = _sql("""
+    p.id, p.key, v.mode, v.uid, v.gid, v.user, v.grp, v.size, v.mtime_ns, v.dev, v.ino,
+    v.nlink, v.rdev, v.link_target, v.content_id, c.digest
+""")
+
+ENTRIES_IN_KEY_RANGE = _sql(f"""
+    SELECT {ENTRY_COLUMNS}
+    FROM path AS p
+    CROSS JOIN member AS m
+    JOIN version AS v ON v.id = m.version_id
+    LEFT JOIN content AS c ON c.id = v.content_id
+    WHERE p.key >= :lo
+      AND p.key < :hi
+      AND m.save_id = :save_id
+      AND m.path_id = p.id
+    ORDER BY p.key
+""")
+
+ENTRY_AT_KEY = _sql(f"""
+    SELECT {ENTRY_COLUMNS}
+    FROM path AS p
+    CROSS JOIN member AS m
+    JOIN version AS v ON v.id = m.version_id
+    LEFT JOIN content AS c ON c.id = v.content_id
+    WHERE p.key = :key
+      AND m.save_id = :save_id
+      AND m.path_id = p.id
+""")
+
+FIRST_PATH_IN_KEY_RANGE = _sql("""
+    SELECT p.key
+    FROM path AS p
+    WHERE p.key >= :lo
+      AND p.key < :hi
+    ORDER BY p.key
+    LIMIT 1
+""")
+
+WHERE_PREDICATE_MATCHES = """
+    SELECT 1
+    FROM files
+    WHERE save_id = :save_id
+      AND path_id = :path_id
+      AND ({predicate}
+      )
+"""
+
 
 # -- import-legacy ---
 LEGACY_IDS = _sql("""
@@ -545,6 +694,56 @@ class Catalog:
         """Run a statement from this module and stream its rows."""
         yield from self.conn.execute(sql, params or {})
 
+    # -- listing and tar --
+
+    def entries_in_key_range(self, save_id: int, lo: bytes, hi: bytes) -> Iterator[tuple]:
+        """Rows (ENTRY_COLUMNS) of the save's members with lo <= key < hi, in key order."""
+        yield from self.conn.execute(ENTRIES_IN_KEY_RANGE,
+                                     {"save_id": save_id, "lo": lo, "hi": hi})
+
+    def entry_at_key(self, save_id: int, key: bytes) -> tuple | None:
+        return self.conn.execute(ENTRY_AT_KEY, {"save_id": save_id, "key": key}).fetchone()
+
+    def first_path_in_key_range(self, lo: bytes, hi: bytes) -> bytes | None:
+        """The smallest path key in [lo, hi) of any save (for stepping over subtrees)."""
+        row = self.conn.execute(FIRST_PATH_IN_KEY_RANGE, {"lo": lo, "hi": hi}).fetchone()
+        return row[0] if row else None
+
+    def explain(self, sql: str, params: dict) -> list[str]:
+        """The EXPLAIN QUERY PLAN details of a statement of this module (for tests)."""
+        return [row[3] for row in self.conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+
+
+    # -- reports --------------------------------------------------------------------------
+
+    def save_totals(self, save_id: int) -> tuple[int, int, int, int, int]:
+        """(files, logical bytes, distinct chunks, their length, their stored length)."""
+        return self.conn.execute(REPORT_SAVE_TOTALS, {"save_id": save_id}).fetchone()
+
+    def repository_totals(self) -> tuple[int, int, int, int, int, int]:
+        """As save_totals over every save and every chunk, plus bytes the saves wrote."""
+        row = self.conn.execute(REPORT_REPOSITORY_TOTALS).fetchone()
+        return (*row, self.conn.execute(REPORT_NEW_BYTES).fetchone()[0])
+
+    def diff_saves(self, old_id: int, new_id: int, lo: bytes, hi: bytes) -> Iterator[tuple]:
+        """Paths whose version differs between two saves in key order: key, old, new."""
+        yield from self.conn.execute(DIFF_SAVES, {
+            "old_id": old_id, "new_id": new_id, "lo": lo, "hi": hi,
+        })
+
+    def path_history(self, path_id: int, hostname: str | None,
+                     subset: str | None) -> Iterator[tuple]:
+        yield from self.conn.execute(PATH_HISTORY, {
+            "path_id": path_id, "hostname": hostname, "subset": subset,
+        })
+
+    def find_paths(self, lo: bytes, hi: bytes, name_glob: bytes | None,
+                   path_glob: bytes | None, save_id: int | None,
+                   since_ns: int | None) -> Iterator[tuple]:
+        yield from self.conn.execute(FIND_PATHS, {
+            "lo": lo, "hi": hi, "name_glob": name_glob, "path_glob": path_glob,
+            "save_id": save_id, "since_ns": since_ns,
+        })
 
     # -- import-legacy --
 

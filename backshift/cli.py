@@ -6,6 +6,7 @@ their class (errors.py); --debug shows the traceback too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -24,6 +25,7 @@ from .errors import (
     exit_code_table,
 )
 from .model import ChunkerParams, SaveStats
+from .pathcodec import escape
 from .render import FORMATS, human_bytes, iso_time, local_time, render
 from .repo import READ, WRITE, init_repository, open_repository
 
@@ -58,7 +60,20 @@ def emit_lines(lines) -> None:
         out.write("\n")
 
 
-@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+class _OutputClosed(Exception):
+    """Carries a BrokenPipeError past click, which would swallow it and exit 0."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as e:
+            raise _OutputClosed() from e
+
+
+@click.group(cls=_Group, epilog=EXIT_CODES_HELP,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-r", "--repo", envvar="BACKSHIFT_REPO", metavar="REPO",
               help="Repository directory (or set BACKSHIFT_REPO).")
 @click.option("--debug", is_flag=True, help="Show a traceback for errors.")
@@ -285,6 +300,299 @@ def saves(ctx: Context, last: int | None, hostname: str | None, subset: str | No
     emit_lines(render(headers, body, fmt))
 
 
+# -- reports --------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("statement")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="Bind :NAME in the statement (repeatable); integers bind as numbers.")
+@click.option("--timeout", type=click.FloatRange(0.1), default=60.0, show_default=True,
+              help="Stop the query after this many seconds.")
+@click.option("--max-rows", type=click.IntRange(0), default=100_000, show_default=True,
+              help="Print at most this many rows (0: no limit); stderr says when it cut.")
+@pass_ctx
+def sql(ctx: Context, statement: str, fmt: str, params: tuple[str, ...], timeout: float,
+        max_rows: int) -> None:
+    """Run one read-only SQL statement against the catalog's views and print its rows.
+
+    The views saves, files, contents and chunks are described in docs/schema.md;
+    docs/queries.md has ready-made queries. Writes, ATTACH and settings are refused.
+
+    \b
+    Examples:
+      backshift -r /backup/repo sql "SELECT path, size FROM files WHERE save_id = 3
+                                     ORDER BY size DESC LIMIT 10"
+      backshift -r /backup/repo sql --param id=3 --format csv \\
+          "SELECT path FROM files WHERE save_id = :id"
+    """
+    from .ops.query import QueryRunner, parse_params
+
+    bound = parse_params(params)
+    with open_repository(ctx.repo, READ), QueryRunner(ctx.repo, timeout) as runner:
+        result = runner.run(statement, bound, max_rows)
+        headers = [escape(h.encode("utf-8", "surrogateescape")) for h in result.headers]
+        emit_lines(render(headers, result.rows, fmt))
+        if result.truncated:
+            echo_err(f"backshift: output cut at {max_rows:,} rows (--max-rows)")
+
+
+@cli.command()
+@click.option("--backup", "save_id", type=int, default=None, metavar="ID",
+              help="Only this save (and the repository line).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@pass_ctx
+def stats(ctx: Context, save_id: int | None, fmt: str) -> None:
+    """Space used by the repository and by each save: files, bytes, dedup, compression.
+
+    Dedup ratio is logical bytes over the distinct chunks' bytes; compression ratio is
+    those bytes over what the chunk files take. "new" is what the save wrote.
+
+    \b
+    Examples:
+      backshift -r /backup/repo stats
+      backshift -r /backup/repo stats --backup 7 --format json
+    """
+    from .ops.report import stats as run_stats
+
+    with open_repository(ctx.repo, READ) as repo:
+        rows = run_stats(repo, save_id)
+    if fmt == "table":
+        headers = ["save", "series", "files", "size", "chunks", "unique stored", "dedup",
+                   "compression", "new"]
+        body = [[r.save_id if r.save_id is not None else "all", r.label, f"{r.files:,}",
+                 human_bytes(r.logical_bytes), f"{r.chunks:,}", human_bytes(r.stored_bytes),
+                 _ratio(r.dedup_ratio), _ratio(r.compression_ratio), human_bytes(r.new_bytes)]
+                for r in rows]
+    else:
+        headers = ["save_id", "series", "files", "logical_bytes", "chunks", "chunk_bytes",
+                   "stored_bytes", "dedup_ratio", "compression_ratio", "new_bytes"]
+        body = [[r.save_id, r.label, r.files, r.logical_bytes, r.chunks, r.chunk_bytes,
+                 r.stored_bytes, _round(r.dedup_ratio), _round(r.compression_ratio),
+                 r.new_bytes] for r in rows]
+    emit_lines(render(headers, body, fmt))
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+@cli.command()
+@click.argument("old_id", type=int)
+@click.argument("new_id", type=int)
+@click.argument("path", required=False, type=click.Path(path_type=bytes))
+@click.option("--format", "fmt", type=click.Choice(("text", "json", "csv")), default="text",
+              show_default=True)
+@pass_ctx
+def diff(ctx: Context, old_id: int, new_id: int, path: bytes | None, fmt: str) -> None:
+    """What changed from save OLD_ID to save NEW_ID, one line per path (below PATH).
+
+    Lines start with + (added), - (removed), C (content changed) or M (metadata
+    changed, the fields in brackets).
+
+    \b
+    Examples:
+      backshift -r /backup/repo diff 6 7
+      backshift -r /backup/repo diff 6 7 /home/alice --format json
+    """
+    from .ops.report import CHANGE_MARKS
+    from .ops.report import diff as run_diff
+
+    with open_repository(ctx.repo, READ) as repo:
+        changes = run_diff(repo, old_id, new_id, path)
+        if fmt == "text":
+            emit_lines(f"{CHANGE_MARKS[c.kind]} {escape(c.path)}"
+                       + (f"  [{', '.join(c.fields)}]" if c.fields else "") for c in changes)
+        else:
+            rows = ([c.kind, c.path, ",".join(c.fields)] for c in changes)
+            emit_lines(render(["change", "path", "fields"], rows, fmt))
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=bytes))
+@click.option("--hostname", default=None, help="Only saves of this host.")
+@click.option("--subset", default=None, help="Only saves of this subset.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@pass_ctx
+def history(ctx: Context, path: bytes, hostname: str | None, subset: str | None,
+            fmt: str) -> None:
+    """Every save that holds PATH, oldest first, and whether its content changed.
+
+    \b
+    Examples:
+      backshift -r /backup/repo history /etc/fstab
+      backshift -r /backup/repo history /home/alice/notes.txt --subset home --format json
+    """
+    from .ops.report import history as run_history
+
+    with open_repository(ctx.repo, READ) as repo:
+        rows = run_history(repo, path, hostname, subset)
+    if not rows:
+        echo_err(f"backshift: no save holds {escape(path)}")
+    headers = ["save_id", "hostname", "subset", "started", "type", "size", "mtime", "digest",
+               "changed"]
+    if fmt == "table":
+        body = [[r.save_id, r.hostname, r.subset, local_time(r.started_ns), r.type,
+                 f"{r.size:,}", local_time(r.mtime_ns), r.digest or "",
+                 "yes" if r.changed else ""] for r in rows]
+    else:
+        body = [[r.save_id, r.hostname, r.subset, iso_time(r.started_ns), r.type, r.size,
+                 iso_time(r.mtime_ns), r.digest, r.changed] for r in rows]
+    emit_lines(render(headers, body, fmt))
+
+
+@cli.command()
+@click.argument("glob", type=click.Path(path_type=bytes))
+@click.option("--backup", "save_id", type=int, default=None, metavar="ID",
+              help="Only this save.")
+@click.option("--since", default=None, metavar="DATE",
+              help="Only saves started at or after DATE (2026-01-31 or '2026-01-31 12:00').")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@pass_ctx
+def find(ctx: Context, glob: bytes, save_id: int | None, since: str | None, fmt: str) -> None:
+    """Paths matching GLOB in every save, newest save first.
+
+    A GLOB with a '/' matches the whole path (there '*' also matches '/'); without one,
+    it matches the last component. Quote it so the shell leaves it alone.
+
+    \b
+    Examples:
+      backshift -r /backup/repo find '*.pdf'
+      backshift -r /backup/repo find '/home/alice/*.txt' --since 2026-01-01
+    """
+    from .ops.report import find as run_find
+    from .ops.report import parse_since
+
+    since_ns = parse_since(since) if since else None
+    headers = ["save_id", "hostname", "subset", "started", "path", "type", "size", "mtime"]
+    with open_repository(ctx.repo, READ) as repo:
+        found = run_find(repo, glob, save_id, since_ns)
+        if fmt == "table":
+            body = ([f.save_id, f.hostname, f.subset, local_time(f.started_ns), f.path, f.type,
+                     f"{f.size:,}", local_time(f.mtime_ns)] for f in found)
+        else:
+            body = ([f.save_id, f.hostname, f.subset, iso_time(f.started_ns), f.path, f.type,
+                     f.size, iso_time(f.mtime_ns)] for f in found)
+        emit_lines(render(headers, body, fmt))
+
+
+# -- listing and tar --
+
+
+def _report(level: str, msg: str) -> None:
+    echo_err(f"backshift: {level}: {msg}")
+
+
+def _finish(problems) -> None:
+    """Exit status after a listing or tar stream: damage 10, warnings 1."""
+    from .errors import DataDamaged
+
+    if problems.damaged or problems.refused:
+        parts = []
+        if problems.damaged:
+            parts.append(f"{problems.damaged} member(s) damaged (padded with zeros)")
+        if problems.refused:
+            parts.append(f"{problems.refused} catalog row(s) refused")
+        raise DataDamaged("; ".join(parts) + " (see above)")
+    if problems.warnings:
+        raise SystemExit(EXIT_WARNING)
+
+
+@cli.command("list")
+@click.option("--backup", required=True, metavar="ID|latest", help="The save to list.")
+@click.option("--dir", "directory", default=None, metavar="PATH",
+              help="Only this directory (with its parents), leading '/' optional.")
+@click.option("--no-recursive", is_flag=True, help="With --dir: only its own entries.")
+@click.option("-v", "--verbose", is_flag=True, help="Long lines, as `tar -tvf` prints them.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text",
+              show_default=True)
+@pass_ctx
+def list_cmd(ctx: Context, backup: str, directory: str | None, no_recursive: bool,
+             verbose: bool, fmt: str) -> None:
+    """List the members of a save, exactly as `tar -tf` / `tar -tvf` would.
+
+    \b
+    Examples:
+      backshift -r /backup/repo list --backup latest -v
+      backshift -r /backup/repo list --backup 12 --dir /home/ann --no-recursive
+      backshift -r /backup/repo list --backup latest --format json | jq .path
+    """
+    from .ops.common import resolve_save
+    from .ops.listing import COLUMNS, TarLister, list_save, record
+    from .ops.select import Problems, Selection, normal_path
+
+    if no_recursive and directory is None:
+        raise UsageError("--no-recursive needs --dir PATH")
+    paths = (normal_path(os.fsencode(directory)),) if directory is not None else ()
+    sel = Selection(paths=paths, recursive=not no_recursive)
+    problems = Problems(_report)
+    with open_repository(ctx.repo, READ) as repo:
+        save_row = resolve_save(repo.catalog, backup)
+        members = list_save(repo.catalog, save_row.id, sel, problems)
+        if fmt == "text":
+            lister = TarLister(verbose)
+            sys.stdout.flush()
+            out = sys.stdout.buffer
+            for m in members:
+                out.write(lister.line(m.header))
+        else:
+            emit_lines(render(COLUMNS, (record(m) for m in members), fmt))
+    _finish(problems)
+
+
+@cli.command("tar")
+@click.argument("selectors", nargs=-1)
+@click.option("--backup", required=True, metavar="ID|latest", help="The save to restore.")
+@click.option("--exclude", multiple=True, metavar="GLOB",
+              help="Leave out matches and their subtrees (repeatable). A glob with '/' "
+                   "matches the whole member name, otherwise the last component.")
+@click.option("--where", default=None, metavar="SQL",
+              help="Only members for which this predicate over the `files` view holds.")
+@click.option("-o", "--output", default="-", metavar="FILE|-", show_default=True,
+              help="Write the stream to FILE instead of stdout.")
+@pass_ctx
+def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, exclude: tuple[str, ...],
+            where: str | None, output: str) -> None:
+    """Write a save, or part of it, as one POSIX (pax) tar stream: the restore.
+
+    SELECTORs are paths (each with its subtree, leading '/' optional) or globs over whole
+    member names ('*' and '**' both match across '/'). Parent directories of what is
+    selected come first, so `tar -xp` restores their modes and times.
+
+    \b
+    Examples:
+      backshift -r /backup/repo tar --backup latest | tar -xpf - -C /restore
+      backshift -r /backup/repo tar --backup 12 home/ann '*.pdf' -o ann.tar
+      backshift -r /backup/repo tar --backup latest --where "size > 1e9" | tar -tvf -
+    """
+    from .ops.common import resolve_save
+    from .ops.select import Selection, parse_selectors
+    from .ops.tarstream import tar_save
+
+    paths, globs = parse_selectors([os.fsencode(s) for s in selectors])
+    sel = Selection(paths=paths, globs=globs,
+                    excludes=tuple(os.fsencode(e) for e in exclude), where=where)
+    if output == "-" and sys.stdout.isatty():
+        raise UsageError("refusing to write a tar stream to a terminal: "
+                         "pipe it into tar or give -o FILE")
+    with open_repository(ctx.repo, READ) as repo, contextlib.ExitStack() as stack:
+        save_row = resolve_save(repo.catalog, backup)
+
+        def open_out():
+            if output == "-":
+                sys.stdout.flush()
+                return sys.stdout.buffer
+            return stack.enter_context(open(os.fsencode(output), "wb"))
+
+        problems = tar_save(repo, save_row.id, sel, open_out, _report)
+    _finish(problems)
+
+
 # -- import-legacy ----------------------------------------------------------------------
 
 
@@ -363,7 +671,7 @@ def run(argv: list[str] | None = None) -> int:
         _clear_progress()
         echo_err("backshift: interrupted")
         code = EXIT_INTERRUPTED
-    except BrokenPipeError:
+    except (BrokenPipeError, _OutputClosed):
         _silence_stdout()
         echo_err("backshift: error: output closed early (broken pipe)")
         code = EXIT_ERROR

@@ -87,6 +87,18 @@ class QueryDenied(BackshiftError):
     exit_code = 11
 
 
+class QueryTimeout(BackshiftError):
+    """query stopped: it ran longer than {0} s (raise --timeout, or narrow the query)"""
+
+    exit_code = 20
+
+
+class QueryFailed(BackshiftError):
+    """query failed: {0}"""
+
+    exit_code = 21
+
+
 class RepositoryIOError(BackshiftError):
     """{0}: {1}"""
 

@@ -69,16 +69,19 @@ class Guard:
     def authorize(self, action: int, p1, p2, dbname, trigger) -> int:
         if action in ALLOWED_ACTIONS:
             if action == apsw.SQLITE_FUNCTION and (p2 or "").lower() in DENIED_FUNCTIONS:
-                self.denied = f"function {p2}() is not allowed"
-                return apsw.SQLITE_DENY
+                return self._deny(f"function {p2}()")
             return apsw.SQLITE_OK
         if action == apsw.SQLITE_PRAGMA:
             name = (p1 or "").lower()
             if name in PRAGMAS_WITH_NAME or (name in PRAGMAS_WITHOUT_VALUE and p2 is None):
                 return apsw.SQLITE_OK
-            self.denied = f"PRAGMA {p1}" + (f" = {p2}" if p2 is not None else "")
-            return apsw.SQLITE_DENY
-        self.denied = _ACTION_NAMES.get(action, f"action {action}")
+            return self._deny(f"PRAGMA {p1}" + (f" = {p2}" if p2 is not None else ""))
+        return self._deny(_ACTION_NAMES.get(action, f"action {action}"))
+
+    def _deny(self, what: str) -> int:
+        """Remember the first denial of a statement (DROP VIEW also asks to DELETE after)."""
+        if self.denied is None:
+            self.denied = what
         return apsw.SQLITE_DENY
 
     def progress(self) -> bool:

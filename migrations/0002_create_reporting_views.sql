@@ -3,6 +3,12 @@
 -- as UTC text 'YYYY-MM-DD HH:MM:SS' (compare with '2026-01-01') and as integer ns.
 -- These names and columns are a stable interface: later migrations may add columns, never
 -- rename or remove one (docs/schema.md documents them).
+--
+-- Path text: keys hold NUL where paths hold '/', and SQLite's replace() cannot search for
+-- NUL (it stops at it). So the key goes through json_quote, which spells NUL as \u0000
+-- and every backslash as \\; the escaped backslashes are parked on char(1) (json_quote
+-- never emits a raw control character), \u0000 becomes '/', and ->> '$' unquotes. Bytes
+-- that are not UTF-8 pass through unchanged.
 
 CREATE VIEW saves AS
 SELECT
@@ -29,11 +35,15 @@ FROM save AS s;
 CREATE VIEW files AS
 SELECT
     m.save_id,
-    CASE WHEN p.key = x'' THEN '/' ELSE replace(CAST(p.key AS TEXT), char(0), '/') END AS path,
+    CASE WHEN p.key = x'' THEN '/'
+         ELSE replace(replace(replace(json_quote(CAST(p.key AS TEXT)), '\\', char(1)),
+                  '\u0000', '/'), char(1), '\\') ->> '$' END AS path,
     CAST(p.name AS TEXT) AS name,
-    CASE WHEN instr(CAST(p.key AS TEXT), char(0)) = 0 THEN NULL
-         ELSE coalesce(nullif(replace(CAST(substr(p.key, 1, length(p.key) - length(p.name) - 1)
-                                           AS TEXT), char(0), '/'), ''), '/') END AS dir,
+    CASE WHEN p.key = x'' THEN NULL
+         WHEN length(p.key) = length(p.name) + 1 THEN '/'
+         ELSE replace(replace(replace(json_quote(CAST(
+                  substr(p.key, 1, length(p.key) - length(p.name) - 1) AS TEXT)), '\\', char(1)),
+                  '\u0000', '/'), char(1), '\\') ->> '$' END AS dir,
     CASE (v.mode & 61440)
         WHEN 32768 THEN 'file' WHEN 16384 THEN 'dir' WHEN 40960 THEN 'symlink'
         WHEN 4096 THEN 'fifo' WHEN 8192 THEN 'chardev' WHEN 24576 THEN 'blockdev'
@@ -55,7 +65,8 @@ SELECT
     v.ino,
     p.id AS path_id,
     v.id AS version_id,
-    v.content_id
+    v.content_id,
+    strftime('%Y-%m-%d %H:%M:%S', v.ctime_ns / 1000000000, 'unixepoch') AS ctime
 FROM member AS m
 JOIN version AS v ON v.id = m.version_id
 JOIN path AS p ON p.id = m.path_id

@@ -1,8 +1,10 @@
 """import-legacy end to end: real save directories made by the original backshift 1.62
-(installed by `make .venv-legacy`), imported, and compared with the source tree."""
+(installed by `make .venv-legacy`), imported, restored with `backshift tar | tar -xpf -`
+(GNU tar, every stream linted) and compared with the source tree."""
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import json
 import os
@@ -10,15 +12,20 @@ import pwd
 import shutil
 import signal
 import subprocess
+import tarfile
+import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from restorehelp import compare_trees, enrich_tree, extract, walk_all
+from tarlint import lint_tar
 
 from backshift import legacy as lg
 from backshift import pathcodec
 from backshift.repo import READ, open_repository
-from conftest import BACKSHIFT, find0, make_tree, run
+from conftest import BACKSHIFT, find0, make_tree, run, run_bin
 
 ROOT = Path(__file__).resolve().parent.parent
 LEGACY = ROOT / ".venv-legacy" / "bin" / "backshift"
@@ -51,11 +58,12 @@ def legacy_ids(savedir: Path) -> list[str]:
 
 
 def source_tree(tmp_path: Path) -> Path:
+    """make_tree + enrich_tree (a hardlink group of three, odd owners, a char device as
+    root, directory mtimes with nanoseconds and before 1970) + an owner without names."""
     root = make_tree(tmp_path / "src")
     if IS_ROOT:
-        os.mknod(root / "chardev", 0o644 | 0o020000, os.makedev(1, 3))
         os.chown(root / "sub" / "deeper" / "setuid", 12345, 54321)
-    return root
+    return enrich_tree(root)
 
 
 def saves(repo: bytes) -> list[dict]:
@@ -63,29 +71,37 @@ def saves(repo: bytes) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def members(repo: bytes, save_id: int) -> dict[bytes, dict]:
-    """path -> version columns and content bytes (read and verified through the store)."""
-    out = {}
+def catalog_files(repo: bytes, save_id: int) -> dict[bytes, dict]:
+    """path -> what the catalog keeps that a restore cannot show (dev, ino, nlink, size)."""
     with open_repository(repo, READ) as r:
         rows = r.catalog.conn.execute(
-            "SELECT p.key, v.mode, v.uid, v.gid, v.user, v.grp, v.size, v.mtime_ns, "
-            "v.ctime_ns, v.dev, v.ino, v.nlink, v.rdev, v.link_target, v.content_id "
+            "SELECT p.key, v.dev, v.ino, v.nlink, v.size, v.content_id "
             "FROM member m JOIN path p ON p.id = m.path_id "
             "JOIN version v ON v.id = m.version_id WHERE m.save_id = ?", (save_id,))
-        for row in rows.fetchall():
-            key, *cols, content_id = row
-            m = dict(zip(("mode", "uid", "gid", "user", "grp", "size", "mtime_ns", "ctime_ns",
-                          "dev", "ino", "nlink", "rdev", "target"), cols, strict=True))
-            m["data"] = None
-            if content_id is not None:
-                m["data"] = b"".join(r.store.read(ref)
-                                     for ref in r.catalog.chunks_of_content(content_id))
-            out[pathcodec.from_key(key)] = m
+        return {pathcodec.from_key(key): dict(zip(("dev", "ino", "nlink", "size", "content"),
+                                                  cols, strict=True))
+                for key, *cols in rows.fetchall()}
+
+
+def restore(repo: bytes, save_id: int, dest: Path) -> list[tarfile.TarInfo]:
+    """`backshift -r REPO tar --backup ID | tar -xpf - -C DEST`: the installed command's
+    stream, linted, extracted by GNU tar. The stream's members."""
+    proc = run_bin("-r", repo, "tar", "--backup", str(save_id))
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    infos = lint_tar(proc.stdout)
+    extract("gnu", proc.stdout, dest)
+    return infos
+
+
+def relative_names(infos: list[tarfile.TarInfo], root: Path) -> list[bytes]:
+    """The stream's member names as paths relative to ROOT (ROOT itself is b'')."""
+    top = pathcodec.member_name(os.fsencode(root))
+    out = []
+    for ti in infos:
+        name = ti.name.encode("utf-8", "surrogateescape").rstrip(b"/")
+        assert name == top or name.startswith(top + b"/"), name
+        out.append(name[len(top) + 1:])
     return out
-
-
-def expected_names(root: Path) -> list[bytes]:
-    return sorted(n for n in find0(root).split(b"\0") if n)
 
 
 def user_of(uid: int) -> bytes:
@@ -95,22 +111,34 @@ def user_of(uid: int) -> bytes:
         return b""
 
 
-def assert_matches_tree(got: dict[bytes, dict], root: Path) -> None:
-    assert sorted(got) == expected_names(root)
-    for path, m in got.items():
-        st = os.lstat(path)
-        assert m["mode"] == st.st_mode, path
-        assert (m["uid"], m["gid"]) == (st.st_uid, st.st_gid), path
-        assert m["user"] == user_of(st.st_uid), path
-        assert m["mtime_ns"] == lg.legacy_time_ns(st.st_mtime_ns), path
-        if os.path.islink(path):
-            assert m["target"] == os.readlink(path), path
-        elif os.path.isfile(path):
-            assert m["data"] == Path(os.fsdecode(path)).read_bytes(), path
-            assert m["size"] == st.st_size and m["ino"] == st.st_ino, path
-            assert m["nlink"] == st.st_nlink, path
-        else:
-            assert m["data"] is None and m["rdev"] == st.st_rdev, path
+def group_of(gid: int) -> bytes:
+    try:
+        return os.fsencode(grp.getgrgid(gid).gr_name)
+    except KeyError:
+        return b""
+
+
+def assert_restores(repo: bytes, save_id: int, root: Path, tmp_path: Path, *,
+                    partial: bool = False, skipped: Iterable[bytes] = ()) -> list[bytes]:
+    """Restore save ID with the real commands and compare the result with ROOT: bytes, modes,
+    uid/gid and owner names, mtimes of files and directories (exactly as the original
+    stored them: legacy_time_ns), symlink targets, hardlink groups, FIFOs, devices.
+    PARTIAL: the save holds part of ROOT (each entry it holds must match); SKIPPED: paths
+    relative to ROOT the save must not hold. The restored names, relative to ROOT."""
+    dest = Path(tempfile.mkdtemp(prefix=f"restore-{save_id}-", dir=tmp_path))
+    infos = restore(repo, save_id, dest)
+    names = relative_names(infos, root)
+    if not partial:
+        assert sorted(names) == sorted(set(walk_all(os.fsencode(root))) - set(skipped))
+    for ti, rel in zip(infos, names, strict=True):
+        st = os.lstat(os.path.join(os.fsencode(root), rel))
+        where = f"{rel!r}"
+        assert ti.uname.encode("utf-8", "surrogateescape") == user_of(st.st_uid), where
+        assert ti.gname.encode("utf-8", "surrogateescape") == group_of(st.st_gid), where
+    restored = dest / pathcodec.member_name(os.fsencode(root)).decode()
+    only = names if partial or skipped else None
+    compare_trees(root, restored, mtime_of=lg.legacy_time_ns, only=only)
+    return names
 
 
 def test_import_legacy_save_matches_source_tree(legacy_bin, repo, tmp_path):
@@ -123,19 +151,17 @@ def test_import_legacy_save_matches_source_tree(legacy_bin, repo, tmp_path):
     [s] = saves(repo)
     assert (s["hostname"], s["subset"], s["status"]) == ("vm", "small", "complete")
     summary = lg.parse_summary((sd / "summaries" / lid).read_bytes())
-    assert s["files"] == len(expected_names(root))
+    assert s["files"] == len(walk_all(os.fsencode(root)))
     with open_repository(repo, READ) as r:
         row = r.catalog.conn.execute(
             "SELECT legacy_id, started_ns, finished_ns FROM save").fetchone()
     assert row == (lid, summary.start_ns, summary.finish_ns)
-    got = members(repo, 1)
-    assert_matches_tree(got, root)
-    link_a, link_b = got[os.fsencode(root / "a.txt")], got[os.fsencode(root / "sub/hardlink")]
-    assert link_a["nlink"] == link_b["nlink"] == 2 and link_a["ino"] == link_b["ino"]
-    if IS_ROOT:
-        setuid = got[os.fsencode(root / "sub" / "deeper" / "setuid")]
-        assert (setuid["uid"], setuid["user"], setuid["grp"]) == (12345, b"", b"")
-        assert got[os.fsencode(root / "chardev")]["rdev"] == os.makedev(1, 3)
+    assert_restores(repo, 1, root, tmp_path)
+    # what no restore shows: the (dev, ino, nlink) later saves borrow by
+    for path, f in catalog_files(repo, 1).items():
+        st = os.lstat(path)
+        if f["content"] is not None:
+            assert (f["ino"], f["nlink"], f["size"]) == (st.st_ino, st.st_nlink, st.st_size)
 
 
 def test_import_legacy_links_by_default_and_copies_when_asked(legacy_bin, tmp_path):
@@ -152,7 +178,7 @@ def test_import_legacy_links_by_default_and_copies_when_asked(legacy_bin, tmp_pa
         assert len(ours) == len(legacy_chunks)
         assert (ours == legacy_chunks) is shared
         assert not [p for p in Path(os.fsdecode(repo), "chunks").rglob("*.tmp.*")]
-        assert_matches_tree(members(repo, 1), root)
+        assert_restores(repo, 1, root, tmp_path)
 
 
 def test_import_legacy_twice_adds_nothing_and_later_saves_are_added(legacy_bin, repo,
@@ -170,7 +196,7 @@ def test_import_legacy_twice_adds_nothing_and_later_saves_are_added(legacy_bin, 
     res = run("-r", repo, "import-legacy", str(sd))
     assert "1 saves imported, 1 already imported" in res.stdout
     assert [s["status"] for s in saves(repo)] == ["complete", "complete"]
-    assert_matches_tree(members(repo, 2), root)
+    assert_restores(repo, 2, root, tmp_path)
     assert (Path(os.fsdecode(repo)) / "catalog.sqlite3").stat().st_size >= before
 
 
@@ -205,11 +231,9 @@ def test_import_legacy_interrupted_legacy_save(legacy_bin, repo, tmp_path):
     assert "1 saves imported" in res.stdout
     [s] = saves(repo)
     assert s["status"] == "interrupted" and s["finished"] is None
-    got = members(repo, 1)
-    assert 10 <= len(got) < len(names)
-    for path, m in got.items():
-        if m["data"] is not None:
-            assert m["data"] == Path(os.fsdecode(path)).read_bytes()
+    held = assert_restores(repo, 1, root, tmp_path, partial=True)
+    assert 10 <= len(held) < len(names)
+    assert len([n for n in held if n.endswith(b"/f")]) >= 10
 
 
 def test_import_legacy_crash_after_first_save_commit_is_finished_by_rerun(legacy_bin, repo,
@@ -231,7 +255,7 @@ def test_import_legacy_crash_after_first_save_commit_is_finished_by_rerun(legacy
         rows = r.catalog.conn.execute("SELECT id, legacy_id FROM save ORDER BY id").fetchall()
         assert r.catalog.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert rows == [(1, first), (2, second)]
-    assert_matches_tree(members(repo, 2), root)
+    assert_restores(repo, 2, root, tmp_path)
 
 
 @pytest.mark.parametrize("point", ["after_chunk_rename", "after_catalog_commit:1",
@@ -250,7 +274,7 @@ def test_import_legacy_killed_anywhere_leaves_nothing_half_done(legacy_bin, repo
     assert saves(repo) == []
     res = run("-r", repo, "import-legacy", str(sd))
     assert "1 saves imported, 0 already imported" in res.stdout
-    assert_matches_tree(members(repo, 1), root)
+    assert_restores(repo, 1, root, tmp_path)
 
 
 def test_import_legacy_missing_and_damaged_chunks_are_reported_and_files_skipped(
@@ -273,10 +297,8 @@ def test_import_legacy_missing_and_damaged_chunks_are_reported_and_files_skipped
         line = next(ln for ln in res.stderr.splitlines() if h in ln)
         assert os.fsdecode(os.fsencode(root / name)) in line
     assert "is missing" in res.stderr and "is damaged" in res.stderr
-    got = members(repo, 1)
-    expected = set(expected_names(root))
-    missing = {os.fsencode(root / "random.bin"), os.fsencode(root / "text.txt")}
-    assert set(got) == expected - missing
+    held = assert_restores(repo, 1, root, tmp_path, skipped=[b"random.bin", b"text.txt"])
+    assert b"a.txt" in held
     [s] = saves(repo)
     assert s["warnings"] == 2 and s["status"] == "complete"
 

@@ -1,0 +1,371 @@
+"""Which members of a save a listing or tar stream holds, in what order, under what names.
+
+Selectors become key ranges of the path index (a path selects itself and its subtree; a glob
+is narrowed to the range of its literal directory prefix), traversed depth-first by one
+streaming query each. The planner then re-validates every row, because the catalog is
+untrusted input: names must be relative and normal, nothing may sit beneath an emitted
+non-directory, parents of a selected member are emitted before it, and the first emitted
+member of a hardlink group carries the data while later ones link to it. `list` and `tar`
+share this plan, so a listing always equals `tar -tv` of the stream.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import apsw
+
+from .. import pathcodec, sqlguard
+from ..catalog import WHERE_PREDICATE_MATCHES, Catalog
+from ..errors import NoSuchPath, QueryDenied, UsageError
+from . import tarstream as ts
+
+GLOB_CHARS = b"*?["
+WHOLE_SAVE = (b"", b"\x01")  # every key: root is b"", all others start with NUL
+WHERE_DEADLINE_S = 10.0  # per member
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One member row of a save, as the catalog holds it (ENTRY_COLUMNS)."""
+
+    path_id: int
+    key: bytes
+    mode: int
+    uid: int
+    gid: int
+    user: bytes
+    group: bytes
+    size: int
+    mtime_ns: int
+    dev: int
+    ino: int
+    nlink: int
+    rdev: int
+    link_target: bytes | None
+    content_id: int | None
+    digest: bytes | None
+
+    @property
+    def path(self) -> bytes:
+        return pathcodec.from_key(self.key)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A member as it goes into the stream: its validated name and tar header."""
+
+    entry: Entry
+    header: ts.Header
+
+    @property
+    def carries_data(self) -> bool:
+        return self.header.typeflag == ts.REGTYPE
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What to take from a save. Empty paths and globs select everything."""
+
+    paths: tuple[bytes, ...] = ()  # absolute normal paths: each with its subtree
+    globs: tuple[bytes, ...] = ()  # fnmatch patterns over whole member names
+    excludes: tuple[bytes, ...] = ()  # with '/': whole member name; else the last component
+    where: str | None = None  # SQL predicate over the `files` view
+    recursive: bool = True  # False: only the entries of paths[0] (list --no-recursive)
+
+
+def parse_selectors(args: tuple[bytes, ...] | list[bytes]) -> tuple[tuple, tuple]:
+    """Split command-line selectors into (paths, globs); paths get their leading '/'."""
+    paths, globs = [], []
+    for arg in args:
+        if any(c in arg for c in GLOB_CHARS):
+            globs.append(arg.lstrip(b"/"))
+        else:
+            paths.append(normal_path(arg))
+    return tuple(paths), tuple(globs)
+
+
+def normal_path(arg: bytes) -> bytes:
+    """A user-given path, with or without its leading '/', as an absolute normal path."""
+    try:
+        return pathcodec.normalize(arg if arg.startswith(b"/") else b"/" + arg, b"/")
+    except pathcodec.BadPath as e:
+        raise UsageError(f"bad path {pathcodec.escape(arg)}: {e}") from None
+
+
+def _glob_range(catalog: Catalog, pattern: bytes) -> tuple[bytes, bytes]:
+    """The key range a glob can match in: the subtree of its literal directory prefix."""
+    cut = min([pattern.find(bytes([c])) for c in GLOB_CHARS if bytes([c]) in pattern])
+    head = pattern[:cut]
+    if b"/" not in head:
+        return WHOLE_SAVE
+    key = pathcodec.sort_key(b"/" + head.rsplit(b"/", 1)[0])
+    return pathcodec.subtree_range(key)
+
+
+def key_ranges(catalog: Catalog, sel: Selection) -> list[tuple[bytes, bytes]]:
+    """Disjoint, sorted key ranges that hold every member the selection can pick."""
+    if not sel.paths and not sel.globs:
+        return [WHOLE_SAVE]
+    ranges = [(pathcodec.sort_key(p), pathcodec.sort_key(p) + b"\x01") for p in sel.paths]
+    ranges += [_glob_range(catalog, g) for g in sel.globs]
+    ranges.sort()
+    merged: list[tuple[bytes, bytes]] = []
+    for lo, hi in ranges:
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+def check_paths_exist(catalog: Catalog, save_id: int, paths: tuple[bytes, ...]) -> None:
+    """NoSuchPath for the first selector path that is not a member of the save."""
+    for p in paths:
+        if catalog.entry_at_key(save_id, pathcodec.sort_key(p)) is None:
+            raise NoSuchPath(pathcodec.escape(p), save_id)
+
+
+class WherePredicate:
+    """A user's --where SQL, run on its own read-only connection under sqlguard."""
+
+    def __init__(self, catalog: Catalog, predicate: str) -> None:
+        self.cat = Catalog.open(catalog.path, readonly=True)
+        self.guard = sqlguard.harden(self.cat.conn, WHERE_DEADLINE_S)
+        self.sql = WHERE_PREDICATE_MATCHES.format(predicate=predicate)
+        self.matches(0, -1)  # refuse a bad predicate before any output
+
+    def matches(self, save_id: int, path_id: int) -> bool:
+        self.guard.restart_clock()
+        try:
+            rows = self.cat.conn.execute(self.sql, {"save_id": save_id, "path_id": path_id})
+            return rows.fetchone() is not None
+        except apsw.Error as e:
+            if self.guard.timed_out:
+                raise QueryDenied(f"--where took longer than {WHERE_DEADLINE_S:g} s") from None
+            raise QueryDenied(f"--where: {self.guard.denied or e}") from None
+
+    def close(self) -> None:
+        self.cat.close()
+
+
+# Ancestor states on the planner's stack.
+ABSENT, PENDING, DIR, NONDIR, REFUSED = "absent", "pending", "dir", "nondir", "refused"
+
+
+@dataclass
+class Problems:
+    """What went wrong while planning or streaming; each is also reported as it happens."""
+
+    report: Callable[[str, str], None]  # (level 'warning'|'error', message)
+    warnings: int = 0
+    refused: int = 0
+    damaged: int = 0
+
+    def warn(self, msg: str) -> None:
+        self.warnings += 1
+        self.report("warning", msg)
+
+    def refuse(self, key: bytes, why: str) -> None:
+        self.refused += 1
+        self.report("error", f"{pathcodec.escape(pathcodec.from_key(key))}: {why}; not emitted")
+
+    def damage(self, path: bytes, msg: str) -> None:
+        self.damaged += 1
+        self.report("error", f"{pathcodec.escape(path)}: {msg}")
+
+
+def member_name_of_key(key: bytes) -> bytes | None:
+    """The tar name of a catalog key, or None when the key is not a normal absolute path."""
+    return None if key_problem(key) else (b"/".join(key.split(b"\0")[1:]) or b".")
+
+
+def key_problem(key: bytes) -> str | None:
+    """Why a catalog key is not a normal absolute path, or None when it is one."""
+    if key == b"":
+        return None
+    parts = key.split(b"\0")
+    if parts[0] != b"":
+        return "not an absolute path"
+    for part in parts[1:]:
+        if part in (b"", b".", b".."):
+            return "an empty, '.' or '..' component"
+        if b"/" in part:
+            return f"a '/' inside the component {pathcodec.escape(part)!r}"
+    return None
+
+
+class Planner:
+    """Turns the rows of a selection into validated members, depth-first."""
+
+    def __init__(self, catalog: Catalog, save_id: int, sel: Selection,
+                 problems: Problems) -> None:
+        self.catalog = catalog
+        self.save_id = save_id
+        self.sel = sel
+        self.problems = problems
+        self.stack: list[list] = []  # [key, state, entry]: the chain of ancestors from root
+        self.links: dict[tuple[int, int], bytes] = {}  # (dev, ino) -> first emitted name
+        self.where = WherePredicate(catalog, sel.where) if sel.where else None
+        self.path_ranges = [(pathcodec.sort_key(p), pathcodec.sort_key(p) + b"\x01")
+                            for p in sel.paths]
+        self.glob_root: bytes | None = None  # a directory a glob matched: its subtree is in
+
+    def close(self) -> None:
+        if self.where is not None:
+            self.where.close()
+
+    def members(self) -> Iterator[Planned]:
+        skip_below: bytes | None = None
+        for row in self._rows():
+            e = Entry(*row)
+            if skip_below is not None and e.key.startswith(skip_below):
+                continue
+            skip_below = None
+            name = member_name_of_key(e.key)
+            if name is not None and self._excluded(name):
+                skip_below = e.key + b"\0"
+                continue
+            self._chain(e.key)
+            if not self._selected(e, name):
+                self.stack.append([e.key, PENDING, e])
+                continue
+            if self.sel.recursive:
+                yield from self._emit_parents(e.key)
+            if self._beneath_nondir(e.key):
+                self.stack.append([e.key, REFUSED, e])
+                continue
+            planned = self._plan(e)
+            if planned is not None:
+                yield planned
+            if not stat.S_ISDIR(e.mode):
+                state = NONDIR  # even when refused: nothing may go beneath it
+            else:
+                state = DIR if planned else REFUSED
+            self.stack.append([e.key, state, e])
+
+    def _rows(self) -> Iterator[tuple]:
+        """Candidate rows in key order: the selection's ranges, or one directory's entries."""
+        if self.sel.recursive:
+            for lo, hi in key_ranges(self.catalog, self.sel):
+                yield from self.catalog.entries_in_key_range(self.save_id, lo, hi)
+            return
+        # The entries of one directory: seek from child to child over the path index,
+        # stepping over each child's subtree, so a huge subtree below costs nothing.
+        lo, hi = pathcodec.subtree_range(pathcodec.sort_key(self.sel.paths[0]))
+        while (key := self.catalog.first_path_in_key_range(lo, hi)) is not None:
+            row = self.catalog.entry_at_key(self.save_id, key)
+            if row is not None:
+                yield row
+            lo = key + b"\x01"
+
+    # -- selection --
+
+    def _excluded(self, name: bytes) -> bool:
+        for pat in self.sel.excludes:
+            target = name if b"/" in pat else name.rsplit(b"/", 1)[-1]
+            if fnmatch.fnmatchcase(target, pat.lstrip(b"/")):
+                return True
+        return False
+
+    def _selected(self, e: Entry, name: bytes | None) -> bool:
+        if self.sel.recursive and (self.sel.paths or self.sel.globs):
+            if not self._picked(e, name):
+                return False
+        if self.where is not None:
+            return self.where.matches(self.save_id, e.path_id)
+        return True
+
+    def _picked(self, e: Entry, name: bytes | None) -> bool:
+        if any(lo <= e.key < hi for lo, hi in self.path_ranges):
+            return True
+        if self.glob_root is not None and e.key.startswith(self.glob_root):
+            return True
+        self.glob_root = None
+        if name is None:
+            return bool(self.sel.globs)  # let validation refuse it loudly
+        for pat in self.sel.globs:
+            if fnmatch.fnmatchcase(name, pat):
+                if stat.S_ISDIR(e.mode):
+                    self.glob_root = e.key + b"\0"
+                return True
+        return False
+
+    # -- ancestors --
+
+    def _chain(self, key: bytes) -> None:
+        """Make the stack the chain of KEY's ancestors, root first, looking up missing ones."""
+        while self.stack and not key.startswith(self.stack[-1][0] + b"\0"):
+            self.stack.pop()
+        if key == b"":
+            return
+        cuts = [i for i in range(len(key)) if key[i] == 0]
+        for i in cuts[len(self.stack):]:
+            anc = key[:i]
+            row = self.catalog.entry_at_key(self.save_id, anc)
+            self.stack.append([anc, PENDING, Entry(*row)] if row else [anc, ABSENT, None])
+
+    def _emit_parents(self, key: bytes) -> Iterator[Planned]:
+        for item in self.stack:
+            if item[1] == PENDING and stat.S_ISDIR(item[2].mode):
+                planned = self._plan(item[2])
+                item[1] = DIR if planned else REFUSED
+                if planned is not None:
+                    yield planned
+
+    def _beneath_nondir(self, key: bytes) -> bool:
+        for anc, state, e in self.stack:
+            if state == NONDIR or (state == PENDING and not stat.S_ISDIR(e.mode)):
+                self.problems.refuse(key, "beneath " + pathcodec.escape(pathcodec.from_key(anc))
+                                     + ", which is not a directory")
+                return True
+        return False
+
+    # -- one member --
+
+    def _plan(self, e: Entry) -> Planned | None:
+        name = member_name_of_key(e.key)
+        if name is None:
+            self.problems.refuse(e.key, "not a normal path: " + (key_problem(e.key) or "?"))
+            return None
+        kind = stat.S_IFMT(e.mode)
+        size, link, major, minor = 0, b"", 0, 0
+        if kind == stat.S_IFREG:
+            typeflag, size = ts.REGTYPE, e.size
+            if e.size < 0:
+                self.problems.refuse(e.key, f"negative size {e.size}")
+                return None
+            if e.nlink > 1:
+                first = self.links.get((e.dev, e.ino))
+                if first is None:
+                    self.links[(e.dev, e.ino)] = name
+                else:
+                    typeflag, size, link = ts.LNKTYPE, 0, first
+        elif kind == stat.S_IFDIR:
+            typeflag = ts.DIRTYPE
+            name = b"./" if name == b"." else name + b"/"
+        elif kind == stat.S_IFLNK:
+            typeflag, link = ts.SYMTYPE, e.link_target or b""
+            if not link or b"\0" in link:
+                self.problems.refuse(e.key, "symlink with an empty or NUL-holding target")
+                return None
+        elif kind in (stat.S_IFCHR, stat.S_IFBLK):
+            typeflag = ts.CHRTYPE if kind == stat.S_IFCHR else ts.BLKTYPE
+            major, minor = os.major(e.rdev), os.minor(e.rdev)
+        elif kind == stat.S_IFIFO:
+            typeflag = ts.FIFOTYPE
+        elif kind == stat.S_IFSOCK:
+            self.problems.warn(f"{pathcodec.escape(e.path)}: socket skipped (tar cannot hold it)")
+            return None
+        else:
+            self.problems.refuse(e.key, f"unknown file type (mode {e.mode:o})")
+            return None
+        header = ts.Header(name=name, typeflag=typeflag, mode=e.mode & 0o7777, uid=e.uid,
+                           gid=e.gid, uname=e.user or b"", gname=e.group or b"", size=size,
+                           mtime_ns=e.mtime_ns, linkname=link, devmajor=major,
+                           devminor=minor)
+        return Planned(e, header)
