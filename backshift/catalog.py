@@ -10,13 +10,20 @@ from importlib import resources
 import apsw
 
 from .crashpoints import crashpoint
-from .errors import CatalogTooNew, NotACatalog, RepositoryIOError, RepositoryNotFound
+from .errors import (
+    CatalogTooNew,
+    NotACatalog,
+    RepositoryIOError,
+    RepositoryLocked,
+    RepositoryNotFound,
+)
 from .model import ChunkRef, SaveRow, Version
 
 APPLICATION_ID = 0x42534854  # 'BSHT'
 CATALOG_NAME = b"catalog.sqlite3"
 WRITER_BUSY_MS = 60_000
 READER_BUSY_MS = 5_000
+CHECKPOINT_BUSY_MS = 200
 
 
 def _sql(text: str) -> str:
@@ -386,6 +393,114 @@ CONTENTS_STARTING_WITH_CHUNK = _sql("""
 """)
 
 
+# -- expire, check, catalog copies ---------------------------------------------------------
+
+DELETE_SAVE = _sql("""
+    DELETE FROM save
+    WHERE id = :save_id
+""")
+
+# The sweeps are set-based (one NOT IN list built once), never a probe per row: member has
+# no index on version_id and version none on path_id.
+DELETE_UNREFERENCED_VERSIONS = _sql("""
+    DELETE FROM version
+    WHERE id NOT IN (SELECT version_id FROM member)
+""")
+
+DELETE_UNREFERENCED_CONTENTS = _sql("""
+    DELETE FROM content
+    WHERE id NOT IN (SELECT content_id FROM version WHERE content_id IS NOT NULL)
+""")
+
+UNREFERENCED_CHUNKS = _sql("""
+    SELECT sha256, stored_length
+    FROM chunk
+    WHERE id NOT IN (SELECT chunk_id FROM content_chunk)
+""")
+
+DELETE_UNREFERENCED_CHUNKS = _sql("""
+    DELETE FROM chunk
+    WHERE id NOT IN (SELECT chunk_id FROM content_chunk)
+""")
+
+# Live paths: those a member or version names, and all their ancestors (parent_id). One
+# pass, however deep a removed subtree was.
+DELETE_UNREFERENCED_PATHS = _sql("""
+    WITH RECURSIVE live (id) AS (
+        SELECT path_id FROM member
+        UNION
+        SELECT path_id FROM version
+        UNION
+        SELECT p.parent_id
+        FROM path AS p
+        JOIN live AS l ON p.id = l.id
+        WHERE p.parent_id IS NOT NULL
+    )
+    DELETE FROM path
+    WHERE id NOT IN (SELECT id FROM live)
+""")
+
+ALL_CHUNKS = _sql("""
+    SELECT sha256, stored_length
+    FROM chunk
+""")
+
+INTEGRITY_CHECK = "PRAGMA integrity_check"
+QUICK_CHECK = "PRAGMA quick_check"
+FOREIGN_KEY_CHECK = "PRAGMA foreign_key_check"
+
+MEMBERS_WITHOUT_VERSION = _sql("""
+    SELECT m.save_id, m.path_id, m.version_id
+    FROM member AS m
+    LEFT JOIN version AS v ON v.id = m.version_id
+    WHERE v.id IS NULL
+""")
+
+MEMBERS_WITHOUT_PATH = _sql("""
+    SELECT m.save_id, m.path_id
+    FROM member AS m
+    LEFT JOIN path AS p ON p.id = m.path_id
+    WHERE p.id IS NULL
+""")
+
+VERSIONS_WITHOUT_PATH = _sql("""
+    SELECT v.id, v.path_id
+    FROM version AS v
+    LEFT JOIN path AS p ON p.id = v.path_id
+    WHERE p.id IS NULL
+""")
+
+RUNNING_SAVES = _sql("""
+    SELECT id, hostname, subset, started_ns, writer_host, writer_pid
+    FROM save
+    WHERE status = 'running'
+""")
+
+# Every (chunk, content) pair in use, with the content's digest: check --read-data walks
+# it content by content (each chunk read once, each content's digest verified).
+CONTENT_CHUNKS_IN_ORDER = _sql("""
+    SELECT cc.content_id, c.size, c.digest, k.sha256, k.length, k.stored_length
+    FROM content AS c
+    JOIN content_chunk AS cc ON cc.content_id = c.id
+    JOIN chunk AS k ON k.id = cc.chunk_id
+    ORDER BY cc.content_id, cc.seq
+""")
+
+# Who references a chunk: the saves and paths, for grouped problem reports.
+CHUNK_USERS = _sql("""
+    SELECT DISTINCT m.save_id, p.key
+    FROM chunk AS k
+    JOIN content_chunk AS cc ON cc.chunk_id = k.id
+    JOIN version AS v ON v.content_id = cc.content_id
+    JOIN member AS m ON m.version_id = v.id
+    JOIN path AS p ON p.id = m.path_id
+    WHERE k.sha256 = :sha256
+    ORDER BY m.save_id, p.key
+    LIMIT :limit
+""")
+
+
+
 # -- save speed ---------------------------------------------------------------------------
 
 # One directory's entries in an earlier save, with their versions and chunk lists (one row
@@ -413,13 +528,6 @@ INSERT_PATH_IF_NEW = _sql("""
     INSERT INTO path (parent_id, key, name)
     VALUES (:parent_id, :key, :name)
     ON CONFLICT (key) DO NOTHING
-    RETURNING id
-""")
-
-INSERT_CONTENT_IF_NEW = _sql("""
-    INSERT INTO content (size, digest, chunk_count)
-    VALUES (:size, :digest, :chunk_count)
-    ON CONFLICT (digest, size) DO NOTHING
     RETURNING id
 """)
 
@@ -526,7 +634,12 @@ class Catalog:
     # -- transactions ---------------------------------------------------------------------
 
     def begin(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except apsw.BusyError:
+            raise RepositoryLocked(
+                os.fsdecode(self.path),
+                f"another writer held the catalog for {WRITER_BUSY_MS // 1000} s") from None
 
     def commit(self) -> None:
         crashpoint("before_catalog_commit")
@@ -546,10 +659,16 @@ class Catalog:
 
     def checkpoint(self) -> None:
         """Fold the WAL back into the catalog file (end of save/expire)."""
+        # Short busy wait only: a TRUNCATE checkpoint holds the writer lock while it waits
+        # for readers, and another save waiting in BEGIN IMMEDIATE holds a read mark, so
+        # with the long writer timeout two concurrent saves stalled each other for 60 s.
+        self.conn.set_busy_timeout(CHECKPOINT_BUSY_MS)
         try:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except apsw.BusyError:
             pass  # a reader holds the WAL; the automatic checkpoint will catch up
+        finally:
+            self.conn.set_busy_timeout(WRITER_BUSY_MS if not self.readonly else READER_BUSY_MS)
 
     # -- meta -----------------------------------------------------------------------------
 
@@ -649,9 +768,17 @@ class Catalog:
 
     # -- contents and chunks --------------------------------------------------------------
 
-    def content_id(self, digest: bytes, size: int) -> int | None:
-        row = self.conn.execute(CONTENT_BY_DIGEST, {"digest": digest, "size": size}).fetchone()
-        return row[0] if row else None
+    def content_id(self, digest: bytes, size: int, refs: list[ChunkRef]) -> int | None:
+        """The content with this digest and size AND exactly this chunk list, if any.
+
+        The digest (xxh3-128) only narrows the search: it is not collision resistant, so a
+        content is the same only when its SHA-256 chunk list is too.
+        """
+        rows = self.conn.execute(CONTENT_BY_DIGEST, {"digest": digest, "size": size})
+        for (content_id,) in rows.fetchall():
+            if self.chunks_of_content(content_id) == refs:
+                return content_id
+        return None
 
     def insert_content(self, digest: bytes, size: int,
                        chunks: list[tuple[ChunkRef, int]]) -> int:
@@ -693,6 +820,75 @@ class Catalog:
     def iter_rows(self, sql: str, params: dict | None = None) -> Iterator[tuple]:
         """Run a statement from this module and stream its rows."""
         yield from self.conn.execute(sql, params or {})
+
+    # -- expire, check, catalog copies --------------------------------------------------
+
+    def delete_save(self, save_id: int) -> None:
+        """Remove a save; its member rows go with it (ON DELETE CASCADE)."""
+        self.conn.execute(DELETE_SAVE, {"save_id": save_id})
+
+    def sweep_unreferenced(self) -> list[tuple[bytes, int]]:
+        """Delete versions, contents, chunks and paths nothing references (inside a write
+        transaction); returns (sha256, stored_length) of the chunk rows deleted."""
+        c = self.conn
+        c.execute(DELETE_UNREFERENCED_VERSIONS)
+        c.execute(DELETE_UNREFERENCED_CONTENTS)  # content_chunk rows cascade
+        freed = [(sha, n) for sha, n in c.execute(UNREFERENCED_CHUNKS)]
+        c.execute(DELETE_UNREFERENCED_CHUNKS)
+        c.execute(DELETE_UNREFERENCED_PATHS)
+        return freed
+
+    def _rows(self, sql: str, params: dict | None = None) -> list[tuple]:
+        """All rows of a check query; a damaged catalog becomes NotACatalog, not a crash."""
+        try:
+            return self.conn.execute(sql, params or {}).fetchall()
+        except apsw.Error as e:
+            raise NotACatalog(os.fsdecode(self.path), _root_cause(e)) from None
+
+    def all_chunks(self) -> list[tuple[bytes, int]]:
+        """(sha256, stored_length) of every chunk row."""
+        return self._rows(ALL_CHUNKS)
+
+    def integrity_problems(self, quick: bool) -> list[str]:
+        rows = self._rows(QUICK_CHECK if quick else INTEGRITY_CHECK)
+        return [r[0] for r in rows if r[0] != "ok"]
+
+    def foreign_key_problems(self) -> list[tuple]:
+        return self._rows(FOREIGN_KEY_CHECK)
+
+    def dangling_references(self) -> list[str]:
+        """The references SQLite does not enforce (see migration 0001), found by anti-join."""
+        out = [f"save {s} member path {p} names missing version {v}"
+               for s, p, v in self._rows(MEMBERS_WITHOUT_VERSION)]
+        out += [f"save {s} member names missing path {p}"
+                for s, p in self._rows(MEMBERS_WITHOUT_PATH)]
+        out += [f"version {v} names missing path {p}"
+                for v, p in self._rows(VERSIONS_WITHOUT_PATH)]
+        return out
+
+    def running_saves(self) -> list[tuple[int, str, str, int, str, int]]:
+        return self._rows(RUNNING_SAVES)
+
+    def content_chunks_in_order(self) -> Iterator[tuple[int, int, bytes, bytes, int, int]]:
+        try:
+            yield from self.conn.execute(CONTENT_CHUNKS_IN_ORDER)
+        except apsw.Error as e:
+            raise NotACatalog(os.fsdecode(self.path), _root_cause(e)) from None
+
+    def chunk_users(self, sha256: bytes, limit: int = 20) -> list[tuple[int, bytes]]:
+        """(save id, path key) pairs that reference a chunk, at most LIMIT."""
+        return self._rows(CHUNK_USERS, {"sha256": sha256, "limit": limit})
+
+    def backup_to(self, dest: str) -> None:
+        """Copy the whole catalog, consistently, into a new SQLite file DEST (backup API)."""
+        out = apsw.Connection(dest)
+        try:
+            with out.backup("main", self.conn, "main") as b:
+                b.step(-1)  # one step: one consistent snapshot even while saves commit
+            out.execute("PRAGMA journal_mode = DELETE").fetchall()
+        finally:
+            out.close()
+
 
     # -- listing and tar --
 
@@ -805,22 +1001,6 @@ class Catalog:
             "parent_id": parent_id, "key": key, "name": name,
         }).fetchone()
         return row[0] if row else None
-
-    def insert_content_if_new(self, digest: bytes, size: int,
-                              chunks: list[tuple[ChunkRef, int]]) -> int | None:
-        """Like insert_content; None (and nothing written) when the content exists."""
-        row = self.conn.execute(INSERT_CONTENT_IF_NEW, {
-            "size": size, "digest": digest, "chunk_count": len(chunks),
-        }).fetchone()
-        if row is None:
-            return None
-        content_id = row[0]
-        for seq, (ref, stored_length) in enumerate(chunks):
-            self.conn.execute(INSERT_CONTENT_CHUNK, {
-                "content_id": content_id, "seq": seq,
-                "chunk_id": self.chunk_id(ref, stored_length),
-            })
-        return content_id
 
 def _uri_quote(path: str) -> str:
     return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")

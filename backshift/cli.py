@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 
+import apsw
 import click
 
 from . import __version__
@@ -21,6 +22,7 @@ from .errors import (
     EXIT_OK,
     EXIT_WARNING,
     BackshiftError,
+    NotACatalog,
     UsageError,
     exit_code_table,
 )
@@ -154,11 +156,14 @@ def _check_label(kind: str, value: str) -> str:
 @click.option("--checkpoint-interval", default=10.0, show_default=True, metavar="SECONDS",
               type=click.FloatRange(0.1), help="Commit what is saved at least this often.")
 @click.option("--checkpoint-files", default=2000, hidden=True, type=click.IntRange(1))
+@click.option("--lock-wait", default=0.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(0),
+              help="Wait this long for a locked repository (an expire) before giving up.")
 @pass_ctx
 def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: str,
          filelist, one_file_system: bool, exclude: tuple[str, ...], progress: bool | None,
          as_json: bool, workers: int, checkpoint_interval: float,
-         checkpoint_files: int) -> None:
+         checkpoint_files: int, lock_wait: float) -> None:
     """Save files into a new save of HOSTNAME/SUBSET.
 
     Names come from stdin, NUL-separated, as `find -print0` writes them; or from
@@ -192,15 +197,18 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
     show = sys.stderr.isatty() if progress is None else progress
     opts = SaveOptions(hostname=hostname, subset=subset, workers=workers,
                        batch_files=checkpoint_files, batch_seconds=checkpoint_interval)
-    with open_repository(ctx.repo, WRITE, operation="save") as repo:
+    with open_repository(ctx.repo, WRITE, operation="save", lock_wait_s=lock_wait) as repo:
         saver = Saver(repo, opts, warn, _progress_printer if show else None)
         if paths:
             names = walk.walk(paths, cwd, saver.warn, one_file_system=one_file_system,
                               excludes=[os.fsencode(e) for e in exclude])
         else:
-            stream = filelist if filelist is not None else sys.stdin.buffer
+            # stdin unbuffered: a single read returns what the pipe has, and the name
+            # reader thread never holds a buffer lock the interpreter needs at exit.
+            stream = filelist if filelist is not None else _raw_stdin()
             names = walk.normalized(walk.read_nul_names(stream), cwd, saver.warn)
         stats = saver.run(names)
+        copied = _copy_catalog(repo) if stats.status == "complete" else True
     _clear_progress()
     if as_json:
         click.echo(json.dumps(_summary_dict(stats), sort_keys=True))
@@ -211,8 +219,13 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
         echo_err(f"backshift: interrupted: save {stats.save_id} keeps the {stats.files:,} "
                  "files committed so far; the next save borrows from it")
         raise SystemExit(EXIT_INTERRUPTED)
-    if stats.warnings:
+    if stats.warnings or not copied:
         raise SystemExit(EXIT_WARNING)
+
+
+def _raw_stdin():
+    buf = sys.stdin.buffer
+    return getattr(buf, "raw", buf)
 
 
 _progress_shown = False
@@ -298,6 +311,190 @@ def saves(ctx: Context, last: int | None, hostname: str | None, subset: str | No
                  effective_status(r), r.files, r.bytes, r.bytes_read, r.bytes_borrowed,
                  r.new_chunks, r.new_bytes_stored, r.warnings, r.tool_version] for r in rows]
     emit_lines(render(headers, body, fmt))
+
+
+# -- expire, check, locks ----------------------------------------------------------------
+
+
+def _lock_wait_option(f):
+    return click.option("--lock-wait", default=0.0, show_default=True, metavar="SECONDS",
+                        type=click.FloatRange(0),
+                        help="Wait this long for a locked repository before giving up.")(f)
+
+
+def _copy_catalog(repo) -> bool:
+    """Refresh the rotated catalog copy; a failure is a warning, the work itself is done."""
+    from .ops.catalog_copy import make_copy
+    try:
+        make_copy(repo.path, repo.catalog)
+    except Exception as e:  # noqa: BLE001 - any failure here must not undo a committed save
+        echo_err(f"warning: could not write a catalog copy: {e}")
+        return False
+    return True
+
+
+def _duration(option: str, text: str | None) -> int | None:
+    from .retention import parse_duration
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise UsageError(f"{option}: {e}") from None
+
+
+@cli.command()
+@click.option("--keep-last", default=0, type=click.IntRange(0), metavar="N",
+              help="Keep the N newest complete saves of each series.")
+@click.option("--keep-hourly", default=0, type=click.IntRange(0), metavar="N",
+              help="Keep the newest save of each of the last N hours that have one.")
+@click.option("--keep-daily", default=0, type=click.IntRange(0), metavar="N",
+              help="... of each of the last N days.")
+@click.option("--keep-weekly", default=0, type=click.IntRange(0), metavar="N",
+              help="... of each of the last N ISO weeks.")
+@click.option("--keep-monthly", default=0, type=click.IntRange(0), metavar="N",
+              help="... of each of the last N months.")
+@click.option("--keep-yearly", default=0, type=click.IntRange(0), metavar="N",
+              help="... of each of the last N years.")
+@click.option("--keep-within", default=None, metavar="DURATION",
+              help="Keep every save started less than DURATION ago (e.g. 14d).")
+@click.option("--older-than", default=None, metavar="DURATION",
+              help="Remove saves started more than DURATION ago (e.g. 90d, 12h, 2w).")
+@click.option("--allow-empty-series", is_flag=True,
+              help="Let the policy remove even the newest complete save of a series.")
+@click.option("--hostname", default=None, help="Only saves of this host.")
+@click.option("--subset", default=None, help="Only saves of this subset.")
+@click.option("--dry-run", "-n", is_flag=True, help="Show what would go; change nothing.")
+@_lock_wait_option
+@pass_ctx
+def expire(ctx: Context, keep_last: int, keep_hourly: int, keep_daily: int, keep_weekly: int,
+           keep_monthly: int, keep_yearly: int, keep_within: str | None,
+           older_than: str | None, allow_empty_series: bool, hostname: str | None,
+           subset: str | None, dry_run: bool, lock_wait: float) -> None:
+    """Remove saves a retention policy lets go, and the data only they used.
+
+    Each hostname+subset series is judged on its own. Every save gets a line saying
+    whether it is kept or removed and why (--dry-run prints the same lines).
+
+    \b
+    Examples:
+      backshift -r /backup/repo expire --keep-daily 7 --keep-weekly 5 --keep-monthly 12
+      backshift -r /backup/repo expire --older-than 90d --dry-run
+    """
+    from datetime import datetime
+
+    from .ops.expire import decision_lines
+    from .ops.expire import expire as run_expire
+    from .repo import EXCLUSIVE
+    from .retention import Policy
+
+    policy = Policy(keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily,
+                    keep_weekly=keep_weekly, keep_monthly=keep_monthly,
+                    keep_yearly=keep_yearly,
+                    keep_within_s=_duration("--keep-within", keep_within),
+                    older_than_s=_duration("--older-than", older_than),
+                    allow_empty_series=allow_empty_series, within_text=keep_within or "",
+                    older_text=older_than or "")
+    if policy.is_empty():
+        raise UsageError("expire needs a policy: --keep-last/-hourly/-daily/-weekly/-monthly/"
+                         "-yearly N, --keep-within DURATION or --older-than DURATION")
+    copied = True
+    with open_repository(ctx.repo, EXCLUSIVE, operation="expire",
+                         lock_wait_s=lock_wait) as repo:
+        result = run_expire(repo, policy, hostname=hostname, subset=subset, dry_run=dry_run,
+                            tz=datetime.now().astimezone().tzinfo)
+        if not dry_run:
+            copied = _copy_catalog(repo)
+    emit_lines(decision_lines(result.decisions, local_time))
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {result.saves_removed} save(s), {result.chunks_freed:,} chunk(s) "
+               f"({human_bytes(result.bytes_freed)}), {result.orphans_removed:,} orphan "
+               f"chunk(s) ({human_bytes(result.orphan_bytes)}), {result.temps_removed:,} "
+               "stale temp file(s)")
+    if dry_run:
+        click.echo("dry run: nothing was changed")
+    for err in result.unlink_errors:
+        echo_err(f"warning: could not remove {err}")
+    if result.unlink_errors or not copied:
+        raise SystemExit(EXIT_WARNING)
+
+
+def _parse_part(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    n, _, t = text.partition("/")
+    try:
+        part = int(n), int(t)
+    except ValueError:
+        part = (0, 0)
+    if not 1 <= part[0] <= part[1]:
+        raise UsageError(f"--read-data-subset wants n/t with 1 <= n <= t, not {text!r}")
+    return part
+
+
+@cli.command()
+@click.option("--read-data", is_flag=True,
+              help="Also decompress and re-hash every chunk and verify file digests.")
+@click.option("--read-data-subset", default=None, metavar="n/t",
+              help="Like --read-data for the n-th of t parts (by chunk hash).")
+@click.option("--repair", is_flag=True,
+              help="Move damaged chunk files to REPO/quarantine/ so a later save of the "
+                   "same data re-creates them; mark dead 'running' saves interrupted.")
+@_lock_wait_option
+@pass_ctx
+def check(ctx: Context, read_data: bool, read_data_subset: str | None, repair: bool,
+          lock_wait: float) -> None:
+    """Check the catalog and the chunk store; report damage grouped by chunk.
+
+    Exit status 0: no problems; 10: damage found (listed on stdout).
+
+    \b
+    Examples:
+      backshift -r /backup/repo check
+      backshift -r /backup/repo check --read-data-subset 1/7   # one seventh a day
+      backshift -r /backup/repo check --read-data --repair
+    """
+    from .errors import CheckFoundDamage
+    from .ops.check import check as run_check
+    from .ops.check import report_lines
+    from .repo import EXCLUSIVE, READ_LOCKED
+
+    part = _parse_part(read_data_subset)
+    read = read_data or part is not None
+    mode = EXCLUSIVE if repair else READ_LOCKED
+    with open_repository(ctx.repo, mode, operation="check", lock_wait_s=lock_wait) as repo:
+        result = run_check(repo, read_data=read, part=part, repair=repair)
+    emit_lines(report_lines(result, read))
+    if result.problem_count():
+        raise CheckFoundDamage(result.problem_count())
+
+
+@cli.command("break-lock")
+@pass_ctx
+def break_lock(ctx: Context) -> None:
+    """Remove lock records left by processes that are gone (e.g. on another host).
+
+    Records of live processes on this host are kept (stop them instead). Only run it
+    when you know the processes named in the lock message no longer run.
+
+    \b
+    Example:
+      backshift -r /backup/repo break-lock
+    """
+    from .lock import break_lock as run_break_lock
+    from .lock import describe
+
+    path = os.path.abspath(ctx.repo)
+    if not os.path.isdir(path):
+        from .errors import RepositoryNotFound
+        raise RepositoryNotFound(os.fsdecode(path))
+    removed, kept = run_break_lock(path)
+    for rec in removed:
+        click.echo(f"removed lock record: {describe(rec)}")
+    for rec in kept:
+        click.echo(f"kept lock record of a live process: {describe(rec)}")
+    if not removed:
+        click.echo("no stale lock records")
 
 
 # -- reports --------------------------------------------------------------------------
@@ -580,7 +777,10 @@ def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, exclude: tupl
     if output == "-" and sys.stdout.isatty():
         raise UsageError("refusing to write a tar stream to a terminal: "
                          "pipe it into tar or give -o FILE")
-    with open_repository(ctx.repo, READ) as repo, contextlib.ExitStack() as stack:
+    from .repo import READ_CHUNKS
+
+    # a shared lock (no record, nothing written) keeps expire from deleting chunks mid-restore
+    with open_repository(ctx.repo, READ_CHUNKS) as repo, contextlib.ExitStack() as stack:
         save_row = resolve_save(repo.catalog, backup)
 
         def open_out():
@@ -675,6 +875,13 @@ def run(argv: list[str] | None = None) -> int:
         _silence_stdout()
         echo_err("backshift: error: output closed early (broken pipe)")
         code = EXIT_ERROR
+    except (apsw.CorruptError, apsw.NotADBError) as e:
+        if debug:
+            import traceback
+            traceback.print_exc()
+        echo_err(f"backshift: error: the catalog is damaged ({e}); see README, "
+                 "'Restoring the catalog from its copy'")
+        code = NotACatalog.exit_code
     except OSError as e:
         if debug:
             import traceback

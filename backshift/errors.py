@@ -37,72 +37,84 @@ class RepositoryNotFound(BackshiftError):
     """no repository at {0} (create one with 'backshift -r {0} init')"""
 
     exit_code = 3
+    summary = "no repository at the given path"
 
 
 class RepositoryExists(BackshiftError):
     """cannot init {0}: {1}"""
 
     exit_code = 4
+    summary = "`init`: the target exists and is not an empty directory"
 
 
 class RepositoryLocked(BackshiftError):
     """repository {0} is locked: {1}"""
 
     exit_code = 5
+    summary = "the repository is locked by another process"
 
 
 class CatalogTooNew(BackshiftError):
     """catalog {0} has schema {1}, newer than this backshift knows ({2}); upgrade backshift"""
 
     exit_code = 6
+    summary = "the catalog's schema is newer than this backshift"
 
 
 class NotACatalog(BackshiftError):
     """{0} is not a usable backshift catalog: {1}"""
 
     exit_code = 7
+    summary = "the catalog file is not a usable backshift catalog"
 
 
 class NoSuchSave(BackshiftError):
     """no save {0} in this repository (see 'backshift saves')"""
 
     exit_code = 8
+    summary = "no such save"
 
 
 class NoSuchPath(BackshiftError):
     """{0} is not in save {1}"""
 
     exit_code = 9
+    summary = "no such path in the save"
 
 
 class DataDamaged(BackshiftError):
     """{0}"""
 
     exit_code = 10
+    summary = "data damaged (missing or corrupt chunks)"
 
 
 class QueryDenied(BackshiftError):
     """query refused: {0}"""
 
     exit_code = 11
+    summary = "query refused (the `sql` command's read-only rules)"
 
 
 class QueryTimeout(BackshiftError):
     """query stopped: it ran longer than {0} s (raise --timeout, or narrow the query)"""
 
     exit_code = 20
+    summary = "`sql`: the query ran past its `--timeout` and was stopped"
 
 
 class QueryFailed(BackshiftError):
     """query failed: {0}"""
 
     exit_code = 21
+    summary = "`sql`: the query failed (syntax error, missing `--param`, value too big)"
 
 
 class RepositoryIOError(BackshiftError):
     """{0}: {1}"""
 
     exit_code = 12
+    summary = "repository I/O error (disk full, permission denied, ...)"
 
 
 class ChunkCorrupt(DataDamaged):
@@ -113,10 +125,22 @@ class ChunkMissing(DataDamaged):
     """chunk {0} is missing from the repository"""
 
 
+class ReferencedChunksMissing(BackshiftError):
+    """{0} chunk(s) kept saves need are missing (first {1}); nothing deleted; run check"""
+
+    exit_code = 13
+    summary = "expire: a chunk that a kept save needs is missing; nothing was deleted (run `check`)"
+
+
+class CheckFoundDamage(DataDamaged):
+    """check found {0} problem(s); see above"""
+
+
 class LegacyDirInvalid(BackshiftError):
     """{0} is not a backshift 1.x save directory (no summaries/ and files/ in it)"""
 
     exit_code = 25
+    summary = "`import-legacy`: the directory is not a backshift 1.x save directory"
 
 
 class Interrupted(BackshiftError):
@@ -135,7 +159,7 @@ def exit_code_table() -> list[tuple[int, str]]:
     }
     for cls in _all_subclasses(BackshiftError):
         if cls.exit_code not in rows:
-            rows[cls.exit_code] = _describe(cls)
+            rows[cls.exit_code] = cls.__dict__.get("summary") or _describe(cls)
     return sorted(rows.items())
 
 

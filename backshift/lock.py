@@ -12,8 +12,11 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import socket
+import sys
 import time
+from collections.abc import Callable
 
 from .errors import RepositoryLocked
 
@@ -48,33 +51,57 @@ def pid_alive(pid: int, start_time: int | None) -> bool:
 class RepoLock:
     """Holds REPO/lock shared or exclusive until release()."""
 
-    def __init__(self, repo: bytes, exclusive: bool, operation: str) -> None:
+    def __init__(self, repo: bytes, exclusive: bool, operation: str,
+                 notice: Callable[[str], None] | None = None) -> None:
         self.repo = repo
+        self.notice = notice or _notice
         self.exclusive = exclusive
         self.operation = operation
         self.fd: int | None = None
         self.record: bytes | None = None
 
     def acquire(self, wait_s: float = 0.0) -> None:
+        """Take the lock, waiting up to WAIT_S seconds; RepositoryLocked when it stays taken.
+
+        The flock excludes processes on this host. Records of other hosts (a repository on
+        a shared filesystem) that conflict with this lock also refuse it: they are never
+        assumed dead, only `backshift break-lock` removes them. Records left by dead
+        processes of this host are removed, with a notice.
+        """
         path = os.path.join(self.repo, LOCK_FILE)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         mode = fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH
         deadline = time.monotonic() + wait_s
         while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                break
             except OSError as e:
+                os.close(fd)
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    os.close(fd)
                     raise
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    holders = self.describe_holders()
-                    raise RepositoryLocked(os.fsdecode(self.repo), holders) from None
-                time.sleep(0.1)
-        self.fd = fd
-        self._write_record()
+                holders = self.describe_holders()
+            else:
+                self.fd = fd
+                self._write_record()
+                foreign = self._conflicting_foreign_records()
+                if not foreign:
+                    return
+                self.release()
+                holders = "; ".join(describe(r) for r in foreign) + \
+                    " (if that process is gone: backshift break-lock)"
+            if time.monotonic() >= deadline:
+                raise RepositoryLocked(os.fsdecode(self.repo), holders)
+            time.sleep(0.1)
+
+    def _conflicting_foreign_records(self) -> list[dict]:
+        here = socket.gethostname()
+        out = []
+        for rec in read_records(self.repo, self.notice):
+            if rec.get("host") == here:
+                continue
+            if self.exclusive or rec.get("exclusive"):
+                out.append(rec)
+        return out
 
     def _write_record(self) -> None:
         locks = os.path.join(self.repo, LOCKS_DIR)
@@ -89,9 +116,12 @@ class RepoLock:
             "operation": self.operation,
             "since": time.time(),
         }
-        name = os.path.join(locks, f"{host}.{pid}.json".encode())
-        with open(name, "w", encoding="utf-8") as f:
+        token = secrets.token_hex(4)
+        name = os.path.join(locks, f"{host}.{pid}.{token}.json".encode())
+        temp = name + b".tmp"
+        with open(temp, "w", encoding="utf-8") as f:
             json.dump(record, f)
+        os.rename(temp, name)  # readers never see half a record
         self.record = name
 
     def release(self) -> None:
@@ -107,38 +137,119 @@ class RepoLock:
 
     def describe_holders(self) -> str:
         """'held by host H pid P (operation, since T)' for each live record, for messages."""
-        parts = []
-        for rec in read_records(self.repo):
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.get("since", 0)))
-            kind = "exclusively" if rec.get("exclusive") else "shared"
-            parts.append(
-                f"held {kind} by host {rec.get('host')} pid {rec.get('pid')} "
-                f"({rec.get('operation')}, since {since})"
-            )
+        parts = [describe(rec) for rec in read_records(self.repo, self.notice)]
         return "; ".join(parts) or "held by another process"
 
 
-def read_records(repo: bytes) -> list[dict]:
-    """Lock records of processes still alive; records of dead local processes are removed."""
-    out = []
+class ReaderLock:
+    """A shared flock without a record, for restores: expire cannot delete chunks while a
+    restore reads them, and a repository on read-only media (no writable lock file) is
+    still restorable (the lock is then skipped: nothing can expire there anyway)."""
+
+    def __init__(self, repo: bytes) -> None:
+        self.repo = repo
+        self.fd: int | None = None
+
+    def acquire(self, wait_s: float = 0.0) -> None:
+        try:
+            fd = os.open(os.path.join(self.repo, LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                self.fd = fd
+                return
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    return
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                holders = RepoLock(self.repo, False, "").describe_holders()
+                raise RepositoryLocked(os.fsdecode(self.repo), holders)
+            time.sleep(0.1)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _notice(msg: str) -> None:
+    print(f"backshift: {msg}", file=sys.stderr, flush=True)
+
+
+def describe(rec: dict) -> str:
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.get("since", 0)))
+    kind = "exclusively" if rec.get("exclusive") else "shared"
+    return (f"held {kind} by host {rec.get('host')} pid {rec.get('pid')} "
+            f"({rec.get('operation')}, since {since})")
+
+
+def _load_records(repo: bytes) -> list[tuple[bytes, dict]]:
     locks = os.path.join(repo, LOCKS_DIR)
     try:
         names = os.listdir(locks)
     except FileNotFoundError:
-        return out
-    here = socket.gethostname()
+        return []
+    out = []
     for name in names:
+        if not name.endswith(b".json"):
+            continue
         full = os.path.join(locks, name)
         try:
             with open(full, encoding="utf-8") as f:
                 rec = json.load(f)
         except (OSError, ValueError):
             continue
-        if rec.get("host") == here and not pid_alive(rec.get("pid", 0), rec.get("start_time")):
+        if isinstance(rec, dict):
+            out.append((full, rec))
+    return out
+
+
+def _is_dead_local(rec: dict) -> bool:
+    return rec.get("host") == socket.gethostname() and \
+        not pid_alive(int(rec.get("pid", 0) or 0), rec.get("start_time"))
+
+
+def read_records(repo: bytes, notice: Callable[[str], None] | None = None) -> list[dict]:
+    """Lock records of processes still alive (or of other hosts, which cannot be probed).
+
+    Records of dead processes of this host are removed and, with NOTICE, reported as taken
+    over: the kernel already dropped their flock, only the record outlived them.
+    """
+    out = []
+    for full, rec in _load_records(repo):
+        if _is_dead_local(rec):
             try:
                 os.unlink(full)
             except OSError:
-                pass
+                continue
+            if notice is not None:
+                notice(f"taking over a stale lock record: process {rec.get('pid')} "
+                       f"({rec.get('operation')}) is gone")
             continue
         out.append(rec)
     return out
+
+
+def break_lock(repo: bytes) -> tuple[list[dict], list[dict]]:
+    """Remove every lock record except those of live processes on this host.
+
+    Returns (removed, kept). Safe to run at any time: a live local holder keeps its record
+    and its flock (which no record removal can break); other hosts' records are removed,
+    so only run it when those processes are known to be gone.
+    """
+    removed, kept = [], []
+    for full, rec in _load_records(repo):
+        if rec.get("host") == socket.gethostname() and not _is_dead_local(rec):
+            kept.append(rec)
+            continue
+        try:
+            os.unlink(full)
+        except FileNotFoundError:
+            continue
+        removed.append(rec)
+    return removed, kept

@@ -13,13 +13,15 @@ from dataclasses import asdict, dataclass
 from . import __version__
 from .catalog import CATALOG_NAME, Catalog
 from .errors import RepositoryExists, RepositoryIOError, RepositoryNotFound
-from .lock import RepoLock
+from .lock import LOCK_FILE, ReaderLock, RepoLock
 from .model import ChunkerParams
 from .store import Store
 
 READ = "read"  # no lock: WAL readers never block writers; catalog opened read-only
 WRITE = "write"  # shared lock: saves may run side by side
 EXCLUSIVE = "exclusive"  # exclusive lock: expire, GC, repair
+READ_LOCKED = "read-locked"  # shared lock, catalog read-only: check (no expire meanwhile)
+READ_CHUNKS = "read-chunks"  # shared flock only (no record, nothing written): restores
 
 
 @dataclass
@@ -44,6 +46,7 @@ def init_repository(path: bytes, params: ChunkerParams, zstd_level: int = 3) -> 
         else:
             os.makedirs(path, mode=0o700)
         Store.create_layout(path)
+        os.close(os.open(os.path.join(path, LOCK_FILE), os.O_WRONLY | os.O_CREAT, 0o600))
         cat = Catalog.create(os.path.join(path, CATALOG_NAME))
     except OSError as e:
         raise RepositoryIOError(os.fsdecode(e.filename or path), e.strerror or str(e)) from None
@@ -68,14 +71,17 @@ def open_repository(path: bytes, mode: str = READ, operation: str = "",
     if not os.path.isfile(catalog_path):
         raise RepositoryNotFound(os.fsdecode(path))
     lock = None
-    if mode in (WRITE, EXCLUSIVE):
+    if mode in (WRITE, EXCLUSIVE, READ_LOCKED):
         lock = RepoLock(path, exclusive=(mode == EXCLUSIVE), operation=operation or mode)
         try:
             lock.acquire(lock_wait_s)
         except PermissionError as e:
             raise RepositoryIOError(os.fsdecode(path), e.strerror) from None
+    elif mode == READ_CHUNKS:
+        lock = ReaderLock(path)
+        lock.acquire(lock_wait_s)
     try:
-        catalog = Catalog.open(catalog_path, readonly=(mode == READ))
+        catalog = Catalog.open(catalog_path, readonly=(mode in (READ, READ_LOCKED, READ_CHUNKS)))
         try:
             params = ChunkerParams(**json.loads(catalog.get_meta("chunker") or "{}"))
             compression = json.loads(catalog.get_meta("compression") or "{}")

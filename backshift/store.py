@@ -55,6 +55,8 @@ class Store:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._pending: dict[bytes, tuple[bytes, bytes]] = {}  # sha -> (temp, final)
+        self._pending_sizes: dict[bytes, int] = {}  # sha -> bytes of its chunk file
+        self._seen_existing = False
         host = socket.gethostname().encode("ascii", "replace").replace(b"/", b"_")[:32]
         self._temp_tag = TEMP_MARK + host + b"." + str(os.getpid()).encode() + b"."
 
@@ -150,9 +152,12 @@ class Store:
         ref = ChunkRef(sha256, len(data))
         with self._lock:
             if sha256 in self._pending:
-                return StoredChunk(ref, 0, False)
+                return StoredChunk(ref, self._pending_sizes[sha256], False)
         size = self.stored_size(sha256)
         if size is not None:
+            # Another process may have renamed it in without its directory entry being
+            # durable yet: the next flush syncs once before our catalog names it.
+            self._seen_existing = True
             return StoredChunk(ref, size, False)
         body = self.encode(data)
         final = self.path_for(sha256)
@@ -162,8 +167,9 @@ class Store:
         with self._lock:
             if sha256 in self._pending:  # another thread stored it meanwhile
                 self._discard(temp)
-                return StoredChunk(ref, 0, False)
+                return StoredChunk(ref, self._pending_sizes[sha256], False)
             self._pending[sha256] = (temp, final)
+            self._pending_sizes[sha256] = len(body)
         return StoredChunk(ref, len(body), True)
 
     def _write_temp(self, temp: bytes, body: bytes) -> None:
@@ -200,7 +206,14 @@ class Store:
         """
         with self._lock:
             batch, self._pending = self._pending, {}
+            self._pending_sizes = {}
+            seen_existing, self._seen_existing = self._seen_existing, False
         if not batch:
+            if seen_existing:
+                try:
+                    diskio.syncfs(self.root)
+                except OSError as e:
+                    raise RepositoryIOError(os.fsdecode(self.root), e.strerror or str(e)) from None
             return 0
         try:
             diskio.syncfs(self.root)
@@ -239,6 +252,7 @@ class Store:
         """Drop pending temp files (a save that stops with an error)."""
         with self._lock:
             batch, self._pending = self._pending, {}
+            self._pending_sizes = {}
         for temp, _final in batch.values():
             self._discard(temp)
 

@@ -53,14 +53,18 @@ CREATE TABLE chunk (
     stored_length INTEGER NOT NULL   -- bytes of the chunk file, header included
 ) STRICT;
 
--- One row per distinct file content; identical files anywhere share it.
+-- One row per distinct file content; identical files anywhere share it. xxh3-128 is fast
+-- but not collision resistant: it only finds candidates, and a content is reused only when
+-- its chunk list (SHA-256s) is the same too. So the (digest, size) index is not UNIQUE: two
+-- rows may hold the same bytes cut differently (a 1.x import), or colliding bytes.
 CREATE TABLE content (
     id     INTEGER PRIMARY KEY,
     size   INTEGER NOT NULL,
     digest BLOB    NOT NULL CHECK (length(digest) = 16),  -- xxh3-128 of the whole content
-    chunk_count INTEGER NOT NULL,
-    UNIQUE (digest, size)
+    chunk_count INTEGER NOT NULL
 ) STRICT;
+
+CREATE INDEX content_by_digest ON content (digest, size);
 
 CREATE TABLE content_chunk (
     content_id INTEGER NOT NULL REFERENCES content (id) ON DELETE CASCADE,

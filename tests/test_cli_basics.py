@@ -102,10 +102,19 @@ def test_help_lists_exit_codes():
         assert re.search(rf"^\s+{code}\s", out, re.M), code
 
 
-def test_readme_documents_every_exit_code():
+def test_readme_exit_code_table_equals_errors_py():
+    """One table, two places: README's rows are exactly errors.exit_code_table()."""
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    for code, _meaning in exit_code_table():
-        assert re.search(rf"^\|\s*{code}\s*\|", readme, re.M), f"exit code {code} not in README"
+    rows = [(int(code), meaning)
+            for code, meaning in re.findall(r"^\| (\d+) \| (.*) \|$", readme, re.M)]
+    assert rows == exit_code_table()
+
+
+def test_every_exit_code_has_a_summary():
+    from backshift import errors
+    for cls in errors._all_subclasses(errors.BackshiftError):
+        if "exit_code" in cls.__dict__ and cls.exit_code not in (2, 130):
+            assert cls.__dict__.get("summary"), f"{cls.__name__} needs a summary"
 
 
 def test_python_dash_m_and_console_script_work(tmp_path):

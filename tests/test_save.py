@@ -349,3 +349,82 @@ def test_save_chunk_refs_match_store(repo, tree):
                 "SELECT sha256, length, stored_length FROM chunk"):
             assert r.store.stored_size(sha) == stored
             assert len(r.store.read(ChunkRef(sha, length))) == length
+
+
+@pytest.mark.timeout(90)
+def test_save_waiting_for_input_does_not_block_another_save(repo, tmp_path):
+    """A save whose find is still walking must not hold the catalog's write lock."""
+    root = make_tree(tmp_path / "src")
+    names = find0(root).split(b"\0")[:-1]
+    slow = subprocess.Popen([BACKSHIFT, "-r", repo, "save", "--subset", "slow", "--json"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    slow.stdin.write(b"\0".join(names[:5]) + b"\0")
+    slow.stdin.flush()
+    time.sleep(1.5)  # the slow save has recorded 5 names and waits for more
+    other = subprocess.run([BACKSHIFT, "-r", repo, "save", "--subset", "fast", "--json",
+                            os.fsdecode(root)], capture_output=True, timeout=30)
+    assert other.returncode == 0, other.stderr
+    slow.stdin.write(b"\0".join(names[5:]) + b"\0")
+    slow.stdin.close()
+    slow.wait(timeout=30)
+    assert slow.returncode == 0, slow.stderr.read()
+    assert json.loads(slow.stdout.read())["files"] == len(names)
+    assert _interrupted_status(repo) == ["complete", "complete"]
+
+
+def test_save_fresh_read_never_reuses_content_with_other_chunks(repo, tmp_path):
+    """Same bytes recorded with another chunk list (a 1.x import) whose chunk is lost: a
+    fresh read must give a content made of the chunks it just stored, which restores."""
+    import hashlib
+
+    import xxhash
+
+    data = os.urandom(200_000)
+    f = tmp_path / "f.bin"
+    f.write_bytes(data)
+    with open_repository(repo, WRITE) as r:
+        sha = hashlib.sha256(data).digest()  # one legacy-style chunk for the whole file
+        c = r.store.put(data, sha)
+        r.store.flush()
+        r.catalog.begin()
+        r.catalog.insert_content(xxhash.xxh3_128(data).digest(), len(data),
+                                 [(c.ref, c.stored_length)])
+        r.catalog.commit()
+        os.unlink(r.store.path_for(sha))
+    with open_repository(repo, WRITE) as r:
+        stats = save_mod.save(r, [os.fsencode(f)], SaveOptions("h", "t"), print)
+    assert stats.files_read == 1
+    out = tmp_path / "out.tar"
+    run("-r", repo, "tar", "--backup", "latest", "-o", str(out))
+    import tarfile
+    with tarfile.open(out) as t:
+        assert t.extractfile(str(f).lstrip("/")).read() == data
+
+
+def test_save_deep_path_without_its_parents_in_the_input(repo, tmp_path):
+    """`find / -name X` gives names whose parents are not in the input: interning must
+    not recurse once per level (1200 levels here)."""
+    deep = os.path.join(os.fsencode(tmp_path), b"/".join([b"a"] * 1200))
+    subprocess.run([b"mkdir", b"-p", deep], check=True)
+    name = os.path.join(deep, b"f")
+    with open(name, "wb") as fh:
+        fh.write(b"deep\n")
+    try:
+        res = run("-r", repo, "save", "--json", input=name + b"\0")
+        assert json.loads(res.stdout)["files"] == 1
+        listed = run("-r", repo, "list", "--backup", "latest").stdout_bytes
+        assert listed == name.lstrip(b"/") + b"\n"
+    finally:
+        subprocess.run([b"rm", b"-rf", os.path.join(os.fsencode(tmp_path), b"a")])
+
+
+def test_save_records_real_stored_length_of_chunks_shared_in_one_batch(repo, tmp_path):
+    root = tmp_path / "same"
+    root.mkdir()
+    for i in range(40):
+        (root / f"copy{i:02d}").write_bytes(b"identical content\n" * 3000)
+    do_save(repo, root, workers=4)
+    with open_repository(repo, READ) as r:
+        for sha, stored in r.catalog.conn.execute("SELECT sha256, stored_length FROM chunk"):
+            assert stored == r.store.stored_size(sha) > 0

@@ -391,3 +391,18 @@ def test_tar_partial_restore_keeps_parent_metadata(repo, full_tree, tmp_path, se
         src = full_tree / d.relative_to(top)
         assert d.stat().st_mtime_ns == src.stat().st_mtime_ns
         assert d.stat().st_mode == src.stat().st_mode
+
+
+def test_tar_hostile_chunk_length_is_damage_not_a_crash(repo, tmp_path):
+    f = tmp_path / "f"
+    f.write_bytes(os.urandom(5000))
+    run("-r", repo, "save", str(f))
+    conn = apsw.Connection(os.fsdecode(os.path.join(repo, b"catalog.sqlite3")))
+    sha = conn.execute("SELECT sha256 FROM chunk").fetchone()[0]
+    conn.execute("UPDATE chunk SET length = -5")
+    conn.close()
+    os.unlink(os.path.join(repo, b"chunks", sha.hex()[:2].encode(), sha.hex().encode()))
+    out = tmp_path / "o.tar"
+    res = run("-r", repo, "tar", "--backup", "latest", "-o", str(out), exit_code=10)
+    assert "Traceback" not in res.stderr and "zero bytes at offset 0" in res.stderr
+    lint_tar(out)

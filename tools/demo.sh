@@ -23,10 +23,12 @@ ln -s ../docs/notes/hello.txt "$SRC/bin/hello-link"
 mkfifo "$SRC/bin/a-fifo"
 printf 'odd\n' > "$SRC/docs/name with spaces & $(printf '\351')t\303\251.txt"
 
+# Files modified less than 2 s before a save are not trusted as unchanged by the next one
+# (timestamp granularity): let the fresh sample tree age first.
+sleep 2
 run "$BS" init
 printf '\n$ find %s -print0 | backshift save --subset demo\n' "$SRC"
 find "$SRC" -print0 | "$BS" save --subset demo
-sleep 2
 printf '\n$ find %s -print0 | backshift save --subset demo   # unchanged: borrowed\n' "$SRC"
 find "$SRC" -print0 | "$BS" save --subset demo
 run "$BS" saves
@@ -49,3 +51,19 @@ meta "$SRC" > "$W/meta.src"
 meta "$RESTORE$SRC" > "$W/meta.restored"
 diff "$W/meta.src" "$W/meta.restored"
 echo "restored tree is identical to the source: contents, types, modes, owners, mtimes, links"
+
+# Asking questions: reports and read-only SQL over the catalog.
+echo "one more line" >> "$SRC/docs/file1.txt"
+printf '\n$ find %s -print0 | backshift save --subset demo   # after an edit\n' "$SRC"
+find "$SRC" -print0 | "$BS" save --subset demo
+run "$BS" diff 2 3
+run "$BS" history "$SRC/docs/file1.txt"
+run "$BS" find '*.bin'
+run "$BS" stats
+run "$BS" sql "SELECT type, count(*) AS n, sum(size) AS bytes FROM files WHERE save_id = 3 GROUP BY type ORDER BY n DESC"
+
+# Keeping the repository healthy.
+run "$BS" check --read-data
+run "$BS" expire --keep-last 2 --dry-run
+run "$BS" expire --keep-last 2
+run "$BS" saves

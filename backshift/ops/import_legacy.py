@@ -281,7 +281,7 @@ class Importer:
 
     def content_for(self, chunks: tuple) -> int | None:
         if not chunks:
-            return self.cat.content_id(EMPTY_DIGEST, 0)
+            return self.cat.content_id(EMPTY_DIGEST, 0, [])
         return self.cat.content_by_chunk_list([ChunkRef(s, n) for s, n in chunks])
 
     def read_content(self, chunks: tuple) -> tuple[bytes, int, list] | None:
@@ -348,7 +348,7 @@ class Importer:
         self.placer.flush()  # chunks durable before the rows that name them
         self.cat.begin()
         for digest, size, refs in pending.values():
-            if self.cat.content_id(digest, size) is None:
+            if self.cat.content_id(digest, size, [ref for ref, _n in refs]) is None:
                 self.cat.insert_content(digest, size, refs)
         self.cat.commit()
         pending.clear()

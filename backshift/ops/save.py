@@ -11,6 +11,7 @@ import collections
 import errno
 import hashlib
 import os
+import queue
 import signal
 import socket
 import stat
@@ -207,10 +208,20 @@ class Saver:
         self._prev: collections.OrderedDict[tuple[int, int], tuple | None] = \
             collections.OrderedDict()
         self._prev_entries = 0
+        self._warn_lock = threading.Lock()
+        self._txn = False
 
     def warn(self, msg: str) -> None:
-        self.stats.warnings += 1
-        self._warn_cb(msg)
+        """Record a per-file problem (thread-safe: the name reader warns from its thread)."""
+        with self._warn_lock:
+            self.stats.warnings += 1
+            self._warn_cb(msg)
+
+    def ensure_txn(self) -> None:
+        """Take the catalog's write lock only when there is something to write."""
+        if not self._txn:
+            self.cat.begin()
+            self._txn = True
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -231,16 +242,31 @@ class Saver:
             self.estimate = biggest or None
         self.legacy_candidates = {sid for sid, _ in self.candidates
                                   if self.cat.is_legacy_save(sid)}
-        self.cat.begin()
 
     def run(self, paths: Iterable[bytes]) -> SaveStats:
         self.start()
         pool = ThreadPoolExecutor(max_workers=self.opts.workers, thread_name_prefix="read")
+        names: queue.Queue = queue.Queue(maxsize=4096)
+        feeder = threading.Thread(target=_feed, args=(paths, names), daemon=True,
+                                  name="names")
         try:
             with _graceful_signals(self):
-                for path in paths:
-                    if self.stop_signal is not None:
+                feeder.start()
+                while self.stop_signal is None:
+                    try:
+                        path = names.get(timeout=0.25)
+                    except queue.Empty:
+                        # The input is slow (a find still walking): record what is done
+                        # and release the write lock so other saves can commit meanwhile.
+                        self.drain(block=False)
+                        if self._txn:
+                            self.maybe_commit(force=True)
+                        self.report_progress()
+                        continue
+                    if path is _END:
                         break
+                    if isinstance(path, _FeedError):
+                        raise path.error
                     self.add(path, pool)
                     self.drain(block=False)
                     self.maybe_commit()
@@ -256,12 +282,14 @@ class Saver:
         return self.stats
 
     def finish(self, status: str) -> None:
+        self.ensure_txn()
         self.repo.store.flush()
         self.write_counters()
         from ..crashpoints import crashpoint
         crashpoint("before_save_complete")
         self.cat.finish_save(self.stats.save_id, status, time.time_ns())
         self.cat.commit()
+        self._txn = False
         self.cat.checkpoint()
         self.stats.status = status
         self.stats.elapsed_s = time.monotonic() - self.started
@@ -271,6 +299,7 @@ class Saver:
         """After an error: keep nothing uncommitted, mark the save interrupted if possible."""
         self.repo.store.abandon()
         self.cat.rollback_quietly()
+        self._txn = False
         try:
             self.cat.begin()
             self.write_counters()
@@ -291,6 +320,8 @@ class Saver:
 
     def maybe_commit(self, force: bool = False) -> None:
         now = time.monotonic()
+        if not self._txn:
+            return
         if not force and self._batch_files < self.opts.batch_files \
                 and self._batch_bytes < self.opts.batch_bytes \
                 and now - self._batch_started < self.opts.batch_seconds:
@@ -298,7 +329,7 @@ class Saver:
         self.repo.store.flush()
         self.write_counters()
         self.cat.commit()
-        self.cat.begin()
+        self._txn = False
         self._batch_files = 0
         self._batch_bytes = 0
         self._batch_started = now
@@ -315,6 +346,7 @@ class Saver:
     # -- per name -------------------------------------------------------------------------
 
     def add(self, path: bytes, pool: ThreadPoolExecutor) -> None:
+        self.ensure_txn()
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -450,21 +482,44 @@ class Saver:
         if cached is not None:
             return cached
         up = parent(path)
-        parent_id = self.intern(up) if up is not None else None
-        pid = None
-        if parent_id is not None and self.candidates:
-            entry = self._prefetched(self.candidates[0][0], parent_id)
-            if entry is not None:
-                pid = entry[1].get(basename(path))
-        if pid is None:
-            key = sort_key(path)
-            pid = self.cat.insert_path_if_new(parent_id, key, basename(path))
+        parent_id = self.dir_ids.get(up) if up is not None else None
+        if parent_id is not None:  # the usual case: its directory was just interned
+            pid = None
+            if self.candidates:  # a re-save: the earlier save's directory listing knows it
+                entry = self._prefetched(self.candidates[0][0], parent_id)
+                if entry is not None:
+                    pid = entry[1].get(basename(path))
             if pid is None:
-                pid = self.cat.path_id(key)
+                key = sort_key(path)
+                pid = self.cat.insert_path_if_new(parent_id, key, basename(path))
+                if pid is None:
+                    pid = self.cat.path_id(key)
+        else:
+            pid = self._intern_with_parents(path)
         if len(self.dir_ids) > 100_000:
             self.dir_ids.clear()
         if path.count(b"/") < 64:
             self.dir_ids[path] = pid
+        return pid
+
+    def _intern_with_parents(self, path: bytes) -> int:
+        """PATH's id, creating it and its missing ancestors (the slow path of intern)."""
+        missing: list[bytes] = []  # this path and its ancestors not yet in the catalog
+        parent_id: int | None = None
+        cur: bytes | None = path
+        while cur is not None:  # a loop, not recursion: paths may be thousands deep
+            known = self.dir_ids.get(cur)
+            if known is None:
+                known = self.cat.path_id(sort_key(cur))
+            if known is not None:
+                parent_id = known
+                break
+            missing.append(cur)
+            cur = parent(cur)
+        pid = parent_id
+        for p in reversed(missing):
+            pid = self.cat.insert_path(parent_id, sort_key(p), basename(p))
+            parent_id = pid
         return pid
 
     # -- recording ------------------------------------------------------------------------
@@ -485,6 +540,7 @@ class Saver:
             self.maybe_commit()
 
     def record(self, item: Item) -> None:
+        self.ensure_txn()
         v = item.version
         if item.future is not None:
             self.in_flight_bytes -= v.size
@@ -538,14 +594,35 @@ class Saver:
             if c.new:
                 self.stats.new_chunks += 1
                 self.stats.new_bytes_stored += c.stored_length
-        content_id = self.cat.insert_content_if_new(
-            result.digest, result.size, [(c.ref, c.stored_length) for c in result.chunks])
+        refs = [c.ref for c in result.chunks]
+        content_id = self.cat.content_id(result.digest, result.size, refs)
         if content_id is None:
-            content_id = self.cat.content_id(result.digest, result.size)
+            content_id = self.cat.insert_content(
+                result.digest, result.size, [(c.ref, c.stored_length) for c in result.chunks])
+        else:
             for c in result.chunks:  # heal: a re-stored chunk gets its new stored length
                 if c.new:
                     self.cat.chunk_id(c.ref, c.stored_length)
         return replace(v, size=result.size, content_id=content_id)
+
+
+_END = object()
+
+
+class _FeedError:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _feed(paths: Iterable[bytes], names: queue.Queue) -> None:
+    """Reader thread: move input names into the queue, so the main thread never blocks on
+    input while it holds the catalog's write lock."""
+    try:
+        for path in paths:
+            names.put(path)
+    except BaseException as e:  # handed to the main thread, raised there
+        names.put(_FeedError(e))
+    names.put(_END)
 
 
 class _graceful_signals:

@@ -230,8 +230,10 @@ def _write_data(m, writer: TarWriter, catalog, store, problems) -> None:
         try:
             data = store.read(ref)
         except (ChunkMissing, ChunkCorrupt) as e:
-            problems.damage(path, f"{e.message()}; {ref.length} zero bytes at offset {done}")
-            data = bytes(ref.length)
+            # the recorded length is catalog data: never trust it beyond the member's size
+            pad = min(max(ref.length, 0), size - done)
+            problems.damage(path, f"{e.message()}; {pad} zero bytes at offset {done}")
+            data = bytes(pad)
         if done + len(data) > size:
             problems.damage(path, f"content longer than its declared size {size}; cut")
             data = data[: size - done]

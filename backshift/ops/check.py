@@ -1,0 +1,253 @@
+"""check: make damage visible. Catalog integrity, chunk presence and size, optional re-read.
+
+Fast mode: quick_check, foreign_key_check, the undeclared references by anti-join, every
+referenced chunk present with its recorded stored length, dead 'running' saves, orphan
+chunk files and temp files counted, age of the newest catalog copy. --read-data also
+decompresses and re-hashes chunks (all, or the n-th of t parts by sha256 prefix) and
+verifies each content's xxh3-128 digest. Problems are grouped: each bad chunk once, with
+the saves and paths that reference it. --repair moves damaged chunk files to
+REPO/quarantine/ (never deletes them) so that the next save of the same data stores them
+afresh; it changes nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import xxhash
+
+from ..errors import ChunkCorrupt, ChunkMissing, NotACatalog
+from ..lock import pid_alive
+from ..model import ChunkRef
+from ..pathcodec import escape, from_key
+from ..repo import Repository
+from .catalog_copy import newest_copy_age_s
+
+QUARANTINE_DIR = b"quarantine"
+USERS_SHOWN = 20
+
+
+@dataclass
+class ChunkProblem:
+    sha256: bytes
+    what: str
+    users: list[tuple[int, bytes]] = field(default_factory=list)  # (save id, path)
+
+
+@dataclass
+class CheckResult:
+    catalog_problems: list[str] = field(default_factory=list)
+    chunk_problems: dict[bytes, ChunkProblem] = field(default_factory=dict)
+    content_problems: list[str] = field(default_factory=list)
+    dead_saves: list[str] = field(default_factory=list)
+    chunks_referenced: int = 0
+    chunks_verified: set[bytes] = field(default_factory=set)
+    contents_verified: int = 0
+    bytes_read: int = 0
+    orphans: int = 0
+    orphan_bytes: int = 0
+    temps: int = 0
+    copy_age_s: float | None = None
+    quarantined: list[bytes] = field(default_factory=list)
+    repaired_saves: list[int] = field(default_factory=list)
+
+    def problem_count(self) -> int:
+        return (len(self.catalog_problems) + len(self.chunk_problems)
+                + len(self.content_problems) + len(self.dead_saves))
+
+
+def in_part(sha256: bytes, part: tuple[int, int] | None) -> bool:
+    """Whether a chunk (or content digest) falls in part n of t: by its first 8 bytes."""
+    if part is None:
+        return True
+    n, t = part
+    return int.from_bytes(sha256[:8], "big") % t == n - 1
+
+
+def check(repo: Repository, read_data: bool = False, part: tuple[int, int] | None = None,
+          repair: bool = False, progress: Callable[[str], None] | None = None) -> CheckResult:
+    cat, store = repo.catalog, repo.store
+    r = CheckResult()
+    try:
+        r.catalog_problems += [f"integrity_check: {p}"
+                               for p in cat.integrity_problems(quick=not read_data)]
+        r.catalog_problems += [f"foreign_key_check: table {t} row {rowid} -> {parent}"
+                               for t, rowid, parent, _fk in cat.foreign_key_problems()]
+        r.catalog_problems += cat.dangling_references()
+        here = socket.gethostname()
+        for sid, host, subset, _started, writer_host, pid in cat.running_saves():
+            if writer_host == here and not pid_alive(pid, None):
+                r.dead_saves.append(f"save {sid} ({host}/{subset}) is 'running' but its process "
+                                    f"{pid} is gone (the next save of this host marks it "
+                                    f"interrupted; check --repair does it now)")
+                if repair:
+                    r.repaired_saves.append(sid)
+        # Catalog first, then the disk: a save commits rows only after its files are durable,
+        # so a chunk committed before this snapshot is on disk by the time it is listed.
+        referenced = dict(cat.all_chunks())
+        r.chunks_referenced = len(referenced)
+        on_disk: dict[bytes, int] = {}
+        for sha, info in store.iter_chunk_files():
+            if sha is None:
+                r.temps += 1
+            else:
+                on_disk[sha] = info
+        for sha, stored_length in referenced.items():
+            size = on_disk.get(sha)
+            if size is None:
+                r.chunk_problems[sha] = ChunkProblem(sha, "missing")
+            elif stored_length and size != stored_length:
+                r.chunk_problems[sha] = ChunkProblem(
+                    sha, f"size {size} bytes, catalog says {stored_length}")
+        for sha, size in on_disk.items():
+            if sha not in referenced:
+                r.orphans += 1
+                r.orphan_bytes += size
+        if read_data:
+            _read_data(repo, r, part, progress)
+        for problem in r.chunk_problems.values():
+            problem.users = [(sid, from_key(key))
+                             for sid, key in cat.chunk_users(problem.sha256, USERS_SHOWN + 1)]
+    except NotACatalog as e:  # the catalog cannot be read: say so, and what to do
+        r.catalog_problems.append(f"{e.args[1]}: the catalog is damaged; restore it from "
+                                  "REPO/catalog-copies/ (README: restoring the catalog)")
+        r.copy_age_s = newest_copy_age_s(repo.path)
+        return r
+    r.copy_age_s = newest_copy_age_s(repo.path)
+    if repair:
+        _repair(repo, r)
+    return r
+
+
+def _read_data(repo: Repository, r: CheckResult, part: tuple[int, int] | None,
+               progress: Callable[[str], None] | None) -> None:
+    """Re-read chunks of the part; verify digests of contents whose digest is in the part."""
+    store = repo.store
+    current: int | None = None
+    rows: list[tuple] = []
+
+    def finish_content() -> None:
+        if not rows:
+            return
+        content_id, size, digest = rows[0][0], rows[0][1], rows[0][2]
+        verify_digest = in_part(digest, part)
+        h = xxhash.xxh3_128() if verify_digest else None
+        total = 0
+        intact = True
+        for _cid, _size, _digest, sha, length, _stored in rows:
+            if not (verify_digest or in_part(sha, part)):
+                continue
+            if sha in r.chunk_problems and sha not in r.chunks_verified:
+                intact = False  # already known bad: not read again
+                continue
+            data = _read_chunk(store, r, sha, length, part)
+            if data is None:
+                intact = False
+                continue
+            total += len(data)
+            if h is not None:
+                h.update(data)
+        if h is not None and intact:
+            r.contents_verified += 1
+            if total != size or h.digest() != digest:
+                r.content_problems.append(
+                    f"content {content_id}: its chunks give {total} bytes with another "
+                    f"xxh3-128 digest than recorded ({size} bytes)")
+
+    for row in repo.catalog.content_chunks_in_order():
+        if row[0] != current:
+            finish_content()
+            rows = []
+            current = row[0]
+        rows.append(row)
+    finish_content()
+
+
+def _read_chunk(store, r: CheckResult, sha: bytes, length: int,
+                part: tuple[int, int] | None) -> bytes | None:
+    if in_part(sha, part):
+        r.chunks_verified.add(sha)
+    try:
+        data = store.read(ChunkRef(sha, length))
+    except ChunkMissing:
+        r.chunk_problems.setdefault(sha, ChunkProblem(sha, "missing"))
+        return None
+    except ChunkCorrupt as e:
+        r.chunk_problems[sha] = ChunkProblem(sha, e.args[1] if len(e.args) > 1 else str(e))
+        return None
+    r.bytes_read += len(data)
+    return data
+
+
+def _repair(repo: Repository, r: CheckResult) -> None:
+    """Quarantine damaged chunk files; mark dead running saves interrupted. Nothing else."""
+    qdir = os.path.join(repo.path, QUARANTINE_DIR)
+    for sha, problem in r.chunk_problems.items():
+        if problem.what == "missing":
+            continue
+        src = repo.store.path_for(sha)
+        os.makedirs(qdir, mode=0o700, exist_ok=True)
+        dst = os.path.join(qdir, b"%s.%d" % (sha.hex().encode(), time.time_ns()))
+        try:
+            os.rename(src, dst)
+        except FileNotFoundError:
+            continue
+        r.quarantined.append(sha)
+    if r.repaired_saves:
+        cat = repo.catalog
+        cat.begin()
+        for sid in r.repaired_saves:
+            cat.mark_save_interrupted(sid)
+        cat.commit()
+
+
+def report_lines(r: CheckResult, read_data: bool) -> list[str]:
+    """The human report: problems grouped by chunk, then counts."""
+    out = []
+    for p in r.catalog_problems:
+        out.append(f"catalog: {p}")
+    for p in r.dead_saves:
+        out.append(f"save: {p}")
+    for problem in sorted(r.chunk_problems.values(), key=lambda p: p.sha256):
+        out.append(f"chunk {problem.sha256.hex()}: {problem.what}")
+        for sid, path in problem.users[:USERS_SHOWN]:
+            out.append(f"    used by save {sid}: {escape(path)}")
+        if len(problem.users) > USERS_SHOWN:
+            out.append("    ... and more")
+        if not problem.users:
+            out.append("    used by no save (an interrupted save's leftover)")
+    for p in r.content_problems:
+        out.append(f"content: {p}")
+    for sha in r.quarantined:
+        out.append(f"quarantined chunk {sha.hex()} (REPO/quarantine/); "
+                   "save the same data again to re-create it")
+    for sid in r.repaired_saves:
+        out.append(f"marked save {sid} interrupted")
+    out.append(f"{r.chunks_referenced:,} chunks referenced, {r.orphans:,} orphan chunk files "
+               f"({r.orphan_bytes:,} bytes), {r.temps:,} temp/other files in chunks/ "
+               "(expire removes orphans and old temp files)")
+    if read_data:
+        out.append(f"read {len(r.chunks_verified):,} chunks ({r.bytes_read:,} bytes), "
+                   f"verified {r.contents_verified:,} file contents")
+    if r.copy_age_s is None:
+        out.append("catalog copy: none yet (made after each save and expire)")
+    else:
+        out.append(f"catalog copy: newest is {_age(r.copy_age_s)} old")
+    n = r.problem_count()
+    out.append("no problems found" if n == 0 else f"{n} problem(s) found")
+    return out
+
+
+def _age(seconds: float) -> str:
+    s = int(max(seconds, 0))
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    if s < 172800:
+        return f"{s // 3600} h"
+    return f"{s // 86400} days"

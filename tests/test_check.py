@@ -1,0 +1,216 @@
+"""check: clean repositories pass; every kind of chunk damage is found, grouped, healed."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from repo_oracle import assert_save_matches, manifest, save_contents
+
+from backshift.catalog import Catalog
+from backshift.ops.catalog_copy import KEEP, list_copies
+from backshift.ops.check import check as run_check
+from backshift.repo import READ_LOCKED, open_repository
+from conftest import find0, run
+
+
+def make_source(root: Path) -> Path:
+    root.mkdir()
+    (root / "big.bin").write_bytes(os.urandom(120_000))
+    (root / "small.txt").write_bytes(b"small file\n" * 100)
+    (root / "copy.bin").write_bytes((root / "big.bin").read_bytes()[:70_000])
+    return root
+
+
+def chunk_path(repo: bytes, sha_hex: str) -> str:
+    return os.path.join(os.fsdecode(repo), "chunks", sha_hex[:2], sha_hex)
+
+
+def chunks_of(repo: bytes, name: bytes) -> list[str]:
+    """The chunks of the newest version of the file whose path ends with NAME, in order."""
+    cat = Catalog.open(os.path.join(repo, b"catalog.sqlite3"), readonly=True)
+    try:
+        rows = cat.conn.execute(
+            "SELECT k.sha256 FROM path AS p JOIN version AS v ON v.path_id = p.id "
+            "JOIN content_chunk AS cc ON cc.content_id = v.content_id "
+            "JOIN chunk AS k ON k.id = cc.chunk_id WHERE p.name = ? "
+            "ORDER BY v.id DESC, cc.seq", (name,)).fetchall()
+        return [r[0].hex() for r in rows]
+    finally:
+        cat.close()
+
+
+def test_check_clean_repository_passes(tmp_path, repo):
+    src = make_source(tmp_path / "src")
+    run("-r", repo, "save", input=find0(src))
+    res = run("-r", repo, "check", "--read-data")
+    assert "no problems found" in res.stdout
+    assert "catalog copy: newest is" in res.stdout
+    assert "verified 3 file contents" in res.stdout
+
+
+def _truncate(path: str, _other: str) -> None:
+    os.truncate(path, os.path.getsize(path) // 2)
+
+
+def _flip(path: str, _other: str) -> None:
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x10]))
+
+
+def _delete(path: str, _other: str) -> None:
+    os.unlink(path)
+
+
+def _other_chunks_bytes(path: str, other: str) -> None:
+    shutil.copyfile(other, path)
+
+
+DAMAGE = {"truncated": _truncate, "bit-flipped": _flip, "deleted": _delete,
+          "other-chunks-bytes": _other_chunks_bytes}
+FAST_FINDS = {"truncated", "deleted"}
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_check_finds_damage_groups_it_and_heals_after_resave(tmp_path, repo, kind,
+                                                             no_racy_margin):
+    src = make_source(tmp_path / "src")
+    run("-r", repo, "save", input=find0(src))
+    run("-r", repo, "save", input=find0(src))  # a second save using the same chunks
+    expected = manifest(src)
+    big = chunks_of(repo, b"big.bin")
+    small = chunks_of(repo, b"small.txt")
+    victim = big[-1]
+    DAMAGE[kind](chunk_path(repo, victim), chunk_path(repo, small[0]))
+    fast = run("-r", repo, "check", exit_code=None)
+    if kind in FAST_FINDS:
+        assert fast.code == 10
+    full = run("-r", repo, "check", "--read-data", exit_code=10)
+    lines = full.stdout.splitlines()
+    header = [i for i, line in enumerate(lines) if line.startswith(f"chunk {victim}")]
+    assert len(header) == 1, full.stdout  # the bad chunk is reported once ...
+    users = lines[header[0] + 1:header[0] + 3]  # ... with every save and path using it
+    assert users == [f"    used by save 1: {src}/big.bin", f"    used by save 2: {src}/big.bin"]
+    assert "1 problem(s) found" in full.stdout or kind == "other-chunks-bytes"
+    assert "problem(s)" in full.stderr
+    repaired = run("-r", repo, "check", "--read-data", "--repair", exit_code=10)
+    if kind != "deleted":
+        assert f"quarantined chunk {victim}" in repaired.stdout
+        assert glob.glob(os.path.join(os.fsdecode(repo), "quarantine", victim + ".*"))
+    assert not os.path.exists(chunk_path(repo, victim))
+    # the same data saved again re-creates the chunk; the old saves are whole again
+    run("-r", repo, "save", input=find0(src))
+    healed = run("-r", repo, "check", "--read-data")
+    assert "no problems found" in healed.stdout
+    for sid in (1, 2, 3):
+        assert_save_matches(repo, sid, expected)
+
+
+def test_check_read_data_subsets_cover_every_chunk_exactly_once(tmp_path, repo):
+    src = make_source(tmp_path / "src")
+    run("-r", repo, "save", input=find0(src))
+    with open_repository(repo, READ_LOCKED) as r:
+        every = {sha for sha, _ in r.catalog.all_chunks()}
+        parts = [run_check(r, read_data=True, part=(n, 3)).chunks_verified for n in (1, 2, 3)]
+        whole = run_check(r, read_data=True)
+    assert len(every) > 3
+    assert set().union(*parts) == every == whole.chunks_verified
+    assert sum(len(p) for p in parts) == len(every)
+    assert whole.contents_verified == 3
+    run("-r", repo, "check", "--read-data-subset", "2/3")
+    run("-r", repo, "check", "--read-data-subset", "4/3", exit_code=2)
+
+
+def test_check_reports_dangling_member_reference(tmp_path, repo):
+    src = make_source(tmp_path / "src")
+    run("-r", repo, "save", input=find0(src))
+    cat = Catalog.open(os.path.join(repo, b"catalog.sqlite3"))
+    cat.conn.execute("INSERT INTO path (parent_id, key, name) VALUES (NULL, x'00ff', x'ff')")
+    cat.conn.execute("INSERT INTO member (save_id, path_id, version_id) "
+                     "SELECT 1, max(id), 999999 FROM path")
+    cat.close()
+    res = run("-r", repo, "check", exit_code=10)
+    assert "names missing version 999999" in res.stdout
+
+
+def test_check_catalog_restored_from_its_copy(tmp_path, repo):
+    src = make_source(tmp_path / "src")
+    run("-r", repo, "save", input=find0(src))
+    expected = manifest(src)
+    before = save_contents(repo, 1)
+    for _ in range(KEEP + 1):
+        run("-r", repo, "save", input=find0(src))
+    copies = list_copies(repo)
+    assert len(copies) == KEEP  # rotated
+    catalog = Path(os.fsdecode(repo)) / "catalog.sqlite3"
+    data = bytearray(catalog.read_bytes())
+    data[:100] = b"\0" * 100  # header destroyed
+    catalog.write_bytes(bytes(data))
+    run("-r", repo, "saves", exit_code=7)
+    # the README's restore procedure, its commands run as written there
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    steps = readme.split("### Restoring the catalog from its copy", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"^\d\. .*?`([^`]+)`|^   `([^`]+)`$", steps, re.M)
+    commands = [a or b for a, b in commands if "mv" in (a or b) or "cp" in (a or b)]
+    assert len(commands) == 2, commands
+    for command in commands:
+        subprocess.run(["sh", "-c", command.replace("REPO", os.fsdecode(repo))], check=True)
+    assert (Path(os.fsdecode(repo)) / "damaged" / "catalog.sqlite3").exists()
+    res = run("-r", repo, "check", "--read-data")
+    assert "no problems found" in res.stdout
+    listed = run("-r", repo, "saves", "--format", "csv").stdout.strip().splitlines()
+    assert len(listed) == 1 + KEEP + 2
+    assert save_contents(repo, 1) == before
+    assert_save_matches(repo, KEEP + 2, expected)
+
+
+def test_check_reports_a_damaged_catalog_page_without_a_traceback(tmp_path, repo):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(300):
+        (src / f"file-with-a-longish-name-{i:04d}.txt").write_bytes(b"%d\n" % i)
+    run("-r", repo, "save", input=find0(src))
+    catalog = os.path.join(os.fsdecode(repo), "catalog.sqlite3")
+    pages = os.path.getsize(catalog) // 4096
+    assert pages > 4
+    with open(catalog, "r+b") as f:
+        f.seek(4096 * (pages - 2))
+        f.write(b"\xff" * 4096)
+    res = run("-r", repo, "check", exit_code=10)
+    assert "the catalog is damaged" in res.stdout or "integrity_check:" in res.stdout
+    assert "Traceback" not in res.stderr
+    assert "catalog copy: newest is" in res.stdout
+    listed = run("-r", repo, "saves", "--format", "csv", "--last", "1", exit_code=None)
+    assert "Traceback" not in listed.stderr
+    assert listed.code in (0, 7)  # a damaged page a listing does not touch is not noticed
+
+
+def test_check_changes_nothing_and_waits_out_an_expire(tmp_path, repo):
+    from backshift.lock import RepoLock
+
+    src = make_source(tmp_path / "src")
+    run("-r", repo, "save", input=find0(src))
+    run("-r", repo, "expire", "--keep-last", "1")  # folds the WAL into the catalog file
+    catalog = Path(os.fsdecode(repo)) / "catalog.sqlite3"
+    before = catalog.read_bytes()
+    chunks_before = sorted(glob.glob(os.path.join(os.fsdecode(repo), "chunks", "*", "*")))
+    run("-r", repo, "check", "--read-data")
+    assert catalog.read_bytes() == before
+    assert sorted(glob.glob(os.path.join(os.fsdecode(repo), "chunks", "*", "*"))) == \
+        chunks_before
+    lock = RepoLock(repo, exclusive=True, operation="expire")
+    lock.acquire()
+    try:
+        res = run("-r", repo, "check", exit_code=5)
+        assert "held exclusively" in res.stderr and "(expire, since" in res.stderr
+    finally:
+        lock.release()
+    run("-r", repo, "check", "--lock-wait", "5")

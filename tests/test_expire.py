@@ -1,0 +1,241 @@
+"""expire: retention applied to a real repository, exact GC, crash safety (RELIABILITY F1-F5)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from repo_oracle import assert_save_matches, manifest, restore_with_tar
+
+from backshift import catalog as catalog_mod
+from backshift.catalog import Catalog
+from backshift.crashpoints import POINTS
+from backshift.ops import expire as expire_mod
+from conftest import find0, run, run_bin
+
+
+def all_files(repo: bytes) -> set[str]:
+    root = os.path.join(repo, b"chunks")
+    return {os.fsdecode(n) for d in os.listdir(root) for n in os.listdir(os.path.join(root, d))}
+
+
+def chunk_files(repo: bytes) -> set[str]:
+    return {n for n in all_files(repo) if ".tmp." not in n}
+
+
+def catalog_chunks(repo: bytes) -> set[str]:
+    cat = Catalog.open(os.path.join(repo, b"catalog.sqlite3"), readonly=True)
+    try:
+        return {sha.hex() for sha, _n in cat.all_chunks()}
+    finally:
+        cat.close()
+
+
+def chunks_of_save(repo: bytes, save_id: int) -> set[str]:
+    cat = Catalog.open(os.path.join(repo, b"catalog.sqlite3"), readonly=True)
+    try:
+        return {sha.hex() for (sha,) in cat.conn.execute(
+            "SELECT k.sha256 FROM member AS m JOIN version AS v ON v.id = m.version_id "
+            "JOIN content_chunk AS cc ON cc.content_id = v.content_id "
+            "JOIN chunk AS k ON k.id = cc.chunk_id WHERE m.save_id = ?", (save_id,))}
+    finally:
+        cat.close()
+
+
+def save_generation(src: Path, repo: bytes, gen: int, subset: str = "default") -> dict:
+    """Rewrite part of SRC for generation GEN, save it, return its manifest."""
+    src.mkdir(exist_ok=True)
+    (src / "stable.bin").write_bytes(b"stable" * 20000) if gen == 0 else None
+    (src / f"gen{gen}.bin").write_bytes(os.urandom(50_000 + gen))
+    (src / "changing.bin").write_bytes(os.urandom(40_000))
+    old = src / f"gen{gen - 2}.bin"
+    if old.exists():
+        old.unlink()
+    run("-r", repo, "save", "--subset", subset, input=find0(src))
+    return manifest(src)
+
+
+def test_expire_removes_only_unreferenced_chunks(tmp_path, repo):
+    src = tmp_path / "src"
+    manifests = [save_generation(src, repo, g) for g in range(3)]
+    before = chunk_files(repo)
+    res = run("-r", repo, "expire", "--keep-last", "1")
+    assert "remove       save 1 " in res.stdout and "remove       save 2 " in res.stdout
+    assert "keep         save 3 " in res.stdout and "last 1 of 1" in res.stdout
+    after = chunk_files(repo)
+    assert after < before
+    assert after == catalog_chunks(repo)  # nothing unreferenced left, nothing missing
+    assert_save_matches(repo, 3, manifests[2])
+    run("-r", repo, "check", "--read-data")
+
+
+def test_expire_dry_run_prints_the_real_runs_lines_and_changes_nothing(tmp_path, repo):
+    src = tmp_path / "src"
+    for g in range(3):
+        save_generation(src, repo, g)
+    before = chunk_files(repo)
+    catalog_bytes = (Path(os.fsdecode(repo)) / "catalog.sqlite3").read_bytes()
+    dry = run("-r", repo, "expire", "--keep-last", "2", "--dry-run")
+    assert chunk_files(repo) == before
+    assert len(run("-r", repo, "saves", "--format", "json").stdout.splitlines()) > 0
+    assert "dry run: nothing was changed" in dry.stdout
+    real = run("-r", repo, "expire", "--keep-last", "2")
+    dry_lines = dry.stdout.splitlines()
+    real_lines = real.stdout.splitlines()
+    assert dry_lines[:3] == real_lines[:3]
+    assert dry_lines[3].replace("would remove", "removed") == real_lines[3]
+    assert catalog_bytes  # the catalog existed; the real run changed it below
+    assert chunk_files(repo) < before
+
+
+def test_expire_stops_before_deleting_when_a_kept_chunk_is_missing(tmp_path, repo):
+    src = tmp_path / "src"
+    for g in range(3):
+        save_generation(src, repo, g)
+    victim = sorted(chunks_of_save(repo, 3))[0]  # a chunk the kept save needs
+    os.unlink(os.path.join(repo, b"chunks", victim[:2].encode(), victim.encode()))
+    before = chunk_files(repo)
+    res = run("-r", repo, "expire", "--keep-last", "1", exit_code=13)
+    assert "nothing deleted" in res.stderr and "run check" in res.stderr
+    assert chunk_files(repo) == before
+    saves = run("-r", repo, "saves", "--format", "csv").stdout
+    assert len(saves.strip().splitlines()) == 4  # header + 3 saves, none removed
+
+
+def test_expire_removes_orphans_and_old_temp_files_only(tmp_path, repo):
+    src = tmp_path / "src"
+    save_generation(src, repo, 0)
+    orphan = "ab" + "0" * 62
+    orphan_path = os.path.join(repo, b"chunks", b"ab", orphan.encode())
+    Path(os.fsdecode(orphan_path)).write_bytes(b"1\nleftover")
+    old_temp = Path(os.fsdecode(repo)) / "chunks" / "cd" / ("cd" + "1" * 62 + ".tmp.h.1.aa")
+    new_temp = Path(os.fsdecode(repo)) / "chunks" / "cd" / ("cd" + "2" * 62 + ".tmp.h.1.bb")
+    old_temp.write_bytes(b"x")
+    new_temp.write_bytes(b"y")
+    two_hours_ago = time.time() - 7200
+    os.utime(old_temp, (two_hours_ago, two_hours_ago))
+    res = run("-r", repo, "expire", "--keep-last", "5")
+    assert "1 orphan chunk(s)" in res.stdout and "1 stale temp file(s)" in res.stdout
+    assert not os.path.exists(orphan_path)
+    assert not old_temp.exists()
+    assert new_temp.exists()
+
+
+def test_expire_narrows_to_one_series(tmp_path, repo):
+    src = tmp_path / "src"
+    for g in range(2):
+        save_generation(src, repo, g, subset="home")
+    m = manifest(src)
+    for g in range(2):
+        save_generation(tmp_path / "etc", repo, g, subset="etc")
+    res = run("-r", repo, "expire", "--keep-last", "1", "--subset", "etc")
+    assert "home" not in res.stdout
+    rows = run("-r", repo, "saves", "--format", "csv").stdout.strip().splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == ["1", "2", "4"]
+    assert_save_matches(repo, 2, m)
+
+
+def test_expire_refuses_an_empty_policy(repo):
+    res = run("-r", repo, "expire", exit_code=2)
+    assert "needs a policy" in res.stderr
+    run("-r", repo, "expire", "--older-than", "soon", exit_code=2)
+
+
+def test_expire_sweeps_are_set_based_not_per_row(repo):
+    cat = Catalog.open(os.path.join(repo, b"catalog.sqlite3"))
+    try:
+        for name in ("DELETE_UNREFERENCED_VERSIONS", "DELETE_UNREFERENCED_CONTENTS",
+                     "UNREFERENCED_CHUNKS", "DELETE_UNREFERENCED_CHUNKS",
+                     "DELETE_UNREFERENCED_PATHS"):
+            plan = [row[3] for row in cat.conn.execute(
+                "EXPLAIN QUERY PLAN " + getattr(catalog_mod, name))]
+            assert not any("CORRELATED" in step for step in plan), (name, plan)
+            # member/version are scanned only to build the NOT IN list, once
+            assert any("LIST SUBQUERY" in step or "FOR IN-OPERATOR" in step
+                       for step in plan), (name, plan)
+    finally:
+        cat.close()
+
+
+GC_POINTS = [p for p in POINTS if p.startswith("gc_")]
+
+
+@pytest.mark.parametrize("point", GC_POINTS + ["gc_mid_unlink:3"])
+def test_expire_killed_at_gc_point_leaves_only_orphans(tmp_path, repo, point):
+    assert point.split(":")[0] in POINTS
+    src = tmp_path / "src"
+    manifests = [save_generation(src, repo, g) for g in range(4)]
+    killed = run_bin("-r", repo, "expire", "--keep-last", "2",
+                     env={"BACKSHIFT_CRASH_AT": point})
+    assert killed.returncode == -9, killed.stderr
+    res = run("-r", repo, "check")  # orphans are counted, not problems
+    assert "no problems found" in res.stdout
+    for sid in (3, 4):
+        assert_save_matches(repo, sid, manifests[sid - 1])
+        restored = restore_with_tar(repo, sid, tmp_path / f"restore{sid}")
+        assert restored == manifests[sid - 1]  # a real restore, compared with the source
+    again = run("-r", repo, "expire", "--keep-last", "2")
+    assert "removed 0 save(s)" in again.stdout
+    assert chunk_files(repo) == catalog_chunks(repo)
+    assert "0 orphan chunk files" in run("-r", repo, "check", "--read-data").stdout
+
+
+SAVE_POINTS = ["after_chunk_tmp_write", "after_chunk_rename", "before_catalog_commit",
+               "after_catalog_commit", "before_save_complete"]
+
+
+@pytest.mark.parametrize("point", SAVE_POINTS)
+def test_expire_after_a_save_killed_at_point_keeps_every_complete_save(tmp_path, repo, point,
+                                                                       monkeypatch):
+    assert point in POINTS
+    src = tmp_path / "src"
+    manifests = [save_generation(src, repo, g) for g in range(2)]
+    (src / "new.bin").write_bytes(os.urandom(200_000))
+    killed = run_bin("-r", repo, "save", input=find0(src), env={"BACKSHIFT_CRASH_AT": point})
+    assert killed.returncode == -9, killed.stderr
+    # the dead 'running' save is reported until a save (or check --repair) marks it
+    res = run("-r", repo, "check", exit_code=None)  # killed before its first commit: no row
+    assert res.code == 0 or (res.code == 10 and "is 'running' but its process" in res.stdout)
+    final = save_generation(src, repo, 5)
+    run("-r", repo, "expire", "--keep-last", "2")
+    run("-r", repo, "check", "--read-data")
+    listed = run("-r", repo, "saves", "--format", "csv").stdout.strip().splitlines()[1:]
+    ids = [int(r.split(",")[0]) for r in listed]
+    assert ids[0] == 2 and len(ids) == 2  # an interrupted save 3 went: a later one exists
+    assert_save_matches(repo, 2, manifests[1])
+    assert_save_matches(repo, ids[1], final)
+    assert restore_with_tar(repo, 2, tmp_path / "r2") == manifests[1]
+    assert restore_with_tar(repo, ids[1], tmp_path / "r-final") == final
+    assert chunk_files(repo) == catalog_chunks(repo)
+    # temp files of the killed save are younger than the grace period: kept until it ends
+    monkeypatch.setattr(expire_mod, "TEMP_GRACE_S", 0)
+    run("-r", repo, "expire", "--keep-last", "2")
+    assert all_files(repo) == catalog_chunks(repo)
+
+
+def test_expire_removes_paths_of_a_deleted_subtree_and_keeps_live_ancestors(tmp_path, repo):
+    src = tmp_path / "src"
+    deep = src / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    (deep / "f.txt").write_bytes(b"deep\n")
+    (src / "keep.txt").write_bytes(b"keep\n")
+    run("-r", repo, "save", input=find0(src))
+    import shutil
+    shutil.rmtree(src / "a")
+    run("-r", repo, "save", input=find0(src))
+    # the second save, given only one file, still needs that file's ancestors as paths
+    run("-r", repo, "save", "--subset", "one", input=os.fsencode(src / "keep.txt") + b"\0")
+    run("-r", repo, "expire", "--keep-last", "1")
+    cat = Catalog.open(os.path.join(repo, b"catalog.sqlite3"), readonly=True)
+    try:
+        names = {n for (n,) in cat.conn.execute("SELECT name FROM path")}
+        orphans = cat.conn.execute(
+            "SELECT count(*) FROM path AS p LEFT JOIN path AS q ON q.id = p.parent_id "
+            "WHERE p.parent_id IS NOT NULL AND q.id IS NULL").fetchone()[0]
+    finally:
+        cat.close()
+    assert not names & {b"a", b"b", b"c", b"f.txt"}
+    assert b"keep.txt" in names and orphans == 0
+    run("-r", repo, "check")
