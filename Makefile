@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: all venv legacy-venv sysdeps test test-fast lint demo bench bench-peers docs clean
 
@@ -52,7 +53,7 @@ demo: $(STAMP) sysdeps
 	@sh tools/demo.sh
 
 bench: $(STAMP) sysdeps
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 bench-peers: $(STAMP)
 	@sh tools/install-peers.sh

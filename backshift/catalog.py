@@ -500,6 +500,46 @@ CHUNK_USERS = _sql("""
 """)
 
 
+
+# -- save speed ---------------------------------------------------------------------------
+
+# One directory's entries in an earlier save, with their versions and chunk lists (one row
+# per chunk): a re-save asks once per directory instead of twice per file. CROSS JOIN pins
+# the plan (path_by_parent, then each table by its key): left free, SQLite scanned the whole
+# save's members for each directory.
+PREVIOUS_UNDER_PARENT = _sql(f"""
+    SELECT p.id, p.name, v.id, {VERSION_COLUMNS}, k.sha256, k.length
+    FROM path AS p
+    CROSS JOIN member AS m
+    CROSS JOIN version AS v
+    LEFT JOIN content_chunk AS cc ON cc.content_id = v.content_id
+    LEFT JOIN chunk AS k ON k.id = cc.chunk_id
+    WHERE p.parent_id = :parent_id
+      AND m.save_id = :save_id
+      AND m.path_id = p.id
+      AND v.id = m.version_id
+    ORDER BY p.id, cc.seq
+    LIMIT :limit
+""")
+
+# New rows in one statement where the row is most likely new (a first save): the insert
+# itself says whether the key existed, instead of a lookup before every insert.
+INSERT_PATH_IF_NEW = _sql("""
+    INSERT INTO path (parent_id, key, name)
+    VALUES (:parent_id, :key, :name)
+    ON CONFLICT (key) DO NOTHING
+    RETURNING id
+""")
+
+UPSERT_CHUNK = _sql("""
+    INSERT INTO chunk (sha256, length, stored_length)
+    VALUES (:sha256, :length, :stored_length)
+    ON CONFLICT (sha256) DO UPDATE
+    SET stored_length = excluded.stored_length
+    WHERE chunk.stored_length != excluded.stored_length
+    RETURNING id
+""")
+
 class Catalog:
     """One apsw connection to REPO/catalog.sqlite3, opened for writing or read-only."""
 
@@ -761,6 +801,12 @@ class Catalog:
         return content_id
 
     def chunk_id(self, ref: ChunkRef, stored_length: int) -> int:
+        if stored_length:  # a chunk file just written: its row is most likely new too
+            row = self.conn.execute(UPSERT_CHUNK, {
+                "sha256": ref.sha256, "length": ref.length, "stored_length": stored_length,
+            }).fetchone()
+            if row is not None:
+                return row[0]
         row = self.conn.execute(CHUNK_ID_BY_SHA, {"sha256": ref.sha256}).fetchone()
         if row is not None:
             if stored_length:
@@ -932,6 +978,35 @@ class Catalog:
                 return content_id
         return None
 
+
+    # -- save speed --
+
+    def versions_under(self, save_id: int, parent_id: int, limit: int
+                       ) -> list[tuple[int, bytes, int, Version, list[ChunkRef]]] | None:
+        """(path id, name, version id, version, chunks) of each entry of directory PARENT_ID
+        in save SAVE_ID; None when that takes more than LIMIT rows (one per chunk)."""
+        rows = self.conn.execute(PREVIOUS_UNDER_PARENT, {
+            "save_id": save_id, "parent_id": parent_id, "limit": limit + 1,
+        }).fetchall()
+        if len(rows) > limit:
+            return None
+        out: list = []
+        last = None
+        for r in rows:
+            if r[0] != last:
+                last = r[0]
+                refs: list[ChunkRef] = []
+                out.append((r[0], r[1], r[2], Version(*r[3:17]), refs))
+            if r[17] is not None:
+                refs.append(ChunkRef(r[17], r[18]))
+        return out
+
+    def insert_path_if_new(self, parent_id: int | None, key: bytes, name: bytes) -> int | None:
+        """The new path's id; None when KEY is already there."""
+        row = self.conn.execute(INSERT_PATH_IF_NEW, {
+            "parent_id": parent_id, "key": key, "name": name,
+        }).fetchone()
+        return row[0] if row else None
 
 def _uri_quote(path: str) -> str:
     return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")

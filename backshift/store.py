@@ -21,6 +21,7 @@ import secrets
 import socket
 import threading
 
+import xxhash
 import zstandard
 
 from . import diskio
@@ -34,6 +35,15 @@ HEADER_XZ = b"7\n"
 HEADER_BZ2 = b"5\n"
 TEMP_MARK = b".tmp."
 CHUNKS_DIR = b"chunks"
+RENAME_SPLIT = 256  # a flush with this many new chunks renames them in two threads
+
+
+def _collect(errors: list[BaseException], fn, *args) -> None:
+    """Run fn in a helper thread, keeping its error for the calling thread to raise."""
+    try:
+        fn(*args)
+    except BaseException as e:
+        errors.append(e)
 
 
 class Store:
@@ -85,8 +95,10 @@ class Store:
         try:
             back = decomp.decompress(packed, max_output_size=len(data))
         except zstandard.ZstdError:
-            back = None
-        if back != data:
+            back = b""
+        # xxh3-128 of both sides instead of `back != data`: comparing bytes with a memoryview
+        # goes byte by byte (~1 GB/s, 3% of a first save in perf); the hashes run at ~20 GB/s.
+        if len(back) != len(data) or xxhash.xxh3_128_digest(back) != xxhash.xxh3_128_digest(data):
             raise ChunkCorrupt(
                 hashlib.sha256(data).hexdigest(), "compressor output does not decompress back"
             )
@@ -208,9 +220,23 @@ class Store:
             return 0
         try:
             diskio.syncfs(self.root)
-            for temp, final in batch.values():
-                diskio.rename(temp, final)
-                crashpoint("after_chunk_rename")
+            pairs = list(batch.values())
+            if len(pairs) >= RENAME_SPLIT:
+                # thousands of renames (small files) cost ~40 us each in the kernel and block
+                # the catalog's thread: two threads do them in half the time
+                half = len(pairs) // 2
+                errors: list[BaseException] = []
+                helper = threading.Thread(target=_collect, name="rename", daemon=True,
+                                          args=(errors, self._rename_all, pairs[half:]))
+                helper.start()
+                try:
+                    self._rename_all(pairs[:half])
+                finally:
+                    helper.join()
+                if errors:
+                    raise errors[0]
+            else:
+                self._rename_all(pairs)
             diskio.syncfs(self.root)
         except OSError as e:
             for temp, _final in batch.values():
@@ -218,6 +244,12 @@ class Store:
                     self._discard(temp)
             raise RepositoryIOError(os.fsdecode(self.root), e.strerror or str(e)) from None
         return len(batch)
+
+    @staticmethod
+    def _rename_all(pairs: list[tuple[bytes, bytes]]) -> None:
+        for temp, final in pairs:
+            diskio.rename(temp, final)
+            crashpoint("after_chunk_rename")
 
     def abandon(self) -> None:
         """Drop pending temp files (a save that stops with an error)."""

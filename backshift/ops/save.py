@@ -32,6 +32,7 @@ from ..model import (
     TYPE_FILE,
     TYPE_SYMLINK,
     ChunkerParams,
+    ChunkRef,
     SaveStats,
     StoredChunk,
     Version,
@@ -46,6 +47,13 @@ from .owners import Owners
 # recorded it may have changed again within the filesystem's timestamp granularity after
 # it was read: it is not trusted for borrowing (git's racy-git rule, borg's cmtime rule).
 RACY_MARGIN_NS = 2_000_000_000
+
+# A re-save looks up each name's previous version in the earlier saves. It fetches a whole
+# directory's entries at once (one query per directory, not per file) and keeps a few
+# directories' worth: at most PREFETCH_ENTRIES versions in memory, whatever the tree size.
+# A directory with more than PREFETCH_MAX_ROWS entries or chunks is looked up file by file.
+PREFETCH_MAX_ROWS = 16384
+PREFETCH_ENTRIES = 65536
 
 Warn = Callable[[str], None]
 Progress = Callable[[SaveStats, int | None], None]
@@ -91,6 +99,25 @@ def open_for_reading(path: bytes) -> int:
     return os.open(path, OPEN_FLAGS)
 
 
+SMALL_FILE = 1 << 20  # files up to this size (as lstat saw them) are read in one piece
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """The whole file: one read() when it is SIZE bytes long as expected; more if it grew."""
+    data = os.read(fd, size + 1)
+    if len(data) <= size:
+        more = os.read(fd, 1) if len(data) < size else b""  # short read: not at EOF yet?
+        if not more:
+            return data
+        data += more
+    parts = [data]
+    while True:
+        block = os.read(fd, 1 << 20)
+        if not block:
+            return b"".join(parts)
+        parts.append(block)
+
+
 def read_file(path: bytes, st: Version, params: ChunkerParams, store: Store) -> ReadResult:
     """Chunk, hash and store one regular file; SkipFile if it cannot be read safely.
 
@@ -117,7 +144,11 @@ def read_file(path: bytes, st: Version, params: ChunkerParams, store: Store) -> 
         chunks = []
         size = 0
         try:
-            for view in chunker.cut_stream(f):
+            # A small file is read whole in one read() and cut in memory: the same cuts as
+            # cut_stream, without its 8 MiB buffer per call (most files are small).
+            views = (chunker.cut_buffer(_read_all(fd, st.size)) if st.size <= SMALL_FILE
+                     else chunker.cut_stream(f))
+            for view in views:
                 digest.update(view)
                 sha = hashlib.sha256(view).digest()
                 chunks.append(store.put(view, sha))
@@ -146,6 +177,7 @@ class Item:
     base_version_id: int | None  # an earlier identical version to reuse, if any
     future: Future | None = None
     link_first: Item | None = None  # earlier member of the same hardlink group
+    parent_id: int | None = None  # the path id of its directory (None for /)
     done: bool = False
     skipped: bool = False
 
@@ -171,6 +203,11 @@ class Saver:
         self._batch_bytes = 0
         self._batch_started = time.monotonic()
         self._last_progress = 0.0
+        # (save id, parent path id) -> ({path id: (version id, Version)}, {name: path id}),
+        # or None for a directory too big to prefetch; least recently used first
+        self._prev: collections.OrderedDict[tuple[int, int], tuple | None] = \
+            collections.OrderedDict()
+        self._prev_entries = 0
         self._warn_lock = threading.Lock()
         self._txn = False
 
@@ -209,16 +246,15 @@ class Saver:
     def run(self, paths: Iterable[bytes]) -> SaveStats:
         self.start()
         pool = ThreadPoolExecutor(max_workers=self.opts.workers, thread_name_prefix="read")
-        names: queue.Queue = queue.Queue(maxsize=4096)
-        feeder = threading.Thread(target=_feed, args=(paths, names), daemon=True,
-                                  name="names")
+        names = _Feed()
+        feeder = threading.Thread(target=names.run, args=(paths,), daemon=True, name="names")
         try:
             with _graceful_signals(self):
                 feeder.start()
-                while self.stop_signal is None:
-                    try:
-                        path = names.get(timeout=0.25)
-                    except queue.Empty:
+                done = False
+                while not done and self.stop_signal is None:
+                    batch = names.get(timeout=0.25)
+                    if not batch:
                         # The input is slow (a find still walking): record what is done
                         # and release the write lock so other saves can commit meanwhile.
                         self.drain(block=False)
@@ -226,14 +262,18 @@ class Saver:
                             self.maybe_commit(force=True)
                         self.report_progress()
                         continue
-                    if path is _END:
-                        break
-                    if isinstance(path, _FeedError):
-                        raise path.error
-                    self.add(path, pool)
-                    self.drain(block=False)
-                    self.maybe_commit()
-                    self.report_progress()
+                    for path in batch:
+                        if path is _END:
+                            done = True
+                            break
+                        if isinstance(path, _FeedError):
+                            raise path.error
+                        if self.stop_signal is not None:
+                            break
+                        self.add(path, pool)
+                        self.drain(block=False)
+                        self.maybe_commit()
+                        self.report_progress()
                 self.drain(block=True)
             pool.shutdown(wait=True)
             status = "complete" if self.stop_signal is None else "interrupted"
@@ -339,10 +379,12 @@ class Saver:
             rdev=st.st_rdev, link_target=link_target, content_id=None)
         path_id = self.intern(path)
         item = Item(path, path_id, version, None)
+        up = parent(path)
+        item.parent_id = self.intern(up) if up is not None else None
         if ftype == TYPE_FILE:
             self.plan_regular(item, st, pool)
         else:
-            item.base_version_id = self.reusable_version(path_id, version)
+            item.base_version_id = self.reusable_version(item, version)
             item.done = True
         self.queue.append(item)
 
@@ -365,16 +407,17 @@ class Saver:
         """Reuse an earlier save's content for an unchanged file (size, mtime, ctime, inode)."""
         v = item.version
         for sid, started_ns in self.candidates:
-            found = self.cat.version_in_save(sid, item.path_id)
+            found = self.previous_version(sid, item)
             if found is None:
                 continue
-            old_id, old = found
+            old_id, old, refs = found
             if (old.content_id is None or old.size != v.size or old.ino != v.ino
                     or old.mode != v.mode or not self.same_times(sid, old, v)):
                 continue
             if max(v.mtime_ns, v.ctime_ns) >= started_ns - RACY_MARGIN_NS:
                 continue  # racy: may have changed within the timestamp granularity
-            refs = self.cat.chunks_of_content(old.content_id)
+            if refs is None:
+                refs = self.cat.chunks_of_content(old.content_id)
             if any(self.repo.store.stored_size(r.sha256) is None for r in refs):
                 return False  # Missing_chunk: read afresh, which stores the chunk again
             item.version = replace(v, content_id=old.content_id)
@@ -396,15 +439,76 @@ class Saver:
             old.mtime_ns == legacy_time_ns(v.mtime_ns) and \
             old.ctime_ns == legacy_time_ns(v.ctime_ns)
 
-    def reusable_version(self, path_id: int, v: Version) -> int | None:
+    def reusable_version(self, item: Item, v: Version) -> int | None:
         for sid, _ in self.candidates:
-            found = self.cat.version_in_save(sid, path_id)
+            found = self.previous_version(sid, item)
             if found is not None:
                 return found[0] if found[1] == v else None
         return None
 
+    def previous_version(self, sid: int, item: Item
+                         ) -> tuple[int, Version, list[ChunkRef] | None] | None:
+        """(version id, version, its chunks or None if not fetched yet) of ITEM's path in
+        earlier save SID, if that save holds it."""
+        entry = self._prefetched(sid, item.parent_id) if item.parent_id is not None else None
+        if entry is None:
+            found = self.cat.version_in_save(sid, item.path_id)
+            return None if found is None else (found[0], found[1], None)
+        return entry[0].get(item.path_id)
+
+    def _prefetched(self, sid: int, parent_id: int) -> tuple | None:
+        """The entries of directory PARENT_ID in save SID, fetched once while it is in use."""
+        key = (sid, parent_id)
+        cache = self._prev
+        try:
+            entry = cache[key]
+        except KeyError:
+            pass
+        else:
+            cache.move_to_end(key)
+            return entry
+        rows = self.cat.versions_under(sid, parent_id, PREFETCH_MAX_ROWS)
+        if rows is None:
+            entry = None
+        else:
+            entry = ({pid: (vid, v, refs) for pid, _name, vid, v, refs in rows},
+                     {name: pid for pid, name, _vid, _v, _refs in rows})
+            self._prev_entries += len(rows)
+        cache[key] = entry
+        while self._prev_entries > PREFETCH_ENTRIES and len(cache) > 1:
+            _key, old = cache.popitem(last=False)
+            if old is not None:
+                self._prev_entries -= len(old[0])
+        return entry
+
     def intern(self, path: bytes) -> int:
         """The path's id, creating it (and its missing parents) on first sight."""
+        cached = self.dir_ids.get(path)
+        if cached is not None:
+            return cached
+        up = parent(path)
+        parent_id = self.dir_ids.get(up) if up is not None else None
+        if parent_id is not None:  # the usual case: its directory was just interned
+            pid = None
+            if self.candidates:  # a re-save: the earlier save's directory listing knows it
+                entry = self._prefetched(self.candidates[0][0], parent_id)
+                if entry is not None:
+                    pid = entry[1].get(basename(path))
+            if pid is None:
+                key = sort_key(path)
+                pid = self.cat.insert_path_if_new(parent_id, key, basename(path))
+                if pid is None:
+                    pid = self.cat.path_id(key)
+        else:
+            pid = self._intern_with_parents(path)
+        if len(self.dir_ids) > 100_000:
+            self.dir_ids.clear()
+        if path.count(b"/") < 64:
+            self.dir_ids[path] = pid
+        return pid
+
+    def _intern_with_parents(self, path: bytes) -> int:
+        """PATH's id, creating it and its missing ancestors (the slow path of intern)."""
         missing: list[bytes] = []  # this path and its ancestors not yet in the catalog
         parent_id: int | None = None
         cur: bytes | None = path
@@ -421,10 +525,6 @@ class Saver:
         for p in reversed(missing):
             pid = self.cat.insert_path(parent_id, sort_key(p), basename(p))
             parent_id = pid
-        if len(self.dir_ids) > 100_000:
-            self.dir_ids.clear()
-        if path.count(b"/") < 64:
-            self.dir_ids[path] = pid
         return pid
 
     # -- recording ------------------------------------------------------------------------
@@ -480,7 +580,7 @@ class Saver:
         item.version = v
         version_id = item.base_version_id
         if version_id is None and v.type == TYPE_FILE:
-            version_id = self.reusable_version(item.path_id, v)
+            version_id = self.reusable_version(item, v)
         if version_id is None:
             version_id = self.cat.insert_version(item.path_id, v)
         if not self.cat.insert_member(self.stats.save_id, item.path_id, version_id):
@@ -519,15 +619,56 @@ class _FeedError:
         self.error = error
 
 
-def _feed(paths: Iterable[bytes], names: queue.Queue) -> None:
-    """Reader thread: move input names into the queue, so the main thread never blocks on
-    input while it holds the catalog's write lock."""
-    try:
-        for path in paths:
-            names.put(path)
-    except BaseException as e:  # handed to the main thread, raised there
-        names.put(_FeedError(e))
-    names.put(_END)
+FEED_BATCH = 256  # names per queue item: a queue hand-off per name cost ~25% of a re-save
+
+
+class _Feed:
+    """Input names handed from the reader thread to the main thread in batches. A batch
+    still filling is taken early by get() when input stalls, so names written
+    before a pause are saved during the pause. Order is kept: every hand-off, queued or
+    taken, is counted under one lock; a partial take happens only with none in transit."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue = queue.Queue(maxsize=4096 // FEED_BATCH)
+        self.lock = threading.Lock()
+        self.pending: list = []
+        self.in_transit = 0  # batches taken from pending and not yet in the queue
+
+    def run(self, paths: Iterable[bytes]) -> None:
+        try:
+            for path in paths:
+                with self.lock:
+                    self.pending.append(path)
+                    if len(self.pending) < FEED_BATCH:
+                        continue
+                    batch, self.pending = self.pending, []
+                    self.in_transit += 1
+                self._put(batch)
+        except BaseException as e:  # handed to the main thread, raised there
+            with self.lock:
+                self.pending.append(_FeedError(e))
+        with self.lock:
+            self.pending.append(_END)
+            batch, self.pending = self.pending, []
+            self.in_transit += 1
+        self._put(batch)
+
+    def _put(self, batch: list) -> None:
+        self.queue.put(batch)  # may wait for room (never under the lock)
+        with self.lock:
+            self.in_transit -= 1
+
+    def get(self, timeout: float) -> list:
+        """The next batch; a partial one when none came within TIMEOUT; [] if none."""
+        try:
+            return self.queue.get(timeout=timeout)
+        except queue.Empty:
+            pass
+        with self.lock:
+            if self.in_transit or not self.queue.empty():
+                return []  # a full batch is on its way: it comes first, take it next time
+            batch, self.pending = self.pending, []
+        return batch
 
 
 class _graceful_signals:

@@ -1,0 +1,92 @@
+"""What the machine can do at best: the floor each backshift step is compared with."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+import time
+
+import zstandard
+from pyfastcdc import FastCDC
+
+from .datasets import Dataset, text_bytes
+
+BUF_BYTES = 32 << 20
+
+
+def _rate(fn, nbytes: int, repeat: int = 3) -> float:
+    """Best-of-REPEAT bytes per second of fn()."""
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return nbytes / best
+
+
+def _file_names(root: str) -> list[bytes]:
+    out = subprocess.run(["find", root, "-print0"], check=True, capture_output=True).stdout
+    return [n for n in out.split(b"\0") if n]
+
+
+def sequential_read(root: str, names: list[bytes]) -> float:
+    """Seconds to read every regular file once, 1 MiB at a time (warm cache after the first)."""
+    t = time.perf_counter()
+    for name in names:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue  # symlinks and the like
+        try:
+            while os.read(fd, 1 << 20):
+                pass
+        except IsADirectoryError:
+            pass
+        finally:
+            os.close(fd)
+    return time.perf_counter() - t
+
+
+def measure(ds: Dataset) -> dict:
+    """Throughputs (bytes/s) and rates (files/s) on this machine, with the dataset's floor times."""
+    rng = random.Random(9)
+    rand = rng.randbytes(BUF_BYTES)
+    text = text_bytes(rng, BUF_BYTES)
+    half = rand[: BUF_BYTES // 2] + text[: BUF_BYTES // 2]
+    cdc = FastCDC(avg_size=(1 << 20) - (256 << 10), min_size=256 << 10, max_size=4 << 20)
+    comp = zstandard.ZstdCompressor(level=3)
+    r = {
+        "sha256_Bps": _rate(lambda: hashlib.sha256(half).digest(), len(half)),
+        "zstd3_random_Bps": _rate(lambda: comp.compress(rand), len(rand)),
+        "zstd3_text_Bps": _rate(lambda: comp.compress(text), len(text)),
+        "fastcdc_Bps": _rate(lambda: sum(1 for _ in cdc.cut_buf(half)), len(half)),
+    }
+    t = time.perf_counter()
+    subprocess.run(["find", ds.root, "-printf", ""], check=True)
+    r["find_s"] = time.perf_counter() - t
+    names = _file_names(ds.root)
+    t = time.perf_counter()
+    for n in names:
+        os.lstat(n)
+    r["lstat_s"] = time.perf_counter() - t
+    r["entries"] = len(names)
+    sequential_read(ds.root, names)  # warm the cache, as the benchmark's saves see it
+    r["read_s"] = sequential_read(ds.root, names)
+    r["read_Bps"] = ds.bytes / r["read_s"] if r["read_s"] else 0.0
+    # Floors for the steps (seconds). Hash + chunk + compress are CPU work that two cores
+    # can share; reading and walking cannot go faster than the measured passes.
+    cores = os.cpu_count() or 1
+    zstd_bps = (r["zstd3_random_Bps"] + r["zstd3_text_Bps"]) / 2
+    cpu = ds.bytes / r["sha256_Bps"] + ds.bytes / r["fastcdc_Bps"] + ds.bytes / zstd_bps
+    walk = r["find_s"] + r["lstat_s"]
+    r["floor"] = {
+        "save1": max(r["read_s"], cpu / min(cores, 2)) + walk,
+        "resave": walk,
+        "resave_mod": walk,
+        "list": r["find_s"],
+        "tar": r["read_s"],
+        "check": ds.bytes / r["sha256_Bps"],
+    }
+    return r
