@@ -420,9 +420,11 @@ class Saver:
                 refs = self.cat.chunks_of_content(old.content_id)
             if any(self.repo.store.stored_size(r.sha256) is None for r in refs):
                 return False  # Missing_chunk: read afresh, which stores the chunk again
-            item.version = replace(v, content_id=old.content_id)
-            if item.version == old:
+            if _same_metadata(v, old):  # the usual case: reuse the old version row as is
+                item.version = old
                 item.base_version_id = old_id
+            else:
+                item.version = replace(v, content_id=old.content_id)
             item.done = True
             self.stats.files_borrowed += 1
             self.stats.bytes_borrowed += v.size
@@ -609,6 +611,14 @@ class Saver:
                 if c.new:
                     self.cat.chunk_id(c.ref, c.stored_length)
         return replace(v, size=result.size, content_id=content_id)
+
+
+def _same_metadata(a: Version, b: Version) -> bool:
+    """Equal in everything but content_id (cheaper than dataclasses.replace + ==)."""
+    return (a.mode == b.mode and a.mtime_ns == b.mtime_ns and a.ctime_ns == b.ctime_ns
+            and a.size == b.size and a.ino == b.ino and a.dev == b.dev and a.uid == b.uid
+            and a.gid == b.gid and a.nlink == b.nlink and a.rdev == b.rdev
+            and a.user == b.user and a.group == b.group and a.link_target == b.link_target)
 
 
 _END = object()
