@@ -181,12 +181,17 @@ class Problems:
 
 def member_name_of_key(key: bytes) -> bytes | None:
     """The tar name of a catalog key, or None when the key is not a normal absolute path."""
-    return None if key_problem(key) else (b"/".join(key.split(b"\0")[1:]) or b".")
+    return None if key_problem(key) else (key[1:].replace(b"\0", b"/") or b".")
 
 
 def key_problem(key: bytes) -> str | None:
     """Why a catalog key is not a normal absolute path, or None when it is one."""
     if key == b"":
+        return None
+    # fast path (every member of every listing goes through here): substring tests in C
+    padded = key + b"\0"
+    if (key[:1] == b"\0" and b"/" not in key and b"\0\0" not in padded
+            and b"\0.\0" not in padded and b"\0..\0" not in padded):
         return None
     parts = key.split(b"\0")
     if parts[0] != b"":
@@ -303,7 +308,11 @@ class Planner:
             self.stack.pop()
         if key == b"":
             return
-        cuts = [i for i in range(len(key)) if key[i] == 0]
+        cuts = []
+        pos = key.find(b"\0")
+        while pos >= 0:  # the separators: key[:pos] is an ancestor (key[:0] the root)
+            cuts.append(pos)
+            pos = key.find(b"\0", pos + 1)
         for i in cuts[len(self.stack):]:
             anc = key[:i]
             row = self.catalog.entry_at_key(self.save_id, anc)
