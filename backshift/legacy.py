@@ -8,19 +8,13 @@ Nothing here touches the repository; ops/import_legacy.py turns these values int
 
 from __future__ import annotations
 
-import bz2
-import lzma
 import os
 import stat
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
-import zstandard
+from . import chunkcodec
 
-HEADER_ZSTD = b"8\n"
-HEADER_RAW = b"1\n"
-HEADER_XZ = b"7\n"
-HEADER_BZ2 = b"5\n"
 DIR_PREFIX = b"dir-"
 ENTRIES = b"entries"
 MAX_DB_BYTES = 1 << 30  # a per-directory DB larger than this is refused as damaged
@@ -141,28 +135,10 @@ def encode_base255(n: int) -> bytes:
 
 def decode_body(body: bytes, max_size: int = MAX_DB_BYTES) -> bytes:
     """Uncompress a chunk or DB file body by its 2-byte header; LegacyFormatError if bad."""
-    head, payload = body[:2], body[2:]
     try:
-        if head == HEADER_ZSTD:
-            dobj = zstandard.ZstdDecompressor().decompressobj()
-            out = dobj.decompress(payload)
-            if not dobj.eof:
-                raise LegacyFormatError("truncated zstd frame")
-        elif head == HEADER_RAW:
-            out = payload
-        elif head == HEADER_XZ:
-            out = lzma.decompress(payload)
-        elif head == HEADER_BZ2:
-            out = bz2.decompress(payload)
-        else:
-            raise LegacyFormatError(f"unknown header {head!r}")
-    except (zstandard.ZstdError, lzma.LZMAError, OSError, EOFError, ValueError) as e:
-        if isinstance(e, LegacyFormatError):
-            raise
-        raise LegacyFormatError(f"cannot decompress: {e}") from None
-    if len(out) > max_size:
-        raise LegacyFormatError("decompressed body is too large")
-    return out
+        return chunkcodec.decode(body, max_size=max_size)
+    except chunkcodec.BodyError as e:
+        raise LegacyFormatError(str(e)) from None
 
 
 def parse_dohdbm(data: bytes) -> list[tuple[bytes, bytes]]:

@@ -13,9 +13,7 @@ leaves temp files or unreferenced chunks, never a referenced chunk that is not o
 
 from __future__ import annotations
 
-import bz2
 import hashlib
-import lzma
 import os
 import secrets
 import socket
@@ -24,15 +22,12 @@ import threading
 import xxhash
 import zstandard
 
-from . import diskio
+from . import chunkcodec, diskio
+from .chunkcodec import HEADER_RAW, HEADER_ZSTD
 from .crashpoints import crashpoint
 from .errors import ChunkCorrupt, ChunkMissing, RepositoryIOError
 from .model import ChunkRef, StoredChunk
 
-HEADER_ZSTD = b"8\n"
-HEADER_RAW = b"1\n"
-HEADER_XZ = b"7\n"
-HEADER_BZ2 = b"5\n"
 TEMP_MARK = b".tmp."
 CHUNKS_DIR = b"chunks"
 RENAME_SPLIT = 256  # a flush with this many new chunks renames them in two threads
@@ -105,16 +100,8 @@ class Store:
         return HEADER_ZSTD + packed
 
     def decode(self, body: bytes) -> bytes:
-        head, payload = body[:2], memoryview(body)[2:]
-        if head == HEADER_ZSTD:
-            return self._zstd()[1].decompress(payload)
-        if head == HEADER_RAW:
-            return bytes(payload)
-        if head == HEADER_XZ:
-            return lzma.decompress(payload)
-        if head == HEADER_BZ2:
-            return bz2.decompress(payload)
-        raise ValueError(f"unknown chunk header {bytes(head)!r}")
+        """The data of a chunk body; chunkcodec.BodyError when it cannot be decoded."""
+        return chunkcodec.decode(body, decompressor=self._zstd()[1])
 
     # -- reading --------------------------------------------------------------------------
 

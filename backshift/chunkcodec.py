@@ -1,0 +1,58 @@
+"""The chunk file body (shared with backshift 1.x): a 2-byte header naming the codec, then data.
+
+b"8\\n" + one zstd frame, b"1\\n" + raw bytes; readers also accept b"7\\n" (xz) and
+b"5\\n" (bz2). The 1.x per-directory metadata files use the same bodies.
+"""
+
+from __future__ import annotations
+
+import bz2
+import lzma
+
+import zstandard
+
+HEADER_ZSTD = b"8\n"
+HEADER_RAW = b"1\n"
+HEADER_XZ = b"7\n"
+HEADER_BZ2 = b"5\n"
+
+
+class BodyError(ValueError):
+    """A body that cannot be decoded: unknown header, damaged or truncated data, too big."""
+
+
+def decode(body: bytes, max_size: int | None = None,
+           decompressor: zstandard.ZstdDecompressor | None = None) -> bytes:
+    """The data of a chunk body; BodyError when it is not a valid body (never another error)."""
+    head, payload = body[:2], memoryview(body)[2:]
+    try:
+        if head == HEADER_ZSTD:
+            out = _zstd(payload, decompressor or zstandard.ZstdDecompressor())
+        elif head == HEADER_RAW:
+            out = bytes(payload)
+        elif head == HEADER_XZ:
+            out = lzma.decompress(payload)
+        elif head == HEADER_BZ2:
+            out = bz2.decompress(payload)
+        else:
+            raise BodyError(f"unknown header {bytes(head)!r}")
+    except (zstandard.ZstdError, lzma.LZMAError, OSError, EOFError, ValueError) as e:
+        if isinstance(e, BodyError):
+            raise
+        raise BodyError(f"cannot decompress: {e}") from None
+    if max_size is not None and len(out) > max_size:
+        raise BodyError("decompressed body is too large")
+    return out
+
+
+def _zstd(payload: memoryview, d: zstandard.ZstdDecompressor) -> bytes:
+    try:  # one shot when the frame records its size (what zstandard's compress() writes)
+        return d.decompress(payload)
+    except zstandard.ZstdError as e:
+        if "content size" not in str(e):
+            raise
+    dobj = d.decompressobj()  # a frame without its size: stream it, and demand its end
+    out = dobj.decompress(payload)
+    if not dobj.eof:
+        raise BodyError("truncated zstd frame")
+    return out
