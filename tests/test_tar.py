@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import pty
 import stat
 import subprocess
 import tarfile
@@ -296,19 +295,6 @@ def test_tar_broken_pipe_is_one_line(repo, tmp_path):
     err = p1.stderr.read().decode()
     assert p1.wait(timeout=60) == 2
     assert err.strip().splitlines() == ["backshift: error: output closed early (broken pipe)"]
-
-
-def test_tar_refuses_a_terminal(repo, tree):
-    save_tree(repo, tree)
-    master, slave = pty.openpty()
-    try:
-        res = subprocess.run([BACKSHIFT, "-r", repo, "tar", "--backup", "latest"],
-                             stdout=slave, stderr=subprocess.PIPE, timeout=60)
-    finally:
-        os.close(slave)
-        os.close(master)
-    assert res.returncode == 2
-    assert b"terminal" in res.stderr
 
 
 def test_tar_output_file(repo, tree, tmp_path):
