@@ -823,10 +823,6 @@ class Catalog:
         rows = self.conn.execute(CHUNKS_OF_CONTENT, {"content_id": content_id})
         return [ChunkRef(sha, length) for sha, length in rows]
 
-    def iter_rows(self, sql: str, params: dict | None = None) -> Iterator[tuple]:
-        """Run a statement from this module and stream its rows."""
-        yield from self.conn.execute(sql, params or {})
-
     # -- expire, check, catalog copies --------------------------------------------------
 
     def delete_save(self, save_id: int) -> None:

@@ -13,6 +13,7 @@ leaves temp files or unreferenced chunks, never a referenced chunk that is not o
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
@@ -52,6 +53,7 @@ class Store:
         self._pending: dict[bytes, tuple[bytes, bytes]] = {}  # sha -> (temp, final)
         self._pending_sizes: dict[bytes, int] = {}  # sha -> bytes of its chunk file
         self._seen_existing = False
+        self._linked: set[bytes] = set()  # pending temps that are hard links (import)
         host = socket.gethostname().encode("ascii", "replace").replace(b"/", b"_")[:32]
         self._temp_tag = TEMP_MARK + host + b"." + str(os.getpid()).encode() + b"."
 
@@ -185,9 +187,39 @@ class Store:
             except OSError:
                 pass
 
-    def has_pending(self) -> bool:
+    def present(self, sha256: bytes) -> bool:
+        """On disk under its final name, or pending in this batch."""
         with self._lock:
-            return bool(self._pending)
+            if sha256 in self._pending:
+                return True
+        return self.stored_size(sha256) is not None
+
+    def put_body(self, sha256: bytes, body: bytes, link_from: bytes | None = None) -> bool:
+        """Add an encoded chunk body the caller has verified (decoded, sha256 = its name)
+        to the pending batch; flush() then places it like any other chunk.
+
+        With LINK_FROM (a chunk file of another store with this body), the temp file is a
+        hard link to it instead of a copy; where linking is refused (another filesystem,
+        protected hardlinks) the body is written. True when it was linked.
+        """
+        final = self.path_for(sha256)
+        temp = final + self._temp_tag + secrets.token_hex(4).encode()
+        linked = False
+        if link_from is not None:
+            try:
+                diskio.link(link_from, temp)
+                linked = True
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES):
+                    raise RepositoryIOError(os.fsdecode(temp), e.strerror or str(e)) from None
+        if not linked:
+            self._write_temp(temp, body)
+        with self._lock:
+            self._pending[sha256] = (temp, final)
+            self._pending_sizes[sha256] = len(body)
+            if linked:
+                self._linked.add(temp)
+        return linked
 
     def flush(self) -> int:
         """Make every pending chunk durable under its final name; returns how many.
@@ -197,6 +229,7 @@ class Store:
         with self._lock:
             batch, self._pending = self._pending, {}
             self._pending_sizes = {}
+            linked, self._linked = self._linked, set()
             seen_existing, self._seen_existing = self._seen_existing, False
         if not batch:
             if seen_existing:
@@ -214,16 +247,16 @@ class Store:
                 half = len(pairs) // 2
                 errors: list[BaseException] = []
                 helper = threading.Thread(target=_collect, name="rename", daemon=True,
-                                          args=(errors, self._rename_all, pairs[half:]))
+                                          args=(errors, self._rename_all, pairs[half:], linked))
                 helper.start()
                 try:
-                    self._rename_all(pairs[:half])
+                    self._rename_all(pairs[:half], linked)
                 finally:
                     helper.join()
                 if errors:
                     raise errors[0]
             else:
-                self._rename_all(pairs)
+                self._rename_all(pairs, linked)
             diskio.syncfs(self.root)
         except OSError as e:
             for temp, _final in batch.values():
@@ -233,34 +266,22 @@ class Store:
         return len(batch)
 
     @staticmethod
-    def _rename_all(pairs: list[tuple[bytes, bytes]]) -> None:
+    def _rename_all(pairs: list[tuple[bytes, bytes]], linked: set[bytes]) -> None:
         for temp, final in pairs:
             diskio.rename(temp, final)
             crashpoint("after_chunk_rename")
+            if temp in linked and os.path.lexists(temp):
+                # rename onto another link of the same inode does nothing: drop the temp
+                diskio.unlink(temp)
 
     def abandon(self) -> None:
         """Drop pending temp files (a save that stops with an error)."""
         with self._lock:
             batch, self._pending = self._pending, {}
             self._pending_sizes = {}
+            self._linked = set()
         for temp, _final in batch.values():
             self._discard(temp)
-
-    def write_verified(self, sha256: bytes, body: bytes) -> None:
-        """Place an already-encoded chunk body durably (import of another store's chunk)."""
-        data = self.decode(body)
-        if hashlib.sha256(data).digest() != sha256:
-            raise ChunkCorrupt(sha256.hex(), "content does not match its name (sha256)")
-        final = self.path_for(sha256)
-        temp = final + self._temp_tag + secrets.token_hex(4).encode()
-        fd = diskio.create_temp(temp)
-        try:
-            diskio.write_all(fd, body)
-            diskio.fsync(fd)
-        finally:
-            diskio.close(fd)
-        diskio.rename(temp, final)
-        diskio.fsync_dir(os.path.dirname(final))
 
     # -- maintenance ----------------------------------------------------------------------
 

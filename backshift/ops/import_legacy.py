@@ -23,10 +23,8 @@ by the original) is the size of that group. The legacy hardlinks/ Bloom-filter f
 from __future__ import annotations
 
 import collections
-import errno
 import hashlib
 import os
-import secrets
 import socket
 import stat
 import time
@@ -35,10 +33,10 @@ from dataclasses import dataclass, field
 
 import xxhash
 
-from .. import __version__, diskio
+from .. import __version__
 from .. import legacy as lg
 from ..crashpoints import crashpoint
-from ..errors import LegacyDirInvalid, RepositoryIOError
+from ..errors import LegacyDirInvalid
 from ..model import ChunkRef, Version
 from ..pathcodec import basename, parent, sort_key
 from ..repo import Repository
@@ -129,69 +127,27 @@ def iter_entries(savedir: bytes, lid: str, warn: Warn) -> Iterator[tuple[bytes, 
 
 
 class Placer:
-    """Puts verified legacy chunk files under REPO/chunks: hard link or copy to a temp
-    name, then, in flush(): syncfs, rename to the final name, syncfs (store.py's protocol)."""
+    """Puts verified legacy chunk files under REPO/chunks through the store's own batch
+    protocol (temp, syncfs, rename, syncfs): by hard link where it can, else by copy."""
 
     def __init__(self, repo: Repository, method: str, stats: ImportStats) -> None:
         self.store = repo.store
         self.method = method
         self.stats = stats
-        self.pending: dict[bytes, tuple[bytes, bytes]] = {}
-        self.tag = b".tmp.import." + str(os.getpid()).encode() + b"."
-
-    def present(self, sha: bytes) -> bool:
-        return sha in self.pending or self.store.stored_size(sha) is not None
 
     def place(self, sha: bytes, source: bytes, body: bytes) -> None:
-        final = self.store.path_for(sha)
-        temp = final + self.tag + secrets.token_hex(4).encode()
-        try:
-            if self.method == LINK:
-                try:
-                    diskio.link(source, temp)
-                    self.stats.chunks_linked += 1
-                    self.pending[sha] = (temp, final)
-                    return
-                except OSError as e:
-                    if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES):
-                        raise
-                    self.method = COPY  # e.g. protected_hardlinks: copy from now on
-            fd = diskio.create_temp(temp)
-            try:
-                diskio.write_all(fd, body)
-            finally:
-                diskio.close(fd)
+        linked = self.store.put_body(sha, body, source if self.method == LINK else None)
+        if linked:
+            self.stats.chunks_linked += 1
+        else:
             self.stats.chunks_copied += 1
-            self.pending[sha] = (temp, final)
-        except OSError as e:
-            self.abandon()
-            raise RepositoryIOError(os.fsdecode(temp), e.strerror or str(e)) from None
+            self.method = COPY  # linking was refused (e.g. protected_hardlinks): copy on
 
     def flush(self) -> None:
-        if not self.pending:
-            return
-        batch, self.pending = self.pending, {}
-        try:
-            diskio.syncfs(self.store.root)
-            for temp, final in batch.values():
-                diskio.rename(temp, final)
-                crashpoint("after_chunk_rename")
-                if os.path.lexists(temp):  # rename onto a link of the same inode is a no-op
-                    diskio.unlink(temp)
-            diskio.syncfs(self.store.root)
-        except OSError as e:
-            for temp, _final in batch.values():
-                if os.path.lexists(temp):
-                    diskio.unlink(temp)
-            raise RepositoryIOError(os.fsdecode(self.store.root), e.strerror or str(e)) from None
+        self.store.flush()
 
     def abandon(self) -> None:
-        batch, self.pending = self.pending, {}
-        for temp, _final in batch.values():
-            try:
-                diskio.unlink(temp)
-            except OSError:
-                pass
+        self.store.abandon()
 
 
 # -- the import ---------------------------------------------------------------------------
@@ -325,7 +281,7 @@ class Importer:
                     why = "is damaged (content does not match its name)"
         if why is not None:
             # the repository may hold a good copy already (an earlier save or import)
-            if self.placer.present(sha) and sha not in self.placer.pending:
+            if self.repo.store.stored_size(sha) is not None:
                 try:
                     return self.repo.store.read(ChunkRef(sha, length)), 0
                 except Exception:  # noqa: BLE001 - damaged there too: fall through
@@ -334,7 +290,7 @@ class Importer:
             self.stats.chunks_bad += 1
             return None, 0
         if sha not in self.good_chunks:
-            if self.placer.present(sha):
+            if self.repo.store.present(sha):
                 self.stats.chunks_present += 1
                 self.good_chunks[sha] = 0
             else:
