@@ -123,3 +123,13 @@ def test_python_dash_m_and_console_script_work(tmp_path):
     assert "backshift" in out
     res = run_bin("-r", str(tmp_path / "nope"), "saves")
     assert res.returncode == 3 and b"Traceback" not in res.stderr
+
+
+def test_save_progress_line_when_forced(tree, repo):
+    """--progress shows the live line on stderr (a terminal shows it by default), then
+    clears it; the summary stays on stdout."""
+    res = run("-r", repo, "save", "--progress", "--checkpoint-files", "5", str(tree))
+    assert "\r\x1b[K" in res.stderr and " files, " in res.stderr
+    assert res.stdout.startswith("save 1 complete:")
+    quiet = run("-r", repo, "save", "--no-progress", str(tree))
+    assert quiet.stderr == ""

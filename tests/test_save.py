@@ -417,14 +417,3 @@ def test_save_deep_path_without_its_parents_in_the_input(repo, tmp_path):
         assert listed == name.lstrip(b"/") + b"\n"
     finally:
         subprocess.run([b"rm", b"-rf", os.path.join(os.fsencode(tmp_path), b"a")])
-
-
-def test_save_records_real_stored_length_of_chunks_shared_in_one_batch(repo, tmp_path):
-    root = tmp_path / "same"
-    root.mkdir()
-    for i in range(40):
-        (root / f"copy{i:02d}").write_bytes(b"identical content\n" * 3000)
-    do_save(repo, root, workers=4)
-    with open_repository(repo, READ) as r:
-        for sha, stored in r.catalog.conn.execute("SELECT sha256, stored_length FROM chunk"):
-            assert stored == r.store.stored_size(sha) > 0

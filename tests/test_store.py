@@ -61,7 +61,24 @@ def test_store_writes_each_chunk_once(store):
     store.flush()
     later = store.put(data, sha)  # on disk already
     assert (first.new, again.new, later.new) == (True, False, False)
+    # the catalog records stored_length from whichever put it sees: all must be the real one
+    assert first.stored_length == again.stored_length == later.stored_length > 0
     assert store.flush() == 0
+
+
+def test_store_flush_syncs_once_when_a_chunk_was_found_on_disk(store, monkeypatch):
+    """A chunk another process renamed in may not be durable yet: before our catalog names
+    it, flush() syncs the filesystem even with nothing of its own pending."""
+    data = b"made by another process" * 100
+    sha = hashlib.sha256(data).digest()
+    other = Store(os.path.dirname(store.root))
+    other.put(data, sha)
+    other.flush()
+    calls = []
+    monkeypatch.setattr(diskio, "syncfs", lambda path: calls.append(path))
+    assert store.flush() == 0 and calls == []  # nothing seen, nothing to sync
+    assert store.put(data, sha).new is False
+    assert store.flush() == 0 and calls == [store.root]
 
 
 def test_store_abandon_removes_temps(store):
