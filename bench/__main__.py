@@ -11,14 +11,13 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 
 from . import datasets, limits
-from .peers import TOOLS, Tool
+from .peers import TOOLS, Tool, empty_trash
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STEPS = ["init", "save1", "resave", "resave_mod", "list", "list1dir", "tar", "tarsub",
@@ -148,7 +147,7 @@ def run_dataset(ds: datasets.Dataset, tools: list[Tool], steps: list[str], runs:
                 tag = "n/a" if r is None else f"{r['s']:.2f}s"
                 print(f"  run {run + 1}/{runs} {tool.name:9} {step:10} {tag}", file=sys.stderr)
         for tool in tools:
-            shutil.rmtree(tool.work, ignore_errors=True)
+            tool.reset()  # set aside, deleted at the end of the whole run
     return {"steps": summarize(results), "sizes": sizes}
 
 
@@ -252,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or os.path.join(HERE, "results", time.strftime("%Y%m%d-%H%M%S") + ".json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     log = os.path.splitext(out)[0] + ".log"
+    empty_trash(args.work)  # left by an interrupted run
     report = {"machine": machine(), "note": args.note, "datasets": {}}
     texts = []
     for name in [d for d in args.datasets.split(",") if d]:
@@ -282,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
           + (f" ({args.note})" if args.note else "") + "\n")
     print("\n\n".join(texts))
     print(f"\nJSON: {out}")
+    empty_trash(args.work)
     return 0
 
 
