@@ -412,12 +412,6 @@ DELETE_UNREFERENCED_CONTENTS = _sql("""
     WHERE id NOT IN (SELECT content_id FROM version WHERE content_id IS NOT NULL)
 """)
 
-UNREFERENCED_CHUNKS = _sql("""
-    SELECT sha256, stored_length
-    FROM chunk
-    WHERE id NOT IN (SELECT chunk_id FROM content_chunk)
-""")
-
 DELETE_UNREFERENCED_CHUNKS = _sql("""
     DELETE FROM chunk
     WHERE id NOT IN (SELECT chunk_id FROM content_chunk)
@@ -443,6 +437,24 @@ DELETE_UNREFERENCED_PATHS = _sql("""
 ALL_CHUNKS = _sql("""
     SELECT sha256, stored_length
     FROM chunk
+""")
+
+# One fan-out directory's worth of chunk rows (sha256 in [lo, hi)): check and expire
+# compare the catalog with the disk one directory at a time, so their memory is a 256th
+# of the store's, however many chunks it holds. A range search of the sha256 index.
+CHUNKS_IN_RANGE = _sql("""
+    SELECT sha256, stored_length
+    FROM chunk
+    WHERE sha256 >= :lo
+      AND sha256 < :hi
+""")
+
+UNREFERENCED_CHUNKS_IN_RANGE = _sql("""
+    SELECT sha256, stored_length
+    FROM chunk
+    WHERE sha256 >= :lo
+      AND sha256 < :hi
+      AND id NOT IN (SELECT chunk_id FROM content_chunk)
 """)
 
 INTEGRITY_CHECK = "PRAGMA integrity_check"
@@ -479,7 +491,7 @@ RUNNING_SAVES = _sql("""
 # Every (chunk, content) pair in use, with the content's digest: check --read-data walks
 # it content by content (each chunk read once, each content's digest verified).
 CONTENT_CHUNKS_IN_ORDER = _sql("""
-    SELECT cc.content_id, c.size, c.digest, k.sha256, k.length, k.stored_length
+    SELECT cc.content_id, c.size, c.digest, k.sha256, k.length, k.id
     FROM content AS c
     JOIN content_chunk AS cc ON cc.content_id = c.id
     JOIN chunk AS k ON k.id = cc.chunk_id
@@ -829,16 +841,27 @@ class Catalog:
         """Remove a save; its member rows go with it (ON DELETE CASCADE)."""
         self.conn.execute(DELETE_SAVE, {"save_id": save_id})
 
-    def sweep_unreferenced(self) -> list[tuple[bytes, int]]:
-        """Delete versions, contents, chunks and paths nothing references (inside a write
-        transaction); returns (sha256, stored_length) of the chunk rows deleted."""
+    def sweep_unreferenced_versions(self) -> None:
+        """Delete versions and contents nothing references (inside a write transaction).
+        Chunk rows stay until sweep_unreferenced_chunks(): see unreferenced_chunks_in()."""
         c = self.conn
         c.execute(DELETE_UNREFERENCED_VERSIONS)
         c.execute(DELETE_UNREFERENCED_CONTENTS)  # content_chunk rows cascade
-        freed = [(sha, n) for sha, n in c.execute(UNREFERENCED_CHUNKS)]
+
+    def sweep_unreferenced_chunks(self) -> None:
+        """Delete the chunk and path rows nothing references (after the versions)."""
+        c = self.conn
         c.execute(DELETE_UNREFERENCED_CHUNKS)
         c.execute(DELETE_UNREFERENCED_PATHS)
-        return freed
+
+    def chunks_in(self, fanout: int) -> list[tuple[bytes, int]]:
+        """(sha256, stored_length) of the chunk rows whose sha256 starts with byte FANOUT
+        (the chunks of store directory chunks/%02x)."""
+        return self._rows(CHUNKS_IN_RANGE, _fanout_range(fanout))
+
+    def unreferenced_chunks_in(self, fanout: int) -> list[tuple[bytes, int]]:
+        """Like chunks_in(), only the rows no content references any more."""
+        return self._rows(UNREFERENCED_CHUNKS_IN_RANGE, _fanout_range(fanout))
 
     def _rows(self, sql: str, params: dict | None = None) -> list[tuple]:
         """All rows of a check query; a damaged catalog becomes NotACatalog, not a crash."""
@@ -872,6 +895,8 @@ class Catalog:
         return self._rows(RUNNING_SAVES)
 
     def content_chunks_in_order(self) -> Iterator[tuple[int, int, bytes, bytes, int, int]]:
+        """(content id, size, digest, chunk sha256, chunk length, chunk id) in content
+        order, each content's chunks in sequence."""
         try:
             yield from self.conn.execute(CONTENT_CHUNKS_IN_ORDER)
         except apsw.Error as e:
@@ -1003,6 +1028,12 @@ class Catalog:
             "parent_id": parent_id, "key": key, "name": name,
         }).fetchone()
         return row[0] if row else None
+
+def _fanout_range(fanout: int) -> dict:
+    """The sha256 range [lo, hi) of one fan-out byte; 33 x 0xff is above every sha256."""
+    hi = bytes([fanout + 1]) if fanout < 255 else b"\xff" * 33
+    return {"lo": bytes([fanout]), "hi": hi}
+
 
 def _uri_quote(path: str) -> str:
     return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")

@@ -288,22 +288,31 @@ class Store:
     def iter_chunk_files(self):
         """(sha256, size) of every final-name chunk file, and temp files as (None, path)."""
         for i in range(256):
-            sub = os.path.join(self.root, b"%02x" % i)
-            try:
-                entries = os.scandir(sub)
-            except FileNotFoundError:
-                continue
-            with entries:
-                for e in entries:
-                    name = e.name
-                    if len(name) == 64 and TEMP_MARK not in name:
-                        try:
-                            sha = bytes.fromhex(name.decode())
-                            yield sha, e.stat(follow_symlinks=False).st_size
-                        except ValueError:
-                            yield None, e.path
-                    else:
-                        yield None, e.path
+            for sha, entry in self.chunk_dir(i):
+                if sha is None:
+                    yield None, entry.path
+                else:
+                    yield sha, entry.stat(follow_symlinks=False).st_size
+
+    def chunk_dir(self, fanout: int) -> list[tuple[bytes | None, os.DirEntry]]:
+        """The entries of chunks/%02x: (sha256, entry) for a chunk file, (None, entry) for
+        anything else (temp files, strays). No stat: callers stat what they need."""
+        out = []
+        try:
+            entries = os.scandir(os.path.join(self.root, b"%02x" % fanout))
+        except FileNotFoundError:
+            return out
+        with entries:
+            for e in entries:
+                name = e.name
+                sha = None
+                if len(name) == 64 and TEMP_MARK not in name:
+                    try:
+                        sha = bytes.fromhex(name.decode())
+                    except ValueError:
+                        pass
+                out.append((sha, e))
+        return out
 
     def remove(self, sha256: bytes) -> None:
         try:

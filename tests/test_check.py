@@ -14,6 +14,7 @@ from repo_oracle import assert_save_matches, manifest, save_contents
 
 from backshift.catalog import Catalog
 from backshift.ops.catalog_copy import KEEP, list_copies
+from backshift.ops.check import IdSet
 from backshift.ops.check import check as run_check
 from backshift.repo import READ_LOCKED, open_repository
 from conftest import find0, run
@@ -114,16 +115,24 @@ def test_check_finds_damage_groups_it_and_heals_after_resave(tmp_path, repo, kin
         assert_save_matches(repo, sid, expected)
 
 
+def test_check_id_set_is_a_set_of_ids():
+    ids = IdSet()
+    for i in (0, 7, 8, 1_000_003, 8, 7):
+        ids.add(i)
+    assert len(ids) == 4 and list(ids) == [0, 7, 8, 1_000_003]
+    assert 1_000_003 in ids and 1_000_002 not in ids and 10**9 not in ids and "7" not in ids
+
+
 def test_check_read_data_subsets_cover_every_chunk_exactly_once(tmp_path, repo):
     src = make_source(tmp_path / "src")
     run("-r", repo, "save", input=find0(src))
     with open_repository(repo, READ_LOCKED) as r:
-        every = {sha for sha, _ in r.catalog.all_chunks()}
+        every = {cid for (cid,) in r.catalog.conn.execute("SELECT id FROM chunk")}
         parts = [run_check(r, read_data=True, part=(n, 3)).chunks_verified for n in (1, 2, 3)]
         whole = run_check(r, read_data=True)
     assert len(every) > 3
-    assert set().union(*parts) == every == whole.chunks_verified
-    assert sum(len(p) for p in parts) == len(every)
+    assert set().union(*parts) == every == set(whole.chunks_verified)
+    assert sum(len(p) for p in parts) == len(every) == len(whole.chunks_verified)
     assert whole.contents_verified == 3
     run("-r", repo, "check", "--read-data-subset", "2/3")
     run("-r", repo, "check", "--read-data-subset", "4/3", exit_code=2)

@@ -71,6 +71,25 @@ def test_expire_removes_only_unreferenced_chunks(tmp_path, repo):
     run("-r", repo, "check", "--read-data")
 
 
+def test_expire_counts_freed_chunks_and_orphans_exactly(tmp_path, repo):
+    src = tmp_path / "src"
+    for g in range(3):
+        save_generation(src, repo, g)
+    freed = (chunks_of_save(repo, 1) | chunks_of_save(repo, 2)) - chunks_of_save(repo, 3)
+    orphans = ["00" + "1" * 62, "ff" + "2" * 62]  # first and last fan-out directories
+    for name in orphans:
+        Path(os.fsdecode(repo), "chunks", name[:2]).mkdir(exist_ok=True)
+        Path(os.fsdecode(repo), "chunks", name[:2], name).write_bytes(b"1\nleftover")
+    summary = f"2 save(s), {len(freed):,} chunk(s) "
+    dry = run("-r", repo, "expire", "--keep-last", "1", "--dry-run").stdout
+    assert f"would remove {summary}" in dry and ", 2 orphan chunk(s) (20 B)" in dry, dry
+    real = run("-r", repo, "expire", "--keep-last", "1").stdout
+    assert f"removed {summary}" in real and ", 2 orphan chunk(s) (20 B)" in real, real
+    assert not freed & chunk_files(repo)
+    assert not set(orphans) & chunk_files(repo)
+    assert chunk_files(repo) == catalog_chunks(repo)
+
+
 def test_expire_dry_run_prints_the_real_runs_lines_and_changes_nothing(tmp_path, repo):
     src = tmp_path / "src"
     for g in range(3):
@@ -147,14 +166,20 @@ def test_expire_sweeps_are_set_based_not_per_row(repo):
     cat = Catalog.open(os.path.join(repo, b"catalog.sqlite3"))
     try:
         for name in ("DELETE_UNREFERENCED_VERSIONS", "DELETE_UNREFERENCED_CONTENTS",
-                     "UNREFERENCED_CHUNKS", "DELETE_UNREFERENCED_CHUNKS",
+                     "UNREFERENCED_CHUNKS_IN_RANGE", "DELETE_UNREFERENCED_CHUNKS",
                      "DELETE_UNREFERENCED_PATHS"):
             plan = [row[3] for row in cat.conn.execute(
-                "EXPLAIN QUERY PLAN " + getattr(catalog_mod, name))]
+                "EXPLAIN QUERY PLAN " + getattr(catalog_mod, name), {"lo": b"a", "hi": b"b"})]
             assert not any("CORRELATED" in step for step in plan), (name, plan)
             # member/version are scanned only to build the NOT IN list, once
             assert any("LIST SUBQUERY" in step or "FOR IN-OPERATOR" in step
                        for step in plan), (name, plan)
+        # the per-directory reconciliation reads one range of the sha256 index, no scan
+        for name in ("CHUNKS_IN_RANGE", "UNREFERENCED_CHUNKS_IN_RANGE"):
+            plan = [row[3] for row in cat.conn.execute(
+                "EXPLAIN QUERY PLAN " + getattr(catalog_mod, name), {"lo": b"a", "hi": b"b"})]
+            assert plan[0].startswith("SEARCH chunk USING INDEX"), (name, plan)
+            assert "sha256>? AND sha256<?" in plan[0], (name, plan)
     finally:
         cat.close()
 

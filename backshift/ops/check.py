@@ -31,6 +31,39 @@ QUARANTINE_DIR = b"quarantine"
 USERS_SHOWN = 20
 
 
+class IdSet:
+    """A set of row ids as a bitmap: the ids of a million chunks take 128 KB where a set
+    of their digests took ~100 MB (check --read-data's memory must not grow with the store)."""
+
+    def __init__(self) -> None:
+        self._bits = bytearray()
+        self._count = 0
+
+    def add(self, i: int) -> None:
+        byte, bit = divmod(i, 8)
+        if byte >= len(self._bits):
+            self._bits.extend(bytes(byte + 1 - len(self._bits) + len(self._bits) // 2))
+        if not self._bits[byte] >> bit & 1:
+            self._bits[byte] |= 1 << bit
+            self._count += 1
+
+    def __contains__(self, i: object) -> bool:
+        if not isinstance(i, int):
+            return False
+        byte, bit = divmod(i, 8)
+        return byte < len(self._bits) and bool(self._bits[byte] >> bit & 1)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self):
+        for byte, value in enumerate(self._bits):
+            if value:
+                for bit in range(8):
+                    if value >> bit & 1:
+                        yield byte * 8 + bit
+
+
 @dataclass
 class ChunkProblem:
     sha256: bytes
@@ -45,7 +78,7 @@ class CheckResult:
     content_problems: list[str] = field(default_factory=list)
     dead_saves: list[str] = field(default_factory=list)
     chunks_referenced: int = 0
-    chunks_verified: set[bytes] = field(default_factory=set)
+    chunks_verified: IdSet = field(default_factory=lambda: IdSet())  # chunk row ids
     contents_verified: int = 0
     bytes_read: int = 0
     orphans: int = 0
@@ -87,26 +120,31 @@ def check(repo: Repository, read_data: bool = False, part: tuple[int, int] | Non
                 if repair:
                     r.repaired_saves.append(sid)
         # Catalog first, then the disk: a save commits rows only after its files are durable,
-        # so a chunk committed before this snapshot is on disk by the time it is listed.
-        referenced = dict(cat.all_chunks())
-        r.chunks_referenced = len(referenced)
-        on_disk: dict[bytes, int] = {}
-        for sha, info in store.iter_chunk_files():
-            if sha is None:
-                r.temps += 1
-            else:
-                on_disk[sha] = info
-        for sha, stored_length in referenced.items():
-            size = on_disk.get(sha)
-            if size is None:
-                r.chunk_problems[sha] = ChunkProblem(sha, "missing")
-            elif stored_length and size != stored_length:
-                r.chunk_problems[sha] = ChunkProblem(
-                    sha, f"size {size} bytes, catalog says {stored_length}")
-        for sha, size in on_disk.items():
-            if sha not in referenced:
-                r.orphans += 1
-                r.orphan_bytes += size
+        # so a chunk committed before a directory's rows are read is on disk by the time
+        # that directory is listed. One fan-out directory at a time: memory stays flat.
+        for fanout in range(256):
+            referenced = dict(cat.chunks_in(fanout))
+            r.chunks_referenced += len(referenced)
+            on_disk: dict[bytes, int] = {}
+            for sha, entry in store.chunk_dir(fanout):
+                if sha is None:
+                    r.temps += 1
+                    continue
+                try:
+                    on_disk[sha] = entry.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    continue  # removed since listed (a concurrent expire): as if absent
+            for sha, stored_length in referenced.items():
+                size = on_disk.get(sha)
+                if size is None:
+                    r.chunk_problems[sha] = ChunkProblem(sha, "missing")
+                elif stored_length and size != stored_length:
+                    r.chunk_problems[sha] = ChunkProblem(
+                        sha, f"size {size} bytes, catalog says {stored_length}")
+            for sha, size in on_disk.items():
+                if sha not in referenced:
+                    r.orphans += 1
+                    r.orphan_bytes += size
         if read_data:
             _read_data(repo, r, part, progress)
         for problem in r.chunk_problems.values():
@@ -138,13 +176,13 @@ def _read_data(repo: Repository, r: CheckResult, part: tuple[int, int] | None,
         h = xxhash.xxh3_128() if verify_digest else None
         total = 0
         intact = True
-        for _cid, _size, _digest, sha, length, _stored in rows:
+        for _cid, _size, _digest, sha, length, chunk_id in rows:
             if not (verify_digest or in_part(sha, part)):
                 continue
-            if sha in r.chunk_problems and sha not in r.chunks_verified:
+            if sha in r.chunk_problems and chunk_id not in r.chunks_verified:
                 intact = False  # already known bad: not read again
                 continue
-            data = _read_chunk(store, r, sha, length, part)
+            data = _read_chunk(store, r, sha, length, chunk_id, part)
             if data is None:
                 intact = False
                 continue
@@ -167,10 +205,10 @@ def _read_data(repo: Repository, r: CheckResult, part: tuple[int, int] | None,
     finish_content()
 
 
-def _read_chunk(store, r: CheckResult, sha: bytes, length: int,
+def _read_chunk(store, r: CheckResult, sha: bytes, length: int, chunk_id: int,
                 part: tuple[int, int] | None) -> bytes | None:
     if in_part(sha, part):
-        r.chunks_verified.add(sha)
+        r.chunks_verified.add(chunk_id)
     try:
         data = store.read(ChunkRef(sha, length))
     except ChunkMissing:

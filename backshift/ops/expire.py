@@ -49,40 +49,58 @@ def expire(repo: Repository, policy: Policy, now_ns: int | None = None,
     kwargs = {"tz": tz} if tz is not None else {}
     decisions = decide(saves, policy, now_ns, **kwargs)
     result = ExpireResult(decisions, dry_run)
-    on_disk, temps = _list_store(store)
+    old_temps: list[bytes] = []
     cat.begin()
     try:
         for d in decisions:
             if not d.keep:
                 cat.delete_save(d.save.id)
                 result.saves_removed += 1
-        freed = cat.sweep_unreferenced()
-        remaining = {sha: n for sha, n in cat.all_chunks()}
-        missing = [sha for sha in remaining if sha not in on_disk]
+        cat.sweep_unreferenced_versions()
+        missing = 0
+        first_missing = b""
+        for fanout in range(256):  # one store directory at a time: memory stays flat
+            entries = store.chunk_dir(fanout)
+            on_disk = {sha: e for sha, e in entries if sha is not None}
+            freed = dict(cat.unreferenced_chunks_in(fanout))
+            named = set()
+            for sha, _stored in cat.chunks_in(fanout):  # the freed rows are still there
+                named.add(sha)
+                if sha not in freed and sha not in on_disk:
+                    missing += 1
+                    first_missing = first_missing or sha
+            result.chunks_freed += len(freed)
+            for sha, entry in on_disk.items():
+                if sha in freed:
+                    result.bytes_freed += _size(entry)
+                elif sha not in named:
+                    result.orphans_removed += 1
+                    result.orphan_bytes += _size(entry)
+            old_temps += _old_temps(entries, now_ns)
         if missing:
-            raise ReferencedChunksMissing(len(missing), missing[0].hex())
-        result.chunks_freed = len(freed)
-        result.bytes_freed = sum(on_disk.get(sha, 0) for sha, _ in freed)
+            raise ReferencedChunksMissing(missing, first_missing.hex())
+        cat.sweep_unreferenced_chunks()
     except BaseException:
         cat.rollback_quietly()
         raise
-    freed_set = {sha for sha, _ in freed}
-    garbage = [sha for sha in on_disk if sha not in remaining]
-    result.orphans_removed = sum(1 for sha in garbage if sha not in freed_set)
-    result.orphan_bytes = sum(on_disk[sha] for sha in garbage if sha not in freed_set)
-    old_temps = [p for p, mtime in temps if mtime < now_ns / 1e9 - TEMP_GRACE_S]
     result.temps_removed = len(old_temps)
     if dry_run:
         cat.rollback_quietly()
         return result
     cat.commit()
     crashpoint("gc_after_catalog_delete")
-    for sha in garbage:
-        try:
-            store.remove(sha)
-        except OSError as e:
-            result.unlink_errors.append(f"{sha.hex()}: {e.strerror or e}")
-        crashpoint("gc_mid_unlink")
+    # Unlink what no catalog row names, one directory at a time: the chunks just freed and
+    # orphans a crash left. The exclusive lock keeps saves out, so the catalog is final.
+    for fanout in range(256):
+        named = {sha for sha, _ in cat.chunks_in(fanout)}
+        for sha, _entry in store.chunk_dir(fanout):
+            if sha is None or sha in named:
+                continue
+            try:
+                store.remove(sha)
+            except OSError as e:
+                result.unlink_errors.append(f"{sha.hex()}: {e.strerror or e}")
+            crashpoint("gc_mid_unlink")
     for path in old_temps:
         try:
             os.unlink(path)
@@ -94,21 +112,26 @@ def expire(repo: Repository, policy: Policy, now_ns: int | None = None,
     return result
 
 
-def _list_store(store) -> tuple[dict[bytes, int], list[tuple[bytes, float]]]:
-    """Every chunk file (sha256 -> size) and every other file (path, mtime) in the store."""
-    on_disk: dict[bytes, int] = {}
-    temps: list[tuple[bytes, float]] = []
-    for sha, info in store.iter_chunk_files():
-        if sha is not None:
-            on_disk[sha] = info
+def _size(entry: os.DirEntry) -> int:
+    try:
+        return entry.stat(follow_symlinks=False).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _old_temps(entries: list, now_ns: int) -> list[bytes]:
+    """Our temp files (TEMP_MARK in the name) older than TEMP_GRACE_S; others are left alone."""
+    out = []
+    for sha, entry in entries:
+        if sha is not None or TEMP_MARK not in entry.name:
             continue
-        if TEMP_MARK not in os.path.basename(info):
-            continue  # not ours: left alone (check counts it)
         try:
-            temps.append((info, os.lstat(info).st_mtime))
+            mtime = entry.stat(follow_symlinks=False).st_mtime
         except FileNotFoundError:
-            pass
-    return on_disk, temps
+            continue
+        if mtime < now_ns / 1e9 - TEMP_GRACE_S:
+            out.append(entry.path)
+    return out
 
 
 def decision_lines(decisions: Iterable[Decision], fmt_time: Callable[[int], str]) -> list[str]:
