@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
-import textwrap
 from collections.abc import Iterator
-from importlib import resources
 
 import apsw
 
@@ -27,23 +26,40 @@ CHECKPOINT_BUSY_MS = 200
 
 
 def _sql(text: str) -> str:
-    return textwrap.dedent(text).strip()
+    """TEXT without its common indentation and outer blank lines (textwrap.dedent for the
+    space-indented constants here; textwrap's regular expressions cost start-up time)."""
+    lines = text.split("\n")
+    indent = min((len(line) - len(line.lstrip(" ")) for line in lines if line.strip()),
+                 default=0)
+    return "\n".join(line[indent:] if line.strip() else "" for line in lines).strip()
+
+
+def _migrations_dir() -> str:
+    """The folder of the package backshift.migrations (setuptools maps the top-level
+    migrations/ there). A directory listing reads it, also in an editable install, without
+    importlib.resources and all it imports at start-up."""
+    package = importlib.import_module(f"{__package__}.migrations")
+    return os.path.dirname(os.path.abspath(package.__file__))
+
+
+def _migration_names() -> list[tuple[int, str]]:
+    return sorted((int(name.split("_", 1)[0]), name) for name in os.listdir(_migrations_dir())
+                  if name.endswith(".sql"))
 
 
 def migrations() -> list[tuple[int, str, str]]:
     """(number, file name, SQL) of every packaged migration, in order."""
+    folder = _migrations_dir()
     out = []
-    for entry in resources.files("backshift.migrations").iterdir():
-        name = entry.name
-        if name.endswith(".sql"):
-            out.append((int(name.split("_", 1)[0]), name, entry.read_text(encoding="utf-8")))
-    out.sort()
+    for number, name in _migration_names():
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            out.append((number, name, f.read()))
     return out
 
 
 def schema_version() -> int:
     """The schema version this program writes: the number of the last migration."""
-    return migrations()[-1][0]
+    return _migration_names()[-1][0]
 
 
 # -- statements ----------------------------------------------------------------------------
