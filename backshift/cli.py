@@ -742,7 +742,7 @@ def list_cmd(ctx: Context, backup: str, directory: str | None, no_recursive: boo
       backshift -r /backup/repo list --backup latest --format json | jq .path
     """
     from .ops.common import resolve_save
-    from .ops.listing import COLUMNS, TarLister, list_save, record
+    from .ops.listing import COLUMNS, list_save, record, write_lines
     from .ops.select import Problems, Selection, normal_path
     from .repo import READ, open_repository
 
@@ -753,14 +753,12 @@ def list_cmd(ctx: Context, backup: str, directory: str | None, no_recursive: boo
     problems = Problems(_report)
     with open_repository(ctx.repo, READ) as repo:
         save_row = resolve_save(repo.catalog, backup)
-        members = list_save(repo.catalog, save_row.id, sel, problems)
         if fmt == "text":
-            lister = TarLister(verbose)
             sys.stdout.flush()
-            out = sys.stdout.buffer
-            for m in members:
-                out.write(lister.line(m.header))
+            write_lines(repo.catalog, save_row.id, sel, problems, verbose,
+                        sys.stdout.buffer.write)
         else:
+            members = list_save(repo.catalog, save_row.id, sel, problems)
             emit_lines(render(COLUMNS, (record(m) for m in members), fmt))
     _finish(problems)
 
