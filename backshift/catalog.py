@@ -472,6 +472,15 @@ def _listing_lines(line: str, verbose_flags: str) -> str:
 LISTING_LINES_VERBOSE = _listing_lines(LISTING_LINE_VERBOSE, LISTING_VERBOSE_FLAGS)
 LISTING_LINES_NAMES = _listing_lines(LISTING_LINE_NAME, "")
 
+PATH_KEY_AFTER = _sql("""
+    SELECT p.key
+    FROM path AS p
+    WHERE p.key >= :lo
+      AND p.key < :hi
+    ORDER BY p.key
+    LIMIT 1 OFFSET :count
+""")
+
 ENTRY_OF_PATH_ID = _sql(f"""
     SELECT {ENTRY_COLUMNS}
     FROM path AS p
@@ -1039,6 +1048,12 @@ class Catalog:
             return self.conn.execute(LISTING_LINES_NAMES, params)
         params.update(width=width, modes=modes)
         return self.conn.execute(LISTING_LINES_VERBOSE, params)
+
+    def path_key_after(self, lo: bytes, hi: bytes, count: int) -> bytes | None:
+        """The key COUNT paths (of any save) past lo in [lo, hi), None when there are
+        fewer: where to cut a listing into chunks."""
+        row = self.conn.execute(PATH_KEY_AFTER, {"lo": lo, "hi": hi, "count": count}).fetchone()
+        return row[0] if row else None
 
     def entry_of_path_id(self, save_id: int, path_id: int) -> tuple | None:
         return self.conn.execute(ENTRY_OF_PATH_ID,

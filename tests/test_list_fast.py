@@ -172,3 +172,45 @@ def test_list_fast_query_plan_reads_the_range_in_key_order(repo, saved, sql):
     assert [d for d in details if d.startswith("SCAN")] == ["SCAN r"], text
     assert "SEARCH p USING COVERING INDEX sqlite_autoindex_path_1 (key>? AND key<?)" in text
     assert "SEARCH m USING PRIMARY KEY (save_id=? AND path_id=?)" in text
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 3 paths and batches of 4 rows: every path of write_lines on a small save
+    (two threads, widths changing between chunks, restarts, hand-over to the planner)."""
+    from backshift.ops import listing
+    monkeypatch.setattr(listing, "CHUNK_PATHS", 3)
+    monkeypatch.setattr(listing, "BATCH_ROWS", 4)
+
+
+def assert_in_process_list_equals_tar(repo: bytes, *args: str) -> None:
+    tar = run("-r", repo, "tar", "--backup", "latest", *args, exit_code=None)
+    dirs = ["--dir", args[0]] if args else []
+    for verbose in (False, True):
+        flags = ["-v"] if verbose else []
+        listed = run("-r", repo, "list", "--backup", "latest", *flags, *dirs, exit_code=None)
+        assert listed.stdout_bytes == gnu_tar_list(tar.stdout_bytes, verbose)
+        assert (listed.code, listed.stderr) == (tar.code, tar.stderr)
+
+
+def test_list_fast_in_small_chunks_plain_and_odd(repo, saved, small_chunks):
+    assert_in_process_list_equals_tar(repo)
+    assert_in_process_list_equals_tar(repo, str(saved / "sub"))
+
+
+def test_list_fast_in_small_chunks_width_grows(repo, saved, small_chunks):
+    raw = os.fsencode(saved).replace(b"/", b"\0")
+    for i, user in ((3, b"a-long-user-name-1"), (11, b"a-longer-user-name-22"),
+                    (12, b"the-longest-user-name-333")):
+        _insert_member(repo, raw + b"\0sub\0plain%02d.tx" % i, stat.S_IFREG | 0o600,
+                       user=user)
+    assert_in_process_list_equals_tar(repo)
+
+
+def test_list_fast_in_small_chunks_hostile_rows(repo, saved, small_chunks):
+    raw = os.fsencode(saved).replace(b"/", b"\0")
+    _insert_member(repo, raw + b"\0sub\0plain07.tx", stat.S_IFREG | 0o600, user=b"x" * 30)
+    _insert_member(repo, raw + b"\0trap", stat.S_IFLNK | 0o777, b"/etc")
+    _insert_member(repo, raw + b"\0trap\0passwd", stat.S_IFREG | 0o644)
+    _insert_member(repo, raw + b"\0zz\0..\0x", stat.S_IFREG | 0o644)
+    assert_in_process_list_equals_tar(repo)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import locale
 import re
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from itertools import islice
@@ -168,6 +169,7 @@ class TarLister:
 # -- the fast road for text ----------------------------------------------------------------
 
 BATCH_ROWS = 8192  # lines fetched, checked and written together (~1 MiB of -v text)
+CHUNK_PATHS = 4096  # paths (of any save) per query when two threads share a long listing
 # Bytes a plain line may hold: printable ASCII but backslash (what GNU tar's quoting leaves
 # alone), newline, and NUL (the catalog's component separator, still in the name).
 PLAIN_LINE_BYTES = bytes([0, 10, *range(0x20, 0x5C), *range(0x5D, 0x7F)])
@@ -243,6 +245,32 @@ def _write_members(members: Iterator[Planned], lister: TarLister,
         write(b"".join(block))
 
 
+class _Fetch(threading.Thread):
+    """The rows of one chunk, fetched on another thread and connection."""
+
+    def __init__(self, owner: _FastLines, catalog: Catalog, lo: bytes, hi: bytes,
+                 width: int) -> None:
+        super().__init__(name="list-chunk", daemon=True)
+        self.args_ = (owner.save_id, lo, hi, width, owner.modes)
+        self.catalog = catalog
+        self.width = width
+        self.rows: list[tuple] = []
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.rows = self.catalog.listing_lines(*self.args_).fetchall()
+        except BaseException as e:  # noqa: BLE001 - handed to the listing thread
+            self.error = e
+
+    def result(self) -> list[tuple]:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.rows
+
+
 class _PlannerNeeded(Exception):
     """A row on the fast road that only the planner may list."""
 
@@ -261,14 +289,64 @@ class _FastLines:
 
     def run(self, lo: bytes, hi: bytes, emitted: int) -> bool:
         """Write every member in [lo, hi); False (and self.emitted) when the planner
-        must take over."""
+        must take over.
+
+        The range is cut into chunks of CHUNK_PATHS paths. While this thread runs the
+        query of one chunk, a second thread with its own read-only connection runs the
+        next one (SQLite works without the GIL): two cores for a long listing. The next
+        chunk is built at the width known when it starts; should the width grow before
+        its turn comes, it is built again. Its rows are then taken in order, as here."""
         self.emitted = emitted
-        modes = permission_strings() if self.verbose else None
+        self.modes = permission_strings() if self.verbose else None
+        chunks = self._chunks(lo, hi)
+        first = next(chunks, None)
+        second = next(chunks, None)
+        if second is None:  # short: one query, one thread
+            return first is None or self._range(*first)
+        other = Catalog.open(self.catalog.path, readonly=True)
+        try:
+            chunk = first
+            while chunk is not None:
+                nxt = second if second is not None else next(chunks, None)
+                second = None
+                ahead = None
+                if nxt is not None:
+                    ahead = _Fetch(self, other, *nxt, self.lister.ugswidth)
+                try:
+                    if not self._range(*chunk):
+                        return False
+                finally:
+                    rows = ahead.result() if ahead is not None else None
+                if ahead is None:
+                    return True
+                if ahead.width != self.lister.ugswidth:
+                    rows = None  # built at a narrower width: build it again here
+                chunk = next(chunks, None)
+                if not self._range(*nxt, rows):
+                    return False
+            return True
+        finally:
+            other.close()
+
+    def _chunks(self, lo: bytes, hi: bytes) -> Iterator[tuple[bytes, bytes]]:
+        while lo is not None:
+            cut = self.catalog.path_key_after(lo, hi, CHUNK_PATHS)
+            yield lo, (cut if cut is not None else hi)
+            lo = cut
+
+    def _range(self, lo: bytes, hi: bytes, rows: list[tuple] | None = None) -> bool:
+        """Write the members in [lo, hi), from ROWS when fetched already."""
         while True:
             width = self.lister.ugswidth
-            rows = self.catalog.listing_lines(self.save_id, lo, hi, width, modes)
+            cursor = None
+            if rows is None:
+                cursor = self.catalog.listing_lines(self.save_id, lo, hi, width, self.modes)
+                source = cursor
+            else:
+                source = iter(rows)
+                rows = None
             try:
-                while batch := list(islice(rows, BATCH_ROWS)):
+                while batch := list(islice(source, BATCH_ROWS)):
                     restart = self._batch(batch, width)
                     if restart is not None:
                         break
@@ -277,7 +355,8 @@ class _FastLines:
             except _PlannerNeeded:
                 return False
             finally:
-                rows.close()
+                if cursor is not None:
+                    cursor.close()
             if restart is False:
                 return False
             lo = restart + b"\0"  # the width grew: on with the next key, at the new width
