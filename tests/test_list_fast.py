@@ -214,3 +214,15 @@ def test_list_fast_in_small_chunks_hostile_rows(repo, saved, small_chunks):
     _insert_member(repo, raw + b"\0trap\0passwd", stat.S_IFREG | 0o644)
     _insert_member(repo, raw + b"\0zz\0..\0x", stat.S_IFREG | 0o644)
     assert_in_process_list_equals_tar(repo)
+
+
+def test_list_fast_chunk_cuts_use_the_path_index(repo, saved):
+    from backshift.catalog import PATH_KEY_AFTER
+    cat = Catalog.open(os.path.join(repo, b"catalog.sqlite3"), readonly=True)
+    try:
+        details = cat.explain(PATH_KEY_AFTER, {"lo": b"", "hi": b"\x01", "count": 3})
+        assert cat.path_key_after(b"", b"\x01", 10**6) is None
+    finally:
+        cat.close()
+    assert details == [
+        "SEARCH p USING COVERING INDEX sqlite_autoindex_path_1 (key>? AND key<?)"], details
