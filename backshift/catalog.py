@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
-import textwrap
 from collections.abc import Iterator
-from importlib import resources
 
 import apsw
 
@@ -27,23 +26,40 @@ CHECKPOINT_BUSY_MS = 200
 
 
 def _sql(text: str) -> str:
-    return textwrap.dedent(text).strip()
+    """TEXT without its common indentation and outer blank lines (textwrap.dedent for the
+    space-indented constants here; textwrap's regular expressions cost start-up time)."""
+    lines = text.split("\n")
+    indent = min((len(line) - len(line.lstrip(" ")) for line in lines if line.strip()),
+                 default=0)
+    return "\n".join(line[indent:] if line.strip() else "" for line in lines).strip()
+
+
+def _migrations_dir() -> str:
+    """The folder of the package backshift.migrations (setuptools maps the top-level
+    migrations/ there). A directory listing reads it, also in an editable install, without
+    importlib.resources and all it imports at start-up."""
+    package = importlib.import_module(f"{__package__}.migrations")
+    return os.path.dirname(os.path.abspath(package.__file__))
+
+
+def _migration_names() -> list[tuple[int, str]]:
+    return sorted((int(name.split("_", 1)[0]), name) for name in os.listdir(_migrations_dir())
+                  if name.endswith(".sql"))
 
 
 def migrations() -> list[tuple[int, str, str]]:
     """(number, file name, SQL) of every packaged migration, in order."""
+    folder = _migrations_dir()
     out = []
-    for entry in resources.files("backshift.migrations").iterdir():
-        name = entry.name
-        if name.endswith(".sql"):
-            out.append((int(name.split("_", 1)[0]), name, entry.read_text(encoding="utf-8")))
-    out.sort()
+    for number, name in _migration_names():
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            out.append((number, name, f.read()))
     return out
 
 
 def schema_version() -> int:
     """The schema version this program writes: the number of the last migration."""
-    return migrations()[-1][0]
+    return _migration_names()[-1][0]
 
 
 # -- statements ----------------------------------------------------------------------------
@@ -360,6 +376,121 @@ WHERE_PREDICATE_MATCHES = """
       AND ({predicate}
       )
 """
+
+
+# -- listing text ---
+# `list` / `list -v` of a key range as finished `tar -tf` / `tar -tvf` lines, so that Python
+# touches only the rare rows it must. LISTING_LINES gives (line, path_id, flag) in key order:
+# flag NULL: `line` is the member's line, newline included, with the name still in key form
+#   (NUL between components): ops/listing.py turns NUL into '/' for a whole block at once
+#   and checks the block for bytes GNU tar would quote (cheaper there than a GLOB here).
+# flag 'p': Python formats the member (root, a device, a hardlink candidate, an owner with a
+#   NUL, a time SQLite's localtime cannot match, a `user/group size` wider than :width).
+# flag 'd': a non-directory with some path below it: Python asks whether a member is.
+# flag 'a': a row the planner refuses or warns about: Python hands the listing to it.
+# :width is GNU tar's `user/group size` width so far; it only grows.
+# SQLite's 'localtime' calls the C library's localtime_r like tar, but maps years outside
+# 1970-2037 to another year: those rows are flagged.
+
+LISTING_FLAG = _sql("""
+    CASE
+        WHEN p.key = x'' THEN 'p'
+        WHEN instr(p.key, x'2f') > 0 OR instr(p.key, x'0000') > 0
+          OR substr(p.key, -1) = x'00'
+          OR (instr(p.key, x'002e') > 0
+              AND (instr(CAST(p.key || x'00' AS BLOB), x'002e00') > 0
+                   OR instr(CAST(p.key || x'00' AS BLOB), x'002e2e00') > 0))
+          OR (v.mode & 61440) NOT IN (32768, 16384, 40960, 8192, 24576, 4096)
+          OR ((v.mode & 61440) = 32768 AND v.size < 0)
+          OR ((v.mode & 61440) = 40960 AND (v.link_target IS NULL
+              OR length(v.link_target) = 0 OR instr(v.link_target, x'00') > 0)) THEN 'a'
+        WHEN (v.mode & 61440) <> 16384 AND EXISTS (
+            SELECT 1
+            FROM path AS d
+            WHERE d.key > p.key
+              AND d.key < CAST(p.key || x'01' AS BLOB)) THEN 'd'
+        WHEN instr(v.user, x'00') > 0 OR instr(v.grp, x'00') > 0 THEN 'p'
+        {verbose_flags}
+    END
+""")
+
+LISTING_VERBOSE_FLAGS = _sql("""
+        WHEN (v.mode & 61440) IN (8192, 24576)
+          OR ((v.mode & 61440) = 32768 AND v.nlink > 1) THEN 'p'
+        WHEN v.mtime_ns < 0 OR v.mtime_ns >= 2145916800000000000 THEN 'p'
+        WHEN CASE WHEN v.user = x'' THEN length(CAST(v.uid AS TEXT)) ELSE length(v.user) END
+             + CASE WHEN v.grp = x'' THEN length(CAST(v.gid AS TEXT)) ELSE length(v.grp) END
+             + CASE WHEN (v.mode & 61440) = 32768 THEN length(CAST(v.size AS TEXT)) ELSE 1 END
+             + 2 > :width THEN 'p'
+""")
+
+
+def _listing_rows(verbose_flags: str) -> str:
+    flag = LISTING_FLAG.format(verbose_flags=verbose_flags)
+    return _sql(f"""
+        SELECT p.id AS path_id, p.key AS key, v.mode AS mode, v.mode & 61440 AS kind,
+               v.size AS size, v.mtime_ns AS mtime_ns, v.link_target AS target,
+               CASE WHEN v.user = x'' THEN CAST(v.uid AS TEXT) ELSE v.user END || '/' ||
+               CASE WHEN v.grp = x'' THEN CAST(v.gid AS TEXT) ELSE v.grp END AS owner,
+               {flag} AS flag
+        FROM path AS p
+        CROSS JOIN member AS m
+        JOIN version AS v ON v.id = m.version_id
+        WHERE p.key >= :lo
+          AND p.key < :hi
+          AND m.save_id = :save_id
+          AND m.path_id = p.id
+        ORDER BY p.key
+    """)
+
+
+# The mode string: the type letter, then the nine rwx/sStT letters of mode & 0o7777 cut
+# from :modes, the 4096 strings of 9 bytes that ops/listing.py makes (one substr of a blob
+# is cheaper than four of text). The date: datetime() is cheaper than strftime().
+LISTING_LINE_VERBOSE = _sql("""
+    concat(substr('?pc?d?b?-?l?s???', (kind >> 12) + 1, 1),
+           substr(:modes, (mode & 4095) * 9 + 1, 9), ' ',
+           owner, ' ',
+           printf('%*s', :width - length(CAST(owner AS BLOB)) - 1,
+                  CASE kind WHEN 32768 THEN size ELSE 0 END), ' ',
+           substr(datetime(mtime_ns / 1000000000, 'unixepoch', 'localtime'), 1, 16), ' ',
+           substr(key, 2),
+           CASE kind WHEN 16384 THEN '/' WHEN 40960 THEN ' -> ' || target END,
+           x'0a')
+""")
+
+LISTING_LINE_NAME = "concat(substr(key, 2), CASE kind WHEN 16384 THEN '/' END, x'0a')"
+
+
+def _listing_lines(line: str, verbose_flags: str) -> str:
+    return (f"SELECT CASE WHEN flag IS NULL THEN CAST({line} AS BLOB) END,\n"
+            f"       path_id,\n"
+            f"       flag\n"
+            f"FROM ({_listing_rows(verbose_flags)}) AS r")
+
+
+LISTING_LINES_VERBOSE = _listing_lines(LISTING_LINE_VERBOSE, LISTING_VERBOSE_FLAGS)
+LISTING_LINES_NAMES = _listing_lines(LISTING_LINE_NAME, "")
+
+PATH_KEY_AFTER = _sql("""
+    SELECT p.key
+    FROM path AS p
+    WHERE p.key >= :lo
+      AND p.key < :hi
+    ORDER BY p.key
+    LIMIT 1 OFFSET :count
+""")
+
+ENTRY_OF_PATH_ID = _sql(f"""
+    SELECT {ENTRY_COLUMNS}
+    FROM path AS p
+    CROSS JOIN member AS m
+    JOIN version AS v ON v.id = m.version_id
+    LEFT JOIN content AS c ON c.id = v.content_id
+    WHERE p.id = :path_id
+      AND m.save_id = :save_id
+      AND m.path_id = p.id
+""")
 
 
 # -- import-legacy ---
@@ -931,6 +1062,27 @@ class Catalog:
         """The smallest path key in [lo, hi) of any save (for stepping over subtrees)."""
         row = self.conn.execute(FIRST_PATH_IN_KEY_RANGE, {"lo": lo, "hi": hi}).fetchone()
         return row[0] if row else None
+
+    def listing_lines(self, save_id: int, lo: bytes, hi: bytes, width: int,
+                      modes: bytes | None) -> Iterator[tuple]:
+        """(line, path_id, flag) of the members with lo <= key < hi, in key order (see
+        LISTING_LINES_VERBOSE); a plain member's line is done but for NUL -> '/'. MODES:
+        the 9-letter mode strings of 0..0o7777 for long lines, None for names only."""
+        params = {"save_id": save_id, "lo": lo, "hi": hi}
+        if modes is None:  # names only (tar -tf)
+            return self.conn.execute(LISTING_LINES_NAMES, params)
+        params.update(width=width, modes=modes)
+        return self.conn.execute(LISTING_LINES_VERBOSE, params)
+
+    def path_key_after(self, lo: bytes, hi: bytes, count: int) -> bytes | None:
+        """The key COUNT paths (of any save) past lo in [lo, hi), None when there are
+        fewer: where to cut a listing into chunks."""
+        row = self.conn.execute(PATH_KEY_AFTER, {"lo": lo, "hi": hi, "count": count}).fetchone()
+        return row[0] if row else None
+
+    def entry_of_path_id(self, save_id: int, path_id: int) -> tuple | None:
+        return self.conn.execute(ENTRY_OF_PATH_ID,
+                                 {"save_id": save_id, "path_id": path_id}).fetchone()
 
     def explain(self, sql: str, params: dict) -> list[str]:
         """The EXPLAIN QUERY PLAN details of a statement of this module (for tests)."""

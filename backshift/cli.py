@@ -6,13 +6,10 @@ their class (errors.py); --debug shows the traceback too.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import socket
 import sys
+from typing import TYPE_CHECKING
 
-import apsw
 import click
 
 from . import __version__
@@ -26,10 +23,15 @@ from .errors import (
     UsageError,
     exit_code_table,
 )
-from .model import ChunkerParams, SaveStats
 from .pathcodec import escape
 from .render import FORMATS, human_bytes, iso_time, local_time, render
-from .repo import READ, WRITE, init_repository, open_repository
+
+if TYPE_CHECKING:
+    from .model import SaveStats
+
+# Start-up time is part of every command (`--version` took 0.09 s when this module imported
+# everything): only click and the small modules above load here. A command imports the
+# repository, its operation and anything heavy (apsw, json, socket, ...) when it runs.
 
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(
     f"  {code:>3}  {meaning}" for code, meaning in exit_code_table()
@@ -95,13 +97,19 @@ def cli(ctx: click.Context, repo: str | None, debug: bool) -> None:
 
 # -- init -------------------------------------------------------------------------------
 
+# ChunkerParams' defaults, spelled out so that start-up does not build model's dataclasses
+# (tests/test_cli_basics.py holds them equal).
+DEFAULT_CHUNK_MIN = 256 * 1024
+DEFAULT_CHUNK_AVG = 1024 * 1024
+DEFAULT_CHUNK_MAX = 4 * 1024 * 1024
+
 
 @cli.command()
-@click.option("--chunk-min", default=ChunkerParams.min_size, show_default=True,
+@click.option("--chunk-min", default=DEFAULT_CHUNK_MIN, show_default=True,
               help="Smallest chunk in bytes.")
-@click.option("--chunk-avg", default=ChunkerParams.avg_size, show_default=True,
+@click.option("--chunk-avg", default=DEFAULT_CHUNK_AVG, show_default=True,
               help="Average chunk in bytes.")
-@click.option("--chunk-max", default=ChunkerParams.max_size, show_default=True,
+@click.option("--chunk-max", default=DEFAULT_CHUNK_MAX, show_default=True,
               help="Largest chunk in bytes.")
 @click.option("--zstd-level", default=3, show_default=True, type=click.IntRange(1, 19),
               help="zstd compression level for new chunks.")
@@ -116,6 +124,9 @@ def init(ctx: Context, chunk_min: int, chunk_avg: int, chunk_max: int, zstd_leve
     Example:
       backshift -r /backup/repo init
     """
+    from .model import ChunkerParams
+    from .repo import init_repository
+
     if not 64 <= chunk_min < chunk_avg < chunk_max <= 16 << 20:
         raise UsageError("need 64 <= --chunk-min < --chunk-avg < --chunk-max <= 16 MiB")
     params = ChunkerParams(min_size=chunk_min, avg_size=chunk_avg, max_size=chunk_max)
@@ -178,8 +189,11 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
 
     Exit status 1 means the save completed but some files were skipped (see stderr).
     """
+    import socket
+
     from . import walk
     from .ops.save import SaveOptions, Saver
+    from .repo import WRITE, open_repository
 
     hostname = _check_label("hostname", hostname or socket.gethostname())
     subset = _check_label("subset", subset)
@@ -212,6 +226,7 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
         copied = _copy_catalog(repo) if stats.status == "complete" else True
     _clear_progress()
     if as_json:
+        import json
         click.echo(json.dumps(_summary_dict(stats), sort_keys=True))
     else:
         for line in _summary_lines(stats):
@@ -292,6 +307,7 @@ def saves(ctx: Context, last: int | None, hostname: str | None, subset: str | No
       backshift -r /backup/repo saves --format json | jq .id
     """
     from .ops.common import effective_status
+    from .repo import READ, open_repository
 
     with open_repository(ctx.repo, READ) as repo:
         rows = repo.catalog.list_saves(hostname, subset)
@@ -386,7 +402,7 @@ def expire(ctx: Context, keep_last: int, keep_hourly: int, keep_daily: int, keep
 
     from .ops.expire import decision_lines
     from .ops.expire import expire as run_expire
-    from .repo import EXCLUSIVE
+    from .repo import EXCLUSIVE, open_repository
     from .retention import Policy
 
     policy = Policy(keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily,
@@ -458,7 +474,7 @@ def check(ctx: Context, read_data: bool, read_data_subset: str | None, repair: b
     from .errors import CheckFoundDamage
     from .ops.check import check as run_check
     from .ops.check import report_lines
-    from .repo import EXCLUSIVE, READ_LOCKED
+    from .repo import EXCLUSIVE, READ_LOCKED, open_repository
 
     part = _parse_part(read_data_subset)
     read = read_data or part is not None
@@ -526,6 +542,7 @@ def sql(ctx: Context, statement: str, fmt: str, params: tuple[str, ...], timeout
           "SELECT path FROM files WHERE save_id = :id"
     """
     from .ops.query import QueryRunner, parse_params
+    from .repo import READ, open_repository
 
     bound = parse_params(params)
     with open_repository(ctx.repo, READ), QueryRunner(ctx.repo, timeout) as runner:
@@ -553,6 +570,7 @@ def stats(ctx: Context, save_id: int | None, fmt: str) -> None:
       backshift -r /backup/repo stats --backup 7 --format json
     """
     from .ops.report import stats as run_stats
+    from .repo import READ, open_repository
 
     with open_repository(ctx.repo, READ) as repo:
         rows = run_stats(repo, save_id)
@@ -600,6 +618,7 @@ def diff(ctx: Context, old_id: int, new_id: int, path: bytes | None, fmt: str) -
     """
     from .ops.report import CHANGE_MARKS
     from .ops.report import diff as run_diff
+    from .repo import READ, open_repository
 
     with open_repository(ctx.repo, READ) as repo:
         changes = run_diff(repo, old_id, new_id, path)
@@ -627,6 +646,7 @@ def history(ctx: Context, path: bytes, hostname: str | None, subset: str | None,
       backshift -r /backup/repo history /home/alice/notes.txt --subset home --format json
     """
     from .ops.report import history as run_history
+    from .repo import READ, open_repository
 
     with open_repository(ctx.repo, READ) as repo:
         rows = run_history(repo, path, hostname, subset)
@@ -665,6 +685,7 @@ def find(ctx: Context, glob: bytes, save_id: int | None, since: str | None, fmt:
     """
     from .ops.report import find as run_find
     from .ops.report import parse_since
+    from .repo import READ, open_repository
 
     since_ns = parse_since(since) if since else None
     headers = ["save_id", "hostname", "subset", "started", "path", "type", "size", "mtime"]
@@ -721,8 +742,9 @@ def list_cmd(ctx: Context, backup: str, directory: str | None, no_recursive: boo
       backshift -r /backup/repo list --backup latest --format json | jq .path
     """
     from .ops.common import resolve_save
-    from .ops.listing import COLUMNS, TarLister, list_save, record
+    from .ops.listing import COLUMNS, list_save, record, write_lines
     from .ops.select import Problems, Selection, normal_path
+    from .repo import READ, open_repository
 
     if no_recursive and directory is None:
         raise UsageError("--no-recursive needs --dir PATH")
@@ -731,14 +753,12 @@ def list_cmd(ctx: Context, backup: str, directory: str | None, no_recursive: boo
     problems = Problems(_report)
     with open_repository(ctx.repo, READ) as repo:
         save_row = resolve_save(repo.catalog, backup)
-        members = list_save(repo.catalog, save_row.id, sel, problems)
         if fmt == "text":
-            lister = TarLister(verbose)
             sys.stdout.flush()
-            out = sys.stdout.buffer
-            for m in members:
-                out.write(lister.line(m.header))
+            write_lines(repo.catalog, save_row.id, sel, problems, verbose,
+                        sys.stdout.buffer.write)
         else:
+            members = list_save(repo.catalog, save_row.id, sel, problems)
             emit_lines(render(COLUMNS, (record(m) for m in members), fmt))
     _finish(problems)
 
@@ -778,7 +798,9 @@ def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, exclude: tupl
     if output == "-" and sys.stdout.isatty():
         raise UsageError("refusing to write a tar stream to a terminal: "
                          "pipe it into tar or give -o FILE")
-    from .repo import READ_CHUNKS
+    import contextlib
+
+    from .repo import READ_CHUNKS, open_repository
 
     # a shared lock (no record, nothing written) keeps expire from deleting chunks mid-restore
     with open_repository(ctx.repo, READ_CHUNKS) as repo, contextlib.ExitStack() as stack:
@@ -820,6 +842,7 @@ def import_legacy_cmd(ctx: Context, savedir: bytes, method: str | None) -> None:
     named on stderr).
     """
     from .ops.import_legacy import import_legacy
+    from .repo import WRITE, open_repository
 
     def warn(msg: str) -> None:
         echo_err(f"warning: {msg}")
@@ -876,7 +899,7 @@ def run(argv: list[str] | None = None) -> int:
         _silence_stdout()
         echo_err("backshift: error: output closed early (broken pipe)")
         code = EXIT_ERROR
-    except (apsw.CorruptError, apsw.NotADBError) as e:
+    except _catalog_damage_errors() as e:
         if debug:
             import traceback
             traceback.print_exc()
@@ -898,6 +921,12 @@ def run(argv: list[str] | None = None) -> int:
             echo_err("backshift: error: output closed early (broken pipe)")
             code = EXIT_ERROR
     return code
+
+
+def _catalog_damage_errors() -> tuple[type[BaseException], ...]:
+    """apsw's "damaged file" errors; none can have happened if apsw was never imported."""
+    apsw = sys.modules.get("apsw")
+    return (apsw.CorruptError, apsw.NotADBError) if apsw is not None else ()
 
 
 def _silence_stdout() -> None:

@@ -12,7 +12,6 @@ import errno
 import fcntl
 import json
 import os
-import secrets
 import socket
 import sys
 import time
@@ -116,7 +115,7 @@ class RepoLock:
             "operation": self.operation,
             "since": time.time(),
         }
-        token = secrets.token_hex(4)
+        token = os.urandom(4).hex()  # as secrets.token_hex(4), without importing hashlib
         name = os.path.join(locks, f"{host}.{pid}.{token}.json".encode())
         temp = name + b".tmp"
         with open(temp, "w", encoding="utf-8") as f:

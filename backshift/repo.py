@@ -1,4 +1,8 @@
-"""Opening a repository: find it, lock it, open catalog and store, close in reverse order."""
+"""Opening a repository: find it, lock it, open catalog and store, close in reverse order.
+
+Read-only commands take no lock and need no chunk store, so the lock and store modules
+(and what they import: hashing, compression, ctypes) load only when a command uses them.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +13,18 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 import apsw
 
 from . import __version__
 from .catalog import CATALOG_NAME, Catalog, translate_error
 from .errors import RepositoryExists, RepositoryIOError, RepositoryNotFound
-from .lock import LOCK_FILE, ReaderLock, RepoLock
 from .model import ChunkerParams
-from .store import Store
+
+if TYPE_CHECKING:
+    from .store import Store
 
 READ = "read"  # no lock: WAL readers never block writers; catalog opened read-only
 WRITE = "write"  # shared lock: saves may run side by side
@@ -30,13 +37,22 @@ READ_CHUNKS = "read-chunks"  # shared flock only (no record, nothing written): r
 class Repository:
     path: bytes
     catalog: Catalog
-    store: Store
     chunker: ChunkerParams
     mode: str
+    zstd_level: int = 3
+
+    @cached_property
+    def store(self) -> Store:
+        """The chunk store, made on first use."""
+        from .store import Store
+        return Store(self.path, zstd_level=self.zstd_level)
 
 
 def init_repository(path: bytes, params: ChunkerParams, zstd_level: int = 3) -> None:
     """Create REPO (mode 0700) with its chunk directories and a fully migrated catalog."""
+    from .lock import LOCK_FILE
+    from .store import Store
+
     path = os.path.abspath(path)
     try:
         if os.path.exists(path):
@@ -74,12 +90,14 @@ def open_repository(path: bytes, mode: str = READ, operation: str = "",
         raise RepositoryNotFound(os.fsdecode(path))
     lock = None
     if mode in (WRITE, EXCLUSIVE, READ_LOCKED):
+        from .lock import RepoLock
         lock = RepoLock(path, exclusive=(mode == EXCLUSIVE), operation=operation or mode)
         try:
             lock.acquire(lock_wait_s)
         except PermissionError as e:
             raise RepositoryIOError(os.fsdecode(path), e.strerror) from None
     elif mode == READ_CHUNKS:
+        from .lock import ReaderLock
         lock = ReaderLock(path)
         lock.acquire(lock_wait_s)
     try:
@@ -87,8 +105,8 @@ def open_repository(path: bytes, mode: str = READ, operation: str = "",
         try:
             params = ChunkerParams(**json.loads(catalog.get_meta("chunker") or "{}"))
             compression = json.loads(catalog.get_meta("compression") or "{}")
-            store = Store(path, zstd_level=int(compression.get("level", 3)))
-            yield Repository(path, catalog, store, params, mode)
+            yield Repository(path, catalog, params, mode,
+                             zstd_level=int(compression.get("level", 3)))
         except apsw.Error as e:  # damage or I/O errors met mid-command: one line, no traceback
             raise translate_error(e, catalog_path) from None
         finally:

@@ -133,3 +133,34 @@ def test_save_progress_line_when_forced(tree, repo):
     assert res.stdout.startswith("save 1 complete:")
     quiet = run("-r", repo, "save", "--no-progress", str(tree))
     assert quiet.stderr == ""
+
+
+def test_init_defaults_are_the_chunker_defaults():
+    """cli.py spells ChunkerParams' defaults out (start-up skips model); they stay equal."""
+    from backshift import cli
+    from backshift.model import ChunkerParams
+    params = {p.name: p.default for p in cli.cli.commands["init"].params}
+    default = ChunkerParams()
+    assert (params["chunk_min"], params["chunk_avg"], params["chunk_max"]) == (
+        default.min_size, default.avg_size, default.max_size)
+
+
+def test_start_up_imports_only_what_the_command_needs(tmp_path):
+    """`--version` loads no repository code; `saves` no lock, store, tabulate or ops."""
+    run("-r", str(tmp_path / "r"), "init")
+    code = ("import sys; from backshift import cli; cli.run(sys.argv[1:]); "
+            "print('MODULES', ' '.join(sorted(sys.modules)))")
+
+    def modules(*args: str) -> list[str]:
+        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                             text=True, check=True).stdout
+        return out.split("MODULES", 1)[1].split()
+
+    loaded = modules("--version")
+    for heavy in ("apsw", "backshift.repo", "backshift.model", "tabulate", "json", "socket"):
+        assert heavy not in loaded, heavy
+    loaded = modules("-r", str(tmp_path / "r"), "saves")
+    assert "backshift.catalog" in loaded
+    for heavy in ("backshift.lock", "backshift.store", "tabulate", "zstandard", "hashlib",
+                  "importlib.resources", "backshift.ops.select"):
+        assert heavy not in loaded, heavy

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import socket
-
 from ..catalog import Catalog
 from ..errors import NoSuchSave, UsageError
-from ..lock import pid_alive
 from ..model import SaveRow
 
 
@@ -30,6 +27,12 @@ def resolve_save(catalog: Catalog, spec: str) -> SaveRow:
 def effective_status(row: SaveRow) -> str:
     """The status to show: a 'running' save whose process is gone (on this host) was
     interrupted, even before the next save of this host records that."""
+    if row.status != "running":
+        return row.status
+    import socket
+
+    from ..lock import pid_alive
+
     if (row.status == "running" and row.writer_host == socket.gethostname()
             and not pid_alive(row.writer_pid, None)):
         return "interrupted"

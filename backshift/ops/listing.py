@@ -6,20 +6,38 @@ simple_print_header) byte for byte: the mode string with s/S/t/T, `user/group` f
 recorded names or numeric ids, a `user/group size` field whose width only grows (it starts
 at 19), `major,minor` for devices, local `%Y-%m-%d %H:%M`, and names quoted as gnulib's
 quotearg escape style does it in the current locale (C escapes, octal for the rest).
+
+Text output of a whole save or one subtree takes a faster road to the same bytes
+(write_lines): the catalog builds the lines (catalog.LISTING_LINES_VERBOSE), this module
+checks and writes them a block at a time, and hands a row to the planner and TarLister
+only when it is out of the ordinary; at the first row the planner would refuse or warn
+about, the planner takes over the whole listing.
 """
 
 from __future__ import annotations
 
-import ctypes
 import locale
 import re
+import stat
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from itertools import islice
 
+from .. import pathcodec
 from ..catalog import Catalog
 from ..model import TYPE_NAMES, type_of_mode
 from . import tarstream as ts
-from .select import Planned, Planner, Problems, Selection, check_paths_exist
+from .select import (
+    WHOLE_SAVE,
+    Entry,
+    Planned,
+    Planner,
+    Problems,
+    Selection,
+    check_paths_exist,
+    key_problem,
+)
 
 TYPE_LETTERS = {
     ts.REGTYPE: b"-", ts.LNKTYPE: b"h", ts.SYMTYPE: b"l", ts.CHRTYPE: b"c",
@@ -52,7 +70,13 @@ class Quoter:
 
     def __init__(self) -> None:
         self.utf8 = locale.nl_langinfo(locale.CODESET).upper().replace("-", "") == "UTF8"
-        self.iswprint = ctypes.CDLL(None).iswprint if self.utf8 else None
+        self._iswprint = None
+
+    def iswprint(self, code: int) -> bool:
+        if self._iswprint is None:  # ctypes loads only for names that need it
+            import ctypes
+            self._iswprint = ctypes.CDLL(None).iswprint
+        return bool(self._iswprint(code))
 
     def __call__(self, raw: bytes) -> bytes:
         if PLAIN.fullmatch(raw):
@@ -71,11 +95,25 @@ class Quoter:
                 out += b"\\%03o" % (code - 0xDC00)
             else:
                 enc = ch.encode("utf-8")
-                if self.iswprint is not None and self.iswprint(code):
+                if self.utf8 and self.iswprint(code):
                     out += enc
                 else:
                     out += b"".join(b"\\%03o" % b for b in enc)
         return bytes(out)
+
+
+def permission_strings() -> bytes:
+    """mode_string's nine letters for every mode & 0o7777, 9 bytes each, in mode order
+    (the catalog cuts long lines' mode strings from it)."""
+    def triplets(letter: bytes) -> tuple[list[bytes], list[bytes]]:
+        rw = [(b"r" if b & 4 else b"-") + (b"w" if b & 2 else b"-") for b in range(8)]
+        plain = [rw[b] + (b"x" if b & 1 else b"-") for b in range(8)]
+        special = [rw[b] + (letter if b & 1 else letter.upper()) for b in range(8)]
+        return plain, special
+
+    user, group, other = triplets(b"s"), triplets(b"s"), triplets(b"t")
+    return b"".join(user[s >> 2][u] + group[(s >> 1) & 1][g] + other[s & 1][o]
+                    for s in range(8) for u in range(8) for g in range(8) for o in range(8))
 
 
 def mode_string(typeflag: bytes, mode: int) -> bytes:
@@ -112,7 +150,8 @@ class TarLister:
             size = b"%d" % h.size
         pad = len(user) + 1 + len(group) + 1 + len(size)
         self.ugswidth = max(self.ugswidth, pad)
-        sec = h.mtime_ns // 1_000_000_000
+        # whole seconds toward zero, as GNU tar takes them from the pax mtime (-0.5 s is 0)
+        sec = h.mtime_ns // 1_000_000_000 if h.mtime_ns >= 0 else -(-h.mtime_ns // 1_000_000_000)
         try:
             date = time.strftime("%Y-%m-%d %H:%M", time.localtime(sec)).encode()
         except (OverflowError, OSError, ValueError):
@@ -125,6 +164,277 @@ class TarLister:
         elif h.typeflag == ts.LNKTYPE:
             out += b" link to " + self.quote(h.linkname)
         return out + b"\n"
+
+
+# -- the fast road for text ----------------------------------------------------------------
+
+BATCH_ROWS = 8192  # lines fetched, checked and written together (~1 MiB of -v text)
+CHUNK_PATHS = 4096  # paths (of any save) per query when two threads share a long listing
+# Bytes a plain line may hold: printable ASCII but backslash (what GNU tar's quoting leaves
+# alone), newline, and NUL (the catalog's component separator, still in the name).
+PLAIN_LINE_BYTES = bytes([0, 10, *range(0x20, 0x5C), *range(0x5D, 0x7F)])
+
+
+def _fast_range(sel: Selection) -> tuple[bytes, bytes] | None:
+    """The one key range a selection reads, when write_lines can take it."""
+    if sel.globs or sel.excludes or sel.where is not None or not sel.recursive:
+        return None
+    if not sel.paths:
+        return WHOLE_SAVE
+    if len(sel.paths) == 1:
+        key = pathcodec.sort_key(sel.paths[0])
+        return key, key + b"\x01"
+    return None
+
+
+def write_lines(catalog: Catalog, save_id: int, sel: Selection, problems: Problems,
+                verbose: bool, write: Callable[[bytes], object]) -> None:
+    """Write what `tar -tf` (or -tvf) prints for the selection, in blocks of lines."""
+    check_paths_exist(catalog, save_id, sel.paths)
+    lister = TarLister(verbose)
+    planner = Planner(catalog, save_id, sel, problems)
+    try:
+        members = planner.members()
+        key_range = _fast_range(sel)
+        if key_range is None:
+            _write_members(members, lister, write)
+            return
+        # The planner emits the first row (for --dir: the path's parents and the path), so
+        # the catalog's lines start below a member whose ancestors are checked.
+        lo, hi = key_range
+        first = None
+        emitted = 0
+        for m in members:
+            write(lister.line(m.header))
+            emitted += 1
+            if lo == WHOLE_SAVE[0] or m.entry.key == lo:
+                first = m
+                break
+        if first is None:
+            return  # the planner listed everything
+        if problems.warnings or problems.refused or not stat.S_ISDIR(first.entry.mode):
+            _write_members(members, lister, write)
+            return
+        members.close()
+        fast = _FastLines(catalog, save_id, planner, lister, verbose, write)
+        if not fast.run(first.entry.key + b"\0", hi, emitted):
+            # a row the planner refuses or warns about: it lists again from the start,
+            # and what is written already is skipped
+            again = Planner(catalog, save_id, sel, problems)
+            try:
+                _write_members(again.members(), TarLister(verbose), write, skip=fast.emitted)
+            finally:
+                again.close()
+    finally:
+        planner.close()
+
+
+def _write_members(members: Iterator[Planned], lister: TarLister,
+                   write: Callable[[bytes], object], skip: int = 0) -> None:
+    block = []
+    for m in members:
+        line = lister.line(m.header)
+        if skip:
+            skip -= 1
+            continue
+        block.append(line)
+        if len(block) >= BATCH_ROWS:
+            write(b"".join(block))
+            block.clear()
+    if block:
+        write(b"".join(block))
+
+
+class _Fetch(threading.Thread):
+    """The rows of one chunk, fetched on another thread and connection."""
+
+    def __init__(self, owner: _FastLines, catalog: Catalog, lo: bytes, hi: bytes,
+                 width: int) -> None:
+        super().__init__(name="list-chunk", daemon=True)
+        self.args_ = (owner.save_id, lo, hi, width, owner.modes)
+        self.catalog = catalog
+        self.width = width
+        self.rows: list[tuple] = []
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.rows = self.catalog.listing_lines(*self.args_).fetchall()
+        except BaseException as e:  # noqa: BLE001 - handed to the listing thread
+            self.error = e
+
+    def result(self) -> list[tuple]:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.rows
+
+
+class _PlannerNeeded(Exception):
+    """A row on the fast road that only the planner may list."""
+
+
+class _FastLines:
+    """Lines from the catalog; the planner's _plan and TarLister for the rare rows."""
+
+    def __init__(self, catalog: Catalog, save_id: int, planner: Planner, lister: TarLister,
+                 verbose: bool, write: Callable[[bytes], object]) -> None:
+        self.catalog = catalog
+        self.save_id = save_id
+        self.planner = planner
+        self.lister = lister
+        self.verbose = verbose
+        self.write = write
+
+    def run(self, lo: bytes, hi: bytes, emitted: int) -> bool:
+        """Write every member in [lo, hi); False (and self.emitted) when the planner
+        must take over.
+
+        The range is cut into chunks of CHUNK_PATHS paths. While this thread runs the
+        query of one chunk, a second thread with its own read-only connection runs the
+        next one (SQLite works without the GIL): two cores for a long listing. The next
+        chunk is built at the width known when it starts; should the width grow before
+        its turn comes, it is built again. Its rows are then taken in order, as here."""
+        self.emitted = emitted
+        self.modes = permission_strings() if self.verbose else None
+        chunks = self._chunks(lo, hi)
+        first = next(chunks, None)
+        second = next(chunks, None)
+        if second is None:  # short: one query, one thread
+            return first is None or self._range(*first)
+        other = Catalog.open(self.catalog.path, readonly=True)
+        try:
+            chunk = first
+            while chunk is not None:
+                nxt = second if second is not None else next(chunks, None)
+                second = None
+                ahead = None
+                if nxt is not None:
+                    ahead = _Fetch(self, other, *nxt, self.lister.ugswidth)
+                try:
+                    if not self._range(*chunk):
+                        return False
+                finally:
+                    rows = ahead.result() if ahead is not None else None
+                if ahead is None:
+                    return True
+                if ahead.width != self.lister.ugswidth:
+                    rows = None  # built at a narrower width: build it again here
+                chunk = next(chunks, None)
+                if not self._range(*nxt, rows):
+                    return False
+            return True
+        finally:
+            other.close()
+
+    def _chunks(self, lo: bytes, hi: bytes) -> Iterator[tuple[bytes, bytes]]:
+        while lo is not None:
+            cut = self.catalog.path_key_after(lo, hi, CHUNK_PATHS)
+            yield lo, (cut if cut is not None else hi)
+            lo = cut
+
+    def _range(self, lo: bytes, hi: bytes, rows: list[tuple] | None = None) -> bool:
+        """Write the members in [lo, hi), from ROWS when fetched already."""
+        while True:
+            width = self.lister.ugswidth
+            cursor = None
+            if rows is None:
+                cursor = self.catalog.listing_lines(self.save_id, lo, hi, width, self.modes)
+                source = cursor
+            else:
+                source = iter(rows)
+                rows = None
+            try:
+                while batch := list(islice(source, BATCH_ROWS)):
+                    restart = self._batch(batch, width)
+                    if restart is not None:
+                        break
+                else:
+                    return True
+            except _PlannerNeeded:
+                return False
+            finally:
+                if cursor is not None:
+                    cursor.close()
+            if restart is False:
+                return False
+            lo = restart + b"\0"  # the width grew: on with the next key, at the new width
+
+    def _batch(self, batch: list[tuple], width: int) -> bytes | bool | None:
+        """Write one batch; the key to restart after (width grew), False (planner), None."""
+        lines = [row[0] for row in batch]
+        out: list[bytes] = []
+        start = 0
+        try:
+            while start < len(lines):
+                try:
+                    stop = lines.index(None, start)  # the next row Python formats
+                except ValueError:
+                    stop = len(lines)
+                if stop > start:  # plain rows: checked and converted as one block
+                    block = b"".join(lines[start:stop])
+                    if (block.translate(None, PLAIN_LINE_BYTES)
+                            or block.count(b"\n") != stop - start):
+                        block = b"".join(self._checked(batch[start:stop]))
+                    else:
+                        block = block.replace(b"\0", b"/")
+                    out.append(block)
+                    self.emitted += stop - start
+                if stop == len(lines):
+                    break
+                _line, path_id, flag = batch[stop]
+                planned = self._plan(path_id, flag)
+                if planned is None:
+                    return False
+                out.append(self.lister.line(planned.header))
+                self.emitted += 1
+                if self.lister.ugswidth != width:
+                    return planned.entry.key
+                start = stop + 1
+            return None
+        finally:
+            self.write(b"".join(out))
+
+    def _checked(self, rows: list[tuple]) -> Iterator[bytes]:
+        """Lines of plain rows one by one: those GNU tar would quote, Python makes."""
+        for line, path_id, _flag in rows:
+            if line.count(b"\n") == 1 and not line.translate(None, PLAIN_LINE_BYTES):
+                yield line.replace(b"\0", b"/")
+            else:
+                planned = self._plan(path_id, "p")
+                if planned is None:
+                    raise _PlannerNeeded
+                yield self.lister.line(planned.header)
+
+    def _plan(self, path_id: int, flag: str | None) -> Planned | None:
+        """The member of a row Python formats, or None when the planner must list."""
+        if flag == "a":
+            return None
+        row = self.catalog.entry_of_path_id(self.save_id, path_id)
+        if row is None:
+            return None
+        e = Entry(*row)
+        if flag == "d" and self._member_below(e.key):
+            return None  # members beneath a non-directory: refused by the planner
+        if key_problem(e.key) is not None:
+            return None
+        counts = self.problems_seen()
+        planned = self.planner._plan(e)
+        if planned is None or self.problems_seen() != counts:
+            return None
+        return planned
+
+    def _member_below(self, key: bytes) -> bool:
+        rows = self.catalog.entries_in_key_range(self.save_id, key + b"\0", key + b"\x01")
+        try:
+            return next(rows, None) is not None
+        finally:
+            rows.close()
+
+    def problems_seen(self) -> tuple[int, int, int]:
+        p = self.planner.problems
+        return p.warnings, p.refused, p.damaged
 
 
 # -- json / csv ------------------------------------------------------------------------------

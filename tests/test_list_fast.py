@@ -1,0 +1,228 @@
+"""`list` text through the catalog-built lines (ops/listing.write_lines) stays exactly what
+GNU tar -tf / -tvf prints for the `tar` stream: odd rows, other time zones, width growth."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+
+import apsw
+import pytest
+from restorehelp import enrich_tree, save_tree
+
+from backshift.catalog import LISTING_LINES_NAMES, LISTING_LINES_VERBOSE, Catalog
+from backshift.ops.listing import mode_string, permission_strings
+from conftest import run, run_bin
+
+
+def gnu_tar_list(data: bytes, verbose: bool, env: dict | None = None) -> bytes:
+    res = subprocess.run(["tar", "-tvf" if verbose else "-tf", "-"], input=data,
+                         capture_output=True, timeout=60, env=env)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def assert_list_equals_tar(repo: bytes, *args: str, env: dict | None = None) -> bytes:
+    """list and list -v equal GNU tar's listing of the stream; same exit code, stderr."""
+    tar = run_bin("-r", repo, "tar", "--backup", "latest", *args, env=env)
+    for verbose in (False, True):  # the -v text is returned
+        flags = ["-v"] if verbose else []
+        dirs = ["--dir", args[0]] if args else []
+        listed = run_bin("-r", repo, "list", "--backup", "latest", *flags, *dirs, env=env)
+        assert listed.stdout == gnu_tar_list(tar.stdout, verbose, env)
+        assert (listed.returncode, listed.stderr) == (tar.returncode, tar.stderr)
+    return listed.stdout
+
+
+def _conn(repo: bytes) -> apsw.Connection:
+    return apsw.Connection(os.fsdecode(os.path.join(repo, b"catalog.sqlite3")))
+
+
+def _insert_member(repo: bytes, key: bytes, mode: int, target: bytes | None = None, *,
+                   size: int = 0, user: bytes = b"", mtime_ns: int = 0) -> None:
+    """A member row of save 1 written with raw SQL, as a hostile catalog could hold it."""
+    conn = _conn(repo)
+    conn.execute("INSERT INTO path (parent_id, key, name) VALUES (NULL, ?, ?)",
+                 (key, key.rsplit(b"\0", 1)[-1]))
+    path_id = conn.last_insert_rowid()
+    conn.execute("INSERT INTO version (path_id, mode, uid, gid, user, grp, size, mtime_ns, "
+                 "ctime_ns, dev, ino, nlink, rdev, link_target, content_id) "
+                 "VALUES (?, ?, 0, 0, ?, x'', ?, ?, 0, 0, 0, 1, 0, ?, NULL)",
+                 (path_id, mode, user, size, mtime_ns, target))
+    conn.execute("INSERT INTO member (save_id, path_id, version_id) VALUES (1, ?, ?)",
+                 (path_id, conn.last_insert_rowid()))
+    conn.close()
+
+
+@pytest.fixture
+def saved(repo, tree):
+    enrich_tree(tree)
+    for i in range(30):  # enough plain rows around the odd ones
+        (tree / "sub" / f"plain{i:02d}.txt").write_bytes(b"x" * i)
+    save_tree(repo, tree)
+    return tree
+
+
+def test_list_fast_permission_strings_are_mode_strings():
+    table = permission_strings()
+    assert [table[m * 9:m * 9 + 9] for m in range(4096)] == [
+        mode_string(b"0", m)[1:] for m in range(4096)]
+
+
+@pytest.mark.parametrize("tz", ["UTC", "America/New_York", "Europe/Berlin", "Asia/Kolkata",
+                                "Australia/Lord_Howe", "Pacific/Chatham"])
+def test_list_fast_times_equal_gnu_tar_in_time_zones(repo, tree, tz):
+    """SQLite's localtime must print what tar's localtime prints, DST edges included;
+    times before 1970 and after 2037 go through Python (SQLite maps their years)."""
+    times = [0, 1, 1_711_846_799, 1_711_846_800, 1_711_850_400, 1_729_990_800, 1_730_001_599,
+             1_700_000_000, 2_145_916_799, 2_145_916_800, 4_102_444_800, -1, -86_400,
+             -2_208_988_800, 1_600_000_000]
+    for i, sec in enumerate(times):
+        path = tree / f"t{i:02d}"
+        path.write_bytes(b"t")
+        os.utime(path, ns=(sec * 10**9 + 999_999_999, sec * 10**9 + 999_999_999))
+    save_tree(repo, tree)
+    env = {**os.environ, "TZ": tz}
+    listed = assert_list_equals_tar(repo, env=env)
+    assert listed.count(b"\n") > len(times)
+
+
+def test_list_fast_hostile_rows_list_as_the_stream_holds_them(repo, saved):
+    raw = os.fsencode(saved).replace(b"/", b"\0")
+    _insert_member(repo, raw + b"\0sub\0..\0..\0escape", stat.S_IFREG | 0o644)
+    _insert_member(repo, raw + b"\0trap", stat.S_IFLNK | 0o777, b"/etc")
+    _insert_member(repo, raw + b"\0trap\0passwd", stat.S_IFREG | 0o644)
+    _insert_member(repo, raw + b"\0sl/ash", stat.S_IFREG | 0o644)
+    _insert_member(repo, raw + b"\0sub\0\0empty", stat.S_IFREG | 0o644)
+    _insert_member(repo, raw + b"\0sub\0.", stat.S_IFREG | 0o644)
+    _insert_member(repo, raw + b"\0negative", stat.S_IFREG | 0o644, size=-5)
+    _insert_member(repo, raw + b"\0nolink", stat.S_IFLNK | 0o777, b"")
+    _insert_member(repo, raw + b"\0weird", 0o170000 | 0o644)
+    listed = assert_list_equals_tar(repo)
+    assert b"escape" not in listed and b"passwd" not in listed
+
+
+def test_list_fast_socket_is_a_warning_as_in_the_stream(repo, saved):
+    raw = os.fsencode(saved).replace(b"/", b"\0")
+    _insert_member(repo, raw + b"\0sub\0sock", stat.S_IFSOCK | 0o755)
+    assert_list_equals_tar(repo)
+
+
+def test_list_fast_member_below_a_file_of_another_save(repo, saved):
+    """A path below a file exists (another save held it as a directory) but is not a
+    member of this save: nothing is refused."""
+    raw = os.fsencode(saved).replace(b"/", b"\0")
+    conn = _conn(repo)
+    conn.execute("INSERT INTO path (parent_id, key, name) VALUES (NULL, ?, ?)",
+                 (raw + b"\0a.txt\0old-child", b"old-child"))
+    conn.close()
+    listed = assert_list_equals_tar(repo)
+    assert b"old-child" not in listed
+
+
+def test_list_fast_width_grows_mid_listing(repo, saved):
+    raw = os.fsencode(saved).replace(b"/", b"\0")
+    _insert_member(repo, raw + b"\0sub\0plain10.tx", stat.S_IFREG | 0o600,
+                   user=b"a-very-long-user-name")
+    _insert_member(repo, raw + b"\0sub\0plain20.tx", stat.S_IFREG | 0o600,
+                   user=b"an-even-much-longer-user-name")
+    listed = assert_list_equals_tar(repo)
+    starts = {m.start() for m in re.finditer(rb" \d{4}-\d\d-\d\d \d\d:\d\d ", listed)}
+    date_columns = {listed.rfind(b"\n", 0, start) - start for start in starts}
+    assert len(date_columns) == 3  # 19 wide, then wider twice
+
+
+def test_list_fast_odd_owner_and_target_bytes(repo, saved):
+    raw = os.fsencode(saved).replace(b"/", b"\0")
+    _insert_member(repo, raw + b"\0sub\0owner-nul", stat.S_IFREG | 0o644, user=b"u\0x")
+    _insert_member(repo, raw + b"\0sub\0owner-nl", stat.S_IFREG | 0o644, user=b"u\nx")
+    _insert_member(repo, raw + b"\0sub\0link-nl", stat.S_IFLNK | 0o777, b"a\nb")
+    _insert_member(repo, raw + b"\0sub\0link-utf8", stat.S_IFLNK | 0o777, "\u00e9".encode())
+    run("-r", repo, "list", "--backup", "latest", "-v")  # no crash
+    tar = run_bin("-r", repo, "tar", "--backup", "latest")
+    listed = run_bin("-r", repo, "list", "--backup", "latest", "-v")
+    assert listed.returncode == tar.returncode == 0
+    # GNU tar reads a uname up to its NUL; the listing prints the recorded bytes, as before
+    got = [line for line in listed.stdout.split(b"\n") if b"owner-nul" not in line]
+    want = [line for line in gnu_tar_list(tar.stdout, True).split(b"\n")
+            if b"owner-nul" not in line]
+    assert got == want
+
+
+def test_list_fast_dir_and_whole_save_agree_with_stream(repo, saved):
+    assert_list_equals_tar(repo, str(saved / "sub"))
+    assert_list_equals_tar(repo, str(saved / "sub" / "deeper" / "setuid"))
+
+
+@pytest.mark.parametrize("sql", [LISTING_LINES_VERBOSE, LISTING_LINES_NAMES])
+def test_list_fast_query_plan_reads_the_range_in_key_order(repo, saved, sql):
+    cat = Catalog.open(os.path.join(repo, b"catalog.sqlite3"), readonly=True)
+    try:
+        params = {"save_id": 1, "lo": b"", "hi": b"\x01", "width": 19,
+                  "modes": permission_strings()}
+        if sql is LISTING_LINES_NAMES:
+            del params["width"], params["modes"]
+        details = cat.explain(sql, params)
+    finally:
+        cat.close()
+    text = "\n".join(details)
+    assert "TEMP B-TREE" not in text, text
+    assert [d for d in details if d.startswith("SCAN")] == ["SCAN r"], text
+    assert "SEARCH p USING COVERING INDEX sqlite_autoindex_path_1 (key>? AND key<?)" in text
+    assert "SEARCH m USING PRIMARY KEY (save_id=? AND path_id=?)" in text
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 3 paths and batches of 4 rows: every path of write_lines on a small save
+    (two threads, widths changing between chunks, restarts, hand-over to the planner)."""
+    from backshift.ops import listing
+    monkeypatch.setattr(listing, "CHUNK_PATHS", 3)
+    monkeypatch.setattr(listing, "BATCH_ROWS", 4)
+
+
+def assert_in_process_list_equals_tar(repo: bytes, *args: str) -> None:
+    tar = run("-r", repo, "tar", "--backup", "latest", *args, exit_code=None)
+    dirs = ["--dir", args[0]] if args else []
+    for verbose in (False, True):
+        flags = ["-v"] if verbose else []
+        listed = run("-r", repo, "list", "--backup", "latest", *flags, *dirs, exit_code=None)
+        assert listed.stdout_bytes == gnu_tar_list(tar.stdout_bytes, verbose)
+        assert (listed.code, listed.stderr) == (tar.code, tar.stderr)
+
+
+def test_list_fast_in_small_chunks_plain_and_odd(repo, saved, small_chunks):
+    assert_in_process_list_equals_tar(repo)
+    assert_in_process_list_equals_tar(repo, str(saved / "sub"))
+
+
+def test_list_fast_in_small_chunks_width_grows(repo, saved, small_chunks):
+    raw = os.fsencode(saved).replace(b"/", b"\0")
+    for i, user in ((3, b"a-long-user-name-1"), (11, b"a-longer-user-name-22"),
+                    (12, b"the-longest-user-name-333")):
+        _insert_member(repo, raw + b"\0sub\0plain%02d.tx" % i, stat.S_IFREG | 0o600,
+                       user=user)
+    assert_in_process_list_equals_tar(repo)
+
+
+def test_list_fast_in_small_chunks_hostile_rows(repo, saved, small_chunks):
+    raw = os.fsencode(saved).replace(b"/", b"\0")
+    _insert_member(repo, raw + b"\0sub\0plain07.tx", stat.S_IFREG | 0o600, user=b"x" * 30)
+    _insert_member(repo, raw + b"\0trap", stat.S_IFLNK | 0o777, b"/etc")
+    _insert_member(repo, raw + b"\0trap\0passwd", stat.S_IFREG | 0o644)
+    _insert_member(repo, raw + b"\0zz\0..\0x", stat.S_IFREG | 0o644)
+    assert_in_process_list_equals_tar(repo)
+
+
+def test_list_fast_chunk_cuts_use_the_path_index(repo, saved):
+    from backshift.catalog import PATH_KEY_AFTER
+    cat = Catalog.open(os.path.join(repo, b"catalog.sqlite3"), readonly=True)
+    try:
+        details = cat.explain(PATH_KEY_AFTER, {"lo": b"", "hi": b"\x01", "count": 3})
+        assert cat.path_key_after(b"", b"\x01", 10**6) is None
+    finally:
+        cat.close()
+    assert details == [
+        "SEARCH p USING COVERING INDEX sqlite_autoindex_path_1 (key>? AND key<?)"], details
