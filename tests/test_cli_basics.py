@@ -146,7 +146,8 @@ def test_init_defaults_are_the_chunker_defaults():
 
 
 def test_start_up_imports_only_what_the_command_needs(tmp_path):
-    """`--version` loads no repository code; `saves` no lock, store, tabulate or ops."""
+    """`--version` loads no repository code; `saves` no lock, store or ops; a table
+    format alone loads tabulate."""
     run("-r", str(tmp_path / "r"), "init")
     code = ("import sys; from backshift import cli; cli.run(sys.argv[1:]); "
             "print('MODULES', ' '.join(sorted(sys.modules)))")
@@ -161,6 +162,10 @@ def test_start_up_imports_only_what_the_command_needs(tmp_path):
         assert heavy not in loaded, heavy
     loaded = modules("-r", str(tmp_path / "r"), "saves")
     assert "backshift.catalog" in loaded
-    for heavy in ("backshift.lock", "backshift.store", "tabulate", "zstandard", "hashlib",
-                  "importlib.resources", "backshift.ops.select"):
+    for heavy in ("backshift.lock", "backshift.store", "zstandard", "hashlib",
+                  "backshift.ops.select"):
+        assert heavy not in loaded, heavy
+    assert "tabulate" in loaded
+    loaded = modules("-r", str(tmp_path / "r"), "saves", "--format", "csv")
+    for heavy in ("tabulate", "importlib.resources", "backshift.store"):
         assert heavy not in loaded, heavy
