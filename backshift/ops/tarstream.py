@@ -12,9 +12,13 @@ fits; a preceding 'x' extended header carries the rest:
 
 from __future__ import annotations
 
+import itertools
+import os
 import struct
+from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple
 
 from ..errors import ChunkCorrupt, ChunkMissing
 
@@ -36,9 +40,11 @@ MAX_OCTAL_7 = 0o7777777  # 2097151: uid, gid, devmajor, devminor in 8-byte field
 MAX_OCTAL_11 = 0o77777777777  # 8 GiB - 1: size and mtime in 12-byte fields
 
 
-@dataclass(frozen=True)
-class Header:
-    """Everything a tar header says about one member (names as raw bytes)."""
+class Header(NamedTuple):
+    """Everything a tar header says about one member (names as raw bytes).
+
+    A named tuple (immutable, built in one step): one is made per member of every stream.
+    """
 
     name: bytes
     typeflag: bytes
@@ -85,7 +91,69 @@ def _fits_ascii(raw: bytes, limit: int) -> bool:
 
 
 def encode_header(h: Header) -> bytes:
-    """The header block(s) of member H: an optional pax 'x' header, then the ustar block."""
+    """The header block(s) of member H: an optional pax 'x' header, then the ustar block.
+
+    The common member (ASCII names, an owner that fits, a size and time in range, not a
+    device) is built from cached pieces with its checksum summed field by field;
+    the rest goes through encode_header_general. Both give the same bytes (a test checks).
+    """
+    name, link = h.name, h.linkname
+    owner = _OWNERS.get((h.mode, h.uid, h.gid, h.uname, h.gname), _NEW)
+    if owner is _NEW:
+        owner = _owner_fields(h)
+    sec, frac = divmod(h.mtime_ns, 1_000_000_000)
+    if (owner is None or not name.isascii() or not link.isascii()
+            or not 0 <= sec <= MAX_OCTAL_11 or not 0 <= h.size <= MAX_OCTAL_11
+            or h.typeflag in (CHRTYPE, BLKTYPE)):
+        return encode_header_general(h)
+    records = b""
+    if len(name) > 100:
+        records = pax_record(b"path", name)
+        name = name[:100]
+    if len(link) > 100:
+        records += pax_record(b"linkpath", link)
+        link = link[:100]
+    front, back, owner_sum = owner
+    size_f = b"%011o\0" % h.size
+    mtime_f = b"%011o\0" % sec
+    mtime_sum = sum(mtime_f)
+    ustar = (name.ljust(100, b"\0") + front + size_f + mtime_f
+             + b"%06o\0 " % (sum(name) + sum(link) + owner_sum + sum(size_f) + mtime_sum
+                              + h.typeflag[0])
+             + h.typeflag + link.ljust(100, b"\0") + back)
+    if frac:
+        body = b" mtime=%d.%s\n" % (sec, (b"%09d" % frac).rstrip(b"0"))
+        records += b"%d" % (len(body) + 2) + body  # LEN counts itself: two digits here
+    elif not records:
+        return ustar
+    rsize_f = b"%011o\0" % len(records)
+    return (_PAX_FRONT + rsize_f + mtime_f + b"%06o\0 " % (_PAX_SUM + sum(rsize_f) + mtime_sum)
+            + _PAX_BACK + records + bytes(-len(records) % BLOCK) + ustar)
+
+
+_NEW = object()
+_OWNERS: dict[tuple, tuple[bytes, bytes, int] | None] = {}
+
+
+def _owner_fields(h: Header) -> tuple[bytes, bytes, int] | None:
+    """The ustar fields that depend on mode and owner: mode, uid, gid (24 bytes), magic,
+    uname, gname and the device and prefix fields (255 bytes), and the sum of their bytes
+    plus the checksum field's spaces; None when the owner needs pax records."""
+    key = (h.mode, h.uid, h.gid, h.uname, h.gname)
+    fields = None
+    if (0 <= h.uid <= MAX_OCTAL_7 and 0 <= h.gid <= MAX_OCTAL_7 and _fits_ascii(h.uname, 31)
+            and _fits_ascii(h.gname, 31)):
+        front = b"%07o\0%07o\0%07o\0" % (h.mode & 0o7777, h.uid, h.gid)
+        back = (b"ustar\x0000" + h.uname.ljust(32, b"\0") + h.gname.ljust(32, b"\0")
+                + bytes(8 + 8 + 155 + 12))
+        fields = (front, back, sum(front) + sum(back) + 8 * 32)
+    if len(_OWNERS) < 4096:
+        _OWNERS[key] = fields
+    return fields
+
+
+def encode_header_general(h: Header) -> bytes:
+    """encode_header for any member: every field checked, pax records where needed."""
     records: list[bytes] = []
     binary = False
     name_field = h.name
@@ -157,40 +225,65 @@ def _ustar(name: bytes, typeflag: bytes, mode: int, uid: int, gid: int, uname: b
     return bytes(block)
 
 
+_PAX_BLOCK = bytes(_ustar(PAX_HEADER_NAME, XHDTYPE, 0o644, 0, 0, b"", b"", 0, 0, b"", 0, 0))
+_PAX_FRONT = _PAX_BLOCK[:124]  # name, mode, uid, gid; then size and mtime (12 bytes each)
+_PAX_BACK = _PAX_BLOCK[156:]  # after the checksum field
+_PAX_SUM = sum(_PAX_FRONT) + sum(_PAX_BACK) + 8 * 32
+
+
 def padding(size: int) -> bytes:
     """Zero bytes that complete a member's data to a whole block."""
     return bytes(-size % BLOCK)
 
 
 class TarWriter:
-    """Writes a tar stream to a binary file with large writes (a 1 MiB buffer)."""
+    """Writes a tar stream to a binary file in large writes.
+
+    Pieces are gathered as they come (headers, chunk data, padding: no copying) and go out
+    in one writev(2) per ~1 MiB when the file has a descriptor, else joined in one write.
+    """
 
     FLUSH_AT = 1 << 20
+    MAX_PARTS = 512  # well under IOV_MAX (1024)
 
     def __init__(self, out) -> None:
         self.out = out
-        self.buf = bytearray()
+        self.parts: list[bytes | memoryview] = []
+        self.size = 0
         self.written = 0
+        try:
+            self.fd: int | None = out.fileno()
+        except (AttributeError, OSError, ValueError):
+            self.fd = None
+        if self.fd is not None:
+            out.flush()  # whatever it holds goes first; from here on, only the descriptor
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if len(data) >= self.FLUSH_AT:
-            self.flush()
-            self.out.write(data)
-            self.written += len(data)
-            return
-        self.buf += data
-        if len(self.buf) >= self.FLUSH_AT:
+        self.parts.append(data)
+        self.size += len(data)
+        if self.size >= self.FLUSH_AT or len(self.parts) >= self.MAX_PARTS:
             self.flush()
 
     def write_all(self, parts: Iterable[bytes]) -> None:
         for part in parts:
             self.write(part)
 
+    def write_zeros(self, n: int) -> None:
+        while n > 0:
+            piece = min(n, len(ZEROS))
+            self.write(ZEROS[:piece])
+            n -= piece
+
     def flush(self) -> None:
-        if self.buf:
-            self.out.write(self.buf)
-            self.written += len(self.buf)
-            self.buf = bytearray()
+        parts, size = self.parts, self.size
+        if not parts:
+            return
+        self.parts, self.size = [], 0
+        if self.fd is None:
+            self.out.write(b"".join(parts))
+        else:
+            _writev_all(self.fd, parts, size)
+        self.written += size
 
     def finish(self) -> None:
         """The end-of-archive marker (two zero blocks), then everything out."""
@@ -199,10 +292,198 @@ class TarWriter:
         self.out.flush()
 
 
+ZEROS = memoryview(bytes(1 << 20))
+
+
+def _writev_all(fd: int, parts: list, size: int) -> None:
+    """writev PARTS (SIZE bytes in all) to FD, going on after a partial write."""
+    n = os.writev(fd, parts)
+    while n < size:
+        size -= n
+        i = 0
+        while n >= len(parts[i]):  # drop the parts written whole, cut the partial one
+            n -= len(parts[i])
+            i += 1
+        parts = [memoryview(parts[i])[n:], *parts[i + 1:]]
+        n = os.writev(fd, parts)
+
+
 # -- the producer ------------------------------------------------------------------------
 
+LARGE_CHUNK = 256 << 10  # chunks from this length are read in the pool, beside the writing
+READ_AHEAD_CHUNKS = 6  # large chunks in the pool or done but not written yet, at most
+READ_AHEAD_BYTES = 8 << 20  # bytes held behind the oldest of them, at most
 
-def write_members(members: Iterable, writer: TarWriter, catalog, store, problems) -> int:
+
+class _Chunks:
+    """The chunk rows of the selection's key ranges, taken member by member in key order.
+
+    The plan emits every member that carries data in increasing key order (parents that
+    come first are directories), so one streaming query beside it serves them all.
+    """
+
+    def __init__(self, catalog, save_id: int, ranges) -> None:
+        self._rows = itertools.chain.from_iterable(
+            catalog.chunks_in_key_range(save_id, lo, hi) for lo, hi in ranges)
+        self._head = next(self._rows, None)
+
+    def of(self, key: bytes) -> list[tuple[bytes, bytes, int, int]]:
+        """(key, sha256, length, stored_length) of KEY's chunks, in order."""
+        head = self._head
+        rows = self._rows
+        while head is not None and head[0] < key:
+            head = next(rows, None)
+        out = []
+        while head is not None and head[0] == key:
+            out.append(head)
+            head = next(rows, None)
+        self._head = head
+        return out
+
+
+class _Pending:
+    """A chunk's place in the stream: its data once read (a Future, the data, or the
+    damage found), and what goes there in any case."""
+
+    __slots__ = ("source", "path", "offset", "take", "size")
+
+    def __init__(self, source, path: bytes, offset: int, take: int, size: int) -> None:
+        self.source = source
+        self.path = path
+        self.offset = offset
+        self.take = take  # bytes of the member this chunk fills: its data, or zeros
+        self.size = size
+
+
+class Producer:
+    """Writes the data of members: every chunk verified, damage replaced by zeros.
+
+    Large chunks are read, decompressed and hashed in a small thread pool (os.read, zstd
+    and sha256 release the GIL) while the main thread goes on planning, encoding and
+    writing; small ones are cheaper inline. Whatever has to wait behind a chunk still in
+    the pool waits in `pending`, in stream order, so the stream and the damage reports
+    come out exactly as if everything ran in order.
+    """
+
+    def __init__(self, writer: TarWriter, store, problems, workers: int) -> None:
+        self.writer = writer
+        self.store = store
+        self.problems = problems
+        self.workers = workers
+        self.pool: ThreadPoolExecutor | None = None
+        self.pending: deque = deque()
+        self.pending_bytes = 0
+        self.in_pool = 0
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+    def put(self, data: bytes | memoryview) -> None:
+        """Stream bytes, after whatever still waits."""
+        if self.pending:
+            self.pending.append(data)
+            self.pending_bytes += len(data)
+            self._drain(False)
+        else:
+            self.writer.write(data)
+
+    def data(self, path: bytes, size: int, chunks: list) -> None:
+        """The SIZE bytes of data of member PATH from its CHUNKS, then the block padding."""
+        done = 0
+        read = self.store.read_verified
+        for _key, sha, length, stored in chunks:
+            if done >= size:
+                break
+            take = min(max(length, 0), size - done)
+            if length >= LARGE_CHUNK and self.workers:
+                if self.pool is None:
+                    self.pool = ThreadPoolExecutor(self.workers, "chunk-read")
+                source = self.pool.submit(read, sha, length, stored)
+                self.in_pool += 1
+            else:
+                try:
+                    source = read(sha, length, stored)
+                except (ChunkMissing, ChunkCorrupt) as e:
+                    source = e
+                if not self.pending and type(source) is not ChunkMissing \
+                        and type(source) is not ChunkCorrupt and len(source) == take:
+                    self.writer.write(source)  # the usual case: straight out
+                    done += take
+                    continue
+            self.pending.append(_Pending(source, path, done, take, size))
+            self.pending_bytes += take
+            done += take
+            self._drain(False)
+        if done < size:
+            self._note(path, f"content ends at {done} of {size} bytes; padded with zeros")
+            self._zeros(size - done)
+        pad = -size % BLOCK
+        if pad:
+            self.put(ZERO_BLOCK[:pad])
+
+    def finish(self) -> None:
+        self._drain(True)
+
+    # -- in stream order --
+
+    def _note(self, path: bytes, msg: str) -> None:
+        if self.pending:
+            self.pending.append((path, msg))
+        else:
+            self.problems.damage(path, msg)
+
+    def _zeros(self, n: int) -> None:
+        while n > 0:
+            piece = min(n, len(ZEROS))
+            self.put(ZEROS[:piece])
+            n -= piece
+
+    def _drain(self, everything: bool) -> None:
+        """Write what waits in front; wait for the pool when told to or when too much is
+        held, so memory stays bounded."""
+        pending, writer = self.pending, self.writer
+        while pending:
+            item = pending[0]
+            if type(item) is _Pending:
+                source = item.source
+                if type(source) is Future:
+                    if not (everything or source.done() or self.in_pool >= READ_AHEAD_CHUNKS
+                            or self.pending_bytes >= READ_AHEAD_BYTES):
+                        return
+                    self.in_pool -= 1
+                    try:
+                        source = source.result()
+                    except (ChunkMissing, ChunkCorrupt) as e:
+                        source = e
+                pending.popleft()
+                self.pending_bytes -= item.take
+                self._settle(source, item)
+            elif type(item) is tuple:
+                pending.popleft()
+                self.problems.damage(*item)
+            else:
+                pending.popleft()
+                self.pending_bytes -= len(item)
+                writer.write(item)
+
+    def _settle(self, source, item: _Pending) -> None:
+        if isinstance(source, (ChunkMissing, ChunkCorrupt)):
+            # the recorded length is catalog data: never trust it beyond the member's size
+            self.problems.damage(item.path, f"{source.message()}; {item.take} zero bytes at "
+                                            f"offset {item.offset}")
+            self.writer.write_zeros(item.take)
+            return
+        if len(source) > item.take:
+            self.problems.damage(item.path, f"content longer than its declared size "
+                                            f"{item.size}; cut")
+            source = memoryview(source)[:item.take]
+        self.writer.write(source)
+
+
+def write_members(members: Iterable, writer: TarWriter, chunks: _Chunks, store, problems,
+                  workers: int = 0) -> int:
     """Write each planned member (select.Planned) with its data; return the member count.
 
     A chunk that is missing or damaged is replaced by zeros of its length, and a content
@@ -210,42 +491,26 @@ def write_members(members: Iterable, writer: TarWriter, catalog, store, problems
     has exactly the size its header declares; each case is reported with path and offset.
     """
     count = 0
-    for m in members:
-        writer.write(encode_header(m.header))
-        if m.header.typeflag == REGTYPE and m.header.size:
-            _write_data(m, writer, catalog, store, problems)
-        count += 1
+    producer = Producer(writer, store, problems, workers)
+    try:
+        for m in members:
+            h = m.header
+            producer.put(encode_header(h))
+            if h.typeflag == REGTYPE and h.size:
+                e = m.entry
+                refs = chunks.of(e.key) if e.content_id else []
+                producer.data(e.path, h.size, refs)
+            count += 1
+        producer.finish()
+    finally:
+        producer.close()
     writer.finish()
     return count
 
 
-def _write_data(m, writer: TarWriter, catalog, store, problems) -> None:
-    size = m.header.size
-    path = m.entry.path
-    refs = catalog.chunks_of_content(m.entry.content_id) if m.entry.content_id else []
-    done = 0
-    for ref in refs:
-        if done >= size:
-            break
-        try:
-            data = store.read(ref)
-        except (ChunkMissing, ChunkCorrupt) as e:
-            # the recorded length is catalog data: never trust it beyond the member's size
-            pad = min(max(ref.length, 0), size - done)
-            problems.damage(path, f"{e.message()}; {pad} zero bytes at offset {done}")
-            data = bytes(pad)
-        if done + len(data) > size:
-            problems.damage(path, f"content longer than its declared size {size}; cut")
-            data = data[: size - done]
-        writer.write(data)
-        done += len(data)
-    if done < size:
-        problems.damage(path, f"content ends at {done} of {size} bytes; padded with zeros")
-        while done < size:
-            n = min(size - done, TarWriter.FLUSH_AT)
-            writer.write(bytes(n))
-            done += n
-    writer.write(padding(size))
+def read_workers() -> int:
+    """Threads that read large chunks: one per core beyond the main thread's, at least one."""
+    return max(1, min(2, (os.cpu_count() or 1)))
 
 
 def tar_save(repo, save_id: int, sel, open_out, report) -> object:
@@ -254,14 +519,15 @@ def tar_save(repo, save_id: int, sel, open_out, report) -> object:
     OPEN_OUT() gives the binary file to write to; it is called only once the selection is
     known to be valid (paths in the save, --where accepted), so an error leaves no output.
     """
-    from .select import Planner, Problems, check_paths_exist
+    from .select import Planner, Problems, check_paths_exist, key_ranges
 
     check_paths_exist(repo.catalog, save_id, sel.paths)
     problems = Problems(report)
     planner = Planner(repo.catalog, save_id, sel, problems)
     try:
         writer = TarWriter(open_out())
-        write_members(planner.members(), writer, repo.catalog, repo.store, problems)
+        chunks = _Chunks(repo.catalog, save_id, key_ranges(repo.catalog, sel))
+        write_members(planner.members(), writer, chunks, repo.store, problems, read_workers())
     finally:
         planner.close()
     return problems
