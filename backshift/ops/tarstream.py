@@ -311,8 +311,9 @@ def _writev_all(fd: int, parts: list, size: int) -> None:
 # -- the producer ------------------------------------------------------------------------
 
 LARGE_CHUNK = 256 << 10  # chunks from this length are read in the pool, beside the writing
-READ_AHEAD_CHUNKS = 6  # large chunks in the pool or done but not written yet, at most
-READ_AHEAD_BYTES = 8 << 20  # bytes held behind the oldest of them, at most
+POOL_CHUNKS = 4  # large chunks handed to the pool and not written yet, at most
+HELD_BYTES = 24 << 20  # data (and pool chunks) waiting behind the oldest pool chunk, at most
+HELD_ITEMS = 4096  # stream pieces and chunks not yet read that wait, at most
 
 
 class _Chunks:
@@ -342,13 +343,14 @@ class _Chunks:
 
 
 class _Pending:
-    """A chunk's place in the stream: its data once read (a Future, the data, or the
-    damage found), and what goes there in any case."""
+    """A chunk's place in the stream: where its data comes from (the chunk to read in the
+    pool, then its Future; or the data, or the damage found), and how much goes there."""
 
-    __slots__ = ("source", "path", "offset", "take", "size")
+    __slots__ = ("source", "chunk", "path", "offset", "take", "size")
 
-    def __init__(self, source, path: bytes, offset: int, take: int, size: int) -> None:
-        self.source = source
+    def __init__(self, source, chunk, path: bytes, offset: int, take: int, size: int) -> None:
+        self.source = source  # None until handed to the pool
+        self.chunk = chunk  # (sha256, length, stored_length)
         self.path = path
         self.offset = offset
         self.take = take  # bytes of the member this chunk fills: its data, or zeros
@@ -359,10 +361,13 @@ class Producer:
     """Writes the data of members: every chunk verified, damage replaced by zeros.
 
     Large chunks are read, decompressed and hashed in a small thread pool (os.read, zstd
-    and sha256 release the GIL) while the main thread goes on planning, encoding and
-    writing; small ones are cheaper inline. Whatever has to wait behind a chunk still in
-    the pool waits in `pending`, in stream order, so the stream and the damage reports
-    come out exactly as if everything ran in order.
+    and sha256 release the GIL) while the main thread goes on planning, encoding, reading
+    small chunks (cheaper inline than handed over) and writing. What comes after a chunk
+    still in the pool waits in `pending`, in stream order, so the stream and the damage
+    reports come out exactly as if everything ran in order. Memory stays bounded: at most
+    POOL_CHUNKS chunks are in the pool, and the main thread stops to wait for the oldest
+    once HELD_BYTES or HELD_ITEMS wait behind it; past a big file's chunks (each waiting
+    its turn for the pool, no data yet) it goes on with the members after it.
     """
 
     def __init__(self, writer: TarWriter, store, problems, workers: int) -> None:
@@ -371,8 +376,9 @@ class Producer:
         self.problems = problems
         self.workers = workers
         self.pool: ThreadPoolExecutor | None = None
-        self.pending: deque = deque()
-        self.pending_bytes = 0
+        self.pending: deque = deque()  # stream pieces in order, behind a pool chunk
+        self.unsent: deque[_Pending] = deque()  # pool chunks not handed over yet, in order
+        self.held = 0  # bytes in pending, counting pool chunks handed over
         self.in_pool = 0
 
     def close(self) -> None:
@@ -384,8 +390,9 @@ class Producer:
         """Stream bytes, after whatever still waits."""
         if self.pending:
             self.pending.append(data)
-            self.pending_bytes += len(data)
-            self._drain(False)
+            self.held += len(data)
+            if self.held >= HELD_BYTES or len(self.pending) >= HELD_ITEMS:
+                self._drain(False)
         else:
             self.writer.write(data)
 
@@ -398,22 +405,22 @@ class Producer:
                 break
             take = min(max(length, 0), size - done)
             if length >= LARGE_CHUNK and self.workers:
-                if self.pool is None:
-                    self.pool = ThreadPoolExecutor(self.workers, "chunk-read")
-                source = self.pool.submit(read, sha, length, stored)
-                self.in_pool += 1
+                item = _Pending(None, (sha, length, stored), path, done, take, size)
+                self.pending.append(item)
+                self.unsent.append(item)
+                self._feed()
             else:
                 try:
                     source = read(sha, length, stored)
                 except (ChunkMissing, ChunkCorrupt) as e:
-                    source = e
+                    source = e.with_traceback(None)  # no frame cycles held
                 if not self.pending and type(source) is not ChunkMissing \
                         and type(source) is not ChunkCorrupt and len(source) == take:
                     self.writer.write(source)  # the usual case: straight out
                     done += take
                     continue
-            self.pending.append(_Pending(source, path, done, take, size))
-            self.pending_bytes += take
+                self.pending.append(_Pending(source, None, path, done, take, size))
+                self.held += take
             done += take
             self._drain(False)
         if done < size:
@@ -428,6 +435,16 @@ class Producer:
 
     # -- in stream order --
 
+    def _feed(self) -> None:
+        """Hand chunks to the pool, oldest first, while it holds fewer than POOL_CHUNKS."""
+        while self.unsent and self.in_pool < POOL_CHUNKS:
+            item = self.unsent.popleft()
+            if self.pool is None:
+                self.pool = ThreadPoolExecutor(self.workers, "chunk-read")
+            item.source = self.pool.submit(self.store.read_verified, *item.chunk)
+            self.in_pool += 1
+            self.held += item.take
+
     def _note(self, path: bytes, msg: str) -> None:
         if self.pending:
             self.pending.append((path, msg))
@@ -441,31 +458,39 @@ class Producer:
             n -= piece
 
     def _drain(self, everything: bool) -> None:
-        """Write what waits in front; wait for the pool when told to or when too much is
-        held, so memory stays bounded."""
+        """Write what is ready in front. Wait for the oldest pool chunk when told to, or
+        when too much waits behind it."""
         pending, writer = self.pending, self.writer
         while pending:
             item = pending[0]
             if type(item) is _Pending:
                 source = item.source
+                if source is None:  # not handed over yet (the pool was full): now
+                    self._feed()
+                    source = item.source
                 if type(source) is Future:
-                    if not (everything or source.done() or self.in_pool >= READ_AHEAD_CHUNKS
-                            or self.pending_bytes >= READ_AHEAD_BYTES):
+                    if not (everything or source.done() or self.held >= HELD_BYTES
+                            or len(pending) >= HELD_ITEMS):
                         return
-                    self.in_pool -= 1
                     try:
                         source = source.result()
                     except (ChunkMissing, ChunkCorrupt) as e:
-                        source = e
+                        source = e.with_traceback(None)
+                    self.in_pool -= 1
+                    pending.popleft()
+                    self.held -= item.take
+                    self._settle(source, item)
+                    self._feed()
+                    continue
                 pending.popleft()
-                self.pending_bytes -= item.take
+                self.held -= item.take
                 self._settle(source, item)
             elif type(item) is tuple:
                 pending.popleft()
                 self.problems.damage(*item)
             else:
                 pending.popleft()
-                self.pending_bytes -= len(item)
+                self.held -= len(item)
                 writer.write(item)
 
     def _settle(self, source, item: _Pending) -> None:
