@@ -385,6 +385,18 @@ def test_tar_header_fast_path_equals_the_general_encoder(name, link, typeflag, m
     assert ts.encode_header(h) == ts.encode_header_general(h)  # again, from the cache
 
 
+def test_tar_pax_record_shortcuts_equal_pax_record():
+    from backshift.ops import tarstream as ts
+
+    for n in range(0, 10_050):
+        value = b"p" * n
+        assert ts._pax_path(b"path", value) == ts.pax_record(b"path", value)
+        assert ts._pax_path(b"linkpath", value) == ts.pax_record(b"linkpath", value)
+    for ns in (1, 10**9 + 1, 8**11 * 10**9 - 1, 123_456_789_000):
+        value = ts.pax_time(ns)
+        assert ts._pax_mtime(value) == ts.pax_record(b"mtime", value)
+
+
 @pytest.mark.parametrize("selector", [["*.txt"], ["--where", "type = 'file' AND size < 100"]])
 def test_tar_partial_restore_keeps_parent_metadata(repo, full_tree, tmp_path, selector):
     save_tree(repo, full_tree)

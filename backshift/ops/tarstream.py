@@ -97,38 +97,62 @@ def encode_header(h: Header) -> bytes:
     device) is built from cached pieces with its checksum summed field by field;
     the rest goes through encode_header_general. Both give the same bytes (a test checks).
     """
-    name, link = h.name, h.linkname
-    owner = _OWNERS.get((h.mode, h.uid, h.gid, h.uname, h.gname), _NEW)
+    name, typeflag, mode, uid, gid, uname, gname, size, mtime_ns, link = h[:10]
+    owner = _OWNERS.get((mode, uid, gid, uname, gname), _NEW)
     if owner is _NEW:
         owner = _owner_fields(h)
-    sec, frac = divmod(h.mtime_ns, 1_000_000_000)
+    sec, frac = divmod(mtime_ns, 1_000_000_000)
     if (owner is None or not name.isascii() or not link.isascii()
-            or not 0 <= sec <= MAX_OCTAL_11 or not 0 <= h.size <= MAX_OCTAL_11
-            or h.typeflag in (CHRTYPE, BLKTYPE)):
+            or not 0 <= sec <= MAX_OCTAL_11 or not 0 <= size <= MAX_OCTAL_11
+            or typeflag == CHRTYPE or typeflag == BLKTYPE):
         return encode_header_general(h)
     records = b""
     if len(name) > 100:
-        records = pax_record(b"path", name)
+        records = _pax_path(b"path", name)
         name = name[:100]
     if len(link) > 100:
-        records += pax_record(b"linkpath", link)
+        records += _pax_path(b"linkpath", link)
         link = link[:100]
     front, back, owner_sum = owner
-    size_f = b"%011o\0" % h.size
+    size_f = b"%011o\0" % size
     mtime_f = b"%011o\0" % sec
     mtime_sum = sum(mtime_f)
-    ustar = (name.ljust(100, b"\0") + front + size_f + mtime_f
-             + b"%06o\0 " % (sum(name) + sum(link) + owner_sum + sum(size_f) + mtime_sum
-                              + h.typeflag[0])
-             + h.typeflag + link.ljust(100, b"\0") + back)
+    ustar = _USTAR_FAST.pack(name, front, size_f, mtime_f, b"%06o\0 " % (
+        sum(name) + sum(link) + owner_sum + sum(size_f) + mtime_sum + typeflag[0]),
+        typeflag, link, back)
     if frac:
-        body = b" mtime=%d.%s\n" % (sec, (b"%09d" % frac).rstrip(b"0"))
-        records += b"%d" % (len(body) + 2) + body  # LEN counts itself: two digits here
+        records += _pax_mtime((b"%d.%09d" % (sec, frac)).rstrip(b"0"))
     elif not records:
         return ustar
     rsize_f = b"%011o\0" % len(records)
-    return (_PAX_FRONT + rsize_f + mtime_f + b"%06o\0 " % (_PAX_SUM + sum(rsize_f) + mtime_sum)
-            + _PAX_BACK + records + bytes(-len(records) % BLOCK) + ustar)
+    return b"".join((_PAX_FRONT, rsize_f, mtime_f,
+                     b"%06o\0 " % (_PAX_SUM + sum(rsize_f) + mtime_sum), _PAX_BACK, records,
+                     bytes(-len(records) % BLOCK), ustar))
+
+
+# name(100) front(24: mode uid gid) size(12) mtime(12) chksum(8) typeflag(1) linkname(100)
+# back(255: magic, version, uname, gname, devmajor, devminor, prefix, padding); 's' pads
+# with NULs
+_USTAR_FAST = struct.Struct("100s24s12s12s8s1s100s255s")
+
+
+def _pax_path(key: bytes, value: bytes) -> bytes:
+    """pax_record for a path of up to ~9,990 bytes, without the search for LEN."""
+    n = len(key) + len(value) + 3  # ' ' key '=' value '\n'
+    if n <= 8:
+        return b"%d %s=%s\n" % (n + 1, key, value)
+    if n <= 97:
+        return b"%d %s=%s\n" % (n + 2, key, value)
+    if n <= 996:
+        return b"%d %s=%s\n" % (n + 3, key, value)
+    if n <= 9995:
+        return b"%d %s=%s\n" % (n + 4, key, value)
+    return pax_record(key, value)
+
+
+def _pax_mtime(value: bytes) -> bytes:
+    """The pax 'mtime' record of VALUE (at most 22 bytes: LEN has two digits)."""
+    return b"%d mtime=%s\n" % (len(value) + 10, value)
 
 
 _NEW = object()
