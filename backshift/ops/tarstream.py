@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
+from .. import pathcodec
 from ..errors import ChunkCorrupt, ChunkMissing
 
 BLOCK = 512
@@ -374,12 +375,12 @@ class _Pending:
     """A chunk's place in the stream: where its data comes from (the chunk to read in the
     pool, then its Future; or the data, or the damage found), and how much goes there."""
 
-    __slots__ = ("source", "chunk", "path", "offset", "take", "size")
+    __slots__ = ("source", "chunk", "key", "offset", "take", "size")
 
-    def __init__(self, source, chunk, path: bytes, offset: int, take: int, size: int) -> None:
+    def __init__(self, source, chunk, key: bytes, offset: int, take: int, size: int) -> None:
         self.source = source  # None until handed to the pool
         self.chunk = chunk  # (sha256, length, stored_length)
-        self.path = path
+        self.key = key  # the member's (pathcodec.from_key names it in reports)
         self.offset = offset
         self.take = take  # bytes of the member this chunk fills: its data, or zeros
         self.size = size
@@ -424,8 +425,8 @@ class Producer:
         else:
             self.writer.write(data)
 
-    def data(self, path: bytes, size: int, chunks: list) -> None:
-        """The SIZE bytes of data of member PATH from its CHUNKS, then the block padding."""
+    def data(self, key: bytes, size: int, chunks: list) -> None:
+        """The SIZE bytes of data of the member at KEY from its CHUNKS, then the padding."""
         done = 0
         read = self.store.read_verified
         for _key, sha, length, stored in chunks:
@@ -433,7 +434,7 @@ class Producer:
                 break
             take = min(max(length, 0), size - done)
             if length >= LARGE_CHUNK and self.workers:
-                item = _Pending(None, (sha, length, stored), path, done, take, size)
+                item = _Pending(None, (sha, length, stored), key, done, take, size)
                 self.pending.append(item)
                 self.unsent.append(item)
                 self._feed()
@@ -447,12 +448,12 @@ class Producer:
                     self.writer.write(source)  # the usual case: straight out
                     done += take
                     continue
-                self.pending.append(_Pending(source, None, path, done, take, size))
+                self.pending.append(_Pending(source, None, key, done, take, size))
                 self.held += take
             done += take
             self._drain(False)
         if done < size:
-            self._note(path, f"content ends at {done} of {size} bytes; padded with zeros")
+            self._note(key, f"content ends at {done} of {size} bytes; padded with zeros")
             self._zeros(size - done)
         pad = -size % BLOCK
         if pad:
@@ -473,11 +474,14 @@ class Producer:
             self.in_pool += 1
             self.held += item.take
 
-    def _note(self, path: bytes, msg: str) -> None:
+    def _note(self, key: bytes, msg: str) -> None:
         if self.pending:
-            self.pending.append((path, msg))
+            self.pending.append((key, msg))
         else:
-            self.problems.damage(path, msg)
+            self._damage(key, msg)
+
+    def _damage(self, key: bytes, msg: str) -> None:
+        self.problems.damage(pathcodec.from_key(key), msg)
 
     def _zeros(self, n: int) -> None:
         while n > 0:
@@ -515,7 +519,7 @@ class Producer:
                 self._settle(source, item)
             elif type(item) is tuple:
                 pending.popleft()
-                self.problems.damage(*item)
+                self._damage(*item)
             else:
                 pending.popleft()
                 self.held -= len(item)
@@ -524,13 +528,12 @@ class Producer:
     def _settle(self, source, item: _Pending) -> None:
         if isinstance(source, (ChunkMissing, ChunkCorrupt)):
             # the recorded length is catalog data: never trust it beyond the member's size
-            self.problems.damage(item.path, f"{source.message()}; {item.take} zero bytes at "
-                                            f"offset {item.offset}")
+            self._damage(item.key, f"{source.message()}; {item.take} zero bytes at "
+                                   f"offset {item.offset}")
             self.writer.write_zeros(item.take)
             return
         if len(source) > item.take:
-            self.problems.damage(item.path, f"content longer than its declared size "
-                                            f"{item.size}; cut")
+            self._damage(item.key, f"content longer than its declared size {item.size}; cut")
             source = memoryview(source)[:item.take]
         self.writer.write(source)
 
@@ -546,13 +549,13 @@ def write_members(members: Iterable, writer: TarWriter, chunks: _Chunks, store, 
     count = 0
     producer = Producer(writer, store, problems, workers)
     try:
-        for m in members:
-            h = m.header
-            producer.put(encode_header(h))
+        for e, h in members:
+            if producer.pending:
+                producer.put(encode_header(h))
+            else:
+                writer.write(encode_header(h))
             if h.typeflag == REGTYPE and h.size:
-                e = m.entry
-                refs = chunks.of(e.key) if e.content_id else []
-                producer.data(e.path, h.size, refs)
+                producer.data(e.key, h.size, chunks.of(e.key) if e.content_id else [])
             count += 1
         producer.finish()
     finally:
