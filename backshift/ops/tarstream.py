@@ -15,9 +15,10 @@ from __future__ import annotations
 import itertools
 import os
 import struct
+import threading
 from collections import deque
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from queue import Empty, SimpleQueue
 from typing import NamedTuple
 
 from .. import pathcodec
@@ -371,9 +372,74 @@ class _Chunks:
         return out
 
 
+class _Job:
+    """One call of the pool's function: its result or error once `done()`."""
+
+    __slots__ = ("args", "value", "error", "lock")
+
+    def __init__(self, args: tuple) -> None:
+        self.args = args
+        self.value = None
+        self.error: BaseException | None = None
+        self.lock = threading.Lock()
+        self.lock.acquire()  # released by the worker when done
+
+    def done(self) -> bool:
+        return not self.lock.locked()
+
+    def result(self):
+        with self.lock:
+            pass
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class _ReadPool:
+    """A few threads that call FN on jobs in order of submission.
+
+    Not concurrent.futures: that imports logging (~2 ms of every `tar` start) and does
+    more per job than needed here.
+    """
+
+    def __init__(self, fn, workers: int) -> None:
+        self.fn = fn
+        self.jobs: SimpleQueue = SimpleQueue()
+        self.threads = [threading.Thread(target=self._work, name=f"chunk-read-{i}",
+                                         daemon=True) for i in range(workers)]
+        for t in self.threads:
+            t.start()
+
+    def submit(self, args: tuple) -> _Job:
+        job = _Job(args)
+        self.jobs.put(job)
+        return job
+
+    def _work(self) -> None:
+        fn = self.fn
+        while (job := self.jobs.get()) is not None:
+            try:
+                job.value = fn(*job.args)
+            except BaseException as e:
+                job.error = e
+            job.lock.release()
+
+    def close(self) -> None:
+        """Drop the jobs not started, let the running ones end, stop the threads."""
+        try:
+            while True:
+                self.jobs.get_nowait()
+        except Empty:
+            pass
+        for _ in self.threads:
+            self.jobs.put(None)
+        for t in self.threads:
+            t.join()
+
+
 class _Pending:
     """A chunk's place in the stream: where its data comes from (the chunk to read in the
-    pool, then its Future; or the data, or the damage found), and how much goes there."""
+    pool, then its _Job; or the data, or the damage found), and how much goes there."""
 
     __slots__ = ("source", "chunk", "key", "offset", "take", "size")
 
@@ -404,7 +470,7 @@ class Producer:
         self.store = store
         self.problems = problems
         self.workers = workers
-        self.pool: ThreadPoolExecutor | None = None
+        self.pool: _ReadPool | None = None
         self.pending: deque = deque()  # stream pieces in order, behind a pool chunk
         self.unsent: deque[_Pending] = deque()  # pool chunks not handed over yet, in order
         self.held = 0  # bytes in pending, counting pool chunks handed over
@@ -412,7 +478,7 @@ class Producer:
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool.close()
             self.pool = None
 
     def put(self, data: bytes | memoryview) -> None:
@@ -469,8 +535,8 @@ class Producer:
         while self.unsent and self.in_pool < POOL_CHUNKS:
             item = self.unsent.popleft()
             if self.pool is None:
-                self.pool = ThreadPoolExecutor(self.workers, "chunk-read")
-            item.source = self.pool.submit(self.store.read_verified, *item.chunk)
+                self.pool = _ReadPool(self.store.read_verified, self.workers)
+            item.source = self.pool.submit(item.chunk)
             self.in_pool += 1
             self.held += item.take
 
@@ -500,7 +566,7 @@ class Producer:
                 if source is None:  # not handed over yet (the pool was full): now
                     self._feed()
                     source = item.source
-                if type(source) is Future:
+                if type(source) is _Job:
                     if not (everything or source.done() or self.held >= HELD_BYTES
                             or len(pending) >= HELD_ITEMS):
                         return
