@@ -12,6 +12,7 @@ fits; a preceding 'x' extended header carries the rest:
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import struct
@@ -290,10 +291,6 @@ class TarWriter:
         if self.size >= self.FLUSH_AT or len(self.parts) >= self.MAX_PARTS:
             self.flush()
 
-    def write_all(self, parts: Iterable[bytes]) -> None:
-        for part in parts:
-            self.write(part)
-
     def write_zeros(self, n: int) -> None:
         while n > 0:
             piece = min(n, len(ZEROS))
@@ -325,6 +322,8 @@ def _writev_all(fd: int, parts: list, size: int) -> None:
     """writev PARTS (SIZE bytes in all) to FD, going on after a partial write."""
     n = os.writev(fd, parts)
     while n < size:
+        if n <= 0:  # a blocking descriptor never takes nothing; do not spin on one that does
+            raise OSError(errno.EIO, "write to the output took no bytes")
         size -= n
         i = 0
         while n >= len(parts[i]):  # drop the parts written whole, cut the partial one
