@@ -136,3 +136,15 @@ def test_tar_damaged_frame_size_is_damage_not_an_allocation(repo, tmp_path):
     assert f"length {1 << 26}, expected {len(data)}" in reports[0][1]
     assert "zero bytes at offset 0" in reports[0][1]
     lint_tar(got)
+
+
+def test_tar_writer_widens_a_pipe_to_one_batch():
+    import fcntl
+
+    out = _Out()
+    try:
+        ts.TarWriter(out)
+        if hasattr(fcntl, "F_GETPIPE_SZ"):
+            assert fcntl.fcntl(out.fileno(), fcntl.F_GETPIPE_SZ) >= ts.TarWriter.FLUSH_AT
+    finally:
+        out.result()
