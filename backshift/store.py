@@ -34,7 +34,9 @@ TEMP_MARK = b".tmp."
 CHUNKS_DIR = b"chunks"
 RENAME_SPLIT = 256  # a flush with this many new chunks renames them in two threads
 READ_HINT_MAX = 64 << 20  # a stored-length hint above this is not believed for one read
-_O_READ = os.O_RDONLY | os.O_CLOEXEC
+# O_NONBLOCK: no effect on a regular file, but a FIFO planted as a chunk file is then
+# damage (an empty read) instead of a restore that waits forever for a writer
+_O_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 def sha256_digest(data: bytes | memoryview) -> bytes:

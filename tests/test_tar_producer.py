@@ -148,3 +148,19 @@ def test_tar_writer_widens_a_pipe_to_one_batch():
             assert fcntl.fcntl(out.fileno(), fcntl.F_GETPIPE_SZ) >= ts.TarWriter.FLUSH_AT
     finally:
         out.result()
+
+
+@pytest.mark.timeout(60)
+def test_tar_fifo_in_place_of_a_chunk_is_damage_not_a_hang(repo, tmp_path):
+    import hashlib
+
+    data = b"x" * 3000
+    f = tmp_path / "f"
+    f.write_bytes(data)
+    save_tree(repo, f)
+    path = Store(repo).path_for(hashlib.sha256(data).digest())
+    os.unlink(path)
+    os.mkfifo(path)
+    got, reports = _stream(repo, with_fd=False)
+    assert len(reports) == 1 and "zero bytes at offset 0" in reports[0][1]
+    lint_tar(got)
