@@ -522,11 +522,11 @@ class Producer:
                     source = read(sha, length, stored)
                 except (ChunkMissing, ChunkCorrupt) as e:
                     source = e.with_traceback(None)  # no frame cycles held
-                if not self.pending and type(source) is not ChunkMissing \
-                        and type(source) is not ChunkCorrupt and len(source) == take:
-                    self.writer.write(source)  # the usual case: straight out
-                    done += take
-                    continue
+                else:
+                    if not self.pending and len(source) == take:
+                        self.writer.write(source)  # the usual case: straight out
+                        done += take
+                        continue
                 self.pending.append(_Pending(source, None, key, done, take, size))
                 self.held += take
             done += take
