@@ -13,6 +13,7 @@ from restorehelp import save_tree
 from tarlint import lint_tar
 
 from backshift.ops import select
+from backshift.ops import tarproduce as tp
 from backshift.ops import tarstream as ts
 from backshift.repo import READ_CHUNKS, open_repository
 from backshift.store import Store
@@ -80,14 +81,14 @@ def damaged_repo(repo, tmp_path):
 @pytest.mark.parametrize("pool_chunks, held_bytes", [(1, 1), (2, 100_000), (4, 24 << 20)])
 def test_tar_pool_gives_the_in_order_stream_and_reports(damaged_repo, monkeypatch,
                                                          pool_chunks, held_bytes):
-    monkeypatch.setattr(ts, "read_workers", lambda: 0)
+    monkeypatch.setattr(tp, "read_workers", lambda: 0)
     want, want_reports = _stream(damaged_repo, with_fd=False)
     assert any("zero bytes at offset" in msg for _, msg in want_reports)
     lint_tar(want)
-    monkeypatch.setattr(ts, "read_workers", lambda: 2)
-    monkeypatch.setattr(ts, "LARGE_CHUNK", 1)  # every chunk through the pool
-    monkeypatch.setattr(ts, "POOL_CHUNKS", pool_chunks)
-    monkeypatch.setattr(ts, "HELD_BYTES", held_bytes)
+    monkeypatch.setattr(tp, "read_workers", lambda: 2)
+    monkeypatch.setattr(tp, "LARGE_CHUNK", 1)  # every chunk through the pool
+    monkeypatch.setattr(tp, "POOL_CHUNKS", pool_chunks)
+    monkeypatch.setattr(tp, "HELD_BYTES", held_bytes)
     for with_fd in (False, True):
         got, got_reports = _stream(damaged_repo, with_fd)
         assert got == want
