@@ -21,6 +21,14 @@ class BodyError(ValueError):
     """A body that cannot be decoded: unknown header, damaged or truncated data, too big."""
 
 
+class WrongSize(BodyError):
+    """A zstd frame whose recorded content size is not the expected one (in .size)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"the frame holds {size} bytes")
+        self.size = size
+
+
 def decode(body: bytes, max_size: int | None = None,
            decompressor: zstandard.ZstdDecompressor | None = None) -> bytes:
     """The data of a chunk body; BodyError when it is not a valid body (never another error)."""
@@ -43,6 +51,27 @@ def decode(body: bytes, max_size: int | None = None,
     if max_size is not None and len(out) > max_size:
         raise BodyError("decompressed body is too large")
     return out
+
+
+def decode_sized(body: bytes, size: int,
+                 decompressor: zstandard.ZstdDecompressor) -> bytes | memoryview:
+    """The data of a chunk body whose data should be SIZE bytes long: bytes, or for a raw
+    body a view of BODY (no copy). BodyError when it cannot be decoded.
+
+    A zstd frame that records a content size other than SIZE is not decompressed: its
+    data could not be the chunk's, and a damaged size field must not allocate gigabytes.
+    """
+    if body[:2] == HEADER_RAW:
+        return memoryview(body)[2:]
+    if body[:2] == HEADER_ZSTD:
+        payload = memoryview(body)[2:]
+        try:
+            recorded = zstandard.frame_content_size(payload)
+        except zstandard.ZstdError:
+            recorded = -1  # no readable frame header: decode() says what is wrong
+        if recorded >= 0 and recorded != size:
+            raise WrongSize(recorded)
+    return decode(body, decompressor=decompressor)
 
 
 def _zstd(payload: memoryview, d: zstandard.ZstdDecompressor) -> bytes:

@@ -19,6 +19,7 @@ import os
 import secrets
 import socket
 import threading
+from binascii import hexlify
 
 import xxhash
 import zstandard
@@ -32,6 +33,32 @@ from .model import ChunkRef, StoredChunk
 TEMP_MARK = b".tmp."
 CHUNKS_DIR = b"chunks"
 RENAME_SPLIT = 256  # a flush with this many new chunks renames them in two threads
+READ_HINT_MAX = 64 << 20  # a stored-length hint above this is not believed for one read
+# O_NONBLOCK: no effect on a regular file, but a FIFO planted as a chunk file is then
+# damage (an empty read) instead of a restore that waits forever for a writer
+_O_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+def sha256_digest(data: bytes | memoryview) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _read_whole(fd: int, hint: int | None) -> bytes:
+    """All bytes of the open regular file FD: one read when HINT is its size.
+
+    A read of a regular file returns less than asked only at its end, so asking for one
+    byte more than the hint and getting fewer means the whole file is in hand.
+    """
+    if hint is None or not 0 <= hint <= READ_HINT_MAX:
+        hint = os.fstat(fd).st_size
+    want = hint + 1
+    first = os.read(fd, want)
+    if len(first) < want:
+        return first
+    parts = [first]  # longer than the hint said: read on to the end
+    while part := os.read(fd, 1 << 20):
+        parts.append(part)
+    return b"".join(parts)
 
 
 def _collect(errors: list[BaseException], fn, *args) -> None:
@@ -47,6 +74,7 @@ class Store:
 
     def __init__(self, repo: bytes, zstd_level: int = 3) -> None:
         self.root = os.path.join(repo, CHUNKS_DIR)
+        self._root_slash = os.path.join(self.root, b"")
         self.zstd_level = zstd_level
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -114,24 +142,43 @@ class Store:
         except FileNotFoundError:
             return None
 
-    def read(self, ref: ChunkRef) -> bytes:
+    def read(self, ref: ChunkRef, stored_length: int | None = None) -> bytes:
         """The verified bytes of a chunk; ChunkMissing or ChunkCorrupt otherwise."""
-        name = ref.sha256.hex()
+        data = self.read_verified(ref.sha256, ref.length, stored_length)
+        return data if type(data) is bytes else bytes(data)
+
+    def read_verified(self, sha256: bytes, length: int,
+                      stored_length: int | None = None) -> bytes | memoryview:
+        """The data of chunk SHA256, verified: decoded, LENGTH bytes, and its sha256 is its
+        name; ChunkMissing or ChunkCorrupt otherwise. A raw body's data comes as a view of
+        the file's bytes (no copy). Thread-safe.
+
+        STORED_LENGTH, the catalog's size of the chunk file, is only a hint: with it the
+        whole file is one open, one read and one close.
+        """
+        hexname = hexlify(sha256)
         try:
-            with open(self.path_for(ref.sha256), "rb") as f:
-                body = f.read()
+            fd = os.open(self._root_slash + hexname[:2] + b"/" + hexname, _O_READ)
         except FileNotFoundError:
-            raise ChunkMissing(name) from None
+            raise ChunkMissing(hexname.decode()) from None
         except OSError as e:
-            raise ChunkCorrupt(name, e.strerror or str(e)) from None
+            raise ChunkCorrupt(hexname.decode(), e.strerror or str(e)) from None
         try:
-            data = self.decode(body)
+            body = _read_whole(fd, stored_length)
+        except OSError as e:
+            raise ChunkCorrupt(hexname.decode(), e.strerror or str(e)) from None
+        finally:
+            os.close(fd)
+        try:
+            data = chunkcodec.decode_sized(body, length, self._zstd()[1])
+        except chunkcodec.WrongSize as e:
+            raise ChunkCorrupt(hexname.decode(), f"length {e.size}, expected {length}") from None
         except Exception as e:  # any decoder error means damage, never a crash
-            raise ChunkCorrupt(name, f"cannot decompress ({e})") from None
-        if len(data) != ref.length:
-            raise ChunkCorrupt(name, f"length {len(data)}, expected {ref.length}")
-        if hashlib.sha256(data).digest() != ref.sha256:
-            raise ChunkCorrupt(name, "content does not match its name (sha256)")
+            raise ChunkCorrupt(hexname.decode(), f"cannot decompress ({e})") from None
+        if len(data) != length:
+            raise ChunkCorrupt(hexname.decode(), f"length {len(data)}, expected {length}")
+        if sha256_digest(data) != sha256:
+            raise ChunkCorrupt(hexname.decode(), "content does not match its name (sha256)")
         return data
 
     # -- writing --------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from restorehelp import enrich_tree, save_tree, tar_stream
 
 from backshift import pathcodec
 from backshift.catalog import (
+    CHUNKS_IN_KEY_RANGE,
     ENTRIES_IN_KEY_RANGE,
     ENTRY_AT_KEY,
     FIRST_PATH_IN_KEY_RANGE,
@@ -147,6 +148,8 @@ def plan(repo: bytes, sql: str, params: dict) -> list[str]:
 @pytest.mark.parametrize("sql, params", [
     (ENTRIES_IN_KEY_RANGE, {"save_id": 1, "lo": b"", "hi": b"\x01"}),  # whole save
     (ENTRIES_IN_KEY_RANGE, {"save_id": 1, "lo": b"\0a", "hi": b"\0a\x01"}),  # subtree
+    (CHUNKS_IN_KEY_RANGE, {"save_id": 1, "lo": b"", "hi": b"\x01"}),  # tar's chunk walk
+    (CHUNKS_IN_KEY_RANGE, {"save_id": 1, "lo": b"\0a", "hi": b"\0a\x01"}),
     (ENTRY_AT_KEY, {"save_id": 1, "key": b"\0a"}),  # parents, --dir checks
     (FIRST_PATH_IN_KEY_RANGE, {"lo": b"\0a\0", "hi": b"\0a\x01"}),  # --no-recursive steps
     (WHERE_PREDICATE_MATCHES.format(predicate="size > 1e9"),

@@ -360,6 +360,43 @@ def test_tar_header_round_trips_through_tarfile(name, link, uid, size, mtime_ns,
         assert sign * (int(sec) * 10**9 + int(frac.ljust(9, "0"))) == mtime_ns
 
 
+_ascii_names = st.one_of(st.binary(max_size=300).map(lambda b: bytes(c & 0x7F for c in b)),
+                         st.binary(max_size=300))
+
+
+@settings(max_examples=400, deadline=None)
+@given(name=_ascii_names.filter(lambda b: b), link=_ascii_names,
+       typeflag=st.sampled_from([b"0", b"1", b"2", b"3", b"4", b"5", b"6"]),
+       mode=st.integers(0, 0o177777), uid=st.sampled_from([0, 1000, 2097151, 2097152, -1]),
+       gid=st.integers(-2, 2**22), uname=st.binary(max_size=40), gname=st.binary(max_size=40),
+       size=st.sampled_from([0, 1, 511, 512, 8**11 - 1, 8**11, 2**40]),
+       mtime_ns=st.one_of(st.integers(-(2**40), 2**63), st.integers(0, 2**34).map(
+           lambda s: s * 10**9)),
+       dev=st.integers(0, 2**22))
+def test_tar_header_fast_path_equals_the_general_encoder(name, link, typeflag, mode, uid, gid,
+                                                          uname, gname, size, mtime_ns, dev):
+    """encode_header's cached pieces give exactly the bytes of the field-by-field encoder."""
+    from backshift.ops import tarstream as ts
+
+    h = ts.Header(name=name, typeflag=typeflag, mode=mode, uid=uid, gid=gid, uname=uname,
+                  gname=gname, size=size, mtime_ns=mtime_ns, linkname=link, devmajor=dev,
+                  devminor=dev // 3)
+    assert ts.encode_header(h) == ts.encode_header_general(h)
+    assert ts.encode_header(h) == ts.encode_header_general(h)  # again, from the cache
+
+
+def test_tar_pax_record_shortcuts_equal_pax_record():
+    from backshift.ops import tarstream as ts
+
+    for n in range(0, 10_050):
+        value = b"p" * n
+        assert ts._pax_path(b"path", value) == ts.pax_record(b"path", value)
+        assert ts._pax_path(b"linkpath", value) == ts.pax_record(b"linkpath", value)
+    for ns in (1, 10**9 + 1, 8**11 * 10**9 - 1, 123_456_789_000):
+        value = ts.pax_time(ns)
+        assert ts._pax_mtime(value) == ts.pax_record(b"mtime", value)
+
+
 @pytest.mark.parametrize("selector", [["*.txt"], ["--where", "type = 'file' AND size < 100"]])
 def test_tar_partial_restore_keeps_parent_metadata(repo, full_tree, tmp_path, selector):
     save_tree(repo, full_tree)

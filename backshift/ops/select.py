@@ -16,6 +16,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import apsw
 
@@ -27,11 +28,15 @@ from . import tarstream as ts
 GLOB_CHARS = b"*?["
 WHOLE_SAVE = (b"", b"\x01")  # every key: root is b"", all others start with NUL
 WHERE_DEADLINE_S = 10.0  # per member
+FILE_TYPE_BITS = 0o170000  # the mask stat.S_IFMT() applies
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One member row of a save, as the catalog holds it (ENTRY_COLUMNS)."""
+class Entry(NamedTuple):
+    """One member row of a save, as the catalog holds it (ENTRY_COLUMNS).
+
+    A named tuple rather than a frozen dataclass: one is built per row of every listing
+    and tar stream, and a tuple is made from the row in one step.
+    """
 
     path_id: int
     key: bytes
@@ -55,8 +60,7 @@ class Entry:
         return pathcodec.from_key(self.key)
 
 
-@dataclass(frozen=True)
-class Planned:
+class Planned(NamedTuple):
     """A member as it goes into the stream: its validated name and tar header."""
 
     entry: Entry
@@ -213,7 +217,10 @@ class Planner:
         self.save_id = save_id
         self.sel = sel
         self.problems = problems
-        self.stack: list[list] = []  # [key, state, entry]: the chain of ancestors from root
+        # The chain of ancestors from root: [key + NUL, state, entry, clean], where clean
+        # means this item and every one above it is DIR or ABSENT (nothing to emit first,
+        # nothing refuses what lies beneath): the common case, checked in one step.
+        self.stack: list[list] = []
         self.links: dict[tuple[int, int], bytes] = {}  # (dev, ino) -> first emitted name
         self.where = WherePredicate(catalog, sel.where) if sel.where else None
         self.path_ranges = [(pathcodec.sort_key(p), pathcodec.sort_key(p) + b"\x01")
@@ -226,32 +233,43 @@ class Planner:
 
     def members(self) -> Iterator[Planned]:
         skip_below: bytes | None = None
+        stack = self.stack
+        excludes = self.sel.excludes
+        recursive = self.sel.recursive
+        filtering = (recursive and bool(self.sel.paths or self.sel.globs)) \
+            or self.where is not None
+        make_entry = Entry._make
         for row in self._rows():
-            e = Entry(*row)
-            if skip_below is not None and e.key.startswith(skip_below):
+            e = make_entry(row)
+            key = e.key
+            if skip_below is not None:
+                if key.startswith(skip_below):
+                    continue
+                skip_below = None
+            name = member_name_of_key(key)
+            if excludes and name is not None and self._excluded(name):
+                skip_below = key + b"\0"
                 continue
-            skip_below = None
-            name = member_name_of_key(e.key)
-            if name is not None and self._excluded(name):
-                skip_below = e.key + b"\0"
+            clean = self._chain(key)
+            if filtering and not self._selected(e, name):
+                stack.append([key + b"\0", PENDING, e, False])
                 continue
-            self._chain(e.key)
-            if not self._selected(e, name):
-                self.stack.append([e.key, PENDING, e])
-                continue
-            if self.sel.recursive:
-                yield from self._emit_parents(e.key)
-            if self._beneath_nondir(e.key):
-                self.stack.append([e.key, REFUSED, e])
-                continue
-            planned = self._plan(e)
+            if not clean:
+                if recursive:
+                    yield from self._emit_parents(key)
+                if self._beneath_nondir(key):
+                    stack.append([key + b"\0", REFUSED, e, False])
+                    continue
+                clean = self._clean_top()
+            planned = self._plan(e, name)
             if planned is not None:
                 yield planned
-            if not stat.S_ISDIR(e.mode):
-                state = NONDIR  # even when refused: nothing may go beneath it
+            if e.mode & FILE_TYPE_BITS != stat.S_IFDIR:
+                stack.append([key + b"\0", NONDIR, e, False])  # even when refused: nothing
+            elif planned is None:                             # may go beneath it
+                stack.append([key + b"\0", REFUSED, e, False])
             else:
-                state = DIR if planned else REFUSED
-            self.stack.append([e.key, state, e])
+                stack.append([key + b"\0", DIR, e, clean])
 
     def _rows(self) -> Iterator[tuple]:
         """Candidate rows in key order: the selection's ranges, or one directory's entries."""
@@ -302,50 +320,64 @@ class Planner:
 
     # -- ancestors --
 
-    def _chain(self, key: bytes) -> None:
-        """Make the stack the chain of KEY's ancestors, root first, looking up missing ones."""
-        while self.stack and not key.startswith(self.stack[-1][0] + b"\0"):
-            self.stack.pop()
+    def _chain(self, key: bytes) -> bool:
+        """Make the stack the chain of KEY's ancestors, root first, looking up missing ones;
+        True when that chain is clean (all DIR or ABSENT)."""
+        stack = self.stack
+        while stack and not key.startswith(stack[-1][0]):
+            stack.pop()
         if key == b"":
-            return
-        cuts = []
-        pos = key.find(b"\0")
-        while pos >= 0:  # the separators: key[:pos] is an ancestor (key[:0] the root)
-            cuts.append(pos)
-            pos = key.find(b"\0", pos + 1)
-        for i in cuts[len(self.stack):]:
-            anc = key[:i]
-            row = self.catalog.entry_at_key(self.save_id, anc)
-            self.stack.append([anc, PENDING, Entry(*row)] if row else [anc, ABSENT, None])
+            return True
+        if len(stack) < key.count(b"\0"):  # ancestors not seen yet: look them up
+            cuts = []
+            pos = key.find(b"\0")
+            while pos >= 0:  # the separators: key[:pos] is an ancestor (key[:0] the root)
+                cuts.append(pos)
+                pos = key.find(b"\0", pos + 1)
+            for i in cuts[len(stack):]:
+                anc = key[:i]
+                row = self.catalog.entry_at_key(self.save_id, anc)
+                if row:
+                    stack.append([anc + b"\0", PENDING, Entry._make(row), False])
+                else:
+                    stack.append([anc + b"\0", ABSENT, None, not stack or stack[-1][3]])
+        return not stack or stack[-1][3]
+
+    def _clean_top(self) -> bool:
+        """Recompute the clean flags (after parents were emitted); the top's."""
+        clean = True
+        for item in self.stack:
+            clean = item[3] = clean and item[1] in (DIR, ABSENT)
+        return clean
 
     def _emit_parents(self, key: bytes) -> Iterator[Planned]:
         for item in self.stack:
             if item[1] == PENDING and stat.S_ISDIR(item[2].mode):
-                planned = self._plan(item[2])
+                planned = self._plan(item[2], member_name_of_key(item[2].key))
                 item[1] = DIR if planned else REFUSED
                 if planned is not None:
                     yield planned
 
     def _beneath_nondir(self, key: bytes) -> bool:
-        for anc, state, e in self.stack:
+        for anc, state, e, _clean in self.stack:
             if state == NONDIR or (state == PENDING and not stat.S_ISDIR(e.mode)):
-                self.problems.refuse(key, "beneath " + pathcodec.escape(pathcodec.from_key(anc))
-                                     + ", which is not a directory")
+                self.problems.refuse(key, "beneath " + pathcodec.escape(
+                    pathcodec.from_key(anc[:-1])) + ", which is not a directory")
                 return True
         return False
 
     # -- one member --
 
-    def _plan(self, e: Entry) -> Planned | None:
-        name = member_name_of_key(e.key)
+    def _plan(self, e: Entry, name: bytes | None) -> Planned | None:
+        """The member of row E whose tar name is NAME (member_name_of_key), or None."""
         if name is None:
             self.problems.refuse(e.key, "not a normal path: " + (key_problem(e.key) or "?"))
             return None
-        kind = stat.S_IFMT(e.mode)
+        kind = e.mode & FILE_TYPE_BITS
         size, link, major, minor = 0, b"", 0, 0
         if kind == stat.S_IFREG:
             typeflag, size = ts.REGTYPE, e.size
-            if e.size < 0:
+            if size < 0:
                 self.problems.refuse(e.key, f"negative size {e.size}")
                 return None
             if e.nlink > 1:
@@ -373,8 +405,6 @@ class Planner:
         else:
             self.problems.refuse(e.key, f"unknown file type (mode {e.mode:o})")
             return None
-        header = ts.Header(name=name, typeflag=typeflag, mode=e.mode & 0o7777, uid=e.uid,
-                           gid=e.gid, uname=e.user or b"", gname=e.group or b"", size=size,
-                           mtime_ns=e.mtime_ns, linkname=link, devmajor=major,
-                           devminor=minor)
+        header = ts.Header(name, typeflag, e.mode & 0o7777, e.uid, e.gid, e.user or b"",
+                           e.group or b"", size, e.mtime_ns, link, major, minor)
         return Planned(e, header)
