@@ -37,6 +37,7 @@ from .select import (
     Selection,
     check_paths_exist,
     key_problem,
+    member_name_of_key,
 )
 
 TYPE_LETTERS = {
@@ -420,7 +421,7 @@ class _FastLines:
         if key_problem(e.key) is not None:
             return None
         counts = self.problems_seen()
-        planned = self.planner._plan(e)
+        planned = self.planner._plan(e, member_name_of_key(e.key))
         if planned is None or self.problems_seen() != counts:
             return None
         return planned
