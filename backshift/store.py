@@ -32,6 +32,11 @@ from .model import ChunkRef, StoredChunk
 TEMP_MARK = b".tmp."
 CHUNKS_DIR = b"chunks"
 RENAME_SPLIT = 256  # a flush with this many new chunks renames them in two threads
+# Presence checks from one listing of the chunk directories rather than a stat per chunk:
+# a listed name costs ~0.7 us, a stat ~3.5 us plus its path. The listing is kept in memory
+# (~130 bytes a name), so only for stores of up to LISTING_MAX chunks.
+LISTING_MAX = 250_000
+STAT_OVER_LISTING = 5
 
 
 def _collect(errors: list[BaseException], fn, *args) -> None:
@@ -53,6 +58,8 @@ class Store:
         self._pending: dict[bytes, tuple[bytes, bytes]] = {}  # sha -> (temp, final)
         self._pending_sizes: dict[bytes, int] = {}  # sha -> bytes of its chunk file
         self._seen_existing = False
+        self._listing_wanted = False
+        self._listed: set[str] | None = None  # final names on disk, when listed
         self._linked: set[bytes] = set()  # pending temps that are hard links (import)
         host = socket.gethostname().encode("ascii", "replace").replace(b"/", b"_")[:32]
         self._temp_tag = TEMP_MARK + host + b"." + str(os.getpid()).encode() + b"."
@@ -113,6 +120,44 @@ class Store:
             return os.stat(self.path_for(sha256)).st_size
         except FileNotFoundError:
             return None
+
+    def plan_presence_checks(self, expected: int, chunks: int) -> None:
+        """A save expects to ask on_disk about EXPECTED chunks of a store of about CHUNKS:
+        when they are a good part of it, on_disk answers from one listing of the chunk
+        directories (made at its first call) instead of a stat per chunk."""
+        self._listing_wanted = chunks <= LISTING_MAX and expected * STAT_OVER_LISTING >= chunks
+        self._listed = None
+
+    def on_disk(self, sha256: bytes) -> bool:
+        """The chunk's file is on disk under its final name: now, or when the listing was
+        made if plan_presence_checks chose one. Chunks placed since count as absent (a file
+        is read again, never wrongly borrowed): only a save places chunks, and expire, which
+        removes them, never runs during a save."""
+        listed = self._listed
+        if listed is None:
+            if not self._listing_wanted or not self._list_chunk_names():
+                return self.stored_size(sha256) is not None
+            listed = self._listed
+        return sha256.hex() in listed
+
+    def _list_chunk_names(self) -> bool:
+        """Fill the listing; False (stat per chunk instead) when it is too big or fails."""
+        root = os.fsdecode(self.root)
+        names: set[str] = set()
+        try:
+            for i in range(256):
+                try:
+                    found = os.listdir(f"{root}/{i:02x}")
+                except FileNotFoundError:
+                    continue
+                names.update(n for n in found if len(n) == 64)  # temp names are longer
+                if len(names) > 2 * LISTING_MAX:
+                    raise OSError("too many chunks to list")
+        except OSError:
+            self._listing_wanted = False
+            return False
+        self._listed = names
+        return True
 
     def read(self, ref: ChunkRef) -> bytes:
         """The verified bytes of a chunk; ChunkMissing or ChunkCorrupt otherwise."""
