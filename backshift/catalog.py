@@ -508,7 +508,7 @@ CHUNK_USERS = _sql("""
 # the plan (path_by_parent, then each table by its key): left free, SQLite scanned the whole
 # save's members for each directory.
 PREVIOUS_UNDER_PARENT = _sql(f"""
-    SELECT p.id, p.name, v.id, {VERSION_COLUMNS}, k.sha256
+    SELECT p.id, p.name, v.id, {VERSION_COLUMNS}, lower(hex(k.sha256))
     FROM path AS p
     CROSS JOIN member AS m
     CROSS JOIN version AS v
@@ -983,25 +983,25 @@ class Catalog:
     # -- save speed --
 
     def entries_under(self, save_id: int, parent_id: int, limit: int) -> dict | None:
-        """{name: (path id, version id, (mode, uid, gid, user, group, size, mtime_ns,
-        ctime_ns, dev, ino, nlink, rdev), link target, content id, [chunk sha256, ...])} of
-        the entries of directory PARENT_ID in save SAVE_ID; None when that takes more than
-        LIMIT rows (one per chunk). Plain tuples: a re-save compares them with lstat's."""
+        """{name: (path id, name, version id, mode, uid, gid, user, group, size, mtime_ns,
+        ctime_ns, dev, ino, nlink, rdev, link target, content id, chunks)} of the entries of
+        directory PARENT_ID in save SAVE_ID, where chunks is "" (no chunk), one sha256 in
+        lowercase hex (a chunk file's name), or a list of them in order; None when that
+        takes more than LIMIT rows (one per chunk).
+        The rows as SQLite returns them: a re-save compares them with lstat's fields."""
         rows = self.conn.execute(PREVIOUS_UNDER_PARENT, {
             "save_id": save_id, "parent_id": parent_id, "limit": limit + 1,
         }).fetchall()
         if len(rows) > limit:
             return None
-        out: dict = {}
-        last = None
-        shas: list[bytes] = []
-        for r in rows:
-            if r[0] != last:
-                last = r[0]
-                shas = []
-                out[r[1]] = (r[0], r[2], r[3:15], r[15], r[16], shas)
-            if r[17] is not None:
-                shas.append(r[17])
+        out = {r[1]: r for r in rows}
+        if len(out) != len(rows):  # contents of several chunks: a row per chunk, merge
+            shas: dict[bytes, list[str]] = {}
+            for r in rows:
+                shas.setdefault(r[1], []).append(r[17])
+            for name, chunks in shas.items():
+                if len(chunks) > 1:
+                    out[name] = out[name][:17] + (chunks,)
         return out
 
     def insert_members(self, rows: list[tuple[int, int, int]]) -> list[int]:

@@ -19,6 +19,7 @@ import os
 import secrets
 import socket
 import threading
+from collections.abc import Callable
 
 import xxhash
 import zstandard
@@ -52,14 +53,13 @@ class Store:
 
     def __init__(self, repo: bytes, zstd_level: int = 3) -> None:
         self.root = os.path.join(repo, CHUNKS_DIR)
+        self._root_text = os.fsdecode(self.root)
         self.zstd_level = zstd_level
         self._local = threading.local()
         self._lock = threading.Lock()
         self._pending: dict[bytes, tuple[bytes, bytes]] = {}  # sha -> (temp, final)
         self._pending_sizes: dict[bytes, int] = {}  # sha -> bytes of its chunk file
         self._seen_existing = False
-        self._listing_wanted = False
-        self._listed: set[str] | None = None  # final names on disk, when listed
         self._linked: set[bytes] = set()  # pending temps that are hard links (import)
         host = socket.gethostname().encode("ascii", "replace").replace(b"/", b"_")[:32]
         self._temp_tag = TEMP_MARK + host + b"." + str(os.getpid()).encode() + b"."
@@ -121,43 +121,41 @@ class Store:
         except FileNotFoundError:
             return None
 
-    def plan_presence_checks(self, expected: int, chunks: int) -> None:
-        """A save expects to ask on_disk about EXPECTED chunks of a store of about CHUNKS:
-        when they are a good part of it, on_disk answers from one listing of the chunk
-        directories (made at its first call) instead of a stat per chunk."""
-        self._listing_wanted = chunks <= LISTING_MAX and expected * STAT_OVER_LISTING >= chunks
-        self._listed = None
+    def chunk_test(self, expected: int, chunks: int) -> Callable[[str], bool]:
+        """A test of whether a chunk, named by its sha256 in lowercase hex, has its file on
+        disk under its final name, for a caller about to test EXPECTED chunks of a store
+        of about CHUNKS. When that is a good part of the store, the test answers from one
+        listing of the chunk directories made now (chunks placed later count as absent: a
+        caller reads such a file again, never borrows a missing chunk; expire, the only
+        remover, never runs during a save); otherwise it stats the chunk's file."""
+        if chunks <= LISTING_MAX and expected * STAT_OVER_LISTING >= chunks:
+            listed = self._list_chunk_names()
+            if listed is not None:
+                return listed.__contains__
+        return self._hex_on_disk
 
-    def on_disk(self, sha256: bytes) -> bool:
-        """The chunk's file is on disk under its final name: now, or when the listing was
-        made if plan_presence_checks chose one. Chunks placed since count as absent (a file
-        is read again, never wrongly borrowed): only a save places chunks, and expire, which
-        removes them, never runs during a save."""
-        listed = self._listed
-        if listed is None:
-            if not self._listing_wanted or not self._list_chunk_names():
-                return self.stored_size(sha256) is not None
-            listed = self._listed
-        return sha256.hex() in listed
+    def _hex_on_disk(self, name: str) -> bool:
+        try:
+            os.stat(f"{self._root_text}/{name[:2]}/{name}")
+        except FileNotFoundError:
+            return False
+        return True
 
-    def _list_chunk_names(self) -> bool:
-        """Fill the listing; False (stat per chunk instead) when it is too big or fails."""
-        root = os.fsdecode(self.root)
+    def _list_chunk_names(self) -> set[str] | None:
+        """The final names in the chunk directories; None when too many or unreadable."""
         names: set[str] = set()
         try:
             for i in range(256):
                 try:
-                    found = os.listdir(f"{root}/{i:02x}")
+                    found = os.listdir(f"{self._root_text}/{i:02x}")
                 except FileNotFoundError:
                     continue
                 names.update(n for n in found if len(n) == 64)  # temp names are longer
                 if len(names) > 2 * LISTING_MAX:
-                    raise OSError("too many chunks to list")
+                    return None
         except OSError:
-            self._listing_wanted = False
-            return False
-        self._listed = names
-        return True
+            return None
+        return names
 
     def read(self, ref: ChunkRef) -> bytes:
         """The verified bytes of a chunk; ChunkMissing or ChunkCorrupt otherwise."""

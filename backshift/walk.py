@@ -96,23 +96,23 @@ def _walk(roots: Iterable[bytes], cwd: bytes, warn: Warn, one_file_system: bool,
         stack = [(root, _sorted_children(root, warn))]
         while stack:
             parent, children = stack[-1]
-            try:
-                name, is_dir = next(children)
-            except StopIteration:
-                stack.pop()
-                continue
-            path = parent + b"/" + name if parent != b"/" else b"/" + name
-            if excludes and excluded(path, excludes):
-                continue
-            yield path
-            if is_dir:
-                if one_file_system:
-                    try:
-                        if os.lstat(path).st_dev != st.st_dev:
+            prefix = parent + b"/" if parent != b"/" else parent
+            for name, is_dir in children:
+                path = prefix + name
+                if excludes and excluded(path, excludes):
+                    continue
+                yield path
+                if is_dir:
+                    if one_file_system:
+                        try:
+                            if os.lstat(path).st_dev != st.st_dev:
+                                continue
+                        except OSError:
                             continue
-                    except OSError:
-                        continue
-                stack.append((path, _sorted_children(path, warn)))
+                    stack.append((path, _sorted_children(path, warn)))
+                    break  # its contents first; this directory's iterator resumes after
+            else:
+                stack.pop()
 
 
 def _sorted_children(path: bytes, warn: Warn) -> Iterator[tuple[bytes, bool]]:

@@ -17,15 +17,24 @@ from ..store import Store
 PREFETCH_MAX_ROWS = 16384
 PREFETCH_ENTRIES = 65536
 
-# An entry: (path id, version id, key, link target, content id, chunk sha256s in order).
-# The key is the version's fields mode .. rdev in Version's order: (mode, uid, gid, user,
-# group, size, mtime_ns, ctime_ns, dev, ino, nlink, rdev); a tuple built from lstat compares
-# equal to it when nothing changed, without building a Version.
-Entry = tuple[int, int, tuple, bytes | None, int | None, list[bytes]]
+# An entry: a row of Catalog.entries_under: (path id, name, version id, mode, uid, gid,
+# user, group, size, mtime_ns, ctime_ns, dev, ino, nlink, rdev, link target, content id,
+# chunks). entry[3:15] is in Version's order, so a tuple of lstat's fields compares equal to
+# it when nothing changed, without building a Version. chunks: the chunks' sha256s in
+# lowercase hex (their file names): "" for none, one name, or a list of names.
+Entry = tuple
 
 
 def entry_version(entry: Entry) -> Version:
-    return Version(*entry[2], entry[3], entry[4])
+    return Version(*entry[3:17])
+
+
+def entry_chunks(entry: Entry) -> list[str]:
+    """The entry's chunk names (sha256 in hex) in order."""
+    chunks = entry[17]
+    if not chunks:
+        return []
+    return [chunks] if isinstance(chunks, str) else chunks
 
 
 class PreviousEntries:
@@ -66,21 +75,28 @@ KNOWN_CONTENTS = 65536
 
 
 class ContentPresence:
-    """Whether every chunk of a content is on disk, as the store finds it during this save."""
+    """Whether every chunk of a content has its file on disk, as the store finds it during
+    this save (Store.chunk_test: a stat per chunk, or one listing of the chunk store)."""
 
     def __init__(self, store: Store, expected_checks: int, chunk_rows: int) -> None:
-        self.store = store
-        self.store.plan_presence_checks(expected_checks, chunk_rows)
+        self.chunk_on_disk = store.chunk_test(expected_checks, chunk_rows)
         self._known: set[int] = set()
 
-    def whole(self, content_id: int, shas: list[bytes]) -> bool:
+    def whole(self, content_id: int, chunks: str | list[str] | None) -> bool:
+        """CHUNKS: the content's chunk names (sha256 in hex), one name alone, or "" or None
+        for none."""
         known = self._known
         if content_id in known:
             return True
-        on_disk = self.store.on_disk
-        for sha in shas:
-            if not on_disk(sha):
-                return False
+        if chunks:
+            on_disk = self.chunk_on_disk
+            if chunks.__class__ is str:
+                if not on_disk(chunks):
+                    return False
+            else:
+                for name in chunks:
+                    if not on_disk(name):
+                        return False
         if len(known) >= KNOWN_CONTENTS:
             known.clear()
         known.add(content_id)

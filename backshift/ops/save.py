@@ -43,7 +43,7 @@ from ..repo import Repository
 from ..store import Store
 from ..walk import Walk
 from .owners import Owners
-from .previous import ContentPresence, Entry, PreviousEntries, entry_version
+from .previous import ContentPresence, Entry, PreviousEntries, entry_chunks, entry_version
 
 # A file whose mtime or ctime is this close to (or after) the start of the save that
 # recorded it may have changed again within the filesystem's timestamp granularity after
@@ -243,6 +243,9 @@ class Saver:
         self.start()
         pool = ThreadPoolExecutor(max_workers=self.opts.workers, thread_name_prefix="read")
         names = _LocalFeed(paths) if isinstance(paths, Walk) else _Feed(paths)
+        if self.candidates:
+            self.start_fast_path()
+            names = _Unchanged(self, names)
         try:
             with _graceful_signals(self):
                 names.start()
@@ -358,8 +361,6 @@ class Saver:
         except OSError as e:
             self.warn(f"{os.fsdecode(path)}: cannot lstat: {e.strerror}")
             return
-        if self.candidates and self.borrow_unchanged(path, st):
-            return
         ftype = type_of_mode(st.st_mode)
         if ftype is None:
             self.warn(f"{os.fsdecode(path)}: skipped: unknown file type {st.st_mode:o}")
@@ -409,52 +410,73 @@ class Saver:
         disk) becomes a member row with that entry's version; no Item, no Version. False
         leaves the name to the general path (which also tries the other candidate saves)."""
         up, _, name = path.rpartition(b"/")
-        parent_id = self.dir_ids.get(up or b"/")
-        if parent_id is None or not name:
-            return False
-        sid, started_ns = self.candidates[0]
-        entries = self.previous.directory(sid, parent_id)
+        if up != self._fast_dir:
+            entries = self._fast_entries = self.entries_of_dir(up)
+            self._fast_dir = up if entries is not None else None
+        else:
+            entries = self._fast_entries
         if entries is None:
             return False
         entry = entries.get(name)
         if entry is None:
             return False
-        pid, vid, key, _target, content_id, shas = entry
+        content_id = entry[16]
         mode = st.st_mode
         if stat.S_ISREG(mode):
             if st.st_nlink != 1 or content_id is None:
                 return False  # hard links are grouped by the general path
-            if max(st.st_mtime_ns, st.st_ctime_ns) >= started_ns - RACY_MARGIN_NS:
-                return False
+            if max(st.st_mtime_ns, st.st_ctime_ns) >= self._fast_trusted_before:
+                return False  # racy: may have changed within the timestamp granularity
             size = st.st_size
         elif stat.S_ISDIR(mode):
             size = 0
         else:
             return False
-        user, group = self.owners.names(st.st_uid, st.st_gid)
-        if key != (mode, st.st_uid, st.st_gid, user, group, size, st.st_mtime_ns,
-                   st.st_ctime_ns, st.st_dev, st.st_ino, st.st_nlink, st.st_rdev):
+        uid = st.st_uid
+        gid = st.st_gid
+        user, group = self.owners.names(uid, gid)
+        if entry[3:15] != (mode, uid, gid, user, group, size, st.st_mtime_ns,
+                           st.st_ctime_ns, st.st_dev, st.st_ino, st.st_nlink, st.st_rdev):
             return False
-        if content_id is not None and not self.content_on_disk(content_id, shas):
+        if content_id is not None and not self._presence.whole(content_id, entry[17]):
             return False  # Missing_chunk: the general path reads it afresh
+        if not self._txn:
+            self.ensure_txn()
+        stats = self.stats
         if content_id is None:  # a directory: its children look it up by path
-            self.remember_dir(path, pid)
+            self.remember_dir(path, entry[0])
             self._member_paths.append((path, None))
         else:
-            self.stats.files_borrowed += 1
-            self.stats.bytes_borrowed += size
-            self.stats.bytes += size
+            stats.files_borrowed += 1
+            stats.bytes_borrowed += size
+            stats.bytes += size
             self._member_paths.append((path, size))
-        self._members.append((self.stats.save_id, pid, vid))
-        self.stats.files += 1
+        self._members.append((stats.save_id, entry[0], entry[2]))
+        stats.files += 1
         self._batch_files += 1
         return True
 
-    def content_on_disk(self, content_id: int, shas: list[bytes]) -> bool:
+    def start_fast_path(self) -> None:
+        """Set up borrow_unchanged (a re-save: self.candidates is not empty)."""
+        sid, started_ns = self.candidates[0]
+        self._fast_sid = sid
+        self._fast_trusted_before = started_ns - RACY_MARGIN_NS
+        self._fast_dir: bytes | None = None
+        self._fast_entries: dict | None = None
+        self._presence = ContentPresence(self.repo.store, self.estimate or 0,
+                                         self.cat.chunk_rows_estimate())
+
+    def entries_of_dir(self, path: bytes) -> dict | None:
+        """The latest save's entries of directory PATH ("" is "/"), if known by path id."""
+        parent_id = self.dir_ids.get(path or b"/")
+        if parent_id is None:
+            return None
+        return self.previous.directory(self._fast_sid, parent_id)
+
+    def content_on_disk(self, content_id: int, shas: list[str]) -> bool:
         """Every chunk of the content is on disk (checked, not taken from the catalog)."""
         if self._presence is None:
-            expected = self.estimate or 0
-            self._presence = ContentPresence(self.repo.store, expected,
+            self._presence = ContentPresence(self.repo.store, self.estimate or 0,
                                              self.cat.chunk_rows_estimate())
         return self._presence.whole(content_id, shas)
 
@@ -495,7 +517,7 @@ class Saver:
             if max(v.mtime_ns, v.ctime_ns) >= started_ns - RACY_MARGIN_NS:
                 continue  # racy: may have changed within the timestamp granularity
             if shas is None:
-                shas = [r.sha256 for r in self.cat.chunks_of_content(old.content_id)]
+                shas = [r.sha256.hex() for r in self.cat.chunks_of_content(old.content_id)]
             if not self.content_on_disk(old.content_id, shas):
                 return False  # Missing_chunk: read afresh, which stores the chunk again
             if _same_metadata(v, old):  # the usual case: reuse the old version row as is
@@ -527,9 +549,9 @@ class Saver:
         return None
 
     def previous_version(self, sid: int, item: Item
-                         ) -> tuple[int, Version, list[bytes] | None] | None:
-        """(version id, version, its chunks' sha256s or None if not fetched yet) of ITEM's
-        path in earlier save SID, if that save holds it."""
+                         ) -> tuple[int, Version, list[str] | None] | None:
+        """(version id, version, its chunks' names (sha256 hex) or None if not fetched yet)
+        of ITEM's path in earlier save SID, if that save holds it."""
         entries = (self.previous.directory(sid, item.parent_id)
                    if item.parent_id is not None else None)
         if entries is None:
@@ -538,7 +560,7 @@ class Saver:
         entry: Entry | None = entries.get(basename(item.path))
         if entry is None:
             return None
-        return entry[1], entry_version(entry), entry[5]
+        return entry[2], entry_version(entry), entry_chunks(entry)
 
     def intern(self, path: bytes) -> int:
         """The path's id, creating it (and its missing parents) on first sight."""
@@ -757,6 +779,41 @@ class _LocalFeed:
         if len(batch) < FEED_BATCH:
             batch.append(_END)
         return batch
+
+
+class _Unchanged:
+    """A re-save's feed: the names Saver.borrow_unchanged records (unchanged since the
+    latest save) are taken out of each batch, so the main loop only sees the others (its
+    per-name steps cost as much again as the fast path itself). Batches of nothing but
+    unchanged names are not handed on: the commits and progress are done here meanwhile."""
+
+    def __init__(self, saver: Saver, feed: _Feed | _LocalFeed) -> None:
+        self.saver = saver
+        self.feed = feed
+
+    def start(self) -> None:
+        self.feed.start()
+
+    def get(self, timeout: float) -> list:
+        saver = self.saver
+        unchanged = saver.borrow_unchanged
+        lstat = os.lstat
+        while True:
+            batch = self.feed.get(timeout)
+            rest = []
+            for path in batch:
+                if path.__class__ is bytes:  # not _END or a _FeedError
+                    try:
+                        if unchanged(path, lstat(path)):
+                            continue
+                    except OSError:
+                        pass  # add() says what it is
+                rest.append(path)
+            if rest or not batch or saver.stop_signal is not None:
+                return rest
+            saver.drain(block=False)
+            saver.maybe_commit()
+            saver.report_progress()
 
 
 class _graceful_signals:
