@@ -50,6 +50,11 @@ from .previous import ContentPresence, Entry, PreviousEntries, entry_chunks, ent
 # it was read: it is not trusted for borrowing (git's racy-git rule, borg's cmtime rule).
 RACY_MARGIN_NS = 2_000_000_000
 
+# An unchanged file recorded by the fast path costs next to nothing to redo after an
+# interruption, so it counts as 1/UNCHANGED_PER_BATCH_FILE of a file towards a commit batch
+# (opts.batch_files): each commit syncs the WAL, ~1 ms quiet, much more under I/O load.
+UNCHANGED_PER_BATCH_FILE = 16
+
 Warn = Callable[[str], None]
 Progress = Callable[[SaveStats, int | None], None]
 
@@ -453,7 +458,10 @@ class Saver:
             self._member_paths.append((path, size))
         self._members.append((stats.save_id, entry[0], entry[2]))
         stats.files += 1
-        self._batch_files += 1
+        self._fast_files += 1
+        if self._fast_files == UNCHANGED_PER_BATCH_FILE:
+            self._fast_files = 0
+            self._batch_files += 1
         return True
 
     def start_fast_path(self) -> None:
@@ -462,6 +470,7 @@ class Saver:
         self._fast_sid = sid
         self._fast_trusted_before = started_ns - RACY_MARGIN_NS
         self._fast_dir: bytes | None = None
+        self._fast_files = 0
         self._fast_entries: dict | None = None
         self._presence = ContentPresence(self.repo.store, self.estimate or 0,
                                          self.cat.chunk_rows_estimate())
@@ -490,7 +499,6 @@ class Saver:
             path, size = paths[i]
             self.warn(f"{os.fsdecode(path)}: given more than once; saved once")
             self.stats.files -= 1
-            self._batch_files -= 1
             if size is not None:
                 self.stats.files_borrowed -= 1
                 self.stats.bytes_borrowed -= size
