@@ -430,26 +430,33 @@ class Saver:
         if stat.S_ISREG(mode):
             if st.st_nlink != 1 or content_id is None:
                 return False  # hard links are grouped by the general path
-            if max(st.st_mtime_ns, st.st_ctime_ns) >= self._fast_trusted_before:
+            mtime_ns = st.st_mtime_ns
+            ctime_ns = st.st_ctime_ns
+            trusted_before = self._fast_trusted_before
+            if mtime_ns >= trusted_before or ctime_ns >= trusted_before:
                 return False  # racy: may have changed within the timestamp granularity
             size = st.st_size
         elif stat.S_ISDIR(mode):
+            # its path id is known whatever changed: its children can take this path too
+            # even when the general path records the directory itself (later)
+            self.remember_dir(path, entry[0])
             size = 0
+            mtime_ns = st.st_mtime_ns
+            ctime_ns = st.st_ctime_ns
         else:
             return False
         uid = st.st_uid
         gid = st.st_gid
         user, group = self.owners.names(uid, gid)
-        if entry[3:15] != (mode, uid, gid, user, group, size, st.st_mtime_ns,
-                           st.st_ctime_ns, st.st_dev, st.st_ino, st.st_nlink, st.st_rdev):
+        if entry[3:15] != (mode, uid, gid, user, group, size, mtime_ns, ctime_ns,
+                           st.st_dev, st.st_ino, st.st_nlink, st.st_rdev):
             return False
         if content_id is not None and not self._presence.whole(content_id, entry[17]):
             return False  # Missing_chunk: the general path reads it afresh
         if not self._txn:
             self.ensure_txn()
         stats = self.stats
-        if content_id is None:  # a directory: its children look it up by path
-            self.remember_dir(path, entry[0])
+        if content_id is None:  # a directory
             self._member_paths.append((path, None))
         else:
             stats.files_borrowed += 1
