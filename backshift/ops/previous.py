@@ -15,7 +15,7 @@ from ..model import Version
 from ..store import Store
 
 PREFETCH_MAX_ROWS = 16384
-PREFETCH_ENTRIES = 65536
+PREFETCH_ENTRIES = 16384  # ~725 bytes each: ~12 MB
 
 # An entry: a row of Catalog.entries_under: (path id, name, version id, mode, uid, gid,
 # user, group, size, mtime_ns, ctime_ns, dev, ino, nlink, rdev, link target, content id,
