@@ -126,8 +126,9 @@ class Store:
         disk under its final name, for a caller about to test EXPECTED chunks of a store
         of about CHUNKS. When that is a good part of the store, the test answers from one
         listing of the chunk directories made now (chunks placed later count as absent: a
-        caller reads such a file again, never borrows a missing chunk; expire, the only
-        remover, never runs during a save); otherwise it stats the chunk's file."""
+        caller reads such a file again, never borrows a missing chunk; expire and check
+        --repair, which remove chunks, never run during a save); otherwise it stats the
+        chunk's file."""
         if chunks <= LISTING_MAX and expected * STAT_OVER_LISTING >= chunks:
             listed = self._list_chunk_names()
             if listed is not None:

@@ -208,7 +208,7 @@ class Saver:
         # member rows of files borrowed by the fast path, inserted in one batch before
         # each commit; with their paths and sizes, for the rare path given twice
         self._members: list[tuple[int, int, int]] = []
-        self._member_paths: list[tuple[bytes, int]] = []
+        self._member_paths: list[tuple[bytes, int | None]] = []  # size None: directory
         self._warn_lock = threading.Lock()
         self._txn = False
 
@@ -472,7 +472,8 @@ class Saver:
         return True
 
     def start_fast_path(self) -> None:
-        """Set up borrow_unchanged (a re-save: self.candidates is not empty)."""
+        """Set up borrow_unchanged and the chunk presence checks of borrowing (a re-save:
+        self.candidates is not empty)."""
         sid, started_ns = self.candidates[0]
         self._fast_sid = sid
         self._fast_trusted_before = started_ns - RACY_MARGIN_NS
@@ -491,9 +492,6 @@ class Saver:
 
     def content_on_disk(self, content_id: int, shas: list[str]) -> bool:
         """Every chunk of the content is on disk (checked, not taken from the catalog)."""
-        if self._presence is None:
-            self._presence = ContentPresence(self.repo.store, self.estimate or 0,
-                                             self.cat.chunk_rows_estimate())
         return self._presence.whole(content_id, shas)
 
     def insert_members(self) -> None:
@@ -781,7 +779,8 @@ class _LocalFeed:
     """Names of a walk (walk.Walk), produced by the main thread itself when it asks for the
     next batch. A walk only makes local filesystem calls, so it never stalls the way a pipe
     does; without a helper thread the main thread never waits for the GIL after its own
-    lstat and stat calls (that waiting was a third of an unchanged re-save's time)."""
+    lstat and stat calls (an unchanged re-save of mixed spent ~0.45 s of its 0.95 s in
+    Saver.run waiting for it)."""
 
     def __init__(self, paths: Iterable[bytes]) -> None:
         self.names = iter(paths)
