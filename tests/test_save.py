@@ -272,6 +272,44 @@ def test_save_resave_records_changed_metadata_of_unchanged_content(repo, tree,
     assert got == old
 
 
+def _member_versions(repo: bytes, save_id: int) -> dict[bytes, int]:
+    with open_repository(repo, READ) as r:
+        rows = r.catalog.conn.execute(
+            "SELECT p.key, m.version_id FROM member m JOIN path p ON p.id = m.path_id "
+            "WHERE m.save_id = ?", (save_id,)).fetchall()
+    return dict(rows)
+
+
+def test_save_fast_path_records_what_the_general_path_records(repo, tree, no_racy_margin,
+                                                              monkeypatch):
+    """After every kind of change, a re-save records the same version rows with the fast
+    path for unchanged names as without it (every name through add())."""
+    first, _ = do_save(repo, tree)
+    (tree / "text.txt").write_bytes(b"changed size\n")  # content
+    (tree / "random.bin").chmod(0o600)  # metadata (ctime) only
+    (tree / "sub" / "deeper" / "setuid").unlink()  # gone
+    (tree / "new.txt").write_bytes(b"new file\n")  # new, and its directory changed
+    (tree / "empty").unlink()
+    (tree / "empty").mkdir()  # a file that became a directory
+    (tree / "empty" / "inside").write_bytes(b"in a new directory\n")
+    (tree / "emptydir").chmod(0o700)  # a directory's own metadata
+    os.utime(tree / "sub", ns=(1, 1))  # a directory's times
+    fast, warnings = do_save(repo, tree)
+    assert warnings == [] and fast.files_borrowed > 0
+
+    def general_path_only(self, path, st):
+        return False
+
+    monkeypatch.setattr(save_mod.Saver, "borrow_unchanged", general_path_only)
+    general, warnings = do_save(repo, tree)
+    assert warnings == []
+    assert (general.files, general.bytes) == (fast.files, fast.bytes)
+    assert fast.files_read == 4 and general.files_read == 0  # the changed files, once
+    assert _member_versions(repo, general.save_id) == _member_versions(repo, fast.save_id)
+    assert members(repo, fast.save_id) == members(repo, general.save_id)
+    assert members(repo, fast.save_id).keys() != members(repo, first.save_id).keys()
+
+
 def test_save_hardlink_group_shares_content_when_first_is_unreadable(repo, tmp_path,
                                                                       monkeypatch):
     root = tmp_path / "hl"

@@ -416,8 +416,8 @@ class Saver:
         leaves the name to the general path (which also tries the other candidate saves)."""
         up, _, name = path.rpartition(b"/")
         if up != self._fast_dir:
-            entries = self._fast_entries = self.entries_of_dir(up)
-            self._fast_dir = up if entries is not None else None
+            entries = self._fast_entries = self.entries_of_dir(up or b"/")
+            self._fast_dir = up
         else:
             entries = self._fast_entries
         if entries is None:
@@ -484,10 +484,14 @@ class Saver:
                                          self.cat.chunk_rows_estimate())
 
     def entries_of_dir(self, path: bytes) -> dict | None:
-        """The latest save's entries of directory PATH ("" is "/"), if known by path id."""
-        parent_id = self.dir_ids.get(path or b"/")
-        if parent_id is None:
-            return None
+        """The latest save's entries of directory PATH; None when it has none (or is too
+        big to fetch at once). A path the catalog does not know is new: no entries."""
+        parent_id = self.dir_ids.get(path)
+        if parent_id is None:  # the first name of a save, or a directory the walk left
+            parent_id = self.cat.path_id(sort_key(path))
+            if parent_id is None:
+                return None
+            self.remember_dir(path, parent_id)
         return self.previous.directory(self._fast_sid, parent_id)
 
     def content_on_disk(self, content_id: int, shas: list[str]) -> bool:
