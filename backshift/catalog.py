@@ -668,7 +668,7 @@ CHUNK_USERS = _sql("""
 # the plan (path_by_parent, then each table by its key): left free, SQLite scanned the whole
 # save's members for each directory.
 PREVIOUS_UNDER_PARENT = _sql(f"""
-    SELECT p.id, p.name, v.id, {VERSION_COLUMNS}, k.sha256, k.length
+    SELECT p.id, p.name, v.id, {VERSION_COLUMNS}, lower(hex(k.sha256))
     FROM path AS p
     CROSS JOIN member AS m
     CROSS JOIN version AS v
@@ -689,6 +689,16 @@ INSERT_PATH_IF_NEW = _sql("""
     VALUES (:parent_id, :key, :name)
     ON CONFLICT (key) DO NOTHING
     RETURNING id
+""")
+
+SAVE_STATES = _sql("""
+    SELECT id, status
+    FROM save
+""")
+
+MAX_CHUNK_ID = _sql("""
+    SELECT max(id)
+    FROM chunk
 """)
 
 UPSERT_CHUNK = _sql("""
@@ -1054,6 +1064,15 @@ class Catalog:
         """(save id, path key) pairs that reference a chunk, at most LIMIT."""
         return self._rows(CHUNK_USERS, {"sha256": sha256, "limit": limit})
 
+    def size_bytes(self) -> int:
+        """The catalog's size in pages, free pages included (what a backup copy takes)."""
+        count = self.conn.execute("PRAGMA page_count").fetchall()[0][0]
+        return count * self.conn.execute("PRAGMA page_size").fetchall()[0][0]
+
+    def save_states(self) -> set[tuple[int, str]]:
+        """(id, status) of every save."""
+        return set(self.conn.execute(SAVE_STATES).fetchall())
+
     def backup_to(self, dest: str) -> None:
         """Copy the whole catalog, consistently, into a new SQLite file DEST (backup API)."""
         out = apsw.Connection(dest)
@@ -1178,25 +1197,58 @@ class Catalog:
 
     # -- save speed --
 
-    def versions_under(self, save_id: int, parent_id: int, limit: int
-                       ) -> list[tuple[int, bytes, int, Version, list[ChunkRef]]] | None:
-        """(path id, name, version id, version, chunks) of each entry of directory PARENT_ID
-        in save SAVE_ID; None when that takes more than LIMIT rows (one per chunk)."""
+    def entries_under(self, save_id: int, parent_id: int, limit: int) -> dict | None:
+        """{name: (path id, name, version id, mode, uid, gid, user, group, size, mtime_ns,
+        ctime_ns, dev, ino, nlink, rdev, link target, content id, chunks)} of the entries of
+        directory PARENT_ID in save SAVE_ID, where chunks is "" (no chunk), one sha256 in
+        lowercase hex (a chunk file's name), or a list of them in order; None when that
+        takes more than LIMIT rows (one per chunk).
+        The rows as SQLite returns them: a re-save compares them with lstat's fields."""
         rows = self.conn.execute(PREVIOUS_UNDER_PARENT, {
             "save_id": save_id, "parent_id": parent_id, "limit": limit + 1,
         }).fetchall()
         if len(rows) > limit:
             return None
-        out: list = []
-        last = None
-        for r in rows:
-            if r[0] != last:
-                last = r[0]
-                refs: list[ChunkRef] = []
-                out.append((r[0], r[1], r[2], Version(*r[3:17]), refs))
-            if r[17] is not None:
-                refs.append(ChunkRef(r[17], r[18]))
+        out = {r[1]: r for r in rows}
+        if len(out) != len(rows):  # contents of several chunks: a row per chunk, merge
+            shas: dict[bytes, list[str]] = {}
+            for r in rows:
+                shas.setdefault(r[1], []).append(r[17])
+            for name, chunks in shas.items():
+                if len(chunks) > 1:
+                    out[name] = out[name][:17] + (chunks,)
         return out
+
+    def insert_members(self, rows: list[tuple[int, int, int]]) -> list[int]:
+        """Record (save id, path id, version id) rows in one batch; returns the indexes of
+        the rows not recorded because the save held that path already (usually none)."""
+        c = self.conn
+        before = c.total_changes()
+        c.execute("SAVEPOINT members")
+        try:
+            c.executemany(INSERT_MEMBER, rows)
+            if c.total_changes() - before != len(rows):  # a duplicate: find which, in order
+                c.execute("ROLLBACK TO members")
+                held = []
+                for i, row in enumerate(rows):
+                    c.execute(INSERT_MEMBER, row)
+                    if c.changes() != 1:
+                        held.append(i)
+                c.execute("RELEASE members")
+                return held
+        except BaseException:
+            try:  # the error may have ended the whole transaction, savepoint included
+                c.execute("ROLLBACK TO members")
+                c.execute("RELEASE members")
+            except apsw.Error:
+                pass
+            raise
+        c.execute("RELEASE members")
+        return []
+
+    def chunk_rows_estimate(self) -> int:
+        """An upper bound of the number of chunk rows (the largest id), read in O(log n)."""
+        return self.conn.execute(MAX_CHUNK_ID).fetchone()[0] or 0
 
     def insert_path_if_new(self, parent_id: int | None, key: bytes, name: bytes) -> int | None:
         """The new path's id; None when KEY is already there."""

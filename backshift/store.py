@@ -20,6 +20,7 @@ import secrets
 import socket
 import threading
 from binascii import hexlify
+from collections.abc import Callable
 
 import xxhash
 import zstandard
@@ -59,6 +60,11 @@ def _read_whole(fd: int, hint: int | None) -> bytes:
     while part := os.read(fd, 1 << 20):
         parts.append(part)
     return b"".join(parts)
+# Presence checks from one listing of the chunk directories rather than a stat per chunk:
+# a listed name costs ~0.7 us, a stat ~3.5 us plus its path. The listing is kept in memory
+# (~130 bytes a name), so only for stores of up to LISTING_MAX chunks.
+LISTING_MAX = 250_000
+STAT_OVER_LISTING = 5
 
 
 def _collect(errors: list[BaseException], fn, *args) -> None:
@@ -75,6 +81,7 @@ class Store:
     def __init__(self, repo: bytes, zstd_level: int = 3) -> None:
         self.root = os.path.join(repo, CHUNKS_DIR)
         self._root_slash = os.path.join(self.root, b"")
+        self._root_text = os.fsdecode(self.root)
         self.zstd_level = zstd_level
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -141,6 +148,43 @@ class Store:
             return os.stat(self.path_for(sha256)).st_size
         except FileNotFoundError:
             return None
+
+    def chunk_test(self, expected: int, chunks: int) -> Callable[[str], bool]:
+        """A test of whether a chunk, named by its sha256 in lowercase hex, has its file on
+        disk under its final name, for a caller about to test EXPECTED chunks of a store
+        of about CHUNKS. When that is a good part of the store, the test answers from one
+        listing of the chunk directories made now (chunks placed later count as absent: a
+        caller reads such a file again, never borrows a missing chunk; expire and check
+        --repair, which remove chunks, never run during a save); otherwise it stats the
+        chunk's file."""
+        if chunks <= LISTING_MAX and expected * STAT_OVER_LISTING >= chunks:
+            listed = self._list_chunk_names()
+            if listed is not None:
+                return listed.__contains__
+        return self._hex_on_disk
+
+    def _hex_on_disk(self, name: str) -> bool:
+        try:
+            os.stat(f"{self._root_text}/{name[:2]}/{name}")
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _list_chunk_names(self) -> set[str] | None:
+        """The final names in the chunk directories; None when too many or unreadable."""
+        names: set[str] = set()
+        try:
+            for i in range(256):
+                try:
+                    found = os.listdir(f"{self._root_text}/{i:02x}")
+                except FileNotFoundError:
+                    continue
+                names.update(n for n in found if len(n) == 64)  # temp names are longer
+                if len(names) > 2 * LISTING_MAX:
+                    return None
+        except OSError:
+            return None
+        return names
 
     def read(self, ref: ChunkRef, stored_length: int | None = None) -> bytes:
         """The verified bytes of a chunk; ChunkMissing or ChunkCorrupt otherwise."""

@@ -54,12 +54,29 @@ def excluded(path: bytes, patterns: list[bytes]) -> bool:
     return False
 
 
+class Walk:
+    """The names of a walk (see walk()), as an iterable that only makes local filesystem
+    calls: a consumer may run it in its own thread, since it never waits for another process
+    the way a pipe from `find` does."""
+
+    def __init__(self, roots: Iterable[bytes], cwd: bytes, warn: Warn,
+                 one_file_system: bool = False, excludes: list[bytes] | None = None) -> None:
+        self._args = (roots, cwd, warn, one_file_system, excludes or [])
+
+    def __iter__(self) -> Iterator[bytes]:
+        return _walk(*self._args)
+
+
 def walk(roots: Iterable[bytes], cwd: bytes, warn: Warn, one_file_system: bool = False,
-         excludes: list[bytes] | None = None) -> Iterator[bytes]:
+         excludes: list[bytes] | None = None) -> Walk:
     """Each root and everything below it, depth-first, directories before their contents,
     entries sorted by name bytes. Symlinks are never followed. Iterative: no depth limit.
     """
-    excludes = excludes or []
+    return Walk(roots, cwd, warn, one_file_system, excludes)
+
+
+def _walk(roots: Iterable[bytes], cwd: bytes, warn: Warn, one_file_system: bool,
+          excludes: list[bytes]) -> Iterator[bytes]:
     for raw in roots:
         try:
             root = normalize(raw, cwd)
@@ -79,23 +96,23 @@ def walk(roots: Iterable[bytes], cwd: bytes, warn: Warn, one_file_system: bool =
         stack = [(root, _sorted_children(root, warn))]
         while stack:
             parent, children = stack[-1]
-            try:
-                name, is_dir = next(children)
-            except StopIteration:
-                stack.pop()
-                continue
-            path = parent + b"/" + name if parent != b"/" else b"/" + name
-            if excluded(path, excludes):
-                continue
-            yield path
-            if is_dir:
-                if one_file_system:
-                    try:
-                        if os.lstat(path).st_dev != st.st_dev:
+            prefix = parent + b"/" if parent != b"/" else parent
+            for name, is_dir in children:
+                path = prefix + name
+                if excludes and excluded(path, excludes):
+                    continue
+                yield path
+                if is_dir:
+                    if one_file_system:
+                        try:
+                            if os.lstat(path).st_dev != st.st_dev:
+                                continue
+                        except OSError:
                             continue
-                    except OSError:
-                        continue
-                stack.append((path, _sorted_children(path, warn)))
+                    stack.append((path, _sorted_children(path, warn)))
+                    break  # its contents first; this directory's iterator resumes after
+            else:
+                stack.pop()
 
 
 def _sorted_children(path: bytes, warn: Warn) -> Iterator[tuple[bytes, bool]]:

@@ -230,7 +230,11 @@ def get(name: str) -> Dataset:
     info = root + ".json"
     if os.path.exists(info):
         with open(info) as f:
-            return Dataset(**json.load(f))
+            fields = json.load(f)
+        # a shared cache may have been described from another checkout: re-root its paths
+        old = fields["root"]
+        return Dataset(**{k: root + v[len(old):] if isinstance(v, str) and v.startswith(old)
+                          else v for k, v in fields.items()})
     ds = describe(name, root)
     with open(info, "w") as f:
         json.dump(asdict(ds), f)

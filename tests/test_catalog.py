@@ -126,3 +126,18 @@ def test_subtree_is_one_key_range(repo):
     order = [k for k in keys]
     assert order.index(sort_key(b"/a/b/c")) < order.index(sort_key(b"/a/b!"))
     assert order.index(sort_key(b"/a/\xff")) < order.index(sort_key(b"/a!"))
+
+
+def test_catalog_previous_entries_of_a_directory_are_index_lookups(repo):
+    """A re-save asks for each directory's entries in the previous save: never a scan."""
+    cat = Catalog.open(os.path.join(repo, b"catalog.sqlite3"), readonly=True)
+    try:
+        details = cat.explain(catalog_mod.PREVIOUS_UNDER_PARENT,
+                              {"save_id": 1, "parent_id": 1, "limit": 10})
+    finally:
+        cat.close()
+    text = "\n".join(details)
+    assert not any(d.startswith("SCAN") for d in details), text
+    assert "TEMP B-TREE" not in text, text
+    assert "SEARCH p USING INDEX path_by_parent (parent_id=?)" in text, text
+    assert "SEARCH m USING PRIMARY KEY (save_id=? AND path_id=?)" in text, text

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from backshift import pathcodec
+from backshift import store as store_mod
 from backshift.errors import RepositoryIOError
 from backshift.model import ChunkRef
 from backshift.ops import save as save_mod
@@ -139,7 +140,10 @@ def test_save_detects_content_change_with_mtime_put_back(repo, tree, no_racy_mar
     assert members(repo, stats.save_id)[os.fsencode(target)]["data"] == bytes(data)
 
 
-def test_save_rereads_borrowed_content_whose_chunk_is_missing(repo, tree, no_racy_margin):
+@pytest.mark.parametrize("listing_max", [10**6, 0], ids=["listed", "stat-per-chunk"])
+def test_save_rereads_borrowed_content_whose_chunk_is_missing(repo, tree, no_racy_margin,
+                                                              monkeypatch, listing_max):
+    monkeypatch.setattr(store_mod, "LISTING_MAX", listing_max)
     first, _ = do_save(repo, tree)
     with open_repository(repo, READ) as r:
         content_id = r.catalog.conn.execute(
@@ -234,6 +238,76 @@ def test_save_duplicate_name_is_saved_once(repo, tree):
         stats = save_mod.save(r, names, SaveOptions("h", "s"), warnings.append)
     assert len(warnings) == 1 and "more than once" in warnings[0]
     assert stats.files == len(names) - 1
+
+
+def test_save_duplicate_name_in_a_resave_is_saved_once(repo, tree, no_racy_margin):
+    """Unchanged files of a re-save are recorded in batches: a name given twice is still
+    warned about once and counted once."""
+    first, _ = do_save(repo, tree)
+    names = [pathcodec.normalize(n, b"/") for n in find0(tree).split(b"\0") if n]
+    twice = next(n for n in names if os.path.isfile(n) and os.stat(n).st_nlink == 1)
+    names.append(twice)
+    warnings: list[str] = []
+    with open_repository(repo, WRITE) as r:
+        stats = save_mod.save(r, names, SaveOptions("host", "t"), warnings.append)
+    assert len(warnings) == 1 and "more than once" in warnings[0]
+    assert stats.files == len(names) - 1 == first.files
+    assert stats.files_read == 0 and stats.bytes == first.bytes
+    assert members(repo, stats.save_id) == members(repo, first.save_id)
+
+
+def test_save_resave_records_changed_metadata_of_unchanged_content(repo, tree,
+                                                                   no_racy_margin):
+    """A directory whose mode changed, beside unchanged ones, gets a new version row."""
+    first, _ = do_save(repo, tree)
+    (tree / "sub").chmod(0o700)
+    second, warnings = do_save(repo, tree)
+    assert warnings == [] and second.files == first.files and second.files_read == 0
+    got = members(repo, second.save_id)
+    assert got[os.fsencode(tree / "sub")]["mode"] & 0o777 == 0o700
+    assert members(repo, first.save_id)[os.fsencode(tree / "sub")]["mode"] & 0o777 != 0o700
+    del got[os.fsencode(tree / "sub")]
+    old = members(repo, first.save_id)
+    del old[os.fsencode(tree / "sub")]
+    assert got == old
+
+
+def _member_versions(repo: bytes, save_id: int) -> dict[bytes, int]:
+    with open_repository(repo, READ) as r:
+        rows = r.catalog.conn.execute(
+            "SELECT p.key, m.version_id FROM member m JOIN path p ON p.id = m.path_id "
+            "WHERE m.save_id = ?", (save_id,)).fetchall()
+    return dict(rows)
+
+
+def test_save_fast_path_records_what_the_general_path_records(repo, tree, no_racy_margin,
+                                                              monkeypatch):
+    """After every kind of change, a re-save records the same version rows with the fast
+    path for unchanged names as without it (every name through add())."""
+    first, _ = do_save(repo, tree)
+    (tree / "text.txt").write_bytes(b"changed size\n")  # content
+    (tree / "random.bin").chmod(0o600)  # metadata (ctime) only
+    (tree / "sub" / "deeper" / "setuid").unlink()  # gone
+    (tree / "new.txt").write_bytes(b"new file\n")  # new, and its directory changed
+    (tree / "empty").unlink()
+    (tree / "empty").mkdir()  # a file that became a directory
+    (tree / "empty" / "inside").write_bytes(b"in a new directory\n")
+    (tree / "emptydir").chmod(0o700)  # a directory's own metadata
+    os.utime(tree / "sub", ns=(1, 1))  # a directory's times
+    fast, warnings = do_save(repo, tree)
+    assert warnings == [] and fast.files_borrowed > 0
+
+    def general_path_only(self, path, st):
+        return False
+
+    monkeypatch.setattr(save_mod.Saver, "borrow_unchanged", general_path_only)
+    general, warnings = do_save(repo, tree)
+    assert warnings == []
+    assert (general.files, general.bytes) == (fast.files, fast.bytes)
+    assert fast.files_read == 4 and general.files_read == 0  # the changed files, once
+    assert _member_versions(repo, general.save_id) == _member_versions(repo, fast.save_id)
+    assert members(repo, fast.save_id) == members(repo, general.save_id)
+    assert members(repo, fast.save_id).keys() != members(repo, first.save_id).keys()
 
 
 def test_save_hardlink_group_shares_content_when_first_is_unreadable(repo, tmp_path,

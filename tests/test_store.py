@@ -42,6 +42,21 @@ def test_store_chunk_invisible_until_flush(store):
     assert store.read(ref) == b"text " * 1000
 
 
+@pytest.mark.parametrize("expected", [10, 0], ids=["listed", "stat-per-chunk"])
+def test_store_chunk_test_sees_final_names_only(store, expected):
+    placed = put(store, b"placed " * 100)
+    gone = put(store, b"gone " * 100)
+    store.flush()
+    os.unlink(store.path_for(gone.sha256))
+    pending = put(store, b"pending " * 100)  # a temp file only
+    on_disk = store.chunk_test(expected=expected, chunks=3)
+    assert isinstance(on_disk, set().__contains__.__class__) == (expected > 0)
+    assert on_disk(placed.sha256.hex())
+    assert not on_disk(pending.sha256.hex())
+    assert not on_disk(gone.sha256.hex())
+    assert not on_disk(hashlib.sha256(b"never stored").hexdigest())
+
+
 def test_store_compresses_text_and_keeps_random_raw(store):
     text = put(store, b"abc" * 10000)
     rnd = put(store, os.urandom(10000))

@@ -1,0 +1,103 @@
+"""What earlier saves hold, for a re-save: one directory's entries at a time, a few kept.
+
+A re-save asks for each name's entry in an earlier save. It fetches a whole directory's
+entries at once (one query per directory, not per file) as plain tuples, and keeps a few
+directories' worth: at most PREFETCH_ENTRIES entries in memory, whatever the tree size.
+A directory with more than PREFETCH_MAX_ROWS entries or chunks is looked up file by file.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from ..catalog import Catalog
+from ..model import Version
+from ..store import Store
+
+PREFETCH_MAX_ROWS = 16384
+PREFETCH_ENTRIES = 16384  # ~725 bytes each: ~12 MB
+
+# An entry: a row of Catalog.entries_under: (path id, name, version id, mode, uid, gid,
+# user, group, size, mtime_ns, ctime_ns, dev, ino, nlink, rdev, link target, content id,
+# chunks). entry[3:15] is in Version's order, so a tuple of lstat's fields compares equal to
+# it when nothing changed, without building a Version. chunks: the chunks' sha256s in
+# lowercase hex (their file names): "" for none, one name, or a list of names.
+Entry = tuple
+
+
+def entry_version(entry: Entry) -> Version:
+    return Version(*entry[3:17])
+
+
+def entry_chunks(entry: Entry) -> list[str]:
+    """The entry's chunk names (sha256 in hex) in order."""
+    chunks = entry[17]
+    if not chunks:
+        return []
+    return [chunks] if isinstance(chunks, str) else chunks
+
+
+class PreviousEntries:
+    """Entries of the directories in use, per earlier save; least recently used dropped."""
+
+    def __init__(self, cat: Catalog) -> None:
+        self.cat = cat
+        # (save id, parent path id) -> {name: Entry}, or None for a directory too big
+        self._cache: collections.OrderedDict[tuple[int, int], dict | None] = \
+            collections.OrderedDict()
+        self._entries = 0
+
+    def directory(self, sid: int, parent_id: int) -> dict[bytes, Entry] | None:
+        """The entries of directory PARENT_ID in save SID by name; None when too big."""
+        key = (sid, parent_id)
+        cache = self._cache
+        try:
+            entries = cache[key]
+        except KeyError:
+            pass
+        else:
+            cache.move_to_end(key)
+            return entries
+        entries = self.cat.entries_under(sid, parent_id, PREFETCH_MAX_ROWS)
+        cache[key] = entries
+        if entries is not None:
+            self._entries += len(entries)
+            while self._entries > PREFETCH_ENTRIES and len(cache) > 1:
+                _key, old = cache.popitem(last=False)
+                if old is not None:
+                    self._entries -= len(old)
+        return entries
+
+
+# Contents found whole on disk during this save are remembered (a content shared by many
+# files is checked once); the set is emptied when it reaches this size.
+KNOWN_CONTENTS = 65536
+
+
+class ContentPresence:
+    """Whether every chunk of a content has its file on disk, as the store finds it during
+    this save (Store.chunk_test: a stat per chunk, or one listing of the chunk store)."""
+
+    def __init__(self, store: Store, expected_checks: int, chunk_rows: int) -> None:
+        self.chunk_on_disk = store.chunk_test(expected_checks, chunk_rows)
+        self._known: set[int] = set()
+
+    def whole(self, content_id: int, chunks: str | list[str] | None) -> bool:
+        """CHUNKS: the content's chunk names (sha256 in hex), one name alone, or "" or None
+        for none."""
+        known = self._known
+        if content_id in known:
+            return True
+        if chunks:
+            on_disk = self.chunk_on_disk
+            if chunks.__class__ is str:
+                if not on_disk(chunks):
+                    return False
+            else:
+                for name in chunks:
+                    if not on_disk(name):
+                        return False
+        if len(known) >= KNOWN_CONTENTS:
+            known.clear()
+        known.add(content_id)
+        return True
