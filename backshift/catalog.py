@@ -691,11 +691,6 @@ INSERT_PATH_IF_NEW = _sql("""
     RETURNING id
 """)
 
-SAVE_STATES = _sql("""
-    SELECT id, status
-    FROM save
-""")
-
 MAX_CHUNK_ID = _sql("""
     SELECT max(id)
     FROM chunk
@@ -1063,15 +1058,6 @@ class Catalog:
     def chunk_users(self, sha256: bytes, limit: int = 20) -> list[tuple[int, bytes]]:
         """(save id, path key) pairs that reference a chunk, at most LIMIT."""
         return self._rows(CHUNK_USERS, {"sha256": sha256, "limit": limit})
-
-    def size_bytes(self) -> int:
-        """The catalog's size in pages, free pages included (what a backup copy takes)."""
-        count = self.conn.execute("PRAGMA page_count").fetchall()[0][0]
-        return count * self.conn.execute("PRAGMA page_size").fetchall()[0][0]
-
-    def save_states(self) -> set[tuple[int, str]]:
-        """(id, status) of every save."""
-        return set(self.conn.execute(SAVE_STATES).fetchall())
 
     def backup_to(self, dest: str) -> None:
         """Copy the whole catalog, consistently, into a new SQLite file DEST (backup API)."""

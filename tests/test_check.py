@@ -13,7 +13,6 @@ import pytest
 from repo_oracle import assert_save_matches, manifest, save_contents
 
 from backshift.catalog import Catalog
-from backshift.ops import catalog_copy
 from backshift.ops.catalog_copy import KEEP, list_copies
 from backshift.ops.check import IdSet
 from backshift.ops.check import check as run_check
@@ -151,8 +150,7 @@ def test_check_reports_dangling_member_reference(tmp_path, repo):
     assert "names missing version 999999" in res.stdout
 
 
-def test_check_catalog_restored_from_its_copy(tmp_path, repo, monkeypatch):
-    monkeypatch.setattr(catalog_copy, "COPY_MAX_AGE_S", 0)  # a new copy after every save
+def test_check_catalog_restored_from_its_copy(tmp_path, repo):
     src = make_source(tmp_path / "src")
     run("-r", repo, "save", input=find0(src))
     expected = manifest(src)
@@ -181,39 +179,6 @@ def test_check_catalog_restored_from_its_copy(tmp_path, repo, monkeypatch):
     assert len(listed) == 1 + KEEP + 2
     assert save_contents(repo, 1) == before
     assert_save_matches(repo, KEEP + 2, expected)
-
-
-def _saves_in(catalog_path: bytes) -> set[tuple[int, str]]:
-    cat = Catalog.open(catalog_path, readonly=True)
-    try:
-        return cat.save_states()
-    finally:
-        cat.close()
-
-
-def test_check_catalog_copy_kept_while_current_replaced_after_growth_or_expire(tmp_path,
-                                                                              repo):
-    """A save keeps a recent newest copy the catalog has not outgrown; a save that grows
-    the catalog by more than 1/COPY_GROWTH, and an expire (the copy would name the chunks
-    it frees), write a new one."""
-    src = make_source(tmp_path / "src")
-    run("-r", repo, "save", input=find0(src))
-    first = list_copies(repo)
-    assert len(first) == 1
-    run("-r", repo, "save", input=find0(src))  # unchanged: a few member rows
-    assert list_copies(repo) == first
-    catalog = os.path.join(repo, b"catalog.sqlite3")
-    assert _saves_in(first[0][0]) == {(1, "complete")} != _saves_in(catalog)
-    for i in range(300):  # many new paths: the catalog grows by far more than 1/8
-        (src / f"file-{i:04d}.txt").write_bytes(b"%d\n" % i)
-    run("-r", repo, "save", input=find0(src))
-    grown = list_copies(repo)
-    assert len(grown) == 2 and _saves_in(grown[0][0]) == _saves_in(catalog)
-    run("-r", repo, "save", input=find0(src))
-    assert list_copies(repo) == grown
-    run("-r", repo, "expire", "--keep-last", "1")
-    after = list_copies(repo)
-    assert len(after) == 3 and _saves_in(after[0][0]) == _saves_in(catalog) == {(4, "complete")}
 
 
 def test_check_reports_a_damaged_catalog_page_without_a_traceback(tmp_path, repo):

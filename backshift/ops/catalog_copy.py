@@ -1,14 +1,9 @@
-"""Catalog copies: a consistent snapshot of the catalog after saves and expires, rotated.
+"""Catalog copies: a consistent snapshot of the catalog after each save and expire, rotated.
 
 The copy is made with SQLite's backup API from the open connection (never a file copy of
 a live database), written to a temp name, fsynced, renamed into REPO/catalog-copies/ and
-the directory fsynced; only the newest KEEP copies stay. README "Restoring the catalog
-from its copy" says how to put one back.
-
-A copy costs a write and an fsync of the whole catalog, while an unchanged re-save changes
-~2% of it: a save skips the copy when the newest one is still current enough (see
-copy_is_current): the saves a newest copy lacks were all made within COPY_MAX_AGE_S after
-it, and it never holds a save whose chunks an expire has freed.
+the directory fsynced; only the newest KEEP copies stay. README "Keeping a repository
+healthy" says how to put one back.
 """
 
 from __future__ import annotations
@@ -17,15 +12,10 @@ import os
 import re
 import time
 
-import apsw
-
 from ..catalog import Catalog
-from ..errors import BackshiftError
 
 COPIES_DIR = b"catalog-copies"
 KEEP = 3
-COPY_MAX_AGE_S = 3600  # a newest copy older than this is always replaced
-COPY_GROWTH = 8  # ... and so is one the catalog has outgrown by more than 1/COPY_GROWTH
 _NAME = re.compile(rb"^catalog-(\d+)-(\d+)\.sqlite3$")
 
 
@@ -33,14 +23,8 @@ def copies_dir(repo_path: bytes) -> bytes:
     return os.path.join(repo_path, COPIES_DIR)
 
 
-def make_copy(repo_path: bytes, catalog: Catalog, keep: int = KEEP,
-              force: bool = False) -> bytes:
-    """Write a new copy of CATALOG and drop all but the newest KEEP; returns its path.
-    Unless FORCE, a newest copy that is still current (copy_is_current) is kept instead."""
-    if not force:
-        current = copy_is_current(repo_path, catalog)
-        if current is not None:
-            return current
+def make_copy(repo_path: bytes, catalog: Catalog, keep: int = KEEP) -> bytes:
+    """Write a new copy of CATALOG and drop all but the newest KEEP; returns its path."""
     d = copies_dir(repo_path)
     os.makedirs(d, mode=0o700, exist_ok=True)
     name = b"catalog-%d-%d.sqlite3" % (time.time_ns(), os.getpid())
@@ -72,34 +56,6 @@ def make_copy(repo_path: bytes, catalog: Catalog, keep: int = KEEP,
         except FileNotFoundError:
             pass  # a concurrent save rotated it already
     return final
-
-
-def copy_is_current(repo_path: bytes, catalog: Catalog,
-                    now_ns: int | None = None) -> bytes | None:
-    """The newest copy, if it can stand for CATALOG: made less than COPY_MAX_AGE_S ago,
-    the catalog not grown by more than 1/COPY_GROWTH since, and every save it holds still
-    in the catalog with the same status (after an expire it would name freed chunks)."""
-    copies = list_copies(repo_path)
-    if not copies:
-        return None
-    path, made_ns = copies[0]
-    now_ns = time.time_ns() if now_ns is None else now_ns
-    if not 0 <= now_ns - made_ns < COPY_MAX_AGE_S * 1_000_000_000:
-        return None
-    try:
-        size = os.stat(path).st_size
-        if catalog.size_bytes() - size > size // COPY_GROWTH:
-            return None
-        copy = Catalog.open(path, readonly=True)
-        try:
-            held = copy.save_states()
-        finally:
-            copy.close()
-    except (OSError, BackshiftError, apsw.Error):
-        return None  # unreadable: replace it
-    if not held <= catalog.save_states():
-        return None
-    return path
 
 
 def list_copies(repo_path: bytes) -> list[tuple[bytes, int]]:

@@ -272,7 +272,7 @@ def report_lines(r: CheckResult, read_data: bool) -> list[str]:
         out.append(f"read {len(r.chunks_verified):,} chunks ({r.bytes_read:,} bytes), "
                    f"verified {r.contents_verified:,} file contents")
     if r.copy_age_s is None:
-        out.append("catalog copy: none yet (made after saves and expires)")
+        out.append("catalog copy: none yet (made after each save and expire)")
     else:
         out.append(f"catalog copy: newest is {_age(r.copy_age_s)} old")
     n = r.problem_count()
