@@ -107,6 +107,15 @@ def open_for_reading(path: bytes) -> int:
 
 
 SMALL_FILE = 1 << 20  # files up to this size (as lstat saw them) are read in one piece
+STREAM_BYTES = 16 << 20  # what a bigger file holds in memory while it is read: a window
+
+
+def in_flight_cost(size: int) -> int:
+    """The memory a file being read may hold (max_in_flight_bytes counts these): a small
+    file is held whole, a big one streams through a window. Counting a big file's whole size
+    made the catalog's thread wait for the two 100 MB files of mixed instead of going on
+    with the small ones (24% of its time)."""
+    return size if size <= SMALL_FILE else min(size, STREAM_BYTES)
 
 
 def _read_all(fd: int, size: int) -> bytes:
@@ -475,7 +484,7 @@ class Saver:
         borrowed = self.borrow(item)
         if borrowed:
             return
-        self.in_flight_bytes += st.st_size
+        self.in_flight_bytes += in_flight_cost(st.st_size)
         if st.st_size <= self._small_limit:
             item.future = _UNSENT
             item.index = len(self._small)
@@ -649,7 +658,7 @@ class Saver:
         self.ensure_txn()
         v = item.version
         if item.future is not None:
-            self.in_flight_bytes -= v.size
+            self.in_flight_bytes -= in_flight_cost(v.size)
             try:
                 result: ReadResult = item.future.result()
                 if item.index >= 0:  # one of a read_batch
