@@ -226,3 +226,43 @@ def test_store_temp_names_draw_randomness_once_and_skip_taken_names(store, monke
     names = [os.path.basename(p) for p in temp_files(store)]
     assert len(names) == 21 and all(TEMP_NAME.match(n) for n in names), names
     assert open(taken, "rb").read() == b"theirs"
+
+
+def test_store_flush_ahead_renames_early_and_flush_still_syncs_last(store, monkeypatch):
+    from backshift import store as store_mod
+    monkeypatch.setattr(store_mod, "FLUSH_AHEAD", 4)
+    events = []
+    real_sync, real_rename = diskio.syncfs, diskio.rename
+    monkeypatch.setattr(diskio, "syncfs", lambda p: events.append("sync") or real_sync(p))
+    monkeypatch.setattr(diskio, "rename",
+                        lambda a, b: events.append("rename") or real_rename(a, b))
+    datas = [b"chunk %d " % i * 100 for i in range(10)]
+    for d in datas:
+        store.put(d, sha(d))
+    assert store.put(datas[0], sha(datas[0])).new is False  # renamed ahead: still known
+    assert store.flush() == 10
+    assert events[0] == "sync" and events[-1] == "sync" and events.count("rename") == 10
+    first_rename = events.index("rename")
+    assert "sync" in events[:first_rename]  # data synced before any name appears
+    for d in datas:
+        assert store.read(ChunkRef(sha(d), len(d))) == d
+    assert temp_files(store) == [] and store.flush() == 0
+
+
+def test_store_flush_ahead_failure_is_raised_by_flush_and_leaves_no_temp(store, monkeypatch):
+    import errno
+
+    from backshift import store as store_mod
+    monkeypatch.setattr(store_mod, "FLUSH_AHEAD", 3)
+
+    def broken(a, b):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(diskio, "rename", broken)
+    for i in range(5):
+        d = b"doomed %d " % i * 50
+        store.put(d, sha(d))
+    with pytest.raises(RepositoryIOError, match="Input/output error"):
+        store.flush()
+    store.abandon()
+    assert temp_files(store) == []
