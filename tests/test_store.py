@@ -266,3 +266,25 @@ def test_store_flush_ahead_failure_is_raised_by_flush_and_leaves_no_temp(store, 
         store.flush()
     store.abandon()
     assert temp_files(store) == []
+
+
+def test_store_big_chunk_that_starts_random_is_stored_raw_without_compressing(store,
+                                                                             monkeypatch):
+    from backshift import store as store_mod
+    text = b"".join(b"line %d of some text\n" % i for i in range(20000))
+    noise = os.urandom(store_mod.PROBE_MIN)
+    sizes = []
+    real = store._zstd()[0]
+
+    class Counting:
+        def compress(self, data):
+            sizes.append(len(data))
+            return real.compress(data)
+
+    decomp = store_mod.zstandard.ZstdDecompressor()
+    monkeypatch.setattr(store, "_zstd", lambda: (Counting(), decomp))
+    assert store.encode(noise)[:2] == HEADER_RAW
+    assert sizes == [store_mod.PROBE_BYTES]  # only the probe was compressed
+    body = store.encode(text)
+    assert body[:2] == HEADER_ZSTD and len(body) < len(text) // 3
+    assert store.decode(store.encode(noise)) == noise and store.decode(body) == text
