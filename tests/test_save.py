@@ -503,3 +503,11 @@ def test_save_batch_with_duplicates_and_a_vanished_file(repo, tmp_path, monkeypa
         assert len(same) == 1  # identical files share one content row
         assert stats.new_chunks == r.catalog.conn.execute(
             "SELECT count(*) FROM chunk").fetchone()[0] == 149 - 14
+
+
+def test_with_content_equals_dataclasses_replace():
+    from dataclasses import replace
+
+    from backshift.model import Version
+    v = Version(0o100644, 1, 2, b"u", b"g", 10, 11, 12, 13, 14, 15, 16, b"t", None)
+    assert save_mod._with_content(v, 99, 7) == replace(v, size=99, content_id=7)

@@ -727,7 +727,7 @@ class Saver:
                 self.stats.new_chunks += 1
                 self.stats.new_bytes_stored += c.stored_length
         if result.content_id is not None:
-            return replace(v, size=result.size, content_id=result.content_id)
+            return _with_content(v, result.size, result.content_id)
         refs = [c.ref for c in result.chunks]
         content_id = self.cat.content_id(result.digest, result.size, refs)
         if content_id is None:
@@ -737,7 +737,13 @@ class Saver:
             for c in result.chunks:  # heal: a re-stored chunk gets its new stored length
                 if c.new:
                     self.cat.chunk_id(c.ref, c.stored_length)
-        return replace(v, size=result.size, content_id=content_id)
+        return _with_content(v, result.size, content_id)
+
+
+def _with_content(v: Version, size: int, content_id: int) -> Version:
+    """replace(v, size=SIZE, content_id=CONTENT_ID), without replace's per-field loop."""
+    return Version(v.mode, v.uid, v.gid, v.user, v.group, size, v.mtime_ns, v.ctime_ns, v.dev,
+                   v.ino, v.nlink, v.rdev, v.link_target, content_id)
 
 
 def _same_metadata(a: Version, b: Version) -> bool:
