@@ -938,6 +938,8 @@ class Catalog:
 
     def _insert_rows(self, sql: str, rows: list[tuple]) -> None:
         """Run an INSERT ... VALUES {rows} statement for ROWS, BULK_ROWS at a time."""
+        if not rows:
+            return
         width = len(rows[0])
         mark = "(" + ",".join("?" * width) + ")"
         for part in _slices(rows):

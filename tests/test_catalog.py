@@ -160,3 +160,14 @@ def test_contents_of_finds_and_inserts_as_the_per_file_calls_do(tmp_path):
     assert cat.conn.execute("PRAGMA foreign_key_check").fetchall() == []
     cat.commit()
     cat.close()
+
+
+def test_contents_of_empty_files_only(tmp_path):
+    cat = Catalog.create(os.fsencode(tmp_path / "c.sqlite3"))
+    cat.begin()
+    empty = bytes(16)
+    first = cat.contents_of([(empty, 0, []), (empty, 0, [])])
+    assert first[0] == first[1] and cat.chunks_of_content(first[0]) == []
+    assert cat.contents_of([(empty, 0, [])]) == first[:1]
+    cat.commit()
+    cat.close()
