@@ -545,7 +545,7 @@ UPSERT_CHUNK = _sql("""
 # at each release: per-file statements kept the catalog's thread waiting. The row lists are
 # "?" marks repeated; ids of new rows are given explicitly (max + 1 ..., we hold the write
 # lock), so that no statement has to return them row by row.
-BULK_ROWS = 200  # rows per statement (4 values a row: far below SQLite's 32766 variables)
+BULK_ROWS = 256  # rows per statement (4 values a row: far below SQLite's 32766 variables)
 
 CONTENTS_BY_DIGESTS = _sql("""
     SELECT id, digest, size

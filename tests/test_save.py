@@ -475,7 +475,8 @@ def test_save_small_file_grown_past_one_chunk_is_cut_like_a_big_one(repo, tmp_pa
 def test_save_batch_with_duplicates_and_a_vanished_file(repo, tmp_path, monkeypatch):
     root = tmp_path / "src"
     root.mkdir()
-    for i in range(150):  # more than one batch
+    n = save_mod.BATCH_FILES + 50  # more than one batch
+    for i in range(n):
         (root / f"f{i:03d}").write_bytes(b"same bytes\n" if i % 10 == 0 else b"file %d\n" % i)
     (root / "empty").write_bytes(b"")
     gone = os.fsencode(root / "f007")
@@ -490,19 +491,20 @@ def test_save_batch_with_duplicates_and_a_vanished_file(repo, tmp_path, monkeypa
     stats, warnings = do_save(repo, root)
     assert len(warnings) == 1 and "f007" in warnings[0] and "vanished" in warnings[0]
     got = members(repo, stats.save_id)
-    assert gone not in got and len(got) == 151  # the directory, 149 files and empty
+    assert gone not in got and len(got) == n + 1  # the directory, n - 1 files and empty
     assert got[os.fsencode(root / "empty")]["data"] == b""
-    for i in range(150):
+    for i in range(n):
         if i != 7:
             want = b"same bytes\n" if i % 10 == 0 else b"file %d\n" % i
             assert got[os.fsencode(root / f"f{i:03d}")]["data"] == want
+    same = len(range(0, n, 10))
     with open_repository(repo, READ) as r:
-        same = {c for (c,) in r.catalog.conn.execute(
+        shared = {c for (c,) in r.catalog.conn.execute(
             "SELECT DISTINCT v.content_id FROM version v JOIN content c ON c.id = v.content_id"
             " WHERE c.size = 11")}
-        assert len(same) == 1  # identical files share one content row
+        assert len(shared) == 1  # identical files share one content row
         assert stats.new_chunks == r.catalog.conn.execute(
-            "SELECT count(*) FROM chunk").fetchone()[0] == 149 - 14
+            "SELECT count(*) FROM chunk").fetchone()[0] == n - same - 1 + 1
 
 
 def test_with_content_equals_dataclasses_replace():

@@ -205,7 +205,7 @@ def read_file(path: bytes, st: Version, params: ChunkerParams, store: Store) -> 
 # before min_size; an empty file has none). Such files are read, hashed, compressed and
 # stored in batches: one pool task, one compressor call and one future per batch instead of
 # per file (per-file tasks cost a GIL hand-over at every step: 18% of a first save in futex).
-BATCH_FILES = 64
+BATCH_FILES = 256
 BATCH_BYTES = 8 << 20
 
 
