@@ -513,3 +513,63 @@ def test_with_content_equals_dataclasses_replace():
     from backshift.model import Version
     v = Version(0o100644, 1, 2, b"u", b"g", 10, 11, 12, 13, 14, 15, 16, b"t", None)
     assert save_mod._with_content(v, 99, 7) == replace(v, size=99, content_id=7)
+
+
+def _many_small_files(root: Path, n: int) -> Path:
+    root.mkdir()
+    for i in range(n):
+        (root / f"f{i:03d}").write_bytes(b"small file number %d\n" % i * 10)
+    return root
+
+
+def test_save_with_flush_ahead_keeps_every_chunk_and_the_order(repo, tmp_path, monkeypatch):
+    """Chunks renamed by the flush-ahead thread are in the save and durable like the rest."""
+    from harness.consistency import assert_repo_consistent
+
+    from backshift import diskio
+    from backshift import store as store_mod
+    monkeypatch.setattr(store_mod, "FLUSH_AHEAD", 8)
+    root = _many_small_files(tmp_path / "src", 120)
+    events = []
+    real_sync, real_rename = diskio.syncfs, diskio.rename
+    monkeypatch.setattr(diskio, "syncfs", lambda p: events.append("sync") or real_sync(p))
+    monkeypatch.setattr(diskio, "rename",
+                        lambda a, b: events.append("rename") or real_rename(a, b))
+    real_commit = save_mod.Saver.maybe_commit
+
+    def commit_marks(self, force=False):
+        before = self._txn
+        real_commit(self, force)
+        if before and not self._txn:
+            events.append("commit")
+
+    monkeypatch.setattr(save_mod.Saver, "maybe_commit", commit_marks)
+    stats, warnings = do_save(repo, root, batch_files=40)
+    assert warnings == [] and stats.new_chunks == 120
+    assert events.count("rename") == 120
+    for i, e in enumerate(events):  # every commit comes after a sync that follows the renames
+        if e == "commit":
+            last_rename = max(j for j in range(i) if events[j] == "rename")
+            assert "sync" in events[last_rename:i], events
+    got = members(repo, stats.save_id)
+    for i in range(120):
+        assert got[os.fsencode(root / f"f{i:03d}")]["data"] == b"small file number %d\n" % i * 10
+    assert_repo_consistent(repo, allow_temps=False)
+
+
+def test_save_flush_ahead_rename_failure_fails_the_save_cleanly(repo, tmp_path, monkeypatch):
+    from errno import EIO
+
+    from harness.consistency import assert_repo_consistent
+    from harness.faults import Fault, inject
+
+    from backshift import store as store_mod
+    monkeypatch.setattr(store_mod, "FLUSH_AHEAD", 8)
+    root = _many_small_files(tmp_path / "src", 60)
+    inject(monkeypatch, "rename", Fault(EIO, after_calls=3))
+    with pytest.raises(RepositoryIOError, match="Input/output error"):
+        do_save(repo, root)
+    monkeypatch.undo()
+    assert_repo_consistent(repo, allow_temps=False)
+    with open_repository(repo, READ) as r:
+        assert [s.status for s in r.catalog.list_saves()] == ["interrupted"]
