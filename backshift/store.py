@@ -35,8 +35,9 @@ CHUNKS_DIR = b"chunks"
 RENAME_SPLIT = 256  # a flush with this many new chunks renames them in two threads
 # With this many chunks pending, a helper thread syncs and renames them ahead of the next
 # flush(), which then only waits for it and handles the rest: the renames (~20 us each) and
-# syncfs waits of a commit no longer stop the catalog's thread.
-FLUSH_AHEAD = 1024
+# syncfs waits of a commit no longer stop the catalog's thread. 256 rather than 1024: the
+# catalog's thread then waited 0.35 s instead of 0.6 s in the 12 flushes of mixed.
+FLUSH_AHEAD = 256
 # A big chunk whose first 64 KiB does not shrink by 3% is stored raw without compressing the
 # rest (borg's "auto" compression does the same): zstd spends ~1 ms per MiB of random data
 # to find out that it does not compress, the probe ~6% of that. A chunk that starts random
