@@ -486,6 +486,7 @@ class Saver:
             return
         self.in_flight_bytes += in_flight_cost(st.st_size)
         if st.st_size <= self._small_limit:
+            self.pool = pool  # send_small() hands the batch to it
             item.future = _UNSENT
             item.index = len(self._small)
             self._small.append(item)
