@@ -141,3 +141,48 @@ def test_catalog_previous_entries_of_a_directory_are_index_lookups(repo):
     assert "TEMP B-TREE" not in text, text
     assert "SEARCH p USING INDEX path_by_parent (parent_id=?)" in text, text
     assert "SEARCH m USING PRIMARY KEY (save_id=? AND path_id=?)" in text, text
+
+
+def test_contents_of_finds_and_inserts_as_the_per_file_calls_do(tmp_path):
+    from backshift.model import ChunkRef
+    cat = Catalog.create(os.fsencode(tmp_path / "c.sqlite3"))
+
+    def ref(n: int) -> ChunkRef:
+        return ChunkRef(hashlib.sha256(b"%d" % n).digest(), 100 + n)
+
+    d1, d2, d3 = (bytes([i]) * 16 for i in (1, 2, 3))
+    cat.begin()
+    old = cat.insert_content(d1, 101, [(ref(1), 50)])
+    ids = cat.contents_of([
+        (d1, 101, [(ref(1), 50, False)]),  # exactly the existing content
+        (d1, 101, [(ref(9), 60, True)]),  # same digest and size, other chunks: new content
+        (d2, 205, [(ref(2), 70, True), (ref(3), 80, True)]),  # new, two new chunks
+        (d2, 205, [(ref(2), 70, False), (ref(3), 80, False)]),  # the same again
+        (d3, 101, [(ref(1), 55, True)]),  # new content of a known chunk, stored anew
+    ])
+    assert ids[0] == old and ids[2] == ids[3]
+    assert len(set(ids)) == 4
+    assert cat.chunks_of_content(ids[1]) == [ref(9)]
+    assert cat.chunks_of_content(ids[2]) == [ref(2), ref(3)]
+    assert cat.content_id(d2, 205, [ref(2), ref(3)]) == ids[2]
+    stored = dict(cat.conn.execute("SELECT sha256, stored_length FROM chunk").fetchall())
+    assert stored == {ref(1).sha256: 55, ref(9).sha256: 60, ref(2).sha256: 70,
+                      ref(3).sha256: 80}
+    healed = cat.contents_of([(d1, 101, [(ref(1), 57, True)])])  # found, chunk rewritten
+    assert healed == [old]
+    assert cat.conn.execute("SELECT stored_length FROM chunk WHERE sha256 = ?",
+                            (ref(1).sha256,)).fetchone()[0] == 57
+    assert cat.conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    cat.commit()
+    cat.close()
+
+
+def test_contents_of_empty_files_only(tmp_path):
+    cat = Catalog.create(os.fsencode(tmp_path / "c.sqlite3"))
+    cat.begin()
+    empty = bytes(16)
+    first = cat.contents_of([(empty, 0, []), (empty, 0, [])])
+    assert first[0] == first[1] and cat.chunks_of_content(first[0]) == []
+    assert cat.contents_of([(empty, 0, [])]) == first[:1]
+    cat.commit()
+    cat.close()

@@ -491,3 +491,159 @@ def test_save_deep_path_without_its_parents_in_the_input(repo, tmp_path):
         assert listed == name.lstrip(b"/") + b"\n"
     finally:
         subprocess.run([b"rm", b"-rf", os.path.join(os.fsencode(tmp_path), b"a")])
+
+
+def test_save_small_file_changing_while_read_is_kept_as_read_and_reread(repo, tmp_path,
+                                                                        no_racy_margin,
+                                                                        monkeypatch):
+    """The batched path (files of one chunk) notices a change during the read too."""
+    root = tmp_path / "grow"
+    root.mkdir()
+    path = root / "log"
+    path.write_bytes(b"first line\n")
+    (root / "other").write_bytes(b"another small file\n")
+    real_read_all = save_mod._read_all
+
+    def read_then_append(fd, size):
+        data = real_read_all(fd, size)
+        if os.fstat(fd).st_ino == os.stat(path).st_ino:
+            with open(path, "ab") as f:
+                f.write(b"appended while reading\n")
+        return data
+
+    monkeypatch.setattr(save_mod, "_read_all", read_then_append)
+    stats, warnings = do_save(repo, root)
+    assert [w for w in warnings if "while being read" in w] != [], warnings
+    got = members(repo, stats.save_id)[os.fsencode(path)]
+    assert got["data"] == b"first line\n" and got["size"] == len(got["data"])
+    monkeypatch.setattr(save_mod, "_read_all", real_read_all)
+    again, warnings = do_save(repo, root)
+    assert warnings == [] and again.files_read == 1
+    assert members(repo, again.save_id)[os.fsencode(path)]["data"] == path.read_bytes()
+
+
+def test_save_small_file_grown_past_one_chunk_is_cut_like_a_big_one(repo, tmp_path,
+                                                                    monkeypatch):
+    """A file small at lstat and big at read is cut by the chunker, not stored whole."""
+    root = tmp_path / "src"
+    root.mkdir()
+    path = root / "grows"
+    path.write_bytes(b"x")
+    big = os.urandom(300_000)
+    real_open = save_mod.open_for_reading
+
+    def grow_then_open(p):
+        if p == os.fsencode(path):
+            path.write_bytes(big)  # same inode, now many chunks' worth
+        return real_open(p)
+
+    monkeypatch.setattr(save_mod, "open_for_reading", grow_then_open)
+    stats, warnings = do_save(repo, root)
+    assert any("size changed" in w for w in warnings), warnings
+    assert members(repo, stats.save_id)[os.fsencode(path)]["data"] == big
+    with open_repository(repo, READ) as r:
+        lengths = [n for (n,) in r.catalog.conn.execute("SELECT length FROM chunk")]
+        assert len(lengths) > 1 and max(lengths) <= r.chunker.max_size
+
+
+def test_save_batch_with_duplicates_and_a_vanished_file(repo, tmp_path, monkeypatch):
+    root = tmp_path / "src"
+    root.mkdir()
+    n = save_mod.BATCH_FILES + 50  # more than one batch
+    for i in range(n):
+        (root / f"f{i:03d}").write_bytes(b"same bytes\n" if i % 10 == 0 else b"file %d\n" % i)
+    (root / "empty").write_bytes(b"")
+    gone = os.fsencode(root / "f007")
+    real_open = save_mod.open_for_reading
+
+    def vanish(p):
+        if p == gone:
+            os.unlink(p)
+        return real_open(p)
+
+    monkeypatch.setattr(save_mod, "open_for_reading", vanish)
+    stats, warnings = do_save(repo, root)
+    assert len(warnings) == 1 and "f007" in warnings[0] and "vanished" in warnings[0]
+    got = members(repo, stats.save_id)
+    assert gone not in got and len(got) == n + 1  # the directory, n - 1 files and empty
+    assert got[os.fsencode(root / "empty")]["data"] == b""
+    for i in range(n):
+        if i != 7:
+            want = b"same bytes\n" if i % 10 == 0 else b"file %d\n" % i
+            assert got[os.fsencode(root / f"f{i:03d}")]["data"] == want
+    same = len(range(0, n, 10))
+    with open_repository(repo, READ) as r:
+        shared = {c for (c,) in r.catalog.conn.execute(
+            "SELECT DISTINCT v.content_id FROM version v JOIN content c ON c.id = v.content_id"
+            " WHERE c.size = 11")}
+        assert len(shared) == 1  # identical files share one content row
+        assert stats.new_chunks == r.catalog.conn.execute(
+            "SELECT count(*) FROM chunk").fetchone()[0] == n - same - 1 + 1
+
+
+def test_with_content_equals_dataclasses_replace():
+    from dataclasses import replace
+
+    from backshift.model import Version
+    v = Version(0o100644, 1, 2, b"u", b"g", 10, 11, 12, 13, 14, 15, 16, b"t", None)
+    assert save_mod._with_content(v, 99, 7) == replace(v, size=99, content_id=7)
+
+
+def _many_small_files(root: Path, n: int) -> Path:
+    root.mkdir()
+    for i in range(n):
+        (root / f"f{i:03d}").write_bytes(b"small file number %d\n" % i * 10)
+    return root
+
+
+def test_save_with_flush_ahead_keeps_every_chunk_and_the_order(repo, tmp_path, monkeypatch):
+    """Chunks renamed by the flush-ahead thread are in the save and durable like the rest."""
+    from harness.consistency import assert_repo_consistent
+
+    from backshift import diskio
+    from backshift import store as store_mod
+    monkeypatch.setattr(store_mod, "FLUSH_AHEAD", 8)
+    root = _many_small_files(tmp_path / "src", 120)
+    events = []
+    real_sync, real_rename = diskio.syncfs, diskio.rename
+    monkeypatch.setattr(diskio, "syncfs", lambda p: events.append("sync") or real_sync(p))
+    monkeypatch.setattr(diskio, "rename",
+                        lambda a, b: events.append("rename") or real_rename(a, b))
+    real_commit = save_mod.Saver.maybe_commit
+
+    def commit_marks(self, force=False):
+        before = self._txn
+        real_commit(self, force)
+        if before and not self._txn:
+            events.append("commit")
+
+    monkeypatch.setattr(save_mod.Saver, "maybe_commit", commit_marks)
+    stats, warnings = do_save(repo, root, batch_files=40)
+    assert warnings == [] and stats.new_chunks == 120
+    assert events.count("rename") == 120
+    for i, e in enumerate(events):  # every commit comes after a sync that follows the renames
+        if e == "commit":
+            last_rename = max(j for j in range(i) if events[j] == "rename")
+            assert "sync" in events[last_rename:i], events
+    got = members(repo, stats.save_id)
+    for i in range(120):
+        assert got[os.fsencode(root / f"f{i:03d}")]["data"] == b"small file number %d\n" % i * 10
+    assert_repo_consistent(repo, allow_temps=False)
+
+
+def test_save_flush_ahead_rename_failure_fails_the_save_cleanly(repo, tmp_path, monkeypatch):
+    from errno import EIO
+
+    from harness.consistency import assert_repo_consistent
+    from harness.faults import Fault, inject
+
+    from backshift import store as store_mod
+    monkeypatch.setattr(store_mod, "FLUSH_AHEAD", 8)
+    root = _many_small_files(tmp_path / "src", 60)
+    inject(monkeypatch, "rename", Fault(EIO, after_calls=3))
+    with pytest.raises(RepositoryIOError, match="Input/output error"):
+        do_save(repo, root)
+    monkeypatch.undo()
+    assert_repo_consistent(repo, allow_temps=False)
+    with open_repository(repo, READ) as r:
+        assert [s.status for s in r.catalog.list_saves()] == ["interrupted"]

@@ -163,3 +163,143 @@ def test_store_disk_full_is_reported_and_leaves_no_temp(store, monkeypatch):
     with pytest.raises(RepositoryIOError, match="No space left on device"):
         put(store, b"a" * 1000)
     assert temp_files(store) == []
+
+
+def sha(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def batch(*datas: bytes) -> list[tuple[bytes, bytes, bytes]]:
+    import xxhash
+    return [(d, sha(d), xxhash.xxh3_128_digest(d)) for d in datas]
+
+
+def test_store_put_many_stores_each_chunk_once_and_knows_what_is_there(store):
+    on_disk, pending, a, b = b"disk " * 300, b"pending " * 300, b"a " * 500, os.urandom(900)
+    store.put(on_disk, sha(on_disk))
+    store.flush()
+    store.put(pending, sha(pending))
+    got = store.put_many(batch(a, on_disk, b, a, pending))
+    assert [c.new for c in got] == [True, False, True, False, False]
+    assert got[3].stored_length == got[0].stored_length
+    assert got[1].stored_length == store.stored_size(sha(on_disk))
+    assert [c.ref for c in got] == [ChunkRef(sha(d), len(d)) for d in (a, on_disk, b, a, pending)]
+    assert store.stored_size(sha(a)) is None  # a temp file until the flush
+    assert store.flush() == 3
+    for data, c in zip((a, on_disk, b, a, pending), got, strict=True):
+        assert store.read(c.ref) == data
+        assert store.stored_size(c.ref.sha256) == c.stored_length
+    assert temp_files(store) == []
+
+
+class _BatchCompressor:
+    """A compressor with the batch call whose output is damaged for one chunk."""
+
+    def __init__(self, victim: bytes, how: str):
+        import zstandard
+        self.real = zstandard.ZstdCompressor()
+        self.victim, self.how = victim, how
+
+    def compress(self, data):
+        out = bytearray(self.real.compress(data))
+        if bytes(data) == self.victim:
+            if self.how == "truncated":
+                return bytes(out[: len(out) // 2])
+            out[len(out) // 2] ^= 0x40
+        return bytes(out)
+
+    def multi_compress_to_buffer(self, datas):
+        return [self.compress(d) for d in datas]
+
+
+@pytest.mark.parametrize("how", ["bit_flip", "truncated"])
+def test_store_put_many_refuses_corrupt_compressor_output(store, monkeypatch, how):
+    import zstandard
+    victim = b"the victim chunk " * 400
+    bad = _BatchCompressor(victim, how)
+    monkeypatch.setattr(store, "_zstd", lambda: (bad, zstandard.ZstdDecompressor()))
+    with pytest.raises(ChunkCorrupt, match="does not decompress back"):
+        store.put_many(batch(b"fine " * 400, victim, b"also fine " * 400))
+    assert temp_files(store) == [] and store.flush() == 0
+
+
+def test_store_temp_names_draw_randomness_once_and_skip_taken_names(store, monkeypatch):
+    import secrets
+
+    from harness.consistency import TEMP_NAME
+    calls = []
+    real = secrets.token_bytes
+    monkeypatch.setattr(secrets, "token_bytes", lambda n: calls.append(n) or real(n))
+    taken = store._temp_name(store.path_for(sha(b"x" * 64)))  # the name the next put takes
+    store._temp_count = __import__("itertools").count()
+    store._temp_base = int(taken[-8:], 16)
+    with open(taken, "wb") as f:  # another process (same host and pid) has it
+        f.write(b"theirs")
+    for data in [b"x" * 64] + [b"%d" % i * 64 for i in range(1, 20)]:
+        store.put(data, sha(data))
+    assert calls == [4]  # one new random start, after the clash; none per chunk
+    names = [os.path.basename(p) for p in temp_files(store)]
+    assert len(names) == 21 and all(TEMP_NAME.match(n) for n in names), names
+    assert open(taken, "rb").read() == b"theirs"
+
+
+def test_store_flush_ahead_renames_early_and_flush_still_syncs_last(store, monkeypatch):
+    from backshift import store as store_mod
+    monkeypatch.setattr(store_mod, "FLUSH_AHEAD", 4)
+    events = []
+    real_sync, real_rename = diskio.syncfs, diskio.rename
+    monkeypatch.setattr(diskio, "syncfs", lambda p: events.append("sync") or real_sync(p))
+    monkeypatch.setattr(diskio, "rename",
+                        lambda a, b: events.append("rename") or real_rename(a, b))
+    datas = [b"chunk %d " % i * 100 for i in range(10)]
+    for d in datas:
+        store.put(d, sha(d))
+    assert store.put(datas[0], sha(datas[0])).new is False  # renamed ahead: still known
+    assert store.flush() == 10
+    assert events[0] == "sync" and events[-1] == "sync" and events.count("rename") == 10
+    first_rename = events.index("rename")
+    assert "sync" in events[:first_rename]  # data synced before any name appears
+    for d in datas:
+        assert store.read(ChunkRef(sha(d), len(d))) == d
+    assert temp_files(store) == [] and store.flush() == 0
+
+
+def test_store_flush_ahead_failure_is_raised_by_flush_and_leaves_no_temp(store, monkeypatch):
+    import errno
+
+    from backshift import store as store_mod
+    monkeypatch.setattr(store_mod, "FLUSH_AHEAD", 3)
+
+    def broken(a, b):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(diskio, "rename", broken)
+    for i in range(5):
+        d = b"doomed %d " % i * 50
+        store.put(d, sha(d))
+    with pytest.raises(RepositoryIOError, match="Input/output error"):
+        store.flush()
+    store.abandon()
+    assert temp_files(store) == []
+
+
+def test_store_big_chunk_that_starts_random_is_stored_raw_without_compressing(store,
+                                                                             monkeypatch):
+    from backshift import store as store_mod
+    text = b"".join(b"line %d of some text\n" % i for i in range(20000))
+    noise = os.urandom(store_mod.PROBE_MIN)
+    sizes = []
+    real = store._zstd()[0]
+
+    class Counting:
+        def compress(self, data):
+            sizes.append(len(data))
+            return real.compress(data)
+
+    decomp = store_mod.zstandard.ZstdDecompressor()
+    monkeypatch.setattr(store, "_zstd", lambda: (Counting(), decomp))
+    assert store.encode(noise)[:2] == HEADER_RAW
+    assert sizes == [store_mod.PROBE_BYTES]  # only the probe was compressed
+    body = store.encode(text)
+    assert body[:2] == HEADER_ZSTD and len(body) < len(text) // 3
+    assert store.decode(store.encode(noise)) == noise and store.decode(body) == text
