@@ -233,11 +233,14 @@ class Store:
         names: set[str] = set()
         try:
             for i in range(256):
+                prefix = f"{i:02x}"
                 try:
-                    found = os.listdir(f"{self._root_text}/{i:02x}")
+                    found = os.listdir(f"{self._root_text}/{prefix}")
                 except FileNotFoundError:
                     continue
-                names.update(n for n in found if len(n) == 64)  # temp names are longer
+                # temp names are longer; a name in the wrong directory is not where
+                # reads look (path_for), so it does not make its chunk present
+                names.update(n for n in found if len(n) == 64 and n.startswith(prefix))
                 if len(names) > 2 * LISTING_MAX:
                     return None
         except OSError:
