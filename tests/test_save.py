@@ -181,6 +181,20 @@ def test_save_rereads_borrowed_content_whose_chunk_sits_in_the_wrong_directory(
         assert r.store.read(refs[0])  # healed: the chunk is back where reads look
 
 
+def test_save_skips_a_file_whose_time_the_catalog_cannot_hold(repo, tree):
+    """A time past 2262 (touch -d 2300-01-01; ext4 holds times to 2446) does not fit the
+    catalog's 64-bit nanoseconds: that file is skipped with a warning, the save goes on,
+    instead of the save (and every later one) failing on it with OverflowError."""
+    far = tree / "far-future"
+    far.write_bytes(b"from the future\n")
+    os.utime(far, ns=(2**63 + 10**9, 2**63 + 10**9))
+    stats, warnings = do_save(repo, tree)
+    assert stats.status == "complete"
+    assert len(warnings) == 1 and "far-future" in warnings[0], warnings
+    got = members(repo, stats.save_id)
+    assert os.fsencode(far) not in got and os.fsencode(tree / "a.txt") in got
+
+
 def test_save_warns_about_vanished_file(repo, tree):
     names = [pathcodec.normalize(n, b"/") for n in find0(tree).split(b"\0") if n]
     (tree / "a.txt").unlink()
