@@ -233,11 +233,14 @@ class Store:
         names: set[str] = set()
         try:
             for i in range(256):
+                prefix = f"{i:02x}"
                 try:
-                    found = os.listdir(f"{self._root_text}/{i:02x}")
+                    found = os.listdir(f"{self._root_text}/{prefix}")
                 except FileNotFoundError:
                     continue
-                names.update(n for n in found if len(n) == 64)  # temp names are longer
+                # temp names are longer; a name in the wrong directory is not where
+                # reads look (path_for), so it does not make its chunk present
+                names.update(n for n in found if len(n) == 64 and n.startswith(prefix))
                 if len(names) > 2 * LISTING_MAX:
                     return None
         except OSError:
@@ -579,21 +582,29 @@ class Store:
 
     def chunk_dir(self, fanout: int) -> list[tuple[bytes | None, os.DirEntry]]:
         """The entries of chunks/%02x: (sha256, entry) for a chunk file, (None, entry) for
-        anything else (temp files, strays). No stat: callers stat what they need."""
+        anything else (temp files, strays). No stat: callers stat what they need.
+
+        A chunk file is a name path_for() gives: lowercase hex starting with this
+        directory's byte. Anything else (a copy in the wrong directory, upper case) is a
+        stray: taken for a chunk, expire unlinked path_for(its sha256), the real chunk."""
         out = []
+        prefix = b"%02x" % fanout
         try:
-            entries = os.scandir(os.path.join(self.root, b"%02x" % fanout))
+            entries = os.scandir(os.path.join(self.root, prefix))
         except FileNotFoundError:
             return out
         with entries:
             for e in entries:
                 name = e.name
                 sha = None
-                if len(name) == 64 and TEMP_MARK not in name:
+                if len(name) == 64 and name.startswith(prefix) and TEMP_MARK not in name:
                     try:
                         sha = bytes.fromhex(name.decode())
                     except ValueError:
                         pass
+                    else:
+                        if sha.hex().encode() != name:
+                            sha = None  # upper case: not a name path_for() gives
                 out.append((sha, e))
         return out
 

@@ -115,6 +115,27 @@ def test_check_finds_damage_groups_it_and_heals_after_resave(tmp_path, repo, kin
         assert_save_matches(repo, sid, expected)
 
 
+@pytest.mark.parametrize("where", ["other-directory", "upper-case"])
+def test_check_a_chunk_file_where_reads_do_not_look_is_missing(tmp_path, repo, where):
+    """Reads open chunks/<2 hex>/<64 lowercase hex> (Store.path_for). A chunk file moved to
+    another fan-out directory, or renamed in upper case, is missing for a restore: check
+    must say so (and leave the stray file alone), not count it as present."""
+    src = make_source(tmp_path / "src")
+    run("-r", repo, "save", input=find0(src))
+    sha = chunks_of(repo, b"small.txt")[0]
+    real = chunk_path(repo, sha)
+    if where == "upper-case":
+        stray = os.path.join(os.path.dirname(real), sha.upper())
+    else:
+        other = "00" if not sha.startswith("00") else "01"
+        stray = os.path.join(os.fsdecode(repo), "chunks", other, sha)
+    os.rename(real, stray)
+    res = run("-r", repo, "check", exit_code=None)
+    assert res.code != 0, res.stdout
+    assert sha in res.stdout and "missing" in res.stdout, res.stdout
+    assert os.path.exists(stray)
+
+
 def test_check_id_set_is_a_set_of_ids():
     ids = IdSet()
     for i in (0, 7, 8, 1_000_003, 8, 7):

@@ -264,3 +264,21 @@ def test_expire_removes_paths_of_a_deleted_subtree_and_keeps_live_ancestors(tmp_
     assert not names & {b"a", b"b", b"c", b"f.txt"}
     assert b"keep.txt" in names and orphans == 0
     run("-r", repo, "check")
+
+
+def test_expire_keeps_a_referenced_chunk_when_a_copy_sits_in_another_fanout_dir(tmp_path, repo):
+    """A stray copy of a referenced chunk in the wrong fan-out directory (a hand copy, a
+    botched restore of the store) is not that directory's chunk: expire must neither count
+    it as an orphan nor unlink the real chunk file of that name (which a save needs)."""
+    src = tmp_path / "src"
+    m = save_generation(src, repo, 0)
+    victim = sorted(chunks_of_save(repo, 1))[0]
+    other = "00" if victim[:2] != "00" else "01"
+    real = os.path.join(repo, b"chunks", victim[:2].encode(), victim.encode())
+    stray = Path(os.fsdecode(repo), "chunks", other, victim)
+    stray.write_bytes(Path(os.fsdecode(real)).read_bytes())
+    res = run("-r", repo, "expire", "--keep-last", "5")
+    assert os.path.exists(real), res.stdout
+    assert "orphan" not in res.stdout or ", 0 orphan" in res.stdout, res.stdout
+    assert_save_matches(repo, 1, m)
+    run("-r", repo, "check")

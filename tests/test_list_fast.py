@@ -226,3 +226,31 @@ def test_list_fast_chunk_cuts_use_the_path_index(repo, saved):
         cat.close()
     assert details == [
         "SEARCH p USING COVERING INDEX sqlite_autoindex_path_1 (key>? AND key<?)"], details
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_list_fast_is_one_snapshot_when_expire_removes_the_save_meanwhile(
+        repo, saved, small_chunks, monkeypatch, verbose):
+    """`list` takes no lock (READ): an expire may delete the save while it lists. The
+    listing must still be the save as one snapshot saw it (as one streaming query did
+    before the chunked, two-connection listing), never silently cut short."""
+    from backshift.ops import listing
+    flags = ["-v"] if verbose else []
+    whole = run("-r", repo, "list", "--backup", "1", *flags).stdout_bytes
+    assert whole.count(b"\n") > 3 * listing.CHUNK_PATHS
+    real_range = listing._FastLines._range
+    calls = []
+
+    def expire_meanwhile(self, lo, hi, rows=None):
+        calls.append(lo)
+        if len(calls) == 2:  # a concurrent expire commits while the listing runs
+            conn = _conn(repo)
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("DELETE FROM save WHERE id = 1")
+            conn.close()
+        return real_range(self, lo, hi, rows)
+
+    monkeypatch.setattr(listing._FastLines, "_range", expire_meanwhile)
+    listed = run("-r", repo, "list", "--backup", "1", *flags, exit_code=None)
+    assert len(calls) >= 2
+    assert listed.stdout_bytes == whole, listed.stderr

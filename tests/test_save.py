@@ -158,6 +158,43 @@ def test_save_rereads_borrowed_content_whose_chunk_is_missing(repo, tree, no_rac
         assert r.store.read(refs[0])  # healed: the chunk is back and verifies
 
 
+@pytest.mark.parametrize("listing_max", [10**6, 0], ids=["listed", "stat-per-chunk"])
+def test_save_rereads_borrowed_content_whose_chunk_sits_in_the_wrong_directory(
+        repo, tree, no_racy_margin, monkeypatch, listing_max):
+    """A chunk file moved to another fan-out directory is not where reads look for it
+    (path_for): the presence test must call it missing, listed or stat'ed alike."""
+    monkeypatch.setattr(store_mod, "LISTING_MAX", listing_max)
+    first, _ = do_save(repo, tree)
+    with open_repository(repo, READ) as r:
+        content_id = r.catalog.conn.execute(
+            "SELECT v.content_id FROM member m JOIN path p ON p.id = m.path_id "
+            "JOIN version v ON v.id = m.version_id WHERE m.save_id = ? AND p.key = ?",
+            (first.save_id, pathcodec.sort_key(os.fsencode(tree / "text.txt")))).fetchone()[0]
+        refs = r.catalog.chunks_of_content(content_id)
+        real = r.store.path_for(refs[0].sha256)
+        name = os.path.basename(real)
+        other = b"00" if not name.startswith(b"00") else b"01"
+        os.rename(real, os.path.join(r.store.root, other, name))
+    second, _ = do_save(repo, tree)
+    assert second.files_read == 1 and second.new_chunks >= 1
+    with open_repository(repo, READ) as r:
+        assert r.store.read(refs[0])  # healed: the chunk is back where reads look
+
+
+def test_save_skips_a_file_whose_time_the_catalog_cannot_hold(repo, tree):
+    """A time past 2262 (touch -d 2300-01-01; ext4 holds times to 2446) does not fit the
+    catalog's 64-bit nanoseconds: that file is skipped with a warning, the save goes on,
+    instead of the save (and every later one) failing on it with OverflowError."""
+    far = tree / "far-future"
+    far.write_bytes(b"from the future\n")
+    os.utime(far, ns=(2**63 + 10**9, 2**63 + 10**9))
+    stats, warnings = do_save(repo, tree)
+    assert stats.status == "complete"
+    assert len(warnings) == 1 and "far-future" in warnings[0], warnings
+    got = members(repo, stats.save_id)
+    assert os.fsencode(far) not in got and os.fsencode(tree / "a.txt") in got
+
+
 def test_save_warns_about_vanished_file(repo, tree):
     names = [pathcodec.normalize(n, b"/") for n in find0(tree).split(b"\0") if n]
     (tree / "a.txt").unlink()

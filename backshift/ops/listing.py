@@ -22,7 +22,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from itertools import islice
+from itertools import chain, islice
 
 from .. import pathcodec
 from ..catalog import Catalog
@@ -190,7 +190,23 @@ def _fast_range(sel: Selection) -> tuple[bytes, bytes] | None:
 
 def write_lines(catalog: Catalog, save_id: int, sel: Selection, problems: Problems,
                 verbose: bool, write: Callable[[bytes], object]) -> None:
-    """Write what `tar -tf` (or -tvf) prints for the selection, in blocks of lines."""
+    """Write what `tar -tf` (or -tvf) prints for the selection, in blocks of lines.
+
+    One read transaction: `list` takes no lock, and the listing is cut into several
+    queries, so without it an expire committing meanwhile would end it early, silently."""
+    conn = catalog.conn
+    own_txn = not conn.in_transaction
+    if own_txn:
+        conn.execute("BEGIN")
+    try:
+        _write_lines(catalog, save_id, sel, problems, verbose, write)
+    finally:
+        if own_txn and conn.in_transaction:
+            conn.execute("ROLLBACK")  # read only: nothing to keep
+
+
+def _write_lines(catalog: Catalog, save_id: int, sel: Selection, problems: Problems,
+                 verbose: bool, write: Callable[[bytes], object]) -> None:
     check_paths_exist(catalog, save_id, sel.paths)
     lister = TarLister(verbose)
     planner = Planner(catalog, save_id, sel, problems)
@@ -306,6 +322,11 @@ class _FastLines:
             return first is None or self._range(*first)
         other = Catalog.open(self.catalog.path, readonly=True)
         try:
+            if not self._same_snapshot(other):  # a commit came in between: one thread
+                for chunk in chain((first, second), chunks):
+                    if not self._range(*chunk):
+                        return False
+                return True
             chunk = first
             while chunk is not None:
                 nxt = second if second is not None else next(chunks, None)
@@ -328,6 +349,15 @@ class _FastLines:
             return True
         finally:
             other.close()
+
+    def _same_snapshot(self, other: Catalog) -> bool:
+        """Open a read transaction on OTHER; True when it sees this save as this thread's
+        snapshot does, members included: the save is there and not running in both (a
+        finished save's members never change; an expire removes the save row with them)."""
+        other.conn.execute("BEGIN")
+        mine = self.catalog.get_save(self.save_id)
+        theirs = other.get_save(self.save_id)
+        return mine is not None and mine == theirs and mine.status != "running"
 
     def _chunks(self, lo: bytes, hi: bytes) -> Iterator[tuple[bytes, bytes]]:
         while lo is not None:

@@ -455,6 +455,10 @@ class Saver:
         if ftype is None:
             self.warn(f"{os.fsdecode(path)}: skipped: unknown file type {st.st_mode:o}")
             return
+        if not _fits_catalog(st):
+            self.warn(f"{os.fsdecode(path)}: skipped: a time, size or id beyond what the "
+                      "catalog holds (64-bit; times up to 2262)")
+            return
         link_target = None
         if ftype == TYPE_SYMLINK:
             try:
@@ -833,6 +837,17 @@ class Saver:
                 if c.new:
                     self.cat.chunk_id(c.ref, c.stored_length)
         return _with_content(v, result.size, content_id)
+
+
+_INT64 = 1 << 63
+
+
+def _fits_catalog(st: os.stat_result) -> bool:
+    """Every number of ST fits an SQLite INTEGER (else apsw raises OverflowError when the
+    version row is inserted: the whole save failed on one file, e.g. one touched to 2300)."""
+    return all(-_INT64 <= n < _INT64 for n in (
+        st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_dev, st.st_ino, st.st_rdev,
+        st.st_uid, st.st_gid, st.st_nlink))
 
 
 def _with_content(v: Version, size: int, content_id: int) -> Version:
