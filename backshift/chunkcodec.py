@@ -35,13 +35,13 @@ def decode(body: bytes, max_size: int | None = None,
     head, payload = body[:2], memoryview(body)[2:]
     try:
         if head == HEADER_ZSTD:
-            out = _zstd(payload, decompressor or zstandard.ZstdDecompressor())
+            out = _zstd(payload, decompressor or zstandard.ZstdDecompressor(), max_size)
         elif head == HEADER_RAW:
             out = bytes(payload)
         elif head == HEADER_XZ:
-            out = lzma.decompress(payload)
+            out = _bounded(lzma.LZMADecompressor(), payload, max_size)
         elif head == HEADER_BZ2:
-            out = bz2.decompress(payload)
+            out = _bounded(bz2.BZ2Decompressor(), payload, max_size)
         else:
             raise BodyError(f"unknown header {bytes(head)!r}")
     except (zstandard.ZstdError, lzma.LZMAError, OSError, EOFError, ValueError) as e:
@@ -71,17 +71,36 @@ def decode_sized(body: bytes, size: int,
             recorded = -1  # no readable frame header: decode() says what is wrong
         if recorded >= 0 and recorded != size:
             raise WrongSize(recorded)
-    return decode(body, decompressor=decompressor)
+    return decode(body, max_size=size, decompressor=decompressor)
 
 
-def _zstd(payload: memoryview, d: zstandard.ZstdDecompressor) -> bytes:
+def _zstd(payload: memoryview, d: zstandard.ZstdDecompressor, max_size: int | None) -> bytes:
+    if max_size is not None:
+        try:
+            recorded = zstandard.frame_content_size(payload)
+        except zstandard.ZstdError:
+            recorded = -1  # no readable frame header: decompress() says what is wrong
+        if recorded > max_size:
+            raise BodyError("decompressed body is too large")
     try:  # one shot when the frame records its size (what zstandard's compress() writes)
         return d.decompress(payload)
     except zstandard.ZstdError as e:
         if "content size" not in str(e):
             raise
-    dobj = d.decompressobj()  # a frame without its size: stream it, and demand its end
+    if max_size is not None:
+        # A frame without its size (damaged, or not written by us): never more than the
+        # chunk can hold, so a few bytes of hostile frame cannot ask for gigabytes.
+        return d.decompress(payload, max_output_size=max(max_size, 1))
+    dobj = d.decompressobj()  # no bound known: stream it, and demand its end
     out = dobj.decompress(payload)
     if not dobj.eof:
         raise BodyError("truncated zstd frame")
+    return out
+
+
+def _bounded(dec, payload: memoryview, max_size: int | None) -> bytes:
+    """All of an xz or bz2 stream, or at most MAX_SIZE + 1 bytes of it (then too large)."""
+    out = dec.decompress(payload, -1 if max_size is None else max_size + 1)
+    if not dec.eof and (max_size is None or len(out) <= max_size):
+        raise EOFError("compressed data ended before the end-of-stream marker")
     return out

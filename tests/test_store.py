@@ -6,10 +6,12 @@ import bz2
 import hashlib
 import lzma
 import os
+import tracemalloc
 
 import pytest
+import zstandard
 
-from backshift import diskio
+from backshift import chunkcodec, diskio
 from backshift.errors import ChunkCorrupt, ChunkMissing, RepositoryIOError
 from backshift.model import ChunkRef
 from backshift.store import HEADER_RAW, HEADER_ZSTD, Store
@@ -303,3 +305,46 @@ def test_store_big_chunk_that_starts_random_is_stored_raw_without_compressing(st
     body = store.encode(text)
     assert body[:2] == HEADER_ZSTD and len(body) < len(text) // 3
     assert store.decode(store.encode(noise)) == noise and store.decode(body) == text
+
+
+# -- decompression bombs: a damaged or hostile chunk body never allocates beyond the chunk --
+
+BOMB = 256 << 20  # what the hostile bodies below expand to
+
+
+def _peak_bytes(fn) -> int:
+    tracemalloc.start()
+    try:
+        fn()
+    except chunkcodec.BodyError:
+        pass
+    else:
+        raise AssertionError("a body bigger than its chunk was accepted")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("codec", ["zstd-sized", "zstd-unsized", "xz", "bz2"])
+def test_store_bounds_decompression_to_the_chunk_length(store, codec):
+    zeros = bytes(BOMB)
+    if codec.startswith("zstd"):
+        c = zstandard.ZstdCompressor(write_content_size=codec == "zstd-sized")
+        body = HEADER_ZSTD + c.compress(zeros)
+    elif codec == "xz":
+        body = b"7\n" + lzma.compress(zeros)
+    else:
+        body = b"5\n" + bz2.compress(zeros)
+    del zeros
+    limit = 1 << 20
+    peak = _peak_bytes(lambda: chunkcodec.decode(body, max_size=limit))
+    assert peak < 16 << 20, f"{codec}: {peak} bytes allocated for a {limit}-byte chunk"
+    # through the store: a chunk file holding the bomb is damage, named, not an allocation
+    data = b"x" * limit
+    sha = hashlib.sha256(data).digest()
+    path = store.path_for(sha)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(body)
+    with pytest.raises(ChunkCorrupt):
+        store.read(ChunkRef(sha, limit))
