@@ -756,3 +756,28 @@ def test_save_killed_before_a_commit_keeps_earlier_batches_and_is_borrowed_from(
         if m["data"] is not None:
             assert m["data"] == Path(os.fsdecode(path)).read_bytes()
     _path_rows_consistent(repo)
+
+
+def test_save_fast_path_members_inserted_in_pieces_within_one_commit(repo, tree,
+                                                                    no_racy_margin,
+                                                                    monkeypatch):
+    """The fast path's member rows go in every MAX_FAST_MEMBERS rows, not only at a commit
+    (the commit interval no longer bounds that list): a name given twice across two
+    pieces is still saved once, with one warning."""
+    first, _ = do_save(repo, tree)
+    monkeypatch.setattr(save_mod, "MAX_FAST_MEMBERS", 3)
+    names = [pathcodec.normalize(n, b"/") for n in find0(tree).split(b"\0") if n]
+    twice = next(n for n in names if os.path.isfile(n) and os.stat(n).st_nlink == 1)
+    names.append(twice)
+    inserted = []
+    from backshift.catalog import Catalog
+    real = Catalog.insert_members
+    monkeypatch.setattr(Catalog, "insert_members",
+                        lambda self, rows: inserted.append(len(rows)) or real(self, rows))
+    warnings: list[str] = []
+    with open_repository(repo, WRITE) as r:
+        stats = save_mod.save(r, names, SaveOptions("host", "t"), warnings.append)
+    assert len(warnings) == 1 and "more than once" in warnings[0]
+    assert stats.files == first.files and stats.bytes == first.bytes
+    assert inserted.count(3) >= 2  # pieces of the fast path (the general path: 256)
+    assert members(repo, stats.save_id) == members(repo, first.save_id)

@@ -64,7 +64,7 @@ class SaveOptions:
     hostname: str
     subset: str
     workers: int = 2
-    batch_files: int = 2000
+    batch_files: int = 20_000
     batch_bytes: int = 256 << 20
     batch_seconds: float = 10.0
     max_in_flight_bytes: int = 256 << 20
@@ -207,6 +207,10 @@ def read_file(path: bytes, st: Version, params: ChunkerParams, store: Store) -> 
 # per file (per-file tasks cost a GIL hand-over at every step: 18% of a first save in futex).
 BATCH_FILES = 256
 RECORD_BATCH = 256  # recorded items whose catalog rows are inserted together (flush_records)
+# Bounds of what the catalog's thread holds, whatever the commit interval: items queued for
+# recording (each holds its Version), member rows of the fast path waiting for insert_members.
+MAX_QUEUED = 8000
+MAX_FAST_MEMBERS = 8192
 BATCH_BYTES = 8 << 20
 
 
@@ -578,7 +582,10 @@ class Saver:
             stats.bytes_borrowed += size
             stats.bytes += size
             self._member_paths.append((path, size))
-        self._members.append((stats.save_id, entry[0], entry[2]))
+        members = self._members
+        members.append((stats.save_id, entry[0], entry[2]))
+        if len(members) >= MAX_FAST_MEMBERS:
+            self.insert_members()  # their contents are durable already: any time will do
         stats.files += 1
         self._fast_files += 1
         if self._fast_files == UNCHANGED_PER_BATCH_FILE:
@@ -614,7 +621,7 @@ class Saver:
         return self._presence.whole(content_id, shas)
 
     def insert_members(self) -> None:
-        """Insert the fast path's member rows (before each commit)."""
+        """Insert the fast path's member rows (before each commit, and every MAX_FAST_MEMBERS)."""
         rows, paths = self._members, self._member_paths
         if not rows:
             return
@@ -749,7 +756,7 @@ class Saver:
             future = item.future
             if future is not None and not future.done():
                 must_wait = block or self.in_flight_bytes > self.opts.max_in_flight_bytes \
-                    or len(q) > 4 * self.opts.batch_files
+                    or len(q) > MAX_QUEUED
                 if not must_wait:
                     return
                 if future is _UNSENT:
