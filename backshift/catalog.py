@@ -710,7 +710,7 @@ UPSERT_CHUNK = _sql("""
 # at each release: per-file statements kept the catalog's thread waiting. The row lists are
 # "?" marks repeated; ids of new rows are given explicitly (max + 1 ..., we hold the write
 # lock), so that no statement has to return them row by row.
-BULK_ROWS = 256  # rows per statement (4 values a row: far below SQLite's 32766 variables)
+BULK_ROWS = 256  # rows per statement (16 values a row at most: far below SQLite's 32766 variables)
 
 CONTENTS_BY_DIGESTS = _sql("""
     SELECT id, digest, size
@@ -748,6 +748,42 @@ INSERT_CONTENT_CHUNKS = _sql("""
     INSERT INTO content_chunk (content_id, seq, chunk_id)
     VALUES {rows}
 """)
+
+# A first save's paths, versions and members, a batch at a time (Saver.flush_records): the
+# same rows as INSERT_PATH / INSERT_VERSION / INSERT_MEMBER, with the ids given explicitly.
+PATHS_BY_KEYS = _sql("""
+    SELECT key, id
+    FROM path
+    WHERE key IN ({marks})
+""")
+
+LAST_PATH_ID = _sql("""
+    SELECT coalesce(max(id), 0)
+    FROM path
+""")
+
+LAST_VERSION_ID = _sql("""
+    SELECT coalesce(max(id), 0)
+    FROM version
+""")
+
+INSERT_PATHS = _sql("""
+    INSERT INTO path (id, parent_id, key, name)
+    VALUES {rows}
+""")
+
+INSERT_VERSIONS = _sql("""
+    INSERT INTO version (id, path_id, mode, uid, gid, user, grp, size, mtime_ns, ctime_ns,
+                         dev, ino, nlink, rdev, link_target, content_id)
+    VALUES {rows}
+""")
+
+INSERT_MEMBERS = _sql("""
+    INSERT INTO member (save_id, path_id, version_id)
+    VALUES {rows}
+    ON CONFLICT DO NOTHING
+""")
+
 
 def _slices(items: list) -> Iterator[list]:
     for i in range(0, len(items), BULK_ROWS):
@@ -1339,7 +1375,7 @@ class Catalog:
         before = c.total_changes()
         c.execute("SAVEPOINT members")
         try:
-            c.executemany(INSERT_MEMBER, rows)
+            self._insert_rows(INSERT_MEMBERS, rows)
             if c.total_changes() - before != len(rows):  # a duplicate: find which, in order
                 c.execute("ROLLBACK TO members")
                 held = []
@@ -1362,6 +1398,33 @@ class Catalog:
     def chunk_rows_estimate(self) -> int:
         """An upper bound of the number of chunk rows (the largest id), read in O(log n)."""
         return self.conn.execute(MAX_CHUNK_ID).fetchone()[0] or 0
+
+    def path_ids(self, keys: list[bytes]) -> dict[bytes, int]:
+        """The ids of those of KEYS the catalog holds, by key."""
+        found: dict[bytes, int] = {}
+        for part in _slices(keys):
+            sql = PATHS_BY_KEYS.format(marks=",".join("?" * len(part)))
+            found.update(self.conn.execute(sql, part))
+        return found
+
+    def next_path_id(self) -> int:
+        """The id the next path row may take (we hold the write lock: nobody else inserts)."""
+        return self.conn.execute(LAST_PATH_ID).fetchone()[0] + 1
+
+    def insert_paths(self, rows: list[tuple[int, int | None, bytes, bytes]]) -> None:
+        """New path rows (id, parent id, key, name), ids from next_path_id on."""
+        self._insert_rows(INSERT_PATHS, rows)
+
+    def insert_versions(self, versions: list[tuple[int, Version]]) -> list[int]:
+        """insert_version for many (path id, version) pairs at once: their ids, in order."""
+        if not versions:
+            return []
+        first = self.conn.execute(LAST_VERSION_ID).fetchone()[0] + 1
+        self._insert_rows(INSERT_VERSIONS, [
+            (first + i, path_id, v.mode, v.uid, v.gid, v.user, v.group, v.size, v.mtime_ns,
+             v.ctime_ns, v.dev, v.ino, v.nlink, v.rdev, v.link_target, v.content_id)
+            for i, (path_id, v) in enumerate(versions)])
+        return list(range(first, first + len(versions)))
 
     def insert_path_if_new(self, parent_id: int | None, key: bytes, name: bytes) -> int | None:
         """The new path's id; None when KEY is already there."""

@@ -166,7 +166,7 @@ def _check_label(kind: str, value: str) -> str:
               type=click.IntRange(1, 64), help="Threads reading and compressing files.")
 @click.option("--checkpoint-interval", default=10.0, show_default=True, metavar="SECONDS",
               type=click.FloatRange(0.1), help="Commit what is saved at least this often.")
-@click.option("--checkpoint-files", default=2000, hidden=True, type=click.IntRange(1))
+@click.option("--checkpoint-files", default=20_000, hidden=True, type=click.IntRange(1))
 @click.option("--lock-wait", default=0.0, show_default=True, metavar="SECONDS",
               type=click.FloatRange(0),
               help="Wait this long for a locked repository (an expire) before giving up.")

@@ -684,3 +684,137 @@ def test_save_flush_ahead_rename_failure_fails_the_save_cleanly(repo, tmp_path, 
     assert_repo_consistent(repo, allow_temps=False)
     with open_repository(repo, READ) as r:
         assert [s.status for s in r.catalog.list_saves()] == ["interrupted"]
+
+
+def _path_rows_consistent(repo: bytes) -> None:
+    """Every path row's parent is the row of its parent path (interning in batches)."""
+    with open_repository(repo, READ) as r:
+        rows = r.catalog.conn.execute("SELECT id, parent_id, key, name FROM path").fetchall()
+    by_id = {pid: key for pid, _, key, _ in rows}
+    assert len(set(by_id.values())) == len(rows)
+    for _pid, parent_id, key, name in rows:
+        path = pathcodec.from_key(key)
+        assert name == pathcodec.basename(path)
+        up = pathcodec.parent(path)
+        if up is None:
+            assert parent_id is None
+        else:
+            assert by_id[parent_id] == pathcodec.sort_key(up)
+
+
+def test_save_names_given_twice_within_and_across_record_batches(repo, tmp_path):
+    """Catalog rows are inserted a record batch at a time: each repeated name (a file,
+    a directory, a symlink, a hard link; next to itself, later in the batch, in a later
+    batch) gets one member and one warning, and the counters count it once."""
+    root = tmp_path / "src"
+    (root / "d").mkdir(parents=True)
+    n = save_mod.RECORD_BATCH + 40
+    for i in range(n):
+        (root / "d" / f"f{i:03d}").write_bytes(b"file %d\n" % i)
+    (root / "link").symlink_to("d/f001")
+    os.link(root / "d" / "f002", root / "hard")
+    names = [pathcodec.normalize(x, b"/") for x in find0(root).split(b"\0") if x]
+    d = os.fsencode(root / "d")
+    f5 = os.fsencode(root / "d" / "f005")
+    twice = [f5, d, os.fsencode(root / "link"), os.fsencode(root / "hard")]
+    i5 = names.index(f5)
+    names[i5 + 1 : i5 + 1] = [f5]  # next to itself
+    names[20:20] = twice  # later in the same batch as their first sight (or before it)
+    names.extend(twice)  # in a later batch
+    warnings: list[str] = []
+    with open_repository(repo, WRITE) as r:
+        stats = save_mod.save(r, names, SaveOptions("h", "s"), warnings.append)
+    distinct = set(names)
+    assert len(warnings) == len(names) - len(distinct) == 9
+    assert all("more than once" in w for w in warnings)
+    got = members(repo, stats.save_id)
+    assert set(got) == distinct and stats.files == len(distinct)
+    assert stats.bytes == sum(os.lstat(p).st_size for p in distinct
+                              if stat.S_ISREG(os.lstat(p).st_mode))
+    assert got[f5]["data"] == b"file 5\n"
+    assert got[os.fsencode(root / "hard")]["data"] == b"file 2\n"
+    assert got[os.fsencode(root / "link")]["target"] == b"d/f001"
+    _path_rows_consistent(repo)
+
+
+def test_save_children_before_their_directories_in_the_input(repo, tmp_path):
+    """Names in any order (here reversed: children first) are interned with the right
+    parents, within one record batch and across batches."""
+    root = tmp_path / "src"
+    for j in range(3):
+        sub = root / f"s{j}" / "deeper"
+        sub.mkdir(parents=True)
+        for i in range(save_mod.RECORD_BATCH // 2):
+            (sub / f"f{i}").write_bytes(b"%d %d\n" % (j, i))
+    names = [pathcodec.normalize(x, b"/") for x in find0(root).split(b"\0") if x]
+    names.reverse()
+    stats, warnings = None, []
+    with open_repository(repo, WRITE) as r:
+        stats = save_mod.save(r, names, SaveOptions("h", "s"), warnings.append)
+    assert warnings == [] and stats.files == len(names)
+    got = members(repo, stats.save_id)
+    assert set(got) == set(names)
+    assert got[os.fsencode(root / "s2" / "deeper" / "f7")]["data"] == b"2 7\n"
+    _path_rows_consistent(repo)
+    again, _ = do_save(repo, root, subset="s")  # the same names in walk order: known paths
+    assert again.files == len(names)
+    _path_rows_consistent(repo)
+
+
+@pytest.mark.timeout(60)
+def test_save_killed_before_a_commit_keeps_earlier_batches_and_is_borrowed_from(repo,
+                                                                                 tmp_path):
+    """SIGKILL while a record batch is inserted but not committed: the commits before it
+    stand whole (paths, versions, members), the catalog checks clean, and the next save
+    borrows what they hold and reads the rest."""
+    root = tmp_path / "many"
+    root.mkdir()
+    n = save_mod.RECORD_BATCH + 100
+    for i in range(n):
+        (root / f"f{i:03d}").write_bytes(b"%d\n" % i + os.urandom(100))
+    time.sleep(2.1)  # older than the racy margin, so save 2 may borrow
+    env = dict(os.environ, BACKSHIFT_CRASH_AT="before_catalog_commit:4")
+    proc = subprocess.run([BACKSHIFT, "-r", repo, "save", "--checkpoint-files", "100",
+                           "--workers", "1"], input=find0(root), env=env, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    with open_repository(repo, READ) as r:
+        c = r.catalog.conn
+        committed = c.execute("SELECT count(*) FROM member").fetchone()[0]
+        versions = c.execute("SELECT count(*) FROM version").fetchone()[0]
+    assert 0 < committed < n + 1 and versions == committed
+    checked = run("-r", repo, "check", exit_code=10).stdout
+    assert "1 problem(s) found" in checked and "'running' but its process" in checked
+    _path_rows_consistent(repo)
+    res = run("-r", repo, "save", "--json", input=find0(root))
+    summary = json.loads(res.stdout)
+    assert summary["status"] == "complete" and summary["files"] == n + 1
+    assert summary["files_borrowed"] >= committed - 1  # all but the directory
+    for path, m in members(repo, summary["save_id"]).items():
+        if m["data"] is not None:
+            assert m["data"] == Path(os.fsdecode(path)).read_bytes()
+    _path_rows_consistent(repo)
+
+
+def test_save_fast_path_members_inserted_in_pieces_within_one_commit(repo, tree,
+                                                                    no_racy_margin,
+                                                                    monkeypatch):
+    """The fast path's member rows go in every MAX_FAST_MEMBERS rows, not only at a commit
+    (the commit interval no longer bounds that list): a name given twice across two
+    pieces is still saved once, with one warning."""
+    first, _ = do_save(repo, tree)
+    monkeypatch.setattr(save_mod, "MAX_FAST_MEMBERS", 3)
+    names = [pathcodec.normalize(n, b"/") for n in find0(tree).split(b"\0") if n]
+    twice = next(n for n in names if os.path.isfile(n) and os.stat(n).st_nlink == 1)
+    names.append(twice)
+    inserted = []
+    from backshift.catalog import Catalog
+    real = Catalog.insert_members
+    monkeypatch.setattr(Catalog, "insert_members",
+                        lambda self, rows: inserted.append(len(rows)) or real(self, rows))
+    warnings: list[str] = []
+    with open_repository(repo, WRITE) as r:
+        stats = save_mod.save(r, names, SaveOptions("host", "t"), warnings.append)
+    assert len(warnings) == 1 and "more than once" in warnings[0]
+    assert stats.files == first.files and stats.bytes == first.bytes
+    assert inserted.count(3) >= 2  # pieces of the fast path (the general path: 256)
+    assert members(repo, stats.save_id) == members(repo, first.save_id)

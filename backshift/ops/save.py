@@ -64,7 +64,7 @@ class SaveOptions:
     hostname: str
     subset: str
     workers: int = 2
-    batch_files: int = 2000
+    batch_files: int = 20_000
     batch_bytes: int = 256 << 20
     batch_seconds: float = 10.0
     max_in_flight_bytes: int = 256 << 20
@@ -206,6 +206,11 @@ def read_file(path: bytes, st: Version, params: ChunkerParams, store: Store) -> 
 # stored in batches: one pool task, one compressor call and one future per batch instead of
 # per file (per-file tasks cost a GIL hand-over at every step: 18% of a first save in futex).
 BATCH_FILES = 256
+RECORD_BATCH = 256  # recorded items whose catalog rows are inserted together (flush_records)
+# Bounds of what the catalog's thread holds, whatever the commit interval: items queued for
+# recording (each holds its Version), member rows of the fast path waiting for insert_members.
+MAX_QUEUED = 8000
+MAX_FAST_MEMBERS = 8192
 BATCH_BYTES = 8 << 20
 
 
@@ -250,7 +255,7 @@ class Item:
     """One input name on its way to the catalog."""
 
     path: bytes
-    path_id: int
+    path_id: int | None  # None until flush_records interns it (a first save)
     version: Version  # content_id filled in when known
     base_version_id: int | None  # an earlier identical version to reuse, if any
     future: Future | None = None
@@ -294,6 +299,9 @@ class Saver:
         self._member_paths: list[tuple[bytes, int | None]] = []  # size None: directory
         self._warn_lock = threading.Lock()
         self._txn = False
+        # recorded items whose version and member rows are still to be inserted (in one
+        # batch by flush_records), with the id of a version to reuse (None: a new one)
+        self._records: list[tuple[Item, int | None]] = []
 
     def warn(self, msg: str) -> None:
         """Record a per-file problem (thread-safe: the name reader warns from its thread)."""
@@ -374,6 +382,7 @@ class Saver:
 
     def finish(self, status: str) -> None:
         self.ensure_txn()
+        self.flush_records()
         self.insert_members()
         self.repo.store.flush()
         self.write_counters()
@@ -394,6 +403,7 @@ class Saver:
         self.repo.store.abandon()
         self.cat.rollback_quietly()
         self._members, self._member_paths = [], []
+        self._records = []
         self._txn = False
         try:
             self.cat.begin()
@@ -421,6 +431,7 @@ class Saver:
                 and self._batch_bytes < self.opts.batch_bytes \
                 and now - self._batch_started < self.opts.batch_seconds:
             return
+        self.flush_records()
         self.insert_members()
         self.repo.store.flush()
         self.write_counters()
@@ -472,10 +483,12 @@ class Saver:
             size=st.st_size if ftype == TYPE_FILE else 0, mtime_ns=st.st_mtime_ns,
             ctime_ns=st.st_ctime_ns, dev=st.st_dev, ino=st.st_ino, nlink=st.st_nlink,
             rdev=st.st_rdev, link_target=link_target, content_id=None)
-        path_id = self.intern(path)
-        item = Item(path, path_id, version, None)
-        up = parent(path)
-        item.parent_id = self.intern(up) if up is not None else None
+        if self.candidates:  # borrowing looks the path up by its directory's id
+            item = Item(path, self.intern(path), version, None)
+            up = parent(path)
+            item.parent_id = self.intern(up) if up is not None else None
+        else:  # a first save: flush_records interns the paths of a batch at once
+            item = Item(path, None, version, None)
         if ftype == TYPE_FILE:
             self.plan_regular(item, st, pool)
         else:
@@ -573,7 +586,10 @@ class Saver:
             stats.bytes_borrowed += size
             stats.bytes += size
             self._member_paths.append((path, size))
-        self._members.append((stats.save_id, entry[0], entry[2]))
+        members = self._members
+        members.append((stats.save_id, entry[0], entry[2]))
+        if len(members) >= MAX_FAST_MEMBERS:
+            self.insert_members()  # their contents are durable already: any time will do
         stats.files += 1
         self._fast_files += 1
         if self._fast_files == UNCHANGED_PER_BATCH_FILE:
@@ -609,7 +625,7 @@ class Saver:
         return self._presence.whole(content_id, shas)
 
     def insert_members(self) -> None:
-        """Insert the fast path's member rows (before each commit)."""
+        """Insert the fast path's member rows (before each commit, and every MAX_FAST_MEMBERS)."""
         rows, paths = self._members, self._member_paths
         if not rows:
             return
@@ -744,7 +760,7 @@ class Saver:
             future = item.future
             if future is not None and not future.done():
                 must_wait = block or self.in_flight_bytes > self.opts.max_in_flight_bytes \
-                    or len(q) > 4 * self.opts.batch_files
+                    or len(q) > MAX_QUEUED
                 if not must_wait:
                     return
                 if future is _UNSENT:
@@ -796,15 +812,71 @@ class Saver:
         version_id = item.base_version_id
         if version_id is None and v.type == TYPE_FILE:
             version_id = self.reusable_version(item, v)
-        if version_id is None:
-            version_id = self.cat.insert_version(item.path_id, v)
-        if not self.cat.insert_member(self.stats.save_id, item.path_id, version_id):
-            self.warn(f"{os.fsdecode(item.path)}: given more than once; saved once")
-            return
+        self._records.append((item, version_id))
         self.stats.files += 1
         if v.type == TYPE_FILE:
             self.stats.bytes += v.size
         self._batch_files += 1
+        if len(self._records) >= RECORD_BATCH:
+            self.flush_records()
+
+    def flush_records(self) -> None:
+        """Insert the paths, versions and members of the items recorded since the last
+        flush, a few statements per batch instead of two or three per file (each statement
+        hands the GIL to the readers and waits to take it back). Before every commit: the
+        rows join the transaction that makes their contents' chunks durable first."""
+        records = self._records
+        if not records:
+            return
+        self._records = []
+        self.intern_batch([item for item, _ in records if item.path_id is None])
+        versions = self.cat.insert_versions(
+            [(item.path_id, item.version) for item, vid in records if vid is None])
+        new_ids = iter(versions)
+        save_id = self.stats.save_id
+        rows = [(save_id, item.path_id, next(new_ids) if vid is None else vid)
+                for item, vid in records]
+        for i in self.cat.insert_members(rows):  # a path given twice: saved once
+            item = records[i][0]
+            self.warn(f"{os.fsdecode(item.path)}: given more than once; saved once")
+            self.stats.files -= 1
+            if item.version.type == TYPE_FILE:
+                self.stats.bytes -= item.version.size
+
+    def intern_batch(self, items: list[Item]) -> None:
+        """Set the path id of ITEMS (intern for many at once): known paths are looked up in
+        one statement, new ones inserted in one with ids given in order. A directory neither
+        cached nor in the batch (the first name, or an input order that is not a walk's) is
+        interned first on its own."""
+        if not items:
+            return
+        in_batch = {item.path for item in items}
+        outside: dict[bytes, int] = {}  # ids of the directories not in the batch
+        for path in in_batch:
+            up = parent(path)
+            if up is not None and up not in in_batch and up not in outside:
+                outside[up] = self.intern(up)  # usually cached: its directory
+        keys = {p: sort_key(p) for p in in_batch}
+        found = self.cat.path_ids(list(keys.values()))
+        ids = {p: found.get(k) for p, k in keys.items()}
+        next_id = self.cat.next_path_id()  # after intern's inserts above
+        new = []
+        for item in items:  # in input order: ids as the one-by-one inserts gave them
+            path = item.path
+            if ids[path] is None:
+                ids[path] = next_id
+                new.append(path)
+                next_id += 1
+        rows = []
+        for path in new:
+            up = parent(path)
+            parent_id = None if up is None else ids.get(up) or outside[up]
+            rows.append((ids[path], parent_id, keys[path], basename(path)))
+        self.cat.insert_paths(rows)
+        for item in items:
+            item.path_id = ids[item.path]
+        for path, pid in ids.items():
+            self.remember_dir(path, pid)
 
     def contents_of_batch(self, batch: ReadBatch) -> None:
         """The content ids of a whole read_batch in a few statements (Catalog.contents_of)."""
