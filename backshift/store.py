@@ -45,21 +45,19 @@ def sha256_digest(data: bytes | memoryview) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def _read_whole(fd: int, hint: int | None) -> bytes:
-    """All bytes of the open regular file FD: one read when HINT is its size.
-
-    A read of a regular file returns less than asked only at its end, so asking for one
-    byte more than the hint and getting fewer means the whole file is in hand.
-    """
-    if hint is None or not 0 <= hint <= READ_HINT_MAX:
-        hint = os.fstat(fd).st_size
-    want = hint + 1
-    first = os.read(fd, want)
-    if len(first) < want:
-        return first
-    parts = [first]  # longer than the hint said: read on to the end
-    while part := os.read(fd, 1 << 20):
-        parts.append(part)
+def read_whole(fd: int, expected: int) -> bytes:
+    """All bytes of the open file FD, which should be EXPECTED bytes long: one read() when
+    it is (asking for one byte more and getting exactly EXPECTED means the end is reached);
+    a short read is confirmed at EOF by one more read, and a longer file is read on."""
+    data = os.read(fd, expected + 1)
+    if len(data) <= expected:
+        more = os.read(fd, 1) if len(data) < expected else b""
+        if not more:
+            return data
+        data += more
+    parts = [data]
+    while block := os.read(fd, 1 << 20):
+        parts.append(block)
     return b"".join(parts)
 
 
@@ -269,7 +267,9 @@ class Store:
         except OSError as e:
             raise ChunkCorrupt(hexname.decode(), e.strerror or str(e)) from None
         try:
-            body = _read_whole(fd, stored_length)
+            if stored_length is None or not 0 <= stored_length <= READ_HINT_MAX:
+                stored_length = os.fstat(fd).st_size  # no hint, or one not to be believed
+            body = read_whole(fd, stored_length)
         except OSError as e:
             raise ChunkCorrupt(hexname.decode(), e.strerror or str(e)) from None
         finally:

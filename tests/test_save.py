@@ -539,21 +539,21 @@ def test_save_small_file_changing_while_read_is_kept_as_read_and_reread(repo, tm
     path = root / "log"
     path.write_bytes(b"first line\n")
     (root / "other").write_bytes(b"another small file\n")
-    real_read_all = save_mod._read_all
+    real_read_whole = save_mod.read_whole
 
     def read_then_append(fd, size):
-        data = real_read_all(fd, size)
+        data = real_read_whole(fd, size)
         if os.fstat(fd).st_ino == os.stat(path).st_ino:
             with open(path, "ab") as f:
                 f.write(b"appended while reading\n")
         return data
 
-    monkeypatch.setattr(save_mod, "_read_all", read_then_append)
+    monkeypatch.setattr(save_mod, "read_whole", read_then_append)
     stats, warnings = do_save(repo, root)
     assert [w for w in warnings if "while being read" in w] != [], warnings
     got = members(repo, stats.save_id)[os.fsencode(path)]
     assert got["data"] == b"first line\n" and got["size"] == len(got["data"])
-    monkeypatch.setattr(save_mod, "_read_all", real_read_all)
+    monkeypatch.setattr(save_mod, "read_whole", real_read_whole)
     again, warnings = do_save(repo, root)
     assert warnings == [] and again.files_read == 1
     assert members(repo, again.save_id)[os.fsencode(path)]["data"] == path.read_bytes()

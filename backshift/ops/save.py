@@ -40,7 +40,7 @@ from ..model import (
 )
 from ..pathcodec import basename, parent, sort_key
 from ..repo import Repository
-from ..store import Store
+from ..store import Store, read_whole
 from ..walk import Walk
 from .owners import Owners
 from .previous import ContentPresence, Entry, PreviousEntries, entry_chunks, entry_version
@@ -118,22 +118,6 @@ def in_flight_cost(size: int) -> int:
     return size if size <= SMALL_FILE else min(size, STREAM_BYTES)
 
 
-def _read_all(fd: int, size: int) -> bytes:
-    """The whole file: one read() when it is SIZE bytes long as expected; more if it grew."""
-    data = os.read(fd, size + 1)
-    if len(data) <= size:
-        more = os.read(fd, 1) if len(data) < size else b""  # short read: not at EOF yet?
-        if not more:
-            return data
-        data += more
-    parts = [data]
-    while True:
-        block = os.read(fd, 1 << 20)
-        if not block:
-            return b"".join(parts)
-        parts.append(block)
-
-
 def _chunker(params: ChunkerParams) -> Chunker:
     """This thread's chunker (pyfastcdc objects are not shared between threads)."""
     chunker = getattr(_local, "chunker", None)
@@ -188,7 +172,7 @@ def read_file(path: bytes, st: Version, params: ChunkerParams, store: Store) -> 
         try:
             # A small file is read whole in one read() and cut in memory: the same cuts as
             # cut_stream, without its 8 MiB buffer per call (most files are small).
-            views = (chunker.cut_buffer(_read_all(fd, st.size)) if st.size <= SMALL_FILE
+            views = (chunker.cut_buffer(read_whole(fd, st.size)) if st.size <= SMALL_FILE
                      else chunker.cut_stream(f))
             for view in views:
                 digest.update(view)
@@ -225,7 +209,7 @@ def read_batch(jobs: list[tuple[bytes, Version]], params: ChunkerParams,
         try:
             fd = _open_checked(path, st)
             try:
-                data = _read_all(fd, st.size)
+                data = read_whole(fd, st.size)
                 after = os.fstat(fd)
             except OSError as e:
                 raise SkipFile(f"read error: {e.strerror or e}") from None
