@@ -11,6 +11,7 @@ import tarfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import apsw
 from tarlint import lint_tar
 
 from conftest import find0, run
@@ -126,3 +127,21 @@ def enrich_tree(tree: Path) -> Path:
     os.utime(tree / "sticky", ns=(-86_400_000_000_000, -86_400_000_000_000))
     os.utime(tree, ns=(1_400_000_000_000_000_001, 1_400_000_000_000_000_001))
     return tree
+
+
+def insert_raw_member(repo: bytes, key: bytes, mode: int, target: bytes | None = None, *,
+                      name: bytes | None = None, size: int = 0, user: bytes = b"",
+                      mtime_ns: int = 0, ino: int = 0, nlink: int = 1) -> None:
+    """A member row of save 1 written with raw SQL under path KEY (no normalising: '..'
+    stays), as a damaged or hostile catalog could hold it."""
+    conn = apsw.Connection(os.fsdecode(os.path.join(repo, b"catalog.sqlite3")))
+    conn.execute("INSERT INTO path (parent_id, key, name) VALUES (NULL, ?, ?)",
+                 (key, key.rsplit(b"\0", 1)[-1] if name is None else name))
+    path_id = conn.last_insert_rowid()
+    conn.execute("INSERT INTO version (path_id, mode, uid, gid, user, grp, size, mtime_ns, "
+                 "ctime_ns, dev, ino, nlink, rdev, link_target, content_id) "
+                 "VALUES (?, ?, 0, 0, ?, x'', ?, ?, 0, 0, ?, ?, 0, ?, NULL)",
+                 (path_id, mode, user, size, mtime_ns, ino, nlink, target))
+    conn.execute("INSERT INTO member (save_id, path_id, version_id) VALUES (1, ?, ?)",
+                 (path_id, conn.last_insert_rowid()))
+    conn.close()

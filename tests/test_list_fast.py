@@ -10,7 +10,7 @@ import subprocess
 
 import apsw
 import pytest
-from restorehelp import enrich_tree, save_tree
+from restorehelp import enrich_tree, insert_raw_member, save_tree
 
 from backshift.catalog import LISTING_LINES_NAMES, LISTING_LINES_VERBOSE, Catalog
 from backshift.ops.listing import mode_string, permission_strings
@@ -38,22 +38,6 @@ def assert_list_equals_tar(repo: bytes, *args: str, env: dict | None = None) -> 
 
 def _conn(repo: bytes) -> apsw.Connection:
     return apsw.Connection(os.fsdecode(os.path.join(repo, b"catalog.sqlite3")))
-
-
-def _insert_member(repo: bytes, key: bytes, mode: int, target: bytes | None = None, *,
-                   size: int = 0, user: bytes = b"", mtime_ns: int = 0) -> None:
-    """A member row of save 1 written with raw SQL, as a hostile catalog could hold it."""
-    conn = _conn(repo)
-    conn.execute("INSERT INTO path (parent_id, key, name) VALUES (NULL, ?, ?)",
-                 (key, key.rsplit(b"\0", 1)[-1]))
-    path_id = conn.last_insert_rowid()
-    conn.execute("INSERT INTO version (path_id, mode, uid, gid, user, grp, size, mtime_ns, "
-                 "ctime_ns, dev, ino, nlink, rdev, link_target, content_id) "
-                 "VALUES (?, ?, 0, 0, ?, x'', ?, ?, 0, 0, 0, 1, 0, ?, NULL)",
-                 (path_id, mode, user, size, mtime_ns, target))
-    conn.execute("INSERT INTO member (save_id, path_id, version_id) VALUES (1, ?, ?)",
-                 (path_id, conn.last_insert_rowid()))
-    conn.close()
 
 
 @pytest.fixture
@@ -91,22 +75,22 @@ def test_list_fast_times_equal_gnu_tar_in_time_zones(repo, tree, tz):
 
 def test_list_fast_hostile_rows_list_as_the_stream_holds_them(repo, saved):
     raw = os.fsencode(saved).replace(b"/", b"\0")
-    _insert_member(repo, raw + b"\0sub\0..\0..\0escape", stat.S_IFREG | 0o644)
-    _insert_member(repo, raw + b"\0trap", stat.S_IFLNK | 0o777, b"/etc")
-    _insert_member(repo, raw + b"\0trap\0passwd", stat.S_IFREG | 0o644)
-    _insert_member(repo, raw + b"\0sl/ash", stat.S_IFREG | 0o644)
-    _insert_member(repo, raw + b"\0sub\0\0empty", stat.S_IFREG | 0o644)
-    _insert_member(repo, raw + b"\0sub\0.", stat.S_IFREG | 0o644)
-    _insert_member(repo, raw + b"\0negative", stat.S_IFREG | 0o644, size=-5)
-    _insert_member(repo, raw + b"\0nolink", stat.S_IFLNK | 0o777, b"")
-    _insert_member(repo, raw + b"\0weird", 0o170000 | 0o644)
+    insert_raw_member(repo, raw + b"\0sub\0..\0..\0escape", stat.S_IFREG | 0o644)
+    insert_raw_member(repo, raw + b"\0trap", stat.S_IFLNK | 0o777, b"/etc")
+    insert_raw_member(repo, raw + b"\0trap\0passwd", stat.S_IFREG | 0o644)
+    insert_raw_member(repo, raw + b"\0sl/ash", stat.S_IFREG | 0o644)
+    insert_raw_member(repo, raw + b"\0sub\0\0empty", stat.S_IFREG | 0o644)
+    insert_raw_member(repo, raw + b"\0sub\0.", stat.S_IFREG | 0o644)
+    insert_raw_member(repo, raw + b"\0negative", stat.S_IFREG | 0o644, size=-5)
+    insert_raw_member(repo, raw + b"\0nolink", stat.S_IFLNK | 0o777, b"")
+    insert_raw_member(repo, raw + b"\0weird", 0o170000 | 0o644)
     listed = assert_list_equals_tar(repo)
     assert b"escape" not in listed and b"passwd" not in listed
 
 
 def test_list_fast_socket_is_a_warning_as_in_the_stream(repo, saved):
     raw = os.fsencode(saved).replace(b"/", b"\0")
-    _insert_member(repo, raw + b"\0sub\0sock", stat.S_IFSOCK | 0o755)
+    insert_raw_member(repo, raw + b"\0sub\0sock", stat.S_IFSOCK | 0o755)
     assert_list_equals_tar(repo)
 
 
@@ -124,9 +108,9 @@ def test_list_fast_member_below_a_file_of_another_save(repo, saved):
 
 def test_list_fast_width_grows_mid_listing(repo, saved):
     raw = os.fsencode(saved).replace(b"/", b"\0")
-    _insert_member(repo, raw + b"\0sub\0plain10.tx", stat.S_IFREG | 0o600,
+    insert_raw_member(repo, raw + b"\0sub\0plain10.tx", stat.S_IFREG | 0o600,
                    user=b"a-very-long-user-name")
-    _insert_member(repo, raw + b"\0sub\0plain20.tx", stat.S_IFREG | 0o600,
+    insert_raw_member(repo, raw + b"\0sub\0plain20.tx", stat.S_IFREG | 0o600,
                    user=b"an-even-much-longer-user-name")
     listed = assert_list_equals_tar(repo)
     starts = {m.start() for m in re.finditer(rb" \d{4}-\d\d-\d\d \d\d:\d\d ", listed)}
@@ -136,10 +120,10 @@ def test_list_fast_width_grows_mid_listing(repo, saved):
 
 def test_list_fast_odd_owner_and_target_bytes(repo, saved):
     raw = os.fsencode(saved).replace(b"/", b"\0")
-    _insert_member(repo, raw + b"\0sub\0owner-nul", stat.S_IFREG | 0o644, user=b"u\0x")
-    _insert_member(repo, raw + b"\0sub\0owner-nl", stat.S_IFREG | 0o644, user=b"u\nx")
-    _insert_member(repo, raw + b"\0sub\0link-nl", stat.S_IFLNK | 0o777, b"a\nb")
-    _insert_member(repo, raw + b"\0sub\0link-utf8", stat.S_IFLNK | 0o777, "\u00e9".encode())
+    insert_raw_member(repo, raw + b"\0sub\0owner-nul", stat.S_IFREG | 0o644, user=b"u\0x")
+    insert_raw_member(repo, raw + b"\0sub\0owner-nl", stat.S_IFREG | 0o644, user=b"u\nx")
+    insert_raw_member(repo, raw + b"\0sub\0link-nl", stat.S_IFLNK | 0o777, b"a\nb")
+    insert_raw_member(repo, raw + b"\0sub\0link-utf8", stat.S_IFLNK | 0o777, "\u00e9".encode())
     run("-r", repo, "list", "--backup", "latest", "-v")  # no crash
     tar = run_bin("-r", repo, "tar", "--backup", "latest")
     listed = run_bin("-r", repo, "list", "--backup", "latest", "-v")
@@ -202,17 +186,17 @@ def test_list_fast_in_small_chunks_width_grows(repo, saved, small_chunks):
     raw = os.fsencode(saved).replace(b"/", b"\0")
     for i, user in ((3, b"a-long-user-name-1"), (11, b"a-longer-user-name-22"),
                     (12, b"the-longest-user-name-333")):
-        _insert_member(repo, raw + b"\0sub\0plain%02d.tx" % i, stat.S_IFREG | 0o600,
+        insert_raw_member(repo, raw + b"\0sub\0plain%02d.tx" % i, stat.S_IFREG | 0o600,
                        user=user)
     assert_in_process_list_equals_tar(repo)
 
 
 def test_list_fast_in_small_chunks_hostile_rows(repo, saved, small_chunks):
     raw = os.fsencode(saved).replace(b"/", b"\0")
-    _insert_member(repo, raw + b"\0sub\0plain07.tx", stat.S_IFREG | 0o600, user=b"x" * 30)
-    _insert_member(repo, raw + b"\0trap", stat.S_IFLNK | 0o777, b"/etc")
-    _insert_member(repo, raw + b"\0trap\0passwd", stat.S_IFREG | 0o644)
-    _insert_member(repo, raw + b"\0zz\0..\0x", stat.S_IFREG | 0o644)
+    insert_raw_member(repo, raw + b"\0sub\0plain07.tx", stat.S_IFREG | 0o600, user=b"x" * 30)
+    insert_raw_member(repo, raw + b"\0trap", stat.S_IFLNK | 0o777, b"/etc")
+    insert_raw_member(repo, raw + b"\0trap\0passwd", stat.S_IFREG | 0o644)
+    insert_raw_member(repo, raw + b"\0zz\0..\0x", stat.S_IFREG | 0o644)
     assert_in_process_list_equals_tar(repo)
 
 

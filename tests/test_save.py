@@ -140,17 +140,23 @@ def test_save_detects_content_change_with_mtime_put_back(repo, tree, no_racy_mar
     assert members(repo, stats.save_id)[os.fsencode(target)]["data"] == bytes(data)
 
 
+def chunks_of_file(repo: bytes, save_id: int, path) -> list:
+    """The chunk refs of PATH's content in save SAVE_ID, in order."""
+    with open_repository(repo, READ) as r:
+        content_id = r.catalog.conn.execute(
+            "SELECT v.content_id FROM member m JOIN path p ON p.id = m.path_id "
+            "JOIN version v ON v.id = m.version_id WHERE m.save_id = ? AND p.key = ?",
+            (save_id, pathcodec.sort_key(os.fsencode(path)))).fetchone()[0]
+        return r.catalog.chunks_of_content(content_id)
+
+
 @pytest.mark.parametrize("listing_max", [10**6, 0], ids=["listed", "stat-per-chunk"])
 def test_save_rereads_borrowed_content_whose_chunk_is_missing(repo, tree, no_racy_margin,
                                                               monkeypatch, listing_max):
     monkeypatch.setattr(store_mod, "LISTING_MAX", listing_max)
     first, _ = do_save(repo, tree)
+    refs = chunks_of_file(repo, first.save_id, tree / "text.txt")
     with open_repository(repo, READ) as r:
-        content_id = r.catalog.conn.execute(
-            "SELECT v.content_id FROM member m JOIN path p ON p.id = m.path_id "
-            "JOIN version v ON v.id = m.version_id WHERE m.save_id = ? AND p.key = ?",
-            (first.save_id, pathcodec.sort_key(os.fsencode(tree / "text.txt")))).fetchone()[0]
-        refs = r.catalog.chunks_of_content(content_id)
         os.unlink(r.store.path_for(refs[0].sha256))
     second, _ = do_save(repo, tree)
     assert second.files_read == 1 and second.new_chunks >= 1
@@ -165,12 +171,8 @@ def test_save_rereads_borrowed_content_whose_chunk_sits_in_the_wrong_directory(
     (path_for): the presence test must call it missing, listed or stat'ed alike."""
     monkeypatch.setattr(store_mod, "LISTING_MAX", listing_max)
     first, _ = do_save(repo, tree)
+    refs = chunks_of_file(repo, first.save_id, tree / "text.txt")
     with open_repository(repo, READ) as r:
-        content_id = r.catalog.conn.execute(
-            "SELECT v.content_id FROM member m JOIN path p ON p.id = m.path_id "
-            "JOIN version v ON v.id = m.version_id WHERE m.save_id = ? AND p.key = ?",
-            (first.save_id, pathcodec.sort_key(os.fsencode(tree / "text.txt")))).fetchone()[0]
-        refs = r.catalog.chunks_of_content(content_id)
         real = r.store.path_for(refs[0].sha256)
         name = os.path.basename(real)
         other = b"00" if not name.startswith(b"00") else b"01"

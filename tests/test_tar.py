@@ -14,7 +14,15 @@ import apsw
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from restorehelp import compare_trees, enrich_tree, extract, hash_dir, save_tree, tar_stream
+from restorehelp import (
+    compare_trees,
+    enrich_tree,
+    extract,
+    hash_dir,
+    insert_raw_member,
+    save_tree,
+    tar_stream,
+)
 from tarlint import lint_tar
 
 from backshift import pathcodec
@@ -212,20 +220,9 @@ def test_tar_pads_damaged_chunk_and_exits_10(repo, tree, tmp_path, damage):
 
 def _insert_member(repo: bytes, path: bytes, mode: int, target: bytes | None = None, *,
                    key: bytes | None = None, ino: int = 0, nlink: int = 1) -> None:
-    """A member row written with raw SQL, as a damaged or hostile catalog could hold it."""
-    conn = apsw.Connection(os.fsdecode(os.path.join(repo, b"catalog.sqlite3")))
-    if key is None:
-        key = path.replace(b"/", b"\0")  # no normalising: '..' stays
-    conn.execute("INSERT INTO path (parent_id, key, name) VALUES (NULL, ?, ?)",
-                 (key, path.rsplit(b"/", 1)[-1]))
-    path_id = conn.last_insert_rowid()
-    conn.execute("INSERT INTO version (path_id, mode, uid, gid, user, grp, size, mtime_ns, "
-                 "ctime_ns, dev, ino, nlink, rdev, link_target, content_id) "
-                 "VALUES (?, ?, 0, 0, x'', x'', 0, 0, 0, 0, ?, ?, 0, ?, NULL)",
-                 (path_id, mode, ino, nlink, target))
-    conn.execute("INSERT INTO member (save_id, path_id, version_id) VALUES (1, ?, ?)",
-                 (path_id, conn.last_insert_rowid()))
-    conn.close()
+    """A raw member row named by PATH (its key unless KEY is given)."""
+    insert_raw_member(repo, path.replace(b"/", b"\0") if key is None else key, mode, target,
+                      name=path.rsplit(b"/", 1)[-1], ino=ino, nlink=nlink)
 
 
 def test_tar_refuses_hostile_catalog_rows(repo, tree, tmp_path):
