@@ -489,6 +489,27 @@ def _listing_lines(line: str, verbose_flags: str) -> str:
 LISTING_LINES_VERBOSE = _listing_lines(LISTING_LINE_VERBOSE, LISTING_VERBOSE_FLAGS)
 LISTING_LINES_NAMES = _listing_lines(LISTING_LINE_NAME, "")
 
+
+# LISTING_BLOCK gives the same lines as one row for a whole key range: (lines, marks, rows).
+# `lines` holds every plain member's line and an empty line ("\n") in place of each flagged
+# one; `marks` the flagged rows in order, as flag || path_id separated by commas (NULL when
+# none); `rows` how many members (lines) there are. One row instead of thousands: the
+# query runs without giving the GIL back at every row, so two of them really run on two
+# cores, and Python builds no tuple per member. group_concat takes the rows in the order
+# the subquery yields them: key order, from the path index the CROSS JOIN makes the outer
+# loop (the plan tests in test_list_fast.py check that). A plain line is never empty: the
+# empty name (key x'00') is flagged 'a'.
+def _listing_block(line: str, verbose_flags: str) -> str:
+    return (f"SELECT CAST(group_concat(CASE WHEN flag IS NULL THEN CAST({line} AS BLOB)\n"
+            f"                                  ELSE x'0a' END, '') AS BLOB),\n"
+            f"       group_concat(flag || path_id, ','),\n"
+            f"       count(*)\n"
+            f"FROM ({_listing_rows(verbose_flags)}) AS r")
+
+
+LISTING_BLOCK_VERBOSE = _listing_block(LISTING_LINE_VERBOSE, LISTING_VERBOSE_FLAGS)
+LISTING_BLOCK_NAMES = _listing_block(LISTING_LINE_NAME, "")
+
 PATH_KEY_AFTER = _sql("""
     SELECT p.key
     FROM path AS p
@@ -1265,6 +1286,15 @@ class Catalog:
             return self.conn.execute(LISTING_LINES_NAMES, params)
         params.update(width=width, modes=modes)
         return self.conn.execute(LISTING_LINES_VERBOSE, params)
+
+    def listing_block(self, save_id: int, lo: bytes, hi: bytes, width: int,
+                      modes: bytes | None) -> tuple[bytes | None, str | None, int]:
+        """listing_lines for [lo, hi) in one row: (lines, marks, rows) of LISTING_BLOCK."""
+        params = {"save_id": save_id, "lo": lo, "hi": hi}
+        if modes is None:
+            return self.conn.execute(LISTING_BLOCK_NAMES, params).fetchone()
+        params.update(width=width, modes=modes)
+        return self.conn.execute(LISTING_BLOCK_VERBOSE, params).fetchone()
 
     def path_key_after(self, lo: bytes, hi: bytes, count: int) -> bytes | None:
         """The key COUNT paths (of any save) past lo in [lo, hi), None when there are

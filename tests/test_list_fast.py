@@ -12,7 +12,13 @@ import apsw
 import pytest
 from restorehelp import enrich_tree, insert_raw_member, save_tree
 
-from backshift.catalog import LISTING_LINES_NAMES, LISTING_LINES_VERBOSE, Catalog
+from backshift.catalog import (
+    LISTING_BLOCK_NAMES,
+    LISTING_BLOCK_VERBOSE,
+    LISTING_LINES_NAMES,
+    LISTING_LINES_VERBOSE,
+    Catalog,
+)
 from backshift.ops.listing import mode_string, permission_strings
 from conftest import run, run_bin
 
@@ -140,13 +146,14 @@ def test_list_fast_dir_and_whole_save_agree_with_stream(repo, saved):
     assert_list_equals_tar(repo, str(saved / "sub" / "deeper" / "setuid"))
 
 
-@pytest.mark.parametrize("sql", [LISTING_LINES_VERBOSE, LISTING_LINES_NAMES])
+@pytest.mark.parametrize("sql", [LISTING_LINES_VERBOSE, LISTING_LINES_NAMES,
+                                 LISTING_BLOCK_VERBOSE, LISTING_BLOCK_NAMES])
 def test_list_fast_query_plan_reads_the_range_in_key_order(repo, saved, sql):
     cat = Catalog.open(os.path.join(repo, b"catalog.sqlite3"), readonly=True)
     try:
         params = {"save_id": 1, "lo": b"", "hi": b"\x01", "width": 19,
                   "modes": permission_strings()}
-        if sql is LISTING_LINES_NAMES:
+        if sql in (LISTING_LINES_NAMES, LISTING_BLOCK_NAMES):
             del params["width"], params["modes"]
         details = cat.explain(sql, params)
     finally:
@@ -238,3 +245,22 @@ def test_list_fast_is_one_snapshot_when_expire_removes_the_save_meanwhile(
     listed = run("-r", repo, "list", "--backup", "1", *flags, exit_code=None)
     assert len(calls) >= 2
     assert listed.stdout_bytes == whole, listed.stderr
+
+
+@pytest.mark.parametrize("chunk_paths", [2, 3, 5])
+def test_list_fast_flagged_rows_at_block_edges(repo, tree, monkeypatch, chunk_paths):
+    """A block holds an empty line in place of each flagged row: runs of flagged rows, and
+    flagged rows first and last in a block, come out in their places."""
+    from backshift.ops import listing
+    monkeypatch.setattr(listing, "CHUNK_PATHS", chunk_paths)
+    enrich_tree(tree)
+    hl = tree / "hl"
+    hl.mkdir()
+    (hl / "a").write_bytes(b"data")
+    for name in ("b", "c", "d"):
+        os.link(hl / "a", hl / name)
+    (hl / "e").write_bytes(b"plain")
+    os.link(hl / "e", tree / "hl-last")
+    save_tree(repo, tree)
+    assert_in_process_list_equals_tar(repo)
+    assert_in_process_list_equals_tar(repo, str(hl))

@@ -8,7 +8,7 @@ at 19), `major,minor` for devices, local `%Y-%m-%d %H:%M`, and names quoted as g
 quotearg escape style does it in the current locale (C escapes, octal for the rest).
 
 Text output of a whole save or one subtree takes a faster road to the same bytes
-(write_lines): the catalog builds the lines (catalog.LISTING_LINES_VERBOSE), this module
+(write_lines): the catalog builds the lines (catalog.LISTING_BLOCK_VERBOSE), this module
 checks and writes them a block at a time, and hands a row to the planner and TarLister
 only when it is out of the ordinary; at the first row the planner would refuse or warn
 about, the planner takes over the whole listing.
@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from itertools import chain, islice
+from queue import Empty, SimpleQueue
 
 from .. import pathcodec
 from ..catalog import Catalog
@@ -170,7 +171,9 @@ class TarLister:
 # -- the fast road for text ----------------------------------------------------------------
 
 BATCH_ROWS = 8192  # lines fetched, checked and written together (~1 MiB of -v text)
-CHUNK_PATHS = 4096  # paths (of any save) per query when two threads share a long listing
+CHUNK_PATHS = 4096  # paths (of any save) per query of a long listing (~700 KiB of -v text)
+FETCHERS = 2  # threads (and read-only connections) building the next chunks meanwhile
+AHEAD = 2  # chunks given to each of them ahead of the one written
 # Bytes a plain line may hold: printable ASCII but backslash (what GNU tar's quoting leaves
 # alone), newline, and NUL (the catalog's component separator, still in the name).
 PLAIN_LINE_BYTES = bytes([0, 10, *range(0x20, 0x5C), *range(0x5D, 0x7F)])
@@ -262,30 +265,48 @@ def _write_members(members: Iterator[Planned], lister: TarLister,
         write(b"".join(block))
 
 
-class _Fetch(threading.Thread):
-    """The rows of one chunk, fetched on another thread and connection."""
+class _Fetcher(threading.Thread):
+    """Builds blocks (catalog.listing_block) on its own thread and read-only connection:
+    SQLite runs the query without the GIL. Jobs are done and answered in the order given."""
 
-    def __init__(self, owner: _FastLines, catalog: Catalog, lo: bytes, hi: bytes,
-                 width: int) -> None:
+    def __init__(self, catalog: Catalog, save_id: int, modes: bytes | None) -> None:
         super().__init__(name="list-chunk", daemon=True)
-        self.args_ = (owner.save_id, lo, hi, width, owner.modes)
         self.catalog = catalog
-        self.width = width
-        self.rows: list[tuple] = []
-        self.error: BaseException | None = None
+        self.save_id = save_id
+        self.modes = modes
+        self.jobs: SimpleQueue = SimpleQueue()
+        self.results: SimpleQueue = SimpleQueue()
         self.start()
 
     def run(self) -> None:
-        try:
-            self.rows = self.catalog.listing_lines(*self.args_).fetchall()
-        except BaseException as e:  # noqa: BLE001 - handed to the listing thread
-            self.error = e
+        while (job := self.jobs.get()) is not None:
+            lo, hi, width = job
+            try:
+                block = self.catalog.listing_block(self.save_id, lo, hi, width, self.modes)
+            except BaseException as e:  # noqa: BLE001 - handed to the listing thread
+                self.results.put((job, None, e))
+                return
+            self.results.put((job, block, None))
 
-    def result(self) -> list[tuple]:
+    def fetch(self, lo: bytes, hi: bytes, width: int) -> None:
+        self.jobs.put((lo, hi, width))
+
+    def result(self) -> tuple[tuple[bytes, bytes, int], tuple]:
+        """((lo, hi, width), block) of the oldest job not answered yet."""
+        job, block, error = self.results.get()
+        if error is not None:
+            raise error
+        return job, block
+
+    def stop(self) -> None:
+        """Drop the jobs not started (the listing may end early) and end the thread."""
+        try:
+            while True:
+                self.jobs.get_nowait()
+        except Empty:
+            pass
+        self.jobs.put(None)
         self.join()
-        if self.error is not None:
-            raise self.error
-        return self.rows
 
 
 class _PlannerNeeded(Exception):
@@ -308,11 +329,12 @@ class _FastLines:
         """Write every member in [lo, hi); False (and self.emitted) when the planner
         must take over.
 
-        The range is cut into chunks of CHUNK_PATHS paths. While this thread runs the
-        query of one chunk, a second thread with its own read-only connection runs the
-        next one (SQLite works without the GIL): two cores for a long listing. The next
-        chunk is built at the width known when it starts; should the width grow before
-        its turn comes, it is built again. Its rows are then taken in order, as here."""
+        The range is cut into chunks of CHUNK_PATHS paths, each listed by one query that
+        returns its lines as one block. FETCHERS threads, each with its own read-only
+        connection in the same snapshot, build the next chunks while this thread writes
+        the current one: a long listing uses every core. A chunk is built at the width
+        known when it starts; should the width grow before its turn comes, it is built
+        again. The blocks are written in order."""
         self.emitted = emitted
         self.modes = permission_strings() if self.verbose else None
         chunks = self._chunks(lo, hi)
@@ -320,35 +342,39 @@ class _FastLines:
         second = next(chunks, None)
         if second is None:  # short: one query, one thread
             return first is None or self._range(*first)
-        other = Catalog.open(self.catalog.path, readonly=True)
+        others: list[Catalog] = []
+        fetchers: list[_Fetcher] = []
         try:
-            if not self._same_snapshot(other):  # a commit came in between: one thread
-                for chunk in chain((first, second), chunks):
-                    if not self._range(*chunk):
-                        return False
-                return True
-            chunk = first
-            while chunk is not None:
-                nxt = second if second is not None else next(chunks, None)
-                second = None
-                ahead = None
-                if nxt is not None:
-                    ahead = _Fetch(self, other, *nxt, self.lister.ugswidth)
-                try:
-                    if not self._range(*chunk):
-                        return False
-                finally:
-                    rows = ahead.result() if ahead is not None else None
-                if ahead is None:
-                    return True
-                if ahead.width != self.lister.ugswidth:
-                    rows = None  # built at a narrower width: build it again here
-                chunk = next(chunks, None)
-                if not self._range(*nxt, rows):
+            for _ in range(FETCHERS):
+                others.append(Catalog.open(self.catalog.path, readonly=True))
+            if not all(self._same_snapshot(other) for other in others):
+                # a commit came in between: one thread, one snapshot
+                return all(self._range(*chunk) for chunk in chain((first, second), chunks))
+            fetchers = [_Fetcher(other, self.save_id, self.modes) for other in others]
+            todo = chain((first, second), chunks)
+            given = 0  # chunk n goes to fetcher n % FETCHERS, AHEAD chunks each at most
+            for chunk in islice(todo, AHEAD * len(fetchers)):
+                fetchers[given % len(fetchers)].fetch(*chunk, self.lister.ugswidth)
+                given += 1
+            taken = 0
+            while taken < given:
+                fetcher = fetchers[taken % len(fetchers)]
+                taken += 1
+                (lo, hi, width), block = fetcher.result()
+                chunk = next(todo, None)
+                if chunk is not None:
+                    fetcher.fetch(*chunk, self.lister.ugswidth)
+                    given += 1
+                if width != self.lister.ugswidth:
+                    block = None  # built at a narrower width: build it again here
+                if not self._range(lo, hi, block):
                     return False
             return True
         finally:
-            other.close()
+            for fetcher in fetchers:
+                fetcher.stop()
+            for other in others:
+                other.close()
 
     def _same_snapshot(self, other: Catalog) -> bool:
         """Open a read transaction on OTHER; True when it sees this save as this thread's
@@ -365,19 +391,63 @@ class _FastLines:
             yield lo, (cut if cut is not None else hi)
             lo = cut
 
-    def _range(self, lo: bytes, hi: bytes, rows: list[tuple] | None = None) -> bool:
-        """Write the members in [lo, hi), from ROWS when fetched already."""
+    def _range(self, lo: bytes, hi: bytes, block: tuple | None = None) -> bool:
+        """Write the members in [lo, hi), from BLOCK (listing_block) when fetched already."""
         while True:
             width = self.lister.ugswidth
-            cursor = None
-            if rows is None:
-                cursor = self.catalog.listing_lines(self.save_id, lo, hi, width, self.modes)
-                source = cursor
-            else:
-                source = iter(rows)
-                rows = None
+            if block is None:
+                block = self.catalog.listing_block(self.save_id, lo, hi, width, self.modes)
+            restart = self._block(block, lo, hi, width)
+            block = None
+            if restart is True or restart is False:
+                return restart
+            lo = restart + b"\0"  # the width grew: on with the next key, at the new width
+
+    def _block(self, block: tuple, lo: bytes, hi: bytes, width: int) -> bytes | bool:
+        """Write one block; True when done, False (planner), or the key to go on after
+        (the width grew)."""
+        lines, marks, count = block
+        if not count:
+            return True
+        if lines.translate(None, PLAIN_LINE_BYTES) or lines.count(b"\n") != count:
+            return self._rows(lo, hi)  # a name tar quotes, or with a newline: row by row
+        text = lines.replace(b"\0", b"/")
+        if marks is None:
+            self.write(text)
+            self.emitted += count
+            return True
+        split = text.split(b"\n")  # ends with b"": the text ends with a newline
+        out: list[bytes] = []
+        start = 0
+        try:
+            for mark in marks.split(","):
+                stop = split.index(b"", start)  # the next flagged row's place
+                if stop > start:
+                    out.append(b"\n".join(split[start:stop]) + b"\n")
+                    self.emitted += stop - start
+                planned = self._plan(int(mark[1:]), mark[0])
+                if planned is None:
+                    return False
+                out.append(self.lister.line(planned.header))
+                self.emitted += 1
+                if self.lister.ugswidth != width:
+                    return planned.entry.key
+                start = stop + 1
+            if start < len(split) - 1:
+                out.append(b"\n".join(split[start:-1]) + b"\n")
+                self.emitted += len(split) - 1 - start
+            return True
+        finally:
+            self.write(b"".join(out))
+
+    def _rows(self, lo: bytes, hi: bytes) -> bool:
+        """Write the members in [lo, hi) from a query of one row each (listing_lines), for
+        a block with lines Python must check one by one."""
+        while True:
+            width = self.lister.ugswidth
+            cursor = self.catalog.listing_lines(self.save_id, lo, hi, width, self.modes)
             try:
-                while batch := list(islice(source, BATCH_ROWS)):
+                while batch := list(islice(cursor, BATCH_ROWS)):
                     restart = self._batch(batch, width)
                     if restart is not None:
                         break
@@ -386,8 +456,7 @@ class _FastLines:
             except _PlannerNeeded:
                 return False
             finally:
-                if cursor is not None:
-                    cursor.close()
+                cursor.close()
             if restart is False:
                 return False
             lo = restart + b"\0"  # the width grew: on with the next key, at the new width
