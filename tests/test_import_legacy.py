@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from harness.faults import PEAK_RSS_MAX, run_capped
 from restorehelp import compare_trees, enrich_tree, extract, walk_all
 from tarlint import lint_tar
 
@@ -301,6 +302,35 @@ def test_import_legacy_missing_and_damaged_chunks_are_reported_and_files_skipped
     assert b"a.txt" in held
     [s] = saves(repo)
     assert s["warnings"] == 2 and s["status"] == "complete"
+
+
+HUGE = 4 << 30  # a sparse file: no disk, but reading it whole would need 4 GiB of memory
+
+
+def test_import_legacy_huge_chunk_and_db_files_are_damage_not_memory(legacy_bin, repo,
+                                                                      tmp_path):
+    """A legacy chunk file far longer than any body of its chunk, and a per-directory DB
+    far longer than any DB: warned about and skipped without being read (the child's address
+    space is capped: reading either whole would be a MemoryError)."""
+    root = source_tree(tmp_path)
+    sd = tmp_path / "savedir"
+    legacy_save(legacy_bin, sd, find0(root))
+    h = hashlib.sha256((root / "text.txt").read_bytes()).hexdigest()  # one legacy chunk
+    os.truncate(sd / "chunks" / h[:5] / h[5:11] / h[11:], HUGE)
+    [deeper] = (sd / "files").glob("*/**/dir-sub/dir-deeper")
+    os.truncate(deeper / "entries", HUGE)
+    res = run_capped([BACKSHIFT, "-r", repo, "import-legacy", str(sd)])
+    err = res.stderr.decode(errors="replace")
+    assert res.returncode == 1, err
+    assert "Traceback" not in err and "MemoryError" not in err
+    [line] = [ln for ln in err.splitlines() if h in ln]
+    assert os.fsdecode(os.fsencode(root / "text.txt")) in line
+    assert f"chunk file is {HUGE} bytes, longer than any body of a " in line, line
+    [line] = [ln for ln in err.splitlines() if "dir-deeper/entries" in ln]
+    assert f"file is {HUGE} bytes, longer than any database" in line, line
+    assert res.peak_rss < PEAK_RSS_MAX
+    assert_restores(repo, 1, root, tmp_path,
+                    skipped=[b"text.txt", b"sub/deeper/big", b"sub/deeper/setuid"])
 
 
 def test_import_legacy_then_save_reads_nothing_of_an_unchanged_tree(legacy_bin, repo,

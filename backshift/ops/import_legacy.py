@@ -33,13 +33,14 @@ from dataclasses import dataclass, field
 
 import xxhash
 
-from .. import __version__
+from .. import __version__, chunkcodec
 from .. import legacy as lg
 from ..crashpoints import crashpoint
 from ..errors import LegacyDirInvalid
 from ..model import ChunkRef, Version
 from ..pathcodec import basename, parent, sort_key
 from ..repo import Repository
+from ..store import read_whole
 
 Warn = Callable[[str], None]
 LINK = "link"
@@ -104,8 +105,7 @@ def iter_entries(savedir: bytes, lid: str, warn: Warn) -> Iterator[tuple[bytes, 
             warn(f"{where}: skipped: directory names do not follow the dir- layout")
             continue
         try:
-            with open(db, "rb") as f:
-                body = f.read()
+            body = _read_db(db)
             pairs = lg.parse_dohdbm(lg.decode_body(body) if body else b"")
         except (OSError, lg.LegacyFormatError) as e:
             warn(f"{where}: skipped (its entries are lost): {e}")
@@ -121,6 +121,48 @@ def iter_entries(savedir: bytes, lid: str, warn: Warn) -> Iterator[tuple[bytes, 
                 warn(f"{os.fsdecode(path)}: skipped: {e}")
                 continue
             yield path, rec
+
+
+def read_legacy_chunk(source: bytes, length: int) -> tuple[bytes, str | None]:
+    """(body, None) of the legacy chunk file SOURCE of a LENGTH-byte chunk, or (b"", why it
+    cannot be used). Never through a symlink (the file itself is what gets linked), only a
+    regular file, and never more than the longest body such a chunk can have."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return b"", "is missing"
+    except OSError as e:
+        return b"", f"cannot be read ({e.strerror})"
+    bound = chunkcodec.max_body(length)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return b"", "is damaged (not a regular file)"
+        body = read_whole(fd, st.st_size, bound) if st.st_size <= bound else None
+        if body is None or len(body) > bound:
+            size = max(os.fstat(fd).st_size, bound + 1)
+            return b"", f"is damaged ({chunkcodec.too_long(size, length)})"
+        return body, None
+    except OSError as e:
+        return b"", f"cannot be read ({e.strerror})"
+    finally:
+        os.close(fd)
+
+
+def _read_db(path: bytes) -> bytes:
+    """The body of a per-directory DB file, which decodes to at most MAX_DB_BYTES: a longer
+    file is LegacyFormatError, found without reading more than the longest body can be."""
+    bound = chunkcodec.max_body(lg.MAX_DB_BYTES)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        body = read_whole(fd, size, bound) if size <= bound else None
+        if body is None or len(body) > bound:
+            raise lg.LegacyFormatError(f"file is {max(size, bound + 1)} bytes, longer than "
+                                       f"any database of at most {lg.MAX_DB_BYTES} bytes")
+        return body
+    finally:
+        os.close(fd)
 
 
 # -- placing chunks -----------------------------------------------------------------------
@@ -258,16 +300,7 @@ class Importer:
     def read_chunk(self, sha: bytes, length: int) -> tuple[bytes | None, int]:
         h = sha.hex().encode()
         source = os.path.join(self.savedir, b"chunks", h[:5], h[5:11], h[11:])
-        why = None
-        body = b""
-        try:  # never through a symlink: the file itself is what gets linked
-            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            with os.fdopen(fd, "rb") as f:
-                body = f.read()
-        except FileNotFoundError:
-            why = "is missing"
-        except OSError as e:
-            why = f"cannot be read ({e.strerror})"
+        body, why = read_legacy_chunk(source, length)
         data = None
         if why is None:
             try:
