@@ -43,6 +43,7 @@ from ..repo import Repository
 from ..store import read_whole
 
 Warn = Callable[[str], None]
+PROGRESS_EVERY_S = 0.2
 LINK = "link"
 COPY = "copy"
 CONTENT_BATCH = 500
@@ -64,6 +65,12 @@ class ImportStats:
     chunks_bad: int = 0  # missing or damaged in the legacy directory
     warnings: int = 0
     elapsed_s: float = 0.0
+    bytes_read: int = 0  # of legacy chunk files
+    # for a progress display: the save in work (1-based, of saves_found), its pass, and
+    # how many of its entries that pass went through
+    save_number: int = 0
+    phase: str = ""
+    entries: int = 0
     method: str = LINK
     imported: list[tuple[str, int]] = field(default_factory=list)  # (legacy id, save id)
 
@@ -196,7 +203,8 @@ class Placer:
 
 
 class Importer:
-    def __init__(self, repo: Repository, savedir: bytes, method: str, warn: Warn) -> None:
+    def __init__(self, repo: Repository, savedir: bytes, method: str, warn: Warn,
+                 progress: Callable[[ImportStats], None] | None = None) -> None:
         self.repo = repo
         self.cat = repo.catalog
         self.savedir = savedir
@@ -206,29 +214,44 @@ class Importer:
         self.bad_chunks: dict[bytes, str] = {}  # sha -> why it cannot be used
         self.good_chunks: dict[bytes, int] = {}  # sha -> stored length (placed or present)
         self.dir_ids: dict[bytes, int] = {}
+        self.progress = progress
+        self.started = time.monotonic()
+        self._last_progress = 0.0
+
+    def report_progress(self, final: bool = False) -> None:
+        """Call the progress callback at most every PROGRESS_EVERY_S (and when FINAL)."""
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if final or now - self._last_progress >= PROGRESS_EVERY_S:
+            self._last_progress = now
+            self.stats.elapsed_s = now - self.started
+            self.progress(self.stats)
 
     def warn(self, msg: str) -> None:
         self.stats.warnings += 1
         self._warn(msg)
 
     def run(self) -> ImportStats:
-        started = time.monotonic()
+        self.started = time.monotonic()
         ids = list_legacy_ids(self.savedir, self.warn)
         self.stats.saves_found = len(ids)
         done = self.cat.legacy_ids()
         try:
-            for lid in ids:
+            for number, lid in enumerate(ids, 1):
                 if lid.text in done:
                     self.stats.saves_skipped += 1
                     continue
+                self.stats.save_number = number
                 self.import_save(lid)
+                self.report_progress(final=True)
         except BaseException:
             self.placer.abandon()
             self.cat.rollback_quietly()
             raise
         self.cat.checkpoint()
         self.stats.method = self.placer.method
-        self.stats.elapsed_s = time.monotonic() - started
+        self.stats.elapsed_s = time.monotonic() - self.started
         return self.stats
 
     # -- one save -------------------------------------------------------------------------
@@ -260,7 +283,10 @@ class Importer:
         """Pass 1: make every content of the save known to the catalog (or its chunk bad)."""
         pending: dict[tuple, tuple[bytes, int, list]] = {}
         last_commit = time.monotonic()
+        self._start_phase("checking chunks")
         for _path, rec in iter_entries(self.savedir, lid, self.warn):
+            self.stats.entries += 1
+            self.report_progress()
             if not stat.S_ISREG(rec.mode):
                 continue
             links[(rec.dev, rec.ino)] += 1
@@ -276,6 +302,11 @@ class Importer:
                 self.commit_contents(pending)
                 last_commit = time.monotonic()
         self.commit_contents(pending)
+
+    def _start_phase(self, phase: str) -> None:
+        self.stats.phase = phase
+        self.stats.entries = 0
+        self.report_progress(final=True)
 
     def content_for(self, chunks: tuple) -> int | None:
         if not chunks:
@@ -301,6 +332,7 @@ class Importer:
         h = sha.hex().encode()
         source = os.path.join(self.savedir, b"chunks", h[:5], h[5:11], h[11:])
         body, why = read_legacy_chunk(source, length)
+        self.stats.bytes_read += len(body)
         data = None
         if why is None:
             try:
@@ -352,7 +384,10 @@ class Importer:
             lid.hostname, lid.subset, summary.start_ns, f"{__version__} import-legacy",
             lid.text, socket.gethostname())
         files = nbytes = skipped = 0
+        self._start_phase("recording")
         for path, rec in iter_entries(self.savedir, lid.text, lambda msg: None):
+            self.stats.entries += 1
+            self.report_progress()
             content_id = None
             size = 0
             nlink = 1
@@ -421,8 +456,10 @@ def choose_method(repo: Repository, savedir: bytes, requested: str | None) -> st
     return LINK if same else COPY
 
 
-def import_legacy(repo: Repository, savedir: bytes, method: str | None,
-                  warn: Warn) -> ImportStats:
-    """Import every not yet imported save of the backshift 1.x save directory SAVEDIR."""
+def import_legacy(repo: Repository, savedir: bytes, method: str | None, warn: Warn,
+                  progress: Callable[[ImportStats], None] | None = None) -> ImportStats:
+    """Import every not yet imported save of the backshift 1.x save directory SAVEDIR;
+    PROGRESS, when given, is called with the stats now and then (and after each save)."""
     savedir = os.path.abspath(savedir)
-    return Importer(repo, savedir, choose_method(repo, savedir, method), warn).run()
+    method = choose_method(repo, savedir, method)
+    return Importer(repo, savedir, method, warn, progress).run()
