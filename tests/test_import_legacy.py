@@ -334,6 +334,23 @@ def test_import_legacy_huge_chunk_and_db_files_are_damage_not_memory(legacy_bin,
                     skipped=[b"text.txt", b"sub/deeper/big", b"sub/deeper/setuid"])
 
 
+def test_import_legacy_huge_summary_skips_its_save_without_reading_it(legacy_bin, repo,
+                                                                      tmp_path):
+    root = make_tree(tmp_path / "src")
+    sd = tmp_path / "savedir"
+    legacy_save(legacy_bin, sd, find0(root))
+    [lid] = legacy_ids(sd)
+    os.truncate(sd / "summaries" / lid, HUGE)
+    res = run_capped([BACKSHIFT, "-r", repo, "import-legacy", str(sd)])
+    err = res.stderr.decode(errors="replace")
+    assert res.returncode == 1, err
+    [line] = err.splitlines()
+    assert line == (f"warning: legacy save {lid}: skipped: summary: file is {HUGE} bytes, "
+                    "longer than any summary"), line
+    assert res.peak_rss < PEAK_RSS_MAX
+    assert saves(repo) == []
+
+
 def test_import_legacy_then_save_reads_nothing_of_an_unchanged_tree(legacy_bin, repo,
                                                                     tmp_path, no_racy_margin):
     root = source_tree(tmp_path)

@@ -48,6 +48,7 @@ LINK = "link"
 COPY = "copy"
 CONTENT_BATCH = 500
 MAX_NAMED_FILES = 5  # files named per damaged chunk in its warning
+MAX_SUMMARY_BYTES = 64 << 10  # a summary is three short lines; a longer file is damage
 EMPTY_DIGEST = xxhash.xxh3_128(b"").digest()
 
 
@@ -157,17 +158,22 @@ def read_legacy_chunk(source: bytes, length: int) -> tuple[bytes, str | None]:
 
 
 def _read_db(path: bytes) -> bytes:
-    """The body of a per-directory DB file, which decodes to at most MAX_DB_BYTES: a longer
-    file is LegacyFormatError, found without reading more than the longest body can be."""
-    bound = chunkcodec.max_body(lg.MAX_DB_BYTES)
+    """The body of a per-directory DB file, which decodes to at most MAX_DB_BYTES."""
+    return _read_bounded(path, chunkcodec.max_body(lg.MAX_DB_BYTES),
+                         f"database of at most {lg.MAX_DB_BYTES} bytes")
+
+
+def _read_bounded(path: bytes, bound: int, what: str) -> bytes:
+    """The bytes of the file PATH, at most BOUND of them: a longer file is LegacyFormatError
+    ('longer than any WHAT'), found without reading more than BOUND + 1 bytes."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
-        body = read_whole(fd, size, bound) if size <= bound else None
-        if body is None or len(body) > bound:
+        data = read_whole(fd, size, bound) if size <= bound else None
+        if data is None or len(data) > bound:
             raise lg.LegacyFormatError(f"file is {max(size, bound + 1)} bytes, longer than "
-                                       f"any database of at most {lg.MAX_DB_BYTES} bytes")
-        return body
+                                       f"any {what}")
+        return data
     finally:
         os.close(fd)
 
@@ -259,8 +265,7 @@ class Importer:
     def import_save(self, lid: lg.LegacyId) -> None:
         sumpath = os.path.join(self.savedir, b"summaries", os.fsencode(lid.text))
         try:
-            with open(sumpath, "rb") as f:
-                summary = lg.parse_summary(f.read())
+            summary = lg.parse_summary(_read_bounded(sumpath, MAX_SUMMARY_BYTES, "summary"))
         except (OSError, lg.LegacyFormatError) as e:
             self.warn(f"legacy save {lid.text}: skipped: summary: {e}")
             return
