@@ -15,6 +15,25 @@ HEADER_ZSTD = b"8\n"
 HEADER_RAW = b"1\n"
 HEADER_XZ = b"7\n"
 HEADER_BZ2 = b"5\n"
+HEADER_SIZE = 2
+
+
+def max_body(length: int) -> int:
+    """The most bytes a chunk file body of a LENGTH-byte chunk can hold, whatever its codec;
+    a longer file is damage (readers then read no further than this plus one byte).
+
+    The 2-byte header, plus LENGTH + LENGTH/8 + 64 KiB, which covers every codec the readers
+    accept with room to spare: raw is LENGTH; zstd's worst case (ZSTD_COMPRESSBOUND) is
+    LENGTH + LENGTH/256 + 64 (+ < 64 under 128 KiB); xz's (lzma_stream_buffer_bound) is
+    LENGTH + 3 bytes per 64 KiB + ~100 bytes of headers and index; bz2's is LENGTH + 1% + 600.
+    """
+    length = max(length, 0)
+    return HEADER_SIZE + length + (length >> 3) + (64 << 10)
+
+
+def too_long(size: int, length: int) -> str:
+    """Why a chunk file of SIZE bytes cannot hold a LENGTH-byte chunk (above max_body)."""
+    return f"chunk file is {size} bytes, longer than any body of a {length}-byte chunk"
 
 
 class BodyError(ValueError):

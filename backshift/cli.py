@@ -825,8 +825,12 @@ def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, exclude: tupl
               help="Hard-link the legacy chunk files [default when on the same filesystem].")
 @click.option("--copy", "method", flag_value="copy",
               help="Copy the legacy chunk files (the save directory stays independent).")
+@click.option("--progress/--no-progress", default=None,
+              help="Live progress on stderr [default: when stderr is a terminal].")
+@_lock_wait_option
 @pass_ctx
-def import_legacy_cmd(ctx: Context, savedir: bytes, method: str | None) -> None:
+def import_legacy_cmd(ctx: Context, savedir: bytes, method: str | None,
+                      progress: bool | None, lock_wait: float) -> None:
     """Import every save of a backshift 1.x save directory (idempotent, resumable).
 
     Each legacy save becomes a save of its hostname and subset; its chunks are verified
@@ -845,10 +849,15 @@ def import_legacy_cmd(ctx: Context, savedir: bytes, method: str | None) -> None:
     from .repo import WRITE, open_repository
 
     def warn(msg: str) -> None:
+        _clear_progress()
         echo_err(f"warning: {msg}")
 
-    with open_repository(ctx.repo, WRITE, operation="import-legacy") as repo:
-        stats = import_legacy(repo, savedir, method, warn)
+    show = sys.stderr.isatty() if progress is None else progress
+    with open_repository(ctx.repo, WRITE, operation="import-legacy",
+                         lock_wait_s=lock_wait) as repo:
+        stats = import_legacy(repo, savedir, method, warn,
+                              _import_progress_printer if show else None)
+    _clear_progress()
     for lid, save_id in stats.imported:
         click.echo(f"imported {lid} as save {save_id}")
     click.echo(
@@ -860,6 +869,18 @@ def import_legacy_cmd(ctx: Context, savedir: bytes, method: str | None) -> None:
         f"{stats.elapsed_s:.1f} s")
     if stats.warnings or stats.chunks_bad:
         raise SystemExit(EXIT_WARNING)
+
+
+def _import_progress_printer(stats) -> None:
+    """One live line on stderr for import-legacy (cleared like save's)."""
+    global _progress_shown
+    rate = stats.bytes_read / stats.elapsed_s if stats.elapsed_s > 0 else 0
+    sys.stderr.write(
+        f"\r\x1b[Klegacy save {stats.save_number}/{stats.saves_found}, {stats.phase}: "
+        f"{stats.entries:,} entries; {human_bytes(stats.bytes_read)} of chunks read "
+        f"({human_bytes(rate)}/s)")
+    sys.stderr.flush()
+    _progress_shown = True
 
 
 # -- entry point ------------------------------------------------------------------------

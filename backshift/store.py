@@ -45,10 +45,15 @@ def sha256_digest(data: bytes | memoryview) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def read_whole(fd: int, expected: int) -> bytes:
+def read_whole(fd: int, expected: int, limit: int | None = None) -> bytes:
     """All bytes of the open file FD, which should be EXPECTED bytes long: one read() when
     it is (asking for one byte more and getting exactly EXPECTED means the end is reached);
-    a short read is confirmed at EOF by one more read, and a longer file is read on."""
+    a short read is confirmed at EOF by one more read, and a longer file is read on.
+
+    With LIMIT, never more than LIMIT + 1 bytes are read (nor asked for): a result longer
+    than LIMIT means the file is, and the caller decides what that means."""
+    if limit is not None and expected > limit:
+        expected = limit
     data = os.read(fd, expected + 1)
     if len(data) <= expected:
         more = os.read(fd, 1) if len(data) < expected else b""
@@ -56,8 +61,13 @@ def read_whole(fd: int, expected: int) -> bytes:
             return data
         data += more
     parts = [data]
-    while block := os.read(fd, 1 << 20):
+    have = len(data)
+    while limit is None or have <= limit:
+        block = os.read(fd, 1 << 20 if limit is None else min(1 << 20, limit + 1 - have))
+        if not block:
+            break
         parts.append(block)
+        have += len(block)
     return b"".join(parts)
 
 
@@ -257,7 +267,9 @@ class Store:
         the file's bytes (no copy). Thread-safe.
 
         STORED_LENGTH, the catalog's size of the chunk file, is only a hint: with it the
-        whole file is one open, one read and one close.
+        whole file is one open, one read and one close. No more than the longest body a
+        LENGTH-byte chunk can have (chunkcodec.max_body) is ever read: a longer file is
+        damage, found without reading it (a 4 GiB file must not fill the memory).
         """
         hexname = hexlify(sha256)
         try:
@@ -266,10 +278,15 @@ class Store:
             raise ChunkMissing(hexname.decode()) from None
         except OSError as e:
             raise ChunkCorrupt(hexname.decode(), e.strerror or str(e)) from None
+        bound = chunkcodec.max_body(length)
         try:
-            if stored_length is None or not 0 <= stored_length <= READ_HINT_MAX:
+            if stored_length is None or not 0 <= stored_length <= READ_HINT_MAX \
+                    or stored_length > bound:
                 stored_length = os.fstat(fd).st_size  # no hint, or one not to be believed
-            body = read_whole(fd, stored_length)
+            body = read_whole(fd, stored_length, bound) if stored_length <= bound else None
+            if body is None or len(body) > bound:
+                raise ChunkCorrupt(hexname.decode(), chunkcodec.too_long(
+                    max(os.fstat(fd).st_size, bound + 1), length))
         except OSError as e:
             raise ChunkCorrupt(hexname.decode(), e.strerror or str(e)) from None
         finally:

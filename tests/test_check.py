@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from harness.faults import PEAK_RSS_MAX, run_capped
 from repo_oracle import assert_save_matches, manifest, save_contents
 
 from backshift.catalog import Catalog
@@ -17,7 +18,7 @@ from backshift.ops.catalog_copy import KEEP, list_copies
 from backshift.ops.check import IdSet
 from backshift.ops.check import check as run_check
 from backshift.repo import READ_LOCKED, open_repository
-from conftest import find0, run
+from conftest import BACKSHIFT, find0, run
 
 
 def make_source(root: Path) -> Path:
@@ -113,6 +114,36 @@ def test_check_finds_damage_groups_it_and_heals_after_resave(tmp_path, repo, kin
     assert "no problems found" in healed.stdout
     for sid in (1, 2, 3):
         assert_save_matches(repo, sid, expected)
+
+
+HUGE = 4 << 30  # a sparse file: no disk, but reading it whole would need 4 GiB of memory
+
+
+@pytest.mark.parametrize("catalog_says", ["real", "huge", "unknown"])
+def test_check_reports_a_huge_chunk_file_without_reading_it(tmp_path, repo, catalog_says):
+    """A chunk file far longer than any body of its chunk: found by its size when the catalog
+    knows the right one, else by --read-data, which reads no more than the longest body can
+    be (the child's address space is capped: reading it whole would be a MemoryError)."""
+    src = make_source(tmp_path / "src")
+    run("-r", repo, "save", input=find0(src))
+    victim = chunks_of(repo, b"big.bin")[-1]
+    if catalog_says != "real":  # a hostile catalog agrees with the file, or knows no size
+        cat = Catalog.open(os.path.join(repo, b"catalog.sqlite3"))
+        cat.conn.execute("UPDATE chunk SET stored_length = ? WHERE sha256 = ?",
+                         (HUGE if catalog_says == "huge" else 0, bytes.fromhex(victim)))
+        cat.close()
+    os.truncate(chunk_path(repo, victim), HUGE)
+    res = run_capped([BACKSHIFT, "-r", repo, "check", "--read-data"])
+    out, err = res.stdout.decode(), res.stderr.decode()
+    assert res.returncode == 10, err
+    assert "Traceback" not in err and "MemoryError" not in err
+    [line] = [ln for ln in out.splitlines() if ln.startswith(f"chunk {victim}")]
+    if catalog_says == "real":
+        assert f"size {HUGE} bytes" in line, line
+    else:
+        assert f"chunk file is {HUGE} bytes, longer than any body of a " in line, line
+    assert f"{src}/big.bin" in out
+    assert res.peak_rss < PEAK_RSS_MAX
 
 
 @pytest.mark.parametrize("where", ["other-directory", "upper-case"])

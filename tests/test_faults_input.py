@@ -133,17 +133,23 @@ def test_D4_file_replaced_by_symlink_to_a_secret_is_not_followed(tmp_path, repo,
                 assert marker not in store.decode(f.read())
 
 
+@pytest.mark.parametrize("growth", ["a line", "far past a small file"])
 def test_D5_file_changing_while_read_is_flagged_and_read_again(tmp_path, repo, monkeypatch,
-                                                               no_racy_margin):
+                                                               no_racy_margin, growth):
     src = small_tree(tmp_path / "src")
     target = os.fsencode(src / "text.txt")
     real = save_mod.open_for_reading
+    block = os.urandom(1 << 20)
 
     def grows(path):
         fd = real(path)
         if path == target:
             with open(path, "ab") as f:
-                f.write(b"appended while being read\n")
+                if growth == "a line":
+                    f.write(b"appended while being read\n")
+                else:  # read through the streaming window, not whole (test_save: memory)
+                    for _ in range(3 * save_mod.SMALL_FILE // len(block)):
+                        f.write(block)
         return fd
 
     monkeypatch.setattr(save_mod, "open_for_reading", grows)

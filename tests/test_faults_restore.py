@@ -12,6 +12,7 @@ from pathlib import Path
 import apsw
 import pytest
 from harness.consistency import assert_repo_consistent
+from harness.faults import PEAK_RSS_MAX, run_capped
 from harness.oracle import diff, from_catalog, manifest
 from harness.scenario import one_line_error, save, small_tree, snapshot
 from tarlint import lint_tar
@@ -138,6 +139,43 @@ def test_E8_missing_chunk_mid_file_pads_reports_and_fails(tmp_path, repo):
     assert listing.returncode == 0
     dest = tmp_path / "dest"
     assert _extract("gnu", data, dest).returncode == 0
+    got = _restored(dest, src)
+    big = os.fsencode(src / "big.bin")
+    assert got[big].size == expected[big].size and got[big].sha256 != expected[big].sha256
+    others = {p: e for p, e in expected.items() if p != big}
+    assert not diff(others, {p: e for p, e in got.items() if p != big}, symlink_mtime=False)
+
+
+HUGE = 4 << 30  # a sparse file: no disk, but reading it whole would need 4 GiB of memory
+
+
+@pytest.mark.parametrize("catalog_says", ["real", "huge"])
+def test_E8_huge_chunk_file_pads_reports_and_stays_small(tmp_path, repo, catalog_says):
+    src = small_tree(tmp_path / "src")
+    expected = manifest(src)
+    sid = save(repo, src)["save_id"]
+    conn = apsw.Connection(os.fsdecode(os.path.join(repo, b"catalog.sqlite3")))
+    sha, length = conn.execute(
+        "SELECT k.sha256, k.length FROM member AS m JOIN path AS p ON p.id = m.path_id "
+        "JOIN version AS v ON v.id = m.version_id "
+        "JOIN content_chunk AS cc ON cc.content_id = v.content_id "
+        "JOIN chunk AS k ON k.id = cc.chunk_id WHERE m.save_id = ? AND p.key = ? "
+        "AND cc.seq = 1", (sid, sort_key(os.fsencode(src / "big.bin")))).fetchone()
+    if catalog_says == "huge":  # a hostile catalog agrees with the file's size
+        conn.execute("UPDATE chunk SET stored_length = ? WHERE sha256 = ?", (HUGE, sha))
+    conn.close()
+    os.truncate(Store(repo).path_for(sha), HUGE)
+    res = run_capped([BACKSHIFT, "-r", repo, "tar", "--backup", "latest"])
+    err = res.stderr.decode()
+    assert res.returncode == 10, err
+    assert "Traceback" not in err and "MemoryError" not in err
+    [line] = [ln for ln in err.splitlines() if sha.hex() in ln]
+    assert "big.bin" in line and f"chunk file is {HUGE} bytes, longer than any body of a " \
+        f"{length}-byte chunk" in line, line
+    assert res.peak_rss < PEAK_RSS_MAX
+    lint_tar(res.stdout)
+    dest = tmp_path / "dest"
+    assert _extract("gnu", res.stdout, dest).returncode == 0
     got = _restored(dest, src)
     big = os.fsencode(src / "big.bin")
     assert got[big].size == expected[big].size and got[big].sha256 != expected[big].sha256

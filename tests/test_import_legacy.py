@@ -12,6 +12,7 @@ import pwd
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -19,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from harness.faults import PEAK_RSS_MAX, run_capped
 from restorehelp import compare_trees, enrich_tree, extract, walk_all
 from tarlint import lint_tar
 
@@ -303,6 +305,52 @@ def test_import_legacy_missing_and_damaged_chunks_are_reported_and_files_skipped
     assert s["warnings"] == 2 and s["status"] == "complete"
 
 
+HUGE = 4 << 30  # a sparse file: no disk, but reading it whole would need 4 GiB of memory
+
+
+def test_import_legacy_huge_chunk_and_db_files_are_damage_not_memory(legacy_bin, repo,
+                                                                      tmp_path):
+    """A legacy chunk file far longer than any body of its chunk, and a per-directory DB
+    far longer than any DB: warned about and skipped without being read (the child's address
+    space is capped: reading either whole would be a MemoryError)."""
+    root = source_tree(tmp_path)
+    sd = tmp_path / "savedir"
+    legacy_save(legacy_bin, sd, find0(root))
+    h = hashlib.sha256((root / "text.txt").read_bytes()).hexdigest()  # one legacy chunk
+    os.truncate(sd / "chunks" / h[:5] / h[5:11] / h[11:], HUGE)
+    [deeper] = (sd / "files").glob("*/**/dir-sub/dir-deeper")
+    os.truncate(deeper / "entries", HUGE)
+    res = run_capped([BACKSHIFT, "-r", repo, "import-legacy", str(sd)])
+    err = res.stderr.decode(errors="replace")
+    assert res.returncode == 1, err
+    assert "Traceback" not in err and "MemoryError" not in err
+    [line] = [ln for ln in err.splitlines() if h in ln]
+    assert os.fsdecode(os.fsencode(root / "text.txt")) in line
+    assert f"chunk file is {HUGE} bytes, longer than any body of a " in line, line
+    [line] = [ln for ln in err.splitlines() if "dir-deeper/entries" in ln]
+    assert f"file is {HUGE} bytes, longer than any database" in line, line
+    assert res.peak_rss < PEAK_RSS_MAX
+    assert_restores(repo, 1, root, tmp_path,
+                    skipped=[b"text.txt", b"sub/deeper/big", b"sub/deeper/setuid"])
+
+
+def test_import_legacy_huge_summary_skips_its_save_without_reading_it(legacy_bin, repo,
+                                                                      tmp_path):
+    root = make_tree(tmp_path / "src")
+    sd = tmp_path / "savedir"
+    legacy_save(legacy_bin, sd, find0(root))
+    [lid] = legacy_ids(sd)
+    os.truncate(sd / "summaries" / lid, HUGE)
+    res = run_capped([BACKSHIFT, "-r", repo, "import-legacy", str(sd)])
+    err = res.stderr.decode(errors="replace")
+    assert res.returncode == 1, err
+    [line] = err.splitlines()
+    assert line == (f"warning: legacy save {lid}: skipped: summary: file is {HUGE} bytes, "
+                    "longer than any summary"), line
+    assert res.peak_rss < PEAK_RSS_MAX
+    assert saves(repo) == []
+
+
 def test_import_legacy_then_save_reads_nothing_of_an_unchanged_tree(legacy_bin, repo,
                                                                     tmp_path, no_racy_margin):
     root = source_tree(tmp_path)
@@ -350,3 +398,64 @@ def test_import_legacy_save_without_metadata_is_skipped_with_a_warning(legacy_bi
 def test_import_legacy_refuses_a_directory_that_is_not_a_savedir(repo, tmp_path):
     res = run("-r", repo, "import-legacy", str(tmp_path), exit_code=25)
     assert "not a backshift 1.x save directory" in res.stderr
+
+
+def _exclusive_holder(repo: bytes) -> subprocess.Popen:
+    """Another process holding the repository lock exclusively (as expire does) until a
+    line arrives on its stdin."""
+    code = ("import sys\n"
+            "from backshift.lock import RepoLock\n"
+            "lock = RepoLock(sys.argv[1].encode(), True, 'expire')\n"
+            "lock.acquire()\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.readline()\n"
+            "lock.release()\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, os.fsdecode(repo)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert holder.stdout.readline() == b"held\n"
+    return holder
+
+
+def test_import_legacy_lock_wait_waits_for_an_exclusive_holder(legacy_bin, repo, tmp_path):
+    root = make_tree(tmp_path / "src")
+    sd = tmp_path / "savedir"
+    legacy_save(legacy_bin, sd, find0(root))
+    holder = _exclusive_holder(repo)
+    try:
+        refused = run("-r", repo, "import-legacy", str(sd), exit_code=5)
+        [line] = refused.stderr.splitlines()
+        assert line.startswith("backshift: error: repository ") and "is locked" in line
+        assert "(expire, since" in line
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSHIFT_")}
+        waiting = subprocess.Popen([BACKSHIFT, "-r", repo, "import-legacy", str(sd),
+                                    "--lock-wait", "60"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, env=env)
+        time.sleep(0.5)
+        assert waiting.poll() is None  # still waiting for the holder
+        assert saves(repo) == []
+    finally:
+        holder.communicate(b"\n", timeout=60)
+    out, err = waiting.communicate(timeout=120)
+    assert waiting.returncode == 0, err
+    assert b"1 saves imported" in out and err == b""
+    assert_restores(repo, 1, root, tmp_path)
+
+
+def test_import_legacy_progress_line_when_asked(legacy_bin, repo, tmp_path):
+    """--progress shows a live line on stderr, then clears it (a terminal shows it by
+    default); without a terminal nothing but warnings goes to stderr."""
+    root = make_tree(tmp_path / "src")
+    sd = tmp_path / "savedir"
+    legacy_save(legacy_bin, sd, find0(root))
+    legacy_save(legacy_bin, sd, find0(root))
+    quiet = run("-r", repo, "import-legacy", str(sd))
+    assert quiet.stderr == "" and "2 saves imported" in quiet.stdout
+    other = os.fsencode(tmp_path / "other")
+    run("-r", other, "init")
+    shown = run("-r", other, "import-legacy", "--progress", str(sd))
+    assert "\r\x1b[K" in shown.stderr
+    for n in (1, 2):
+        assert f"legacy save {n}/2, checking chunks: " in shown.stderr
+        assert f"legacy save {n}/2, recording: " in shown.stderr
+    assert shown.stderr.endswith("\r\x1b[K")  # cleared before the summary
+    assert "2 saves imported" in shown.stdout

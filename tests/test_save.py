@@ -8,6 +8,7 @@ import signal
 import stat
 import subprocess
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -543,8 +544,8 @@ def test_save_small_file_changing_while_read_is_kept_as_read_and_reread(repo, tm
     (root / "other").write_bytes(b"another small file\n")
     real_read_whole = save_mod.read_whole
 
-    def read_then_append(fd, size):
-        data = real_read_whole(fd, size)
+    def read_then_append(fd, size, limit=None):
+        data = real_read_whole(fd, size, limit)
         if os.fstat(fd).st_ino == os.stat(path).st_ino:
             with open(path, "ab") as f:
                 f.write(b"appended while reading\n")
@@ -583,6 +584,48 @@ def test_save_small_file_grown_past_one_chunk_is_cut_like_a_big_one(repo, tmp_pa
     with open_repository(repo, READ) as r:
         lengths = [n for (n,) in r.catalog.conn.execute("SELECT length FROM chunk")]
         assert len(lengths) > 1 and max(lengths) <= r.chunker.max_size
+
+
+GROWN_MIB = 48  # what a small file grows to between lstat and read: far more than a window
+
+
+@pytest.mark.parametrize("start", [100, 200_000])  # one chunk (read in a batch), or more
+def test_save_small_file_grown_to_far_more_than_a_window_is_streamed(repo, tmp_path,
+                                                                     monkeypatch, start,
+                                                                     no_racy_margin):
+    """A file small at lstat that grew to many times SMALL_FILE before it was read is read
+    through the chunker's bounded window like a big file, never whole into memory; it is
+    still saved as read, flagged as changed, and not trusted for borrowing."""
+    root = tmp_path / "src"
+    root.mkdir()
+    path = root / "log"
+    pattern = os.urandom(1 << 20)
+    path.write_bytes(pattern[:start])
+    (root / "other").write_bytes(b"another small file\n")
+    real_open = save_mod.open_for_reading
+
+    def grow_then_open(p):
+        if p == os.fsencode(path):
+            with open(path, "r+b") as f:  # same inode, now GROWN_MIB MiB
+                for _ in range(GROWN_MIB):
+                    f.write(pattern)
+        return real_open(p)
+
+    monkeypatch.setattr(save_mod, "open_for_reading", grow_then_open)
+    tracemalloc.start()
+    try:
+        stats, warnings = do_save(repo, root)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < save_mod.STREAM_BYTES, f"{peak} bytes allocated at the peak"
+    assert [w for w in warnings if "size changed while being read" in w], warnings
+    got = members(repo, stats.save_id)[os.fsencode(path)]
+    assert got["size"] == GROWN_MIB << 20
+    assert got["data"] == pattern * GROWN_MIB
+    monkeypatch.setattr(save_mod, "open_for_reading", real_open)
+    again, warnings = do_save(repo, root)
+    assert warnings == [] and again.files_read == 1  # the suspect file is read afresh
 
 
 def test_save_batch_with_duplicates_and_a_vanished_file(repo, tmp_path, monkeypatch):

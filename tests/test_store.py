@@ -14,7 +14,7 @@ import zstandard
 from backshift import chunkcodec, diskio
 from backshift.errors import ChunkCorrupt, ChunkMissing, RepositoryIOError
 from backshift.model import ChunkRef
-from backshift.store import HEADER_RAW, HEADER_ZSTD, Store
+from backshift.store import HEADER_RAW, HEADER_ZSTD, Store, read_whole
 
 
 @pytest.fixture
@@ -348,3 +348,47 @@ def test_store_bounds_decompression_to_the_chunk_length(store, codec):
         f.write(body)
     with pytest.raises(ChunkCorrupt):
         store.read(ChunkRef(sha, limit))
+
+
+@pytest.mark.parametrize("length", [0, 1, 1000, 65536, 1 << 20, 4 << 20])
+def test_chunkcodec_max_body_covers_every_codec_on_incompressible_data(length):
+    data = os.urandom(length)
+    bodies = {
+        "raw": HEADER_RAW + data,
+        "zstd": HEADER_ZSTD + zstandard.ZstdCompressor(level=19).compress(data),
+        "xz": b"7\n" + lzma.compress(data),
+        "bz2": b"5\n" + bz2.compress(data, 9),
+    }
+    for codec, body in bodies.items():
+        assert len(body) <= chunkcodec.max_body(length), (codec, len(body), length)
+
+
+@pytest.mark.parametrize("hint", [None, "real", "huge"])
+def test_store_read_refuses_a_chunk_file_longer_than_any_body(store, hint):
+    ref = put(store, b"payload " * 4000)
+    store.flush()
+    path = store.path_for(ref.sha256)
+    stored = os.path.getsize(path)
+    size = chunkcodec.max_body(ref.length) + 1
+    os.truncate(path, size)
+    hints = {None: None, "real": stored, "huge": size}
+    with pytest.raises(ChunkCorrupt) as info:
+        store.read(ref, hints[hint])
+    assert str(info.value) == (f"chunk {ref.sha256.hex()} is damaged: chunk file is {size} "
+                               f"bytes, longer than any body of a {ref.length}-byte chunk")
+
+
+def test_store_read_whole_reads_no_more_than_its_limit(tmp_path):
+    path = tmp_path / "grown"
+    path.write_bytes(b"x" * (3 << 20))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert len(read_whole(fd, 10, limit=100)) == 101  # one more than the limit: too long
+        os.lseek(fd, 0, os.SEEK_SET)
+        assert len(read_whole(fd, 3 << 20, limit=(2 << 20) + 5)) == (2 << 20) + 6
+        os.lseek(fd, 0, os.SEEK_SET)
+        assert len(read_whole(fd, 10, limit=3 << 20)) == 3 << 20  # all of it: not too long
+        os.lseek(fd, 0, os.SEEK_SET)
+        assert len(read_whole(fd, 10)) == 3 << 20  # no limit: read on to EOF
+    finally:
+        os.close(fd)

@@ -33,19 +33,22 @@ from dataclasses import dataclass, field
 
 import xxhash
 
-from .. import __version__
+from .. import __version__, chunkcodec
 from .. import legacy as lg
 from ..crashpoints import crashpoint
 from ..errors import LegacyDirInvalid
 from ..model import ChunkRef, Version
 from ..pathcodec import basename, parent, sort_key
 from ..repo import Repository
+from ..store import read_whole
 
 Warn = Callable[[str], None]
+PROGRESS_EVERY_S = 0.2
 LINK = "link"
 COPY = "copy"
 CONTENT_BATCH = 500
 MAX_NAMED_FILES = 5  # files named per damaged chunk in its warning
+MAX_SUMMARY_BYTES = 64 << 10  # a summary is three short lines; a longer file is damage
 EMPTY_DIGEST = xxhash.xxh3_128(b"").digest()
 
 
@@ -63,6 +66,12 @@ class ImportStats:
     chunks_bad: int = 0  # missing or damaged in the legacy directory
     warnings: int = 0
     elapsed_s: float = 0.0
+    bytes_read: int = 0  # of legacy chunk files
+    # for a progress display: the save in work (1-based, of saves_found), its pass, and
+    # how many of its entries that pass went through
+    save_number: int = 0
+    phase: str = ""
+    entries: int = 0
     method: str = LINK
     imported: list[tuple[str, int]] = field(default_factory=list)  # (legacy id, save id)
 
@@ -104,8 +113,7 @@ def iter_entries(savedir: bytes, lid: str, warn: Warn) -> Iterator[tuple[bytes, 
             warn(f"{where}: skipped: directory names do not follow the dir- layout")
             continue
         try:
-            with open(db, "rb") as f:
-                body = f.read()
+            body = _read_db(db)
             pairs = lg.parse_dohdbm(lg.decode_body(body) if body else b"")
         except (OSError, lg.LegacyFormatError) as e:
             warn(f"{where}: skipped (its entries are lost): {e}")
@@ -121,6 +129,53 @@ def iter_entries(savedir: bytes, lid: str, warn: Warn) -> Iterator[tuple[bytes, 
                 warn(f"{os.fsdecode(path)}: skipped: {e}")
                 continue
             yield path, rec
+
+
+def read_legacy_chunk(source: bytes, length: int) -> tuple[bytes, str | None]:
+    """(body, None) of the legacy chunk file SOURCE of a LENGTH-byte chunk, or (b"", why it
+    cannot be used). Never through a symlink (the file itself is what gets linked), only a
+    regular file, and never more than the longest body such a chunk can have."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return b"", "is missing"
+    except OSError as e:
+        return b"", f"cannot be read ({e.strerror})"
+    bound = chunkcodec.max_body(length)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return b"", "is damaged (not a regular file)"
+        body = read_whole(fd, st.st_size, bound) if st.st_size <= bound else None
+        if body is None or len(body) > bound:
+            size = max(os.fstat(fd).st_size, bound + 1)
+            return b"", f"is damaged ({chunkcodec.too_long(size, length)})"
+        return body, None
+    except OSError as e:
+        return b"", f"cannot be read ({e.strerror})"
+    finally:
+        os.close(fd)
+
+
+def _read_db(path: bytes) -> bytes:
+    """The body of a per-directory DB file, which decodes to at most MAX_DB_BYTES."""
+    return _read_bounded(path, chunkcodec.max_body(lg.MAX_DB_BYTES),
+                         f"database of at most {lg.MAX_DB_BYTES} bytes")
+
+
+def _read_bounded(path: bytes, bound: int, what: str) -> bytes:
+    """The bytes of the file PATH, at most BOUND of them: a longer file is LegacyFormatError
+    ('longer than any WHAT'), found without reading more than BOUND + 1 bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        data = read_whole(fd, size, bound) if size <= bound else None
+        if data is None or len(data) > bound:
+            raise lg.LegacyFormatError(f"file is {max(size, bound + 1)} bytes, longer than "
+                                       f"any {what}")
+        return data
+    finally:
+        os.close(fd)
 
 
 # -- placing chunks -----------------------------------------------------------------------
@@ -154,7 +209,8 @@ class Placer:
 
 
 class Importer:
-    def __init__(self, repo: Repository, savedir: bytes, method: str, warn: Warn) -> None:
+    def __init__(self, repo: Repository, savedir: bytes, method: str, warn: Warn,
+                 progress: Callable[[ImportStats], None] | None = None) -> None:
         self.repo = repo
         self.cat = repo.catalog
         self.savedir = savedir
@@ -164,29 +220,44 @@ class Importer:
         self.bad_chunks: dict[bytes, str] = {}  # sha -> why it cannot be used
         self.good_chunks: dict[bytes, int] = {}  # sha -> stored length (placed or present)
         self.dir_ids: dict[bytes, int] = {}
+        self.progress = progress
+        self.started = time.monotonic()
+        self._last_progress = 0.0
+
+    def report_progress(self, final: bool = False) -> None:
+        """Call the progress callback at most every PROGRESS_EVERY_S (and when FINAL)."""
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if final or now - self._last_progress >= PROGRESS_EVERY_S:
+            self._last_progress = now
+            self.stats.elapsed_s = now - self.started
+            self.progress(self.stats)
 
     def warn(self, msg: str) -> None:
         self.stats.warnings += 1
         self._warn(msg)
 
     def run(self) -> ImportStats:
-        started = time.monotonic()
+        self.started = time.monotonic()
         ids = list_legacy_ids(self.savedir, self.warn)
         self.stats.saves_found = len(ids)
         done = self.cat.legacy_ids()
         try:
-            for lid in ids:
+            for number, lid in enumerate(ids, 1):
                 if lid.text in done:
                     self.stats.saves_skipped += 1
                     continue
+                self.stats.save_number = number
                 self.import_save(lid)
+                self.report_progress(final=True)
         except BaseException:
             self.placer.abandon()
             self.cat.rollback_quietly()
             raise
         self.cat.checkpoint()
         self.stats.method = self.placer.method
-        self.stats.elapsed_s = time.monotonic() - started
+        self.stats.elapsed_s = time.monotonic() - self.started
         return self.stats
 
     # -- one save -------------------------------------------------------------------------
@@ -194,8 +265,7 @@ class Importer:
     def import_save(self, lid: lg.LegacyId) -> None:
         sumpath = os.path.join(self.savedir, b"summaries", os.fsencode(lid.text))
         try:
-            with open(sumpath, "rb") as f:
-                summary = lg.parse_summary(f.read())
+            summary = lg.parse_summary(_read_bounded(sumpath, MAX_SUMMARY_BYTES, "summary"))
         except (OSError, lg.LegacyFormatError) as e:
             self.warn(f"legacy save {lid.text}: skipped: summary: {e}")
             return
@@ -218,7 +288,10 @@ class Importer:
         """Pass 1: make every content of the save known to the catalog (or its chunk bad)."""
         pending: dict[tuple, tuple[bytes, int, list]] = {}
         last_commit = time.monotonic()
+        self._start_phase("checking chunks")
         for _path, rec in iter_entries(self.savedir, lid, self.warn):
+            self.stats.entries += 1
+            self.report_progress()
             if not stat.S_ISREG(rec.mode):
                 continue
             links[(rec.dev, rec.ino)] += 1
@@ -234,6 +307,11 @@ class Importer:
                 self.commit_contents(pending)
                 last_commit = time.monotonic()
         self.commit_contents(pending)
+
+    def _start_phase(self, phase: str) -> None:
+        self.stats.phase = phase
+        self.stats.entries = 0
+        self.report_progress(final=True)
 
     def content_for(self, chunks: tuple) -> int | None:
         if not chunks:
@@ -258,16 +336,8 @@ class Importer:
     def read_chunk(self, sha: bytes, length: int) -> tuple[bytes | None, int]:
         h = sha.hex().encode()
         source = os.path.join(self.savedir, b"chunks", h[:5], h[5:11], h[11:])
-        why = None
-        body = b""
-        try:  # never through a symlink: the file itself is what gets linked
-            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            with os.fdopen(fd, "rb") as f:
-                body = f.read()
-        except FileNotFoundError:
-            why = "is missing"
-        except OSError as e:
-            why = f"cannot be read ({e.strerror})"
+        body, why = read_legacy_chunk(source, length)
+        self.stats.bytes_read += len(body)
         data = None
         if why is None:
             try:
@@ -319,7 +389,10 @@ class Importer:
             lid.hostname, lid.subset, summary.start_ns, f"{__version__} import-legacy",
             lid.text, socket.gethostname())
         files = nbytes = skipped = 0
+        self._start_phase("recording")
         for path, rec in iter_entries(self.savedir, lid.text, lambda msg: None):
+            self.stats.entries += 1
+            self.report_progress()
             content_id = None
             size = 0
             nlink = 1
@@ -388,8 +461,10 @@ def choose_method(repo: Repository, savedir: bytes, requested: str | None) -> st
     return LINK if same else COPY
 
 
-def import_legacy(repo: Repository, savedir: bytes, method: str | None,
-                  warn: Warn) -> ImportStats:
-    """Import every not yet imported save of the backshift 1.x save directory SAVEDIR."""
+def import_legacy(repo: Repository, savedir: bytes, method: str | None, warn: Warn,
+                  progress: Callable[[ImportStats], None] | None = None) -> ImportStats:
+    """Import every not yet imported save of the backshift 1.x save directory SAVEDIR;
+    PROGRESS, when given, is called with the stats now and then (and after each save)."""
     savedir = os.path.abspath(savedir)
-    return Importer(repo, savedir, choose_method(repo, savedir, method), warn).run()
+    method = choose_method(repo, savedir, method)
+    return Importer(repo, savedir, method, warn, progress).run()

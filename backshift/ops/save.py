@@ -163,25 +163,42 @@ def read_file(path: bytes, st: Version, params: ChunkerParams, store: Store) -> 
 
     ST is what lstat said: the open file must be that same regular file (type, dev, ino).
     """
-    chunker = _chunker(params)
     fd = _open_checked(path, st)
-    with os.fdopen(fd, "rb", buffering=0) as f:
-        digest = xxhash.xxh3_128()
-        chunks = []
-        size = 0
-        try:
-            # A small file is read whole in one read() and cut in memory: the same cuts as
-            # cut_stream, without its 8 MiB buffer per call (most files are small).
-            views = (chunker.cut_buffer(read_whole(fd, st.size)) if st.size <= SMALL_FILE
-                     else chunker.cut_stream(f))
-            for view in views:
-                digest.update(view)
-                sha = hashlib.sha256(view).digest()
-                chunks.append(store.put(view, sha))
-                size += len(view)
-        except OSError as e:
-            raise SkipFile(f"read error: {e.strerror or e}") from None
+    try:
+        return _read_open(fd, st, params, store)
+    finally:
+        os.close(fd)
+
+
+def _read_open(fd: int, st: Version, params: ChunkerParams, store: Store,
+               stream: bool = False) -> ReadResult:
+    """read_file for the open file FD. A small file (as lstat said) is read whole in one
+    read() and cut in memory: the same cuts as cut_stream, without its 8 MiB buffer per call
+    (most files are small). A big one, one that grew past SMALL_FILE since lstat, or any
+    when told to STREAM, is read from its start through cut_stream's bounded window: a log
+    file that grew to gigabytes meanwhile is never held whole."""
+    chunker = _chunker(params)
+    digest = xxhash.xxh3_128()
+    chunks = []
+    size = 0
+    try:
+        data = None
+        if st.size <= SMALL_FILE and not stream:
+            data = read_whole(fd, st.size, SMALL_FILE)
+            stream = len(data) > SMALL_FILE
+        if stream:
+            data = None
+            os.lseek(fd, 0, os.SEEK_SET)
+        views = chunker.cut_buffer(data) if data is not None else \
+            chunker.cut_stream(os.fdopen(fd, "rb", buffering=0, closefd=False))
+        for view in views:
+            digest.update(view)
+            sha = hashlib.sha256(view).digest()
+            chunks.append(store.put(view, sha))
+            size += len(view)
         after = os.fstat(fd)
+    except OSError as e:
+        raise SkipFile(f"read error: {e.strerror or e}") from None
     return ReadResult(size, digest.digest(), chunks, _changed(st, size, after))
 
 
@@ -205,18 +222,25 @@ def read_batch(jobs: list[tuple[bytes, Version]], params: ChunkerParams,
     results = ReadBatch([None] * len(jobs))
     chunks: list[tuple[bytes, bytes, bytes]] = []
     owners: list[int] = []
+    limit = max(SMALL_FILE, params.min_size)
     for i, (path, st) in enumerate(jobs):
         try:
             fd = _open_checked(path, st)
             try:
-                data = read_whole(fd, st.size)
-                after = os.fstat(fd)
+                data = read_whole(fd, st.size, limit)
+                if len(data) > limit:  # it grew past a small file since lstat: streamed
+                    data = None
+                    results[i] = _read_open(fd, st, params, store, stream=True)
+                else:
+                    after = os.fstat(fd)
             except OSError as e:
                 raise SkipFile(f"read error: {e.strerror or e}") from None
             finally:
                 os.close(fd)
         except SkipFile as e:
             results[i] = e
+            continue
+        if data is None:
             continue
         xxh = xxhash.xxh3_128_digest(data)
         results[i] = ReadResult(len(data), xxh, [], _changed(st, len(data), after))

@@ -61,6 +61,38 @@ def fsize_limit(limit_bytes: int):
     return apply
 
 
+MEMORY_CAP = 512 << 20  # address space of a capped child: ~4x what a tar or check needs
+PEAK_RSS_MAX = 200 << 20  # what such a child may have touched at its peak
+
+
+@dataclass
+class Capped:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    peak_rss: int  # bytes, the child's ru_maxrss
+
+
+def run_capped(args: list, cap: int = MEMORY_CAP, **kw) -> Capped:
+    """Run ARGS as a child process whose address space is capped at CAP (RLIMIT_AS): a
+    program that tries to read a huge file into memory fails there (MemoryError) instead of
+    filling the machine's memory. Also its peak resident size, from its own rusage."""
+    import subprocess
+    import tempfile
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                preexec_fn=apply, **kw)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: no wait() left
+        out.seek(0)
+        err.seek(0)
+        return Capped(proc.returncode, out.read(), err.read(), usage.ru_maxrss * 1024)
+
+
 # -- H2b: an apsw VFS whose files fail writes or syncs after N calls -------------------------
 
 import apsw  # noqa: E402
