@@ -163,7 +163,7 @@ def _check_label(kind: str, value: str) -> str:
               help="Live progress on stderr [default: when stderr is a terminal].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("--workers", default=min(4, os.cpu_count() or 2), show_default=True,
-              type=click.IntRange(1, 64), help="Threads reading and compressing files.")
+              type=click.IntRange(1, 64), help="Processes reading, compressing and storing files.")
 @click.option("--checkpoint-interval", default=10.0, show_default=True, metavar="SECONDS",
               type=click.FloatRange(0.1), help="Commit what is saved at least this often.")
 @click.option("--checkpoint-files", default=20_000, hidden=True, type=click.IntRange(1))
@@ -192,7 +192,7 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
     import socket
 
     from . import walk
-    from .ops.save import SaveOptions, Saver
+    from .ops.save import SaveOptions, Saver, reader_pool
     from .repo import WRITE, open_repository
 
     hostname = _check_label("hostname", hostname or socket.gethostname())
@@ -212,18 +212,23 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
     show = sys.stderr.isatty() if progress is None else progress
     opts = SaveOptions(hostname=hostname, subset=subset, workers=workers,
                        batch_files=checkpoint_files, batch_seconds=checkpoint_interval)
-    with open_repository(ctx.repo, WRITE, operation="save", lock_wait_s=lock_wait) as repo:
-        saver = Saver(repo, opts, warn, _progress_printer if show else None)
-        if paths:
-            names = walk.walk(paths, cwd, saver.warn, one_file_system=one_file_system,
-                              excludes=[os.fsencode(e) for e in exclude])
-        else:
-            # stdin unbuffered: a single read returns what the pipe has, and the name
-            # reader thread never holds a buffer lock the interpreter needs at exit.
-            stream = filelist if filelist is not None else _raw_stdin()
-            names = walk.normalized(walk.read_nul_names(stream), cwd, saver.warn)
-        stats = saver.run(names)
-        copied = _copy_catalog(repo) if stats.status == "complete" else True
+    readers = reader_pool(workers)  # forked before the repository (and its catalog) opens
+    try:
+        with open_repository(ctx.repo, WRITE, operation="save",
+                             lock_wait_s=lock_wait) as repo:
+            saver = Saver(repo, opts, warn, _progress_printer if show else None, readers)
+            if paths:
+                names = walk.walk(paths, cwd, saver.warn, one_file_system=one_file_system,
+                                  excludes=[os.fsencode(e) for e in exclude])
+            else:
+                # stdin unbuffered: a single read returns what the pipe has, and the name
+                # reader thread never holds a buffer lock the interpreter needs at exit.
+                stream = filelist if filelist is not None else _raw_stdin()
+                names = walk.normalized(walk.read_nul_names(stream), cwd, saver.warn)
+            stats = saver.run(names)
+            copied = _copy_catalog(repo) if stats.status == "complete" else True
+    finally:
+        readers.shutdown(wait=True, cancel_futures=True)
     _clear_progress()
     if as_json:
         import json

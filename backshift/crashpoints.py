@@ -25,6 +25,9 @@ POINTS = (
 )
 
 _lock = threading.Lock()
+# Set in a save's reader processes: a crash point there kills the saving process first, as
+# a crash of the machine would (the reader alone dying is an error the save reports).
+kill_parent = False
 _counts: dict[str, int] = {}
 _target: tuple[str, int] | None = None
 _parsed = False
@@ -49,4 +52,6 @@ def crashpoint(name: str) -> None:
     with _lock:
         _counts[name] = _counts.get(name, 0) + 1
         if _counts[name] >= _target[1]:
+            if kill_parent:
+                os.kill(os.getppid(), signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)

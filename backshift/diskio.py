@@ -7,8 +7,8 @@ store fail with ENOSPC, EIO or EACCES after N calls or bytes (restic TestNoSpace
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
+import signal
 
 _libc = None
 
@@ -60,17 +60,37 @@ def syncfs(path: bytes) -> None:
     reach the disk on Linux. Far cheaper than an fsync per chunk file for thousands of
     small chunks, and it keeps the order 'data durable, then names, then catalog'.
     """
-    global _libc
-    if _libc is None:
-        name = ctypes.util.find_library("c")
-        _libc = ctypes.CDLL(name, use_errno=True) if name else False
-    if _libc and hasattr(_libc, "syncfs"):
+    libc = _c()
+    if libc is not None and hasattr(libc, "syncfs"):
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            if _libc.syncfs(fd) != 0:
+            if libc.syncfs(fd) != 0:
                 err = ctypes.get_errno()
                 raise OSError(err, os.strerror(err), path)
         finally:
             os.close(fd)
     else:
         os.sync()
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux prctl; elsewhere
+    nothing)."""
+    libc = _c()
+    if libc is not None and hasattr(libc, "prctl"):
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _c():
+    """The C library of this process, or None. CDLL(None) is the process's own symbols:
+    ctypes.util.find_library runs ldconfig (~20 ms, and a child process)."""
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            _libc = False
+    return _libc or None

@@ -101,7 +101,12 @@ def _collect(errors: list[BaseException], fn, *args) -> None:
 class Store:
     """Reads and writes chunk files under REPO/chunks/xx/."""
 
-    def __init__(self, repo: bytes, zstd_level: int = 3) -> None:
+    def __init__(self, repo: bytes, zstd_level: int = 3, detached: bool = False) -> None:
+        self.repo = repo
+        # A detached store (in a reader process) only writes temp files: the saving process
+        # takes them over (take_pending -> adopt) and makes them durable; it never flushes.
+        self.detached = detached
+        self.pid = os.getpid()  # its temp names carry it
         self.root = os.path.join(repo, CHUNKS_DIR)
         self._root_slash = os.path.join(self.root, b"")
         self._root_text = os.fsdecode(self.root)
@@ -120,7 +125,7 @@ class Store:
         self._seen_existing = False
         self._linked: set[bytes] = set()  # pending temps that are hard links (import)
         host = socket.gethostname().encode("ascii", "replace").replace(b"/", b"_")[:32]
-        self._temp_tag = TEMP_MARK + host + b"." + str(os.getpid()).encode() + b"."
+        self._temp_tag = TEMP_MARK + host + b"." + str(self.pid).encode() + b"."
         # Temp names end in 8 hex digits: a random start (one getrandom per store, not per
         # chunk: 20,000 of them were 1% of a first save) counting up; see _new_temp.
         self._temp_base = int.from_bytes(secrets.token_bytes(4), "big")
@@ -457,7 +462,7 @@ class Store:
         flush() never sees a thread it cannot join yet (the thread takes the lock only at
         its end)."""
         if len(self._pending) < FLUSH_AHEAD or self._ahead_running or self._ahead_error \
-                or self._in_flush:
+                or self._in_flush or self.detached:
             return
         batch, self._pending = self._pending, {}
         linked, self._linked = self._linked, set()
@@ -505,6 +510,43 @@ class Store:
         for temp, _final in batch.values():
             if os.path.exists(temp):
                 self._discard(temp)
+
+    def take_pending(self) -> tuple[list[tuple[bytes, bytes, bytes, int]], bool]:
+        """Hand over the temp files written since the last call, as (sha256, temp, final,
+        size), and whether a chunk was found on disk meanwhile (see put()): what a reader
+        process returns with its results, for the saving process to adopt."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            sizes, self._pending_sizes = self._pending_sizes, {}
+            seen, self._seen_existing = self._seen_existing, False
+            self._linked = set()
+        return [(sha, temp, final, sizes[sha]) for sha, (temp, final) in pending.items()], seen
+
+    def adopt(self, pending: list[tuple[bytes, bytes, bytes, int]], seen_existing: bool
+              ) -> set[bytes]:
+        """Take over temp files another store wrote (take_pending): the next flush() makes
+        them durable like this store's own. A chunk pending here already (another reader
+        stored the same bytes meanwhile) keeps its first temp file and the second is
+        removed; their sha256s are returned."""
+        again = []
+        with self._lock:
+            if seen_existing:
+                self._seen_existing = True
+            for sha, temp, final, size in pending:
+                if sha in self._pending_sizes:
+                    again.append((sha, temp))
+                    continue
+                self._pending[sha] = (temp, final)
+                self._pending_sizes[sha] = size
+            self._start_ahead()
+        for _sha, temp in again:
+            self._discard(temp)
+        return {sha for sha, _temp in again}
+
+    def discard(self, pending: list[tuple[bytes, bytes, bytes, int]]) -> None:
+        """Remove temp files another store wrote that will not be adopted (take_pending)."""
+        for _sha, temp, _final, _size in pending:
+            self._discard(temp)
 
     def flush(self) -> int:
         """Make every pending chunk durable under its final name; returns how many.

@@ -206,16 +206,8 @@ def test_I2_expected_failures_print_one_line_without_traceback(tmp_path, repo, m
 def test_I3_a_single_repository_write_error_fails_the_save(tmp_path, repo, monkeypatch,
                                                           call, nth):
     src = small_tree(tmp_path / "src")
-    fault = inject(monkeypatch, call, Fault(EIO, after_calls=nth - 1))
-    fired = fault.check
-
-    def once(*a, **kw):  # fail exactly once, then work again (a transient error)
-        if fault.raised:
-            fault.calls += 1
-            return
-        fired(*a, **kw)
-
-    fault.check = once
+    # fail exactly once, then work again (a transient error)
+    fault = inject(monkeypatch, call, Fault(EIO, after_calls=nth - 1, times=1))
     res = run("-r", repo, "save", "--hostname", "h", input=find0(src), exit_code=None)
     assert fault.raised == 1
     assert res.code == 12, res.stderr

@@ -863,3 +863,98 @@ def test_save_fast_path_members_inserted_in_pieces_within_one_commit(repo, tree,
     assert stats.files == first.files and stats.bytes == first.bytes
     assert inserted.count(3) >= 2  # pieces of the fast path (the general path: 256)
     assert members(repo, stats.save_id) == members(repo, first.save_id)
+
+
+def test_save_identical_files_in_several_readers_store_each_chunk_once(repo, tmp_path):
+    """Reader processes do not see each other's temp files: the same bytes read by two of
+    them at once are written twice and adopted once (Store.adopt); the counts say so."""
+    from harness.consistency import assert_repo_consistent
+    root = tmp_path / "same"
+    root.mkdir()
+    data = os.urandom(400_000)
+    for i in range(8):
+        (root / f"copy{i}").write_bytes(data)
+    res = run("-r", repo, "save", "--json", "--workers", "4", input=find0(root))
+    summary = json.loads(res.stdout)
+    with open_repository(repo, READ) as r:
+        chunks = r.catalog.conn.execute("SELECT count(*), sum(stored_length) FROM chunk")
+        count, stored = chunks.fetchone()
+    assert summary["new_chunks"] == count and summary["new_bytes_stored"] == stored
+    assert_repo_consistent(repo, allow_temps=False)
+    for path, m in members(repo, summary["save_id"]).items():
+        if m["data"] is not None:
+            assert m["data"] == data
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.timeout(60)
+def test_save_readers_hold_no_catalog_fd_and_die_with_the_saving_process(repo, tmp_path):
+    """Reader processes are forked before the repository opens (SQLite: no fork with an
+    open connection; the lock stays the saver's), and die when the saving process does:
+    nothing is left holding the repository after a crash."""
+    root = make_tree(tmp_path / "src")
+    names = find0(root).split(b"\0")[:-1]
+    proc = subprocess.Popen([BACKSHIFT, "-r", repo, "save", "--workers", "2"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(b"\0".join(names[:5]) + b"\0")
+        proc.stdin.flush()
+        time.sleep(1.5)  # the catalog is open and a save is running
+        readers = _children(proc.pid)
+        assert len(readers) == 2
+        opened = [os.readlink(f"/proc/{proc.pid}/fd/{fd}")
+                  for fd in os.listdir(f"/proc/{proc.pid}/fd")]
+        assert any("catalog.sqlite3" in target for target in opened)
+        for reader in readers:
+            for fd in os.listdir(f"/proc/{reader}/fd"):
+                target = os.readlink(f"/proc/{reader}/fd/{fd}")
+                assert os.fsdecode(repo) not in target, target
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while not all(_gone(r) for r in readers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(_gone(r) for r in readers)
+    finally:
+        proc.kill()
+        proc.stdin.close()
+        proc.wait()
+
+
+@pytest.mark.timeout(60)
+def test_save_ctrl_c_in_a_terminal_reaches_the_readers_too_and_still_commits(repo, tmp_path):
+    """Ctrl-C signals the whole foreground process group: the readers ignore it and the
+    saving process finishes what was read, commits, and exits 130."""
+    root = make_tree(tmp_path / "src")
+    names = find0(root).split(b"\0")[:-1]
+    proc = subprocess.Popen([BACKSHIFT, "-r", repo, "save", "--json"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    proc.stdin.write(b"\0".join(names[:5]) + b"\0")
+    proc.stdin.flush()
+    time.sleep(1.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.3)
+    try:
+        proc.stdin.write(b"\0".join(names[5:]) + b"\0")
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    proc.wait(timeout=30)
+    out, err = proc.stdout.read(), proc.stderr.read()
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err and b"BrokenProcessPool" not in err
+    assert json.loads(out)["status"] == "interrupted"

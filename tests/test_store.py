@@ -392,3 +392,33 @@ def test_store_read_whole_reads_no_more_than_its_limit(tmp_path):
         assert len(read_whole(fd, 10)) == 3 << 20  # no limit: read on to EOF
     finally:
         os.close(fd)
+
+
+def test_store_adopts_a_detached_stores_temps_and_keeps_the_first_of_two(store):
+    """A reader process's store only writes temp files; the saving store adopts them and
+    makes them durable. The same chunk written by two readers is kept once."""
+    readers = [Store(store.repo, detached=True) for _ in range(2)]
+    shared, own = b"the same bytes" * 100, b"only one reader has these" * 50
+    put(readers[0], shared)
+    put(readers[0], own)
+    put(readers[1], shared)
+    first, seen0 = readers[0].take_pending()
+    second, seen1 = readers[1].take_pending()
+    assert readers[0].take_pending() == ([], False)  # handed over once
+    assert store.adopt(first, seen0) == set()
+    assert store.adopt(second, seen1) == {hashlib.sha256(shared).digest()}
+    assert len(temp_files(store)) == 2  # the second temp of `shared` is gone already
+    assert not store.present(hashlib.sha256(b"never stored").digest())
+    assert store.flush() == 2
+    assert temp_files(store) == []
+    for data in (shared, own):
+        assert store.read(ChunkRef(hashlib.sha256(data).digest(), len(data))) == data
+
+
+def test_store_discard_removes_temps_nobody_adopts(store):
+    reader = Store(store.repo, detached=True)
+    put(reader, b"y" * 300)
+    pending, _seen = reader.take_pending()
+    store.discard(pending)
+    assert temp_files(store) == []
+    assert store.flush() == 0

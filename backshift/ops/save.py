@@ -1,8 +1,9 @@
 """Saving a file tree: lstat each name, borrow unchanged files, read the rest, record it all.
 
-The main thread owns the catalog; a small thread pool reads, chunks, hashes, compresses
-and stores new file contents (pyfastcdc, hashlib, zstandard and file I/O release the GIL,
-so both cores work). Results are recorded in input order, a batch per transaction.
+The main thread owns the catalog. A few reader processes (reader_pool) read, chunk, hash,
+compress and write new chunks to temp files; the saving process adopts those temp files
+(Store.adopt) and makes them durable before the commit that names them. Results are
+recorded in input order, a batch per transaction.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import xxhash
@@ -189,17 +190,61 @@ def _read_open(fd: int, st: Version, params: ChunkerParams, store: Store,
         if stream:
             data = None
             os.lseek(fd, 0, os.SEEK_SET)
-        views = chunker.cut_buffer(data) if data is not None else \
-            chunker.cut_stream(os.fdopen(fd, "rb", buffering=0, closefd=False))
-        for view in views:
-            digest.update(view)
-            sha = hashlib.sha256(view).digest()
-            chunks.append(store.put(view, sha))
-            size += len(view)
+        if data is not None:
+            for view in chunker.cut_buffer(data):
+                digest.update(view)
+                chunks.append(store.put(view, hashlib.sha256(view).digest()))
+                size += len(view)
+        else:
+            size = _store_stream(chunker.cut_stream(
+                os.fdopen(fd, "rb", buffering=0, closefd=False)), digest, chunks, store)
         after = os.fstat(fd)
     except OSError as e:
         raise SkipFile(f"read error: {e.strerror or e}") from None
     return ReadResult(size, digest.digest(), chunks, _changed(st, size, after))
+
+
+# A big file's chunks are hashed, compressed and written by STORE_THREADS helper threads
+# of its reader while the reader reads and cuts on: one 100 MB file is no longer one core's
+# work while the other waits (mixed's two 100 MB files come last in find's order). At most
+# STORE_AHEAD chunks (4 MiB each at most) wait for them.
+STORE_THREADS = 2
+STORE_AHEAD = 4
+_store_pool: ThreadPoolExecutor | None = None
+_store_pool_pid = 0
+
+
+def _store_stream(views: Iterable[memoryview], digest, chunks: list[StoredChunk],
+                  store: Store) -> int:
+    """Store the chunks of a stream (appended to CHUNKS in order) and feed DIGEST; the
+    number of bytes read."""
+    global _store_pool, _store_pool_pid
+    if _store_pool is None or _store_pool_pid != os.getpid():  # a fork has no threads
+        _store_pool = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store")
+        _store_pool_pid = os.getpid()
+    waiting: collections.deque[Future] = collections.deque()
+    size = 0
+    try:
+        for view in views:
+            digest.update(view)
+            data = bytes(view)  # cut_stream reuses its buffer for the next chunk
+            size += len(data)
+            waiting.append(_store_pool.submit(_put_chunk, store, data))
+            if len(waiting) >= STORE_AHEAD:
+                chunks.append(waiting.popleft().result())
+        while waiting:
+            chunks.append(waiting.popleft().result())
+    finally:
+        for future in waiting:  # an error: let the others end (their temps are pending)
+            future.cancel()
+        for future in waiting:
+            if not future.cancelled():
+                future.exception()
+    return size
+
+
+def _put_chunk(store: Store, data: bytes) -> StoredChunk:
+    return store.put(data, hashlib.sha256(data).digest())
 
 
 # A regular file no bigger than the chunker's minimum is one chunk (FastCDC never cuts
@@ -255,6 +300,99 @@ def read_batch(jobs: list[tuple[bytes, Version]], params: ChunkerParams,
     return results
 
 
+# -- where files are read ----------------------------------------------------------------
+# In threads, a first save of many small files spent its time handing the GIL over: each
+# file is ~10 system calls (open, fstat, read, create, write, rename, ...), and a thread
+# coming back from one waits for the GIL another holds. Reader processes have no GIL to
+# share: on tmpfs, mixed's first save went from 2.36 s to 1.88 s (medians of 3). Forked
+# before the repository is opened, so no catalog connection, lock or thread is carried into
+# them (SQLite's rule: no fork with an open connection).
+
+READERS_ENV = "BACKSHIFT_READERS"  # "threads": read in threads of the saving process
+
+
+def reader_pool(workers: int) -> Executor:
+    """WORKERS reader processes, forked now: call it before the repository is opened.
+
+    With BACKSHIFT_READERS=threads in the environment, threads of this process instead
+    (for a debugger, and for the tests whose fault doubles must see every call)."""
+    if os.environ.get(READERS_ENV) == "threads" or not hasattr(os, "fork"):
+        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="read")
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_reader_started,
+                               initargs=(os.getpid(),),
+                               mp_context=multiprocessing.get_context("fork"))
+    pool.submit(int).result()  # with fork, the first task starts every process: now
+    return pool
+
+
+def _reader_started(saver_pid: int) -> None:
+    """In a reader process: Ctrl-C and SIGTERM are for the saving process, which finishes
+    what was read and then stops the readers (a reader killed mid-file would fail the save);
+    a crash point kills the saving process too. When the saving process dies (SIGKILL, a
+    crash), the kernel kills the readers (PR_SET_PDEATHSIG): each holds the others' ends of
+    the task pipes, so none would ever see them close."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from .. import crashpoints, diskio
+    crashpoints.kill_parent = True
+    diskio.die_with_parent()
+    if os.getppid() != saver_pid:  # it died before the line above
+        os._exit(1)
+
+
+_readers = threading.local()
+
+
+def _reader_store(repo: bytes, zstd_level: int) -> Store:
+    """This reader's detached store of REPO (one per process or thread, kept between tasks)."""
+    store = getattr(_readers, "store", None)
+    if store is None or store.repo != repo or store.zstd_level != zstd_level \
+            or store.pid != os.getpid():
+        store = _readers.store = Store(repo, zstd_level=zstd_level, detached=True)
+    return store
+
+
+def _handed_over(store: Store, work: Callable, *args) -> tuple:
+    """(WORK's result, the temp files it wrote, whether it saw chunks on disk): what a
+    reader task returns. On an error its temp files are removed: nobody would adopt them."""
+    try:
+        result = work(*args, store)
+    except BaseException:
+        store.abandon()
+        raise
+    pending, seen_existing = store.take_pending()
+    return result, pending, seen_existing
+
+
+def read_file_task(repo: bytes, zstd_level: int, path: bytes, st: Version,
+                   params: ChunkerParams) -> tuple:
+    """read_file in a reader."""
+    return _handed_over(_reader_store(repo, zstd_level), read_file, path, st, params)
+
+
+def read_batch_task(repo: bytes, zstd_level: int, jobs: list[tuple[bytes, Version]],
+                    params: ChunkerParams) -> tuple:
+    """read_batch in a reader."""
+    return _handed_over(_reader_store(repo, zstd_level), read_batch, jobs, params)
+
+
+def _not_new(result, again: set[bytes]):
+    """RESULT (a ReadResult, or a read_batch's list) with the chunks of AGAIN marked not
+    new: another reader stored the same bytes first (Store.adopt kept its temp file)."""
+    def fix(r):
+        if isinstance(r, ReadResult) and any(c.ref.sha256 in again for c in r.chunks):
+            r.chunks[:] = [replace(c, new=False) if c.new and c.ref.sha256 in again else c
+                           for c in r.chunks]
+    if isinstance(result, list):
+        for r in result:
+            fix(r)
+    else:
+        fix(result)
+    return result
+
+
 # -- the save ----------------------------------------------------------------------------
 
 
@@ -276,8 +414,9 @@ class Item:
 
 class Saver:
     def __init__(self, repo: Repository, opts: SaveOptions, warn: Warn,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, readers: Executor | None = None) -> None:
         self.repo = repo
+        self.readers = readers  # reader_pool(); threads of this process when None
         self.cat = repo.catalog
         self.opts = opts
         self._warn_cb = warn
@@ -288,7 +427,7 @@ class Saver:
         self.hardlinks: dict[tuple[int, int], Item] = {}
         self.queue: collections.deque[Item] = collections.deque()
         self.in_flight_bytes = 0
-        self.pool: ThreadPoolExecutor | None = None
+        self.pool: Executor | None = None
         self._small: list[Item] = []  # small files waiting for their batch to be sent
         self._small_bytes = 0
         self._small_limit = repo.chunker.min_size
@@ -345,8 +484,8 @@ class Saver:
 
     def run(self, paths: Iterable[bytes]) -> SaveStats:
         self.start()
-        pool = self.pool = ThreadPoolExecutor(max_workers=self.opts.workers,
-                                              thread_name_prefix="read")
+        pool = self.pool = self.readers or ThreadPoolExecutor(
+            max_workers=self.opts.workers, thread_name_prefix="read")
         names = _LocalFeed(paths) if isinstance(paths, Walk) else _Feed(paths)
         if self.candidates:
             self.start_fast_path()
@@ -408,6 +547,7 @@ class Saver:
         """After an error: keep nothing uncommitted, mark the save interrupted if possible."""
         if self.stats.status == "complete":
             return  # the error came after the final commit: the save stands
+        self.drop_unadopted()
         self.repo.store.abandon()
         self.cat.rollback_quietly()
         self._members, self._member_paths = [], []
@@ -423,6 +563,18 @@ class Saver:
         except Exception:  # the original error matters more than this one
             self.cat.rollback_quietly()
         self.stats.status = "interrupted"
+
+    def drop_unadopted(self) -> None:
+        """Remove the temp files of the reader tasks that finished but will not be recorded
+        (the readers are shut down already)."""
+        tasks = {id(i.future): i.future for i in self.queue
+                 if i.future is not None and i.future is not _UNSENT}
+        for future in tasks.values():
+            if getattr(future, "outcome", None) is not None or not future.done() \
+                    or future.cancelled() or future.exception() is not None:
+                continue
+            _result, pending, _seen = future.result()
+            self.repo.store.discard(pending)
 
     def write_counters(self) -> None:
         s = self.stats
@@ -460,7 +612,7 @@ class Saver:
 
     # -- per name -------------------------------------------------------------------------
 
-    def add(self, path: bytes, pool: ThreadPoolExecutor) -> None:
+    def add(self, path: bytes, pool: Executor) -> None:
         self.ensure_txn()
         try:
             st = os.lstat(path)
@@ -504,7 +656,7 @@ class Saver:
             item.done = True
         self.queue.append(item)
 
-    def plan_regular(self, item: Item, st: os.stat_result, pool: ThreadPoolExecutor) -> None:
+    def plan_regular(self, item: Item, st: os.stat_result, pool: Executor) -> None:
         key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1:
             first = self.hardlinks.get(key)
@@ -525,8 +677,9 @@ class Saver:
             if len(self._small) >= BATCH_FILES or self._small_bytes >= BATCH_BYTES:
                 self.send_small()
             return
-        item.future = pool.submit(read_file, item.path, item.version, self.repo.chunker,
-                                  self.repo.store)
+        store = self.repo.store
+        item.future = pool.submit(read_file_task, store.repo, store.zstd_level, item.path,
+                                  item.version, self.repo.chunker)
 
     def send_small(self) -> None:
         """Hand the small files gathered so far to the pool as one read_batch."""
@@ -535,8 +688,9 @@ class Saver:
             return
         self._small = []
         self._small_bytes = 0
-        future = self.pool.submit(read_batch, [(i.path, i.version) for i in items],
-                                  self.repo.chunker, self.repo.store)
+        store = self.repo.store
+        future = self.pool.submit(read_batch_task, store.repo, store.zstd_level,
+                                  [(i.path, i.version) for i in items], self.repo.chunker)
         for i in items:
             i.future = future
 
@@ -783,7 +937,7 @@ class Saver:
         if item.future is not None:
             self.in_flight_bytes -= in_flight_cost(v.size)
             try:
-                result: ReadResult = item.future.result()
+                result: ReadResult = self.outcome(item.future)
                 if item.index >= 0:  # one of a read_batch
                     if not result.contents_known:
                         self.contents_of_batch(result)
@@ -827,6 +981,16 @@ class Saver:
         self._batch_files += 1
         if len(self._records) >= RECORD_BATCH:
             self.flush_records()
+
+    def outcome(self, future: Future):
+        """What a reader task returned, its temp files adopted by the store (once per task:
+        a read_batch's future is shared by its files)."""
+        out = getattr(future, "outcome", None)
+        if out is None:
+            result, pending, seen_existing = future.result()
+            again = self.repo.store.adopt(pending, seen_existing)
+            out = future.outcome = _not_new(result, again) if again else result
+        return out
 
     def flush_records(self) -> None:
         """Insert the paths, versions and members of the items recorded since the last

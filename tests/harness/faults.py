@@ -4,35 +4,55 @@ process whose file size limit (RLIMIT_FSIZE, SIGXFSZ ignored) makes catalog writ
 from __future__ import annotations
 
 import errno
+import multiprocessing
+from dataclasses import dataclass
 import os
 import resource
 import signal
-from dataclasses import dataclass, field
 
 from backshift import diskio
 
 ENOSPC, EIO, EACCES = errno.ENOSPC, errno.EIO, errno.EACCES
 
 
-@dataclass
 class Fault:
-    """Counts calls (and bytes, for write_all) and raises OSError(ERRNO) once past the limit."""
+    """Counts calls (and bytes, for write_all) and raises OSError(ERRNO) once past the limit.
 
-    err: int
-    after_calls: int | None = None
-    after_bytes: int | None = None
-    calls: int = 0
-    bytes: int = 0
-    raised: int = 0
-    filenames: list = field(default_factory=list)
+    The counters live in shared memory behind a lock: a save's reader processes, forked
+    after the fault is injected, count and fail against the same limits as the test sees.
+    """
+
+    def __init__(self, err: int, after_calls: int | None = None,
+                 after_bytes: int | None = None, times: int | None = None) -> None:
+        self.err = err
+        self.after_calls = after_calls
+        self.after_bytes = after_bytes
+        self.times = times  # fail this often at most, then work again (transient errors)
+        self._counts = multiprocessing.RawArray("q", 3)  # calls, bytes, raised
+        self.lock = multiprocessing.Lock()
+
+    calls = property(lambda self: self._counts[0],
+                     lambda self, v: self._counts.__setitem__(0, v))
+    bytes = property(lambda self: self._counts[1],
+                     lambda self, v: self._counts.__setitem__(1, v))
+    raised = property(lambda self: self._counts[2],
+                      lambda self, v: self._counts.__setitem__(2, v))
+
+    def __repr__(self) -> str:
+        return (f"Fault(err={self.err}, after_calls={self.after_calls}, "
+                f"after_bytes={self.after_bytes}, calls={self.calls}, bytes={self.bytes}, "
+                f"raised={self.raised})")
 
     def check(self, nbytes: int = 0, filename=None) -> None:
-        self.calls += 1
-        self.bytes += nbytes
-        over = (self.after_calls is not None and self.calls > self.after_calls) or (
-            self.after_bytes is not None and self.bytes > self.after_bytes)
+        with self.lock:
+            self.calls += 1
+            self.bytes += nbytes
+            over = (self.after_calls is not None and self.calls > self.after_calls) or (
+                self.after_bytes is not None and self.bytes > self.after_bytes)
+            over = over and (self.times is None or self.raised < self.times)
+            if over:
+                self.raised += 1
         if over:
-            self.raised += 1
             raise OSError(self.err, os.strerror(self.err), filename)
 
 
