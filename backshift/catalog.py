@@ -519,6 +519,17 @@ PATH_KEY_AFTER = _sql("""
     LIMIT 1 OFFSET :count
 """)
 
+ENTRIES_OF_PATH_IDS = _sql(f"""
+    SELECT {ENTRY_COLUMNS}
+    FROM path AS p
+    CROSS JOIN member AS m
+    JOIN version AS v ON v.id = m.version_id
+    LEFT JOIN content AS c ON c.id = v.content_id
+    WHERE p.id IN ({{marks}})
+      AND m.save_id = ?
+      AND m.path_id = p.id
+""")
+
 ENTRY_OF_PATH_ID = _sql(f"""
     SELECT {ENTRY_COLUMNS}
     FROM path AS p
@@ -1301,6 +1312,15 @@ class Catalog:
         fewer: where to cut a listing into chunks."""
         row = self.conn.execute(PATH_KEY_AFTER, {"lo": lo, "hi": hi, "count": count}).fetchone()
         return row[0] if row else None
+
+    def entries_of_path_ids(self, save_id: int, path_ids: list[int]) -> dict[int, tuple]:
+        """entry_of_path_id for many paths at once: {path_id: row} of those in the save."""
+        out = {}
+        for part in _slices(path_ids):
+            sql = ENTRIES_OF_PATH_IDS.format(marks=",".join("?" * len(part)))
+            for row in self.conn.execute(sql, [*part, save_id]):
+                out[row[0]] = row
+        return out
 
     def entry_of_path_id(self, save_id: int, path_id: int) -> tuple | None:
         return self.conn.execute(ENTRY_OF_PATH_ID,

@@ -264,3 +264,17 @@ def test_list_fast_flagged_rows_at_block_edges(repo, tree, monkeypatch, chunk_pa
     save_tree(repo, tree)
     assert_in_process_list_equals_tar(repo)
     assert_in_process_list_equals_tar(repo, str(hl))
+
+
+def test_list_fast_flagged_entries_are_one_indexed_query(repo, saved):
+    from backshift.catalog import ENTRIES_OF_PATH_IDS
+    cat = Catalog.open(os.path.join(repo, b"catalog.sqlite3"), readonly=True)
+    try:
+        ids = [row[0] for row in cat.conn.execute("SELECT path_id FROM member LIMIT 5")]
+        details = cat.explain(ENTRIES_OF_PATH_IDS.format(marks="?,?"), [ids[0], ids[1], 1])
+        entries = cat.entries_of_path_ids(1, [*ids, 10**9])
+    finally:
+        cat.close()
+    assert "SEARCH p USING INTEGER PRIMARY KEY (rowid=?)" in details, details
+    assert "SEARCH m USING PRIMARY KEY (save_id=? AND path_id=?)" in details, details
+    assert sorted(entries) == sorted(ids)

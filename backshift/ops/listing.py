@@ -282,7 +282,8 @@ class _Fetcher(threading.Thread):
         while (job := self.jobs.get()) is not None:
             lo, hi, width = job
             try:
-                block = self.catalog.listing_block(self.save_id, lo, hi, width, self.modes)
+                block = _with_entries(self.catalog, self.save_id, self.catalog.listing_block(
+                    self.save_id, lo, hi, width, self.modes))
             except BaseException as e:  # noqa: BLE001 - handed to the listing thread
                 self.results.put((job, None, e))
                 return
@@ -307,6 +308,15 @@ class _Fetcher(threading.Thread):
             pass
         self.jobs.put(None)
         self.join()
+
+
+def _with_entries(catalog: Catalog, save_id: int, block: tuple) -> tuple:
+    """BLOCK (listing_block) and the entries of its flagged rows, {path_id: row}: fetched
+    with the block, in one query, on the thread that fetched it (one query per flagged row
+    on the listing thread cost ~0.2 ms each on a cold connection: 100 hard links, 20 ms)."""
+    marks = block[1]
+    ids = [int(mark[1:]) for mark in marks.split(",")] if marks else []
+    return (*block, catalog.entries_of_path_ids(save_id, ids) if ids else {})
 
 
 class _PlannerNeeded(Exception):
@@ -396,7 +406,8 @@ class _FastLines:
         while True:
             width = self.lister.ugswidth
             if block is None:
-                block = self.catalog.listing_block(self.save_id, lo, hi, width, self.modes)
+                block = _with_entries(self.catalog, self.save_id, self.catalog.listing_block(
+                    self.save_id, lo, hi, width, self.modes))
             restart = self._block(block, lo, hi, width)
             block = None
             if restart is True or restart is False:
@@ -406,7 +417,7 @@ class _FastLines:
     def _block(self, block: tuple, lo: bytes, hi: bytes, width: int) -> bytes | bool:
         """Write one block; True when done, False (planner), or the key to go on after
         (the width grew)."""
-        lines, marks, count = block
+        lines, marks, count, entries = block
         if not count:
             return True
         if lines.translate(None, PLAIN_LINE_BYTES) or lines.count(b"\n") != count:
@@ -425,7 +436,8 @@ class _FastLines:
                 if stop > start:
                     out.append(b"\n".join(split[start:stop]) + b"\n")
                     self.emitted += stop - start
-                planned = self._plan(int(mark[1:]), mark[0])
+                path_id = int(mark[1:])
+                planned = self._plan(path_id, mark[0], entries.get(path_id))
                 if planned is None:
                     return False
                 out.append(self.lister.line(planned.header))
@@ -507,11 +519,14 @@ class _FastLines:
                     raise _PlannerNeeded
                 yield self.lister.line(planned.header)
 
-    def _plan(self, path_id: int, flag: str | None) -> Planned | None:
-        """The member of a row Python formats, or None when the planner must list."""
+    def _plan(self, path_id: int, flag: str | None, row: tuple | None = None
+              ) -> Planned | None:
+        """The member of a row Python formats, or None when the planner must list. ROW:
+        its entry, when fetched already."""
         if flag == "a":
             return None
-        row = self.catalog.entry_of_path_id(self.save_id, path_id)
+        if row is None:
+            row = self.catalog.entry_of_path_id(self.save_id, path_id)
         if row is None:
             return None
         e = Entry(*row)
