@@ -102,6 +102,14 @@ MARK_SAVE_INTERRUPTED = _sql("""
       AND status = 'running'
 """)
 
+SERIES_EXISTS = _sql("""
+    SELECT EXISTS (
+        SELECT 1
+        FROM save
+        WHERE hostname = :hostname AND subset = :subset
+    )
+""")
+
 PREVIOUS_SAVES_FOR_BORROWING = _sql("""
     SELECT id, started_ns FROM (
         SELECT id, started_ns
@@ -1015,6 +1023,11 @@ class Catalog:
     def get_save(self, save_id: int) -> SaveRow | None:
         row = self.conn.execute(GET_SAVE, {"save_id": save_id}).fetchone()
         return SaveRow(*row) if row else None
+
+    def has_series(self, hostname: str, subset: str) -> bool:
+        """Whether any save of HOSTNAME/SUBSET exists (interrupted ones included)."""
+        row = self.conn.execute(SERIES_EXISTS, {"hostname": hostname, "subset": subset})
+        return bool(row.fetchone()[0])
 
     def latest_save_id(self) -> int | None:
         return self.conn.execute(LATEST_SAVE_ID).fetchone()[0]

@@ -163,7 +163,8 @@ def _check_label(kind: str, value: str) -> str:
               help="Live progress on stderr [default: when stderr is a terminal].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("--workers", default=min(4, os.cpu_count() or 2), show_default=True,
-              type=click.IntRange(1, 64), help="Processes reading, compressing and storing files.")
+              type=click.IntRange(1, 64),
+              help="Readers: processes for a first save, threads for a re-save.")
 @click.option("--checkpoint-interval", default=10.0, show_default=True, metavar="SECONDS",
               type=click.FloatRange(0.1), help="Commit what is saved at least this often.")
 @click.option("--checkpoint-files", default=20_000, hidden=True, type=click.IntRange(1))
@@ -212,7 +213,8 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
     show = sys.stderr.isatty() if progress is None else progress
     opts = SaveOptions(hostname=hostname, subset=subset, workers=workers,
                        batch_files=checkpoint_files, batch_seconds=checkpoint_interval)
-    readers = reader_pool(workers)  # forked before the repository (and its catalog) opens
+    # forked before the repository (and its catalog) opens
+    readers = reader_pool(workers, ctx.repo, hostname, subset)
     try:
         with open_repository(ctx.repo, WRITE, operation="save",
                              lock_wait_s=lock_wait) as repo:

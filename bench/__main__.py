@@ -17,7 +17,7 @@ import sys
 import time
 
 from . import datasets, limits
-from .peers import TOOLS, Tool, empty_trash
+from .peers import TOOLS, Tool, empty_trash, trash_dir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STEPS = ["init", "save1", "resave", "resave_mod", "list", "list1dir", "tar", "tarsub",
@@ -203,7 +203,9 @@ def table(name: str, ds: datasets.Dataset, res: dict, lim: dict, peers: list[str
         f" MB/s, zstd-3 {lim['zstd3_text_Bps'] / 1e6:,.0f} (text) / "
         f"{lim['zstd3_random_Bps'] / 1e6:,.0f} (random) MB/s, fastcdc "
         f"{lim['fastcdc_Bps'] / 1e6:,.0f} MB/s, find {lim['entries'] / lim['find_s']:,.0f}"
-        f" entries/s, lstat {lim['entries'] / lim['lstat_s']:,.0f}/s")
+        f" entries/s, lstat {lim['entries'] / lim['lstat_s']:,.0f}/s"
+        + (f", chunk file (create, write 4 KiB, rename, sync) {lim['chunk_file_s'] * 1e6:,.0f} us"
+           if "chunk_file_s" in lim else ""))
     for tool, by_step in res["sizes"].items():
         if not by_step:
             continue
@@ -258,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dataset {name}: generating or reusing", file=sys.stderr)
         ds = datasets.get(name)
         print(f"dataset {name}: measuring the machine's limits", file=sys.stderr)
-        lim = limits.measure(ds)
+        os.makedirs(args.work, exist_ok=True)
+        lim = limits.measure(ds, args.work, trash_dir(os.path.join(args.work, "x")))
         base = "many" if name.startswith("many") else name
         peer_names = [p for p in (args.peers if args.peers is not None
                                   else DEFAULT_PEERS.get(base, "")).split(",") if p]

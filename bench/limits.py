@@ -49,8 +49,45 @@ def sequential_read(root: str, names: list[bytes]) -> float:
     return time.perf_counter() - t
 
 
-def measure(ds: Dataset) -> dict:
-    """Throughputs (bytes/s) and rates (files/s) on this machine, with the dataset's floor times."""
+STORE_PROBE_FILES = 4000
+
+
+def chunk_file_seconds(work: str, trash: str) -> float:
+    """Seconds per chunk file on the benchmark's filesystem: create a temp file, write 4 KiB,
+    rename it to its final name in one of 256 fan-out directories, and a share of one
+    syncfs, as the chunk store does for every new chunk (the design: one file per chunk).
+    The probe directory goes to TRASH afterwards (deleting it now would slow the next
+    file creations nearby: ext4's recently_deleted)."""
+    root = os.path.join(work, f"store-probe-{time.time_ns()}")
+    for i in range(256):
+        os.makedirs(os.path.join(root, f"{i:02x}"))
+    body = os.urandom(4096)
+    os.sync()
+    t = time.perf_counter()
+    for n in range(STORE_PROBE_FILES):
+        name = hashlib.sha256(b"%d" % n).hexdigest()
+        final = os.path.join(root, name[:2], name)
+        fd = os.open(final + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, body)
+        os.close(fd)
+        os.rename(final + ".tmp", final)
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.sync()
+    finally:
+        os.close(fd)
+    seconds = (time.perf_counter() - t) / STORE_PROBE_FILES
+    os.makedirs(trash, exist_ok=True)
+    os.rename(root, os.path.join(trash, os.path.basename(root)))
+    return seconds
+
+
+def measure(ds: Dataset, work: str | None = None, trash: str | None = None) -> dict:
+    """Throughputs (bytes/s) and rates (files/s) on this machine, with the dataset's floor times.
+
+    With WORK (and TRASH), also the cost of one chunk file on that filesystem: the first
+    save's floor then counts a file per regular file of the dataset."""
     rng = random.Random(9)
     rand = rng.randbytes(BUF_BYTES)
     text = text_bytes(rng, BUF_BYTES)
@@ -80,6 +117,9 @@ def measure(ds: Dataset) -> dict:
     cores = os.cpu_count() or 1
     zstd_bps = (r["zstd3_random_Bps"] + r["zstd3_text_Bps"]) / 2
     cpu = ds.bytes / r["sha256_Bps"] + ds.bytes / r["fastcdc_Bps"] + ds.bytes / zstd_bps
+    if work is not None:
+        r["chunk_file_s"] = chunk_file_seconds(work, trash or os.path.join(work, ".trash"))
+        cpu += ds.files * r["chunk_file_s"]
     walk = r["find_s"] + r["lstat_s"]
     r["floor"] = {
         "save1": max(r["read_s"], cpu / min(cores, 2)) + walk,

@@ -881,7 +881,7 @@ def test_save_identical_files_in_several_readers_store_each_chunk_once(repo, tmp
         count, stored = chunks.fetchone()
     assert summary["new_chunks"] == count and summary["new_bytes_stored"] == stored
     assert_repo_consistent(repo, allow_temps=False)
-    for path, m in members(repo, summary["save_id"]).items():
+    for m in members(repo, summary["save_id"]).values():
         if m["data"] is not None:
             assert m["data"] == data
 
@@ -958,3 +958,28 @@ def test_save_ctrl_c_in_a_terminal_reaches_the_readers_too_and_still_commits(rep
     assert proc.returncode == 130, err
     assert b"Traceback" not in err and b"BrokenProcessPool" not in err
     assert json.loads(out)["status"] == "interrupted"
+
+
+@pytest.mark.timeout(60)
+def test_save_reads_in_processes_the_first_time_and_in_threads_when_it_can_borrow(
+        repo, tmp_path):
+    root = make_tree(tmp_path / "src")
+    names = find0(root)
+
+    def readers_of_a_running_save(subset: str) -> int:
+        proc = subprocess.Popen([BACKSHIFT, "-r", repo, "save", "--subset", subset,
+                                 "--workers", "2"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc.stdin.write(names[:200])
+        proc.stdin.flush()
+        time.sleep(1.0)
+        children = len(_children(proc.pid))
+        proc.stdin.write(names[200:])
+        proc.stdin.close()
+        proc.wait(timeout=30)
+        assert proc.returncode == 0, proc.stderr.read()
+        return children
+
+    assert readers_of_a_running_save("a") == 2
+    assert readers_of_a_running_save("a") == 0  # a re-save: threads
+    assert readers_of_a_running_save("b") == 2  # another series starts afresh

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import errno
 import multiprocessing
-from dataclasses import dataclass
 import os
 import resource
 import signal
+from dataclasses import dataclass
 
 from backshift import diskio
 
