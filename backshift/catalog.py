@@ -888,6 +888,11 @@ class Catalog:
             c.execute("PRAGMA journal_size_limit = 67108864")
         c.execute("PRAGMA cache_size = -65536")  # 64 MiB page cache
 
+    def limit_cache(self, kib: int) -> None:
+        """A page cache of KIB KiB for this connection instead of the 64 MiB default (a
+        helper connection that reads each page about once)."""
+        self.conn.execute(f"PRAGMA cache_size = -{int(kib)}")
+
     def _check_identity(self) -> None:
         app_id = self.conn.execute("PRAGMA application_id").fetchall()[0][0]
         version = self.user_version()
