@@ -983,3 +983,35 @@ def test_save_reads_in_processes_the_first_time_and_in_threads_when_it_can_borro
     assert readers_of_a_running_save("a") == 2
     assert readers_of_a_running_save("a") == 0  # a re-save: threads
     assert readers_of_a_running_save("b") == 2  # another series starts afresh
+
+
+def _killed_mid_task(repo_: bytes, zstd_level: int, *_args):
+    """A reader task that writes a chunk's temp file and is then killed (the OOM killer)."""
+    import hashlib
+    store = save_mod._reader_store(repo_, zstd_level)
+    data = os.urandom(3000)
+    store.put(data, hashlib.sha256(data).digest())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.timeout(60)
+def test_save_reader_killed_mid_task_is_one_line_error_and_leaves_no_temps(repo, tmp_path,
+                                                                            monkeypatch):
+    """A reader process that dies (SIGKILL: the OOM killer) stops the save with a one-line
+    error and the generic exit code, not a BrokenProcessPool traceback; the save is marked
+    interrupted and the temp files the dead reader wrote are removed."""
+    from harness.consistency import assert_repo_consistent
+    root = tmp_path / "src"
+    root.mkdir()
+    for i in range(5):
+        (root / f"f{i}").write_bytes(os.urandom(2000 + i))
+    (root / "big").write_bytes(os.urandom(200_000))
+    monkeypatch.setattr(save_mod, "read_batch_task", _killed_mid_task)
+    monkeypatch.setattr(save_mod, "read_file_task", _killed_mid_task)
+    res = run("-r", repo, "save", input=find0(root), exit_code=2)
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("backshift: error: a reader process "), lines
+    with open_repository(repo, READ) as r:
+        statuses = [row[0] for row in r.catalog.conn.execute("SELECT status FROM save")]
+    assert statuses == ["interrupted"]
+    assert_repo_consistent(repo, allow_temps=False)

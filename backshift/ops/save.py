@@ -20,14 +20,14 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import xxhash
 
 from .. import __version__
 from ..chunker import Chunker
-from ..errors import BackshiftError
+from ..errors import BackshiftError, ReaderDied
 from ..legacy import legacy_time_ns
 from ..lock import pid_alive
 from ..model import (
@@ -329,6 +329,8 @@ def reader_pool(workers: int, repo: bytes | None = None, hostname: str = "",
                                initargs=(os.getpid(),),
                                mp_context=multiprocessing.get_context("fork"))
     pool.submit(int).result()  # with fork, the first task starts every process: now
+    # whose temp files to remove should one of them die mid-task (Saver.run)
+    pool.reader_pids = tuple(getattr(pool, "_processes", None) or ())
     return pool
 
 
@@ -542,9 +544,14 @@ class Saver:
             pool.shutdown(wait=True)
             status = "complete" if self.stop_signal is None else "interrupted"
             self.finish(status)  # its flush and commit can fail too: same clean-up
-        except BaseException:
+        except BaseException as e:
             pool.shutdown(wait=True, cancel_futures=True)
             self.fail()
+            if isinstance(e, BrokenExecutor):
+                # a reader died (the OOM killer): the pool stopped the others; nobody will
+                # hand over the temp files they wrote
+                self.repo.store.discard_temps_of(getattr(pool, "reader_pids", ()))
+                raise ReaderDied() from None
             raise
         return self.stats
 
