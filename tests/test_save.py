@@ -1015,3 +1015,45 @@ def test_save_reader_killed_mid_task_is_one_line_error_and_leaves_no_temps(repo,
         statuses = [row[0] for row in r.catalog.conn.execute("SELECT status FROM save")]
     assert statuses == ["interrupted"]
     assert_repo_consistent(repo, allow_temps=False)
+
+
+@pytest.mark.timeout(90)
+def test_save_reader_killed_while_holding_the_task_queue_does_not_hang(repo, tmp_path):
+    """An idle reader waits for the next task holding the task queue's read lock; the other
+    waits for that lock. When the first is killed, the pool terminates the other (SIGTERM,
+    from the saving process): a reader that ignored every SIGTERM waited for the dead one's
+    lock forever, and so did the save."""
+    root = tmp_path / "src"
+    root.mkdir()
+    for i in range(40):
+        (root / f"f{i}").write_bytes(os.urandom(3000))
+    names = find0(root).split(b"\0")[:-1]
+    proc = subprocess.Popen([BACKSHIFT, "-r", repo, "save", "--workers", "2"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(b"\0".join(names[:5]) + b"\0")
+        proc.stdin.flush()
+        holder = None
+        deadline = time.monotonic() + 20
+        while holder is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            for reader in _children(proc.pid):
+                with open(f"/proc/{reader}/wchan") as f:
+                    if "pipe" in f.read():  # blocked reading the task pipe, lock held
+                        holder = reader
+        assert holder is not None
+        os.kill(holder, signal.SIGKILL)
+        time.sleep(0.3)
+        try:
+            proc.stdin.write(b"\0".join(names[5:]) + b"\0")
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        proc.wait(timeout=30)
+        err = proc.stderr.read().decode()
+        assert proc.returncode in (0, 2), err
+        assert "Traceback" not in err
+    finally:
+        proc.kill()
+        proc.wait()

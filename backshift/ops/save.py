@@ -355,14 +355,31 @@ def _reader_started(saver_pid: int) -> None:
     what was read and then stops the readers (a reader killed mid-file would fail the save);
     a crash point kills the saving process too. When the saving process dies (SIGKILL, a
     crash), the kernel kills the readers (PR_SET_PDEATHSIG): each holds the others' ends of
-    the task pipes, so none would ever see them close."""
+    the task pipes, so none would ever see them close.
+
+    A SIGTERM from the saving process itself still ends a reader: the pool sends it to the
+    others when one died (BrokenProcessPool). An idle reader waits for tasks holding the
+    task queue's lock, the others wait for that lock: had they ignored it, the pool would
+    wait for them, and they for the dead one's lock, forever."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later too
+    threading.Thread(target=_sigterm_from, args=(saver_pid,), name="sigterm",
+                     daemon=True).start()
     from .. import crashpoints, diskio
     crashpoints.kill_parent = True
     diskio.die_with_parent()
     if os.getppid() != saver_pid:  # it died before the line above
         os._exit(1)
+
+
+def _sigterm_from(saver_pid: int) -> None:
+    """In a reader process: take each SIGTERM (blocked in every thread); exit on one the
+    saving process sent, ignore the others (a group's or a service manager's)."""
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == saver_pid:
+            os._exit(1)
 
 
 _readers = threading.local()
