@@ -117,6 +117,10 @@ class RepositoryIOError(BackshiftError):
     summary = "repository I/O error (disk full, permission denied, ...)"
 
 
+class ReaderDied(BackshiftError):
+    """a reader process died (killed, out of memory?); the save stopped, marked interrupted"""
+
+
 class ChunkCorrupt(DataDamaged):
     """chunk {0} is damaged: {1}"""
 

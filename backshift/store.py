@@ -21,7 +21,7 @@ import secrets
 import socket
 import threading
 from binascii import hexlify
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import xxhash
 import zstandard
@@ -548,6 +548,22 @@ class Store:
         for _sha, temp, _final, _size in pending:
             self._discard(temp)
 
+    def discard_temps_of(self, pids: Iterable[int]) -> int:
+        """Remove the temp files of PIDS, processes of this host that died without handing
+        them over (a reader process killed mid-task); how many. Scans every chunk directory:
+        for an error path only. A pid alive again (reused) is left alone."""
+        tags = [self._temp_tag[:-len(b"%d." % self.pid)] + b"%d." % pid for pid in pids
+                if not _alive(pid)]
+        removed = 0
+        if not tags:
+            return removed
+        for i in range(256):
+            for sha, entry in self.chunk_dir(i):
+                if sha is None and any(tag in entry.name for tag in tags):
+                    self._discard(entry.path)
+                    removed += 1
+        return removed
+
     def flush(self) -> int:
         """Make every pending chunk durable under its final name; returns how many.
 
@@ -672,6 +688,16 @@ class Store:
             diskio.unlink(self.path_for(sha256))
         except FileNotFoundError:
             pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _verify(data, back, xxh: bytes | None) -> None:

@@ -983,3 +983,77 @@ def test_save_reads_in_processes_the_first_time_and_in_threads_when_it_can_borro
     assert readers_of_a_running_save("a") == 2
     assert readers_of_a_running_save("a") == 0  # a re-save: threads
     assert readers_of_a_running_save("b") == 2  # another series starts afresh
+
+
+def _killed_mid_task(repo_: bytes, zstd_level: int, *_args):
+    """A reader task that writes a chunk's temp file and is then killed (the OOM killer)."""
+    import hashlib
+    store = save_mod._reader_store(repo_, zstd_level)
+    data = os.urandom(3000)
+    store.put(data, hashlib.sha256(data).digest())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.timeout(60)
+def test_save_reader_killed_mid_task_is_one_line_error_and_leaves_no_temps(repo, tmp_path,
+                                                                            monkeypatch):
+    """A reader process that dies (SIGKILL: the OOM killer) stops the save with a one-line
+    error and the generic exit code, not a BrokenProcessPool traceback; the save is marked
+    interrupted and the temp files the dead reader wrote are removed."""
+    from harness.consistency import assert_repo_consistent
+    root = tmp_path / "src"
+    root.mkdir()
+    for i in range(5):
+        (root / f"f{i}").write_bytes(os.urandom(2000 + i))
+    (root / "big").write_bytes(os.urandom(200_000))
+    monkeypatch.setattr(save_mod, "read_batch_task", _killed_mid_task)
+    monkeypatch.setattr(save_mod, "read_file_task", _killed_mid_task)
+    res = run("-r", repo, "save", input=find0(root), exit_code=2)
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("backshift: error: a reader process "), lines
+    with open_repository(repo, READ) as r:
+        statuses = [row[0] for row in r.catalog.conn.execute("SELECT status FROM save")]
+    assert statuses == ["interrupted"]
+    assert_repo_consistent(repo, allow_temps=False)
+
+
+@pytest.mark.timeout(90)
+def test_save_reader_killed_while_holding_the_task_queue_does_not_hang(repo, tmp_path):
+    """An idle reader waits for the next task holding the task queue's read lock; the other
+    waits for that lock. When the first is killed, the pool terminates the other (SIGTERM,
+    from the saving process): a reader that ignored every SIGTERM waited for the dead one's
+    lock forever, and so did the save."""
+    root = tmp_path / "src"
+    root.mkdir()
+    for i in range(40):
+        (root / f"f{i}").write_bytes(os.urandom(3000))
+    names = find0(root).split(b"\0")[:-1]
+    proc = subprocess.Popen([BACKSHIFT, "-r", repo, "save", "--workers", "2"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(b"\0".join(names[:5]) + b"\0")
+        proc.stdin.flush()
+        holder = None
+        deadline = time.monotonic() + 20
+        while holder is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            for reader in _children(proc.pid):
+                with open(f"/proc/{reader}/wchan") as f:
+                    if "pipe" in f.read():  # blocked reading the task pipe, lock held
+                        holder = reader
+        assert holder is not None
+        os.kill(holder, signal.SIGKILL)
+        time.sleep(0.3)
+        try:
+            proc.stdin.write(b"\0".join(names[5:]) + b"\0")
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        proc.wait(timeout=30)
+        err = proc.stderr.read().decode()
+        assert proc.returncode in (0, 2), err
+        assert "Traceback" not in err
+    finally:
+        proc.kill()
+        proc.wait()

@@ -20,14 +20,14 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import xxhash
 
 from .. import __version__
 from ..chunker import Chunker
-from ..errors import BackshiftError
+from ..errors import BackshiftError, ReaderDied
 from ..legacy import legacy_time_ns
 from ..lock import pid_alive
 from ..model import (
@@ -329,6 +329,8 @@ def reader_pool(workers: int, repo: bytes | None = None, hostname: str = "",
                                initargs=(os.getpid(),),
                                mp_context=multiprocessing.get_context("fork"))
     pool.submit(int).result()  # with fork, the first task starts every process: now
+    # whose temp files to remove should one of them die mid-task (Saver.run)
+    pool.reader_pids = tuple(getattr(pool, "_processes", None) or ())
     return pool
 
 
@@ -353,14 +355,31 @@ def _reader_started(saver_pid: int) -> None:
     what was read and then stops the readers (a reader killed mid-file would fail the save);
     a crash point kills the saving process too. When the saving process dies (SIGKILL, a
     crash), the kernel kills the readers (PR_SET_PDEATHSIG): each holds the others' ends of
-    the task pipes, so none would ever see them close."""
+    the task pipes, so none would ever see them close.
+
+    A SIGTERM from the saving process itself still ends a reader: the pool sends it to the
+    others when one died (BrokenProcessPool). An idle reader waits for tasks holding the
+    task queue's lock, the others wait for that lock: had they ignored it, the pool would
+    wait for them, and they for the dead one's lock, forever."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later too
+    threading.Thread(target=_sigterm_from, args=(saver_pid,), name="sigterm",
+                     daemon=True).start()
     from .. import crashpoints, diskio
     crashpoints.kill_parent = True
     diskio.die_with_parent()
     if os.getppid() != saver_pid:  # it died before the line above
         os._exit(1)
+
+
+def _sigterm_from(saver_pid: int) -> None:
+    """In a reader process: take each SIGTERM (blocked in every thread); exit on one the
+    saving process sent, ignore the others (a group's or a service manager's)."""
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == saver_pid:
+            os._exit(1)
 
 
 _readers = threading.local()
@@ -542,9 +561,14 @@ class Saver:
             pool.shutdown(wait=True)
             status = "complete" if self.stop_signal is None else "interrupted"
             self.finish(status)  # its flush and commit can fail too: same clean-up
-        except BaseException:
+        except BaseException as e:
             pool.shutdown(wait=True, cancel_futures=True)
             self.fail()
+            if isinstance(e, BrokenExecutor):
+                # a reader died (the OOM killer): the pool stopped the others; nobody will
+                # hand over the temp files they wrote
+                self.repo.store.discard_temps_of(getattr(pool, "reader_pids", ()))
+                raise ReaderDied() from None
             raise
         return self.stats
 
