@@ -441,13 +441,9 @@ class _FastLines:
                     out.append(b"\n".join(split[start:stop]) + b"\n")
                     self.emitted += stop - start
                 path_id = int(mark[1:])
-                planned = self._plan(path_id, mark[0], entries.get(path_id))
-                if planned is None:
-                    return False
-                out.append(self.lister.line(planned.header))
-                self.emitted += 1
-                if self.lister.ugswidth != width:
-                    return planned.entry.key
+                stopped = self._flagged(out, path_id, mark[0], width, entries.get(path_id))
+                if stopped is not None:
+                    return stopped
                 start = stop + 1
             if start < len(split) - 1:
                 out.append(b"\n".join(split[start:-1]) + b"\n")
@@ -500,17 +496,26 @@ class _FastLines:
                 if stop == len(lines):
                     break
                 _line, path_id, flag = batch[stop]
-                planned = self._plan(path_id, flag)
-                if planned is None:
-                    return False
-                out.append(self.lister.line(planned.header))
-                self.emitted += 1
-                if self.lister.ugswidth != width:
-                    return planned.entry.key
+                stopped = self._flagged(out, path_id, flag, width)
+                if stopped is not None:
+                    return stopped
                 start = stop + 1
             return None
         finally:
             self.write(b"".join(out))
+
+    def _flagged(self, out: list[bytes], path_id: int, flag: str | None, width: int,
+                 row: tuple | None = None) -> bytes | bool | None:
+        """Append the line of a flagged row to OUT. False when the planner must list, the
+        row's key when the width grew (what follows must be built again), else None."""
+        planned = self._plan(path_id, flag, row)
+        if planned is None:
+            return False
+        out.append(self.lister.line(planned.header))
+        self.emitted += 1
+        if self.lister.ugswidth != width:
+            return planned.entry.key
+        return None
 
     def _checked(self, rows: list[tuple]) -> Iterator[bytes]:
         """Lines of plain rows one by one: those GNU tar would quote, Python makes."""
