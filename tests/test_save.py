@@ -431,7 +431,6 @@ def test_save_killed_midway_then_next_save_completes_and_borrows(repo, tmp_path)
             assert m["data"] == Path(os.fsdecode(path)).read_bytes()
 
 
-@pytest.mark.timeout(60)
 def _interrupted_save(repo: bytes, root: Path, group: bool) -> tuple[bytes, bytes]:
     """(stdout, stderr) of a save given 5 names, sent SIGINT (to its whole process group
     when GROUP, as Ctrl-C in a terminal does), then given the rest: it exits 130."""
@@ -459,6 +458,7 @@ def _interrupted_save(repo: bytes, root: Path, group: bool) -> tuple[bytes, byte
     return out, err
 
 
+@pytest.mark.timeout(60)
 def test_save_ctrl_c_commits_work_done_and_exits_130(repo, tmp_path):
     out, _err = _interrupted_save(repo, make_tree(tmp_path / "src"), group=False)
     assert _interrupted_status(repo) == ["interrupted"]
