@@ -22,13 +22,12 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import xxhash
 
 from .. import __version__
-from ..chunker import Chunker
 from ..errors import BackshiftError, ReaderDied
-from ..legacy import legacy_time_ns
 from ..lock import pid_alive
 from ..model import (
     TYPE_FILE,
@@ -42,6 +41,9 @@ from ..model import (
 from ..pathcodec import basename, parent, sort_key
 from ..repo import Repository
 from ..store import Store, read_whole
+
+if TYPE_CHECKING:
+    from ..chunker import Chunker
 from ..walk import Walk
 from .owners import Owners
 from .previous import ContentPresence, Entry, PreviousEntries, entry_chunks, entry_version
@@ -123,6 +125,7 @@ def _chunker(params: ChunkerParams) -> Chunker:
     """This thread's chunker (pyfastcdc objects are not shared between threads)."""
     chunker = getattr(_local, "chunker", None)
     if chunker is None or chunker.params != params:
+        from ..chunker import Chunker  # pyfastcdc loads only where a file is read
         chunker = _local.chunker = Chunker(params)
     return chunker
 
@@ -887,8 +890,10 @@ class Saver:
         current times rounded the same way (legacy.legacy_time_ns), never approximately."""
         if old.mtime_ns == v.mtime_ns and old.ctime_ns == v.ctime_ns:
             return True
-        return sid in self.legacy_candidates and \
-            old.mtime_ns == legacy_time_ns(v.mtime_ns) and \
+        if sid not in self.legacy_candidates:
+            return False
+        from ..legacy import legacy_time_ns  # decimal: only for imported saves
+        return old.mtime_ns == legacy_time_ns(v.mtime_ns) and \
             old.ctime_ns == legacy_time_ns(v.ctime_ns)
 
     def reusable_version(self, item: Item, v: Version) -> int | None:
