@@ -552,8 +552,9 @@ class Store:
         """Remove the temp files of PIDS, processes of this host that died without handing
         them over (a reader process killed mid-task); how many. Scans every chunk directory:
         for an error path only. A pid alive again (reused) is left alone."""
+        from .lock import pid_alive
         tags = [self._temp_tag[:-len(b"%d." % self.pid)] + b"%d." % pid for pid in pids
-                if not _alive(pid)]
+                if not pid_alive(pid, None)]
         removed = 0
         if not tags:
             return removed
@@ -688,16 +689,6 @@ class Store:
             diskio.unlink(self.path_for(sha256))
         except FileNotFoundError:
             pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _verify(data, back, xxh: bytes | None) -> None:
