@@ -570,7 +570,8 @@ class Saver:
             if isinstance(e, BrokenExecutor):
                 # a reader died (the OOM killer): the pool stopped the others; nobody will
                 # hand over the temp files they wrote
-                self.repo.store.discard_temps_of(getattr(pool, "reader_pids", ()))
+                self.repo.store.discard_temps_of(
+                    [pid for pid in getattr(pool, "reader_pids", ()) if not pid_alive(pid, None)])
                 raise ReaderDied() from None
             raise
         return self.stats
