@@ -270,6 +270,20 @@ def test_save_file_changing_while_read_is_kept_as_read_and_reread(repo, tmp_path
     assert members(repo, again.save_id)[os.fsencode(path)]["data"] == path.read_bytes()
 
 
+def test_save_runs_with_fewer_gc_passes_and_restores_the_threshold(repo, tree):
+    """The collector's youngest generation waits for GC_YOUNG_THRESHOLD allocations while a
+    save runs (a warning shows what it was then), and the caller's setting comes back."""
+    import gc
+    names = [pathcodec.normalize(n, b"/") for n in find0(tree).split(b"\0") if n]
+    (tree / "a.txt").unlink()
+    seen: list[tuple[int, int, int]] = []
+    before = gc.get_threshold()
+    with open_repository(repo, WRITE) as r:
+        save_mod.save(r, names, SaveOptions("h", "s"), lambda msg: seen.append(gc.get_threshold()))
+    assert seen and seen[0][0] == save_mod.GC_YOUNG_THRESHOLD != before[0]
+    assert gc.get_threshold() == before
+
+
 def test_save_duplicate_name_is_saved_once(repo, tree):
     names = [pathcodec.normalize(n, b"/") for n in find0(tree).split(b"\0") if n]
     names.append(names[3])
@@ -673,12 +687,10 @@ def test_save_batch_with_duplicates_and_a_vanished_file(repo, tmp_path, monkeypa
             "SELECT count(*) FROM chunk").fetchone()[0] == n - same - 1 + 1
 
 
-def test_with_content_equals_dataclasses_replace():
-    from dataclasses import replace
-
+def test_with_content_equals_replace():
     from backshift.model import Version
     v = Version(0o100644, 1, 2, b"u", b"g", 10, 11, 12, 13, 14, 15, 16, b"t", None)
-    assert save_mod._with_content(v, 99, 7) == replace(v, size=99, content_id=7)
+    assert save_mod._with_content(v, 99, 7) == v._replace(size=99, content_id=7)
 
 
 def _many_small_files(root: Path, n: int) -> Path:
