@@ -268,47 +268,30 @@ def _write_members(members: Iterator[Planned], lister: TarLister,
 
 class _Fetcher(threading.Thread):
     """Builds blocks (catalog.listing_block) on its own thread and read-only connection:
-    SQLite runs the query without the GIL. Jobs are done and answered in the order given."""
+    SQLite runs the query without the GIL. The fetchers of a listing share one queue of
+    jobs, (seq, lo, hi, width), and one of results, (seq, job, block, error): a fetcher
+    takes the next job as soon as it is free, so a slow chunk does not hold up the others."""
 
-    def __init__(self, catalog: Catalog, save_id: int, modes: bytes | None) -> None:
+    def __init__(self, catalog: Catalog, save_id: int, modes: bytes | None,
+                 jobs: SimpleQueue, results: SimpleQueue) -> None:
         super().__init__(name="list-chunk", daemon=True)
         self.catalog = catalog
         self.save_id = save_id
         self.modes = modes
-        self.jobs: SimpleQueue = SimpleQueue()
-        self.results: SimpleQueue = SimpleQueue()
+        self.jobs = jobs
+        self.results = results
         self.start()
 
     def run(self) -> None:
         while (job := self.jobs.get()) is not None:
-            lo, hi, width = job
+            seq, lo, hi, width = job
             try:
                 block = _with_entries(self.catalog, self.save_id, self.catalog.listing_block(
                     self.save_id, lo, hi, width, self.modes))
             except BaseException as e:  # noqa: BLE001 - handed to the listing thread
-                self.results.put((job, None, e))
+                self.results.put((seq, (lo, hi, width), None, e))
                 return
-            self.results.put((job, block, None))
-
-    def fetch(self, lo: bytes, hi: bytes, width: int) -> None:
-        self.jobs.put((lo, hi, width))
-
-    def result(self) -> tuple[tuple[bytes, bytes, int], tuple]:
-        """((lo, hi, width), block) of the oldest job not answered yet."""
-        job, block, error = self.results.get()
-        if error is not None:
-            raise error
-        return job, block
-
-    def stop(self) -> None:
-        """Drop the jobs not started (the listing may end early) and end the thread."""
-        try:
-            while True:
-                self.jobs.get_nowait()
-        except Empty:
-            pass
-        self.jobs.put(None)
-        self.join()
+            self.results.put((seq, (lo, hi, width), block, None))
 
 
 def _with_entries(catalog: Catalog, save_id: int, block: tuple) -> tuple:
@@ -355,6 +338,8 @@ class _FastLines:
             return first is None or self._range(*first)
         others: list[Catalog] = []
         fetchers: list[_Fetcher] = []
+        jobs: SimpleQueue = SimpleQueue()
+        results: SimpleQueue = SimpleQueue()
         try:
             for _ in range(FETCHERS):
                 others.append(Catalog.open(self.catalog.path, readonly=True))
@@ -364,29 +349,42 @@ class _FastLines:
             if not all(self._same_snapshot(other) for other in others):
                 # a commit came in between: one thread, one snapshot
                 return all(self._range(*chunk) for chunk in chain((first, second), chunks))
-            fetchers = [_Fetcher(other, self.save_id, self.modes) for other in others]
-            todo = chain((first, second), chunks)
-            given = 0  # chunk n goes to fetcher n % FETCHERS, AHEAD chunks each at most
-            for chunk in islice(todo, AHEAD * len(fetchers)):
-                fetchers[given % len(fetchers)].fetch(*chunk, self.lister.ugswidth)
+            todo = enumerate(chain((first, second), chunks))
+            given = 0
+            for seq, (c_lo, c_hi) in islice(todo, AHEAD * FETCHERS):
+                jobs.put((seq, c_lo, c_hi, self.lister.ugswidth))
                 given += 1
-            taken = 0
-            while taken < given:
-                fetcher = fetchers[taken % len(fetchers)]
-                taken += 1
-                (lo, hi, width), block = fetcher.result()
-                chunk = next(todo, None)
-                if chunk is not None:
-                    fetcher.fetch(*chunk, self.lister.ugswidth)
+            fetchers = [_Fetcher(other, self.save_id, self.modes, jobs, results)
+                        for other in others]
+            done: dict[int, tuple] = {}
+            for seq in range(1 << 62):
+                if seq == given:
+                    return True
+                while seq not in done:
+                    got, job, block, error = results.get()
+                    if error is not None:
+                        raise error
+                    done[got] = (job, block)
+                (c_lo, c_hi, width), block = done.pop(seq)
+                nxt = next(todo, None)
+                if nxt is not None:
+                    jobs.put((nxt[0], *nxt[1], self.lister.ugswidth))
                     given += 1
                 if width != self.lister.ugswidth:
                     block = None  # built at a narrower width: build it again here
-                if not self._range(lo, hi, block):
+                if not self._range(c_lo, c_hi, block):
                     return False
-            return True
+            raise AssertionError("unreachable")
         finally:
+            while True:  # drop the jobs not started (the listing may end early)
+                try:
+                    jobs.get_nowait()
+                except Empty:
+                    break
+            for _ in fetchers:
+                jobs.put(None)
             for fetcher in fetchers:
-                fetcher.stop()
+                fetcher.join()
             for other in others:
                 other.close()
 
@@ -400,10 +398,14 @@ class _FastLines:
         return mine is not None and mine == theirs and mine.status != "running"
 
     def _chunks(self, lo: bytes, hi: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """[lo, hi) cut into chunks; the first ones smaller, so that writing starts sooner
+        (CHUNK_PATHS / 4, / 2, then CHUNK_PATHS each)."""
+        size = max(1, CHUNK_PATHS // 4)
         while lo is not None:
-            cut = self.catalog.path_key_after(lo, hi, CHUNK_PATHS)
+            cut = self.catalog.path_key_after(lo, hi, size)
             yield lo, (cut if cut is not None else hi)
             lo = cut
+            size = min(size * 2, CHUNK_PATHS)
 
     def _range(self, lo: bytes, hi: bytes, block: tuple | None = None) -> bool:
         """Write the members in [lo, hi), from BLOCK (listing_block) when fetched already."""
