@@ -7,6 +7,7 @@ import os
 import signal
 import stat
 import subprocess
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -1050,3 +1051,58 @@ def test_save_reader_killed_while_holding_the_task_queue_does_not_hang(repo, tmp
     finally:
         proc.kill()
         proc.wait()
+
+
+
+def test_save_store_pool_is_made_once_by_reader_threads_racing_for_it(monkeypatch):
+    """Re-save readers are threads: several may reach their first big file at once, and
+    each must get the one pool of store threads (a second pool would be left idle, never
+    shut down). The race is made certain, not likely: STORE_THREADS becomes a number slow to
+    compare, and ThreadPoolExecutor compares it (max_workers <= 0) while being made, so every
+    thread past the barrier finds no pool yet unless something makes it wait."""
+    compared = []
+
+    class SlowToCompare(int):
+        def __le__(self, other):
+            compared.append(1)
+            time.sleep(0.1)  # not CPU: the other readers run meanwhile
+            return int(self) <= other
+
+    monkeypatch.setattr(save_mod, "STORE_THREADS", SlowToCompare(save_mod.STORE_THREADS))
+    monkeypatch.setattr(save_mod, "_store_pool", None)
+    barrier = threading.Barrier(8)
+    pools = []
+
+    def reader():
+        barrier.wait()
+        pools.append(save_mod._store_pool_here())
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    made = {id(pool): pool for pool in pools}
+    for pool in made.values():
+        pool.shutdown()
+    assert compared, "ThreadPoolExecutor no longer compares max_workers: make the race another way"
+    assert len(pools) == 8
+    assert len(made) == 1, f"{len(made)} pools made"
+
+
+def test_save_store_pool_is_made_in_a_reader_forked_while_its_lock_was_held():
+    """A reader process forked while a thread of the saver held the pool's lock gets a lock
+    of its own: the copy would stay held forever (its holder is not in the fork)."""
+    with save_mod._store_pool_lock:
+        pid = os.fork()
+        if pid == 0:  # the child: a deadlock ends by SIGALRM, not by hanging the test
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)  # not pytest-timeout's handler
+            signal.alarm(10)
+            code = 1
+            try:
+                save_mod._store_pool_here().shutdown()
+                code = 0
+            finally:
+                os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -215,16 +215,34 @@ STORE_THREADS = 2
 STORE_AHEAD = 4
 _store_pool: ThreadPoolExecutor | None = None
 _store_pool_pid = 0
+_store_pool_lock = threading.Lock()
+
+
+def _new_store_pool_lock() -> None:
+    global _store_pool_lock
+    _store_pool_lock = threading.Lock()  # a fork's copy may be held by a thread it lacks
+
+
+os.register_at_fork(after_in_child=_new_store_pool_lock)
+
+
+def _store_pool_here() -> ThreadPoolExecutor:
+    """This process's pool of store threads, made by the first reader to need it. Re-save
+    readers are threads that may need it at once: the lock makes one pool, not one each
+    (the others left idle, never shut down)."""
+    global _store_pool, _store_pool_pid
+    with _store_pool_lock:
+        if _store_pool is None or _store_pool_pid != os.getpid():  # a fork has no threads
+            _store_pool = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store")
+            _store_pool_pid = os.getpid()
+        return _store_pool
 
 
 def _store_stream(views: Iterable[memoryview], digest, chunks: list[StoredChunk],
                   store: Store) -> int:
     """Store the chunks of a stream (appended to CHUNKS in order) and feed DIGEST; the
     number of bytes read."""
-    global _store_pool, _store_pool_pid
-    if _store_pool is None or _store_pool_pid != os.getpid():  # a fork has no threads
-        _store_pool = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store")
-        _store_pool_pid = os.getpid()
+    pool = _store_pool_here()
     waiting: collections.deque[Future] = collections.deque()
     size = 0
     try:
@@ -232,7 +250,7 @@ def _store_stream(views: Iterable[memoryview], digest, chunks: list[StoredChunk]
             digest.update(view)
             data = bytes(view)  # cut_stream reuses its buffer for the next chunk
             size += len(data)
-            waiting.append(_store_pool.submit(_put_chunk, store, data))
+            waiting.append(pool.submit(_put_chunk, store, data))
             if len(waiting) >= STORE_AHEAD:
                 chunks.append(waiting.popleft().result())
         while waiting:
