@@ -1106,3 +1106,29 @@ def test_save_store_pool_is_made_in_a_reader_forked_while_its_lock_was_held():
                 os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.parametrize("task", ["read_batch_task", "read_file_task"])
+def test_save_second_ctrl_c_during_a_hand_off_leaves_no_temp_files(repo, tmp_path, task):
+    """A second Ctrl-C stops a save at once. Landing while the saver hands a task to a
+    reader (send_small's batch of small files, or one big file), after the reader wrote its
+    temp files but before the saver holds the task's future, it left those temp files in
+    the store for good: nobody adopted them, nobody removed them."""
+    from harness.consistency import assert_repo_consistent, temp_files
+    from harness.faults import CtrlCInHandOff
+
+    root = tmp_path / "src"
+    root.mkdir()
+    for i in range(5):
+        (root / f"f{i}").write_bytes(os.urandom(2000 + i))
+    (root / "big").write_bytes(os.urandom(200_000))
+    names = [pathcodec.normalize(n, b"/") for n in find0(root).split(b"\0") if n]
+    readers = CtrlCInHandOff(task)
+    with open_repository(repo, WRITE) as r:
+        saver = save_mod.Saver(r, SaveOptions("host", "t"), [].append, readers=readers)
+        with pytest.raises(KeyboardInterrupt):
+            saver.run(names)
+    assert readers.fired == 2
+    assert temp_files(repo) == []
+    assert_repo_consistent(repo, allow_temps=False)
+    run("-r", repo, "check")

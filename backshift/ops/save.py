@@ -493,6 +493,11 @@ class Saver:
         self._small_bytes = 0
         self._small_limit = repo.chunker.min_size
         self.stop_signal: int | None = None
+        # reader tasks handed over whose temp files are not adopted yet: a save that fails
+        # removes those of the finished ones (drop_unadopted), whatever became of their items
+        self._tasks: set[Future] = set()
+        self._handing_over = False  # a hard stop now waits until the task is in _tasks
+        self._hard_stop_waiting = False
         self.estimate: int | None = None
         self.started = time.monotonic()
         self._batch_files = 0
@@ -634,14 +639,34 @@ class Saver:
     def drop_unadopted(self) -> None:
         """Remove the temp files of the reader tasks that finished but will not be recorded
         (the readers are shut down already)."""
-        tasks = {id(i.future): i.future for i in self.queue
-                 if i.future is not None and i.future is not _UNSENT}
-        for future in tasks.values():
+        for future in self._tasks:
             if getattr(future, "outcome", None) is not None or not future.done() \
                     or future.cancelled() or future.exception() is not None:
                 continue
             _result, pending, _seen = future.result()
             self.repo.store.discard(pending)
+        self._tasks = set()
+
+    def hand_over(self, pool: Executor, task: Callable, *args) -> Future:
+        """Submit a reader TASK, kept in _tasks until its temp files are adopted. A hard
+        stop (the second Ctrl-C) arriving meanwhile waits for the end of the hand-off:
+        landing between the submit and the bookkeeping, it lost the task and its temps."""
+        self._handing_over = True
+        try:
+            future = pool.submit(task, *args)
+            self._tasks.add(future)
+        finally:
+            self._handing_over = False
+        if self._hard_stop_waiting:
+            raise KeyboardInterrupt
+        return future
+
+    def hard_stop(self) -> None:
+        """A second SIGINT/SIGTERM: stop now (run() cleans up), after a hand-off under way."""
+        if self._handing_over:
+            self._hard_stop_waiting = True
+            return
+        raise KeyboardInterrupt
 
     def write_counters(self) -> None:
         s = self.stats
@@ -745,8 +770,8 @@ class Saver:
                 self.send_small()
             return
         store = self.repo.store
-        item.future = pool.submit(read_file_task, store.repo, store.zstd_level, item.path,
-                                  item.version, self.repo.chunker)
+        item.future = self.hand_over(pool, read_file_task, store.repo, store.zstd_level,
+                                     item.path, item.version, self.repo.chunker)
 
     def send_small(self) -> None:
         """Hand the small files gathered so far to the pool as one read_batch."""
@@ -756,8 +781,8 @@ class Saver:
         self._small = []
         self._small_bytes = 0
         store = self.repo.store
-        future = self.pool.submit(read_batch_task, store.repo, store.zstd_level,
-                                  [(i.path, i.version) for i in items], self.repo.chunker)
+        future = self.hand_over(self.pool, read_batch_task, store.repo, store.zstd_level,
+                                [(i.path, i.version) for i in items], self.repo.chunker)
         for i in items:
             i.future = future
 
@@ -1059,6 +1084,7 @@ class Saver:
             result, pending, seen_existing = future.result()
             again = self.repo.store.adopt(pending, seen_existing)
             out = future.outcome = _not_new(result, again) if again else result
+            self._tasks.discard(future)
         return out
 
     def flush_records(self) -> None:
@@ -1320,7 +1346,8 @@ class _graceful_signals:
 
     def handle(self, signum, frame):
         if self.saver.stop_signal is not None:
-            raise KeyboardInterrupt
+            self.saver.hard_stop()
+            return
         self.saver.stop_signal = signum
 
     def __exit__(self, *exc):

@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import resource
 import signal
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from backshift import diskio
@@ -71,6 +72,29 @@ def inject(monkeypatch, name: str, fault: Fault) -> Fault:
 
     monkeypatch.setattr(diskio, name, wrapper)
     return fault
+
+
+class CtrlCInHandOff(ThreadPoolExecutor):
+    """A reader pool (threads) during whose hand-off of its first task named TASK the user
+    presses Ctrl-C twice: the first asks the save to stop, the second (a hard stop) lands
+    inside the hand-off, after the task is queued and has written its temp files, before
+    submit returns its future to the saver. Signals, not a raised KeyboardInterrupt: the
+    save's own SIGINT handler decides what the second one does."""
+
+    def __init__(self, task: str, workers: int = 2) -> None:
+        super().__init__(workers, thread_name_prefix="read")
+        self.task = task
+        self.fired = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = super().submit(fn, *args, **kwargs)
+        if not self.fired and fn.__name__ == self.task:
+            self.fired += 1
+            wait([future])  # its temp files exist: only its hand-off can be lost
+            signal.raise_signal(signal.SIGINT)
+            self.fired += 1
+            signal.raise_signal(signal.SIGINT)
+        return future
 
 
 def fsize_limit(limit_bytes: int):
