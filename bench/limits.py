@@ -112,16 +112,22 @@ def measure(ds: Dataset, work: str | None = None, trash: str | None = None) -> d
     sequential_read(ds.root, names)  # warm the cache, as the benchmark's saves see it
     r["read_s"] = sequential_read(ds.root, names)
     r["read_Bps"] = ds.bytes / r["read_s"] if r["read_s"] else 0.0
-    # Floors for the steps (seconds). Hash + chunk + compress are CPU work that two cores
-    # can share; reading and walking cannot go faster than the measured passes.
-    cores = os.cpu_count() or 1
-    zstd_bps = (r["zstd3_random_Bps"] + r["zstd3_text_Bps"]) / 2
-    cpu = ds.bytes / r["sha256_Bps"] + ds.bytes / r["fastcdc_Bps"] + ds.bytes / zstd_bps
     if work is not None:
         r["chunk_file_s"] = chunk_file_seconds(work, trash or os.path.join(work, ".trash"))
+    r["floor"] = floors(r, ds, os.cpu_count() or 1)
+    return r
+
+
+def floors(r: dict, ds: Dataset, cores: int) -> dict[str, float]:
+    """The floor of each step (seconds) from the measurements R of measure()."""
+    # Hash + chunk + compress are CPU work that two cores can share; reading and walking
+    # cannot go faster than the measured passes.
+    zstd_bps = (r["zstd3_random_Bps"] + r["zstd3_text_Bps"]) / 2
+    cpu = ds.bytes / r["sha256_Bps"] + ds.bytes / r["fastcdc_Bps"] + ds.bytes / zstd_bps
+    if "chunk_file_s" in r:
         cpu += ds.files * r["chunk_file_s"]
     walk = r["find_s"] + r["lstat_s"]
-    r["floor"] = {
+    return {
         "save1": max(r["read_s"], cpu / min(cores, 2)) + walk,
         "resave": walk,
         "resave_mod": walk,
@@ -131,4 +137,3 @@ def measure(ds: Dataset, work: str | None = None, trash: str | None = None) -> d
         # dataset's files takes (1M opens dominate on `many`), at least the hashing
         "check": max(r["read_s"], ds.bytes / r["sha256_Bps"]),
     }
-    return r
