@@ -614,6 +614,9 @@ class Store:
         except OSError as e:
             self._discard_temps(batch)
             raise RepositoryIOError(os.fsdecode(self.root), e.strerror or str(e)) from None
+        except BaseException:  # a hard stop (second Ctrl-C): abandon() no longer sees BATCH
+            self._discard_temps(batch)
+            raise
         return ahead + len(batch)
 
     @staticmethod
