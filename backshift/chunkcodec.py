@@ -44,8 +44,13 @@ class WrongSize(BodyError):
     """A zstd frame whose recorded content size is not the expected one (in .size)."""
 
     def __init__(self, size: int) -> None:
-        super().__init__(f"the frame holds {size} bytes")
+        # args is (size,), not the message: unpickling (a reader process raises it) calls
+        # WrongSize(*args), which must rebuild the same exception
+        super().__init__(size)
         self.size = size
+
+    def __str__(self) -> str:
+        return f"the frame holds {self.size} bytes"
 
 
 def decode(body: bytes, max_size: int | None = None,

@@ -368,7 +368,11 @@ class Store:
         sha256 = ref.sha256
         final = self.path_for(sha256)
         temp = self._write_new_temp(final, body)
-        crashpoint("after_chunk_tmp_write")
+        try:
+            crashpoint("after_chunk_tmp_write")
+        except BaseException:  # an interrupt before the batch knows the file
+            self._discard(temp)
+            raise
         with self._lock:
             if sha256 in self._pending_sizes:  # another thread stored it meanwhile
                 self._discard(temp)
@@ -409,7 +413,17 @@ class Store:
             diskio.close(fd)
             self._discard(temp)
             raise RepositoryIOError(os.fsdecode(temp), e.strerror or str(e)) from None
-        diskio.close(fd)
+        except BaseException:  # an interrupt: nobody else knows the file
+            diskio.close(fd)
+            self._discard(temp)
+            raise
+        try:
+            diskio.close(fd)
+        except BaseException as e:
+            self._discard(temp)
+            if isinstance(e, OSError):
+                raise RepositoryIOError(os.fsdecode(temp), e.strerror or str(e)) from None
+            raise
 
     def _discard(self, temp: bytes) -> None:
         """Remove a temp file; on a full disk where unlink fails, at least free its blocks."""
@@ -614,6 +628,9 @@ class Store:
         except OSError as e:
             self._discard_temps(batch)
             raise RepositoryIOError(os.fsdecode(self.root), e.strerror or str(e)) from None
+        except BaseException:  # a hard stop (second Ctrl-C): abandon() no longer sees BATCH
+            self._discard_temps(batch)
+            raise
         return ahead + len(batch)
 
     @staticmethod

@@ -205,7 +205,9 @@ def table(name: str, ds: datasets.Dataset, res: dict, lim: dict, peers: list[str
         f"{lim['fastcdc_Bps'] / 1e6:,.0f} MB/s, find {lim['entries'] / lim['find_s']:,.0f}"
         f" entries/s, lstat {lim['entries'] / lim['lstat_s']:,.0f}/s"
         + (f", chunk file (create, write 4 KiB, rename, sync) {lim['chunk_file_s'] * 1e6:,.0f} us"
-           if "chunk_file_s" in lim else ""))
+           if "chunk_file_s" in lim else "")
+        + (f", chunk file read (open, read, close) {lim['chunk_read_s'] * 1e6:,.0f} us"
+           if "chunk_read_s" in lim else ""))
     for tool, by_step in res["sizes"].items():
         if not by_step:
             continue

@@ -202,7 +202,7 @@ def test_I2_expected_failures_print_one_line_without_traceback(tmp_path, repo, m
 
 
 @pytest.mark.parametrize("call,nth", [("write_all", 1), ("write_all", 5), ("create_temp", 3),
-                                      ("rename", 2), ("syncfs", 1)])
+                                      ("rename", 2), ("syncfs", 1), ("close", 1)])
 def test_I3_a_single_repository_write_error_fails_the_save(tmp_path, repo, monkeypatch,
                                                           call, nth):
     src = small_tree(tmp_path / "src")

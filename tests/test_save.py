@@ -7,6 +7,7 @@ import os
 import signal
 import stat
 import subprocess
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -1062,3 +1063,106 @@ def test_save_reader_killed_while_holding_the_task_queue_does_not_hang(repo, tmp
     finally:
         proc.kill()
         proc.wait()
+
+
+
+def test_save_store_pool_is_made_once_by_reader_threads_racing_for_it(monkeypatch):
+    """Re-save readers are threads: several may reach their first big file at once, and
+    each must get the one pool of store threads (a second pool would be left idle, never
+    shut down). The race is made certain, not likely: STORE_THREADS becomes a number slow to
+    compare, and ThreadPoolExecutor compares it (max_workers <= 0) while being made, so every
+    thread past the barrier finds no pool yet unless something makes it wait."""
+    compared = []
+
+    class SlowToCompare(int):
+        def __le__(self, other):
+            compared.append(1)
+            time.sleep(0.1)  # not CPU: the other readers run meanwhile
+            return int(self) <= other
+
+    monkeypatch.setattr(save_mod, "STORE_THREADS", SlowToCompare(save_mod.STORE_THREADS))
+    monkeypatch.setattr(save_mod, "_store_pool", None)
+    barrier = threading.Barrier(8)
+    pools = []
+
+    def reader():
+        barrier.wait()
+        pools.append(save_mod._store_pool_here())
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    made = {id(pool): pool for pool in pools}
+    for pool in made.values():
+        pool.shutdown()
+    assert compared, "ThreadPoolExecutor no longer compares max_workers: make the race another way"
+    assert len(pools) == 8
+    assert len(made) == 1, f"{len(made)} pools made"
+
+
+def test_save_store_pool_is_made_in_a_reader_forked_while_its_lock_was_held():
+    """A reader process forked while a thread of the saver held the pool's lock gets a lock
+    of its own: the copy would stay held forever (its holder is not in the fork)."""
+    with save_mod._store_pool_lock:
+        pid = os.fork()
+        if pid == 0:  # the child: a deadlock ends by SIGALRM, not by hanging the test
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)  # not pytest-timeout's handler
+            signal.alarm(10)
+            code = 1
+            try:
+                save_mod._store_pool_here().shutdown()
+                code = 0
+            finally:
+                os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.parametrize("task", ["read_batch_task", "read_file_task"])
+def test_save_second_ctrl_c_during_a_hand_off_leaves_no_temp_files(repo, tmp_path, task):
+    """A second Ctrl-C stops a save at once. Landing while the saver hands a task to a
+    reader (send_small's batch of small files, or one big file), after the reader wrote its
+    temp files but before the saver holds the task's future, it left those temp files in
+    the store for good: nobody adopted them, nobody removed them."""
+    from harness.consistency import assert_repo_consistent, temp_files
+    from harness.faults import CtrlCInHandOff
+
+    root = tmp_path / "src"
+    root.mkdir()
+    for i in range(5):
+        (root / f"f{i}").write_bytes(os.urandom(2000 + i))
+    (root / "big").write_bytes(os.urandom(200_000))
+    names = [pathcodec.normalize(n, b"/") for n in find0(root).split(b"\0") if n]
+    readers = CtrlCInHandOff(task)
+    with open_repository(repo, WRITE) as r:
+        saver = save_mod.Saver(r, SaveOptions("host", "t"), [].append, readers=readers)
+        with pytest.raises(KeyboardInterrupt):
+            saver.run(names)
+    assert readers.fired
+    assert temp_files(repo) == []
+    assert_repo_consistent(repo, allow_temps=False)
+    run("-r", repo, "check")
+
+
+@pytest.mark.parametrize("call", ["syncfs", "rename"])
+def test_save_second_ctrl_c_while_chunks_are_made_durable_leaves_no_temp_files(
+        repo, tmp_path, monkeypatch, call):
+    """A hard stop landing in the store's flush (its syncfs can take long: a likely place
+    for an impatient second Ctrl-C) left the batch's temp files behind: flush had taken
+    them out of the pending set that abandon() clears."""
+    from harness.consistency import assert_repo_consistent, temp_files
+    from harness.faults import inject_ctrl_c
+
+    root = tmp_path / "src"
+    root.mkdir()
+    for i in range(5):
+        (root / f"f{i}").write_bytes(os.urandom(2000 + i))
+    (root / "big").write_bytes(os.urandom(200_000))
+    fired = inject_ctrl_c(monkeypatch, call)
+    run("-r", repo, "save", input=find0(root), exit_code=130)
+    assert fired
+    assert temp_files(repo) == []
+    assert_repo_consistent(repo, allow_temps=False)
+    run("-r", repo, "check")

@@ -12,6 +12,7 @@ import pytest
 import zstandard
 
 from backshift import chunkcodec, diskio
+from backshift import store as store_mod
 from backshift.errors import ChunkCorrupt, ChunkMissing, RepositoryIOError
 from backshift.model import ChunkRef
 from backshift.store import HEADER_RAW, HEADER_ZSTD, Store, read_whole
@@ -422,3 +423,23 @@ def test_store_discard_removes_temps_nobody_adopts(store):
     store.discard(pending)
     assert temp_files(store) == []
     assert store.flush() == 0
+
+
+@pytest.mark.parametrize("call", ["write_all", "close", "crashpoint"])
+def test_store_interrupted_while_writing_a_chunk_leaves_no_temp(store, monkeypatch, call):
+    """A KeyboardInterrupt (a save's hard stop, in its own thread: the rare chunk the saving
+    process writes itself) while a temp file is written, or before it joins the pending
+    batch (at the crash point between): nobody else knows the file, so the store removes
+    it before passing the interrupt on, as it does for an I/O error."""
+    module = store_mod if call == "crashpoint" else diskio
+    real = getattr(module, call)
+
+    def interrupted(*args):
+        real(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, call, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        put(store, b"a" * 1000)
+    store.abandon()
+    assert temp_files(store) == []

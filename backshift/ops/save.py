@@ -217,16 +217,34 @@ STORE_THREADS = 2
 STORE_AHEAD = 4
 _store_pool: ThreadPoolExecutor | None = None
 _store_pool_pid = 0
+_store_pool_lock = threading.Lock()
+
+
+def _new_store_pool_lock() -> None:
+    global _store_pool_lock
+    _store_pool_lock = threading.Lock()  # a fork's copy may be held by a thread it lacks
+
+
+os.register_at_fork(after_in_child=_new_store_pool_lock)
+
+
+def _store_pool_here() -> ThreadPoolExecutor:
+    """This process's pool of store threads, made by the first reader to need it. Re-save
+    readers are threads that may need it at once: the lock makes one pool, not one each
+    (the others left idle, never shut down)."""
+    global _store_pool, _store_pool_pid
+    with _store_pool_lock:
+        if _store_pool is None or _store_pool_pid != os.getpid():  # a fork has no threads
+            _store_pool = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store")
+            _store_pool_pid = os.getpid()
+        return _store_pool
 
 
 def _store_stream(views: Iterable[memoryview], digest, chunks: list[StoredChunk],
                   store: Store) -> int:
     """Store the chunks of a stream (appended to CHUNKS in order) and feed DIGEST; the
     number of bytes read."""
-    global _store_pool, _store_pool_pid
-    if _store_pool is None or _store_pool_pid != os.getpid():  # a fork has no threads
-        _store_pool = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store")
-        _store_pool_pid = os.getpid()
+    pool = _store_pool_here()
     waiting: collections.deque[Future] = collections.deque()
     size = 0
     try:
@@ -234,7 +252,7 @@ def _store_stream(views: Iterable[memoryview], digest, chunks: list[StoredChunk]
             digest.update(view)
             data = bytes(view)  # cut_stream reuses its buffer for the next chunk
             size += len(data)
-            waiting.append(_store_pool.submit(_put_chunk, store, data))
+            waiting.append(pool.submit(_put_chunk, store, data))
             if len(waiting) >= STORE_AHEAD:
                 chunks.append(waiting.popleft().result())
         while waiting:
@@ -477,6 +495,11 @@ class Saver:
         self._small_bytes = 0
         self._small_limit = repo.chunker.min_size
         self.stop_signal: int | None = None
+        # reader tasks handed over whose temp files are not adopted yet: a save that fails
+        # removes those of the finished ones (drop_unadopted), whatever became of their items
+        self._tasks: set[Future] = set()
+        self._handing_over = False  # a hard stop now waits until the task is in _tasks
+        self._hard_stop_waiting = False
         self.estimate: int | None = None
         self.started = time.monotonic()
         self._batch_files = 0
@@ -622,14 +645,34 @@ class Saver:
     def drop_unadopted(self) -> None:
         """Remove the temp files of the reader tasks that finished but will not be recorded
         (the readers are shut down already)."""
-        tasks = {id(i.future): i.future for i in self.queue
-                 if i.future is not None and i.future is not _UNSENT}
-        for future in tasks.values():
+        for future in self._tasks:
             if getattr(future, "outcome", None) is not None or not future.done() \
                     or future.cancelled() or future.exception() is not None:
                 continue
             _result, pending, _seen = future.result()
             self.repo.store.discard(pending)
+        self._tasks = set()
+
+    def hand_over(self, pool: Executor, task: Callable, *args) -> Future:
+        """Submit a reader TASK, kept in _tasks until its temp files are adopted. A hard
+        stop (the second Ctrl-C) arriving meanwhile waits for the end of the hand-off:
+        landing between the submit and the bookkeeping, it lost the task and its temps."""
+        self._handing_over = True
+        try:
+            future = pool.submit(task, *args)
+            self._tasks.add(future)
+        finally:
+            self._handing_over = False
+        if self._hard_stop_waiting:
+            raise KeyboardInterrupt
+        return future
+
+    def hard_stop(self) -> None:
+        """A second SIGINT/SIGTERM: stop now (run() cleans up), after a hand-off under way."""
+        if self._handing_over:
+            self._hard_stop_waiting = True
+            return
+        raise KeyboardInterrupt
 
     def write_counters(self) -> None:
         s = self.stats
@@ -733,8 +776,8 @@ class Saver:
                 self.send_small()
             return
         store = self.repo.store
-        item.future = pool.submit(read_file_task, store.repo, store.zstd_level, item.path,
-                                  item.version, self.repo.chunker)
+        item.future = self.hand_over(pool, read_file_task, store.repo, store.zstd_level,
+                                     item.path, item.version, self.repo.chunker)
 
     def send_small(self) -> None:
         """Hand the small files gathered so far to the pool as one read_batch."""
@@ -744,8 +787,8 @@ class Saver:
         self._small = []
         self._small_bytes = 0
         store = self.repo.store
-        future = self.pool.submit(read_batch_task, store.repo, store.zstd_level,
-                                  [(i.path, i.version) for i in items], self.repo.chunker)
+        future = self.hand_over(self.pool, read_batch_task, store.repo, store.zstd_level,
+                                [(i.path, i.version) for i in items], self.repo.chunker)
         for i in items:
             i.future = future
 
@@ -1048,6 +1091,7 @@ class Saver:
             result, pending, seen_existing = future.result()
             again = self.repo.store.adopt(pending, seen_existing)
             out = future.outcome = _not_new(result, again) if again else result
+            self._tasks.discard(future)
         return out
 
     def flush_records(self) -> None:
@@ -1309,7 +1353,8 @@ class _graceful_signals:
 
     def handle(self, signum, frame):
         if self.saver.stop_signal is not None:
-            raise KeyboardInterrupt
+            self.saver.hard_stop()
+            return
         self.saver.stop_signal = signum
 
     def __exit__(self, *exc):

@@ -8,6 +8,8 @@ import multiprocessing
 import os
 import resource
 import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from backshift import diskio
@@ -71,6 +73,50 @@ def inject(monkeypatch, name: str, fault: Fault) -> Fault:
 
     monkeypatch.setattr(diskio, name, wrapper)
     return fault
+
+
+def ctrl_c_twice() -> None:
+    """The user presses Ctrl-C twice, now: the first asks a save to stop, the second (a hard
+    stop) raises KeyboardInterrupt here, from the save's own SIGINT handler. Signals, not a
+    raised KeyboardInterrupt: the handler decides what the second one does. Call it in the
+    main thread (Python runs signal handlers there)."""
+    signal.raise_signal(signal.SIGINT)
+    signal.raise_signal(signal.SIGINT)
+
+
+def inject_ctrl_c(monkeypatch, name: str) -> list:
+    """Make the first call of diskio.NAME in the main thread come with ctrl_c_twice(),
+    before its real work. The list returned gets an entry when it fired."""
+    real = getattr(diskio, name)
+    fired: list = []
+
+    def wrapper(*args):
+        if not fired and threading.current_thread() is threading.main_thread():
+            fired.append(args)
+            ctrl_c_twice()
+        return real(*args)
+
+    monkeypatch.setattr(diskio, name, wrapper)
+    return fired
+
+
+class CtrlCInHandOff(ThreadPoolExecutor):
+    """A reader pool (threads) during whose hand-off of its first task named TASK the user
+    presses Ctrl-C twice (ctrl_c_twice): the hard stop lands inside the hand-off, after the
+    task is queued and has written its temp files, before submit returns its future."""
+
+    def __init__(self, task: str, workers: int = 2) -> None:
+        super().__init__(workers, thread_name_prefix="read")
+        self.task = task
+        self.fired = False
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = super().submit(fn, *args, **kwargs)
+        if not self.fired and fn.__name__ == self.task:
+            wait([future])  # its temp files exist: only its hand-off can be lost
+            self.fired = True
+            ctrl_c_twice()
+        return future
 
 
 def fsize_limit(limit_bytes: int):
