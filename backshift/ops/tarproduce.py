@@ -3,16 +3,28 @@ stream order; large chunks read in a small thread pool beside the main thread.""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import threading
 from collections import deque
 from collections.abc import Iterable
 from queue import Empty, SimpleQueue
+from typing import NamedTuple
 
 from .. import pathcodec
 from ..errors import ChunkCorrupt, ChunkMissing
-from .tarstream import BLOCK, REGTYPE, ZERO_BLOCK, ZEROS, TarWriter, encode_header
+from .tarstream import (
+    BLOCK,
+    MAX_OCTAL_11,
+    REGTYPE,
+    ZERO_BLOCK,
+    ZEROS,
+    TarWriter,
+    encode_header,
+    encode_sparse_header,
+    padding,
+)
 
 LARGE_CHUNK = 256 << 10  # chunks from this length are read in the pool, beside the writing
 POOL_CHUNKS = 4  # large chunks handed to the pool and not written yet, at most
@@ -22,6 +34,101 @@ HELD_ITEMS = 65536  # stream pieces and chunks not yet read that wait, at most
 # bench's `mixed` (big files first in key order, then 20,000 small ones) it needs ~40 MiB
 # of small members held to stay busy through ~300 MB of large chunks; with 24 MiB / 4,096
 # pieces it waited ~0.25 s for the pool. The cost is peak RSS ~90 MB instead of ~50 MB.
+
+
+# Sparse members (GNU sparse 1.0). The saver cuts a run of zeros into chunks of zeros (no
+# content-defined cut point in zeros: chunks of the chunker's max size, 4 MiB by default),
+# so the holes of a file are its chunks whose name is the sha256 of zeros of their length.
+SPARSE_MIN_HOLES = 1 << 20  # a member is sparse with at least this many bytes of holes
+SPARSE_MIN_HOLE_CHUNK = 64 << 10  # ... and at least one hole chunk this long
+HOLE_CHUNK_MAX = 16 << 20  # the longest chunk a repository makes (init's --chunk-max)
+HOLE_STORED_RATIO = 6  # a chunk of zeros is stored in under 1/64 of its length (zstd,
+# xz and bz2 all take < 1 KiB for 4 MiB): only such chunks are compared with zeros' sha256
+_ZERO_SHA: dict[int, bytes] = {}  # length -> sha256 of that many zero bytes
+
+
+def zero_sha(length: int) -> bytes:
+    """The sha256 of LENGTH zero bytes (0 < LENGTH <= HOLE_CHUNK_MAX), cached per length."""
+    sha = _ZERO_SHA.get(length)
+    if sha is None:
+        h = hashlib.sha256()
+        for start in range(0, length, len(ZEROS)):
+            h.update(ZEROS[:min(len(ZEROS), length - start)])
+        if len(_ZERO_SHA) >= 1024:
+            _ZERO_SHA.clear()
+        sha = _ZERO_SHA[length] = h.digest()
+    return sha
+
+
+class SparsePlan(NamedTuple):
+    """How a member goes out as GNU sparse 1.0: which chunks are holes, the map, the size."""
+
+    layout: list[int]  # per chunk: -1 for a hole (not written), else the zero bytes that
+    # follow its data (to round a data region up to whole blocks; 0 mostly)
+    regions: list[tuple[int, int]]  # the data regions (offset, length) in the file; a file
+    # that ends in a hole ends with (realsize, 0), which GNU tar needs to make the file whole
+    sparse_map: bytes  # the map as the member's data begins with it, padded to a block
+    stored: int  # the member's declared size: the map and the data regions
+
+
+def sparse_plan(size: int, chunks: list) -> SparsePlan | None:
+    """The sparse layout of a SIZE-byte member made of CHUNKS (rows of _Chunks.of), or None
+    when it goes out as a plain member.
+
+    Only the catalog decides (no chunk is read): a hole is a chunk of at least one block
+    whose sha256 is that of zeros of its length. Plain when the holes are fewer than
+    SPARSE_MIN_HOLES bytes or none is SPARSE_MIN_HOLE_CHUNK long; when the chunk lengths do
+    not add up to SIZE (a damaged catalog: the plain member's padding and reports apply);
+    and when the data would need a pax `size` (8 GiB or more), which tarfile misreads for a
+    sparse member.
+
+    Every data region but one that ends the file is a whole number of blocks: GNU tar reads
+    each region in whole blocks, tarfile and libarchive read them back to back, and only
+    so do both find the same bytes. The region takes the zeros it needs (< 512) from the
+    hole after it, which is longer (a hole chunk is at least a block)."""
+    if size < SPARSE_MIN_HOLES:
+        return None
+    layout = []
+    total = hole_bytes = longest = 0
+    for _key, sha, length, stored in chunks:
+        if length <= 0:
+            return None
+        if (BLOCK <= length <= HOLE_CHUNK_MAX and stored <= length >> HOLE_STORED_RATIO
+                and sha == zero_sha(length)):
+            hole_bytes += length
+            longest = max(longest, length)
+            layout.append(-1)
+        else:
+            layout.append(0)
+        total += length
+    if total != size or hole_bytes < SPARSE_MIN_HOLES or longest < SPARSE_MIN_HOLE_CHUNK:
+        return None
+    regions: list[tuple[int, int]] = []
+    offset = 0
+    last = -1  # the index of the current region's last chunk
+    for i, row in enumerate(chunks):
+        length = row[2]
+        if layout[i] < 0:
+            if last >= 0:  # a hole ends the region before it: whole blocks
+                start, n = regions[-1]
+                layout[last] = -n % BLOCK
+                regions[-1] = (start, n + layout[last])
+                last = -1
+        elif last >= 0:
+            regions[-1] = (regions[-1][0], regions[-1][1] + length)
+            last = i
+        else:
+            regions.append((offset, length))
+            last = i
+        offset += length
+    if layout[-1] < 0:
+        regions.append((size, 0))
+    text = b"%d\n" % len(regions) + b"".join(b"%d\n%d\n" % r for r in regions)
+    sparse_map = text + padding(len(text))
+    stored = len(sparse_map) + sum(n for _, n in regions)
+    if stored > MAX_OCTAL_11:
+        return None
+    return SparsePlan(layout, regions, sparse_map, stored)
 
 
 class _Chunks:
@@ -171,12 +278,36 @@ class Producer:
 
     def data(self, key: bytes, size: int, chunks: list) -> None:
         """The SIZE bytes of data of the member at KEY from its CHUNKS, then the padding."""
+        self._content(key, size, chunks, None)
+        pad = -size % BLOCK
+        if pad:
+            self.put(ZERO_BLOCK[:pad])
+
+    def sparse(self, key: bytes, size: int, chunks: list, plan: SparsePlan) -> None:
+        """The data of a GNU sparse 1.0 member (SIZE: the file's): the map, the data
+        regions of the chunks PLAN does not call holes (holes are never read), the padding.
+        A damaged data chunk is zeros and a report, as in a plain member."""
+        self.put(plan.sparse_map)
+        self._content(key, size, chunks, plan.layout)
+        pad = -plan.stored % BLOCK
+        if pad:
+            self.put(ZERO_BLOCK[:pad])
+
+    def _content(self, key: bytes, size: int, chunks: list, layout: list[int] | None) -> None:
+        """The SIZE bytes of content of the member at KEY from its CHUNKS; with a LAYOUT
+        (SparsePlan.layout), only those of its data regions."""
         done = 0
         read = self.store.read_verified
-        for _key, sha, length, stored in chunks:
+        for i, (_key, sha, length, stored) in enumerate(chunks):
             if done >= size:
                 break
             take = min(max(length, 0), size - done)
+            after = 0  # zeros that follow (a data region ends in whole blocks)
+            if layout is not None:
+                after = layout[i]
+                if after < 0:  # a hole: neither read nor written
+                    done += take
+                    continue
             if length >= LARGE_CHUNK and self.workers:
                 item = _Pending(None, (sha, length, stored), key, done, take, size)
                 self.pending.append(item)
@@ -191,17 +322,18 @@ class Producer:
                     if not self.pending and len(source) == take:
                         self.writer.write(source)  # the usual case: straight out
                         done += take
+                        if after:
+                            self.writer.write(ZEROS[:after])
                         continue
                 self.pending.append(_Pending(source, None, key, done, take, size))
                 self.held += take
             done += take
+            if after:
+                self.put(ZEROS[:after])
             self._drain(False)
         if done < size:
             self._note(key, f"content ends at {done} of {size} bytes; padded with zeros")
             self._zeros(size - done)
-        pad = -size % BLOCK
-        if pad:
-            self.put(ZERO_BLOCK[:pad])
 
     def finish(self) -> None:
         self._drain(True)
@@ -283,23 +415,29 @@ class Producer:
 
 
 def write_members(members: Iterable, writer: TarWriter, chunks: _Chunks, store, problems,
-                  workers: int = 0) -> int:
+                  workers: int = 0, sparse: bool = True) -> int:
     """Write each planned member (select.Planned) with its data; return the member count.
 
     A chunk that is missing or damaged is replaced by zeros of its length, and a content
     shorter than its declared size is padded, so the stream stays valid and every member
     has exactly the size its header declares; each case is reported with path and offset.
+    SPARSE: a file with long runs of zeros goes out as a GNU sparse 1.0 member (sparse_plan).
     """
     count = 0
     producer = Producer(writer, store, problems, workers)
     try:
         for e, h in members:
-            if producer.pending:
-                producer.put(encode_header(h))
-            else:
-                writer.write(encode_header(h))
             if h.typeflag == REGTYPE and h.size:
-                producer.data(e.key, h.size, chunks.of(e.key) if e.content_id else [])
+                rows = chunks.of(e.key) if e.content_id else []
+                plan = sparse_plan(h.size, rows) if sparse else None
+                if plan is not None:
+                    producer.put(encode_sparse_header(h._replace(size=plan.stored), h.size))
+                    producer.sparse(e.key, h.size, rows, plan)
+                else:
+                    producer.put(encode_header(h))
+                    producer.data(e.key, h.size, rows)
+            else:
+                producer.put(encode_header(h))
             count += 1
         producer.finish()
     finally:
@@ -314,7 +452,7 @@ def read_workers() -> int:
     return 2 if (os.cpu_count() or 1) >= 2 else 0
 
 
-def tar_save(repo, save_id: int, sel, open_out, report) -> object:
+def tar_save(repo, save_id: int, sel, open_out, report, sparse: bool = True) -> object:
     """Write the selection of a save as one pax tar stream; return its Problems.
 
     OPEN_OUT() gives the binary file to write to; it is called only once the selection is
@@ -328,7 +466,8 @@ def tar_save(repo, save_id: int, sel, open_out, report) -> object:
     try:
         writer = TarWriter(open_out())
         chunks = _Chunks(repo.catalog, save_id, key_ranges(repo.catalog, sel))
-        write_members(planner.members(), writer, chunks, repo.store, problems, read_workers())
+        write_members(planner.members(), writer, chunks, repo.store, problems, read_workers(),
+                      sparse)
     finally:
         planner.close()
     return problems
