@@ -7,7 +7,8 @@ fits; a preceding 'x' extended header carries the rest:
 - `path` / `linkpath` for names longer than 100 bytes or not plain ASCII;
 - `hdrcharset=BINARY` when a name or owner is not valid UTF-8 (the bytes pass verbatim);
 - `size` from 8 GiB, `uid` / `gid` above 2097151, `uname` / `gname` beyond ustar;
-- `mtime` as `SECONDS.NNNNNNNNN` whenever the time has a fraction or does not fit.
+- `mtime` as `SECONDS.NNNNNNNNN` whenever the time has a fraction or does not fit;
+- `GNU.sparse.*` for a GNU sparse 1.0 member (encode_sparse_header; tarproduce decides).
 """
 
 from __future__ import annotations
