@@ -108,6 +108,20 @@ def test_sparse_files_restore_with_holes(repo, sparse_tree, tmp_path, tool):
         assert allocated(dest / rel(sparse_tree) / name) <= 64 * KIB * 3 * max(1, len(extents))
 
 
+@pytest.mark.parametrize("tool", ["tar", "bsdtar"])
+def test_sparse_members_extract_to_stdout_whole(repo, sparse_tree, tool):
+    """`tar -xO` (no file to seek in) writes the holes as zeros, a trailing one too."""
+    if not have(tool):
+        pytest.skip(f"{tool} not installed")
+    save_tree(repo, sparse_tree)
+    data, _ = tar_stream(repo)
+    for name in SPARSE:
+        res = subprocess.run([tool, "-xOf", "-", f"{rel(sparse_tree)}/{name}"], input=data,
+                             capture_output=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout == (sparse_tree / name).read_bytes(), name
+
+
 def test_sparse_members_are_gnu_sparse_1_0(repo, sparse_tree):
     save_tree(repo, sparse_tree)
     data, _ = tar_stream(repo)
