@@ -13,7 +13,7 @@ import pytest
 from restorehelp import compare_trees, enrich_tree, extract, save_tree, tar_stream
 from tarlint import lint_tar
 
-from backshift.ops import tarproduce as tp
+from backshift.ops import tarsparse as tp
 from conftest import have, run
 
 KIB, MIB = 1 << 10, 1 << 20
@@ -73,7 +73,7 @@ def rel(path: Path | bytes) -> str:
     return os.fsdecode(path).lstrip("/")
 
 
-def test_holes_become_whole_zero_chunks():
+def test_chunker_cuts_zero_runs_into_whole_zero_chunks():
     """Why a hole is found from the chunk list alone: a zero run is cut into max-size
     chunks of zeros (no content-defined cut point in zeros)."""
     from backshift.chunker import Chunker
@@ -87,7 +87,7 @@ def test_holes_become_whole_zero_chunks():
 
 
 @pytest.mark.parametrize("tool", TOOLS)
-def test_sparse_files_restore_with_holes(repo, sparse_tree, tmp_path, tool):
+def test_tar_sparse_files_restore_with_holes(repo, sparse_tree, tmp_path, tool):
     if tool == "bsd" and not have("bsdtar"):
         pytest.skip("bsdtar not installed")
     save_tree(repo, sparse_tree)
@@ -109,7 +109,7 @@ def test_sparse_files_restore_with_holes(repo, sparse_tree, tmp_path, tool):
 
 
 @pytest.mark.parametrize("tool", ["tar", "bsdtar"])
-def test_sparse_members_extract_to_stdout_whole(repo, sparse_tree, tool):
+def test_tar_sparse_members_extract_to_stdout_whole(repo, sparse_tree, tool):
     """`tar -xO` (no file to seek in) writes the holes as zeros, a trailing one too."""
     if not have(tool):
         pytest.skip(f"{tool} not installed")
@@ -122,7 +122,7 @@ def test_sparse_members_extract_to_stdout_whole(repo, sparse_tree, tool):
         assert res.stdout == (sparse_tree / name).read_bytes(), name
 
 
-def test_sparse_members_are_gnu_sparse_1_0(repo, sparse_tree):
+def test_tar_sparse_members_are_gnu_sparse_1_0(repo, sparse_tree):
     save_tree(repo, sparse_tree)
     data, _ = tar_stream(repo)
     top = rel(sparse_tree)
@@ -164,7 +164,7 @@ def test_list_equals_gnu_tar_listing_of_sparse_members(repo, tree, verbose):
         assert b" %d " % SPARSE["islands"][0] in line
 
 
-def test_no_sparse_writes_plain_members(repo, sparse_tree, tmp_path):
+def test_tar_no_sparse_writes_plain_members(repo, sparse_tree, tmp_path):
     save_tree(repo, sparse_tree)
     data, _ = tar_stream(repo, "--no-sparse")
     infos = lint_tar(data)
@@ -178,7 +178,7 @@ def test_no_sparse_writes_plain_members(repo, sparse_tree, tmp_path):
     compare_trees(sparse_tree, dest / rel(sparse_tree))
 
 
-def test_stream_without_holes_is_unchanged(repo, tree, sparse_tree):
+def test_tar_stream_without_holes_is_unchanged(repo, tree, sparse_tree):
     """Members without holes come out byte for byte as before (--no-sparse is the old
     producer), in a whole save and beside sparse members."""
     enrich_tree(tree)
@@ -196,7 +196,7 @@ def _zero_chunk(repo: bytes, length: int) -> bytes:
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
-def test_damaged_zero_chunk_is_never_read(repo, sparse_tree, tmp_path, damage):
+def test_tar_damaged_zero_chunk_is_never_read(repo, sparse_tree, tmp_path, damage):
     save_tree(repo, sparse_tree)
     chunk = _zero_chunk(repo, 64 * KIB)
     assert os.path.exists(chunk)
@@ -213,7 +213,7 @@ def test_damaged_zero_chunk_is_never_read(repo, sparse_tree, tmp_path, damage):
     compare_trees(sparse_tree, dest / rel(sparse_tree), only=[n.encode() for n in SPARSE])
 
 
-def test_missing_data_chunk_in_sparse_member_pads_and_exits_10(repo, sparse_tree, tmp_path):
+def test_tar_missing_data_chunk_in_sparse_member_pads_and_exits_10(repo, sparse_tree, tmp_path):
     from backshift import pathcodec
     from backshift.catalog import Catalog
     from backshift.ops import select
@@ -249,7 +249,7 @@ def test_missing_data_chunk_in_sparse_member_pads_and_exits_10(repo, sparse_tree
     assert got != want
 
 
-def test_sparse_plan_takes_only_a_consistent_chunk_list():
+def test_tar_sparse_plan_takes_only_a_consistent_chunk_list():
     """A chunk list that does not add up to the size (a damaged catalog) is written as a
     plain member, whose padding and reports are the producer's; so is one whose data
     would need a pax size (tarfile then finds the next member at the wrong offset)."""
