@@ -780,9 +780,13 @@ def list_cmd(ctx: Context, backup: str, directory: str | None, no_recursive: boo
               help="Only members for which this predicate over the `files` view holds.")
 @click.option("-o", "--output", default="-", metavar="FILE|-", show_default=True,
               help="Write the stream to FILE instead of stdout.")
+@click.option("--no-sparse", is_flag=True,
+              help="Write every file whole, zeros included. By default a file with long "
+                   "runs of zeros is a GNU sparse 1.0 member, which GNU tar, bsdtar and "
+                   "Python's tarfile restore with holes; older readers may not know it.")
 @pass_ctx
 def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, exclude: tuple[str, ...],
-            where: str | None, output: str) -> None:
+            where: str | None, output: str, no_sparse: bool) -> None:
     """Write a save, or part of it, as one POSIX (pax) tar stream: the restore.
 
     SELECTORs are paths (each with its subtree, leading '/' optional) or globs over whole
@@ -819,7 +823,7 @@ def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, exclude: tupl
                 return sys.stdout.buffer
             return stack.enter_context(open(os.fsencode(output), "wb"))
 
-        problems = tar_save(repo, save_row.id, sel, open_out, _report)
+        problems = tar_save(repo, save_row.id, sel, open_out, _report, not no_sparse)
     _finish(problems)
 
 

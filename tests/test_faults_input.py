@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import socket
 import stat
@@ -368,6 +369,55 @@ def test_D16_sparse_file_with_data_islands(tmp_path, repo):
             f.write(os.urandom(5000))
     res = save(repo, src)
     assert_save_matches(repo, res["save_id"], manifest(src), src, tmp_path)
+
+
+def test_D16_sparse_file_restores_sparse(tmp_path):
+    """`find -print0 | backshift save`, then `backshift tar | tar -x` (GNU tar, bsdtar) and
+    tarfile: the same bytes, and the holes stay holes (default chunking: 4 MiB chunks)."""
+    from backshift.model import ChunkerParams
+    from backshift.repo import init_repository
+
+    repo = os.fsencode(tmp_path / "repo")
+    init_repository(repo, ChunkerParams())
+    src = tmp_path / "src"
+    src.mkdir()
+    size = 64 << 20
+    fd = os.open(src / "sparse", os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        os.truncate(fd, size)
+        for offset in (0, 20 << 20, size - 5000):
+            os.pwrite(fd, os.urandom(5000), offset)
+    finally:
+        os.close(fd)
+    want = hashlib.sha256((src / "sparse").read_bytes()).digest()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSHIFT_")}
+    saved = subprocess.run(f"find '{src}' -print0 | '{BACKSHIFT}' -r '{tmp_path}/repo' save",
+                           shell=True, capture_output=True, env=env, timeout=300)
+    assert saved.returncode == 0, saved.stderr
+    tools = {"gnu": ["tar", "-xf", "-"], "bsd": ["bsdtar", "-xf", "-"]}
+    for tool, cmd in tools.items():
+        dest = tmp_path / tool
+        dest.mkdir()
+        p1 = subprocess.Popen([BACKSHIFT, "-r", repo, "tar", "--backup", "latest"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        p2 = subprocess.run([*cmd, "-C", str(dest)], stdin=p1.stdout, capture_output=True,
+                            timeout=300)
+        p1.stdout.close()
+        assert p1.wait(timeout=300) == 0, p1.stderr.read()
+        assert p2.returncode == 0, p2.stderr
+        got = dest / str(src).lstrip("/") / "sparse"
+        assert os.stat(got).st_size == size
+        assert hashlib.sha256(got.read_bytes()).digest() == want, tool
+        # three 4 MiB data chunks at most, against 64 MiB for a restore without holes
+        assert os.stat(got).st_blocks * 512 <= 3 * (4 << 20), tool
+    stream = run_bin("-r", repo, "tar", "--backup", "latest", timeout=300)
+    assert stream.returncode == 0 and len(stream.stdout) < 16 << 20
+    dest = tmp_path / "python"
+    with tarfile.open(fileobj=io.BytesIO(stream.stdout), mode="r:") as tf:
+        tf.extractall(dest, filter="tar")
+    got = dest / str(src).lstrip("/") / "sparse"
+    assert hashlib.sha256(got.read_bytes()).digest() == want
+    assert os.stat(got).st_blocks * 512 <= 3 * (4 << 20)
 
 
 def test_D17_extreme_timestamps_are_exact(tmp_path, repo):

@@ -165,3 +165,36 @@ def test_tar_fifo_in_place_of_a_chunk_is_damage_not_a_hang(repo, tmp_path):
     got, reports = _stream(repo, with_fd=False)
     assert len(reports) == 1 and "zero bytes at offset 0" in reports[0][1]
     lint_tar(got)
+
+
+def test_tar_pool_gives_the_in_order_stream_of_sparse_members(repo, tmp_path, monkeypatch):
+    """Sparse members (holes skipped, regions rounded up with zeros) through the pool:
+    the same stream and reports as in order, with damaged data chunks among them."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rnd = random.Random(3)
+    for i in range(4):
+        with open(src / f"s{i}", "wb") as f:
+            f.truncate(3 << 20)
+            for _ in range(3):
+                f.seek(rnd.randrange(3 << 20))
+                f.write(rnd.randbytes(rnd.randrange(1, 100_000)))
+    save_tree(repo, src)
+    store = Store(repo)
+    names = sorted(sha for sha, _ in store.iter_chunk_files() if sha is not None)
+    for sha in names[::5]:
+        os.unlink(store.path_for(sha))
+    monkeypatch.setattr(tp, "read_workers", lambda: 0)
+    want, want_reports = _stream(repo, with_fd=False)
+    assert want.count(b"GNU.sparse.major=1") >= 3
+    assert any("zero bytes at offset" in msg for _, msg in want_reports)
+    lint_tar(want)
+    monkeypatch.setattr(tp, "read_workers", lambda: 2)
+    monkeypatch.setattr(tp, "LARGE_CHUNK", 1)
+    for pool_chunks, held_bytes in [(1, 1), (4, 100_000)]:
+        monkeypatch.setattr(tp, "POOL_CHUNKS", pool_chunks)
+        monkeypatch.setattr(tp, "HELD_BYTES", held_bytes)
+        for with_fd in (False, True):
+            got, got_reports = _stream(repo, with_fd)
+            assert got == want
+            assert got_reports == want_reports

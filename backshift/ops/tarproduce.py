@@ -12,7 +12,16 @@ from queue import Empty, SimpleQueue
 
 from .. import pathcodec
 from ..errors import ChunkCorrupt, ChunkMissing
-from .tarstream import BLOCK, REGTYPE, ZERO_BLOCK, ZEROS, TarWriter, encode_header
+from .tarsparse import SparsePlan, sparse_plan
+from .tarstream import (
+    BLOCK,
+    REGTYPE,
+    ZERO_BLOCK,
+    ZEROS,
+    TarWriter,
+    encode_header,
+    encode_sparse_header,
+)
 
 LARGE_CHUNK = 256 << 10  # chunks from this length are read in the pool, beside the writing
 POOL_CHUNKS = 4  # large chunks handed to the pool and not written yet, at most
@@ -171,12 +180,36 @@ class Producer:
 
     def data(self, key: bytes, size: int, chunks: list) -> None:
         """The SIZE bytes of data of the member at KEY from its CHUNKS, then the padding."""
+        self._content(key, size, chunks, None)
+        pad = -size % BLOCK
+        if pad:
+            self.put(ZERO_BLOCK[:pad])
+
+    def sparse(self, key: bytes, size: int, chunks: list, plan: SparsePlan) -> None:
+        """The data of a GNU sparse 1.0 member (SIZE: the file's): the map, the data
+        regions of the chunks PLAN does not call holes (holes are never read), the padding.
+        A damaged data chunk is zeros and a report, as in a plain member."""
+        self.put(plan.sparse_map)
+        self._content(key, size, chunks, plan.layout)
+        pad = -plan.stored % BLOCK
+        if pad:
+            self.put(ZERO_BLOCK[:pad])
+
+    def _content(self, key: bytes, size: int, chunks: list, layout: list[int] | None) -> None:
+        """The SIZE bytes of content of the member at KEY from its CHUNKS; with a LAYOUT
+        (SparsePlan.layout), only those of its data regions."""
         done = 0
         read = self.store.read_verified
-        for _key, sha, length, stored in chunks:
+        for i, (_key, sha, length, stored) in enumerate(chunks):
             if done >= size:
                 break
             take = min(max(length, 0), size - done)
+            after = 0  # zeros that follow (a data region ends in whole blocks)
+            if layout is not None:
+                after = layout[i]
+                if after < 0:  # a hole: neither read nor written
+                    done += take
+                    continue
             if length >= LARGE_CHUNK and self.workers:
                 item = _Pending(None, (sha, length, stored), key, done, take, size)
                 self.pending.append(item)
@@ -191,17 +224,18 @@ class Producer:
                     if not self.pending and len(source) == take:
                         self.writer.write(source)  # the usual case: straight out
                         done += take
+                        if after:
+                            self.writer.write(ZEROS[:after])
                         continue
                 self.pending.append(_Pending(source, None, key, done, take, size))
                 self.held += take
             done += take
+            if after:
+                self.put(ZEROS[:after])
             self._drain(False)
         if done < size:
             self._note(key, f"content ends at {done} of {size} bytes; padded with zeros")
             self._zeros(size - done)
-        pad = -size % BLOCK
-        if pad:
-            self.put(ZERO_BLOCK[:pad])
 
     def finish(self) -> None:
         self._drain(True)
@@ -283,23 +317,29 @@ class Producer:
 
 
 def write_members(members: Iterable, writer: TarWriter, chunks: _Chunks, store, problems,
-                  workers: int = 0) -> int:
+                  workers: int = 0, sparse: bool = True) -> int:
     """Write each planned member (select.Planned) with its data; return the member count.
 
     A chunk that is missing or damaged is replaced by zeros of its length, and a content
     shorter than its declared size is padded, so the stream stays valid and every member
     has exactly the size its header declares; each case is reported with path and offset.
+    SPARSE: a file with long runs of zeros goes out as a GNU sparse 1.0 member (sparse_plan).
     """
     count = 0
     producer = Producer(writer, store, problems, workers)
     try:
         for e, h in members:
-            if producer.pending:
-                producer.put(encode_header(h))
-            else:
-                writer.write(encode_header(h))
             if h.typeflag == REGTYPE and h.size:
-                producer.data(e.key, h.size, chunks.of(e.key) if e.content_id else [])
+                rows = chunks.of(e.key) if e.content_id else []
+                plan = sparse_plan(h.size, rows) if sparse else None
+                if plan is not None:
+                    producer.put(encode_sparse_header(h._replace(size=plan.stored), h.size))
+                    producer.sparse(e.key, h.size, rows, plan)
+                else:
+                    producer.put(encode_header(h))
+                    producer.data(e.key, h.size, rows)
+            else:
+                producer.put(encode_header(h))
             count += 1
         producer.finish()
     finally:
@@ -314,7 +354,7 @@ def read_workers() -> int:
     return 2 if (os.cpu_count() or 1) >= 2 else 0
 
 
-def tar_save(repo, save_id: int, sel, open_out, report) -> object:
+def tar_save(repo, save_id: int, sel, open_out, report, sparse: bool = True) -> object:
     """Write the selection of a save as one pax tar stream; return its Problems.
 
     OPEN_OUT() gives the binary file to write to; it is called only once the selection is
@@ -328,7 +368,8 @@ def tar_save(repo, save_id: int, sel, open_out, report) -> object:
     try:
         writer = TarWriter(open_out())
         chunks = _Chunks(repo.catalog, save_id, key_ranges(repo.catalog, sel))
-        write_members(planner.members(), writer, chunks, repo.store, problems, read_workers())
+        write_members(planner.members(), writer, chunks, repo.store, problems, read_workers(),
+                      sparse)
     finally:
         planner.close()
     return problems

@@ -7,7 +7,8 @@ fits; a preceding 'x' extended header carries the rest:
 - `path` / `linkpath` for names longer than 100 bytes or not plain ASCII;
 - `hdrcharset=BINARY` when a name or owner is not valid UTF-8 (the bytes pass verbatim);
 - `size` from 8 GiB, `uid` / `gid` above 2097151, `uname` / `gname` beyond ustar;
-- `mtime` as `SECONDS.NNNNNNNNN` whenever the time has a fraction or does not fit.
+- `mtime` as `SECONDS.NNNNNNNNN` whenever the time has a fraction or does not fit;
+- `GNU.sparse.*` for a GNU sparse 1.0 member (encode_sparse_header; tarproduce decides).
 """
 
 from __future__ import annotations
@@ -173,8 +174,27 @@ def _owner_fields(h: Header) -> tuple[bytes, bytes, int] | None:
     return fields
 
 
-def encode_header_general(h: Header) -> bytes:
-    """encode_header for any member: every field checked, pax records where needed."""
+def sparse_name(name: bytes) -> bytes:
+    """The header name GNU tar gives a sparse 1.0 member, `%d/GNUSparseFile.%p/%f`, with 0
+    for the pid (the stream stays reproducible): what a reader that ignores sparse sees."""
+    head, sep, base = name.rpartition(b"/")
+    return head + b"/GNUSparseFile.0/" + base if sep else b"GNUSparseFile.0/" + base
+
+
+def encode_sparse_header(h: Header, realsize: int) -> bytes:
+    """The header blocks of a GNU sparse 1.0 member: H as for a regular file, but H.size
+    counts the bytes that follow (the map, then the data regions) and REALSIZE is the file's.
+
+    pax records GNU.sparse.major=1, minor=0, name (the real name) and realsize; the ustar
+    name (or `path`) is sparse_name's. GNU.sparse.name comes after `path`, as tarfile
+    wants it (the later of the two names the member); GNU tar and libarchive take the
+    sparse name in this order too (tests/test_tar_sparse.py restores long names in all three)."""
+    return encode_header_general(h._replace(name=sparse_name(h.name)), (h.name, realsize))
+
+
+def encode_header_general(h: Header, sparse: tuple[bytes, int] | None = None) -> bytes:
+    """encode_header for any member: every field checked, pax records where needed.
+    SPARSE: (real name, real size) of a GNU sparse 1.0 member (encode_sparse_header)."""
     records: list[bytes] = []
     binary = False
     name_field = h.name
@@ -212,6 +232,13 @@ def encode_header_general(h: Header) -> bytes:
     if h.mtime_ns % 1_000_000_000 or not 0 <= sec <= MAX_OCTAL_11:
         records.append(pax_record(b"mtime", pax_time(h.mtime_ns)))
         mtime_field = min(max(sec, 0), MAX_OCTAL_11)
+    if sparse is not None:
+        real_name, realsize = sparse
+        records += [pax_record(b"GNU.sparse.major", b"1"),
+                    pax_record(b"GNU.sparse.minor", b"0"),
+                    pax_record(b"GNU.sparse.name", real_name),
+                    pax_record(b"GNU.sparse.realsize", b"%d" % realsize)]
+        binary |= not _is_utf8(real_name)
     out = bytearray()
     if records:
         if binary:
@@ -311,7 +338,6 @@ class TarWriter:
 
 
 ZEROS = memoryview(bytes(1 << 20))
-ZEROS = memoryview(bytes(1 << 20))
 
 
 def _widen_pipe(fd: int, size: int) -> None:
@@ -339,11 +365,11 @@ def _writev_all(fd: int, parts: list, size: int) -> None:
         n = os.writev(fd, parts)
 
 
-def tar_save(repo, save_id: int, sel, open_out, report) -> object:
+def tar_save(repo, save_id: int, sel, open_out, report, sparse: bool = True) -> object:
     """Write the selection of a save as one pax tar stream; return its Problems.
 
     The producer lives in tarproduce; this is its entry point (see tarproduce.tar_save).
     """
     from .tarproduce import tar_save as produce
 
-    return produce(repo, save_id, sel, open_out, report)
+    return produce(repo, save_id, sel, open_out, report, sparse)
