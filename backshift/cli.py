@@ -124,10 +124,10 @@ def init(ctx: Context, chunk_min: int, chunk_avg: int, chunk_max: int, zstd_leve
     Example:
       backshift -r /backup/repo init
     """
-    from .model import ChunkerParams
+    from .model import MAX_CHUNK_LENGTH, ChunkerParams
     from .repo import init_repository
 
-    if not 64 <= chunk_min < chunk_avg < chunk_max <= 16 << 20:
+    if not 64 <= chunk_min < chunk_avg < chunk_max <= MAX_CHUNK_LENGTH:
         raise UsageError("need 64 <= --chunk-min < --chunk-avg < --chunk-max <= 16 MiB")
     params = ChunkerParams(min_size=chunk_min, avg_size=chunk_avg, max_size=chunk_max)
     init_repository(ctx.repo, params, zstd_level)

@@ -49,6 +49,12 @@ def type_of_mode(mode: int) -> str | None:
     return _TYPE_OF_FORMAT.get(stat.S_IFMT(mode))
 
 
+# The longest chunk any repository holds: init's --chunk-max may go up to it (backshift 1.x
+# made chunks of 4 MiB at most). A catalog that gives a chunk more is damaged or hostile:
+# readers call that chunk corrupt instead of reading up to max_body of such a length.
+MAX_CHUNK_LENGTH = 16 << 20
+
+
 @dataclass(frozen=True)
 class ChunkerParams:
     """Content-defined chunking parameters, recorded in the catalog at init."""

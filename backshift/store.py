@@ -30,7 +30,7 @@ from . import chunkcodec, diskio
 from .chunkcodec import HEADER_RAW, HEADER_ZSTD
 from .crashpoints import crashpoint
 from .errors import ChunkCorrupt, ChunkMissing, RepositoryIOError
-from .model import ChunkRef, StoredChunk
+from .model import MAX_CHUNK_LENGTH, ChunkRef, StoredChunk
 
 TEMP_MARK = b".tmp."
 CHUNKS_DIR = b"chunks"
@@ -277,6 +277,9 @@ class Store:
         damage, found without reading it (a 4 GiB file must not fill the memory).
         """
         hexname = hexlify(sha256)
+        if length > MAX_CHUNK_LENGTH:  # a damaged or hostile catalog: nothing is read
+            raise ChunkCorrupt(hexname.decode(), f"the catalog gives it {length} bytes, more "
+                               f"than any chunk holds ({MAX_CHUNK_LENGTH})")
         try:
             fd = os.open(self._root_slash + hexname[:2] + b"/" + hexname, _O_READ)
         except FileNotFoundError:

@@ -119,7 +119,7 @@ def test_check_finds_damage_groups_it_and_heals_after_resave(tmp_path, repo, kin
 HUGE = 4 << 30  # a sparse file: no disk, but reading it whole would need 4 GiB of memory
 
 
-@pytest.mark.parametrize("catalog_says", ["real", "huge", "unknown"])
+@pytest.mark.parametrize("catalog_says", ["real", "huge", "unknown", "huge_length"])
 def test_check_reports_a_huge_chunk_file_without_reading_it(tmp_path, repo, catalog_says):
     """A chunk file far longer than any body of its chunk: found by its size when the catalog
     knows the right one, else by --read-data, which reads no more than the longest body can
@@ -130,7 +130,10 @@ def test_check_reports_a_huge_chunk_file_without_reading_it(tmp_path, repo, cata
     if catalog_says != "real":  # a hostile catalog agrees with the file, or knows no size
         cat = Catalog.open(os.path.join(repo, b"catalog.sqlite3"))
         cat.conn.execute("UPDATE chunk SET stored_length = ? WHERE sha256 = ?",
-                         (HUGE if catalog_says == "huge" else 0, bytes.fromhex(victim)))
+                         (0 if catalog_says == "unknown" else HUGE, bytes.fromhex(victim)))
+        if catalog_says == "huge_length":  # ... and gives the chunk that length too
+            cat.conn.execute("UPDATE chunk SET length = ? WHERE sha256 = ?",
+                             (HUGE, bytes.fromhex(victim)))
         cat.close()
     os.truncate(chunk_path(repo, victim), HUGE)
     res = run_capped([BACKSHIFT, "-r", repo, "check", "--read-data"])
@@ -140,6 +143,8 @@ def test_check_reports_a_huge_chunk_file_without_reading_it(tmp_path, repo, cata
     [line] = [ln for ln in out.splitlines() if ln.startswith(f"chunk {victim}")]
     if catalog_says == "real":
         assert f"size {HUGE} bytes" in line, line
+    elif catalog_says == "huge_length":
+        assert f"the catalog gives it {HUGE} bytes, more than any chunk holds" in line, line
     else:
         assert f"chunk file is {HUGE} bytes, longer than any body of a " in line, line
     assert f"{src}/big.bin" in out

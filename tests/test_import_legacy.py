@@ -334,6 +334,23 @@ def test_import_legacy_huge_chunk_and_db_files_are_damage_not_memory(legacy_bin,
                     skipped=[b"text.txt", b"sub/deeper/big", b"sub/deeper/setuid"])
 
 
+def test_read_legacy_chunk_refuses_an_impossible_length_without_reading(tmp_path):
+    """A save's file list that gives a chunk 4 GiB (hostile or damaged) with a chunk file that
+    long: refused by the length alone (no chunk is longer than MAX_CHUNK_LENGTH), where the
+    body bound of such a length would have let the whole file be read (capped child)."""
+    chunk = tmp_path / "chunk"
+    chunk.write_bytes(b"")
+    os.truncate(chunk, HUGE)
+    code = ("from backshift.ops.import_legacy import read_legacy_chunk\n"
+            f"body, why = read_legacy_chunk({os.fsencode(chunk)!r}, {HUGE})\n"
+            "print(len(body), why)")
+    res = run_capped([sys.executable, "-c", code])
+    assert res.returncode == 0, res.stderr.decode(errors="replace")
+    assert res.stdout.decode().strip() == \
+        f"0 is damaged (its save gives it {HUGE} bytes, more than any chunk holds)"
+    assert res.peak_rss < PEAK_RSS_MAX
+
+
 def test_import_legacy_huge_summary_skips_its_save_without_reading_it(legacy_bin, repo,
                                                                       tmp_path):
     root = make_tree(tmp_path / "src")

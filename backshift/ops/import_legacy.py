@@ -37,7 +37,7 @@ from .. import __version__, chunkcodec
 from .. import legacy as lg
 from ..crashpoints import crashpoint
 from ..errors import LegacyDirInvalid
-from ..model import ChunkRef, Version
+from ..model import MAX_CHUNK_LENGTH, ChunkRef, Version
 from ..pathcodec import basename, parent, sort_key
 from ..repo import Repository
 from ..store import read_whole
@@ -135,6 +135,8 @@ def read_legacy_chunk(source: bytes, length: int) -> tuple[bytes, str | None]:
     """(body, None) of the legacy chunk file SOURCE of a LENGTH-byte chunk, or (b"", why it
     cannot be used). Never through a symlink (the file itself is what gets linked), only a
     regular file, and never more than the longest body such a chunk can have."""
+    if length > MAX_CHUNK_LENGTH:  # hostile metadata: a 4 GiB "chunk" is never read
+        return b"", f"is damaged (its save gives it {length} bytes, more than any chunk holds)"
     try:
         fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from typing import NamedTuple
 
+from ..model import MAX_CHUNK_LENGTH
 from .tarstream import BLOCK, MAX_OCTAL_11, ZEROS, padding
 
 # The saver cuts a run of zeros into chunks of zeros (there is no content-defined cut point
@@ -13,7 +14,6 @@ from .tarstream import BLOCK, MAX_OCTAL_11, ZEROS, padding
 # file are its chunks whose name is the sha256 of zeros of their length.
 SPARSE_MIN_HOLES = 1 << 20  # a member is sparse with at least this many bytes of holes
 SPARSE_MIN_HOLE_CHUNK = 64 << 10  # ... and at least one hole chunk this long
-HOLE_CHUNK_MAX = 16 << 20  # the longest chunk a repository makes (init's --chunk-max)
 HOLE_STORED_SHIFT = 8  # a chunk of zeros is stored in 64 bytes + 1/256 of its length at
 # most (zstd takes 22 bytes for 64 KiB, 149 for 4 MiB; xz 142 and 746; bz2 45 and 50): only
 # such chunks are compared with the sha256 of zeros, which is then computed once per length
@@ -21,7 +21,7 @@ _ZERO_SHA: dict[int, bytes] = {}  # length -> sha256 of that many zero bytes
 
 
 def zero_sha(length: int) -> bytes:
-    """The sha256 of LENGTH zero bytes (0 < LENGTH <= HOLE_CHUNK_MAX), cached per length."""
+    """The sha256 of LENGTH zero bytes (0 < LENGTH <= MAX_CHUNK_LENGTH), cached per length."""
     sha = _ZERO_SHA.get(length)
     if sha is None:
         h = hashlib.sha256()
@@ -76,7 +76,7 @@ def _holes(size: int, chunks: list) -> list[int] | None:
     for _key, sha, length, stored in chunks:
         if length <= 0:
             return None
-        if (BLOCK <= length <= HOLE_CHUNK_MAX and stored <= (length >> HOLE_STORED_SHIFT) + 64
+        if (BLOCK <= length <= MAX_CHUNK_LENGTH and stored <= (length >> HOLE_STORED_SHIFT) + 64
                 and sha == zero_sha(length)):
             hole_bytes += length
             longest = max(longest, length)
