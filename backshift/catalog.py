@@ -10,6 +10,7 @@ import apsw
 
 from .crashpoints import crashpoint
 from .errors import (
+    BackshiftError,
     CatalogTooNew,
     NotACatalog,
     RepositoryIOError,
@@ -859,7 +860,7 @@ class Catalog:
             raise RepositoryNotFound(os.fsdecode(os.path.dirname(path) or b"."))
         if readonly:
             flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
-            name = "file:" + _uri_quote(os.fsdecode(path)) + "?mode=ro"
+            name = read_only_uri(path)
         else:
             flags = apsw.SQLITE_OPEN_READWRITE
             name = os.fsdecode(path)
@@ -870,7 +871,7 @@ class Catalog:
             cat._configure(writer=not readonly)
             cat._check_identity()
         except apsw.Error as e:
-            raise NotACatalog(os.fsdecode(path), _root_cause(e)) from None
+            raise open_error(e, path, readonly) from None
         if not readonly:
             cat.migrate()
         return cat
@@ -1505,6 +1506,54 @@ def _fanout_range(fanout: int) -> dict:
     """The sha256 range [lo, hi) of one fan-out byte; 33 x 0xff is above every sha256."""
     hi = bytes([fanout + 1]) if fanout < 255 else b"\xff" * 33
     return {"lo": bytes([fanout]), "hi": hi}
+
+
+def on_read_only_media(path: bytes) -> bool:
+    """Whether PATH (a file or directory) is on a filesystem mounted read-only."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _wal_holds_frames(path: bytes) -> bool:
+    """Whether the catalog at PATH has a write-ahead log with transactions in it (one not
+    checkpointed into the file: the last writer was killed, or the media went away)."""
+    try:
+        return os.path.getsize(path + b"-wal") > 0
+    except OSError:
+        return False
+
+
+def read_only_uri(path: bytes) -> str:
+    """The URI that opens the catalog at PATH read-only (SQLITE_OPEN_URI).
+
+    A WAL catalog opens read-only only with a -shm file SQLite may create or write, which
+    read-only media (a backup disk mounted ro for a restore) do not allow. There nothing can
+    change the file, and with no log beside it the file is the whole catalog: immutable=1
+    reads it without -shm or locks. A log with transactions in it must not be ignored:
+    then the plain read-only open is tried, and open_error explains a failure."""
+    uri = "file:" + _uri_quote(os.fsdecode(path)) + "?mode=ro"
+    if on_read_only_media(path) and not _wal_holds_frames(path):
+        uri += "&immutable=1"
+    return uri
+
+
+def open_error(e: apsw.Error, path: bytes, readonly: bool) -> BackshiftError:
+    """The user-facing error for a failure to open the catalog at PATH."""
+    if readonly and isinstance(e, apsw.CantOpenError):
+        if on_read_only_media(path):
+            return RepositoryIOError(os.fsdecode(path), (
+                "cannot read the catalog on read-only media: its write-ahead log (-wal) "
+                "holds transactions not yet in the file, and SQLite cannot read them without "
+                "a -shm file, which it cannot create here; copy the repository to writable "
+                "storage, or mount the media read-write once (the next save or expire folds "
+                "the log into the file)"))
+        if not os.access(os.path.dirname(path) or b".", os.W_OK):
+            return RepositoryIOError(os.fsdecode(path), (
+                "cannot open the catalog read-only: SQLite needs to create its -shm file "
+                "beside it and this user may not write in that directory"))
+    return NotACatalog(os.fsdecode(path), _root_cause(e))
 
 
 def _uri_quote(path: str) -> str:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import apsw
 
 from . import __version__
-from .catalog import CATALOG_NAME, Catalog, translate_error
+from .catalog import CATALOG_NAME, Catalog, on_read_only_media, translate_error
 from .errors import RepositoryExists, RepositoryIOError, RepositoryNotFound
 from .model import ChunkerParams
 
@@ -89,14 +89,20 @@ def open_repository(path: bytes, mode: str = READ, operation: str = "",
     if not os.path.isfile(catalog_path):
         raise RepositoryNotFound(os.fsdecode(path))
     lock = None
-    if mode in (WRITE, EXCLUSIVE, READ_LOCKED):
+    if mode == READ_LOCKED and on_read_only_media(path):
+        mode_lock = READ_CHUNKS  # read-only media: no lock record can be written, and no
+        # expire can run there while check reads; the shared flock still works
+    else:
+        mode_lock = mode
+    if mode_lock in (WRITE, EXCLUSIVE, READ_LOCKED):
         from .lock import RepoLock
         lock = RepoLock(path, exclusive=(mode == EXCLUSIVE), operation=operation or mode)
         try:
             lock.acquire(lock_wait_s)
-        except PermissionError as e:
-            raise RepositoryIOError(os.fsdecode(path), e.strerror) from None
-    elif mode == READ_CHUNKS:
+        except OSError as e:  # permission denied, read-only media, disk full
+            where = os.fsdecode(e.filename) if e.filename else os.fsdecode(path)
+            raise RepositoryIOError(where, e.strerror or str(e)) from None
+    elif mode_lock == READ_CHUNKS:
         from .lock import ReaderLock
         lock = ReaderLock(path)
         lock.acquire(lock_wait_s)

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import apsw
 
 from .. import sqlguard
-from ..catalog import CATALOG_NAME
-from ..errors import NotACatalog, QueryDenied, QueryFailed, QueryTimeout, RepositoryLocked
+from ..catalog import CATALOG_NAME, open_error, read_only_uri
+from ..errors import QueryDenied, QueryFailed, QueryTimeout, RepositoryLocked
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_ROWS = 100_000
@@ -42,11 +42,13 @@ class QueryRunner:
     """A guarded read-only connection to REPO's catalog; use as a context manager."""
 
     def __init__(self, repo_path: bytes, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        path = os.fsdecode(os.path.join(os.path.abspath(repo_path), CATALOG_NAME))
-        uri = "file:" + _uri_quote(path) + "?mode=ro"
+        path = os.path.join(os.path.abspath(repo_path), CATALOG_NAME)
         flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI | apsw.SQLITE_OPEN_EXRESCODE
         try:
-            self.conn = apsw.Connection(uri, flags=flags)
+            self.conn = apsw.Connection(read_only_uri(path), flags=flags)
+        except apsw.Error as e:
+            raise open_error(e, path, readonly=True) from None
+        try:
             self.conn.set_busy_timeout(5_000)
             self.conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
             self.conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
@@ -54,8 +56,9 @@ class QueryRunner:
             # before the guard goes on, because the guard refuses transaction control.
             self.conn.execute("BEGIN DEFERRED")
             self.guard = sqlguard.harden(self.conn, timeout_s)
-        except apsw.Error as e:
-            raise NotACatalog(path, str(e)) from None
+        except apsw.Error as e:  # SQLite opens the file on first use: here
+            self.conn.close()
+            raise open_error(e, path, readonly=True) from None
 
     def __enter__(self) -> QueryRunner:
         return self
@@ -198,6 +201,3 @@ def _wrap(statement: str, columns: int) -> str:
     )
     return f"WITH {_WRAP_NAME}({names}) AS (\n{body}\n)\nSELECT {cells}\nFROM {_WRAP_NAME}"
 
-
-def _uri_quote(path: str) -> str:
-    return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
