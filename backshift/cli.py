@@ -386,6 +386,9 @@ def _duration(option: str, text: str | None) -> int | None:
               help="Remove saves started more than DURATION ago (e.g. 90d, 12h, 2w).")
 @click.option("--allow-empty-series", is_flag=True,
               help="Let the policy remove even the newest complete save of a series.")
+@click.option("--save", "save_ids", multiple=True, type=click.IntRange(1), metavar="ID",
+              help="Remove this save (repeatable), e.g. one made by mistake: instead of a "
+                   "policy, and even the newest of its series.")
 @click.option("--hostname", default=None, help="Only saves of this host.")
 @click.option("--subset", default=None, help="Only saves of this subset.")
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would go; change nothing.")
@@ -393,17 +396,19 @@ def _duration(option: str, text: str | None) -> int | None:
 @pass_ctx
 def expire(ctx: Context, keep_last: int, keep_hourly: int, keep_daily: int, keep_weekly: int,
            keep_monthly: int, keep_yearly: int, keep_within: str | None,
-           older_than: str | None, allow_empty_series: bool, hostname: str | None,
-           subset: str | None, dry_run: bool, lock_wait: float) -> None:
+           older_than: str | None, allow_empty_series: bool, save_ids: tuple[int, ...],
+           hostname: str | None, subset: str | None, dry_run: bool, lock_wait: float) -> None:
     """Remove saves a retention policy lets go, and the data only they used.
 
     Each hostname+subset series is judged on its own. Every save gets a line saying
-    whether it is kept or removed and why (--dry-run prints the same lines).
+    whether it is kept or removed and why (--dry-run prints the same lines). --save ID
+    removes just the saves named (a running one is kept).
 
     \b
     Examples:
       backshift -r /backup/repo expire --keep-daily 7 --keep-weekly 5 --keep-monthly 12
       backshift -r /backup/repo expire --older-than 90d --dry-run
+      backshift -r /backup/repo expire --save 42 --save 43
     """
     from datetime import datetime
 
@@ -418,10 +423,14 @@ def expire(ctx: Context, keep_last: int, keep_hourly: int, keep_daily: int, keep
                     keep_within_s=_duration("--keep-within", keep_within),
                     older_than_s=_duration("--older-than", older_than),
                     allow_empty_series=allow_empty_series, within_text=keep_within or "",
-                    older_text=older_than or "")
+                    older_text=older_than or "", remove_ids=frozenset(save_ids))
+    if save_ids and (policy.has_keep_rules() or policy.older_than_s is not None):
+        raise UsageError("--save names the saves to remove: give it without --keep-* and "
+                         "--older-than")
     if policy.is_empty():
         raise UsageError("expire needs a policy: --keep-last/-hourly/-daily/-weekly/-monthly/"
-                         "-yearly N, --keep-within DURATION or --older-than DURATION")
+                         "-yearly N, --keep-within DURATION or --older-than DURATION; "
+                         "or --save ID")
     copied = True
     with open_repository(ctx.repo, EXCLUSIVE, operation="expire",
                          lock_wait_s=lock_wait) as repo:

@@ -12,6 +12,8 @@ apply per series (hostname + subset). Rules, in the words the decisions print:
 - An interrupted save is kept until a later complete save of its series exists; after
   that only keep-within and older-than protect it (it takes no keep-last/period slot).
 - The newest complete save of a series is always kept unless allow_empty_series is set.
+- remove_ids (`expire --save ID`, instead of every rule above) removes exactly those saves,
+  the newest of a series too; a running save is kept, and the others get no decision.
 """
 
 from __future__ import annotations
@@ -56,13 +58,14 @@ class Policy:
     allow_empty_series: bool = False
     within_text: str = ""  # the durations as the user wrote them, for reasons
     older_text: str = ""
+    remove_ids: frozenset[int] = frozenset()  # saves named to go (alone: no rule applies)
 
     def has_keep_rules(self) -> bool:
         return bool(self.keep_last or self.keep_within_s is not None
                     or any(getattr(self, f"keep_{p}") for p in PERIODS))
 
     def is_empty(self) -> bool:
-        return not self.has_keep_rules() and self.older_than_s is None
+        return not self.has_keep_rules() and self.older_than_s is None and not self.remove_ids
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,12 @@ def decide(saves: Iterable[SaveRow], policy: Policy, now_ns: int,
     if policy.is_empty():
         raise ValueError("empty policy: give at least one --keep-* or --older-than option")
     saves = list(saves)
+    if policy.remove_ids:
+        if policy.has_keep_rules() or policy.older_than_s is not None:
+            raise ValueError("saves named to go take no keep or older-than rules besides")
+        return [Decision(s, True, ("still running (or died: see 'backshift check')",))
+                if s.status == "running" else Decision(s, False, ("named with --save",))
+                for s in saves if s.id in policy.remove_ids]
     series: dict[tuple[str, str], list[SaveRow]] = {}
     for s in saves:
         series.setdefault((s.hostname, s.subset), []).append(s)

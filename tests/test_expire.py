@@ -156,6 +156,49 @@ def test_expire_narrows_to_one_series(tmp_path, repo):
     assert_save_matches(repo, 2, m)
 
 
+def test_expire_save_removes_exactly_the_saves_named(tmp_path, repo):
+    """--save ID removes those saves, the newest of its series too, and only the data
+    nothing else uses; the others are not judged (no line), and restore exactly."""
+    src = tmp_path / "src"
+    manifests = [save_generation(src, repo, g) for g in range(4)]
+    freed = (chunks_of_save(repo, 2) | chunks_of_save(repo, 4)) \
+        - chunks_of_save(repo, 1) - chunks_of_save(repo, 3)
+    assert freed
+    dry = run("-r", repo, "expire", "--save", "2", "--save", "4", "--dry-run").stdout
+    real = run("-r", repo, "expire", "--save", "2", "--save", "4").stdout
+    lines = real.splitlines()
+    assert [ln.split()[:3] for ln in lines[:2]] == [["remove", "save", "2"],
+                                                     ["remove", "save", "4"]], real
+    assert all("named with --save" in ln for ln in lines[:2])
+    assert f"removed 2 save(s), {len(freed):,} chunk(s) " in real
+    assert dry.splitlines()[:2] == lines[:2]
+    rows = run("-r", repo, "saves", "--format", "csv").stdout.strip().splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == ["1", "3"]
+    assert not freed & chunk_files(repo)
+    assert chunk_files(repo) == catalog_chunks(repo)
+    assert_save_matches(repo, 1, manifests[0])
+    assert_save_matches(repo, 3, manifests[2])
+    run("-r", repo, "check", "--read-data")
+
+
+def test_expire_save_refuses_unknown_ids_and_policy_rules_before_removing_anything(
+        tmp_path, repo):
+    src = tmp_path / "src"
+    for g in range(2):
+        save_generation(src, repo, g, subset="home")
+    before = chunk_files(repo)
+    res = run("-r", repo, "expire", "--save", "1", "--save", "9", exit_code=8)
+    assert res.stderr.strip() == "backshift: error: no save 9 in this repository " \
+        "(see 'backshift saves')", res.stderr
+    res = run("-r", repo, "expire", "--save", "1", "--subset", "etc", exit_code=8)
+    assert "no save 1 of */etc in this repository" in res.stderr, res.stderr
+    res = run("-r", repo, "expire", "--save", "1", "--keep-last", "1", exit_code=2)
+    assert "--save names the saves to remove" in res.stderr
+    rows = run("-r", repo, "saves", "--format", "csv").stdout.strip().splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == ["1", "2"]
+    assert chunk_files(repo) == before
+
+
 def test_expire_refuses_an_empty_policy(repo):
     res = run("-r", repo, "expire", exit_code=2)
     assert "needs a policy" in res.stderr

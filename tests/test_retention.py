@@ -143,3 +143,17 @@ def test_retention_parses_durations(text, seconds):
 def test_retention_rejects_bad_durations(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_remove_ids_decide_only_the_saves_named_and_keep_a_running_one():
+    saves = [_save(1, "2026-11-20T02:00"), _save(2, "2026-11-21T02:00", "interrupted"),
+             _save(3, "2026-11-22T02:00"), _save(4, "2026-11-23T02:00", "running"),
+             _save(5, "2026-11-24T02:00", host="db1")]
+    got = decide(saves, Policy(remove_ids=frozenset({3, 4, 5})), NOW_NS)
+    assert [(d.save.id, d.keep, d.reasons) for d in got] == [
+        (3, False, ("named with --save",)),  # the newest complete save of its series
+        (4, True, ("still running (or died: see 'backshift check')",)),
+        (5, False, ("named with --save",)),  # the only save of its series
+    ]
+    with pytest.raises(ValueError):
+        decide(saves, Policy(keep_last=1, remove_ids=frozenset({3})), NOW_NS)

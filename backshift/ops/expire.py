@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..crashpoints import crashpoint
-from ..errors import ReferencedChunksMissing
+from ..errors import NoSuchSave, ReferencedChunksMissing
 from ..repo import Repository
 from ..retention import Decision, Policy, decide
 from ..store import TEMP_MARK
@@ -42,10 +42,17 @@ class ExpireResult:
 def expire(repo: Repository, policy: Policy, now_ns: int | None = None,
            hostname: str | None = None, subset: str | None = None, dry_run: bool = False,
            tz=None) -> ExpireResult:
-    """Apply POLICY to the saves (narrowed by HOSTNAME/SUBSET); remove and collect garbage."""
+    """Apply POLICY to the saves (narrowed by HOSTNAME/SUBSET); remove and collect garbage.
+    A save POLICY names (remove_ids) that is not among them is NoSuchSave, before anything
+    is removed."""
     cat, store = repo.catalog, repo.store
     now_ns = time.time_ns() if now_ns is None else now_ns
     saves = cat.list_saves(hostname, subset)
+    unknown = sorted(policy.remove_ids - {s.id for s in saves})
+    if unknown:
+        narrowed = " of " + "/".join(x or "*" for x in (hostname, subset)) \
+            if hostname or subset else ""
+        raise NoSuchSave(f"{unknown[0]}{narrowed}")
     kwargs = {"tz": tz} if tz is not None else {}
     decisions = decide(saves, policy, now_ns, **kwargs)
     result = ExpireResult(decisions, dry_run)
