@@ -159,6 +159,12 @@ def _check_label(kind: str, value: str) -> str:
 @click.option("--exclude", multiple=True, metavar="GLOB",
               help="With PATHs: skip matching names (repeatable). A glob with '/' "
                    "matches the whole path, otherwise the last component.")
+@click.option("--exclude-caches", is_flag=True,
+              help="With PATHs: save a directory holding a CACHEDIR.TAG (with its "
+                   "signature) with that file only, as GNU tar does.")
+@click.option("--exclude-if-present", multiple=True, metavar="NAME",
+              help="With PATHs: save a directory holding a file NAME with that file only "
+                   "(repeatable).")
 @click.option("--progress/--no-progress", default=None,
               help="Live progress on stderr [default: when stderr is a terminal].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
@@ -173,7 +179,8 @@ def _check_label(kind: str, value: str) -> str:
               help="Wait this long for a locked repository (an expire) before giving up.")
 @pass_ctx
 def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: str,
-         filelist, one_file_system: bool, exclude: tuple[str, ...], progress: bool | None,
+         filelist, one_file_system: bool, exclude: tuple[str, ...], exclude_caches: bool,
+         exclude_if_present: tuple[str, ...], progress: bool | None,
          as_json: bool, workers: int, checkpoint_interval: float,
          checkpoint_files: int, lock_wait: float) -> None:
     """Save files into a new save of HOSTNAME/SUBSET.
@@ -200,6 +207,15 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
     subset = _check_label("subset", subset)
     if paths and filelist is not None:
         raise UsageError("give either PATHs or --filelist, not both")
+    walk_only = [name for name, given in [
+        ("--one-file-system", one_file_system), ("--exclude", exclude),
+        ("--exclude-caches", exclude_caches), ("--exclude-if-present", exclude_if_present)]
+        if given]
+    if walk_only and not paths:
+        raise UsageError(f"{walk_only[0]} applies to the PATHs backshift walks; with names "
+                         "from find, let find leave them out (-xdev, -prune, -not -path)")
+    if any(not n or "/" in n or n in (".", "..") for n in exclude_if_present):
+        raise UsageError("--exclude-if-present takes a file name, without '/'")
     if not paths and filelist is None and sys.stdin.isatty():
         raise UsageError("no names to save: give PATHs, --filelist FILE, "
                          "or pipe `find ... -print0` into stdin")
@@ -220,8 +236,10 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
                              lock_wait_s=lock_wait) as repo:
             saver = Saver(repo, opts, warn, _progress_printer if show else None, readers)
             if paths:
+                tags = sorted({os.fsencode(n) for n in exclude_if_present}
+                              | ({walk.CACHEDIR_TAG} if exclude_caches else set()))
                 names = walk.walk(paths, cwd, saver.warn, one_file_system=one_file_system,
-                                  excludes=[os.fsencode(e) for e in exclude])
+                                  excludes=[os.fsencode(e) for e in exclude], tags=tags)
             else:
                 # stdin unbuffered: a single read returns what the pipe has, and the name
                 # reader thread never holds a buffer lock the interpreter needs at exit.

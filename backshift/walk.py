@@ -44,6 +44,36 @@ def normalized(names: Iterable[bytes], cwd: bytes, warn: Warn) -> Iterator[bytes
             warn(f"{os.fsdecode(raw)!r}: skipped: {e}")
 
 
+CACHEDIR_TAG = b"CACHEDIR.TAG"
+# The Cache Directory Tagging Specification (https://bford.info/cachedir/): a file of this
+# name that begins with these bytes marks its directory as a cache.
+CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
+
+
+def tags_in(directory: bytes, tags: list[bytes]) -> list[bytes]:
+    """The exclusion tags (file names; CACHEDIR_TAG only with its signature) that DIRECTORY
+    holds, in TAGS order: a tagged directory is saved with its tag files and nothing else,
+    as GNU tar's --exclude-tag and --exclude-caches do."""
+    found = []
+    for tag in tags:
+        path = directory.rstrip(b"/") + b"/" + tag
+        try:
+            if tag == CACHEDIR_TAG:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+                try:
+                    if not stat.S_ISREG(os.fstat(fd).st_mode) or \
+                            os.read(fd, len(CACHEDIR_SIGNATURE)) != CACHEDIR_SIGNATURE:
+                        continue
+                finally:
+                    os.close(fd)
+            else:
+                os.lstat(path)
+        except OSError:
+            continue
+        found.append(path)
+    return sorted(found)
+
+
 def excluded(path: bytes, patterns: list[bytes]) -> bool:
     """True when a glob matches the whole path (pattern with '/') or its last component."""
     name = path.rsplit(b"/", 1)[-1]
@@ -60,23 +90,25 @@ class Walk:
     the way a pipe from `find` does."""
 
     def __init__(self, roots: Iterable[bytes], cwd: bytes, warn: Warn,
-                 one_file_system: bool = False, excludes: list[bytes] | None = None) -> None:
-        self._args = (roots, cwd, warn, one_file_system, excludes or [])
+                 one_file_system: bool = False, excludes: list[bytes] | None = None,
+                 tags: list[bytes] | None = None) -> None:
+        self._args = (roots, cwd, warn, one_file_system, excludes or [], tags or [])
 
     def __iter__(self) -> Iterator[bytes]:
         return _walk(*self._args)
 
 
 def walk(roots: Iterable[bytes], cwd: bytes, warn: Warn, one_file_system: bool = False,
-         excludes: list[bytes] | None = None) -> Walk:
+         excludes: list[bytes] | None = None, tags: list[bytes] | None = None) -> Walk:
     """Each root and everything below it, depth-first, directories before their contents,
     entries sorted by name bytes. Symlinks are never followed. Iterative: no depth limit.
+    A directory holding one of TAGS (tags_in) yields only those tag files.
     """
-    return Walk(roots, cwd, warn, one_file_system, excludes)
+    return Walk(roots, cwd, warn, one_file_system, excludes, tags)
 
 
 def _walk(roots: Iterable[bytes], cwd: bytes, warn: Warn, one_file_system: bool,
-          excludes: list[bytes]) -> Iterator[bytes]:
+          excludes: list[bytes], tags: list[bytes]) -> Iterator[bytes]:
     for raw in roots:
         try:
             root = normalize(raw, cwd)
@@ -92,6 +124,10 @@ def _walk(roots: Iterable[bytes], cwd: bytes, warn: Warn, one_file_system: bool,
             continue
         yield root
         if not stat.S_ISDIR(st.st_mode):
+            continue
+        tagged = tags_in(root, tags) if tags else None
+        if tagged:
+            yield from tagged
             continue
         stack = [(root, _sorted_children(root, warn))]
         while stack:
@@ -109,6 +145,10 @@ def _walk(roots: Iterable[bytes], cwd: bytes, warn: Warn, one_file_system: bool,
                                 continue
                         except OSError:
                             continue
+                    tagged = tags_in(path, tags) if tags else None
+                    if tagged:
+                        yield from tagged
+                        continue
                     stack.append((path, _sorted_children(path, warn)))
                     break  # its contents first; this directory's iterator resumes after
             else:
