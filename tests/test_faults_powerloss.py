@@ -6,11 +6,13 @@ import os
 import random
 from pathlib import Path
 
+import pytest
 from harness.oracle import manifest
 from harness.powerloss import Recorder, simulate
 from harness.scenario import save
 
 from backshift import diskio
+from backshift import store as store_mod
 from backshift.store import Store
 
 
@@ -56,16 +58,28 @@ def _record_save(tmp_path, repo, monkeypatch):
     return rec, saves, tree, work, _next_save(src)
 
 
+@pytest.mark.parametrize("batching", ["flush", "flush_ahead"])
 def test_A5_power_loss_at_every_op_of_a_save_loses_no_complete_save(tmp_path, repo,
-                                                                   monkeypatch):
+                                                                   monkeypatch, batching):
     """A power loss after any chunk-store op of a save (every op, 3 draws of what of the
     unsynced rest survived): every chunk the catalog names is on disk with its content, H4
     holds, every save the catalog calls complete restores (H5); in a seeded sample and the
-    last state, the next save of the tree completes and restores through GNU tar."""
+    last state, the next save of the tree completes and restores through GNU tar.
+
+    flush_ahead: 20 pending chunks (the small files') are synced and renamed by the store's
+    flush-ahead thread, their names made durable by the next flush's syncfs, and a flush of
+    6 or more (big.bin's) renames in two threads: what a save of thousands of small files
+    does with 256 of each."""
+    if batching == "flush_ahead":
+        monkeypatch.setattr(store_mod, "FLUSH_AHEAD", 20)
+        monkeypatch.setattr(store_mod, "RENAME_SPLIT", 6)
     rec, saves, tree, work, next_save = _record_save(tmp_path, repo, monkeypatch)
     kinds = [op.kind for op in rec.ops]
     assert kinds.count("create") >= 30 and kinds.count("rename") == kinds.count("create")
     assert kinds.count("commit") >= 4 and "syncfs" in kinds  # mid-save commits, then the last
+    threads = {(op.kind, op.thread) for op in rec.ops}
+    assert (("syncfs", "flush-ahead") in threads and ("rename", "rename") in threads) == (
+        batching == "flush_ahead")
     report = simulate(rec, saves, next_save, tree, work, tmp_path)
     print(report.summary())
     assert report.states > len(rec.ops) and report.unsynced_max >= 20  # chance had its say

@@ -51,6 +51,7 @@ class Op:
     ino: int = -1  # the file the op concerns (create, write, rename, link, unlink, fsync)
     offset: int = 0  # write: where in the file
     data: bytes = b""  # write: what
+    thread: str = field(default_factory=lambda: threading.current_thread().name)
 
     def __str__(self) -> str:
         name = os.path.basename(self.dst or self.path).decode(errors="replace")
