@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from harness.oracle import manifest
-from harness.powerloss import Recorder, simulate
+from harness.powerloss import Op, Recorder, crash_state, simulate
 from harness.scenario import save
 
 from backshift import diskio
@@ -112,3 +112,38 @@ def test_A5_simulator_catches_a_rename_before_the_data_is_synced(tmp_path, repo,
     assert report.violations, report.summary()
     assert "final-name chunk" in text  # H4: a file under a chunk's name with other content
     assert "the next save: save" in text and "ChunkCorrupt" in text, text  # the poisoned save
+
+
+def test_A5_crash_states_follow_the_filesystem_model(tmp_path):
+    """The simulator's model on a hand-made log: what a sync covers, renames atomic, a
+    rename that outlives its data, ops during a syncfs left to chance."""
+    rec = Recorder(b"/r", os.fsencode(tmp_path))
+    rec.names_at_start, rec.base_files, rec.initial_catalog = {}, {}, b"cat-0"
+    t1, t2, a, b, d = b"/r/chunks/aa/a.tmp", b"/r/chunks/bb/b.tmp", b"/r/chunks/aa/a", \
+        b"/r/chunks/bb/b", b"/r/chunks/dd/d"
+    rec.ops = [
+        Op("create", t1, ino=1), Op("write", ino=1, data=b"AAAA"),          # 0 1
+        Op("syncfs_begin"), Op("syncfs", offset=2),                        # 2 3
+        Op("rename", t1, a, ino=1),                                        # 4
+        Op("create", t2, ino=2), Op("write", ino=2, data=b"BBBB"),          # 5 6
+        Op("rename", t2, b, ino=2),                                        # 7: before its data
+        Op("syncfs_begin"),                                                # 8
+        Op("create", d, ino=3), Op("write", ino=3, data=b"DDDD"),           # 9 10: meanwhile
+        Op("syncfs", offset=8), Op("commit", b"cat-1"),                    # 11 12
+    ]
+    states = [crash_state(rec, after, seed) for after in range(-1, 13) for seed in range(40)]
+    torn = {b"", bytes(4), b"B", b"BB", b"BBB"}  # lost, zeros, cut short
+    for s in states:
+        assert s.catalog == (b"cat-1" if s.after >= 12 else b"cat-0")
+        if s.after >= 3:  # t1's entry and data are durable from the first syncfs on
+            assert (t1 in s.files) != (a in s.files)  # the rename: old or new name, one
+            assert s.files.get(t1, s.files.get(a)) == b"AAAA"
+        if s.after >= 11:  # the second syncfs covers everything up to op 7
+            assert s.files[a] == b"AAAA" and s.files[b] == b"BBBB" and t2 not in s.files
+    before_sync = [s for s in states if 7 <= s.after < 11]
+    assert any(s.files.get(b) in torn for s in before_sync)  # the rename outlived the data
+    assert any(b not in s.files and t2 in s.files for s in before_sync)
+    assert any(s.files.get(t1) in torn for s in states if 0 <= s.after < 3)
+    after_sync = [s for s in states if s.after >= 11]  # ops 9, 10 began after the syncfs did
+    assert any(d not in s.files for s in after_sync) and any(d in s.files for s in after_sync)
+    assert any(s.files.get(d) in {b"", bytes(4), b"D", b"DD", b"DDD"} for s in after_sync)

@@ -7,8 +7,9 @@ fsync, fsync_dir and syncfs under REPO/chunks, in the order they happened, and
 Catalog.commit adds a commit marker carrying a snapshot of the catalog just committed.
 
 The filesystem model is POSIX without data journaling (ext4 data=writeback, and weaker):
-after a power loss that follows op N, every op before the last syncfs at or before N is
-durable (fsync: that file's data; fsync_dir: that directory's entries); every later op
+after a power loss that follows op N, every op done before a syncfs that returned by N
+began is durable (fsync: that file's data; fsync_dir: that directory's entries; a syncfs
+runs while other threads go on, and what they do meanwhile is not covered); every later op
 survives or not on its own, by a seeded RNG. A rename is atomic (the file is under its old
 name or its new one), but it may survive while the data written before it did not: the
 file is then empty, cut short or zeros (ALICE's "rename before data" state).
@@ -39,13 +40,13 @@ from backshift.catalog import CATALOG_NAME, Catalog
 from backshift.model import ChunkRef
 from backshift.store import CHUNKS_DIR, TEMP_MARK, Store
 
-SYNCS = ("syncfs", "fsync", "fsync_dir")
+SYNCS = ("syncfs_begin", "syncfs", "fsync", "fsync_dir")
 FATES = ("full", "lost", "zeros", "prefix")  # of a write that was not synced
 
 
 @dataclass(frozen=True)
 class Op:
-    kind: str  # create write rename link unlink fsync fsync_dir syncfs commit
+    kind: str  # create write rename link unlink fsync fsync_dir syncfs_begin syncfs commit
     path: bytes = b""  # the name (rename, link: the source); commit: the snapshot file
     dst: bytes = b""  # rename, link: the new name
     ino: int = -1  # the file the op concerns (create, write, rename, link, unlink, fsync)
@@ -207,10 +208,16 @@ class Recorder:
 
     def _syncfs(self, real):
         def syncfs(path):
+            # Not under the lock: other threads' ops go on meanwhile, as they do for real.
+            # It makes durable what was done before it began (offset: that op's index).
             with self.lock:
-                real(path)
-                if path := self._ours(path):
-                    self.ops.append(Op("syncfs", path))
+                begin = len(self.ops)
+                if ours := self._ours(path):
+                    self.ops.append(Op("syncfs_begin", ours))
+            real(path)
+            if ours:
+                with self.lock:
+                    self.ops.append(Op("syncfs", ours, offset=begin))
         return syncfs
 
     def _commit_wrapper(self, real):
@@ -263,22 +270,23 @@ class CrashState:
 
 
 def _durable(ops: list[Op], dir_of: Callable[[bytes], bytes]) -> list[bool]:
-    """For each op, whether a later sync in OPS made it durable."""
+    """For each op, whether a sync completed in OPS made it durable: a syncfs everything
+    done before it began, an fsync its file's data, an fsync_dir its directory's entries."""
     out = [False] * len(ops)
-    everything, inodes, dirs = False, set(), set()
+    everything_below, inodes, dirs = 0, set(), set()
     for i in range(len(ops) - 1, -1, -1):
         op = ops[i]
         if op.kind == "syncfs":
-            everything = True
+            everything_below = max(everything_below, op.offset)
         elif op.kind == "fsync":
             inodes.add(op.ino)
         elif op.kind == "fsync_dir":
             dirs.add(op.path)
         elif op.kind == "write":
-            out[i] = everything or op.ino in inodes
+            out[i] = i < everything_below or op.ino in inodes
         elif op.kind in ("create", "unlink", "rename", "link"):
             touched = {dir_of(op.path)} | ({dir_of(op.dst)} if op.dst else set())
-            out[i] = everything or touched <= dirs
+            out[i] = i < everything_below or touched <= dirs
     return out
 
 
