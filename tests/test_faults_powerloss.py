@@ -14,6 +14,7 @@ from harness.scenario import save
 from backshift import diskio
 from backshift import store as store_mod
 from backshift.store import Store
+from conftest import run
 
 
 def _tree(root: Path) -> Path:
@@ -85,6 +86,33 @@ def test_A5_power_loss_at_every_op_of_a_save_loses_no_complete_save(tmp_path, re
     assert report.states > len(rec.ops) and report.unsynced_max >= 20  # chance had its say
     assert not report.violations, report.summary() + "\n" + "\n".join(report.violations)
 
+
+
+def test_A5_power_loss_at_every_op_of_an_expire_loses_no_kept_save(tmp_path, repo,
+                                                                  monkeypatch):
+    """expire --keep-last 1 after two saves, a power loss after any of its unlinks: the
+    catalog's delete is committed before the first unlink, so a state's catalog never names
+    an unlinked chunk; the save it keeps restores, the expired one too while the catalog
+    still has it; the next save completes and restores."""
+    monkeypatch.setenv("BACKSHIFT_READERS", "threads")
+    src = _tree(tmp_path / "src")
+    first = save(repo, src)
+    saves = {first["save_id"]: (manifest(src), os.fsencode(src))}
+    (src / "big.bin").write_bytes(random.Random(5).randbytes(160_000))
+    for i in range(0, 30, 4):
+        (src / "docs" / f"f{i:02d}").write_bytes(b"changed %d\n" % i * 50)
+    second = save(repo, src)
+    tree = (manifest(src), os.fsencode(src))
+    saves[second["save_id"]] = tree
+    work = os.fsencode(tmp_path / "powerloss")
+    with Recorder(repo, work) as rec:
+        run("-r", repo, "expire", "--keep-last", "1")
+    kinds = [op.kind for op in rec.ops]
+    assert kinds.count("unlink") >= 10 and kinds.index("commit") < kinds.index("unlink")
+    report = simulate(rec, saves, _next_save(src), tree, work, tmp_path)
+    print(report.summary())
+    assert report.states > len(rec.ops) and report.unsynced_max >= 10
+    assert not report.violations, report.summary() + "\n" + "\n".join(report.violations)
 
 def _flush_renaming_before_the_data_is_durable(self: Store) -> int:
     """Store._flush without its first syncfs: temp files renamed while their data may still
