@@ -6,9 +6,18 @@ import os
 import random
 from pathlib import Path
 
+import apsw
 import pytest
 from harness.oracle import manifest
-from harness.powerloss import Op, Recorder, crash_state, simulate
+from harness.powerloss import (
+    Op,
+    Recorder,
+    crash_state,
+    crash_states,
+    dead_pid,
+    materialize,
+    simulate,
+)
 from harness.scenario import save
 
 from backshift import diskio
@@ -112,6 +121,39 @@ def test_A5_power_loss_at_every_op_of_an_expire_loses_no_kept_save(tmp_path, rep
     report = simulate(rec, saves, _next_save(src), tree, work, tmp_path)
     print(report.summary())
     assert report.states > len(rec.ops) and report.unsynced_max >= 10
+    assert not report.violations, report.summary() + "\n" + "\n".join(report.violations)
+
+
+def _orphans(state) -> int:
+    """Final-name chunk files of STATE its catalog does not name."""
+    conn = apsw.Connection(os.fsdecode(state.catalog), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        named = {sha.hex() for (sha,) in conn.execute("SELECT sha256 FROM chunk")}
+    finally:
+        conn.close()
+    finals = {os.path.basename(n).decode() for n in state.files if b".tmp." not in n}
+    return len(finals - named)
+
+
+def test_A5_power_loss_during_the_save_after_a_power_loss(tmp_path, repo, monkeypatch):
+    """Compound failure (SQLite's "faults during recovery"): the crash state with the most
+    orphan chunks and temp files a first power loss left, its save 'running', then a
+    power loss at every op of the save that follows it (which marks the dead save
+    interrupted, borrows from it and reuses the orphans)."""
+    rec, saves, tree, work, next_save = _record_save(tmp_path, repo, monkeypatch)
+    first = max(crash_states(rec), key=lambda s: (_orphans(s), len(s.files), -s.after))
+    assert _orphans(first) >= 5 and any(b".tmp." in n for n in first.files)
+    repo2 = materialize(rec, first, os.fsencode(tmp_path / "repo2"), dead_pid())
+    work2 = os.fsencode(tmp_path / "powerloss2")
+    with Recorder(repo2, work2) as rec2:
+        code, sid, _err = next_save(repo2)
+    assert code == 0
+    saves[sid] = tree
+    tmp2 = tmp_path / "second"
+    tmp2.mkdir()
+    report = simulate(rec2, saves, next_save, tree, work2, tmp2)
+    print(report.summary())
+    assert "commit" in [op.kind for op in rec2.ops] and report.states > len(rec2.ops)
     assert not report.violations, report.summary() + "\n" + "\n".join(report.violations)
 
 def _flush_renaming_before_the_data_is_durable(self: Store) -> int:
