@@ -1,4 +1,4 @@
-"""Matrix row A5 of RELIABILITY.md: power loss during a save (H3, the power-loss simulator)."""
+"""Matrix row A5 of RELIABILITY.md: power loss during a save or an expire (H3, the simulator)."""
 
 from __future__ import annotations
 
@@ -94,7 +94,6 @@ def test_A5_power_loss_at_every_op_of_a_save_loses_no_complete_save(tmp_path, re
     print(report.summary())
     assert report.states > len(rec.ops) and report.unsynced_max >= 20  # chance had its say
     assert not report.violations, report.summary() + "\n" + "\n".join(report.violations)
-
 
 
 def test_A5_power_loss_at_every_op_of_an_expire_loses_no_kept_save(tmp_path, repo,
