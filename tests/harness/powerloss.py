@@ -107,7 +107,7 @@ class Recorder:
         for name in ("create_temp", "write_all", "close", "fsync", "rename", "link", "unlink",
                      "fsync_dir", "syncfs"):
             self._patch(diskio, name, getattr(self, "_" + name))
-        self._patch(Catalog, "commit", self._commit_wrapper(Catalog.commit))
+        self._patch(Catalog, "commit", self._commit)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -115,10 +115,11 @@ class Recorder:
             setattr(owner, name, real)
         self._saved = []
 
-    def _patch(self, owner, name: str, make: Callable) -> None:
+    def _patch(self, owner, name: str, wrap: Callable) -> None:
+        """Replace OWNER.NAME by WRAP(the real one) until __exit__."""
         real = getattr(owner, name)
         self._saved.append((owner, name, real))
-        setattr(owner, name, make(real) if owner is diskio else make)
+        setattr(owner, name, wrap(real))
 
     def _new_ino(self) -> int:
         self._next_ino += 1
@@ -225,7 +226,7 @@ class Recorder:
                     self.ops.append(Op("syncfs", ours, offset=begin))
         return syncfs
 
-    def _commit_wrapper(self, real):
+    def _commit(self, real):
         recorder = self
 
         def commit(cat):
