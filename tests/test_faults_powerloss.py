@@ -183,6 +183,35 @@ def test_A5_simulator_catches_a_rename_before_the_data_is_synced(tmp_path, repo,
     assert "the next save: save" in text and "ChunkCorrupt" in text, text  # the poisoned save
 
 
+
+def _flush_committing_before_the_names_are_durable(self: Store) -> int:
+    """Store._flush without its second syncfs: the catalog may commit rows naming chunks
+    whose renames are still only in memory."""
+    ahead = self._wait_ahead()
+    with self._lock:
+        batch, self._pending = self._pending, {}
+        self._pending_sizes = {}
+        linked, self._linked = self._linked, set()
+        self._seen_existing = False
+    diskio.syncfs(self.root)
+    self._rename_all(list(batch.values()), linked)
+    return ahead + len(batch)
+
+
+def test_A5_simulator_catches_a_commit_before_the_renames_are_synced(tmp_path, repo,
+                                                                    monkeypatch):
+    """The other half of the order: with the second syncfs of a flush left out, a power
+    loss after a commit can lose renames the catalog depends on: chunk rows (I1) and a
+    complete save (H4, H5) name chunks that are not there under their names."""
+    monkeypatch.setattr(Store, "_flush", _flush_committing_before_the_names_are_durable)
+    rec, saves, tree, work, next_save = _record_save(tmp_path, repo, monkeypatch)
+    report = simulate(rec, saves, next_save, tree, work, tmp_path, max_violations=1000)
+    print(report.summary())
+    text = "\n".join(report.violations)
+    assert "catalog names chunk" in text and "ChunkMissing" in text, report.summary()
+    assert "referenced by a complete save" in text  # H4 on the state after the last commit
+    assert "does not restore: ChunkMissing" in text  # H5
+
 def test_A5_crash_states_follow_the_filesystem_model(tmp_path):
     """The simulator's model on a hand-made log: what a sync covers, renames atomic, a
     rename that outlives its data, ops during a syncfs left to chance."""
