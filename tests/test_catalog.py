@@ -186,3 +186,22 @@ def test_contents_of_empty_files_only(tmp_path):
     assert cat.contents_of([(empty, 0, [])]) == first[:1]
     cat.commit()
     cat.close()
+
+
+def test_sqlite_keeps_no_memory_statistics_once_the_catalog_module_loads():
+    """SQLITE_CONFIG_MEMSTATUS off (catalog._without_memory_statistics): with it on, the
+    listing's fetcher threads queued on SQLite's allocation mutex. A fresh interpreter, as
+    the CLI starts: SQLite then counts no memory, where it counts ~100 KB by default."""
+    import subprocess
+    import sys
+    code = ("import apsw{}\n"
+            "c = apsw.Connection(':memory:')\n"
+            "c.execute('CREATE TABLE t(x)')\n"
+            "c.execute('INSERT INTO t VALUES (randomblob(10000))')\n"
+            "print(apsw.status(apsw.SQLITE_STATUS_MEMORY_USED)[0])")
+    used = {}
+    for name, extra in [("plain", ""), ("backshift", ", backshift.catalog")]:
+        out = subprocess.run([sys.executable, "-c", code.format(extra)], check=True,
+                             capture_output=True, text=True).stdout
+        used[name] = int(out)
+    assert used["plain"] > 10_000 and used["backshift"] == 0, used
