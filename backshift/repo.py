@@ -6,10 +6,8 @@ Read-only commands take no lock and need no chunk store, so the lock and store m
 
 from __future__ import annotations
 
-import json
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -20,8 +18,8 @@ import apsw
 
 from . import __version__
 from .catalog import CATALOG_NAME, Catalog, on_read_only_media, translate_error
-from .errors import RepositoryExists, RepositoryIOError, RepositoryNotFound
-from .model import ChunkerParams
+from .errors import NotACatalog, RepositoryExists, RepositoryIOError, RepositoryNotFound
+from .model import MAX_CHUNK_LENGTH, ChunkerParams
 
 if TYPE_CHECKING:
     from .store import Store
@@ -33,23 +31,70 @@ READ_LOCKED = "read-locked"  # shared lock, catalog read-only: check (no expire 
 READ_CHUNKS = "read-chunks"  # shared flock only (no record, nothing written): restores
 
 
+SETTINGS = ("chunker", "compression")  # meta keys holding init's settings, as JSON
+
+
 @dataclass
 class Repository:
     path: bytes
     catalog: Catalog
-    chunker: ChunkerParams
     mode: str
-    zstd_level: int = 3
+    settings: dict[str, str | None]  # SETTINGS' meta values as read at open, not parsed yet
+
+    @cached_property
+    def chunker(self) -> ChunkerParams:
+        """The chunking parameters recorded at init (read when a command needs them)."""
+        settings = self._settings("chunker")
+        try:
+            params = ChunkerParams(**settings)
+        except TypeError:
+            params = None
+        if params is None or params.algorithm != ChunkerParams.algorithm or not all(
+                type(v) is int for v in (params.min_size, params.avg_size, params.max_size,
+                                         params.seed)) \
+                or not 64 <= params.min_size < params.avg_size < params.max_size \
+                <= MAX_CHUNK_LENGTH:
+            raise self._bad_settings("chunker", f"{settings} are not chunker parameters")
+        return params
+
+    @cached_property
+    def zstd_level(self) -> int:
+        """The zstd level of new chunks, recorded at init."""
+        level = self._settings("compression").get("level", 3)
+        if type(level) is not int or not 1 <= level <= 22:
+            raise self._bad_settings("compression", f"level {level!r} is not a zstd level")
+        return level
+
+    def _settings(self, key: str) -> dict:
+        """The JSON object stored under meta KEY ({} when there is none)."""
+        import json  # only commands that chunk or compress need it
+
+        text = self.settings.get(key)
+        try:
+            value = json.loads(text) if text is not None else {}
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise self._bad_settings(key, "not a JSON object")
+        return value
+
+    def _bad_settings(self, key: str, why: str) -> NotACatalog:
+        return NotACatalog(os.fsdecode(self.catalog.path), f"its {key} settings (meta "
+                           f"'{key}') are damaged: {why}")
 
     @cached_property
     def store(self) -> Store:
-        """The chunk store, made on first use."""
+        """The chunk store, made on first use. Only a save writes chunks: other commands
+        never read the compression setting (a damaged one must not stop a restore)."""
         from .store import Store
-        return Store(self.path, zstd_level=self.zstd_level)
+        return Store(self.path, zstd_level=self.zstd_level if self.mode == WRITE else 3)
 
 
 def init_repository(path: bytes, params: ChunkerParams, zstd_level: int = 3) -> None:
     """Create REPO (mode 0700) with its chunk directories and a fully migrated catalog."""
+    import json
+    import uuid
+
     from .lock import LOCK_FILE
     from .store import Store
 
@@ -109,10 +154,9 @@ def open_repository(path: bytes, mode: str = READ, operation: str = "",
     try:
         catalog = Catalog.open(catalog_path, readonly=(mode in (READ, READ_LOCKED, READ_CHUNKS)))
         try:
-            params = ChunkerParams(**json.loads(catalog.get_meta("chunker") or "{}"))
-            compression = json.loads(catalog.get_meta("compression") or "{}")
-            yield Repository(path, catalog, params, mode,
-                             zstd_level=int(compression.get("level", 3)))
+            # read at open (a damaged catalog page fails every command here, as before),
+            # parsed when a command needs them: json loads only then
+            yield Repository(path, catalog, mode, {k: catalog.get_meta(k) for k in SETTINGS})
         except apsw.Error as e:  # damage or I/O errors met mid-command: one line, no traceback
             raise translate_error(e, catalog_path) from None
         finally:

@@ -205,3 +205,34 @@ def test_sqlite_keeps_no_memory_statistics_once_the_catalog_module_loads():
                              capture_output=True, text=True).stdout
         used[name] = int(out)
     assert used["plain"] > 10_000 and used["backshift"] == 0, used
+
+
+@pytest.mark.parametrize("key, value, why", [
+    ("chunker", "garbage", "not a JSON object"),
+    ("chunker", '{"min_size": 4096, "avg_size": 1024, "max_size": 65536}',
+     "are not chunker parameters"),
+    ("chunker", '{"min_size": 4096, "avg_size": 16384, "max_size": 1e9}',
+     "are not chunker parameters"),
+    ("chunker", '{"nonsense": 1}', "are not chunker parameters"),
+    ("compression", '{"algorithm": "zstd", "level": "high"}', "is not a zstd level"),
+])
+def test_damaged_settings_stop_what_needs_them_in_one_line(repo, tmp_path, key, value, why):
+    """The chunker and compression settings (meta, JSON, written by init): damaged, a save
+    stops with one line naming the catalog and the setting (exit 7), where every command
+    printed a JSONDecodeError traceback; commands that need neither still work."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"data\n")
+    run("-r", repo, "save", os.fsencode(src))
+    conn = apsw.Connection(os.fsdecode(os.path.join(repo, b"catalog.sqlite3")))
+    conn.execute("UPDATE meta SET value = ? WHERE key = ?", (value, key))
+    conn.close()
+    assert b"/f" in run("-r", repo, "list", "--backup", "latest").stdout_bytes
+    assert b"data\n" in run("-r", repo, "tar", "--backup", "latest").stdout_bytes
+    run("-r", repo, "check", "--read-data")
+    run("-r", repo, "saves")
+    (src / "g").write_bytes(b"new data\n")
+    res = run("-r", repo, "save", os.fsencode(src), exit_code=7)
+    assert "Traceback" not in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    assert f"catalog.sqlite3 is not a usable backshift catalog: its {key} settings " \
+        f"(meta '{key}') are damaged: " in res.stderr and why in res.stderr, res.stderr
