@@ -155,15 +155,23 @@ def test_A5_power_loss_during_the_save_after_a_power_loss(tmp_path, repo, monkey
     assert "commit" in [op.kind for op in rec2.ops] and report.states > len(rec2.ops)
     assert not report.violations, report.summary() + "\n" + "\n".join(report.violations)
 
-def _flush_renaming_before_the_data_is_durable(self: Store) -> int:
-    """Store._flush without its first syncfs: temp files renamed while their data may still
-    be only in the page cache (the bug H3 exists to catch)."""
+
+def _take_batch(self: Store) -> tuple[int, dict, set]:
+    """What Store._flush does before its syncfs, rename, syncfs: the chunks the flush-ahead
+    thread renamed, and the pending batch taken out of the store."""
     ahead = self._wait_ahead()
     with self._lock:
         batch, self._pending = self._pending, {}
         self._pending_sizes = {}
         linked, self._linked = self._linked, set()
         self._seen_existing = False
+    return ahead, batch, linked
+
+
+def _flush_renaming_before_the_data_is_durable(self: Store) -> int:
+    """Store._flush without its first syncfs: temp files renamed while their data may still
+    be only in the page cache (the bug H3 exists to catch)."""
+    ahead, batch, linked = _take_batch(self)
     self._rename_all(list(batch.values()), linked)
     diskio.syncfs(self.root)
     return ahead + len(batch)
@@ -183,16 +191,10 @@ def test_A5_simulator_catches_a_rename_before_the_data_is_synced(tmp_path, repo,
     assert "the next save: save" in text and "ChunkCorrupt" in text, text  # the poisoned save
 
 
-
 def _flush_committing_before_the_names_are_durable(self: Store) -> int:
     """Store._flush without its second syncfs: the catalog may commit rows naming chunks
     whose renames are still only in memory."""
-    ahead = self._wait_ahead()
-    with self._lock:
-        batch, self._pending = self._pending, {}
-        self._pending_sizes = {}
-        linked, self._linked = self._linked, set()
-        self._seen_existing = False
+    ahead, batch, linked = _take_batch(self)
     diskio.syncfs(self.root)
     self._rename_all(list(batch.values()), linked)
     return ahead + len(batch)
