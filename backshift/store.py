@@ -311,6 +311,36 @@ class Store:
             raise ChunkCorrupt(hexname.decode(), "content does not match its name (sha256)")
         return data
 
+    def read_orphan(self, sha256: bytes) -> bytes:
+        """The verified data of chunk file SHA256 when no catalog row gives its length (an
+        orphan: an interrupted save's leftover): at most max_body(MAX_CHUNK_LENGTH) bytes
+        read, decoded, and its sha256 must be its name. ChunkMissing or ChunkCorrupt."""
+        hexname = hexlify(sha256)
+        bound = chunkcodec.max_body(MAX_CHUNK_LENGTH)
+        try:
+            fd = os.open(self._root_slash + hexname[:2] + b"/" + hexname, _O_READ)
+        except FileNotFoundError:
+            raise ChunkMissing(hexname.decode()) from None
+        except OSError as e:
+            raise ChunkCorrupt(hexname.decode(), e.strerror or str(e)) from None
+        try:
+            size = os.fstat(fd).st_size
+            body = read_whole(fd, size, bound) if size <= bound else None
+            if body is None or len(body) > bound:
+                raise ChunkCorrupt(hexname.decode(), chunkcodec.too_long(
+                    max(size, bound + 1), MAX_CHUNK_LENGTH))
+        except OSError as e:
+            raise ChunkCorrupt(hexname.decode(), e.strerror or str(e)) from None
+        finally:
+            os.close(fd)
+        try:
+            data = chunkcodec.decode(bytes(body), MAX_CHUNK_LENGTH, self._zstd()[1])
+        except Exception as e:  # any decoder error means damage, never a crash
+            raise ChunkCorrupt(hexname.decode(), f"cannot decompress ({e})") from None
+        if sha256_digest(data) != sha256:
+            raise ChunkCorrupt(hexname.decode(), "content does not match its name (sha256)")
+        return data
+
     # -- writing --------------------------------------------------------------------------
 
     def put(self, data: bytes | memoryview, sha256: bytes) -> StoredChunk:

@@ -280,3 +280,36 @@ def test_check_changes_nothing_and_waits_out_an_expire(tmp_path, repo):
     finally:
         lock.release()
     run("-r", repo, "check", "--lock-wait", "5")
+
+
+@pytest.mark.parametrize("damage", ["wrong_content", "not_a_body"])
+def test_check_read_data_finds_a_damaged_orphan_a_later_save_would_reuse(tmp_path, repo,
+                                                                          damage):
+    """An orphan chunk file (no save uses it: an interrupted save's leftover) that is
+    damaged: a save of the same data takes it as stored, since a save only checks that a
+    chunk file exists. check --read-data reads orphans too and reports it (exit 10);
+    --repair quarantines it, and the next save of that data stores a good copy."""
+    import hashlib
+    src = make_source(tmp_path / "src")
+    run("-r", repo, "save", input=find0(src))
+    data = b"the data an interrupted save had stored\n" * 50  # under min_size: one chunk
+    sha = hashlib.sha256(data).hexdigest()
+    os.makedirs(os.path.dirname(chunk_path(repo, sha)), exist_ok=True)
+    with open(chunk_path(repo, sha), "wb") as f:
+        f.write(b"1\n" + data.replace(b"stored", b"STORED") if damage == "wrong_content"
+                else b"9\ngarbage")
+    res = run("-r", repo, "check", exit_code=0)  # without --read-data: counted, not read
+    assert "1 orphan chunk files" in res.stdout
+    res = run("-r", repo, "check", "--read-data", exit_code=10)
+    lines = res.stdout.splitlines()
+    at = lines.index(next(ln for ln in lines if ln.startswith(f"chunk {sha}: ")))
+    assert "used by no save" in lines[at + 1] and "--repair quarantines it" in lines[at + 1]
+    assert "and 0 orphan chunk files" in res.stdout  # the damaged one is not counted as read
+    res = run("-r", repo, "check", "--read-data", "--repair", exit_code=10)
+    assert f"quarantined chunk {sha}" in res.stdout
+    (src / "new.txt").write_bytes(data)
+    run("-r", repo, "save", input=find0(src))
+    res = run("-r", repo, "check", "--read-data")
+    assert "no problems found" in res.stdout
+    out = run("-r", repo, "tar", "--backup", "latest", os.fsencode(src / "new.txt"))
+    assert data in out.stdout_bytes

@@ -81,6 +81,7 @@ class CheckResult:
     chunks_verified: IdSet = field(default_factory=lambda: IdSet())  # chunk row ids
     contents_verified: int = 0
     bytes_read: int = 0
+    orphans_read: int = 0  # orphan chunk files verified (--read-data)
     orphans: int = 0
     orphan_bytes: int = 0
     temps: int = 0
@@ -145,6 +146,8 @@ def check(repo: Repository, read_data: bool = False, part: tuple[int, int] | Non
                 if sha not in referenced:
                     r.orphans += 1
                     r.orphan_bytes += size
+                    if read_data and in_part(sha, part):
+                        _read_orphan(store, r, sha)
         if read_data:
             _read_data(repo, r, part, progress)
         for problem in r.chunk_problems.values():
@@ -221,6 +224,21 @@ def _read_chunk(store, r: CheckResult, sha: bytes, length: int, chunk_id: int,
     return data
 
 
+def _read_orphan(store, r: CheckResult, sha: bytes) -> None:
+    """Verify an orphan chunk file: no save uses it, but the next save that meets the same
+    data takes it as stored (it only checks that a chunk file exists), so a damaged one
+    would spoil that save. --repair quarantines it like any damaged chunk."""
+    try:
+        data = store.read_orphan(sha)
+    except ChunkMissing:
+        return  # removed since listed (a concurrent expire)
+    except ChunkCorrupt as e:
+        r.chunk_problems[sha] = ChunkProblem(sha, e.args[1] if len(e.args) > 1 else str(e))
+        return
+    r.orphans_read += 1
+    r.bytes_read += len(data)
+
+
 def _repair(repo: Repository, r: CheckResult) -> None:
     """Quarantine damaged chunk files; mark dead running saves interrupted. Nothing else."""
     qdir = os.path.join(repo.path, QUARANTINE_DIR)
@@ -257,7 +275,8 @@ def report_lines(r: CheckResult, read_data: bool) -> list[str]:
         if len(problem.users) > USERS_SHOWN:
             out.append("    ... and more")
         if not problem.users:
-            out.append("    used by no save (an interrupted save's leftover)")
+            out.append("    used by no save (an interrupted save's leftover), but a save of "
+                       "the same data would take it as stored: --repair quarantines it")
     for p in r.content_problems:
         out.append(f"content: {p}")
     for sha in r.quarantined:
@@ -269,8 +288,9 @@ def report_lines(r: CheckResult, read_data: bool) -> list[str]:
                f"({r.orphan_bytes:,} bytes), {r.temps:,} temp/other files in chunks/ "
                "(expire removes orphans and old temp files)")
     if read_data:
-        out.append(f"read {len(r.chunks_verified):,} chunks ({r.bytes_read:,} bytes), "
-                   f"verified {r.contents_verified:,} file contents")
+        out.append(f"read {len(r.chunks_verified):,} chunks and {r.orphans_read:,} orphan "
+                   f"chunk files ({r.bytes_read:,} bytes), verified {r.contents_verified:,} "
+                   "file contents")
     if r.copy_age_s is None:
         out.append("catalog copy: none yet (made after each save and expire)")
     else:
