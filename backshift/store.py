@@ -280,6 +280,23 @@ class Store:
         if length > MAX_CHUNK_LENGTH:  # a damaged or hostile catalog: nothing is read
             raise ChunkCorrupt(hexname.decode(), f"the catalog gives it {length} bytes, more "
                                f"than any chunk holds ({MAX_CHUNK_LENGTH})")
+        body = self._read_body(hexname, length, stored_length)
+        try:
+            data = chunkcodec.decode_sized(body, length, self._zstd()[1])
+        except chunkcodec.WrongSize as e:
+            raise ChunkCorrupt(hexname.decode(), f"length {e.size}, expected {length}") from None
+        except Exception as e:  # any decoder error means damage, never a crash
+            raise ChunkCorrupt(hexname.decode(), f"cannot decompress ({e})") from None
+        if len(data) != length:
+            raise ChunkCorrupt(hexname.decode(), f"length {len(data)}, expected {length}")
+        if sha256_digest(data) != sha256:
+            raise ChunkCorrupt(hexname.decode(), "content does not match its name (sha256)")
+        return data
+
+    def _read_body(self, hexname: bytes, length: int, stored_length: int | None) -> bytes:
+        """The body of chunk file HEXNAME, of a chunk of at most LENGTH bytes: one open, one
+        read, one close, never more than chunkcodec.max_body(LENGTH) bytes (STORED_LENGTH:
+        see read_verified). ChunkMissing or ChunkCorrupt otherwise."""
         try:
             fd = os.open(self._root_slash + hexname[:2] + b"/" + hexname, _O_READ)
         except FileNotFoundError:
@@ -299,40 +316,14 @@ class Store:
             raise ChunkCorrupt(hexname.decode(), e.strerror or str(e)) from None
         finally:
             os.close(fd)
-        try:
-            data = chunkcodec.decode_sized(body, length, self._zstd()[1])
-        except chunkcodec.WrongSize as e:
-            raise ChunkCorrupt(hexname.decode(), f"length {e.size}, expected {length}") from None
-        except Exception as e:  # any decoder error means damage, never a crash
-            raise ChunkCorrupt(hexname.decode(), f"cannot decompress ({e})") from None
-        if len(data) != length:
-            raise ChunkCorrupt(hexname.decode(), f"length {len(data)}, expected {length}")
-        if sha256_digest(data) != sha256:
-            raise ChunkCorrupt(hexname.decode(), "content does not match its name (sha256)")
-        return data
+        return body
 
     def read_orphan(self, sha256: bytes) -> bytes:
         """The verified data of chunk file SHA256 when no catalog row gives its length (an
         orphan: an interrupted save's leftover): at most max_body(MAX_CHUNK_LENGTH) bytes
         read, decoded, and its sha256 must be its name. ChunkMissing or ChunkCorrupt."""
         hexname = hexlify(sha256)
-        bound = chunkcodec.max_body(MAX_CHUNK_LENGTH)
-        try:
-            fd = os.open(self._root_slash + hexname[:2] + b"/" + hexname, _O_READ)
-        except FileNotFoundError:
-            raise ChunkMissing(hexname.decode()) from None
-        except OSError as e:
-            raise ChunkCorrupt(hexname.decode(), e.strerror or str(e)) from None
-        try:
-            size = os.fstat(fd).st_size
-            body = read_whole(fd, size, bound) if size <= bound else None
-            if body is None or len(body) > bound:
-                raise ChunkCorrupt(hexname.decode(), chunkcodec.too_long(
-                    max(size, bound + 1), MAX_CHUNK_LENGTH))
-        except OSError as e:
-            raise ChunkCorrupt(hexname.decode(), e.strerror or str(e)) from None
-        finally:
-            os.close(fd)
+        body = self._read_body(hexname, MAX_CHUNK_LENGTH, None)
         try:
             data = chunkcodec.decode(bytes(body), MAX_CHUNK_LENGTH, self._zstd()[1])
         except Exception as e:  # any decoder error means damage, never a crash
