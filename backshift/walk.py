@@ -51,9 +51,9 @@ CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 
 
 def tags_in(directory: bytes, tags: list[bytes]) -> list[bytes]:
-    """The exclusion tags (file names; CACHEDIR_TAG only with its signature) that DIRECTORY
-    holds, in TAGS order: a tagged directory is saved with its tag files and nothing else,
-    as GNU tar's --exclude-tag and --exclude-caches do."""
+    """The paths of the exclusion tags (file names; CACHEDIR_TAG only with its signature)
+    that DIRECTORY holds, sorted as the walk sorts names: a tagged directory is saved with
+    its tag files and nothing else, as GNU tar's --exclude-tag and --exclude-caches do."""
     found = []
     for tag in tags:
         path = directory.rstrip(b"/") + b"/" + tag

@@ -914,6 +914,18 @@ def _children(pid: int) -> list[int]:
         return [int(c) for c in f.read().split()]
 
 
+def _save_waiting_for_more_names(repo: bytes, root) -> subprocess.Popen:
+    """A first save (two reader processes) given ROOT's first 5 names on a pipe left open:
+    it runs, and waits for more."""
+    names = find0(root).split(b"\0")[:-1]
+    proc = subprocess.Popen([BACKSHIFT, "-r", repo, "save", "--workers", "2"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdin.write(b"\0".join(names[:5]) + b"\0")
+    proc.stdin.flush()
+    return proc
+
+
 def _gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -928,13 +940,8 @@ def test_save_readers_hold_no_catalog_fd_and_die_with_the_saving_process(repo, t
     open connection; the lock stays the saver's), and die when the saving process does:
     nothing is left holding the repository after a crash."""
     root = make_tree(tmp_path / "src")
-    names = find0(root).split(b"\0")[:-1]
-    proc = subprocess.Popen([BACKSHIFT, "-r", repo, "save", "--workers", "2"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = _save_waiting_for_more_names(repo, root)
     try:
-        proc.stdin.write(b"\0".join(names[:5]) + b"\0")
-        proc.stdin.flush()
         time.sleep(1.5)  # the catalog is open and a save is running
         readers = _children(proc.pid)
         assert len(readers) == 2
@@ -1033,13 +1040,8 @@ def test_save_reader_killed_while_holding_the_task_queue_does_not_hang(repo, tmp
     root.mkdir()
     for i in range(40):
         (root / f"f{i}").write_bytes(os.urandom(3000))
-    names = find0(root).split(b"\0")[:-1]
-    proc = subprocess.Popen([BACKSHIFT, "-r", repo, "save", "--workers", "2"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = _save_waiting_for_more_names(repo, root)
     try:
-        proc.stdin.write(b"\0".join(names[:5]) + b"\0")
-        proc.stdin.flush()
         holder = None
         deadline = time.monotonic() + 20
         while holder is None and time.monotonic() < deadline:
@@ -1052,7 +1054,7 @@ def test_save_reader_killed_while_holding_the_task_queue_does_not_hang(repo, tmp
         os.kill(holder, signal.SIGKILL)
         time.sleep(0.3)
         try:
-            proc.stdin.write(b"\0".join(names[5:]) + b"\0")
+            proc.stdin.write(b"\0".join(find0(root).split(b"\0")[5:]))
             proc.stdin.close()
         except BrokenPipeError:
             pass
