@@ -891,6 +891,30 @@ VERSIONS_WITHOUT_XATTR_SET = _sql("""
       AND x.id IS NULL
 """)
 
+# Stand-ins of migration 0003 for a catalog read before it was migrated (Catalog.open):
+# its versions have no attribute sets.
+READ_ONLY_STAND_INS = {3: _sql("""
+    CREATE TEMP VIEW version AS
+    SELECT *, NULL AS xattrs_id
+    FROM main.version;
+    CREATE TEMP TABLE xattr_set (
+        id     INTEGER PRIMARY KEY,
+        digest BLOB    NOT NULL
+    );
+    CREATE TEMP TABLE xattr (
+        set_id  INTEGER NOT NULL,
+        name    BLOB    NOT NULL,
+        value   BLOB    NOT NULL,
+        is_text INTEGER NOT NULL,
+        PRIMARY KEY (set_id, name)
+    ) WITHOUT ROWID;
+    CREATE TEMP VIEW xattrs AS
+    SELECT m.save_id, NULL AS path, NULL AS name, NULL AS value, NULL AS size,
+           m.path_id, m.version_id
+    FROM main.member AS m
+    WHERE 0;
+""")}
+
 
 def _slices(items: list) -> Iterator[list]:
     for i in range(0, len(items), BULK_ROWS):
@@ -936,6 +960,8 @@ class Catalog:
             cat = cls(conn, path, readonly=readonly)
             cat._configure(writer=not readonly)
             cat._check_identity()
+            if readonly:
+                stand_in_for_migrations(conn)
         except apsw.Error as e:
             raise open_error(e, path, readonly) from None
         if not readonly:
@@ -970,6 +996,7 @@ class Catalog:
 
     def user_version(self) -> int:
         return self.conn.execute("PRAGMA user_version").fetchall()[0][0]
+
 
     def migrate(self) -> list[int]:
         """Apply pending migrations, each in its own IMMEDIATE transaction with its version."""
@@ -1591,6 +1618,16 @@ class Catalog:
             "parent_id": parent_id, "key": key, "name": name,
         }).fetchone()
         return row[0] if row else None
+
+def stand_in_for_migrations(conn: apsw.Connection) -> None:
+    """A catalog opened read-only is not migrated (it may be on read-only media): the
+    objects of the migrations it lacks get empty stand-ins in CONN's temp schema, which
+    unqualified names find first, so that reading code (and users' SQL) sees one schema."""
+    version = conn.execute("PRAGMA user_version").fetchall()[0][0]
+    for number, sql in sorted(READ_ONLY_STAND_INS.items()):
+        if number > version:
+            conn.execute(sql)
+
 
 def _fanout_range(fanout: int) -> dict:
     """The sha256 range [lo, hi) of one fan-out byte; 33 x 0xff is above every sha256."""

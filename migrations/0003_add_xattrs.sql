@@ -23,6 +23,12 @@ CREATE TABLE xattr (
 
 ALTER TABLE version ADD COLUMN xattrs_id INTEGER;
 
+-- The saves made before this migration recorded no attributes: a save borrowing from one
+-- of them reads every entry's attributes (once) instead of taking its version unread.
+INSERT OR REPLACE INTO meta (key, value)
+SELECT 'last_save_without_xattrs', CAST(coalesce(max(id), 0) AS TEXT)
+FROM save;
+
 -- Partial: the versions without attributes (nearly all) are not in it.
 CREATE INDEX version_by_xattrs ON version (xattrs_id) WHERE xattrs_id IS NOT NULL;
 

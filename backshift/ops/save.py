@@ -551,6 +551,11 @@ class Saver:
             self.estimate = biggest or None
         self.legacy_candidates = {sid for sid, _ in self.candidates
                                   if self.cat.is_legacy_save(sid)}
+        # saves that recorded no extended attributes: imported ones, those made before the
+        # catalog had them (migration 0003)
+        before = int(self.cat.get_meta("last_save_without_xattrs") or 0)
+        self.attrless = self.legacy_candidates | {sid for sid, _ in self.candidates
+                                                  if sid <= before}
 
     def run(self, paths: Iterable[bytes]) -> SaveStats:
         with _fewer_gc_passes():
@@ -563,7 +568,8 @@ class Saver:
         names = _LocalFeed(paths) if isinstance(paths, Walk) else _Feed(paths)
         if self.candidates:
             self.start_fast_path()
-            names = _Unchanged(self, names)
+            if self.candidates[0][0] not in self.attrless:  # else read every attribute once
+                names = _Unchanged(self, names)
         try:
             with _graceful_signals(self):
                 names.start()
@@ -754,7 +760,7 @@ class Saver:
         if ftype == TYPE_FILE:
             self.plan_regular(item, st, pool)
         else:
-            item.base_version_id = self.reusable_version(item, version)
+            item.base_version_id = self.reusable_version(item, item.version)
             item.done = True
         self.queue.append(item)
 
@@ -769,8 +775,7 @@ class Saver:
                 continue
             old = found[1]
             if old.ctime_ns == v.ctime_ns and old.ino == v.ino \
-                    and v.ctime_ns < started_ns - RACY_MARGIN_NS \
-                    and sid not in self.legacy_candidates:  # 1.x saved no attributes
+                    and v.ctime_ns < started_ns - RACY_MARGIN_NS and sid not in self.attrless:
                 if old.xattrs_id is not None:
                     item.version = v._replace(xattrs_id=old.xattrs_id)
                 return True

@@ -12,8 +12,8 @@ from queue import Empty, SimpleQueue
 
 from .. import pathcodec
 from ..errors import ChunkCorrupt, ChunkMissing
-from .tarsparse import SparsePlan, sparse_plan
 from ..xattrs import pax_items
+from .tarsparse import SparsePlan, sparse_plan
 from .tarstream import (
     BLOCK,
     LNKTYPE,
