@@ -366,3 +366,32 @@ def test_catalog_of_the_previous_release_upgrades_in_place(repo, src, tmp_path):
     extract("gnu", tar_stream(repo)[0], tmp_path / "out")
     assert dump(restored(tmp_path / "out", src)) == dump(src)
     assert "no problems found" in run("-r", repo, "check").stdout
+
+
+def test_expire_drops_attribute_sets_no_version_names(repo, saved, no_racy_margin):
+    sh("setfattr", "-n", "user.comment", "-v", "second", saved / "text")
+    run("-r", repo, "save", "--subset", "x", input=find0(saved))
+    catalog = os.fsdecode(os.path.join(repo, CATALOG_NAME))
+
+    def sets() -> set[bytes]:
+        conn = apsw.Connection(catalog)
+        try:
+            return {r[0] for r in conn.execute(
+                "SELECT value FROM xattr WHERE name = CAST('user.comment' AS BLOB)")}
+        finally:
+            conn.close()
+
+    assert sets() == {b"hello world", b"second"}
+    run("-r", repo, "expire", "--keep-last", "1")
+    assert sets() == {b"second"}
+    assert "no problems found" in run("-r", repo, "check").stdout
+    data, _ = tar_stream(repo)
+    assert b"SCHILY.xattr.user.comment=second\n" in data
+
+
+def test_check_reports_a_version_naming_a_missing_attribute_set(repo, saved):
+    conn = apsw.Connection(os.fsdecode(os.path.join(repo, CATALOG_NAME)))
+    conn.execute("UPDATE version SET xattrs_id = 999999 WHERE id = (SELECT min(id) FROM version)")
+    conn.close()
+    res = run("-r", repo, "check", exit_code=10)
+    assert "names missing extended attribute set 999999" in res.stdout
