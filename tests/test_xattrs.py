@@ -231,6 +231,7 @@ def test_save_catches_an_attribute_only_change(repo, saved, no_racy_margin):
     before = os.stat(saved / "text")
     sh("setfattr", "-n", "user.comment", "-v", "changed", saved / "text")
     sh("setfacl", "-m", "u:nobody:r", saved / "none")
+    sh("setfattr", "-x", "user.dir", saved / "dir" / "inner")
     after = os.stat(saved / "text")
     assert after.st_mtime_ns == before.st_mtime_ns and after.st_ctime_ns != before.st_ctime_ns
     res = run("-r", repo, "save", "--subset", "x", input=find0(saved))
@@ -245,6 +246,8 @@ def test_save_catches_an_attribute_only_change(repo, saved, no_racy_margin):
     diff = run("-r", repo, "diff", "1", "2").stdout.splitlines()
     assert f"M {saved / 'text'}  [xattrs]" in diff
     assert f"M {saved / 'none'}  [xattrs]" in diff  # the mask r-- left the mode 644
+    assert f"M {saved / 'dir' / 'inner'}  [xattrs]" in diff
+    assert len(diff) == 3
 
 
 def test_resave_of_unchanged_files_makes_no_attribute_calls(repo, src, tmp_path):
