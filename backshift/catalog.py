@@ -196,7 +196,7 @@ VERSION_COLUMNS = _sql("""
 """)
 
 VERSION_IN_SAVE = _sql(f"""
-    SELECT v.id, {VERSION_COLUMNS}
+    SELECT v.id, {VERSION_COLUMNS}, v.xattrs_id
     FROM member AS m
     JOIN version AS v ON v.id = m.version_id
     WHERE m.save_id = :save_id
@@ -205,9 +205,9 @@ VERSION_IN_SAVE = _sql(f"""
 
 INSERT_VERSION = _sql("""
     INSERT INTO version (path_id, mode, uid, gid, user, grp, size, mtime_ns, ctime_ns, dev,
-                         ino, nlink, rdev, link_target, content_id)
+                         ino, nlink, rdev, link_target, content_id, xattrs_id)
     VALUES (:path_id, :mode, :uid, :gid, :user, :grp, :size, :mtime_ns, :ctime_ns, :dev,
-            :ino, :nlink, :rdev, :link_target, :content_id)
+            :ino, :nlink, :rdev, :link_target, :content_id, :xattrs_id)
 """)
 
 INSERT_MEMBER = _sql("""
@@ -305,7 +305,8 @@ REPORT_NEW_BYTES = _sql("""
 
 # Both saves' members in path-key order: one walk of the key index with two primary-key
 # probes per path, so the differences stream out already sorted (no sort, no sets).
-DIFF_VERSION_COLUMNS = "id, mode, uid, gid, user, grp, size, mtime_ns, link_target, content_id"
+DIFF_VERSION_COLUMNS = ("id, mode, uid, gid, user, grp, size, mtime_ns, link_target, content_id, "
+                        "xattrs_id")
 DIFF_SAVES = _sql(f"""
     SELECT p.key,
            {", ".join("va." + c for c in DIFF_VERSION_COLUMNS.split(", "))},
@@ -363,7 +364,7 @@ FIND_PATHS = _sql(f"""
 
 ENTRY_COLUMNS = _sql("""
     p.id, p.key, v.mode, v.uid, v.gid, v.user, v.grp, v.size, v.mtime_ns, v.dev, v.ino,
-    v.nlink, v.rdev, v.link_target, v.content_id, c.digest
+    v.nlink, v.rdev, v.link_target, v.content_id, c.digest, v.xattrs_id
 """)
 
 ENTRIES_IN_KEY_RANGE = _sql(f"""
@@ -731,7 +732,7 @@ CHUNK_USERS = _sql("""
 # the plan (path_by_parent, then each table by its key): left free, SQLite scanned the whole
 # save's members for each directory.
 PREVIOUS_UNDER_PARENT = _sql(f"""
-    SELECT p.id, p.name, v.id, {VERSION_COLUMNS}, lower(hex(k.sha256))
+    SELECT p.id, p.name, v.id, {VERSION_COLUMNS}, lower(hex(k.sha256)), v.xattrs_id
     FROM path AS p
     CROSS JOIN member AS m
     CROSS JOIN version AS v
@@ -837,7 +838,7 @@ INSERT_PATHS = _sql("""
 
 INSERT_VERSIONS = _sql("""
     INSERT INTO version (id, path_id, mode, uid, gid, user, grp, size, mtime_ns, ctime_ns,
-                         dev, ino, nlink, rdev, link_target, content_id)
+                         dev, ino, nlink, rdev, link_target, content_id, xattrs_id)
     VALUES {rows}
 """)
 
@@ -846,6 +847,73 @@ INSERT_MEMBERS = _sql("""
     VALUES {rows}
     ON CONFLICT DO NOTHING
 """)
+
+
+# -- extended attributes ---
+# A distinct attribute set is stored once under its digest (xattrs.set_digest); versions
+# name it by xattrs_id. Sets are few: a lookup per new set, a cache in the caller.
+
+XATTR_SET_BY_DIGEST = _sql("""
+    SELECT id
+    FROM xattr_set
+    WHERE digest = :digest
+""")
+
+INSERT_XATTR_SET = _sql("""
+    INSERT INTO xattr_set (digest)
+    VALUES (:digest)
+""")
+
+INSERT_XATTR = _sql("""
+    INSERT INTO xattr (set_id, name, value, is_text)
+    VALUES (:set_id, :name, :value, :is_text)
+""")
+
+XATTRS_OF_SET = _sql("""
+    SELECT name, value
+    FROM xattr
+    WHERE set_id = :set_id
+    ORDER BY name
+""")
+
+# Set-based like the other sweeps; the partial index version_by_xattrs holds only the
+# versions that have a set.
+DELETE_UNREFERENCED_XATTR_SETS = _sql("""
+    DELETE FROM xattr_set
+    WHERE id NOT IN (SELECT xattrs_id FROM version WHERE xattrs_id IS NOT NULL)
+""")
+
+VERSIONS_WITHOUT_XATTR_SET = _sql("""
+    SELECT v.id, v.xattrs_id
+    FROM version AS v
+    LEFT JOIN xattr_set AS x ON x.id = v.xattrs_id
+    WHERE v.xattrs_id IS NOT NULL
+      AND x.id IS NULL
+""")
+
+# Stand-ins of migration 0003 for a catalog read before it was migrated (Catalog.open):
+# its versions have no attribute sets.
+READ_ONLY_STAND_INS = {3: _sql("""
+    CREATE TEMP VIEW version AS
+    SELECT *, NULL AS xattrs_id
+    FROM main.version;
+    CREATE TEMP TABLE xattr_set (
+        id     INTEGER PRIMARY KEY,
+        digest BLOB    NOT NULL
+    );
+    CREATE TEMP TABLE xattr (
+        set_id  INTEGER NOT NULL,
+        name    BLOB    NOT NULL,
+        value   BLOB    NOT NULL,
+        is_text INTEGER NOT NULL,
+        PRIMARY KEY (set_id, name)
+    ) WITHOUT ROWID;
+    CREATE TEMP VIEW xattrs AS
+    SELECT m.save_id, NULL AS path, NULL AS name, NULL AS value, NULL AS size,
+           m.path_id, m.version_id
+    FROM main.member AS m
+    WHERE 0;
+""")}
 
 
 def _slices(items: list) -> Iterator[list]:
@@ -892,6 +960,8 @@ class Catalog:
             cat = cls(conn, path, readonly=readonly)
             cat._configure(writer=not readonly)
             cat._check_identity()
+            if readonly:
+                stand_in_for_migrations(conn)
         except apsw.Error as e:
             raise open_error(e, path, readonly) from None
         if not readonly:
@@ -926,6 +996,7 @@ class Catalog:
 
     def user_version(self) -> int:
         return self.conn.execute("PRAGMA user_version").fetchall()[0][0]
+
 
     def migrate(self) -> list[int]:
         """Apply pending migrations, each in its own IMMEDIATE transaction with its version."""
@@ -1084,7 +1155,7 @@ class Catalog:
             "path_id": path_id, "mode": v.mode, "uid": v.uid, "gid": v.gid, "user": v.user,
             "grp": v.group, "size": v.size, "mtime_ns": v.mtime_ns, "ctime_ns": v.ctime_ns,
             "dev": v.dev, "ino": v.ino, "nlink": v.nlink, "rdev": v.rdev,
-            "link_target": v.link_target, "content_id": v.content_id,
+            "link_target": v.link_target, "content_id": v.content_id, "xattrs_id": v.xattrs_id,
         })
         return self.conn.last_insert_rowid()
 
@@ -1236,6 +1307,7 @@ class Catalog:
         c = self.conn
         c.execute(DELETE_UNREFERENCED_VERSIONS)
         c.execute(DELETE_UNREFERENCED_CONTENTS)  # content_chunk rows cascade
+        c.execute(DELETE_UNREFERENCED_XATTR_SETS)  # xattr rows cascade
 
     def sweep_unreferenced_chunks(self) -> None:
         """Delete the chunk and path rows nothing references (after the versions)."""
@@ -1278,6 +1350,8 @@ class Catalog:
                 for s, p in self._rows(MEMBERS_WITHOUT_PATH)]
         out += [f"version {v} names missing path {p}"
                 for v, p in self._rows(VERSIONS_WITHOUT_PATH)]
+        out += [f"version {v} names missing extended attribute set {x}"
+                for v, x in self._rows(VERSIONS_WITHOUT_XATTR_SET)]
         return out
 
     def running_saves(self) -> list[tuple[int, str, str, int, str, int]]:
@@ -1439,7 +1513,8 @@ class Catalog:
 
     def entries_under(self, save_id: int, parent_id: int, limit: int) -> dict | None:
         """{name: (path id, name, version id, mode, uid, gid, user, group, size, mtime_ns,
-        ctime_ns, dev, ino, nlink, rdev, link target, content id, chunks)} of the entries of
+        ctime_ns, dev, ino, nlink, rdev, link target, content id, chunks, xattrs id)} of the
+        entries of
         directory PARENT_ID in save SAVE_ID, where chunks is "" (no chunk), one sha256 in
         lowercase hex (a chunk file's name), or a list of them in order; None when that
         takes more than LIMIT rows (one per chunk).
@@ -1456,7 +1531,7 @@ class Catalog:
                 shas.setdefault(r[1], []).append(r[17])
             for name, chunks in shas.items():
                 if len(chunks) > 1:
-                    out[name] = out[name][:17] + (chunks,)
+                    out[name] = out[name][:17] + (chunks,) + out[name][18:]
         return out
 
     def insert_members(self, rows: list[tuple[int, int, int]]) -> list[int]:
@@ -1513,9 +1588,29 @@ class Catalog:
         first = self.conn.execute(LAST_VERSION_ID).fetchone()[0] + 1
         self._insert_rows(INSERT_VERSIONS, [
             (first + i, path_id, v.mode, v.uid, v.gid, v.user, v.group, v.size, v.mtime_ns,
-             v.ctime_ns, v.dev, v.ino, v.nlink, v.rdev, v.link_target, v.content_id)
+             v.ctime_ns, v.dev, v.ino, v.nlink, v.rdev, v.link_target, v.content_id, v.xattrs_id)
             for i, (path_id, v) in enumerate(versions)])
         return list(range(first, first + len(versions)))
+
+    # -- extended attributes --
+
+    def xattr_set_id(self, digest: bytes, xattrs: list[tuple[bytes, bytes, bool]]) -> int:
+        """The id of the attribute set with DIGEST (xattrs.set_digest of XATTRS: (name,
+        value, is_text) triples), inserted when new (inside a write transaction)."""
+        row = self.conn.execute(XATTR_SET_BY_DIGEST, {"digest": digest}).fetchone()
+        if row is not None:
+            return row[0]
+        self.conn.execute(INSERT_XATTR_SET, {"digest": digest})
+        set_id = self.conn.last_insert_rowid()
+        for name, value, text in xattrs:
+            self.conn.execute(INSERT_XATTR, {
+                "set_id": set_id, "name": name, "value": value, "is_text": int(text),
+            })
+        return set_id
+
+    def xattrs_of_set(self, set_id: int) -> tuple[tuple[bytes, bytes], ...]:
+        """The (name, value) pairs of an attribute set, sorted by name."""
+        return tuple(self.conn.execute(XATTRS_OF_SET, {"set_id": set_id}).fetchall())
 
     def insert_path_if_new(self, parent_id: int | None, key: bytes, name: bytes) -> int | None:
         """The new path's id; None when KEY is already there."""
@@ -1523,6 +1618,16 @@ class Catalog:
             "parent_id": parent_id, "key": key, "name": name,
         }).fetchone()
         return row[0] if row else None
+
+def stand_in_for_migrations(conn: apsw.Connection) -> None:
+    """A catalog opened read-only is not migrated (it may be on read-only media): the
+    objects of the migrations it lacks get empty stand-ins in CONN's temp schema, which
+    unqualified names find first, so that reading code (and users' SQL) sees one schema."""
+    version = conn.execute("PRAGMA user_version").fetchall()[0][0]
+    for number, sql in sorted(READ_ONLY_STAND_INS.items()):
+        if number > version:
+            conn.execute(sql)
+
 
 def _fanout_range(fanout: int) -> dict:
     """The sha256 range [lo, hi) of one fan-out byte; 33 x 0xff is above every sha256."""

@@ -811,9 +811,14 @@ def list_cmd(ctx: Context, backup: str, directory: str | None, no_recursive: boo
               help="Write every file whole, zeros included. By default a file with long "
                    "runs of zeros is a GNU sparse 1.0 member, which GNU tar, bsdtar and "
                    "Python's tarfile restore with holes; older readers may not know it.")
+@click.option("--no-xattrs", is_flag=True,
+              help="Leave out extended attributes and POSIX ACLs. By default they go in pax "
+                   "records as GNU tar writes them (SCHILY.xattr.*, SCHILY.acl.*): restore "
+                   "with `tar --xattrs --xattrs-include='*' --acls -xpf -` or "
+                   "`bsdtar --xattrs --acls -xpf -`.")
 @pass_ctx
 def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, exclude: tuple[str, ...],
-            where: str | None, output: str, no_sparse: bool) -> None:
+            where: str | None, output: str, no_sparse: bool, no_xattrs: bool) -> None:
     """Write a save, or part of it, as one POSIX (pax) tar stream: the restore.
 
     SELECTORs are paths (each with its subtree, leading '/' optional) or globs over whole
@@ -850,7 +855,8 @@ def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, exclude: tupl
                 return sys.stdout.buffer
             return stack.enter_context(open(os.fsencode(output), "wb"))
 
-        problems = tar_save(repo, save_row.id, sel, open_out, _report, not no_sparse)
+        problems = tar_save(repo, save_row.id, sel, open_out, _report, not no_sparse,
+                            not no_xattrs)
     _finish(problems)
 
 

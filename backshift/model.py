@@ -83,6 +83,7 @@ class Version(NamedTuple):
     rdev: int
     link_target: bytes | None
     content_id: int | None
+    xattrs_id: int | None = None  # its extended attribute set; None: none
 
     @property
     def type(self) -> str | None:

@@ -15,6 +15,7 @@ RULES = {
     "retention": {"model"},
     "legacy": {"model", "pathcodec", "chunkcodec"},
     "chunkcodec": set(),
+    "xattrs": set(),
     "catalog": LEAVES,
     "store": LEAVES,
 }

@@ -103,6 +103,13 @@ def _downgrade_to_first_migration(catalog: bytes) -> set:
         for kind, name in objects:
             if (kind, name) not in v1 and kind in ("view", "table", "index", "trigger"):
                 conn.execute(f'DROP {kind.upper()} IF EXISTS "{name}"')
+        for kind, table in v1:  # and the columns later migrations added to its tables
+            if kind != "table" or table.startswith("sqlite_"):
+                continue
+            old = {r[1] for r in fresh.execute(f'PRAGMA table_info("{table}")')}
+            for r in conn.execute(f'PRAGMA table_info("{table}")').fetchall():
+                if r[1] not in old:
+                    conn.execute(f'ALTER TABLE "{table}" DROP COLUMN "{r[1]}"')
         conn.execute("PRAGMA user_version = 1")
     conn.close()
     return v1

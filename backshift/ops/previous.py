@@ -19,14 +19,14 @@ PREFETCH_ENTRIES = 16384  # ~725 bytes each: ~12 MB
 
 # An entry: a row of Catalog.entries_under: (path id, name, version id, mode, uid, gid,
 # user, group, size, mtime_ns, ctime_ns, dev, ino, nlink, rdev, link target, content id,
-# chunks). entry[3:15] is in Version's order, so a tuple of lstat's fields compares equal to
-# it when nothing changed, without building a Version. chunks: the chunks' sha256s in
-# lowercase hex (their file names): "" for none, one name, or a list of names.
+# chunks, xattrs id). entry[3:15] is in Version's order, so a tuple of lstat's fields
+# compares equal to it when nothing changed, without building a Version. chunks: the
+# chunks' sha256s in lowercase hex (their file names): "" for none, one name, or a list.
 Entry = tuple
 
 
 def entry_version(entry: Entry) -> Version:
-    return Version(*entry[3:17])
+    return Version(*entry[3:17], entry[18])
 
 
 def entry_chunks(entry: Entry) -> list[str]:

@@ -47,6 +47,7 @@ from ..store import Store, read_whole
 if TYPE_CHECKING:
     from ..chunker import Chunker
 from ..walk import Walk
+from ..xattrs import XattrError, XattrSet, is_text, read_xattrs, set_digest
 from .owners import Owners
 from .previous import ContentPresence, Entry, PreviousEntries, entry_chunks, entry_version
 
@@ -517,6 +518,7 @@ class Saver:
         # recorded items whose version and member rows are still to be inserted (in one
         # batch by flush_records), with the id of a version to reuse (None: a new one)
         self._records: list[tuple[Item, int | None]] = []
+        self._xattr_sets: dict[bytes, int] = {}  # attribute set digest -> id
 
     def warn(self, msg: str) -> None:
         """Record a per-file problem (thread-safe: the name reader warns from its thread)."""
@@ -549,6 +551,11 @@ class Saver:
             self.estimate = biggest or None
         self.legacy_candidates = {sid for sid, _ in self.candidates
                                   if self.cat.is_legacy_save(sid)}
+        # saves that recorded no extended attributes: imported ones, those made before the
+        # catalog had them (migration 0003)
+        before = int(self.cat.get_meta("last_save_without_xattrs") or 0)
+        self.attrless = self.legacy_candidates | {sid for sid, _ in self.candidates
+                                                  if sid <= before}
 
     def run(self, paths: Iterable[bytes]) -> SaveStats:
         with _fewer_gc_passes():
@@ -561,7 +568,8 @@ class Saver:
         names = _LocalFeed(paths) if isinstance(paths, Walk) else _Feed(paths)
         if self.candidates:
             self.start_fast_path()
-            names = _Unchanged(self, names)
+            if self.candidates[0][0] not in self.attrless:  # else read every attribute once
+                names = _Unchanged(self, names)
         try:
             with _graceful_signals(self):
                 names.start()
@@ -747,12 +755,52 @@ class Saver:
             item.parent_id = self.intern(up) if up is not None else None
         else:  # a first save: flush_records interns the paths of a batch at once
             item = Item(path, None, version, None)
+        if not self.attach_xattrs(item):
+            return
         if ftype == TYPE_FILE:
             self.plan_regular(item, st, pool)
         else:
-            item.base_version_id = self.reusable_version(item, version)
+            item.base_version_id = self.reusable_version(item, item.version)
             item.done = True
         self.queue.append(item)
+
+    def attach_xattrs(self, item: Item) -> bool:
+        """Give item.version its extended attribute set: the earlier version's when ctime
+        is unchanged (setfattr, setfacl and setcap update ctime), without a system call;
+        else the file's, read now. False when the file vanished meanwhile (warned)."""
+        v = item.version
+        for sid, started_ns in self.candidates:
+            found = self.previous_version(sid, item)
+            if found is None:
+                continue
+            old = found[1]
+            if old.ctime_ns == v.ctime_ns and old.ino == v.ino \
+                    and v.ctime_ns < started_ns - RACY_MARGIN_NS and sid not in self.attrless:
+                if old.xattrs_id is not None:
+                    item.version = v._replace(xattrs_id=old.xattrs_id)
+                return True
+            break
+        try:
+            xattrs = read_xattrs(item.path)
+        except FileNotFoundError:
+            self.warn(f"{os.fsdecode(item.path)}: vanished before it could be saved")
+            return False
+        except XattrError as e:
+            self.warn(f"{os.fsdecode(item.path)}: {e}; saved without them")
+            return True
+        if xattrs:
+            item.version = v._replace(xattrs_id=self.xattr_set_id(xattrs))
+        return True
+
+    def xattr_set_id(self, xattrs: XattrSet) -> int:
+        """The catalog's id of an attribute set, stored on first sight (sets are few)."""
+        digest = set_digest(xattrs)
+        set_id = self._xattr_sets.get(digest)
+        if set_id is None:
+            set_id = self.cat.xattr_set_id(digest, [(n, x, is_text(x)) for n, x in xattrs])
+            if len(self._xattr_sets) < 4096:
+                self._xattr_sets[digest] = set_id
+        return set_id
 
     def plan_regular(self, item: Item, st: os.stat_result, pool: Executor) -> None:
         key = (st.st_dev, st.st_ino)
@@ -1199,7 +1247,7 @@ def _fits_catalog(st: os.stat_result) -> bool:
 def _with_content(v: Version, size: int, content_id: int) -> Version:
     """v._replace(size=SIZE, content_id=CONTENT_ID), without _replace's per-field loop."""
     return Version(v.mode, v.uid, v.gid, v.user, v.group, size, v.mtime_ns, v.ctime_ns, v.dev,
-                   v.ino, v.nlink, v.rdev, v.link_target, content_id)
+                   v.ino, v.nlink, v.rdev, v.link_target, content_id, v.xattrs_id)
 
 
 def _same_metadata(a: Version, b: Version) -> bool:
@@ -1207,7 +1255,8 @@ def _same_metadata(a: Version, b: Version) -> bool:
     return (a.mode == b.mode and a.mtime_ns == b.mtime_ns and a.ctime_ns == b.ctime_ns
             and a.size == b.size and a.ino == b.ino and a.dev == b.dev and a.uid == b.uid
             and a.gid == b.gid and a.nlink == b.nlink and a.rdev == b.rdev
-            and a.user == b.user and a.group == b.group and a.link_target == b.link_target)
+            and a.user == b.user and a.group == b.group and a.link_target == b.link_target
+            and a.xattrs_id == b.xattrs_id)
 
 
 class _Unsent:
