@@ -118,7 +118,7 @@ class FrameReader:
 
 
 def negotiate(theirs: object, peer: str) -> int:
-    """The newest version in both ranges; RemoteVersionMismatch when they do not overlap."""
+    """The newest version in both ranges (THEIRS from PEER, the client); else an error."""
     lo, hi = VERSIONS
     if (not isinstance(theirs, list) or len(theirs) != 2
             or not all(isinstance(v, int) for v in theirs)):
@@ -126,8 +126,8 @@ def negotiate(theirs: object, peer: str) -> int:
     best = min(hi, theirs[1])
     if best < max(lo, theirs[0]):
         raise RemoteVersionMismatch(
-            f"protocol versions cannot talk: {peer} speaks {theirs[0]}..{theirs[1]}, "
-            f"this backshift {lo}..{hi}; install the same backshift release on both hosts")
+            f"protocol versions cannot talk: the client speaks {theirs[0]}..{theirs[1]}, "
+            f"the server {lo}..{hi}; install the same backshift release on both hosts")
     return best
 
 
