@@ -8,6 +8,7 @@ import subprocess
 from conftest import BACKSHIFT, find0, run, run_bin
 from sshd import ssh_env, sshd  # noqa: F401 - fixtures
 
+from backshift.catalog import CATALOG_NAME
 from backshift.errors import (
     NoSuchSave,
     RemoteAuthFailed,
@@ -83,8 +84,9 @@ def test_remote_init_then_saves_and_expire_work(tmp_path, sshd, ssh_env):
     url = sshd.url(tmp_path / "fresh")
     res = run("-r", url, "init")
     assert "created repository" in res.stderr
-    assert (tmp_path / "fresh" / "catalog.sqlite").exists() or any((tmp_path / "fresh").iterdir())
-    run("-r", url, "saves")
+    assert os.path.isfile(os.path.join(os.fsencode(tmp_path / "fresh"), CATALOG_NAME))
+    local = run("-r", tmp_path / "fresh", "saves").stdout_bytes
+    assert run("-r", url, "saves").stdout_bytes == local
     run("-r", url, "expire", "--keep-last", "1", "--allow-empty-series")
 
 

@@ -46,8 +46,12 @@ class Policy:
                                 "(--restrict-to-path)")
         return os.fsdecode(real)
 
-    def command(self, name: str, params: dict) -> None:
-        """RemoteRefused unless the client may run command NAME with PARAMS here."""
+    def command(self, name: str, params: dict | None) -> None:
+        """RemoteRefused unless the client may run command NAME with PARAMS here.
+
+        PARAMS is None when the arguments do not parse; the command then stops at parsing.
+        """
+        params = params or {}
         if name not in REMOTE_COMMANDS:
             raise RemoteRefused(f"'{name}' cannot run through backshift serve")
         if name == "tar" and params.get("output", "-") != "-":
