@@ -5,9 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 
-from conftest import BACKSHIFT, find0, run, run_bin
-from sshd import ssh_env, sshd  # noqa: F401 - fixtures
-
 from backshift.catalog import CATALOG_NAME
 from backshift.errors import (
     NoSuchSave,
@@ -18,6 +15,7 @@ from backshift.errors import (
     RemoteUnreachable,
     RemoteVersionMismatch,
 )
+from conftest import BACKSHIFT, find0, run, run_bin
 
 
 def saved_repo(tmp_path, tree) -> bytes:
