@@ -83,7 +83,8 @@ class _Group(click.Group):
 @click.group(cls=_Group, epilog=EXIT_CODES_HELP,
              context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-r", "--repo", envvar="BACKSHIFT_REPO", metavar="REPO",
-              help="Repository directory (or set BACKSHIFT_REPO).")
+              help="Repository directory, or ssh://[USER@]HOST[:PORT]/PATH "
+                   "(or set BACKSHIFT_REPO).")
 @click.option("--debug", is_flag=True, help="Show a traceback for errors.")
 @click.option("--remote-path", envvar="BACKSHIFT_REMOTE_PATH", default="backshift",
               show_default=True, metavar="CMD", expose_value=False,
