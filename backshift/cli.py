@@ -998,7 +998,7 @@ def _serve_inspect(argv: list[str]) -> tuple[str, dict | None]:
     try:
         return argv[0], cmd.make_context(argv[0], list(argv[1:]),
                                          parent=click.Context(cli)).params
-    except (click.ClickException, click.exceptions.Exit):
+    except (click.ClickException, click.exceptions.Exit, ValueError, OSError):
         return argv[0], None
 
 

@@ -283,7 +283,7 @@ def test_policy_restrict_resolves_symlinks_and_dotdot(tmp_path):
     assert policy.repository(str(allowed / "web1")) == str(allowed / "web1")
     assert policy.repository(str(allowed / "new" / "repo")) == str(allowed / "new" / "repo")
     for bad in (str(allowed / "escape"), f"{allowed}/../other", str(tmp_path / "allowedx"),
-                "relative/path"):
+                "relative/path", f"{allowed}/web1\0/x", None):
         with pytest.raises(RemoteRefused):
             policy.repository(bad)
 

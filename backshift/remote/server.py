@@ -37,8 +37,8 @@ class Policy:
 
     def repository(self, path: object) -> str:
         """The real path of the repository a client asks for; RemoteRefused outside the rules."""
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise RemoteRefused(f"repository path {path!r} is not absolute")
+        if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+            raise RemoteRefused(f"repository path {path!r} is not an absolute path")
         real = os.path.realpath(os.fsencode(path))
         if self.restrict_to and not any(_within(real, os.path.realpath(os.fsencode(p)))
                                         for p in self.restrict_to):
