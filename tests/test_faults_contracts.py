@@ -175,7 +175,14 @@ def _code_remote_version_mismatch(tmp_path, repo, monkeypatch):
 
 
 def _code_remote_connection_lost(tmp_path, repo, monkeypatch):
-    return _remote(monkeypatch, "true")  # a far end that ends without a word
+    import sys
+
+    dies = tmp_path / "backshift-dies"  # answers the hello, then dies running the command
+    dies.write_text(f"#!{sys.executable}\nimport os\nfrom backshift.remote import server\n"
+                    "server._run = lambda *args: os._exit(0)\n"
+                    "from backshift.cli import main\nmain()\n")
+    dies.chmod(0o755)
+    return _remote(monkeypatch, str(dies), LOCAL_RSH, "saves")
 
 
 def _code_remote_refused(tmp_path, repo, monkeypatch):

@@ -146,6 +146,18 @@ def test_remote_version_mismatch_is_one_clear_line(tmp_path, tree, sshd, ssh_env
                           "hosts\n")
 
 
+def test_remote_backshift_without_serve_is_a_version_mismatch(tmp_path, sshd, ssh_env,
+                                                              monkeypatch):
+    old = tmp_path / "backshift-old"  # what a release without serve says to `serve`
+    old.write_text("#!/bin/sh\necho \"Error: No such command 'serve'.\" >&2\nexit 2\n")
+    old.chmod(0o755)
+    monkeypatch.setenv("BACKSHIFT_REMOTE_PATH", str(old))
+    res = run("-r", sshd.url("/srv/repo"), "saves", exit_code=RemoteVersionMismatch.exit_code)
+    assert res.stderr == (f"backshift: error: '{old} serve' on 127.0.0.1 ended before the "
+                          "handshake (exit status 2: Error: No such command 'serve'.); is the "
+                          "backshift there a release without serve?\n")
+
+
 def test_remote_unreachable_port_is_one_clear_line(tmp_path, sshd, ssh_env):
     from sshd import _free_port
 

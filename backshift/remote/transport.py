@@ -15,6 +15,7 @@ from ..errors import (
     RemoteCommandNotFound,
     RemoteConnectionLost,
     RemoteUnreachable,
+    RemoteVersionMismatch,
     UsageError,
 )
 from .url import SshUrl
@@ -108,6 +109,11 @@ class SshTransport:
                 return RemoteAuthFailed(self.host, said)
             if rc == 255:
                 return RemoteUnreachable(self.host, said or "ssh exited with status 255")
+            if rc is not None and rc >= 0:  # it ran, but is no serve that answers (too old?)
+                return RemoteVersionMismatch(
+                    f"'{self.remote_path} serve' on {self.host} ended before the handshake "
+                    f"(exit status {rc}{': ' + said if said else ''}); is the backshift "
+                    "there a release without serve?")
         status = (f"ssh killed by signal {-rc}" if rc is not None and rc < 0
                   else f"ssh exited with status {rc}")
         return RemoteConnectionLost(self.host, f"{detail} ({status}{': ' + said if said else ''})")
