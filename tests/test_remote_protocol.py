@@ -71,6 +71,12 @@ def test_remote_usage_errors_stay_local_before_any_connection():
     assert "--backup ID|latest" in res.stdout
 
 
+def test_serve_runs_here_even_when_the_repository_is_remote(monkeypatch):
+    monkeypatch.setenv("BACKSHIFT_REPO", "ssh://127.0.0.1:1/srv/repo")
+    res = run("serve", "--help")
+    assert "--restrict-to-path PATH" in res.stdout
+
+
 def test_ssh_argv_splits_rsh_like_a_shell_and_adds_port_and_command():
     argv = ssh_argv(parse("ssh://ann@h:2222/r"), "/opt/bs/bin/backshift",
                     "ssh -i '/keys/my key' -o BatchMode=yes")

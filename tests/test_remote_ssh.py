@@ -213,3 +213,30 @@ def test_remote_tar_cut_mid_stream_is_a_lost_connection(tmp_path, sshd, ssh_env)
     assert err.startswith("backshift: error: connection to 127.0.0.1 lost: ")
     assert "killed by signal 9" in err
     assert err.count("\n") == 1
+
+
+def test_remote_ctrl_c_mid_tar_exits_130_and_ends_ssh(tmp_path, sshd, ssh_env):
+    import signal
+
+    src = tmp_path / "big"
+    src.mkdir()
+    (src / "random.bin").write_bytes(os.urandom(24 << 20))
+    repo = os.fsencode(tmp_path / "repo")
+    run("-r", repo, "init")
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSHIFT_")}
+    proc = subprocess.Popen([BACKSHIFT, "-r", sshd.url(os.fsdecode(repo)), "tar", "--backup",
+                             "latest"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**env, **ssh_env})
+    try:
+        assert len(proc.stdout.read(65536)) == 65536
+        ssh_pid = int(open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()[0])
+        proc.send_signal(signal.SIGINT)  # the client only, as a signal from elsewhere
+        proc.stdout.read()
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # click ends the ^C line first, as for a local command
+    assert proc.stderr.read().decode() == "\nbackshift: interrupted\n"
+    assert not os.path.exists(f"/proc/{ssh_pid}")  # ended and reaped by the client
