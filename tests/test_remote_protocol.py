@@ -240,6 +240,18 @@ def test_session_run_streams_output_and_forwards_the_exit_code(tmp_path):
                     "encoding": "utf-8"}
 
 
+def test_serve_falls_back_to_utf8_for_an_encoding_it_cannot_use(tmp_path):
+    seen = []
+    transport = pipe_server(lambda *a: seen.append(a[-2:]) or 0)
+    session = Session(transport)
+    session.hello(str(tmp_path))
+    for encoding in ("rot13", "no-such-codec", None, "latin-1"):
+        session.run(["saves"], io.BytesIO(), io.BytesIO(), debug=False, encoding=encoding,
+                    errors="strict")
+    transport.close()
+    assert seen == [("utf-8", "surrogateescape")] * 3 + [("latin-1", "strict")]
+
+
 def test_run_over_reports_a_server_that_dies_mid_stream(tmp_path):
     def execute(repo, argv, debug, out, err, encoding, errors):
         out.write(b"partial")

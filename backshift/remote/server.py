@@ -133,10 +133,10 @@ def _run(header: dict, frames: FrameWriter, repo: str, policy: Policy, inspect: 
     name, params = inspect(argv)
     policy.command(name, params)
     encoding, errors = header.get("encoding"), header.get("errors")
-    try:
-        codecs.lookup(encoding)
+    try:  # the client's stdout encoding, so the bytes are those a local run would print
+        "x".encode(encoding, errors)  # LookupError for a codec that is no text encoding
         codecs.lookup_error(errors)
-    except (LookupError, TypeError):
+    except (LookupError, TypeError, ValueError):
         encoding, errors = "utf-8", "surrogateescape"
     tz = header.get("tz")
     if isinstance(tz, str) and tz:  # times render in the client's zone, as they would locally
