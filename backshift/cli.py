@@ -71,6 +71,10 @@ class _OutputClosed(Exception):
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
+            if str(ctx.params.get("repo") or "").startswith("ssh://"):
+                code = _run_remote(self, ctx)
+                if code is not None:
+                    raise SystemExit(code)
             return super().invoke(ctx)
         except BrokenPipeError as e:
             raise _OutputClosed() from e
@@ -79,8 +83,14 @@ class _Group(click.Group):
 @click.group(cls=_Group, epilog=EXIT_CODES_HELP,
              context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-r", "--repo", envvar="BACKSHIFT_REPO", metavar="REPO",
-              help="Repository directory (or set BACKSHIFT_REPO).")
+              help="Repository directory, or ssh://[USER@]HOST[:PORT]/PATH "
+                   "(or set BACKSHIFT_REPO).")
 @click.option("--debug", is_flag=True, help="Show a traceback for errors.")
+@click.option("--remote-path", envvar="BACKSHIFT_REMOTE_PATH", default="backshift",
+              show_default=True, metavar="CMD", expose_value=False,
+              callback=lambda ctx, _param, value: ctx.meta.update(remote_path=value),
+              help="The backshift command on the host of an ssh:// repository "
+                   "(or set BACKSHIFT_REMOTE_PATH).")
 @click.version_option(__version__, prog_name="backshift")
 @click.pass_context
 def cli(ctx: click.Context, repo: str | None, debug: bool) -> None:
@@ -925,6 +935,100 @@ def _import_progress_printer(stats) -> None:
         f"({human_bytes(rate)}/s)")
     sys.stderr.flush()
     _progress_shown = True
+
+
+# -- serve ------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--restrict-to-path", "restrict", multiple=True, metavar="PATH",
+              help="Serve only repositories at or under PATH (repeatable); symlinks and "
+                   "'..' are resolved first.")
+@click.option("--append-only", is_flag=True,
+              help="Refuse expire, break-lock, check --repair and anything else that "
+                   "deletes or rewrites.")
+def serve(restrict: tuple[str, ...], append_only: bool) -> None:
+    """Answer one backshift client on stdin/stdout: the far end of ssh:// repositories.
+
+    A client runs it through ssh ($BACKSHIFT_RSH [-p PORT] [USER@]HOST
+    $BACKSHIFT_REMOTE_PATH serve) and names the repository in its first request. Put it
+    in a forced command to limit what a key may reach and do. It logs to stderr.
+
+    \b
+    Example (one line in ~/.ssh/authorized_keys on the repository host):
+      command="backshift serve --restrict-to-path /backups/web1 --append-only",restrict
+        ssh-ed25519 AAAA... root@web1
+    """
+    from .remote.server import Policy, serve_stdio
+
+    policy = Policy(restrict_to=restrict, append_only=append_only)
+    raise SystemExit(serve_stdio(policy, _serve_inspect, _serve_execute))
+
+
+def _run_remote(group: click.Group, ctx: click.Context) -> int | None:
+    """Run the command on the server of an ssh:// repository; None if it runs here."""
+    protected = ctx.__dict__.get("_protected_args")
+    args = [*(ctx.protected_args if protected is None else protected), *ctx.args]
+    if not args or args[0] == "serve":
+        return None
+    from .remote.client import check_remote, run_command, without_option
+
+    name, cmd, rest = group.resolve_command(ctx, args)
+    check_remote(name)
+    params = cmd.make_context(name, list(rest), parent=ctx).params  # usage errors stay local
+    out = sys.stdout.buffer
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        if name == "tar" and params["output"] == "-" and sys.stdout.isatty():
+            raise UsageError("refusing to write a tar stream to a terminal: "
+                             "pipe it into tar or give -o FILE")
+        if name == "tar" and params["output"] != "-":  # the file is on this host
+            rest = without_option(rest, "-o", "--output")
+            if cmd.make_context(name, list(rest), parent=ctx).params != {**params, "output": "-"}:
+                raise UsageError("cannot take -o apart from the other arguments: use > FILE")
+            out = stack.enter_context(open(os.fsencode(params["output"]), "wb"))
+        sys.stdout.flush()
+        code = run_command(ctx.params["repo"], ctx.meta.get("remote_path"), [name, *rest], out,
+                           sys.stderr.buffer, debug=ctx.params["debug"],
+                           encoding=sys.stdout.encoding, errors=sys.stdout.errors)
+        out.flush()
+    return code
+
+
+def _serve_inspect(argv: list[str]) -> tuple[str, dict | None]:
+    """The command ARGV names and its options; None when they do not parse (nor will run)."""
+    cmd = cli.get_command(click.Context(cli), argv[0])
+    if cmd is None:
+        return argv[0], None
+    try:
+        return argv[0], cmd.make_context(argv[0], list(argv[1:]),
+                                         parent=click.Context(cli)).params
+    except (click.ClickException, click.exceptions.Exit, ValueError, OSError):
+        return argv[0], None
+
+
+def _serve_execute(repo: str, argv: list[str], debug: bool, out, err, encoding: str,
+                   errors: str) -> int:
+    """Run one command in this process with its stdout and stderr going to OUT and ERR."""
+    import io
+
+    saved = sys.stdout, sys.stderr
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(out, 1 << 16), encoding=encoding,
+                                  errors=errors)
+    sys.stderr = io.TextIOWrapper(io.BufferedWriter(err, 1 << 12), encoding=encoding,
+                                  errors="backslashreplace", line_buffering=True)
+    try:
+        return run(["-r", repo, *(["--debug"] if debug else []), *argv])
+    except Exception:  # noqa: BLE001 - run() reports its errors; this is the client gone
+        return EXIT_ERROR
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        sys.stdout, sys.stderr = saved
 
 
 # -- entry point ------------------------------------------------------------------------

@@ -147,6 +147,60 @@ class LegacyDirInvalid(BackshiftError):
     summary = "`import-legacy`: the directory is not a backshift 1.x save directory"
 
 
+class RemoteUnreachable(BackshiftError):
+    """cannot reach {0}: {1}"""
+
+    exit_code = 30
+    summary = "`ssh://`: the host cannot be reached (ssh could not connect)"
+
+
+class RemoteAuthFailed(BackshiftError):
+    """ssh to {0} was refused: {1}"""
+
+    exit_code = 31
+    summary = "`ssh://`: ssh authentication or host key verification failed"
+
+
+class RemoteCommandNotFound(BackshiftError):
+    """cannot run '{1} serve' on {0}: {2} (install backshift there, or use --remote-path)"""
+
+    exit_code = 32
+    summary = "`ssh://`: the remote `backshift serve` command was not found"
+
+
+class RemoteVersionMismatch(BackshiftError):
+    """{0}"""
+
+    exit_code = 33
+    summary = "`ssh://`: client and server cannot talk (protocol version or garbled stream)"
+
+
+class RemoteProtocolError(RemoteVersionMismatch):
+    """{0}"""
+
+
+class RemoteConnectionLost(BackshiftError):
+    """connection to {0} lost: {1}"""
+
+    exit_code = 34
+    summary = "`ssh://`: the connection to the server was cut before the command finished"
+
+
+class RemoteRefused(BackshiftError):
+    """the server refused: {0}"""
+
+    exit_code = 35
+    summary = "`ssh://`: the server refused (outside --restrict-to-path, or --append-only)"
+
+
+class RemoteNotSupported(BackshiftError):
+    """{0}"""
+
+
+class RemoteError(BackshiftError):
+    """{0}"""
+
+
 class Interrupted(BackshiftError):
     """interrupted"""
 

@@ -133,6 +133,70 @@ SCENARIOS = {
 }
 
 
+# The ssh:// codes. A local "rsh" runs the far end as ssh would run it on the server (as
+# `rsync -e` allows), or plays ssh refusing the login; tests/test_remote_ssh.py has each
+# through a real sshd.
+LOCAL_RSH = "sh -c 'shift; exec \"$@\"' rsh"
+
+
+def _remote(monkeypatch, remote_path: str, rsh: str = LOCAL_RSH, *argv: str):
+    monkeypatch.setenv("BACKSHIFT_RSH", rsh)
+    monkeypatch.setenv("BACKSHIFT_REMOTE_PATH", remote_path)
+    return run("-r", "ssh://backup.example/srv/repo", *(argv or ("saves",)), exit_code=None)
+
+
+def _code_remote_unreachable(tmp_path, repo, monkeypatch):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once the socket is closed
+    monkeypatch.setenv("BACKSHIFT_RSH", "ssh -o BatchMode=yes")
+    return run("-r", f"ssh://127.0.0.1:{port}/srv/repo", "saves", exit_code=None)
+
+
+def _code_remote_auth_failed(tmp_path, repo, monkeypatch):
+    return _remote(monkeypatch, BACKSHIFT, "sh -c 'echo \"Permission denied (publickey).\" "
+                   ">&2; exit 255' ssh")
+
+
+def _code_remote_command_not_found(tmp_path, repo, monkeypatch):
+    return _remote(monkeypatch, str(tmp_path / "no-backshift-here"))
+
+
+def _code_remote_version_mismatch(tmp_path, repo, monkeypatch):
+    import sys
+
+    newer = tmp_path / "backshift-newer"
+    newer.write_text(f"#!{sys.executable}\nfrom backshift.remote import protocol\n"
+                     "protocol.VERSIONS = (7, 9)\nfrom backshift.cli import main\nmain()\n")
+    newer.chmod(0o755)
+    return _remote(monkeypatch, str(newer))
+
+
+def _code_remote_connection_lost(tmp_path, repo, monkeypatch):
+    import sys
+
+    dies = tmp_path / "backshift-dies"  # answers the hello, then dies running the command
+    dies.write_text(f"#!{sys.executable}\nimport os\nfrom backshift.remote import server\n"
+                    "server._run = lambda *args: os._exit(0)\n"
+                    "from backshift.cli import main\nmain()\n")
+    dies.chmod(0o755)
+    return _remote(monkeypatch, str(dies), LOCAL_RSH, "saves")
+
+
+def _code_remote_refused(tmp_path, repo, monkeypatch):
+    return _remote(monkeypatch, BACKSHIFT,
+                   f"sh -c 'exec {BACKSHIFT} serve --restrict-to-path {tmp_path}' rsh")
+
+
+SCENARIOS.update({
+    30: _code_remote_unreachable, 31: _code_remote_auth_failed,
+    32: _code_remote_command_not_found, 33: _code_remote_version_mismatch,
+    34: _code_remote_connection_lost, 35: _code_remote_refused,
+})
+
+
 def test_I1_every_documented_exit_code_has_a_scenario():
     documented = {code for code, _ in exit_code_table()}
     assert documented - set(SCENARIOS) <= {130}, "add a scenario for the new exit code"
