@@ -91,7 +91,7 @@ class CheckResult:
     quarantined: list[bytes] = field(default_factory=list)
     repaired_saves: list[int] = field(default_factory=list)
     # sound chunk files in another encoding than recorded: (sha256, recorded, actual size)
-    restored_lengths: list[tuple[bytes, int, int]] = field(default_factory=list)
+    other_encodings: list[tuple[bytes, int, int]] = field(default_factory=list)
     lengths_recorded: bool = False  # --repair recorded their actual sizes
     leftover_temps: int = 0  # temp files in chunks/ that no live process owns
     leftover_copy_temps: int = 0  # the same in catalog-copies/
@@ -198,7 +198,7 @@ def check(repo: Repository, read_data: bool = False, part: tuple[int, int] | Non
             for sha, size in on_disk.items():
                 if sha not in referenced:
                     r.orphans += 1
-                    r.orphan_bytes += size
+                    r.orphan_bytes += max(size, 0)
                     if read_data and in_part(sha, part):
                         _read_orphan(store, r, sha)
         r.leftover_temps, r.leftover_copy_temps = leftovers.unowned()
@@ -235,7 +235,7 @@ def _verify_mismatch(cat, store, r: CheckResult, sha: bytes, size: int,
             why = f"size {size} bytes, catalog says {stored_length}; {why}"
         r.chunk_problems[sha] = ChunkProblem(sha, why)
         return
-    r.restored_lengths.append((sha, stored_length, found))
+    r.other_encodings.append((sha, stored_length, found))
 
 
 def _read_data(repo: Repository, r: CheckResult, part: tuple[int, int] | None,
@@ -303,7 +303,7 @@ def _read_orphan(store, r: CheckResult, sha: bytes) -> None:
     data takes it as stored (it only checks that a chunk file exists), so a damaged one
     would spoil that save. --repair quarantines it like any damaged chunk."""
     try:
-        data = store.read_orphan(sha)
+        data = store.read_orphan(sha, regular_only=True)
     except ChunkMissing:
         return  # removed since listed (a concurrent expire)
     except ChunkCorrupt as e:
@@ -327,15 +327,15 @@ def _repair(repo: Repository, r: CheckResult) -> None:
         except FileNotFoundError:
             continue
         r.quarantined.append(sha)
-    if r.repaired_saves or r.restored_lengths:
+    if r.repaired_saves or r.other_encodings:
         cat = repo.catalog
         cat.begin()
         for sid in r.repaired_saves:
             cat.mark_save_interrupted(sid)
-        for sha, _recorded, size in r.restored_lengths:
+        for sha, _recorded, size in r.other_encodings:
             cat.set_stored_length(sha, size)
         cat.commit()
-        r.lengths_recorded = bool(r.restored_lengths)
+        r.lengths_recorded = bool(r.other_encodings)
 
 
 def report_lines(r: CheckResult, read_data: bool) -> list[str]:
@@ -361,7 +361,7 @@ def report_lines(r: CheckResult, read_data: bool) -> list[str]:
                    "save the same data again to re-create it")
     for sid in r.repaired_saves:
         out.append(f"marked save {sid} interrupted")
-    for sha, recorded, size in r.restored_lengths:
+    for sha, recorded, size in r.other_encodings:
         done = "recorded its size" if r.lengths_recorded else "--repair records its size"
         out.append(f"note: chunk {sha.hex()} is {size} bytes, the catalog says {recorded}: "
                    f"it verifies (the same bytes in another encoding), kept; {done}")
@@ -373,7 +373,7 @@ def report_lines(r: CheckResult, read_data: bool) -> list[str]:
                    "by a catalog copy that was stopped (expire removes them)")
     out.append(f"{r.chunks_referenced:,} chunks referenced, {r.orphans:,} orphan chunk files "
                f"({r.orphan_bytes:,} bytes), {r.temps:,} temp/other files in chunks/ "
-               "(expire removes orphans and old temp files)")
+               "(expire removes orphans and leftover temp files)")
     if read_data:
         out.append(f"read {len(r.chunks_verified):,} chunks and {r.orphans_read:,} orphan "
                    f"chunk files ({r.bytes_read:,} bytes), verified {r.contents_verified:,} "
