@@ -1252,7 +1252,7 @@ class Catalog:
         rows = self.conn.execute(CHUNK_FILES_OF_CONTENT, {"content_id": content_id}).fetchall()
         return [name for name, _ in rows], [stored for _, stored in rows]
 
-    def stored_lengths(self, shas: list[bytes]) -> dict[bytes, tuple[int, int]]:
+    def chunk_sizes(self, shas: list[bytes]) -> dict[bytes, tuple[int, int]]:
         """(length, stored length) of those of SHAS the catalog has a chunk row for."""
         found: dict[bytes, tuple[int, int]] = {}
         for part in _slices(shas):

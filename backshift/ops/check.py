@@ -1,13 +1,15 @@
 """check: make damage visible. Catalog integrity, chunk presence and size, optional re-read.
 
 Fast mode: quick_check, foreign_key_check, the undeclared references by anti-join, every
-referenced chunk present with its recorded stored length, dead 'running' saves, orphan
-chunk files and temp files counted, age of the newest catalog copy. --read-data also
+referenced chunk present with its recorded stored length (a file of another size, or not a
+regular file, is decoded and hashed: the same bytes have two valid encodings), dead
+'running' saves, orphan chunk files and temp files counted (those no live process owns are
+a warning), age of the newest catalog copy. --read-data also
 decompresses and re-hashes chunks (all, or the n-th of t parts by sha256 prefix) and
 verifies each content's xxh3-128 digest. Problems are grouped: each bad chunk once, with
 the saves and paths that reference it. --repair moves damaged chunk files to
 REPO/quarantine/ (never deletes them) so that the next save of the same data stores them
-afresh; it changes nothing else.
+afresh, and records the size of sound chunk files in another encoding; nothing else.
 """
 
 from __future__ import annotations

@@ -1132,7 +1132,7 @@ class Saver:
         if not found:
             return set()
         store = self.repo.store
-        rows = self.cat.stored_lengths(list(found))
+        rows = self.cat.chunk_sizes(list(found))
         bad: set[bytes] = set()
         for sha, c in found.items():
             row = rows.get(sha)
