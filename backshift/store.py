@@ -73,7 +73,7 @@ def read_whole(fd: int, expected: int, limit: int | None = None) -> bytes:
 
 
 QUARANTINE_DIR = b"quarantine"  # damaged chunk files moved aside (check --repair, a save)
-_S_IFMT = 0o170000
+_S_IFMT = 0o170000  # stat.S_IFMT's mask and S_IFREG, compared inline: no call per chunk
 _S_IFREG = 0o100000
 # With this many chunks pending, a helper thread syncs and renames them ahead of the next
 # flush(), which then only waits for it and handles the rest: the renames (~20 us each) and

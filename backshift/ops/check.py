@@ -28,10 +28,9 @@ from ..lock import pid_alive, read_records
 from ..model import ChunkRef
 from ..pathcodec import escape, from_key
 from ..repo import Repository
-from ..store import TEMP_MARK
+from ..store import QUARANTINE_DIR, TEMP_MARK
 from .catalog_copy import copy_temp_pid, newest_copy_age_s, temp_copies
 
-QUARANTINE_DIR = b"quarantine"
 USERS_SHOWN = 20
 
 
