@@ -251,6 +251,27 @@ INSERT_CONTENT_CHUNK = _sql("""
     VALUES (:content_id, :seq, :chunk_id)
 """)
 
+CHUNK_FILES_OF_CONTENT = _sql("""
+    SELECT lower(hex(k.sha256)), k.stored_length
+    FROM content_chunk AS cc
+    JOIN chunk AS k ON k.id = cc.chunk_id
+    WHERE cc.content_id = :content_id
+    ORDER BY cc.seq
+""")
+
+SET_CHUNK_STORED_LENGTH = _sql("""
+    UPDATE chunk
+    SET stored_length = :stored_length
+    WHERE sha256 = :sha256
+      AND stored_length != :stored_length
+""")
+
+CHUNK_LENGTH_BY_SHA = _sql("""
+    SELECT length
+    FROM chunk
+    WHERE sha256 = :sha256
+""")
+
 CHUNKS_OF_CONTENT = _sql("""
     SELECT k.sha256, k.length
     FROM content_chunk AS cc
@@ -732,7 +753,8 @@ CHUNK_USERS = _sql("""
 # the plan (path_by_parent, then each table by its key): left free, SQLite scanned the whole
 # save's members for each directory.
 PREVIOUS_UNDER_PARENT = _sql(f"""
-    SELECT p.id, p.name, v.id, {VERSION_COLUMNS}, lower(hex(k.sha256)), v.xattrs_id
+    SELECT p.id, p.name, v.id, {VERSION_COLUMNS}, lower(hex(k.sha256)), k.stored_length,
+           v.xattrs_id
     FROM path AS p
     CROSS JOIN member AS m
     CROSS JOIN version AS v
@@ -755,11 +777,6 @@ INSERT_PATH_IF_NEW = _sql("""
     RETURNING id
 """)
 
-MAX_CHUNK_ID = _sql("""
-    SELECT max(id)
-    FROM chunk
-""")
-
 UPSERT_CHUNK = _sql("""
     INSERT INTO chunk (sha256, length, stored_length)
     VALUES (:sha256, :length, :stored_length)
@@ -780,6 +797,12 @@ CONTENTS_BY_DIGESTS = _sql("""
     SELECT id, digest, size
     FROM content
     WHERE digest IN ({marks})
+""")
+
+CHUNKS_BY_SHAS_WITH_LENGTH = _sql("""
+    SELECT sha256, length, stored_length
+    FROM chunk
+    WHERE sha256 IN ({marks})
 """)
 
 CHUNKS_BY_SHAS = _sql("""
@@ -1295,6 +1318,32 @@ class Catalog:
         rows = self.conn.execute(CHUNKS_OF_CONTENT, {"content_id": content_id})
         return [ChunkRef(sha, length) for sha, length in rows]
 
+    def chunk_files_of_content(self, content_id: int) -> tuple[list[str], list[int]]:
+        """The content's chunk file names (sha256 in lowercase hex) and their recorded
+        stored lengths, in order."""
+        rows = self.conn.execute(CHUNK_FILES_OF_CONTENT, {"content_id": content_id}).fetchall()
+        return [name for name, _ in rows], [stored for _, stored in rows]
+
+    def chunk_sizes(self, shas: list[bytes]) -> dict[bytes, tuple[int, int]]:
+        """(length, stored length) of those of SHAS the catalog has a chunk row for."""
+        found: dict[bytes, tuple[int, int]] = {}
+        for part in _slices(shas):
+            sql = CHUNKS_BY_SHAS_WITH_LENGTH.format(marks=",".join("?" * len(part)))
+            for sha, length, stored_length in self.conn.execute(sql, part):
+                found[sha] = (length, stored_length)
+        return found
+
+    def chunk_length(self, sha256: bytes) -> int | None:
+        """The data length the catalog records for chunk SHA256 (None: no row)."""
+        row = self.conn.execute(CHUNK_LENGTH_BY_SHA, {"sha256": sha256}).fetchone()
+        return None if row is None else row[0]
+
+    def set_stored_length(self, sha256: bytes, stored_length: int) -> None:
+        """Record the size of a chunk file verified in another valid encoding than the one
+        recorded (raw or zstd: both decode to the same bytes). In a write transaction."""
+        self.conn.execute(SET_CHUNK_STORED_LENGTH,
+                          {"sha256": sha256, "stored_length": stored_length})
+
     # -- expire, check, catalog copies --------------------------------------------------
 
     def delete_save(self, save_id: int) -> None:
@@ -1513,11 +1562,11 @@ class Catalog:
 
     def entries_under(self, save_id: int, parent_id: int, limit: int) -> dict | None:
         """{name: (path id, name, version id, mode, uid, gid, user, group, size, mtime_ns,
-        ctime_ns, dev, ino, nlink, rdev, link target, content id, chunks, xattrs id)} of the
-        entries of
-        directory PARENT_ID in save SAVE_ID, where chunks is "" (no chunk), one sha256 in
-        lowercase hex (a chunk file's name), or a list of them in order; None when that
-        takes more than LIMIT rows (one per chunk).
+        ctime_ns, dev, ino, nlink, rdev, link target, content id, chunks, stored lengths,
+        xattrs id)} of the entries of directory PARENT_ID in save SAVE_ID, where chunks is ""
+        (no chunk), one sha256 in lowercase hex (a chunk file's name), or a list of them in
+        order, and stored lengths the sizes of their files, one int or a list alike; None
+        when that takes more than LIMIT rows (one per chunk).
         The rows as SQLite returns them: a re-save compares them with lstat's fields."""
         rows = self.conn.execute(PREVIOUS_UNDER_PARENT, {
             "save_id": save_id, "parent_id": parent_id, "limit": limit + 1,
@@ -1527,11 +1576,13 @@ class Catalog:
         out = {r[1]: r for r in rows}
         if len(out) != len(rows):  # contents of several chunks: a row per chunk, merge
             shas: dict[bytes, list[str]] = {}
+            stored: dict[bytes, list[int]] = {}
             for r in rows:
                 shas.setdefault(r[1], []).append(r[17])
+                stored.setdefault(r[1], []).append(r[18])
             for name, chunks in shas.items():
                 if len(chunks) > 1:
-                    out[name] = out[name][:17] + (chunks,) + out[name][18:]
+                    out[name] = out[name][:17] + (chunks, stored[name]) + out[name][19:]
         return out
 
     def insert_members(self, rows: list[tuple[int, int, int]]) -> list[int]:
@@ -1560,10 +1611,6 @@ class Catalog:
             raise
         c.execute("RELEASE members")
         return []
-
-    def chunk_rows_estimate(self) -> int:
-        """An upper bound of the number of chunk rows (the largest id), read in O(log n)."""
-        return self.conn.execute(MAX_CHUNK_ID).fetchone()[0] or 0
 
     def path_ids(self, keys: list[bytes]) -> dict[bytes, int]:
         """The ids of those of KEYS the catalog holds, by key."""

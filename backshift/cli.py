@@ -507,7 +507,8 @@ def check(ctx: Context, read_data: bool, read_data_subset: str | None, repair: b
           lock_wait: float) -> None:
     """Check the catalog and the chunk store; report damage grouped by chunk.
 
-    Exit status 0: no problems; 10: damage found (listed on stdout).
+    Exit status 0: no problems; 1: only leftovers of dead processes (temp files, which
+    expire removes); 10: damage found (listed on stdout).
 
     \b
     Examples:
@@ -528,6 +529,8 @@ def check(ctx: Context, read_data: bool, read_data_subset: str | None, repair: b
     emit_lines(report_lines(result, read))
     if result.problem_count():
         raise CheckFoundDamage(result.problem_count())
+    if result.warning_count():
+        raise SystemExit(EXIT_WARNING)
 
 
 @cli.command("break-lock")

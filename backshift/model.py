@@ -98,11 +98,13 @@ class ChunkRef(NamedTuple):
 
 
 class StoredChunk(NamedTuple):
-    """What storing one chunk did: its reference, its stored size, whether it was new."""
+    """What storing one chunk did: its reference, its stored size, whether it was new, and
+    whether a file found under its name was taken as stored (to be vetted: Saver.vet_found)."""
 
     ref: ChunkRef
     stored_length: int
     new: bool
+    found: bool = False
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from backshift import pathcodec
-from backshift import store as store_mod
 from backshift.errors import RepositoryIOError
 from backshift.model import ChunkRef
 from backshift.ops import save as save_mod
@@ -152,10 +151,7 @@ def chunks_of_file(repo: bytes, save_id: int, path) -> list:
         return r.catalog.chunks_of_content(content_id)
 
 
-@pytest.mark.parametrize("listing_max", [10**6, 0], ids=["listed", "stat-per-chunk"])
-def test_save_rereads_borrowed_content_whose_chunk_is_missing(repo, tree, no_racy_margin,
-                                                              monkeypatch, listing_max):
-    monkeypatch.setattr(store_mod, "LISTING_MAX", listing_max)
+def test_save_rereads_borrowed_content_whose_chunk_is_missing(repo, tree, no_racy_margin):
     first, _ = do_save(repo, tree)
     refs = chunks_of_file(repo, first.save_id, tree / "text.txt")
     with open_repository(repo, READ) as r:
@@ -166,12 +162,10 @@ def test_save_rereads_borrowed_content_whose_chunk_is_missing(repo, tree, no_rac
         assert r.store.read(refs[0])  # healed: the chunk is back and verifies
 
 
-@pytest.mark.parametrize("listing_max", [10**6, 0], ids=["listed", "stat-per-chunk"])
 def test_save_rereads_borrowed_content_whose_chunk_sits_in_the_wrong_directory(
-        repo, tree, no_racy_margin, monkeypatch, listing_max):
+        repo, tree, no_racy_margin):
     """A chunk file moved to another fan-out directory is not where reads look for it
-    (path_for): the presence test must call it missing, listed or stat'ed alike."""
-    monkeypatch.setattr(store_mod, "LISTING_MAX", listing_max)
+    (path_for): the presence test must call it missing."""
     first, _ = do_save(repo, tree)
     refs = chunks_of_file(repo, first.save_id, tree / "text.txt")
     with open_repository(repo, READ) as r:

@@ -20,8 +20,7 @@ from ..errors import NoSuchSave, ReferencedChunksMissing
 from ..repo import Repository
 from ..retention import Decision, Policy, decide
 from ..store import TEMP_MARK
-
-TEMP_GRACE_S = 3600  # temp chunk files younger than this may belong to a live writer
+from .catalog_copy import temp_copies
 
 Echo = Callable[[str], None]
 
@@ -83,9 +82,10 @@ def expire(repo: Repository, policy: Policy, now_ns: int | None = None,
                 elif sha not in named:
                     result.orphans_removed += 1
                     result.orphan_bytes += _size(entry)
-            old_temps += _old_temps(entries, now_ns)
+            old_temps += _temps(entries)
         if missing:
             raise ReferencedChunksMissing(missing, first_missing.hex())
+        old_temps += temp_copies(repo.path)
         cat.sweep_unreferenced_chunks()
     except BaseException:
         cat.rollback_quietly()
@@ -126,19 +126,20 @@ def _size(entry: os.DirEntry) -> int:
         return 0
 
 
-def _old_temps(entries: list, now_ns: int) -> list[bytes]:
-    """Our temp files (TEMP_MARK in the name) older than TEMP_GRACE_S; others are left alone."""
-    out = []
-    for sha, entry in entries:
-        if sha is not None or TEMP_MARK not in entry.name:
-            continue
-        try:
-            mtime = entry.stat(follow_symlinks=False).st_mtime
-        except FileNotFoundError:
-            continue
-        if mtime < now_ns / 1e9 - TEMP_GRACE_S:
-            out.append(entry.path)
-    return out
+def _temps(entries: list) -> list[bytes]:
+    """Our temp files (TEMP_MARK in the name), whatever their age; others are left alone.
+
+    Every one is a leftover, because expire holds the repository lock exclusively: the only
+    writers of temp files (saves, their reader processes, catalog copies, import-legacy)
+    hold it shared for as long as they write, and the flock goes with its process, so no
+    live process of this host owns one; a save on another host sharing the repository
+    holds a lock record, which makes the exclusive lock refuse to start. A reader process
+    outliving a killed save (until PR_SET_PDEATHSIG ends it) may still write one, but no
+    save will ever adopt it. Deciding by the lock rather than by the pid in the name: pids
+    are reused (a stranger would keep a leftover forever), a zombie's pid looks alive, and
+    another host's pids cannot be probed at all."""
+    return [entry.path for sha, entry in entries
+            if sha is None and TEMP_MARK in entry.name]
 
 
 def decision_lines(decisions: Iterable[Decision], fmt_time: Callable[[int], str]) -> list[str]:

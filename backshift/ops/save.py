@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import xxhash
 
 from .. import __version__
-from ..errors import BackshiftError, ReaderDied
+from ..errors import BackshiftError, ChunkCorrupt, ChunkMissing, ReaderDied
 from ..lock import pid_alive
 from ..model import (
     TYPE_FILE,
@@ -281,6 +281,7 @@ RECORD_BATCH = 256  # recorded items whose catalog rows are inserted together (f
 # recording (each holds its Version), member rows of the fast path waiting for insert_members.
 MAX_QUEUED = 8000
 MAX_FAST_MEMBERS = 8192
+VETTED_MAX = 65536  # found chunk files verified in this save, remembered so none is read twice
 BATCH_BYTES = 8 << 20
 
 
@@ -519,6 +520,7 @@ class Saver:
         # batch by flush_records), with the id of a version to reuse (None: a new one)
         self._records: list[tuple[Item, int | None]] = []
         self._xattr_sets: dict[bytes, int] = {}  # attribute set digest -> id
+        self._vetted: set[bytes] = set()  # found chunk files verified sound (vet_found)
 
     def warn(self, msg: str) -> None:
         """Record a per-file problem (thread-safe: the name reader warns from its thread)."""
@@ -882,8 +884,8 @@ class Saver:
         if entry[3:15] != (mode, uid, gid, user, group, size, mtime_ns, ctime_ns,
                            st.st_dev, st.st_ino, st.st_nlink, st.st_rdev):
             return False
-        if content_id is not None and not self._presence.whole(content_id, entry[17]):
-            return False  # Missing_chunk: the general path reads it afresh
+        if content_id is not None and not self._presence.whole(content_id, entry[17], entry[18]):
+            return False  # a chunk file missing or unsound: the general path reads it afresh
         if not self._txn:
             self.ensure_txn()
         stats = self.stats
@@ -914,8 +916,7 @@ class Saver:
         self._fast_dir: bytes | None = None
         self._fast_files = 0
         self._fast_entries: dict | None = None
-        self._presence = ContentPresence(self.repo.store, self.estimate or 0,
-                                         self.cat.chunk_rows_estimate())
+        self._presence = ContentPresence(self.repo.store)
 
     def entries_of_dir(self, path: bytes) -> dict | None:
         """The latest save's entries of directory PATH; None when it has none (or is too
@@ -928,9 +929,10 @@ class Saver:
             self.remember_dir(path, parent_id)
         return self.previous.directory(self._fast_sid, parent_id)
 
-    def content_on_disk(self, content_id: int, shas: list[str]) -> bool:
-        """Every chunk of the content is on disk (checked, not taken from the catalog)."""
-        return self._presence.whole(content_id, shas)
+    def content_on_disk(self, content_id: int, chunks: tuple[list[str], list[int]]) -> bool:
+        """Every chunk of the content has a sound file on disk (checked, not taken from the
+        catalog). CHUNKS: their names and stored lengths (entry_chunks)."""
+        return self._presence.whole(content_id, chunks[0], chunks[1])
 
     def insert_members(self) -> None:
         """Insert the fast path's member rows (before each commit, and every MAX_FAST_MEMBERS)."""
@@ -968,9 +970,9 @@ class Saver:
             if max(v.mtime_ns, v.ctime_ns) >= started_ns - RACY_MARGIN_NS:
                 continue  # racy: may have changed within the timestamp granularity
             if shas is None:
-                shas = [r.sha256.hex() for r in self.cat.chunks_of_content(old.content_id)]
+                shas = self.cat.chunk_files_of_content(old.content_id)
             if not self.content_on_disk(old.content_id, shas):
-                return False  # Missing_chunk: read afresh, which stores the chunk again
+                return False  # missing or unsound: read afresh, which stores it again
             if _same_metadata(v, old):  # the usual case: reuse the old version row as is
                 item.version = old
                 item.base_version_id = old_id
@@ -1002,9 +1004,9 @@ class Saver:
         return None
 
     def previous_version(self, sid: int, item: Item
-                         ) -> tuple[int, Version, list[str] | None] | None:
-        """(version id, version, its chunks' names (sha256 hex) or None if not fetched yet)
-        of ITEM's path in earlier save SID, if that save holds it."""
+                         ) -> tuple[int, Version, tuple[list[str], list[int]] | None] | None:
+        """(version id, version, its chunks' names (sha256 hex) and stored lengths or None
+        if not fetched yet) of ITEM's path in earlier save SID, if that save holds it."""
         entries = (self.previous.directory(sid, item.parent_id)
                    if item.parent_id is not None else None)
         if entries is None:
@@ -1092,6 +1094,8 @@ class Saver:
                     result = result[item.index]
                     if isinstance(result, SkipFile):
                         raise result
+                if result is _REREAD:
+                    result = self.read_here(item)
             except SkipFile as e:
                 self.warn(f"{os.fsdecode(item.path)}: skipped: {e}")
                 item.skipped = True
@@ -1108,7 +1112,7 @@ class Saver:
                 item.link_first = None
                 if not self.borrow(item):
                     try:
-                        result = read_file(item.path, v, self.repo.chunker, self.repo.store)
+                        result = self.read_here(item)
                     except SkipFile as e:
                         self.warn(f"{os.fsdecode(item.path)}: skipped: {e}")
                         item.skipped = True
@@ -1138,9 +1142,73 @@ class Saver:
         if out is None:
             result, pending, seen_existing = future.result()
             again = self.repo.store.adopt(pending, seen_existing)
-            out = future.outcome = _not_new(result, again) if again else result
+            out = _not_new(result, again) if again else result
+            out = future.outcome = self.vetted(out)
             self._tasks.discard(future)
         return out
+
+    def vetted(self, result):
+        """RESULT (a ReadResult, or a read_batch's list) with each file that met a damaged
+        chunk file replaced by _REREAD: record() reads it again here, storing that chunk
+        afresh (see vet_found)."""
+        one = not isinstance(result, list)
+        bad = self.vet_found([result] if one else result)
+        if not bad:
+            return result
+        if one:
+            return _REREAD
+        for i, r in enumerate(result):
+            if isinstance(r, ReadResult) and any(c.ref.sha256 in bad for c in r.chunks):
+                result[i] = _REREAD
+        return result
+
+    def vet_found(self, results: list) -> set[bytes]:
+        """The chunk files readers took as stored (found on disk, not written) that fail
+        verification. A found file is trusted when the catalog records it with that very
+        size (the borrow path's test); one the catalog does not know (an orphan: an
+        interrupted save's leftover) or records with another size (another valid encoding,
+        or damage) is decoded and hashed first. A sound one in another encoding gets its
+        size recorded; a damaged one is stored again by the next put() (replace_files):
+        never is it taken into this save. Their sha256s."""
+        found: dict[bytes, StoredChunk] = {}
+        vetted = self._vetted
+        for r in results:
+            if isinstance(r, ReadResult):
+                for c in r.chunks:
+                    if c.found and c.ref.sha256 not in vetted:
+                        found[c.ref.sha256] = c
+        if not found:
+            return set()
+        store = self.repo.store
+        rows = self.cat.chunk_sizes(list(found))
+        bad: set[bytes] = set()
+        for sha, c in found.items():
+            row = rows.get(sha)
+            if row is not None and row[1] == c.stored_length or store.is_pending(sha):
+                continue
+            try:
+                size = store.verify_file(sha, c.ref.length)
+            except (ChunkCorrupt, ChunkMissing):
+                bad.add(sha)
+                continue
+            if row is not None and row[1] != size:
+                self.ensure_txn()
+                self.cat.set_stored_length(sha, size)
+            if len(vetted) >= VETTED_MAX:
+                vetted.clear()
+            vetted.add(sha)
+        if bad:
+            store.replace_files(bad)
+        return bad
+
+    def read_here(self, item: Item) -> ReadResult:
+        """read_file in this process into the saving store, its found chunk files vetted:
+        a damaged one is read a second time, which stores it afresh (SkipFile passes)."""
+        store = self.repo.store
+        result = read_file(item.path, item.version, self.repo.chunker, store)
+        if self.vet_found([result]):
+            result = read_file(item.path, item.version, self.repo.chunker, store)
+        return result
 
     def flush_records(self) -> None:
         """Insert the paths, versions and members of the items recorded since the last
@@ -1268,6 +1336,7 @@ class _Unsent:
 
 
 _UNSENT = _Unsent()
+_REREAD = object()  # in place of a read result that met a damaged chunk file (Saver.vetted)
 _END = object()
 
 
