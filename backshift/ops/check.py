@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import xxhash
 
 from ..errors import ChunkCorrupt, ChunkMissing, NotACatalog
-from ..lock import pid_alive
+from ..lock import remove_dead_save_lock, save_alive
 from ..model import ChunkRef
 from ..pathcodec import escape, from_key
 from ..repo import Repository
@@ -91,7 +91,11 @@ class CheckResult:
 
     def problem_count(self) -> int:
         return (len(self.catalog_problems) + len(self.chunk_problems)
-                + len(self.content_problems) + len(self.dead_saves))
+                + len(self.content_problems))
+
+    def warning_count(self) -> int:
+        """Dead 'running' saves not marked yet: nothing is damaged (a warning, exit 1)."""
+        return len(self.dead_saves) - len(self.repaired_saves)
 
 
 def in_part(sha256: bytes, part: tuple[int, int] | None) -> bool:
@@ -114,10 +118,11 @@ def check(repo: Repository, read_data: bool = False, part: tuple[int, int] | Non
         r.catalog_problems += cat.dangling_references()
         here = socket.gethostname()
         for sid, host, subset, _started, writer_host, pid in cat.running_saves():
-            if writer_host == here and not pid_alive(pid, None):
+            if writer_host == here and not save_alive(repo.path, sid, pid):
                 r.dead_saves.append(f"save {sid} ({host}/{subset}) is 'running' but its process "
-                                    f"{pid} is gone (the next save of this host marks it "
-                                    f"interrupted; check --repair does it now)")
+                                    f"{pid} is gone: not damage, it keeps what it committed; "
+                                    "the next save or expire on this host marks it "
+                                    "interrupted (check --repair does it now)")
                 if repair:
                     r.repaired_saves.append(sid)
         # Catalog first, then the disk: a save commits rows only after its files are durable,
@@ -259,6 +264,8 @@ def _repair(repo: Repository, r: CheckResult) -> None:
         for sid in r.repaired_saves:
             cat.mark_save_interrupted(sid)
         cat.commit()
+        for sid in r.repaired_saves:
+            remove_dead_save_lock(repo.path, sid)
 
 
 def report_lines(r: CheckResult, read_data: bool) -> list[str]:
@@ -267,7 +274,7 @@ def report_lines(r: CheckResult, read_data: bool) -> list[str]:
     for p in r.catalog_problems:
         out.append(f"catalog: {p}")
     for p in r.dead_saves:
-        out.append(f"save: {p}")
+        out.append(f"warning: save: {p}")
     for problem in sorted(r.chunk_problems.values(), key=lambda p: p.sha256):
         out.append(f"chunk {problem.sha256.hex()}: {problem.what}")
         for sid, path in problem.users[:USERS_SHOWN]:
@@ -296,7 +303,10 @@ def report_lines(r: CheckResult, read_data: bool) -> list[str]:
     else:
         out.append(f"catalog copy: newest is {_age(r.copy_age_s)} old")
     n = r.problem_count()
-    out.append("no problems found" if n == 0 else f"{n} problem(s) found")
+    if n == 0 and r.warning_count():
+        out.append(f"no damage found; {r.warning_count()} warning(s): dead save(s) above")
+    else:
+        out.append("no problems found" if n == 0 else f"{n} problem(s) found")
     return out
 
 
