@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 from collections.abc import Iterator
@@ -1330,6 +1331,13 @@ class Catalog:
             with out.backup("main", self.conn, "main") as b:
                 b.step(-1)  # one step: one consistent snapshot even while saves commit
             out.execute("PRAGMA journal_mode = DELETE").fetchall()
+        except apsw.Error as e:
+            # SQLite may name a failed write 'disk I/O error', or even 'not an error' once
+            # the backup is finished: the system's errno says what failed (ENOSPC, EIO)
+            no = out.system_errno or (errno.ENOSPC if isinstance(e, apsw.FullError) else 0)
+            if no:
+                raise OSError(no, os.strerror(no), dest) from e
+            raise
         finally:
             out.close()
 

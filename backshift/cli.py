@@ -424,7 +424,10 @@ def _copy_catalog(repo) -> bool:
     try:
         make_copy(repo.path, repo.catalog)
     except Exception as e:  # noqa: BLE001 - any failure here must not undo a committed save
-        echo_err(f"warning: could not write a catalog copy: {e}")
+        cause = f"{os.fsdecode(e.filename)}: {e.strerror}" \
+            if isinstance(e, OSError) and e.filename and e.strerror else str(e)
+        echo_err(f"warning: could not write a catalog copy: {cause} (the work itself is "
+                 "committed)")
         return False
     return True
 

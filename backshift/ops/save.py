@@ -1208,7 +1208,9 @@ class Saver:
                 while not futures_wait([future], timeout=0.2).done:
                     self.report_progress()  # a big file: the bytes read move on
                     if self.stop_signal is not None:
-                        return
+                        break
+            if self.stop_signal is not None:
+                return  # drain_stopped records what the readers finished
             q.popleft()
             self.record(item)
             self.maybe_commit()
