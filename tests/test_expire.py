@@ -261,7 +261,7 @@ def test_expire_after_a_save_killed_at_point_keeps_every_complete_save(tmp_path,
     src = tmp_path / "src"
     manifests = [save_generation(src, repo, g) for g in range(2)]
     (src / "new.bin").write_bytes(os.urandom(200_000))
-    killed = run_bin("-r", repo, "save", "--subset", "t",
+    killed = run_bin("-r", repo, "save", "--subset", "default",
                      input=find0(src), env={"BACKSHIFT_CRASH_AT": point})
     assert killed.returncode == -9, killed.stderr
     # the dead 'running' save is reported until a save (or check --repair) marks it

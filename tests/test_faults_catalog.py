@@ -103,6 +103,13 @@ def _downgrade_to_first_migration(catalog: bytes) -> set:
         for kind, name in objects:
             if (kind, name) not in v1 and kind in ("view", "table", "index", "trigger"):
                 conn.execute(f'DROP {kind.upper()} IF EXISTS "{name}"')
+        for kind, name in v1:  # columns later migrations added to the first tables
+            if kind != "table" or name.startswith("sqlite_"):
+                continue
+            first = {row[1] for row in fresh.execute(f'PRAGMA table_info("{name}")')}
+            for row in conn.execute(f'PRAGMA table_info("{name}")').fetchall():
+                if row[1] not in first:
+                    conn.execute(f'ALTER TABLE "{name}" DROP COLUMN "{row[1]}"')
         conn.execute("PRAGMA user_version = 1")
     conn.close()
     return v1
