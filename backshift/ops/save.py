@@ -674,7 +674,8 @@ class Saver:
     def _run(self, paths: Iterable[bytes]) -> SaveStats:
         _reset_shared()
         # the handlers first: a signal before the save row exists ends in the same state
-        # as one later (an interrupted save), never in a dead 'running' row
+        # as one later (an interrupted save), never in a dead 'running' row (the main loop
+        # enters them again: nested, the same handler)
         with _graceful_signals(self):
             return self._run_handled(paths)
 
@@ -687,35 +688,36 @@ class Saver:
             self.start_fast_path()
             names = _Unchanged(self, names)
         try:
-            names.start()
-            done = False
-            while not done and self.stop_signal is None:
-                batch = names.get(timeout=0.25)
-                if not batch:
-                    # The input is slow (a find still walking): record what is done
-                    # and release the write lock so other saves can commit meanwhile.
-                    self.send_small()
-                    self.drain(block=False)
-                    if self._txn:
-                        self.maybe_commit(force=True)
-                    self.report_progress()
-                    continue
-                for path in batch:
-                    if path is _END:
-                        done = True
-                        break
-                    if isinstance(path, _FeedError):
-                        raise path.error
-                    if self.stop_signal is not None:
-                        break
-                    self.add(path, pool)
-                    self.drain(block=False)
-                    self.maybe_commit()
-                    self.report_progress()
-            if self.stop_signal is None:
-                self.drain(block=True)
-            if self.stop_signal is not None:
-                self.drain_stopped()
+            with _graceful_signals(self):
+                names.start()
+                done = False
+                while not done and self.stop_signal is None:
+                    batch = names.get(timeout=0.25)
+                    if not batch:
+                        # The input is slow (a find still walking): record what is done
+                        # and release the write lock so other saves can commit meanwhile.
+                        self.send_small()
+                        self.drain(block=False)
+                        if self._txn:
+                            self.maybe_commit(force=True)
+                        self.report_progress()
+                        continue
+                    for path in batch:
+                        if path is _END:
+                            done = True
+                            break
+                        if isinstance(path, _FeedError):
+                            raise path.error
+                        if self.stop_signal is not None:
+                            break
+                        self.add(path, pool)
+                        self.drain(block=False)
+                        self.maybe_commit()
+                        self.report_progress()
+                if self.stop_signal is None:
+                    self.drain(block=True)
+                if self.stop_signal is not None:
+                    self.drain_stopped()
             pool.shutdown(wait=True, cancel_futures=self.stop_signal is not None)
             status = "complete" if self.stop_signal is None else "interrupted"
             if status == "interrupted":
