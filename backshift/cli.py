@@ -224,19 +224,18 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
                          "give PATHs (backshift save /home) or --filelist FILE")
     cwd = os.getcwdb()
     roots = None
-    if paths:
+    if paths:  # the series is named after the PATHs given, whether they all exist or not
         roots, missing = [], []
         for raw in paths:
             try:
                 root = normalize(raw, cwd)
+                roots.append(root)
                 os.lstat(root)
             except BadPath as e:
                 missing.append(f"{os.fsdecode(raw)}: {e}")
             except OSError as e:
                 missing.append(f"{os.fsdecode(raw)}: {e.strerror}")
-            else:
-                roots.append(root)
-        if not roots:
+        if len(missing) == len(paths):
             raise NothingToSave(f"no PATH given exists ({'; '.join(missing)})")
         subset = subset if subset is not None else subset_for_roots(roots)
     elif subset is None:

@@ -61,7 +61,9 @@ def test_save_of_a_path_that_exists_and_one_that_does_not_warns_and_saves(repo, 
     src = small_tree(tmp_path / "src")
     res = run("-r", repo, "save", str(src), str(tmp_path / "typo"), exit_code=1)
     assert "typo: skipped: No such file or directory" in res.stderr
-    assert [row[2] for row in saves_table(repo)] == ["complete"]
+    # named after the PATHs as given: the series stays the same once the typo is there
+    name = subset_for_roots([os.fsencode(src), os.fsencode(tmp_path / "typo")])
+    assert [row[1:3] for row in saves_table(repo)] == [(name, "complete")]
 
 
 def test_save_from_find_of_nothing_records_nothing_and_exits_2(repo, tmp_path):
