@@ -210,9 +210,7 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
     import socket
 
     from . import walk
-    from .errors import NothingToSave
     from .ops.save import SaveOptions, Saver, catch_stop_signals, reader_pool, subset_for_roots
-    from .pathcodec import BadPath, normalize
     from .repo import WRITE, open_repository
 
     hostname = _check_label("hostname", hostname or socket.gethostname())
@@ -223,20 +221,8 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
                          "(find /home -xdev -print0 | backshift save --subset home), or "
                          "give PATHs (backshift save /home) or --filelist FILE")
     cwd = os.getcwdb()
-    roots = None
-    if paths:  # the series is named after the PATHs given, whether they all exist or not
-        roots, missing = [], []
-        for raw in paths:
-            try:
-                root = normalize(raw, cwd)
-                roots.append(root)
-                os.lstat(root)
-            except BadPath as e:
-                missing.append(f"{os.fsdecode(raw)}: {e}")
-            except OSError as e:
-                missing.append(f"{os.fsdecode(raw)}: {e.strerror}")
-        if len(missing) == len(paths):
-            raise NothingToSave(f"no PATH given exists ({'; '.join(missing)})")
+    roots = _save_roots(paths, cwd) if paths else None
+    if roots is not None:  # the series is named after the PATHs given, all of them
         subset = subset if subset is not None else subset_for_roots(roots)
     elif subset is None:
         raise UsageError("--subset is required with names from stdin or --filelist: it "
@@ -310,6 +296,27 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
                          else EXIT_INTERRUPTED)
     if stats.warnings or not copied:
         raise SystemExit(EXIT_WARNING)
+
+
+def _save_roots(paths: tuple[bytes, ...], cwd: bytes) -> list[bytes]:
+    """The PATHs given, absolute and normal (those that cannot be are left out: the walk
+    warns about them); NothingToSave when none of them exists."""
+    from .errors import NothingToSave
+    from .pathcodec import BadPath, normalize
+
+    roots, missing = [], []
+    for raw in paths:
+        try:
+            root = normalize(raw, cwd)
+            roots.append(root)
+            os.lstat(root)
+        except BadPath as e:
+            missing.append(f"{os.fsdecode(raw)}: {e}")
+        except OSError as e:
+            missing.append(f"{os.fsdecode(raw)}: {e.strerror}")
+    if len(missing) == len(paths):
+        raise NothingToSave(f"no PATH given exists ({'; '.join(missing)})")
+    return roots
 
 
 def _save_notice(msg: str) -> None:
