@@ -317,6 +317,8 @@ def test_check_reports_a_dead_running_save_as_a_warning(repo, zombie_save):
             "or expire on this host marks it interrupted (check --repair does it now)"
             ) in res.stdout, res.stdout
     assert res.stdout.splitlines()[-1] == "no damage found; 1 warning(s): dead save(s) above"
+    listed = run("-r", repo, "saves", "--format", "csv").stdout.splitlines()[1:]
+    assert [ln.split(",")[5] for ln in listed] == ["complete", "interrupted"], listed
     run("-r", repo, "check", "--repair", exit_code=0)
     assert saves_table(repo)[1][2] == "interrupted"
     run("-r", repo, "check", exit_code=0)
