@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 from collections.abc import Iterator
@@ -123,6 +124,20 @@ MARK_SAVE_INTERRUPTED = _sql("""
     SET status = 'interrupted'
     WHERE id = :save_id
       AND status = 'running'
+""")
+
+SET_SAVE_ROOTS = _sql("""
+    UPDATE save
+    SET roots = :roots
+    WHERE id = :save_id
+""")
+
+PREVIOUS_SAVE_ROOTS = _sql("""
+    SELECT roots
+    FROM save
+    WHERE hostname = :hostname AND subset = :subset AND id < :save_id
+    ORDER BY started_ns DESC, id DESC
+    LIMIT 1
 """)
 
 SERIES_EXISTS = _sql("""
@@ -1075,8 +1090,10 @@ class Catalog:
             except apsw.Error:
                 pass
 
-    def checkpoint(self) -> None:
-        """Fold the WAL back into the catalog file (end of save/expire)."""
+    def checkpoint(self) -> str | None:
+        """Fold the WAL back into the catalog file (end of save/expire); None, or why that
+        failed (disk full): every commit is safe in the WAL already, so a failure loses
+        nothing (the next checkpoint folds it), and callers report it as a warning."""
         # Short busy wait only: a TRUNCATE checkpoint holds the writer lock while it waits
         # for readers, and another save waiting in BEGIN IMMEDIATE holds a read mark, so
         # with the long writer timeout two concurrent saves stalled each other for 60 s.
@@ -1085,8 +1102,11 @@ class Catalog:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except apsw.BusyError:
             pass  # a reader holds the WAL; the automatic checkpoint will catch up
+        except apsw.Error as e:
+            return _root_cause(e)
         finally:
             self.conn.set_busy_timeout(WRITER_BUSY_MS if not self.readonly else READER_BUSY_MS)
+        return None
 
     # -- meta -----------------------------------------------------------------------------
 
@@ -1145,6 +1165,15 @@ class Catalog:
     def get_save(self, save_id: int) -> SaveRow | None:
         row = self.conn.execute(GET_SAVE, {"save_id": save_id}).fetchone()
         return SaveRow(*row) if row else None
+
+    def set_save_roots(self, save_id: int, roots: bytes) -> None:
+        self.conn.execute(SET_SAVE_ROOTS, {"save_id": save_id, "roots": roots})
+
+    def previous_save_roots(self, hostname: str, subset: str, save_id: int) -> bytes | None:
+        """The roots of the series' save before SAVE_ID (None: none, or names from find)."""
+        row = self.conn.execute(PREVIOUS_SAVE_ROOTS, {
+            "hostname": hostname, "subset": subset, "save_id": save_id}).fetchone()
+        return row[0] if row else None
 
     def has_series(self, hostname: str, subset: str) -> bool:
         """Whether any save of HOSTNAME/SUBSET exists (interrupted ones included)."""
@@ -1425,6 +1454,13 @@ class Catalog:
             with out.backup("main", self.conn, "main") as b:
                 b.step(-1)  # one step: one consistent snapshot even while saves commit
             out.execute("PRAGMA journal_mode = DELETE").fetchall()
+        except apsw.Error as e:
+            # SQLite may name a failed write 'disk I/O error', or even 'not an error' once
+            # the backup is finished: the system's errno says what failed (ENOSPC, EIO)
+            no = out.system_errno or (errno.ENOSPC if isinstance(e, apsw.FullError) else 0)
+            if no:
+                raise OSError(no, os.strerror(no), dest) from e
+            raise
         finally:
             out.close()
 

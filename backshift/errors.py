@@ -7,6 +7,7 @@ EXIT_OK = 0
 EXIT_WARNING = 1  # the operation finished, but some files or members had problems
 EXIT_ERROR = 2  # generic error, including bad command-line usage
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT (128 + 2)
+EXIT_TERMINATED = 143  # SIGTERM (128 + 15), as a shell reports a process it ended
 
 
 class BackshiftError(Exception):
@@ -121,6 +122,10 @@ class ReaderDied(BackshiftError):
     """a reader process died (killed, out of memory?); the save stopped, marked interrupted"""
 
 
+class NothingToSave(BackshiftError):
+    """nothing to save: {0}; no save was recorded"""
+
+
 class ChunkCorrupt(DataDamaged):
     """chunk {0} is damaged: {1}"""
 
@@ -214,6 +219,7 @@ def exit_code_table() -> list[tuple[int, str]]:
         EXIT_WARNING: "finished with warnings (files skipped, members damaged); see stderr",
         EXIT_ERROR: "error (bad usage, unexpected failure)",
         EXIT_INTERRUPTED: "interrupted by Ctrl-C / SIGINT (work done so far is committed)",
+        EXIT_TERMINATED: "`save` stopped by SIGTERM (work done so far is committed)",
     }
     for cls in _all_subclasses(BackshiftError):
         if cls.exit_code not in rows:

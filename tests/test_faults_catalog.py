@@ -229,7 +229,8 @@ def test_A7_newer_catalog_schema_is_refused_before_writing(tmp_path, repo, comma
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     before = snapshot(repo)
-    args = ["-r", repo, command] + (["--hostname", "h"] if command == "save" else [])
+    args = ["-r", repo, command] + (["--hostname", "h", "--subset", "t"]
+                                     if command == "save" else [])
     res = run(*args, input=find0(src), exit_code=6)
     line = one_line_error(res.stderr)
     assert f"schema {schema_version() + 1}" in line and "newer" in line, line
@@ -262,7 +263,8 @@ def test_A8_wrong_file_is_not_a_catalog(tmp_path, repo, kind, command):
     else:
         _other_sqlite(catalog)
     before = open(catalog, "rb").read()
-    args = ["-r", repo, command] + (["--hostname", "h"] if command == "save" else [])
+    args = ["-r", repo, command] + (["--hostname", "h", "--subset", "t"]
+                                     if command == "save" else [])
     res = run(*args, input=b"/nonexistent\0", exit_code=7)
     line = one_line_error(res.stderr)
     assert "not a usable backshift catalog" in line and os.fsdecode(catalog) in line
@@ -270,7 +272,8 @@ def test_A8_wrong_file_is_not_a_catalog(tmp_path, repo, kind, command):
 
 
 def test_A8_mistyped_repository_path_creates_nothing(tmp_path):
-    res = run("-r", str(tmp_path / "typo"), "save", "--hostname", "h", input=b"/etc\0",
+    res = run("-r", str(tmp_path / "typo"), "save", "--subset", "t",
+              "--hostname", "h", input=b"/etc\0",
               exit_code=3)
     one_line_error(res.stderr)
     assert not (tmp_path / "typo").exists()

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import xxhash
 
 from ..errors import ChunkCorrupt, ChunkMissing, NotACatalog
-from ..lock import pid_alive, read_records
+from ..lock import pid_alive, read_records, remove_dead_save_lock, save_alive
 from ..model import ChunkRef
 from ..pathcodec import escape, from_key
 from ..repo import Repository
@@ -97,13 +97,15 @@ class CheckResult:
     leftover_temps: int = 0  # temp files in chunks/ that no live process owns
     leftover_copy_temps: int = 0  # the same in catalog-copies/
 
-    def warning_count(self) -> int:
-        """Leftovers of dead processes: not damage (expire removes them)."""
-        return int(bool(self.leftover_temps)) + int(bool(self.leftover_copy_temps))
-
     def problem_count(self) -> int:
         return (len(self.catalog_problems) + len(self.chunk_problems)
-                + len(self.content_problems) + len(self.dead_saves))
+                + len(self.content_problems))
+
+    def warning_count(self) -> int:
+        """Not damage, a warning (exit 1): dead 'running' saves not marked yet, and leftovers
+        of dead processes (expire removes them)."""
+        return (len(self.dead_saves) - len(self.repaired_saves)
+                + int(bool(self.leftover_temps)) + int(bool(self.leftover_copy_temps)))
 
 
 class Leftovers:
@@ -165,10 +167,11 @@ def check(repo: Repository, read_data: bool = False, part: tuple[int, int] | Non
         here = socket.gethostname()
         leftovers = Leftovers(repo.path, here)
         for sid, host, subset, _started, writer_host, pid in cat.running_saves():
-            if writer_host == here and not pid_alive(pid, None):
+            if writer_host == here and not save_alive(repo.path, sid, pid):
                 r.dead_saves.append(f"save {sid} ({host}/{subset}) is 'running' but its process "
-                                    f"{pid} is gone (the next save of this host marks it "
-                                    f"interrupted; check --repair does it now)")
+                                    f"{pid} is gone: not damage, it keeps what it committed; "
+                                    "the next save or expire on this host marks it "
+                                    "interrupted (check --repair does it now)")
                 if repair:
                     r.repaired_saves.append(sid)
         # Catalog first, then the disk: a save commits rows only after its files are durable,
@@ -337,6 +340,8 @@ def _repair(repo: Repository, r: CheckResult) -> None:
             cat.set_stored_length(sha, size)
         cat.commit()
         r.lengths_recorded = bool(r.other_encodings)
+        for sid in r.repaired_saves:
+            remove_dead_save_lock(repo.path, sid)
 
 
 def report_lines(r: CheckResult, read_data: bool) -> list[str]:
@@ -345,7 +350,7 @@ def report_lines(r: CheckResult, read_data: bool) -> list[str]:
     for p in r.catalog_problems:
         out.append(f"catalog: {p}")
     for p in r.dead_saves:
-        out.append(f"save: {p}")
+        out.append(f"warning: save: {p}")
     for problem in sorted(r.chunk_problems.values(), key=lambda p: p.sha256):
         out.append(f"chunk {problem.sha256.hex()}: {problem.what}")
         for sid, path in problem.users[:USERS_SHOWN]:
@@ -384,7 +389,10 @@ def report_lines(r: CheckResult, read_data: bool) -> list[str]:
     else:
         out.append(f"catalog copy: newest is {_age(r.copy_age_s)} old")
     n = r.problem_count()
-    out.append("no problems found" if n == 0 else f"{n} problem(s) found")
+    if n == 0 and r.warning_count():
+        out.append(f"no damage found; {r.warning_count()} warning(s) above")
+    else:
+        out.append("no problems found" if n == 0 else f"{n} problem(s) found")
     return out
 
 

@@ -10,13 +10,16 @@ leaves at worst orphan files, which the next expire removes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..crashpoints import crashpoint
 from ..errors import NoSuchSave, ReferencedChunksMissing
+from ..lock import remove_dead_save_lock, save_alive
 from ..repo import Repository
 from ..retention import Decision, Policy, decide
 from ..store import TEMP_MARK
@@ -36,6 +39,7 @@ class ExpireResult:
     orphan_bytes: int = 0
     temps_removed: int = 0
     unlink_errors: list[str] = field(default_factory=list)
+    checkpoint_error: str | None = None  # all committed; only the WAL was not folded back
 
 
 def expire(repo: Repository, policy: Policy, now_ns: int | None = None,
@@ -47,6 +51,13 @@ def expire(repo: Repository, policy: Policy, now_ns: int | None = None,
     cat, store = repo.catalog, repo.store
     now_ns = time.time_ns() if now_ns is None else now_ns
     saves = cat.list_saves(hostname, subset)
+    # A 'running' save of this host whose process is gone (its save lock is free, even when
+    # the process is a zombie) was interrupted: judged as such, and marked so below.
+    here = socket.gethostname()
+    dead = {s.id for s in saves if s.status == "running" and s.writer_host == here
+            and not save_alive(repo.path, s.id, s.writer_pid)}
+    saves = [dataclasses.replace(s, status="interrupted") if s.id in dead else s
+             for s in saves]
     unknown = sorted(policy.remove_ids - {s.id for s in saves})
     if unknown:
         narrowed = " of " + "/".join(x or "*" for x in (hostname, subset)) \
@@ -58,6 +69,8 @@ def expire(repo: Repository, policy: Policy, now_ns: int | None = None,
     old_temps: list[bytes] = []
     cat.begin()
     try:
+        for sid in dead:
+            cat.mark_save_interrupted(sid)
         for d in decisions:
             if not d.keep:
                 cat.delete_save(d.save.id)
@@ -95,6 +108,8 @@ def expire(repo: Repository, policy: Policy, now_ns: int | None = None,
         cat.rollback_quietly()
         return result
     cat.commit()
+    for sid in dead:
+        remove_dead_save_lock(repo.path, sid)
     crashpoint("gc_after_catalog_delete")
     # Unlink what no catalog row names, one directory at a time: the chunks just freed and
     # orphans a crash left. The exclusive lock keeps saves out, so the catalog is final.
@@ -115,7 +130,7 @@ def expire(repo: Repository, policy: Policy, now_ns: int | None = None,
             pass
         except OSError as e:
             result.unlink_errors.append(f"{os.fsdecode(path)}: {e.strerror or e}")
-    cat.checkpoint()
+    result.checkpoint_error = cat.checkpoint()
     return result
 
 
