@@ -121,3 +121,6 @@ def tree(tmp_path) -> Path:
 
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
+
+
+pytest_plugins = ["seaweed"]  # the SeaweedFS fixtures of the object-store tests
