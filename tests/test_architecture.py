@@ -17,6 +17,8 @@ RULES = {
     "chunkcodec": set(),
     "catalog": LEAVES,
     "store": LEAVES,
+    "objstore": {"model", "errors", "chunkcodec", "s3client"},
+    "s3client": {"errors"},
 }
 
 
