@@ -4,6 +4,7 @@ checked, and its request counters read from the metrics endpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -12,10 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -170,26 +174,49 @@ def stop_seaweed(server: Seaweed) -> None:
             proc.wait()
 
 
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory) -> Seaweed:
-    """One SeaweedFS for the whole session (about a second to start), stopped at its end."""
-    workdir = tmp_path_factory.mktemp("seaweed")
-    server = start_seaweed(workdir)
-    try:
-        yield server
-    finally:
-        stop_seaweed(server)
-        shutil.rmtree(workdir / "data", ignore_errors=True)
+_server: Seaweed | None = None
+_workdir: Path | None = None
+
+
+def session_server() -> Seaweed:
+    """The session's SeaweedFS, started at first use (about a second and a half) and
+    stopped at the end of the session (pytest_sessionfinish)."""
+    global _server, _workdir
+    if _server is None:
+        _workdir = Path(tempfile.mkdtemp(prefix="backshift-seaweed-"))
+        _server = start_seaweed(_workdir)
+    return _server
+
+
+def pytest_sessionfinish(session, exitstatus):
+    global _server, _workdir
+    if _server is not None:
+        stop_seaweed(_server)
+        _server = None
+    if _workdir is not None:
+        shutil.rmtree(_workdir, ignore_errors=True)
+        _workdir = None
+
+
+@pytest.fixture
+def seaweed() -> Seaweed:
+    """The session's SeaweedFS (one for all tests)."""
+    return session_server()
+
+
+def use_env(monkeypatch, env: dict[str, str]) -> None:
+    """Replace every AWS_* variable with ENV, for this test only."""
+    for key in list(os.environ):
+        if key.startswith("AWS_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
 
 
 @pytest.fixture
 def s3_env(seaweed, monkeypatch) -> Seaweed:
     """The AWS_* environment pointing at the session's SeaweedFS, for this test only."""
-    for key in list(os.environ):
-        if key.startswith("AWS_"):
-            monkeypatch.delenv(key)
-    for key, value in seaweed.env().items():
-        monkeypatch.setenv(key, value)
+    use_env(monkeypatch, seaweed.env())
     return seaweed
 
 
@@ -197,3 +224,40 @@ def s3_env(seaweed, monkeypatch) -> Seaweed:
 def s3_url(s3_env) -> str:
     """s3://BUCKET/PREFIX with a prefix of its own for each test."""
     return f"s3://{s3_env.bucket}/t-{secrets.token_hex(6)}"
+
+
+class _SlowDown(BaseHTTPRequestHandler):
+    """Answers every request with 503 SlowDown, as S3 does when it throttles."""
+
+    def _answer(self):
+        self.server.seen += 1
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        body = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+                b"<Message>Please reduce your request rate.</Message></Error>")
+        self.send_response(503)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def throttling_endpoint():
+    """A stub S3 endpoint that throttles every request (what a real server rarely does on
+    demand): yields the server, whose .seen counts requests and .url is the endpoint."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowDown)
+    server.seen = 0
+    server.url = f"http://127.0.0.1:{server.server_port}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -9,10 +9,10 @@ import os
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import apsw
 import pytest
+from seaweed import throttling_endpoint
 
 from backshift import s3client
 from backshift.errors import (
@@ -283,45 +283,15 @@ def test_objstore_reports_timeouts_after_its_retries(s3_url, monkeypatch):
     assert "timed out" in str(e.value) and "GET" in str(e.value) and "2 attempt(s)" in str(e.value)
 
 
-class _SlowDown(BaseHTTPRequestHandler):
-    """Answers everything with 503 SlowDown, as S3 does when it throttles."""
-
-    seen = 0
-
-    def _answer(self):
-        type(self).seen += 1
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
-        body = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
-                b"<Message>Please reduce your request rate.</Message></Error>")
-        self.send_response(503)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _answer
-
-    def log_message(self, *args):
-        pass
-
-
 def test_objstore_retries_throttling_then_reports_it(s3_url, monkeypatch):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowDown)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{server.server_port}")
-        _SlowDown.seen = 0
-        data = text_chunk(8)
+    data = text_chunk(8)
+    with throttling_endpoint() as server:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
         with ObjectStore(s3_url, retries=3, **FAST) as s:
             s.put(data, sha(data))
             with pytest.raises(ObjectStoreFailed) as e:
                 s.flush()
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert e.value.exit_code == 33 and _SlowDown.seen == 4
+    assert e.value.exit_code == 33 and server.seen == 4
     assert "HTTP 503 SlowDown" in str(e.value) and "4 attempt(s)" in str(e.value)
     assert key_for(sha(data)) in str(e.value)
 
