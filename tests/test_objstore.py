@@ -436,7 +436,8 @@ def test_objstore_abandon_drops_the_pending_batch(s3_url):
 def make_catalog_copy(dirpath, ns: int, rows: int) -> bytes:
     path = os.path.join(os.fsencode(dirpath), b"catalog-%d-%d.sqlite3" % (ns, 4242))
     con = apsw.Connection(os.fsdecode(path))
-    con.execute("CREATE TABLE t(x); " + "INSERT INTO t VALUES (randomblob(1000));" * rows)
+    con.execute("CREATE TABLE t(x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 "
+                "FROM n WHERE i < ?) INSERT INTO t SELECT randomblob(1000) FROM n", (rows,))
     con.close()
     return path
 
@@ -479,3 +480,17 @@ def test_objstore_catalog_copy_refuses_other_names(store, tmp_path):
     (tmp_path / "notes.txt").write_bytes(b"x")
     with pytest.raises(UsageError, match="not a catalog copy name"):
         store.upload_catalog_copy(tmp_path / "notes.txt")
+
+
+def test_objstore_catalog_copy_of_many_megabytes_round_trips(store, tmp_path, s3_env):
+    """Above 5 MB the upload is multipart and the download streamed."""
+    path = make_catalog_copy(tmp_path, 1_700_000_000_000_000_000, 12_000)
+    assert os.path.getsize(path) > 10 << 20
+    before = s3_env.request_counts()
+    store.upload_catalog_copy(path)
+    delta = {k: v - before.get(k, 0) for k, v in s3_env.request_counts().items()}
+    parts = -(-os.path.getsize(path) // (5 << 20))
+    assert (delta["POST"], delta["PUT"]) == (2, parts)  # initiate, parts, complete
+    dest = tmp_path / "recovered.sqlite3"
+    store.download_newest_catalog_copy(dest)
+    assert dest.read_bytes() == open(path, "rb").read()
