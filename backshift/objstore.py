@@ -58,13 +58,14 @@ CHUNKS = "chunks"
 QUARANTINE = "quarantine"
 CATALOG_COPIES = "catalog-copies"
 PROBE = "probe"
-# 16 PUTs in flight: 2,000 8 KB PUTs took 0.77 s against SeaweedFS here (issue 16); more
-# threads gain little on 2 cores. A put() waits while IN_FLIGHT_PER_THREAD x threads are
-# queued, so memory stays bounded whatever the saving side produces.
+# 16 PUTs in flight, as issue 16 measured (2,000 8 KB PUTs in 0.77 s against SeaweedFS); 4
+# and 32 were within noise of it here (docs/objstore.md), a remote service gains more. A
+# put() waits while IN_FLIGHT_PER_THREAD x threads are queued: memory stays bounded.
 THREADS = 16
 IN_FLIGHT_PER_THREAD = 4
-# Retries with exponential backoff and jitter (AWS's "full jitter" advice): 0.2 s doubling up
-# to 5 s, 6 retries: about 10 s of a service that throttles or restarts before giving up.
+# Retries with exponential backoff and jitter (AWS's "equal jitter": half to all of the step,
+# so that parallel PUTs spread out): 0.2 s doubling up to 5 s, 6 retries: 6-11 s of a
+# service that throttles or restarts before giving up (boto3's standard mode tries 3 times).
 RETRIES = 6
 BACKOFF_S = 0.2
 BACKOFF_MAX_S = 5.0

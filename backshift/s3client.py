@@ -109,13 +109,13 @@ def classify(error: BaseException) -> RequestFailed:
         return RequestFailed(NOT_FOUND, why)
     if code in _THROTTLE_CODES or status == 429 or status >= 500:
         return RequestFailed(TRANSIENT, why)
+    if "ConnectionRefused" in text:
+        return RequestFailed(UNREACHABLE, "connection refused")
+    if "tcp connect error" in text or "dns error" in text or "kind: Connect" in text:
+        return RequestFailed(UNREACHABLE, "cannot connect" + (
+            " (timed out)" if "TimedOut" in text else ""))
     if "kind: Timeout" in text or "TimedOut" in text or "timed out" in text.lower():
         return RequestFailed(TRANSIENT, "timed out")
-    if "ConnectionRefused" in text or "tcp connect error" in text or "dns error" in text:
-        return RequestFailed(UNREACHABLE, "connection refused" if "Refused" in text
-                             else "cannot connect")
-    if "kind: Connect" in text:
-        return RequestFailed(UNREACHABLE, "cannot connect")
     if "error sending request" in text or "connection" in text.lower():
         return RequestFailed(TRANSIENT, "connection dropped")
     return RequestFailed(OTHER, why or line[:200])

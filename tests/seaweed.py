@@ -29,6 +29,7 @@ BUCKET = "backshift-test"
 ACCESS_KEY = "backshift-test-key"
 START_TIMEOUT_S = 60
 STOP_WAIT_S = 3
+SETTLE_S = 0.1
 _COUNT = re.compile(r'^SeaweedFS_s3_request_seconds_count\{([^}]*)\}\s+([0-9.e+]+)$')
 
 
@@ -50,7 +51,21 @@ class Seaweed:
 
     def request_counts(self, bucket: str | None = None) -> dict[str, int]:
         """S3 requests served so far for BUCKET (default: the test bucket), per type
-        (PUT, GET, HEAD, LIST, DELETE, COPY...), from SeaweedFS_s3_request_seconds_count."""
+        (PUT, GET, HEAD, LIST, DELETE, POST...), from SeaweedFS_s3_request_seconds_count.
+
+        A request is counted just after its response is sent: the counts are read until
+        two reads SETTLE_S apart agree, so that a test's last request is in them."""
+        counts = self._read_counts(bucket)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(SETTLE_S)
+            again = self._read_counts(bucket)
+            if again == counts:
+                break
+            counts = again
+        return counts
+
+    def _read_counts(self, bucket: str | None) -> dict[str, int]:
         bucket = self.bucket if bucket is None else bucket
         with urllib.request.urlopen(self.metrics_url, timeout=10) as r:
             text = r.read().decode()
