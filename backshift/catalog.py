@@ -174,9 +174,12 @@ GET_SAVE = _sql(f"""
     WHERE id = :save_id
 """)
 
-LATEST_SAVE_ID = _sql("""
+LATEST_COMPLETE_SAVE_ID = _sql("""
     SELECT max(id)
     FROM save
+    WHERE status = 'complete'
+      AND (:hostname IS NULL OR hostname = :hostname)
+      AND (:subset IS NULL OR subset = :subset)
 """)
 
 PATH_ID_BY_KEY = _sql("""
@@ -381,11 +384,12 @@ DIGEST_RECORD = _sql("""
               p.key, v.user, v.grp, v.link_target)
 """)
 
-ENTRY_COLUMNS = _sql(f"""
+# The last column is the member's DIGEST_RECORD where a digest is computed, else NULL.
+ENTRY_COLUMNS = _sql("""
     p.id, p.key, v.mode, v.uid, v.gid, v.user, v.grp, v.size, v.mtime_ns, v.dev, v.ino,
-    v.nlink, v.rdev, v.link_target, v.content_id, c.digest, c.size,
-    CAST({DIGEST_RECORD} AS BLOB)
+    v.nlink, v.rdev, v.link_target, v.content_id, c.digest, c.size, NULL
 """)
+ENTRY_COLUMNS_WITH_RECORD = ENTRY_COLUMNS.replace(", NULL", f", CAST({DIGEST_RECORD} AS BLOB)")
 
 ENTRIES_IN_KEY_RANGE = _sql(f"""
     SELECT {ENTRY_COLUMNS}
@@ -399,6 +403,8 @@ ENTRIES_IN_KEY_RANGE = _sql(f"""
       AND m.path_id = p.id
     ORDER BY p.key
 """)
+ENTRIES_IN_KEY_RANGE_RECORDS = ENTRIES_IN_KEY_RANGE.replace(ENTRY_COLUMNS,
+                                                            ENTRY_COLUMNS_WITH_RECORD)
 
 # The chunks of the regular files in a key range, in the order of ENTRIES_IN_KEY_RANGE (the
 # same loops, then the content's chunks by primary key in seq order: still no sort). The tar
@@ -1160,8 +1166,11 @@ class Catalog:
         row = self.conn.execute(SERIES_EXISTS, {"hostname": hostname, "subset": subset})
         return bool(row.fetchone()[0])
 
-    def latest_save_id(self) -> int | None:
-        return self.conn.execute(LATEST_SAVE_ID).fetchone()[0]
+    def latest_complete_save_id(self, hostname: str | None = None,
+                                subset: str | None = None) -> int | None:
+        """The newest (highest id) complete save, of HOSTNAME and SUBSET when given."""
+        return self.conn.execute(LATEST_COMPLETE_SAVE_ID,
+                                 {"hostname": hostname, "subset": subset}).fetchone()[0]
 
     # -- save digests ---------------------------------------------------------------------
 
@@ -1445,10 +1454,12 @@ class Catalog:
 
     # -- listing and tar --
 
-    def entries_in_key_range(self, save_id: int, lo: bytes, hi: bytes) -> Iterator[tuple]:
-        """Rows (ENTRY_COLUMNS) of the save's members with lo <= key < hi, in key order."""
-        yield from self.conn.execute(ENTRIES_IN_KEY_RANGE,
-                                     {"save_id": save_id, "lo": lo, "hi": hi})
+    def entries_in_key_range(self, save_id: int, lo: bytes, hi: bytes,
+                             records: bool = False) -> Iterator[tuple]:
+        """Rows (ENTRY_COLUMNS) of the save's members with lo <= key < hi, in key order;
+        with RECORDS, their DIGEST_RECORDs in the last column."""
+        sql = ENTRIES_IN_KEY_RANGE_RECORDS if records else ENTRIES_IN_KEY_RANGE
+        yield from self.conn.execute(sql, {"save_id": save_id, "lo": lo, "hi": hi})
 
     def chunks_in_key_range(self, save_id: int, lo: bytes,
                             hi: bytes) -> Iterator[tuple[bytes, bytes, int, int]]:

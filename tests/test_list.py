@@ -16,6 +16,7 @@ from backshift import pathcodec
 from backshift.catalog import (
     CHUNKS_IN_KEY_RANGE,
     ENTRIES_IN_KEY_RANGE,
+    ENTRIES_IN_KEY_RANGE_RECORDS,
     ENTRY_AT_KEY,
     FIRST_PATH_IN_KEY_RANGE,
     WHERE_PREDICATE_MATCHES,
@@ -148,6 +149,7 @@ def plan(repo: bytes, sql: str, params: dict) -> list[str]:
 @pytest.mark.parametrize("sql, params", [
     (ENTRIES_IN_KEY_RANGE, {"save_id": 1, "lo": b"", "hi": b"\x01"}),  # whole save
     (ENTRIES_IN_KEY_RANGE, {"save_id": 1, "lo": b"\0a", "hi": b"\0a\x01"}),  # subtree
+    (ENTRIES_IN_KEY_RANGE_RECORDS, {"save_id": 1, "lo": b"", "hi": b"\x01"}),  # digest
     (CHUNKS_IN_KEY_RANGE, {"save_id": 1, "lo": b"", "hi": b"\x01"}),  # tar's chunk walk
     (CHUNKS_IN_KEY_RANGE, {"save_id": 1, "lo": b"\0a", "hi": b"\0a\x01"}),
     (ENTRY_AT_KEY, {"save_id": 1, "key": b"\0a"}),  # parents, --dir checks

@@ -55,7 +55,7 @@ class Entry(NamedTuple):
     content_id: int | None
     digest: bytes | None
     content_size: int | None
-    record: bytes  # catalog.DIGEST_RECORD: what the save's members digest takes of it
+    record: bytes | None  # catalog.DIGEST_RECORD, when the save's digest is computed
 
     @property
     def path(self) -> bytes:
@@ -326,7 +326,7 @@ class Planner:
                     yield from self.catalog.entries_in_key_range(self.save_id, lo, hi)
                     continue
                 add = self.digest.computed.row
-                for row in self.catalog.entries_in_key_range(self.save_id, lo, hi):
+                for row in self.catalog.entries_in_key_range(self.save_id, lo, hi, True):
                     add(row[-1])
                     yield row
             return
