@@ -9,7 +9,7 @@ import shutil
 
 import apsw
 import pytest
-from harness.scenario import one_line_error
+from harness.scenario import one_line_error, snapshot
 
 from backshift.catalog import CATALOG_NAME, Catalog
 from backshift.ops.listing import permission_strings
@@ -138,3 +138,31 @@ def test_digest_mismatch_in_list_tar_and_check(saved, repo):
             in res.stdout), res.stdout
     sub = next(line.split(b" ")[-1] for line in listing.splitlines() if b"/dir3/" in line)
     run("-r", repo, "list", "--backup", "1", "--dir", "/" + sub.decode().rstrip("/"))
+
+
+def test_save_refuses_a_damaged_catalog_and_writes_nothing(saved, repo, tmp_path):
+    """A malformed page (a bad sector in the middle of the version table): the save stops
+    before its first commit, exit 7, naming the catalog and the copies; catalog, -wal and
+    chunks unchanged. Before, it committed batches into the damaged file until it met the
+    page."""
+    catalog, _pristine, _listing, _stream = saved
+    page = _leaf_pages(catalog, "version")[1]
+    with open(catalog, "r+b") as f:
+        f.seek((page - 1) * PAGE + PAGE // 2)
+        f.write(b"\xab" * (PAGE // 4))
+    before = snapshot(repo)
+    more = tmp_path / "more"
+    more.mkdir()
+    for i in range(50):
+        (more / f"new-{i}").write_bytes(os.urandom(100))
+    res = run("-r", repo, "save", "--hostname", "h", "--subset", "other", input=find0(more),
+              exit_code=7)
+    line = one_line_error(res.stderr)
+    assert os.fsdecode(catalog) in line and "damaged (quick_check: " in line, line
+    assert "nothing was written" in line and "catalog-copies/" in line, line
+    after = snapshot(repo)
+    assert not after.get(catalog + b"-wal"), "the save wrote to the catalog's log"
+    for files in (before, after):  # SQLite's WAL files come and go with its connections
+        files.pop(catalog + b"-wal", None)
+        files.pop(catalog + b"-shm", None)
+    assert after == before
