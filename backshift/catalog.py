@@ -1207,12 +1207,15 @@ class Catalog:
         """The save's members digest, computed from its rows as they are now."""
         out = MembersDigest()
         lo, hi = b"", b"\x01"
-        while lo is not None:
-            cut = self.path_key_after(lo, hi, DIGEST_BLOCK_PATHS)
-            out.block(*self.conn.execute(MEMBER_RECORDS_IN_KEY_RANGE, {
-                "save_id": save_id, "lo": lo, "hi": cut if cut is not None else hi,
-            }).fetchone())
-            lo = cut
+        try:
+            while lo is not None:
+                cut = self.path_key_after(lo, hi, DIGEST_BLOCK_PATHS)
+                out.block(*self.conn.execute(MEMBER_RECORDS_IN_KEY_RANGE, {
+                    "save_id": save_id, "lo": lo, "hi": cut if cut is not None else hi,
+                }).fetchone())
+                lo = cut
+        except apsw.Error as e:  # a damaged page: NotACatalog (check reports it)
+            raise translate_error(e, self.path) from None
         return out
 
     def record_save_digest(self, save_id: int) -> None:
