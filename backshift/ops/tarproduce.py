@@ -336,7 +336,9 @@ def write_members(members: Iterable, writer: TarWriter, chunks: _Chunks, store, 
         for e, h in members:
             if h.typeflag == REGTYPE and (h.size or e.content_size):
                 rows = chunks.of(e.key) if e.content_id else []
-                _check_size(e, h.size, rows, chunks)
+                if not (e.content_size == h.size == (rows[0][2] if len(rows) == 1 else
+                                                     sum(row[2] for row in rows))):
+                    _check_size(e, h.size, rows, chunks)
                 plan = sparse_plan(h.size, rows) if sparse else None
                 if plan is not None:
                     producer.put(encode_sparse_header(h._replace(size=plan.stored), h.size))
