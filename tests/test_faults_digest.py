@@ -166,3 +166,27 @@ def test_save_refuses_a_damaged_catalog_and_writes_nothing(saved, repo, tmp_path
         files.pop(catalog + b"-wal", None)
         files.pop(catalog + b"-shm", None)
     assert after == before
+
+
+def test_digest_older_catalog_upgrades_in_place_and_its_saves_are_not_verified(saved, repo,
+                                                                               tmp_path):
+    """A catalog from before migration 0003 (schema 2): read-only commands work on it as it
+    is; the next save migrates it, and only saves completed from then on carry a digest;
+    check says how many are not verified."""
+    catalog, _pristine, listing, _stream = saved
+    conn = apsw.Connection(os.fsdecode(catalog))
+    conn.execute("DROP TABLE save_digest; PRAGMA user_version = 2")
+    conn.close()
+    assert run("-r", repo, "list", "--backup", "1", "-v").stdout_bytes == listing
+    res = run("-r", repo, "check")
+    assert "1 complete save(s) have no members digest" in res.stdout, res.stdout
+    run("-r", repo, "save", "--hostname", "h", "--subset", "s", input=find0(tmp_path / "src"))
+    cat = Catalog.open(catalog, readonly=True)
+    try:
+        assert cat.user_version() >= 3
+        assert cat.save_digest(1) is None and cat.save_digest(2) is not None
+    finally:
+        cat.close()
+    res = run("-r", repo, "check")
+    assert "1 complete save(s) have no members digest" in res.stdout, res.stdout
+    assert "no problems found" in res.stdout
