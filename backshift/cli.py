@@ -821,8 +821,9 @@ def _report(level: str, msg: str) -> None:
     echo_err(f"backshift: {level}: {msg}")
 
 
-def _finish(problems) -> None:
-    """Exit status after a listing or tar stream: damage 10, warnings 1."""
+def _finish(problems, incomplete: bool = False) -> None:
+    """Exit status after a listing or tar stream: damage 10, warnings (or a save that is
+    not complete, named by id) 1."""
     from .errors import DataDamaged
 
     if problems.damaged or problems.refused:
@@ -832,12 +833,34 @@ def _finish(problems) -> None:
         if problems.refused:
             parts.append(f"{problems.refused} catalog row(s) refused")
         raise DataDamaged("; ".join(parts) + " (see above)")
-    if problems.warnings:
+    if problems.warnings or incomplete:
         raise SystemExit(EXIT_WARNING)
 
 
+def _series_options(f):
+    """--hostname/--subset: which saves `--backup latest` (and an id) may name."""
+    f = click.option("--subset", default=None,
+                     help="Only saves of this subset ('latest': its newest complete one).")(f)
+    return click.option("--hostname", default=None,
+                        help="Only saves of this host ('latest': its newest complete one).")(f)
+
+
+def _resolve_backup(catalog, backup: str, hostname: str | None, subset: str | None):
+    """The save --backup names; a warning on stderr when it is not complete (then the
+    command exits 1): (save row, whether it was not complete)."""
+    from .ops.common import incomplete_note, resolve_save
+
+    row = resolve_save(catalog, backup, hostname, subset)
+    note = incomplete_note(row)
+    if note is not None:
+        _report("warning", note)
+    return row, note is not None
+
+
 @cli.command("list")
-@click.option("--backup", required=True, metavar="ID|latest", help="The save to list.")
+@click.option("--backup", required=True, metavar="ID|latest",
+              help="The save to list ('latest': the newest complete save).")
+@_series_options
 @click.option("--dir", "directory", default=None, metavar="PATH",
               help="Only this directory (with its parents), leading '/' optional.")
 @click.option("--no-recursive", is_flag=True, help="With --dir: only its own entries.")
@@ -845,8 +868,8 @@ def _finish(problems) -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text",
               show_default=True)
 @pass_ctx
-def list_cmd(ctx: Context, backup: str, directory: str | None, no_recursive: bool,
-             verbose: bool, fmt: str) -> None:
+def list_cmd(ctx: Context, backup: str, hostname: str | None, subset: str | None,
+             directory: str | None, no_recursive: bool, verbose: bool, fmt: str) -> None:
     """List the members of a save, exactly as `tar -tf` / `tar -tvf` would.
 
     \b
@@ -855,7 +878,6 @@ def list_cmd(ctx: Context, backup: str, directory: str | None, no_recursive: boo
       backshift -r /backup/repo list --backup 12 --dir /home/ann --no-recursive
       backshift -r /backup/repo list --backup latest --format json | jq .path
     """
-    from .ops.common import resolve_save
     from .ops.listing import COLUMNS, list_save, record, write_lines
     from .ops.select import Problems, Selection, normal_path
     from .repo import READ, open_repository
@@ -866,7 +888,7 @@ def list_cmd(ctx: Context, backup: str, directory: str | None, no_recursive: boo
     sel = Selection(paths=paths, recursive=not no_recursive)
     problems = Problems(_report)
     with open_repository(ctx.repo, READ) as repo:
-        save_row = resolve_save(repo.catalog, backup)
+        save_row, incomplete = _resolve_backup(repo.catalog, backup, hostname, subset)
         if fmt == "text":
             sys.stdout.flush()
             write_lines(repo.catalog, save_row.id, sel, problems, verbose,
@@ -874,12 +896,14 @@ def list_cmd(ctx: Context, backup: str, directory: str | None, no_recursive: boo
         else:
             members = list_save(repo.catalog, save_row.id, sel, problems)
             emit_lines(render(COLUMNS, (record(m) for m in members), fmt))
-    _finish(problems)
+    _finish(problems, incomplete)
 
 
 @cli.command("tar")
 @click.argument("selectors", nargs=-1)
-@click.option("--backup", required=True, metavar="ID|latest", help="The save to restore.")
+@click.option("--backup", required=True, metavar="ID|latest",
+              help="The save to restore ('latest': the newest complete save).")
+@_series_options
 @click.option("--exclude", multiple=True, metavar="GLOB",
               help="Leave out matches and their subtrees (repeatable). A glob with '/' "
                    "matches the whole member name, otherwise the last component.")
@@ -897,8 +921,9 @@ def list_cmd(ctx: Context, backup: str, directory: str | None, no_recursive: boo
                    "with `tar --xattrs --xattrs-include='*' --acls -xpf -` or "
                    "`bsdtar --xattrs --acls -xpf -`.")
 @pass_ctx
-def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, exclude: tuple[str, ...],
-            where: str | None, output: str, no_sparse: bool, no_xattrs: bool) -> None:
+def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, hostname: str | None,
+            subset: str | None, exclude: tuple[str, ...], where: str | None, output: str,
+            no_sparse: bool, no_xattrs: bool) -> None:
     """Write a save, or part of it, as one POSIX (pax) tar stream: the restore.
 
     SELECTORs are paths (each with its subtree, leading '/' optional) or globs over whole
@@ -911,7 +936,6 @@ def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, exclude: tupl
       backshift -r /backup/repo tar --backup 12 home/ann '*.pdf' -o ann.tar
       backshift -r /backup/repo tar --backup latest --where "size > 1e9" | tar -tvf -
     """
-    from .ops.common import resolve_save
     from .ops.select import Selection, parse_selectors
     from .ops.tarstream import tar_save
 
@@ -927,7 +951,7 @@ def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, exclude: tupl
 
     # a shared lock (no record, nothing written) keeps expire from deleting chunks mid-restore
     with open_repository(ctx.repo, READ_CHUNKS) as repo, contextlib.ExitStack() as stack:
-        save_row = resolve_save(repo.catalog, backup)
+        save_row, incomplete = _resolve_backup(repo.catalog, backup, hostname, subset)
 
         def open_out():
             if output == "-":
@@ -937,7 +961,7 @@ def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, exclude: tupl
 
         problems = tar_save(repo, save_row.id, sel, open_out, _report, not no_sparse,
                             not no_xattrs)
-    _finish(problems)
+    _finish(problems, incomplete)
 
 
 # -- import-legacy ----------------------------------------------------------------------

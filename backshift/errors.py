@@ -66,7 +66,13 @@ class NotACatalog(BackshiftError):
     """{0} is not a usable backshift catalog: {1}"""
 
     exit_code = 7
-    summary = "the catalog file is not a usable backshift catalog"
+    summary = ("the catalog is damaged or not a backshift catalog (README: restoring the "
+               "catalog from its copy)")
+
+
+class CatalogDamaged(NotACatalog):
+    """save {0}: the catalog is damaged: {1}; restore it from a copy in {2} (README: \
+'Restoring the catalog from its copy')"""
 
 
 class NoSuchSave(BackshiftError):

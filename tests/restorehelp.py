@@ -145,3 +145,19 @@ def insert_raw_member(repo: bytes, key: bytes, mode: int, target: bytes | None =
     conn.execute("INSERT INTO member (save_id, path_id, version_id) VALUES (1, ?, ?)",
                  (path_id, conn.last_insert_rowid()))
     conn.close()
+    reseal_digest(repo, 1)
+
+
+def reseal_digest(repo: bytes, save_id: int) -> None:
+    """Record the save's members digest again after a test wrote rows behind backshift's
+    back: a forged catalog carries a digest that matches (the digest finds damage, it is
+    no signature), and the planner's own checks must stop what such rows hold."""
+    from backshift.catalog import CATALOG_NAME, Catalog
+
+    cat = Catalog.open(os.path.join(repo, CATALOG_NAME))
+    try:
+        cat.begin()
+        cat.record_save_digest(save_id)
+        cat.commit()
+    finally:
+        cat.close()

@@ -15,6 +15,7 @@ from harness.consistency import assert_repo_consistent
 from harness.faults import PEAK_RSS_MAX, run_capped
 from harness.oracle import diff, from_catalog, manifest
 from harness.scenario import one_line_error, save, small_tree, snapshot
+from restorehelp import reseal_digest
 from tarlint import lint_tar
 
 from backshift.pathcodec import sort_key
@@ -77,6 +78,7 @@ def _insert_member(repo: bytes, save_id: int, path: bytes, mode: int,
     conn.execute("INSERT INTO member (save_id, path_id, version_id) VALUES (?, ?, ?)",
                  (save_id, path_id, conn.last_insert_rowid()))
     conn.close()
+    reseal_digest(repo, save_id)
 
 
 def test_E2_hostile_catalog_rows_are_refused_and_the_rest_restores(tmp_path, repo):
@@ -151,6 +153,9 @@ HUGE = 4 << 30  # a sparse file: no disk, but reading it whole would need 4 GiB 
 
 @pytest.mark.parametrize("catalog_says", ["real", "huge", "huge_length"])
 def test_E8_huge_chunk_file_pads_reports_and_stays_small(tmp_path, repo, catalog_says):
+    """A chunk file grown huge is damage (zeros, exit 10) read in bounded memory; a catalog
+    that also gives the chunk that length disagrees with the file's size: catalog damage,
+    the stream stops there (exit 7)."""
     src = small_tree(tmp_path / "src")
     expected = manifest(src)
     sid = save(repo, src)["save_id"]
@@ -170,15 +175,18 @@ def test_E8_huge_chunk_file_pads_reports_and_stays_small(tmp_path, repo, catalog
     os.truncate(Store(repo).path_for(sha), HUGE)
     res = run_capped([BACKSHIFT, "-r", repo, "tar", "--backup", "latest"])
     err = res.stderr.decode()
-    assert res.returncode == 10, err
     assert "Traceback" not in err and "MemoryError" not in err
-    [line] = [ln for ln in err.splitlines() if sha.hex() in ln]
-    if catalog_says == "huge_length":  # never opened: the length alone is impossible
-        why = f"the catalog gives it {HUGE} bytes, more than any chunk holds"
-    else:
-        why = f"chunk file is {HUGE} bytes, longer than any body of a {length}-byte chunk"
-    assert "big.bin" in line and why in line, line
     assert res.peak_rss < PEAK_RSS_MAX
+    if catalog_says == "huge_length":  # chunks longer than the content: catalog damage
+        line = one_line_error(err)
+        assert res.returncode == 7, err
+        assert "big.bin has size" in line and "the catalog is damaged" in line, line
+        assert "catalog-copies" in line, line
+        return
+    assert res.returncode == 10, err
+    [line] = [ln for ln in err.splitlines() if sha.hex() in ln]
+    why = f"chunk file is {HUGE} bytes, longer than any body of a {length}-byte chunk"
+    assert "big.bin" in line and why in line, line
     lint_tar(res.stdout)
     dest = tmp_path / "dest"
     assert _extract("gnu", res.stdout, dest).returncode == 0
@@ -254,6 +262,7 @@ def test_D17_extreme_metadata_rows_reach_the_tar_stream(tmp_path, repo):
                  "(SELECT m.version_id FROM member AS m JOIN path AS p ON p.id = m.path_id "
                  "WHERE m.save_id = ? AND p.key = ?)", (mtime_ns, sid, sort_key(target)))
     conn.close()
+    reseal_digest(repo, sid)
     data, _, _ = _tar(repo)
     (member,) = [ti for ti in lint_tar(data) if ti.name.endswith("/text.txt")]
     assert (member.uid, member.gid) == (3000000, 3000001)

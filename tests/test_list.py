@@ -10,12 +10,13 @@ import subprocess
 
 import apsw
 import pytest
-from restorehelp import enrich_tree, save_tree, tar_stream
+from restorehelp import enrich_tree, reseal_digest, save_tree, tar_stream
 
 from backshift import pathcodec
 from backshift.catalog import (
     CHUNKS_IN_KEY_RANGE,
     ENTRIES_IN_KEY_RANGE,
+    ENTRIES_IN_KEY_RANGE_RECORDS,
     ENTRY_AT_KEY,
     FIRST_PATH_IN_KEY_RANGE,
     WHERE_PREDICATE_MATCHES,
@@ -148,6 +149,7 @@ def plan(repo: bytes, sql: str, params: dict) -> list[str]:
 @pytest.mark.parametrize("sql, params", [
     (ENTRIES_IN_KEY_RANGE, {"save_id": 1, "lo": b"", "hi": b"\x01"}),  # whole save
     (ENTRIES_IN_KEY_RANGE, {"save_id": 1, "lo": b"\0a", "hi": b"\0a\x01"}),  # subtree
+    (ENTRIES_IN_KEY_RANGE_RECORDS, {"save_id": 1, "lo": b"", "hi": b"\x01"}),  # digest
     (CHUNKS_IN_KEY_RANGE, {"save_id": 1, "lo": b"", "hi": b"\x01"}),  # tar's chunk walk
     (CHUNKS_IN_KEY_RANGE, {"save_id": 1, "lo": b"\0a", "hi": b"\0a\x01"}),
     (ENTRY_AT_KEY, {"save_id": 1, "key": b"\0a"}),  # parents, --dir checks
@@ -167,20 +169,33 @@ def test_list_query_plans_use_indexes(repo, saved, sql, params):
 
 @pytest.mark.slow
 def test_list_and_tar_agree_on_a_9_gib_member(repo, tree):
-    """A crafted row: 9 GiB declared, no content. The stream pads it (exit 10) and stays
-    valid end to end; GNU tar lists it like `backshift list`."""
+    """A 9 GiB member (a pax size): a file of one 64 KiB chunk of zeros made 9 GiB of that
+    chunk by hand, with a digest to match. The stream holds it as a sparse member whose
+    zero chunks are never read; GNU tar lists it like `backshift list`."""
+    (tree / "zeros").write_bytes(bytes(65536))
     save_tree(repo, tree)
     conn = apsw.Connection(os.fsdecode(os.path.join(repo, b"catalog.sqlite3")))
-    key = pathcodec.sort_key(os.fsencode(tree / "empty"))
-    conn.execute("UPDATE version SET size = ?, content_id = NULL WHERE path_id = "
-                 "(SELECT id FROM path WHERE key = ?)", (9 << 30, key))
+    key = pathcodec.sort_key(os.fsencode(tree / "zeros"))
+    (content_id,) = conn.execute("SELECT v.content_id FROM version AS v JOIN path AS p "
+                                 "ON p.id = v.path_id WHERE p.key = ?", (key,)).fetchone()
+    [(chunk_id, length)] = conn.execute(
+        "SELECT k.id, k.length FROM content_chunk AS cc JOIN chunk AS k ON k.id = cc.chunk_id "
+        "WHERE cc.content_id = ?", (content_id,)).fetchall()
+    count = (9 << 30) // length
+    conn.execute("WITH RECURSIVE s (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < ?) "
+                 "INSERT INTO content_chunk (content_id, seq, chunk_id) SELECT ?, i, ? FROM s",
+                 (count - 1, content_id, chunk_id))
+    conn.execute("UPDATE content SET size = ?, chunk_count = ? WHERE id = ?",
+                 (9 << 30, count, content_id))
+    conn.execute("UPDATE version SET size = ? WHERE content_id = ?", (9 << 30, content_id))
     conn.close()
+    reseal_digest(repo, 1)
     p1 = subprocess.Popen([BACKSHIFT, "-r", repo, "tar", "--backup", "latest"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     got = subprocess.run(["tar", "-tvf", "-"], stdin=p1.stdout, capture_output=True,
                          timeout=900)
     p1.stdout.close()
-    assert p1.wait(timeout=60) == 10, p1.stderr.read()
+    assert p1.wait(timeout=60) == 0, p1.stderr.read()
     listed = run("-r", repo, "list", "--backup", "latest", "-v").stdout_bytes
     assert got.returncode == 0 and got.stdout == listed
     assert b" 9663676416 " in listed

@@ -14,9 +14,12 @@ from restorehelp import enrich_tree, insert_raw_member, save_tree
 
 from backshift.catalog import (
     LISTING_BLOCK_NAMES,
+    LISTING_BLOCK_NAMES_RECORDS,
     LISTING_BLOCK_VERBOSE,
+    LISTING_BLOCK_VERBOSE_RECORDS,
     LISTING_LINES_NAMES,
     LISTING_LINES_VERBOSE,
+    MEMBER_RECORDS_IN_KEY_RANGE,
     Catalog,
 )
 from backshift.ops.listing import mode_string, permission_strings
@@ -147,13 +150,16 @@ def test_list_fast_dir_and_whole_save_agree_with_stream(repo, saved):
 
 
 @pytest.mark.parametrize("sql", [LISTING_LINES_VERBOSE, LISTING_LINES_NAMES,
-                                 LISTING_BLOCK_VERBOSE, LISTING_BLOCK_NAMES])
+                                 LISTING_BLOCK_VERBOSE, LISTING_BLOCK_NAMES,
+                                 LISTING_BLOCK_VERBOSE_RECORDS, LISTING_BLOCK_NAMES_RECORDS,
+                                 MEMBER_RECORDS_IN_KEY_RANGE])
 def test_list_fast_query_plan_reads_the_range_in_key_order(repo, saved, sql):
     cat = Catalog.open(os.path.join(repo, b"catalog.sqlite3"), readonly=True)
     try:
         params = {"save_id": 1, "lo": b"", "hi": b"\x01", "width": 19,
                   "modes": permission_strings()}
-        if sql in (LISTING_LINES_NAMES, LISTING_BLOCK_NAMES):
+        if sql in (LISTING_LINES_NAMES, LISTING_BLOCK_NAMES, LISTING_BLOCK_NAMES_RECORDS,
+                   MEMBER_RECORDS_IN_KEY_RANGE):
             del params["width"], params["modes"]
         details = cat.explain(sql, params)
     finally:

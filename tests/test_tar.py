@@ -12,6 +12,7 @@ from pathlib import Path
 
 import apsw
 import pytest
+from harness.scenario import one_line_error as one_line
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from restorehelp import (
@@ -20,6 +21,7 @@ from restorehelp import (
     extract,
     hash_dir,
     insert_raw_member,
+    reseal_digest,
     save_tree,
     tar_stream,
 )
@@ -317,18 +319,34 @@ def test_tar_output_file_not_created_on_error(repo, tree, tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("delta", [-1000, 1000])
-def test_tar_size_disagreeing_with_content_keeps_declared_size(repo, tree, tmp_path, delta):
+@pytest.mark.parametrize("delta", [-1000, 1000, 10**15])
+@pytest.mark.parametrize("sealed", [False, True])
+def test_tar_size_disagreeing_with_content_stops_as_catalog_damage(repo, tree, tmp_path,
+                                                                   delta, sealed):
+    """A version's size that its content does not hold is catalog damage: tar stops before
+    that member's header (no padding: 10^15 crafted bytes streamed zeros until the disk
+    filled) and leaves the stream without its end, so the tar reading it fails too. Sealed:
+    a forged catalog with a digest to match; content size forged as well."""
     save_tree(repo, tree)
     conn = apsw.Connection(os.fsdecode(os.path.join(repo, b"catalog.sqlite3")))
     key = pathcodec.sort_key(os.fsencode(tree / "random.bin"))
     conn.execute("UPDATE version SET size = size + ? WHERE path_id = "
                  "(SELECT id FROM path WHERE key = ?)", (delta, key))
+    if sealed:
+        conn.execute("UPDATE content SET size = size + ? WHERE id = (SELECT content_id "
+                     "FROM version WHERE path_id = (SELECT id FROM path WHERE key = ?))",
+                     (delta, key))
     conn.close()
-    data, err = tar_stream(repo, exit_code=10)
-    by = {ti.name: ti for ti in lint_tar(data)}
-    assert by[rel(tree) + "/random.bin"].size == 300_000 + delta
-    assert ("longer" if delta < 0 else "padded") in err
+    if sealed:
+        reseal_digest(repo, 1)
+    res = run("-r", repo, "tar", "--backup", "latest", exit_code=7)
+    line = one_line(res.stderr)
+    assert "save 1: the catalog is damaged" in line and "random.bin has size" in line, line
+    assert f"in chunks of {300_000:,} bytes" in line and "catalog-copies/" in line, line
+    assert len(res.stdout_bytes) < 400_000  # nothing of random.bin's data, nor zeros
+    assert res.stdout_bytes[-1024:] != bytes(1024)  # no end of archive
+    got = subprocess.run(["tar", "-tf", "-"], input=res.stdout_bytes, capture_output=True)
+    assert got.returncode != 0
 
 
 @settings(max_examples=200, deadline=None)
@@ -423,6 +441,7 @@ def test_tar_hostile_chunk_length_is_damage_not_a_crash(repo, tmp_path):
     conn.close()
     os.unlink(os.path.join(repo, b"chunks", sha.hex()[:2].encode(), sha.hex().encode()))
     out = tmp_path / "o.tar"
-    res = run("-r", repo, "tar", "--backup", "latest", "-o", str(out), exit_code=10)
-    assert "Traceback" not in res.stderr and "zero bytes at offset 0" in res.stderr
-    lint_tar(out)
+    res = run("-r", repo, "tar", "--backup", "latest", "-o", str(out), exit_code=7)
+    assert "Traceback" not in res.stderr
+    assert "the catalog is damaged" in one_line(res.stderr)
+    assert "in chunks of -5 bytes" in res.stderr

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import xxhash
 
+from ..catalog import DIGEST_SCHEME
 from ..errors import ChunkCorrupt, ChunkMissing, NotACatalog
 from ..lock import pid_alive, read_records, remove_dead_save_lock, save_alive
 from ..model import ChunkRef
@@ -96,6 +97,7 @@ class CheckResult:
     lengths_recorded: bool = False  # --repair recorded their actual sizes
     leftover_temps: int = 0  # temp files in chunks/ that no live process owns
     leftover_copy_temps: int = 0  # the same in catalog-copies/
+    saves_unverified: int = 0  # complete saves without a members digest (older ones)
 
     def problem_count(self) -> int:
         return (len(self.catalog_problems) + len(self.chunk_problems)
@@ -164,6 +166,7 @@ def check(repo: Repository, read_data: bool = False, part: tuple[int, int] | Non
         r.catalog_problems += [f"foreign_key_check: table {t} row {rowid} -> {parent}"
                                for t, rowid, parent, _fk in cat.foreign_key_problems()]
         r.catalog_problems += cat.dangling_references()
+        r.catalog_problems += _save_digest_problems(cat, r)
         here = socket.gethostname()
         leftovers = Leftovers(repo.path, here)
         for sid, host, subset, _started, writer_host, pid in cat.running_saves():
@@ -240,6 +243,23 @@ def _verify_mismatch(cat, store, r: CheckResult, sha: bytes, size: int,
         r.chunk_problems[sha] = ChunkProblem(sha, why)
         return
     r.other_encodings.append((sha, stored_length, found))
+
+
+def _save_digest_problems(cat, r: CheckResult) -> list[str]:
+    """Each complete save's members digest computed again and compared with the one
+    recorded when it completed; saves without one (older) are counted, not verified."""
+    out = []
+    for sid, scheme, members, digest in cat.complete_saves_digests():
+        if scheme != DIGEST_SCHEME:
+            r.saves_unverified += 1
+            continue
+        got = cat.members_digest(sid)
+        if (got.members, got.digest()) != (members, digest):
+            out.append(f"save {sid}: its members do not give the digest recorded when it "
+                       f"completed ({got.members:,} rows, {members:,} recorded): the catalog "
+                       "is damaged; restore it from REPO/catalog-copies/ (README: restoring "
+                       "the catalog)")
+    return out
 
 
 def _read_data(repo: Repository, r: CheckResult, part: tuple[int, int] | None,
@@ -384,6 +404,9 @@ def report_lines(r: CheckResult, read_data: bool) -> list[str]:
         out.append(f"read {len(r.chunks_verified):,} chunks and {r.orphans_read:,} orphan "
                    f"chunk files ({r.bytes_read:,} bytes), verified {r.contents_verified:,} "
                    "file contents")
+    if r.saves_unverified:
+        out.append(f"{r.saves_unverified:,} complete save(s) have no members digest (completed "
+                   "before backshift recorded them): their catalog rows are not verified")
     if r.copy_age_s is None:
         out.append("catalog copy: none yet (made after each save and expire)")
     else:

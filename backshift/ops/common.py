@@ -7,21 +7,38 @@ from ..errors import NoSuchSave, UsageError
 from ..model import SaveRow
 
 
-def resolve_save(catalog: Catalog, spec: str) -> SaveRow:
-    """A save by integer id or 'latest' (the highest id)."""
+def resolve_save(catalog: Catalog, spec: str, hostname: str | None = None,
+                 subset: str | None = None) -> SaveRow:
+    """A save by integer id or 'latest': the newest complete save (the highest id), of
+    HOSTNAME and SUBSET when given. An explicit id must be of those too."""
+    series = "".join(f" {what} {name!r}" for what, name in
+                     (("of host", hostname), ("of subset", subset)) if name is not None)
     if spec == "latest":
-        save_id = catalog.latest_save_id()
+        save_id = catalog.latest_complete_save_id(hostname, subset)
         if save_id is None:
-            raise NoSuchSave("latest (the repository has no saves yet)")
+            raise NoSuchSave(f"latest (no complete save{series} yet)")
     else:
         try:
             save_id = int(spec)
         except ValueError:
             raise UsageError(f"save id must be a number or 'latest', not {spec!r}") from None
     row = catalog.get_save(save_id)
-    if row is None:
-        raise NoSuchSave(spec)
+    if row is None or (hostname is not None and row.hostname != hostname) \
+            or (subset is not None and row.subset != subset):
+        raise NoSuchSave(spec + series)
     return row
+
+
+def incomplete_note(row: SaveRow, repo_path: bytes | None = None) -> str | None:
+    """What to say about a save named by id that is not complete, or None when it is."""
+    status = effective_status(row, repo_path)
+    if status == "complete":
+        return None
+    if status == "running":
+        return (f"save {row.id} is still running: this is what it has committed so far, "
+                "not a complete save")
+    return (f"save {row.id} is {status}: it holds only what it committed before it stopped, "
+            "not a complete save")
 
 
 def effective_status(row: SaveRow, repo_path: bytes | None = None) -> str:

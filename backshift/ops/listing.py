@@ -31,12 +31,14 @@ from ..model import TYPE_NAMES, type_of_mode
 from . import tarstream as ts
 from .select import (
     WHOLE_SAVE,
+    DigestCheck,
     Entry,
     Planned,
     Planner,
     Problems,
     Selection,
     check_paths_exist,
+    digest_check,
     key_problem,
     member_name_of_key,
 )
@@ -55,13 +57,17 @@ COLUMNS = ["path", "type", "mode", "uid", "gid", "user", "group", "size", "mtime
 
 def list_save(catalog: Catalog, save_id: int, sel: Selection,
               problems: Problems) -> Iterator[Planned]:
-    """The members of the selection, as the tar stream would hold them, streaming."""
+    """The members of the selection, as the tar stream would hold them, streaming; of a
+    whole save, verified against its members digest at the end (CatalogDamaged)."""
     check_paths_exist(catalog, save_id, sel.paths)
-    planner = Planner(catalog, save_id, sel, problems)
+    digest = digest_check(catalog, save_id, sel)
+    planner = Planner(catalog, save_id, sel, problems, digest)
     try:
         yield from planner.members()
     finally:
         planner.close()
+    if digest is not None:
+        digest.verify()
 
 
 # -- text ----------------------------------------------------------------------------------
@@ -197,23 +203,28 @@ def write_lines(catalog: Catalog, save_id: int, sel: Selection, problems: Proble
     """Write what `tar -tf` (or -tvf) prints for the selection, in blocks of lines.
 
     One read transaction: `list` takes no lock, and the listing is cut into several
-    queries, so without it an expire committing meanwhile would end it early, silently."""
+    queries, so without it an expire committing meanwhile would end it early, silently.
+    A whole save's listing is verified against its members digest at the end."""
     conn = catalog.conn
     own_txn = not conn.in_transaction
     if own_txn:
         conn.execute("BEGIN")
     try:
-        _write_lines(catalog, save_id, sel, problems, verbose, write)
+        digest = digest_check(catalog, save_id, sel)
+        _write_lines(catalog, save_id, sel, problems, verbose, write, digest)
+        if digest is not None:
+            digest.verify()
     finally:
         if own_txn and conn.in_transaction:
             conn.execute("ROLLBACK")  # read only: nothing to keep
 
 
 def _write_lines(catalog: Catalog, save_id: int, sel: Selection, problems: Problems,
-                 verbose: bool, write: Callable[[bytes], object]) -> None:
+                 verbose: bool, write: Callable[[bytes], object],
+                 digest: DigestCheck | None) -> None:
     check_paths_exist(catalog, save_id, sel.paths)
     lister = TarLister(verbose)
-    planner = Planner(catalog, save_id, sel, problems)
+    planner = Planner(catalog, save_id, sel, problems, digest)
     try:
         members = planner.members()
         key_range = _fast_range(sel)
@@ -237,11 +248,13 @@ def _write_lines(catalog: Catalog, save_id: int, sel: Selection, problems: Probl
             _write_members(members, lister, write)
             return
         members.close()
-        fast = _FastLines(catalog, save_id, planner, lister, verbose, write)
+        fast = _FastLines(catalog, save_id, planner, lister, verbose, write, digest)
         if not fast.run(first.entry.key + b"\0", hi, emitted):
             # a row the planner refuses or warns about: it lists again from the start,
             # and what is written already is skipped
-            again = Planner(catalog, save_id, sel, problems)
+            if digest is not None:
+                digest.restart()
+            again = Planner(catalog, save_id, sel, problems, digest)
             try:
                 _write_members(again.members(), TarLister(verbose), write, skip=fast.emitted)
             finally:
@@ -272,12 +285,13 @@ class _Fetcher(threading.Thread):
     jobs, (seq, lo, hi, width), and one of results, (seq, job, block, error): a fetcher
     takes the next job as soon as it is free, so a slow chunk does not hold up the others."""
 
-    def __init__(self, catalog: Catalog, save_id: int, modes: bytes | None,
+    def __init__(self, catalog: Catalog, save_id: int, modes: bytes | None, records: bool,
                  jobs: SimpleQueue, results: SimpleQueue) -> None:
         super().__init__(name="list-chunk", daemon=True)
         self.catalog = catalog
         self.save_id = save_id
         self.modes = modes
+        self.records = records
         self.jobs = jobs
         self.results = results
         self.start()
@@ -287,7 +301,7 @@ class _Fetcher(threading.Thread):
             seq, lo, hi, width = job
             try:
                 block = _with_entries(self.catalog, self.save_id, self.catalog.listing_block(
-                    self.save_id, lo, hi, width, self.modes))
+                    self.save_id, lo, hi, width, self.modes, self.records))
             except BaseException as e:  # noqa: BLE001 - handed to the listing thread
                 self.results.put((seq, (lo, hi, width), None, e))
                 return
@@ -295,12 +309,14 @@ class _Fetcher(threading.Thread):
 
 
 def _with_entries(catalog: Catalog, save_id: int, block: tuple) -> tuple:
-    """BLOCK (listing_block) and the entries of its flagged rows, {path_id: row}: fetched
-    with the block, in one query, on the thread that fetched it (one query per flagged row
-    on the listing thread cost ~0.2 ms each on a cold connection: 100 hard links, 20 ms)."""
+    """BLOCK (listing_block) as (lines, marks, rows, entries, records): with the entries of
+    its flagged rows, {path_id: row}, fetched with the block, in one query, on the thread
+    that fetched it (one query per flagged row on the listing thread cost ~0.2 ms each on
+    a cold connection: 100 hard links, 20 ms); records None unless asked for."""
     marks = block[1]
     ids = [int(mark[1:]) for mark in marks.split(",")] if marks else []
-    return (*block, catalog.entries_of_path_ids(save_id, ids) if ids else {})
+    records = block[3] if len(block) > 3 else None
+    return (*block[:3], catalog.entries_of_path_ids(save_id, ids) if ids else {}, records)
 
 
 class _PlannerNeeded(Exception):
@@ -311,13 +327,15 @@ class _FastLines:
     """Lines from the catalog; the planner's _plan and TarLister for the rare rows."""
 
     def __init__(self, catalog: Catalog, save_id: int, planner: Planner, lister: TarLister,
-                 verbose: bool, write: Callable[[bytes], object]) -> None:
+                 verbose: bool, write: Callable[[bytes], object],
+                 digest: DigestCheck | None = None) -> None:
         self.catalog = catalog
         self.save_id = save_id
         self.planner = planner
         self.lister = lister
         self.verbose = verbose
         self.write = write
+        self.digest = digest  # fed the records of every chunk's first block
 
     def run(self, lo: bytes, hi: bytes, emitted: int) -> bool:
         """Write every member in [lo, hi); False (and self.emitted) when the planner
@@ -354,8 +372,8 @@ class _FastLines:
             for seq, (c_lo, c_hi) in islice(todo, AHEAD * FETCHERS):
                 jobs.put((seq, c_lo, c_hi, self.lister.ugswidth))
                 given += 1
-            fetchers = [_Fetcher(other, self.save_id, self.modes, jobs, results)
-                        for other in others]
+            fetchers = [_Fetcher(other, self.save_id, self.modes, self.digest is not None,
+                                 jobs, results) for other in others]
             done: dict[int, tuple] = {}
             for seq in range(1 << 62):
                 if seq == given:
@@ -408,12 +426,17 @@ class _FastLines:
             size = min(size * 2, CHUNK_PATHS)
 
     def _range(self, lo: bytes, hi: bytes, block: tuple | None = None) -> bool:
-        """Write the members in [lo, hi), from BLOCK (listing_block) when fetched already."""
+        """Write the members in [lo, hi), from BLOCK (listing_block) when fetched already.
+        The digest takes the records of the first block: the whole of [lo, hi)."""
+        digest = self.digest
         while True:
             width = self.lister.ugswidth
             if block is None:
                 block = _with_entries(self.catalog, self.save_id, self.catalog.listing_block(
-                    self.save_id, lo, hi, width, self.modes))
+                    self.save_id, lo, hi, width, self.modes, digest is not None))
+            if digest is not None:
+                digest.computed.block(block[4], block[2])
+                digest = None
             restart = self._block(block, lo, hi, width)
             block = None
             if restart is True or restart is False:
@@ -423,7 +446,7 @@ class _FastLines:
     def _block(self, block: tuple, lo: bytes, hi: bytes, width: int) -> bytes | bool:
         """Write one block; True when done, False (planner), or the key to go on after
         (the width grew)."""
-        lines, marks, count, entries = block
+        lines, marks, count, entries, _records = block
         if not count:
             return True
         if lines.translate(None, PLAIN_LINE_BYTES) or lines.count(b"\n") != count:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import xxhash
 
 from .. import __version__
+from ..catalog import catalog_damage
 from ..errors import BackshiftError, ChunkCorrupt, ChunkMissing, NothingToSave, ReaderDied
 from ..lock import (
     hold_save_lock,
@@ -622,6 +623,7 @@ class Saver:
     def start(self) -> None:
         host = socket.gethostname()
         repo_path = self.repo.path
+        self.cat.probe_integrity()  # a damaged catalog: refuse before writing anything
         self.cat.begin()
         try:
             dead = [sid for sid, pid in self.cat.running_saves_of_host(host)
@@ -737,7 +739,7 @@ class Saver:
             self.finish(status)  # its flush and commit can fail too: same clean-up
         except BaseException as e:
             pool.shutdown(wait=True, cancel_futures=True)
-            self.fail()
+            self.fail(e)
             if isinstance(e, BrokenExecutor):
                 # a reader died (the OOM killer): the pool stopped the others; nobody will
                 # hand over the temp files they wrote
@@ -805,13 +807,17 @@ class Saver:
         self.stats.elapsed_s = time.monotonic() - self.started
         self.report_progress(final=True)
 
-    def fail(self) -> None:
-        """After an error: keep nothing uncommitted, mark the save interrupted if possible."""
+    def fail(self, error: BaseException | None = None) -> None:
+        """After an error: keep nothing uncommitted, mark the save interrupted if possible
+        (not in a catalog found damaged: nothing more is written there)."""
         if self.stats.status == "complete":
             return  # the error came after the final commit: the save stands
         self.drop_unadopted()
         self.repo.store.abandon()
         self.cat.rollback_quietly()
+        if catalog_damage(error):
+            self.stats.status = "interrupted"
+            return
         self._members, self._member_paths = [], []
         self._records = []
         self._txn = False

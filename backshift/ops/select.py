@@ -21,8 +21,8 @@ from typing import NamedTuple
 import apsw
 
 from .. import pathcodec, sqlguard
-from ..catalog import WHERE_PREDICATE_MATCHES, Catalog
-from ..errors import NoSuchPath, QueryDenied, UsageError
+from ..catalog import DIGEST_SCHEME, WHERE_PREDICATE_MATCHES, Catalog, MembersDigest
+from ..errors import CatalogDamaged, NoSuchPath, QueryDenied, UsageError
 from . import tarstream as ts
 
 GLOB_CHARS = b"*?["
@@ -55,6 +55,8 @@ class Entry(NamedTuple):
     content_id: int | None
     digest: bytes | None
     xattrs_id: int | None  # its extended attribute set, None: none
+    content_size: int | None
+    record: bytes | None  # catalog.DIGEST_RECORD, when the save's digest is computed
 
     @property
     def path(self) -> bytes:
@@ -158,6 +160,50 @@ class WherePredicate:
         self.cat.close()
 
 
+def digest_check(catalog: Catalog, save_id: int, sel: Selection) -> DigestCheck | None:
+    """A DigestCheck when the planner reads every member row of the save for SEL (excludes
+    and --where drop members only after their rows are read) and the save has a digest."""
+    if not sel.recursive or sel.paths or sel.globs:
+        return None
+    check = DigestCheck(catalog, save_id)
+    return check if check.expected is not None else None
+
+
+class DigestCheck:
+    """The save's members digest, computed from the rows a listing or tar stream reads,
+    compared with the one recorded when the save completed (none: nothing to compare)."""
+
+    def __init__(self, catalog: Catalog, save_id: int) -> None:
+        self.catalog = catalog
+        self.save_id = save_id
+        recorded = catalog.save_digest(save_id)
+        self.expected = recorded if recorded and recorded[0] == DIGEST_SCHEME else None
+        self.computed = MembersDigest()
+
+    def restart(self) -> None:
+        """The rows are read again from the first one."""
+        self.computed = MembersDigest()
+
+    def verify(self) -> None:
+        """CatalogDamaged when the rows read do not give the recorded digest."""
+        if self.expected is None:
+            return
+        _scheme, members, digest = self.expected
+        got = self.computed
+        if got.members != members or got.digest() != digest:
+            raise self.damaged(f"its {got.members:,} member rows do not give the digest "
+                               f"recorded for its {members:,} members when it completed")
+
+    def damaged(self, what: str) -> CatalogDamaged:
+        return catalog_damaged(self.catalog, self.save_id, what)
+
+
+def catalog_damaged(catalog: Catalog, save_id: int, what: str) -> CatalogDamaged:
+    """The error for a save whose catalog rows are found damaged (WHAT says how)."""
+    copies = os.path.join(os.path.dirname(catalog.path), b"catalog-copies", b"")
+    return CatalogDamaged(save_id, what, os.fsdecode(copies))
+
+
 # Ancestor states on the planner's stack.
 ABSENT, PENDING, DIR, NONDIR, REFUSED = "absent", "pending", "dir", "nondir", "refused"
 
@@ -213,11 +259,12 @@ class Planner:
     """Turns the rows of a selection into validated members, depth-first."""
 
     def __init__(self, catalog: Catalog, save_id: int, sel: Selection,
-                 problems: Problems) -> None:
+                 problems: Problems, digest: DigestCheck | None = None) -> None:
         self.catalog = catalog
         self.save_id = save_id
         self.sel = sel
         self.problems = problems
+        self.digest = digest  # fed every row read: give one only when they are all read
         # The chain of ancestors from root: [key + NUL, state, entry, clean], where clean
         # means this item and every one above it is DIR or ABSENT (nothing to emit first,
         # nothing refuses what lies beneath): the common case, checked in one step.
@@ -276,7 +323,13 @@ class Planner:
         """Candidate rows in key order: the selection's ranges, or one directory's entries."""
         if self.sel.recursive:
             for lo, hi in key_ranges(self.catalog, self.sel):
-                yield from self.catalog.entries_in_key_range(self.save_id, lo, hi)
+                if self.digest is None:
+                    yield from self.catalog.entries_in_key_range(self.save_id, lo, hi)
+                    continue
+                add = self.digest.computed.row
+                for row in self.catalog.entries_in_key_range(self.save_id, lo, hi, True):
+                    add(row[-1])
+                    yield row
             return
         # The entries of one directory: seek from child to child over the path index,
         # stepping over each child's subtree, so a huge subtree below costs nothing.

@@ -44,6 +44,8 @@ class _Chunks:
     """
 
     def __init__(self, catalog, save_id: int, ranges) -> None:
+        self.catalog = catalog
+        self.save_id = save_id
         self._rows = itertools.chain.from_iterable(
             catalog.chunks_in_key_range(save_id, lo, hi) for lo, hi in ranges)
         self._head = next(self._rows, None)
@@ -340,15 +342,18 @@ class _XattrRecords:
 
 def write_members(members: Iterable, writer: TarWriter, chunks: _Chunks, store, problems,
                   workers: int = 0, sparse: bool = True,
-                  xattrs: _XattrRecords | None = None) -> int:
+                  xattrs: _XattrRecords | None = None, digest=None) -> int:
     """Write each planned member (select.Planned) with its data; return the member count.
 
-    A chunk that is missing or damaged is replaced by zeros of its length, and a content
-    shorter than its declared size is padded, so the stream stays valid and every member
-    has exactly the size its header declares; each case is reported with path and offset.
-    SPARSE: a file with long runs of zeros goes out as a GNU sparse 1.0 member (sparse_plan).
-    XATTRS: extended attributes go out in pax records, as GNU tar writes them; a hard-link
-    member carries none (its group's first member does, as with GNU tar).
+    A chunk that is missing or damaged is replaced by zeros of its length, so the stream
+    stays valid and every member has exactly the size its header declares; each case is
+    reported with path and offset. A regular file whose size, content size and chunk
+    lengths disagree is catalog damage: the stream stops there with CatalogDamaged (a crafted
+    size must not stream zeros until the disk fills). SPARSE: a file with long runs of
+    zeros goes out as a GNU sparse 1.0 member (sparse_plan). XATTRS: extended attributes go
+    out in pax records, as GNU tar writes them; a hard-link member carries none (its group's
+    first member does, as with GNU tar). DIGEST (select.DigestCheck): verified before the
+    end-of-archive blocks, which a damaged save's stream never gets.
     """
     count = 0
     producer = Producer(writer, store, problems, workers)
@@ -357,8 +362,11 @@ def write_members(members: Iterable, writer: TarWriter, chunks: _Chunks, store, 
             extra = None
             if xattrs is not None and e.xattrs_id is not None and h.typeflag != LNKTYPE:
                 extra = xattrs.of(e.xattrs_id)
-            if h.typeflag == REGTYPE and h.size:
+            if h.typeflag == REGTYPE and (h.size or e.content_size):
                 rows = chunks.of(e.key) if e.content_id else []
+                if not (e.content_size == h.size == (rows[0][2] if len(rows) == 1 else
+                                                     sum(row[2] for row in rows))):
+                    _check_size(e, h.size, rows, chunks)
                 plan = sparse_plan(h.size, rows) if sparse else None
                 if plan is not None:
                     producer.put(encode_sparse_header(h._replace(size=plan.stored), h.size,
@@ -375,8 +383,24 @@ def write_members(members: Iterable, writer: TarWriter, chunks: _Chunks, store, 
         producer.finish()
     finally:
         producer.close()
+    if digest is not None:
+        digest.verify()
     writer.finish()
     return count
+
+
+def _check_size(e, size: int, rows: list, chunks: _Chunks) -> None:
+    """CatalogDamaged unless the member's SIZE is its content's and its chunks' (saves
+    record them equal: a regular file's size is what was read)."""
+    chunk_bytes = sum(row[2] for row in rows)
+    if e.content_id is not None and e.content_size == size == chunk_bytes:
+        return
+    from .select import catalog_damaged
+
+    what = (f"{pathcodec.escape(pathcodec.from_key(e.key))} has size {size:,} but its content "
+            + ("is missing" if e.content_id is None else
+               f"records {e.content_size:,} bytes in chunks of {chunk_bytes:,} bytes"))
+    raise catalog_damaged(chunks.catalog, chunks.save_id, what)
 
 
 def read_workers() -> int:
@@ -393,16 +417,29 @@ def tar_save(repo, save_id: int, sel, open_out, report, sparse: bool = True,
     OPEN_OUT() gives the binary file to write to; it is called only once the selection is
     known to be valid (paths in the save, --where accepted), so an error leaves no output.
     """
-    from .select import Planner, Problems, check_paths_exist, key_ranges
+    from .select import (
+        Planner,
+        Problems,
+        catalog_damaged,
+        check_paths_exist,
+        digest_check,
+        key_ranges,
+    )
 
     check_paths_exist(repo.catalog, save_id, sel.paths)
     problems = Problems(report)
-    planner = Planner(repo.catalog, save_id, sel, problems)
+    digest = digest_check(repo.catalog, save_id, sel)
+    planner = Planner(repo.catalog, save_id, sel, problems, digest)
     try:
         writer = TarWriter(open_out())
         chunks = _Chunks(repo.catalog, save_id, key_ranges(repo.catalog, sel))
         write_members(planner.members(), writer, chunks, repo.store, problems, read_workers(),
-                      sparse, _XattrRecords(repo.catalog) if xattrs else None)
+                      sparse, _XattrRecords(repo.catalog) if xattrs else None, digest)
+    except (TypeError, OverflowError) as e:
+        # a damaged page can hand back a value of another type (NULL or text where an
+        # integer belongs): damage, named as such, never a traceback or a wrong member
+        raise catalog_damaged(repo.catalog, save_id,
+                              f"a member row holds a value of the wrong type ({e})") from e
     finally:
         planner.close()
     return problems
