@@ -60,12 +60,15 @@ class ChunkCache:
         return self._load(sha, length, stored)
 
     def prefetch(self, refs: list[tuple[bytes, int, int]]) -> None:
+        started = []
         with self.lock:
             for sha, length, stored in refs:
                 if sha not in self.data and sha not in self.pending:
                     fut = self.pool.submit(self._load, sha, length, stored)
                     self.pending[sha] = fut
-                    fut.add_done_callback(lambda _f, sha=sha: self._done(sha))
+                    started.append((sha, fut))
+        for sha, fut in started:  # outside the lock: a done future calls back at once
+            fut.add_done_callback(lambda _f, sha=sha: self._done(sha))
 
     def _done(self, sha: bytes) -> None:
         with self.lock:
