@@ -20,6 +20,7 @@ from .mounttree import Attr, NotFound, Tree
 
 SAVE_TIMEOUT_S = 300.0  # a save's entries never change: the kernel may cache them long
 SERIES_TIMEOUT_S = 1.0  # hosts, series and `latest` change as saves are made
+INLINE_READ_MAX = 64 * 1024  # files this small are read in the FUSE loop, not a thread
 BLKSIZE = 128 * 1024  # the I/O size stat suggests (cp, tar read this much at a time)
 
 
@@ -121,7 +122,7 @@ class Filesystem(pyfuse3.Operations):
         if attr.content_id is not None:
             chunks = self.tree.catalog.mount_chunks_of_content(attr.content_id)
         fh = next(self.handles)
-        self.files[fh] = OpenFile(self.cache, self.tree.path_of(attr), attr.size, chunks)
+        self.files[fh] = OpenFile(self.cache, attr.key, attr.size, chunks)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     async def read(self, fh, off, size):
@@ -129,9 +130,12 @@ class Filesystem(pyfuse3.Operations):
         if f is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         try:
+            if f.size <= INLINE_READ_MAX:  # a worker thread costs more than the read
+                return f.read(off, size)
             return await trio.to_thread.run_sync(f.read, off, size)
         except DataDamaged as e:
-            self.report(f"{f.name}: {e.message()}; read of {size} bytes at offset {off} "
+            self.report(f"{self.tree.path_of(f.key)}: {e.message()}; read of {size} bytes "
+                        f"at offset {off} "
                         "failed (EIO)")
             raise pyfuse3.FUSEError(errno.EIO) from None
 

@@ -25,10 +25,6 @@ BLOCK = 512
 ZEROS = bytes(MAX_CHUNK_LENGTH)
 
 
-class ShortContent(DataDamaged):
-    """{0}: its chunks hold {1} of its {2} bytes"""
-
-
 class ChunkCache:
     """Verified chunk data by sha256, at most CACHE_BYTES of it, least recently used out.
     Thread-safe: reads run in worker threads."""
@@ -94,10 +90,10 @@ class ChunkCache:
 class OpenFile:
     """One open regular file: its chunk list and where each chunk starts."""
 
-    def __init__(self, cache: ChunkCache, name: str, size: int,
+    def __init__(self, cache: ChunkCache, key: bytes, size: int,
                  chunks: list[tuple[bytes, int, int]]) -> None:
         self.cache = cache
-        self.name = name  # the saved path, escaped, for messages
+        self.key = key  # the saved path's key, for messages
         self.size = size
         self.chunks = chunks
         self.starts = []
@@ -115,7 +111,7 @@ class OpenFile:
         if offset >= end:
             return b""
         if end > self.total:
-            raise ShortContent(self.name, self.total, self.size)
+            raise DataDamaged(f"its chunks hold {self.total} of its {self.size} bytes")
         first = bisect.bisect_right(self.starts, offset) - 1
         pieces = []
         i = first

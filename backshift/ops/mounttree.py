@@ -26,6 +26,7 @@ SAVE_SHIFT = 40  # a save's inodes: save id above, path id (below 2**40) beneath
 PATH_MASK = (1 << SAVE_SHIFT) - 1
 DIR_MODE = stat.S_IFDIR | 0o755  # directories the catalog does not describe
 LATEST = b"latest"
+KNOWN_MAX = 100_000  # attributes kept by inode (about 200 bytes each)
 
 
 class NotFound(Exception):
@@ -66,6 +67,8 @@ class Tree:
         self.synthetic_ino: dict[tuple, int] = {("root",): ROOT_INODE}
         self.links: dict[tuple[int, int, int], int] = {}  # (save, dev, ino) -> inode
         self.warned: set[bytes] = set()
+        self.known: dict[int, Attr] = {}  # recorded entries met lately: open and getattr
+        # ask again for what lookup and readdir just answered (a save's rows never change)
 
     # -- inode numbers ------------------------------------------------------------------
 
@@ -95,6 +98,9 @@ class Tree:
     # -- the public questions -------------------------------------------------------------
 
     def getattr(self, ino: int) -> Attr:
+        attr = self.known.get(ino)
+        if attr is not None:
+            return attr
         node = self._save_node(ino)
         if node is not None:
             save_id, path_id = node
@@ -146,9 +152,10 @@ class Tree:
             raise NotFound(ino)
         return attr.link_target
 
-    def path_of(self, attr: Attr) -> str:
-        """The saved path of a save's node, escaped for a message."""
-        return pathcodec.escape(pathcodec.from_key(attr.key) or b"/")
+    @staticmethod
+    def path_of(key: bytes) -> str:
+        """The saved path of a key, escaped for a message."""
+        return pathcodec.escape(pathcodec.from_key(key) or b"/")
 
     # -- save nodes -------------------------------------------------------------------------
 
@@ -165,8 +172,12 @@ class Tree:
                 ino = self.links.setdefault((save_id, dev, inode), ino)
         if stat.S_ISLNK(mode):
             size = len(link_target or b"")  # what readlink gives, whatever the row says
-        return Attr(ino, mode, nlink, uid, gid, rdev, max(size, 0), mtime_ns, ctime_ns, True,
+        attr = Attr(ino, mode, nlink, uid, gid, rdev, max(size, 0), mtime_ns, ctime_ns, True,
                     content_id, link_target, key)
+        if len(self.known) >= KNOWN_MAX:
+            self.known.clear()
+        self.known[ino] = attr
+        return attr
 
     def _save_started(self, save_id: int) -> int:
         row = self.catalog.mount_save_series(save_id)
