@@ -326,3 +326,31 @@ def test_mount_chunk_cache_stays_within_its_limit(repo, tree):
         assert cache.reads > len(chunks)  # evicted chunks were read again
     finally:
         cache.close()
+
+
+def test_mount_refuses_catalog_rows_with_names_a_directory_cannot_hold(repo, tree, tmp_path):
+    """A damaged or hostile catalog: names with '/', '..', or a name that is not the last
+    component of its key are left out of the listing and named once on stderr."""
+    save(repo, tree)
+    import apsw
+    conn = apsw.Connection(os.fsdecode(os.path.join(repo, CATALOG_NAME)))
+    parent_key = pathcodec.sort_key(os.fsencode(tree))
+    parent_id = conn.execute("SELECT id FROM path WHERE key = ?", (parent_key,)).fetchall()[0][0]
+    for key, name in [(parent_key + b"\0x/y", b"x/y"), (parent_key + b"\0..", b".."),
+                      (parent_key + b"\0other", b"a-lie")]:
+        conn.execute("INSERT INTO path (parent_id, key, name) VALUES (?, ?, ?)",
+                     (parent_id, key, name))
+        path_id = conn.last_insert_rowid()
+        conn.execute("INSERT INTO version (path_id, mode, uid, gid, user, grp, size, mtime_ns, "
+                     "ctime_ns, dev, ino, nlink, rdev, link_target, content_id) "
+                     "VALUES (?, ?, 0, 0, x'', x'', 0, 0, 0, 0, 0, 1, 0, NULL, NULL)",
+                     (path_id, stat.S_IFDIR | 0o755))
+        conn.execute("INSERT INTO member (save_id, path_id, version_id) VALUES (1, ?, ?)",
+                     (path_id, conn.last_insert_rowid()))
+    conn.close()
+    mp = tmp_path / "mnt"
+    with mounted(repo, mp) as proc:
+        got = in_save(mp, tree)
+        assert sorted(os.listdir(got)) == sorted(os.listdir(os.fsencode(tree)))
+    err = stderr_of(proc)
+    assert err.count("catalog row refused") == 3, err
