@@ -354,3 +354,29 @@ def test_mount_refuses_catalog_rows_with_names_a_directory_cannot_hold(repo, tre
         assert sorted(os.listdir(got)) == sorted(os.listdir(os.fsencode(tree)))
     err = stderr_of(proc)
     assert err.count("catalog row refused") == 3, err
+
+
+def test_mount_sequential_reads_fetch_the_next_chunks_ahead(repo, tree):
+    from backshift.ops.mountread import PREFETCH_CHUNKS, OpenFile
+    save(repo, tree)
+    cat = Catalog.open(os.path.join(repo, CATALOG_NAME), readonly=True)
+    try:
+        row = cat.entry_at_key(1, pathcodec.sort_key(os.fsencode(tree / "random.bin")))
+        chunks = cat.mount_chunks_of_content(row[14])
+    finally:
+        cat.close()
+    assert len(chunks) > PREFETCH_CHUNKS + 1
+    cache = ChunkCache(Store(repo))
+    try:
+        f = OpenFile(cache, b"", 300_000, chunks)
+        first = chunks[0][1]
+        assert f.read(0, first) == (tree / "random.bin").read_bytes()[:first]
+        ahead = {sha for sha, _, _ in chunks[1:1 + PREFETCH_CHUNKS]}
+        deadline = time.monotonic() + 10
+        while not ahead <= set(cache.data) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ahead <= set(cache.data)  # fetched by the workers, never asked for
+        assert chunks[1 + PREFETCH_CHUNKS][0] not in cache.data
+        assert f.read(0, 300_000) == (tree / "random.bin").read_bytes()
+    finally:
+        cache.close()
