@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 from collections.abc import Iterator
@@ -125,6 +126,20 @@ MARK_SAVE_INTERRUPTED = _sql("""
       AND status = 'running'
 """)
 
+SET_SAVE_ROOTS = _sql("""
+    UPDATE save
+    SET roots = :roots
+    WHERE id = :save_id
+""")
+
+PREVIOUS_SAVE_ROOTS = _sql("""
+    SELECT roots
+    FROM save
+    WHERE hostname = :hostname AND subset = :subset AND id < :save_id
+    ORDER BY started_ns DESC, id DESC
+    LIMIT 1
+""")
+
 SERIES_EXISTS = _sql("""
     SELECT EXISTS (
         SELECT 1
@@ -196,7 +211,7 @@ VERSION_COLUMNS = _sql("""
 """)
 
 VERSION_IN_SAVE = _sql(f"""
-    SELECT v.id, {VERSION_COLUMNS}
+    SELECT v.id, {VERSION_COLUMNS}, v.xattrs_id
     FROM member AS m
     JOIN version AS v ON v.id = m.version_id
     WHERE m.save_id = :save_id
@@ -205,9 +220,9 @@ VERSION_IN_SAVE = _sql(f"""
 
 INSERT_VERSION = _sql("""
     INSERT INTO version (path_id, mode, uid, gid, user, grp, size, mtime_ns, ctime_ns, dev,
-                         ino, nlink, rdev, link_target, content_id)
+                         ino, nlink, rdev, link_target, content_id, xattrs_id)
     VALUES (:path_id, :mode, :uid, :gid, :user, :grp, :size, :mtime_ns, :ctime_ns, :dev,
-            :ino, :nlink, :rdev, :link_target, :content_id)
+            :ino, :nlink, :rdev, :link_target, :content_id, :xattrs_id)
 """)
 
 INSERT_MEMBER = _sql("""
@@ -249,6 +264,27 @@ UPDATE_CHUNK_STORED_LENGTH = _sql("""
 INSERT_CONTENT_CHUNK = _sql("""
     INSERT INTO content_chunk (content_id, seq, chunk_id)
     VALUES (:content_id, :seq, :chunk_id)
+""")
+
+CHUNK_FILES_OF_CONTENT = _sql("""
+    SELECT lower(hex(k.sha256)), k.stored_length
+    FROM content_chunk AS cc
+    JOIN chunk AS k ON k.id = cc.chunk_id
+    WHERE cc.content_id = :content_id
+    ORDER BY cc.seq
+""")
+
+SET_CHUNK_STORED_LENGTH = _sql("""
+    UPDATE chunk
+    SET stored_length = :stored_length
+    WHERE sha256 = :sha256
+      AND stored_length != :stored_length
+""")
+
+CHUNK_LENGTH_BY_SHA = _sql("""
+    SELECT length
+    FROM chunk
+    WHERE sha256 = :sha256
 """)
 
 CHUNKS_OF_CONTENT = _sql("""
@@ -305,7 +341,8 @@ REPORT_NEW_BYTES = _sql("""
 
 # Both saves' members in path-key order: one walk of the key index with two primary-key
 # probes per path, so the differences stream out already sorted (no sort, no sets).
-DIFF_VERSION_COLUMNS = "id, mode, uid, gid, user, grp, size, mtime_ns, link_target, content_id"
+DIFF_VERSION_COLUMNS = ("id, mode, uid, gid, user, grp, size, mtime_ns, link_target, content_id, "
+                        "xattrs_id")
 DIFF_SAVES = _sql(f"""
     SELECT p.key,
            {", ".join("va." + c for c in DIFF_VERSION_COLUMNS.split(", "))},
@@ -363,7 +400,7 @@ FIND_PATHS = _sql(f"""
 
 ENTRY_COLUMNS = _sql("""
     p.id, p.key, v.mode, v.uid, v.gid, v.user, v.grp, v.size, v.mtime_ns, v.dev, v.ino,
-    v.nlink, v.rdev, v.link_target, v.content_id, c.digest
+    v.nlink, v.rdev, v.link_target, v.content_id, c.digest, v.xattrs_id
 """)
 
 ENTRIES_IN_KEY_RANGE = _sql(f"""
@@ -731,7 +768,8 @@ CHUNK_USERS = _sql("""
 # the plan (path_by_parent, then each table by its key): left free, SQLite scanned the whole
 # save's members for each directory.
 PREVIOUS_UNDER_PARENT = _sql(f"""
-    SELECT p.id, p.name, v.id, {VERSION_COLUMNS}, lower(hex(k.sha256))
+    SELECT p.id, p.name, v.id, {VERSION_COLUMNS}, lower(hex(k.sha256)), k.stored_length,
+           v.xattrs_id
     FROM path AS p
     CROSS JOIN member AS m
     CROSS JOIN version AS v
@@ -754,11 +792,6 @@ INSERT_PATH_IF_NEW = _sql("""
     RETURNING id
 """)
 
-MAX_CHUNK_ID = _sql("""
-    SELECT max(id)
-    FROM chunk
-""")
-
 UPSERT_CHUNK = _sql("""
     INSERT INTO chunk (sha256, length, stored_length)
     VALUES (:sha256, :length, :stored_length)
@@ -779,6 +812,12 @@ CONTENTS_BY_DIGESTS = _sql("""
     SELECT id, digest, size
     FROM content
     WHERE digest IN ({marks})
+""")
+
+CHUNKS_BY_SHAS_WITH_LENGTH = _sql("""
+    SELECT sha256, length, stored_length
+    FROM chunk
+    WHERE sha256 IN ({marks})
 """)
 
 CHUNKS_BY_SHAS = _sql("""
@@ -837,7 +876,7 @@ INSERT_PATHS = _sql("""
 
 INSERT_VERSIONS = _sql("""
     INSERT INTO version (id, path_id, mode, uid, gid, user, grp, size, mtime_ns, ctime_ns,
-                         dev, ino, nlink, rdev, link_target, content_id)
+                         dev, ino, nlink, rdev, link_target, content_id, xattrs_id)
     VALUES {rows}
 """)
 
@@ -846,6 +885,73 @@ INSERT_MEMBERS = _sql("""
     VALUES {rows}
     ON CONFLICT DO NOTHING
 """)
+
+
+# -- extended attributes ---
+# A distinct attribute set is stored once under its digest (xattrs.set_digest); versions
+# name it by xattrs_id. Sets are few: a lookup per new set, a cache in the caller.
+
+XATTR_SET_BY_DIGEST = _sql("""
+    SELECT id
+    FROM xattr_set
+    WHERE digest = :digest
+""")
+
+INSERT_XATTR_SET = _sql("""
+    INSERT INTO xattr_set (digest)
+    VALUES (:digest)
+""")
+
+INSERT_XATTR = _sql("""
+    INSERT INTO xattr (set_id, name, value, is_text)
+    VALUES (:set_id, :name, :value, :is_text)
+""")
+
+XATTRS_OF_SET = _sql("""
+    SELECT name, value
+    FROM xattr
+    WHERE set_id = :set_id
+    ORDER BY name
+""")
+
+# Set-based like the other sweeps; the partial index version_by_xattrs holds only the
+# versions that have a set.
+DELETE_UNREFERENCED_XATTR_SETS = _sql("""
+    DELETE FROM xattr_set
+    WHERE id NOT IN (SELECT xattrs_id FROM version WHERE xattrs_id IS NOT NULL)
+""")
+
+VERSIONS_WITHOUT_XATTR_SET = _sql("""
+    SELECT v.id, v.xattrs_id
+    FROM version AS v
+    LEFT JOIN xattr_set AS x ON x.id = v.xattrs_id
+    WHERE v.xattrs_id IS NOT NULL
+      AND x.id IS NULL
+""")
+
+# Stand-ins of migration 0003 for a catalog read before it was migrated (Catalog.open):
+# its versions have no attribute sets.
+READ_ONLY_STAND_INS = {3: _sql("""
+    CREATE TEMP VIEW version AS
+    SELECT *, NULL AS xattrs_id
+    FROM main.version;
+    CREATE TEMP TABLE xattr_set (
+        id     INTEGER PRIMARY KEY,
+        digest BLOB    NOT NULL
+    );
+    CREATE TEMP TABLE xattr (
+        set_id  INTEGER NOT NULL,
+        name    BLOB    NOT NULL,
+        value   BLOB    NOT NULL,
+        is_text INTEGER NOT NULL,
+        PRIMARY KEY (set_id, name)
+    ) WITHOUT ROWID;
+    CREATE TEMP VIEW xattrs AS
+    SELECT m.save_id, NULL AS path, NULL AS name, NULL AS value, NULL AS size,
+           m.path_id, m.version_id
+    FROM main.member AS m
+    WHERE 0;
+""")}
 
 
 def _slices(items: list) -> Iterator[list]:
@@ -892,6 +998,8 @@ class Catalog:
             cat = cls(conn, path, readonly=readonly)
             cat._configure(writer=not readonly)
             cat._check_identity()
+            if readonly:
+                stand_in_for_migrations(conn)
         except apsw.Error as e:
             raise open_error(e, path, readonly) from None
         if not readonly:
@@ -926,6 +1034,7 @@ class Catalog:
 
     def user_version(self) -> int:
         return self.conn.execute("PRAGMA user_version").fetchall()[0][0]
+
 
     def migrate(self) -> list[int]:
         """Apply pending migrations, each in its own IMMEDIATE transaction with its version."""
@@ -981,8 +1090,10 @@ class Catalog:
             except apsw.Error:
                 pass
 
-    def checkpoint(self) -> None:
-        """Fold the WAL back into the catalog file (end of save/expire)."""
+    def checkpoint(self) -> str | None:
+        """Fold the WAL back into the catalog file (end of save/expire); None, or why that
+        failed (disk full): every commit is safe in the WAL already, so a failure loses
+        nothing (the next checkpoint folds it), and callers report it as a warning."""
         # Short busy wait only: a TRUNCATE checkpoint holds the writer lock while it waits
         # for readers, and another save waiting in BEGIN IMMEDIATE holds a read mark, so
         # with the long writer timeout two concurrent saves stalled each other for 60 s.
@@ -991,8 +1102,11 @@ class Catalog:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except apsw.BusyError:
             pass  # a reader holds the WAL; the automatic checkpoint will catch up
+        except apsw.Error as e:
+            return _root_cause(e)
         finally:
             self.conn.set_busy_timeout(WRITER_BUSY_MS if not self.readonly else READER_BUSY_MS)
+        return None
 
     # -- meta -----------------------------------------------------------------------------
 
@@ -1052,6 +1166,15 @@ class Catalog:
         row = self.conn.execute(GET_SAVE, {"save_id": save_id}).fetchone()
         return SaveRow(*row) if row else None
 
+    def set_save_roots(self, save_id: int, roots: bytes) -> None:
+        self.conn.execute(SET_SAVE_ROOTS, {"save_id": save_id, "roots": roots})
+
+    def previous_save_roots(self, hostname: str, subset: str, save_id: int) -> bytes | None:
+        """The roots of the series' save before SAVE_ID (None: none, or names from find)."""
+        row = self.conn.execute(PREVIOUS_SAVE_ROOTS, {
+            "hostname": hostname, "subset": subset, "save_id": save_id}).fetchone()
+        return row[0] if row else None
+
     def has_series(self, hostname: str, subset: str) -> bool:
         """Whether any save of HOSTNAME/SUBSET exists (interrupted ones included)."""
         row = self.conn.execute(SERIES_EXISTS, {"hostname": hostname, "subset": subset})
@@ -1084,7 +1207,7 @@ class Catalog:
             "path_id": path_id, "mode": v.mode, "uid": v.uid, "gid": v.gid, "user": v.user,
             "grp": v.group, "size": v.size, "mtime_ns": v.mtime_ns, "ctime_ns": v.ctime_ns,
             "dev": v.dev, "ino": v.ino, "nlink": v.nlink, "rdev": v.rdev,
-            "link_target": v.link_target, "content_id": v.content_id,
+            "link_target": v.link_target, "content_id": v.content_id, "xattrs_id": v.xattrs_id,
         })
         return self.conn.last_insert_rowid()
 
@@ -1224,6 +1347,32 @@ class Catalog:
         rows = self.conn.execute(CHUNKS_OF_CONTENT, {"content_id": content_id})
         return [ChunkRef(sha, length) for sha, length in rows]
 
+    def chunk_files_of_content(self, content_id: int) -> tuple[list[str], list[int]]:
+        """The content's chunk file names (sha256 in lowercase hex) and their recorded
+        stored lengths, in order."""
+        rows = self.conn.execute(CHUNK_FILES_OF_CONTENT, {"content_id": content_id}).fetchall()
+        return [name for name, _ in rows], [stored for _, stored in rows]
+
+    def chunk_sizes(self, shas: list[bytes]) -> dict[bytes, tuple[int, int]]:
+        """(length, stored length) of those of SHAS the catalog has a chunk row for."""
+        found: dict[bytes, tuple[int, int]] = {}
+        for part in _slices(shas):
+            sql = CHUNKS_BY_SHAS_WITH_LENGTH.format(marks=",".join("?" * len(part)))
+            for sha, length, stored_length in self.conn.execute(sql, part):
+                found[sha] = (length, stored_length)
+        return found
+
+    def chunk_length(self, sha256: bytes) -> int | None:
+        """The data length the catalog records for chunk SHA256 (None: no row)."""
+        row = self.conn.execute(CHUNK_LENGTH_BY_SHA, {"sha256": sha256}).fetchone()
+        return None if row is None else row[0]
+
+    def set_stored_length(self, sha256: bytes, stored_length: int) -> None:
+        """Record the size of a chunk file verified in another valid encoding than the one
+        recorded (raw or zstd: both decode to the same bytes). In a write transaction."""
+        self.conn.execute(SET_CHUNK_STORED_LENGTH,
+                          {"sha256": sha256, "stored_length": stored_length})
+
     # -- expire, check, catalog copies --------------------------------------------------
 
     def delete_save(self, save_id: int) -> None:
@@ -1236,6 +1385,7 @@ class Catalog:
         c = self.conn
         c.execute(DELETE_UNREFERENCED_VERSIONS)
         c.execute(DELETE_UNREFERENCED_CONTENTS)  # content_chunk rows cascade
+        c.execute(DELETE_UNREFERENCED_XATTR_SETS)  # xattr rows cascade
 
     def sweep_unreferenced_chunks(self) -> None:
         """Delete the chunk and path rows nothing references (after the versions)."""
@@ -1278,6 +1428,8 @@ class Catalog:
                 for s, p in self._rows(MEMBERS_WITHOUT_PATH)]
         out += [f"version {v} names missing path {p}"
                 for v, p in self._rows(VERSIONS_WITHOUT_PATH)]
+        out += [f"version {v} names missing extended attribute set {x}"
+                for v, x in self._rows(VERSIONS_WITHOUT_XATTR_SET)]
         return out
 
     def running_saves(self) -> list[tuple[int, str, str, int, str, int]]:
@@ -1302,6 +1454,13 @@ class Catalog:
             with out.backup("main", self.conn, "main") as b:
                 b.step(-1)  # one step: one consistent snapshot even while saves commit
             out.execute("PRAGMA journal_mode = DELETE").fetchall()
+        except apsw.Error as e:
+            # SQLite may name a failed write 'disk I/O error', or even 'not an error' once
+            # the backup is finished: the system's errno says what failed (ENOSPC, EIO)
+            no = out.system_errno or (errno.ENOSPC if isinstance(e, apsw.FullError) else 0)
+            if no:
+                raise OSError(no, os.strerror(no), dest) from e
+            raise
         finally:
             out.close()
 
@@ -1439,10 +1598,11 @@ class Catalog:
 
     def entries_under(self, save_id: int, parent_id: int, limit: int) -> dict | None:
         """{name: (path id, name, version id, mode, uid, gid, user, group, size, mtime_ns,
-        ctime_ns, dev, ino, nlink, rdev, link target, content id, chunks)} of the entries of
-        directory PARENT_ID in save SAVE_ID, where chunks is "" (no chunk), one sha256 in
-        lowercase hex (a chunk file's name), or a list of them in order; None when that
-        takes more than LIMIT rows (one per chunk).
+        ctime_ns, dev, ino, nlink, rdev, link target, content id, chunks, stored lengths,
+        xattrs id)} of the entries of directory PARENT_ID in save SAVE_ID, where chunks is ""
+        (no chunk), one sha256 in lowercase hex (a chunk file's name), or a list of them in
+        order, and stored lengths the sizes of their files, one int or a list alike; None
+        when that takes more than LIMIT rows (one per chunk).
         The rows as SQLite returns them: a re-save compares them with lstat's fields."""
         rows = self.conn.execute(PREVIOUS_UNDER_PARENT, {
             "save_id": save_id, "parent_id": parent_id, "limit": limit + 1,
@@ -1452,11 +1612,13 @@ class Catalog:
         out = {r[1]: r for r in rows}
         if len(out) != len(rows):  # contents of several chunks: a row per chunk, merge
             shas: dict[bytes, list[str]] = {}
+            stored: dict[bytes, list[int]] = {}
             for r in rows:
                 shas.setdefault(r[1], []).append(r[17])
+                stored.setdefault(r[1], []).append(r[18])
             for name, chunks in shas.items():
                 if len(chunks) > 1:
-                    out[name] = out[name][:17] + (chunks,)
+                    out[name] = out[name][:17] + (chunks, stored[name]) + out[name][19:]
         return out
 
     def insert_members(self, rows: list[tuple[int, int, int]]) -> list[int]:
@@ -1486,10 +1648,6 @@ class Catalog:
         c.execute("RELEASE members")
         return []
 
-    def chunk_rows_estimate(self) -> int:
-        """An upper bound of the number of chunk rows (the largest id), read in O(log n)."""
-        return self.conn.execute(MAX_CHUNK_ID).fetchone()[0] or 0
-
     def path_ids(self, keys: list[bytes]) -> dict[bytes, int]:
         """The ids of those of KEYS the catalog holds, by key."""
         found: dict[bytes, int] = {}
@@ -1513,9 +1671,29 @@ class Catalog:
         first = self.conn.execute(LAST_VERSION_ID).fetchone()[0] + 1
         self._insert_rows(INSERT_VERSIONS, [
             (first + i, path_id, v.mode, v.uid, v.gid, v.user, v.group, v.size, v.mtime_ns,
-             v.ctime_ns, v.dev, v.ino, v.nlink, v.rdev, v.link_target, v.content_id)
+             v.ctime_ns, v.dev, v.ino, v.nlink, v.rdev, v.link_target, v.content_id, v.xattrs_id)
             for i, (path_id, v) in enumerate(versions)])
         return list(range(first, first + len(versions)))
+
+    # -- extended attributes --
+
+    def xattr_set_id(self, digest: bytes, xattrs: list[tuple[bytes, bytes, bool]]) -> int:
+        """The id of the attribute set with DIGEST (xattrs.set_digest of XATTRS: (name,
+        value, is_text) triples), inserted when new (inside a write transaction)."""
+        row = self.conn.execute(XATTR_SET_BY_DIGEST, {"digest": digest}).fetchone()
+        if row is not None:
+            return row[0]
+        self.conn.execute(INSERT_XATTR_SET, {"digest": digest})
+        set_id = self.conn.last_insert_rowid()
+        for name, value, text in xattrs:
+            self.conn.execute(INSERT_XATTR, {
+                "set_id": set_id, "name": name, "value": value, "is_text": int(text),
+            })
+        return set_id
+
+    def xattrs_of_set(self, set_id: int) -> tuple[tuple[bytes, bytes], ...]:
+        """The (name, value) pairs of an attribute set, sorted by name."""
+        return tuple(self.conn.execute(XATTRS_OF_SET, {"set_id": set_id}).fetchall())
 
     def insert_path_if_new(self, parent_id: int | None, key: bytes, name: bytes) -> int | None:
         """The new path's id; None when KEY is already there."""
@@ -1663,6 +1841,17 @@ class Catalog:
         """(sha256, length, stored_length) of a content's chunks, in order."""
         return self.conn.execute(self.MOUNT_CHUNKS_OF_CONTENT,
                                  {"content_id": content_id}).fetchall()
+
+
+def stand_in_for_migrations(conn: apsw.Connection) -> None:
+    """A catalog opened read-only is not migrated (it may be on read-only media): the
+    objects of the migrations it lacks get empty stand-ins in CONN's temp schema, which
+    unqualified names find first, so that reading code (and users' SQL) sees one schema."""
+    version = conn.execute("PRAGMA user_version").fetchall()[0][0]
+    for number, sql in sorted(READ_ONLY_STAND_INS.items()):
+        if number > version:
+            conn.execute(sql)
+
 
 def _fanout_range(fanout: int) -> dict:
     """The sha256 range [lo, hi) of one fan-out byte; 33 x 0xff is above every sha256."""

@@ -17,6 +17,7 @@ from .errors import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_TERMINATED,
     EXIT_WARNING,
     BackshiftError,
     NotACatalog,
@@ -71,6 +72,10 @@ class _OutputClosed(Exception):
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
+            if str(ctx.params.get("repo") or "").startswith("ssh://"):
+                code = _run_remote(self, ctx)
+                if code is not None:
+                    raise SystemExit(code)
             return super().invoke(ctx)
         except BrokenPipeError as e:
             raise _OutputClosed() from e
@@ -79,8 +84,14 @@ class _Group(click.Group):
 @click.group(cls=_Group, epilog=EXIT_CODES_HELP,
              context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-r", "--repo", envvar="BACKSHIFT_REPO", metavar="REPO",
-              help="Repository directory (or set BACKSHIFT_REPO).")
+              help="Repository directory, or ssh://[USER@]HOST[:PORT]/PATH "
+                   "(or set BACKSHIFT_REPO).")
 @click.option("--debug", is_flag=True, help="Show a traceback for errors.")
+@click.option("--remote-path", envvar="BACKSHIFT_REMOTE_PATH", default="backshift",
+              show_default=True, metavar="CMD", expose_value=False,
+              callback=lambda ctx, _param, value: ctx.meta.update(remote_path=value),
+              help="The backshift command on the host of an ssh:// repository "
+                   "(or set BACKSHIFT_REMOTE_PATH).")
 @click.version_option(__version__, prog_name="backshift")
 @click.pass_context
 def cli(ctx: click.Context, repo: str | None, debug: bool) -> None:
@@ -150,8 +161,10 @@ def _check_label(kind: str, value: str) -> str:
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=bytes))
 @click.option("--hostname", default=None, help="Series host name [default: this host].")
-@click.option("--subset", default="default", show_default=True,
-              help="Series name within the host, e.g. home or root.")
+@click.option("--subset", default=None,
+              help="Series name within the host, e.g. home or root [default with PATHs: "
+                   "named after them: /etc is etc, /usr/share/doc usr-share-doc, several "
+                   "joined by '+'; required with names from stdin or --filelist].")
 @click.option("--filelist", type=click.File("rb"), default=None,
               help="Read NUL-separated names from FILE instead of stdin.")
 @click.option("--one-file-system", "-x", is_flag=True,
@@ -178,7 +191,7 @@ def _check_label(kind: str, value: str) -> str:
               type=click.FloatRange(0),
               help="Wait this long for a locked repository (an expire) before giving up.")
 @pass_ctx
-def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: str,
+def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: str | None,
          filelist, one_file_system: bool, exclude: tuple[str, ...], exclude_caches: bool,
          exclude_if_present: tuple[str, ...], progress: bool | None,
          as_json: bool, workers: int, checkpoint_interval: float,
@@ -189,6 +202,12 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
     --filelist FILE; or backshift walks the PATHs given. Unchanged files (same size,
     mtime, ctime and inode as in an earlier save of the series) are not read again.
 
+    Without --subset, a save of PATHs goes to the series named after them (the roots
+    without their leading '/', '/' as '-', sorted and joined by '+'; / is rootfs; a
+    root with other characters than letters, digits, '.', '_', '-' gives paths-HASH).
+    A warning says when a series' root PATHs change between saves. A save that gets no
+    names, or none of whose PATHs exist, is an error and records nothing.
+
     \b
     Examples:
       find /home -xdev -print0 | backshift -r /backup/repo save --subset home
@@ -197,16 +216,29 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
 
     Exit status 1 means the save completed but some files were skipped (see stderr).
     """
+    import signal
     import socket
 
     from . import walk
-    from .ops.save import SaveOptions, Saver, reader_pool
+    from .ops.save import SaveOptions, Saver, catch_stop_signals, reader_pool, subset_for_roots
     from .repo import WRITE, open_repository
 
     hostname = _check_label("hostname", hostname or socket.gethostname())
-    subset = _check_label("subset", subset)
     if paths and filelist is not None:
         raise UsageError("give either PATHs or --filelist, not both")
+    if not paths and filelist is None and sys.stdin.isatty():
+        raise UsageError("no names to save: names come NUL-separated on stdin, not typed "
+                         "(find /home -xdev -print0 | backshift save --subset home), or "
+                         "give PATHs (backshift save /home) or --filelist FILE")
+    cwd = os.getcwdb()
+    roots = _save_roots(paths, cwd) if paths else None
+    if roots is not None:  # the series is named after the PATHs given, all of them
+        subset = subset if subset is not None else subset_for_roots(roots)
+    elif subset is None:
+        raise UsageError("--subset is required with names from stdin or --filelist: it "
+                         "names the series (e.g. find /home -xdev -print0 | backshift save "
+                         "--subset home)")
+    subset = _check_label("subset", subset)
     walk_only = [name for name, given in [
         ("--one-file-system", one_file_system), ("--exclude", exclude),
         ("--exclude-caches", exclude_caches), ("--exclude-if-present", exclude_if_present)]
@@ -216,10 +248,6 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
                          "from find, let find leave them out (-xdev, -prune, -not -path)")
     if any(not n or "/" in n or n in (".", "..") for n in exclude_if_present):
         raise UsageError("--exclude-if-present takes a file name, without '/'")
-    if not paths and filelist is None and sys.stdin.isatty():
-        raise UsageError("no names to save: give PATHs, --filelist FILE, "
-                         "or pipe `find ... -print0` into stdin")
-    cwd = os.getcwdb()
 
     def warn(msg: str) -> None:
         _clear_progress()
@@ -228,13 +256,21 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
 
     show = sys.stderr.isatty() if progress is None else progress
     opts = SaveOptions(hostname=hostname, subset=subset, workers=workers,
-                       batch_files=checkpoint_files, batch_seconds=checkpoint_interval)
-    # forked before the repository (and its catalog) opens
-    readers = reader_pool(workers, ctx.repo, hostname, subset)
+                       batch_files=checkpoint_files, batch_seconds=checkpoint_interval,
+                       roots=roots)
+    restore_signals = catch_stop_signals()  # from now on a signal ends as one later
+    try:
+        # forked before the repository (and its catalog) opens
+        readers = reader_pool(workers, ctx.repo, hostname, subset)
+    except BaseException:
+        restore_signals()
+        raise
+    saver = None
     try:
         with open_repository(ctx.repo, WRITE, operation="save",
                              lock_wait_s=lock_wait) as repo:
             saver = Saver(repo, opts, warn, _progress_printer if show else None, readers)
+            saver.notice = _save_notice
             if paths:
                 tags = sorted({os.fsencode(n) for n in exclude_if_present}
                               | ({walk.CACHEDIR_TAG} if exclude_caches else set()))
@@ -247,8 +283,15 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
                 names = walk.normalized(walk.read_nul_names(stream), cwd, saver.warn)
             stats = saver.run(names)
             copied = _copy_catalog(repo) if stats.status == "complete" else True
+    except KeyboardInterrupt:  # a second signal: stopped at once, marked interrupted
+        if saver is None or saver.stop_signal != signal.SIGTERM:
+            raise
+        _clear_progress()
+        echo_err("backshift: terminated")
+        raise SystemExit(EXIT_TERMINATED) from None
     finally:
         readers.shutdown(wait=True, cancel_futures=True)
+        restore_signals()
     _clear_progress()
     if as_json:
         import json
@@ -259,9 +302,36 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
     if stats.status == "interrupted":
         echo_err(f"backshift: interrupted: save {stats.save_id} keeps the {stats.files:,} "
                  "files committed so far; the next save borrows from it")
-        raise SystemExit(EXIT_INTERRUPTED)
+        raise SystemExit(EXIT_TERMINATED if saver.stop_signal == signal.SIGTERM
+                         else EXIT_INTERRUPTED)
     if stats.warnings or not copied:
         raise SystemExit(EXIT_WARNING)
+
+
+def _save_roots(paths: tuple[bytes, ...], cwd: bytes) -> list[bytes]:
+    """The PATHs given, absolute and normal (those that cannot be are left out: the walk
+    warns about them); NothingToSave when none of them exists."""
+    from .errors import NothingToSave
+    from .pathcodec import BadPath, normalize
+
+    roots, missing = [], []
+    for raw in paths:
+        try:
+            root = normalize(raw, cwd)
+            roots.append(root)
+            os.lstat(root)
+        except BadPath as e:
+            missing.append(f"{os.fsdecode(raw)}: {e}")
+        except OSError as e:
+            missing.append(f"{os.fsdecode(raw)}: {e.strerror}")
+    if len(missing) == len(paths):
+        raise NothingToSave(f"no PATH given exists ({'; '.join(missing)})")
+    return roots
+
+
+def _save_notice(msg: str) -> None:
+    _clear_progress()
+    echo_err(msg)
 
 
 def _raw_stdin():
@@ -342,7 +412,7 @@ def saves(ctx: Context, last: int | None, hostname: str | None, subset: str | No
         headers = ["id", "hostname", "subset", "started", "finished", "status", "files",
                    "size", "new stored"]
         body = [[r.id, r.hostname, r.subset, local_time(r.started_ns),
-                 local_time(r.finished_ns), effective_status(r), f"{r.files:,}",
+                 local_time(r.finished_ns), effective_status(r, repo.path), f"{r.files:,}",
                  human_bytes(r.bytes),
                  human_bytes(r.new_bytes_stored)] for r in rows]
     else:
@@ -350,7 +420,7 @@ def saves(ctx: Context, last: int | None, hostname: str | None, subset: str | No
                    "bytes", "bytes_read", "bytes_borrowed", "new_chunks", "new_bytes_stored",
                    "warnings", "tool_version"]
         body = [[r.id, r.hostname, r.subset, iso_time(r.started_ns), iso_time(r.finished_ns),
-                 effective_status(r), r.files, r.bytes, r.bytes_read, r.bytes_borrowed,
+                 effective_status(r, repo.path), r.files, r.bytes, r.bytes_read, r.bytes_borrowed,
                  r.new_chunks, r.new_bytes_stored, r.warnings, r.tool_version] for r in rows]
     emit_lines(render(headers, body, fmt))
 
@@ -370,7 +440,10 @@ def _copy_catalog(repo) -> bool:
     try:
         make_copy(repo.path, repo.catalog)
     except Exception as e:  # noqa: BLE001 - any failure here must not undo a committed save
-        echo_err(f"warning: could not write a catalog copy: {e}")
+        cause = f"{os.fsdecode(e.filename)}: {e.strerror}" \
+            if isinstance(e, OSError) and e.filename and e.strerror else str(e)
+        echo_err(f"warning: could not write a catalog copy: {cause} (the work itself is "
+                 "committed)")
         return False
     return True
 
@@ -466,7 +539,11 @@ def expire(ctx: Context, keep_last: int, keep_hourly: int, keep_daily: int, keep
         click.echo("dry run: nothing was changed")
     for err in result.unlink_errors:
         echo_err(f"warning: could not remove {err}")
-    if result.unlink_errors or not copied:
+    if result.checkpoint_error:
+        echo_err("warning: expire is done and committed; only folding the catalog's "
+                 f"write-ahead log into the catalog file failed ({result.checkpoint_error}): "
+                 "nothing is lost, a later save or expire folds it")
+    if result.unlink_errors or not copied or result.checkpoint_error:
         raise SystemExit(EXIT_WARNING)
 
 
@@ -497,7 +574,8 @@ def check(ctx: Context, read_data: bool, read_data_subset: str | None, repair: b
           lock_wait: float) -> None:
     """Check the catalog and the chunk store; report damage grouped by chunk.
 
-    Exit status 0: no problems; 10: damage found (listed on stdout).
+    Exit status 0: no problems; 1: warnings only (a dead 'running' save, or leftovers of
+    dead processes: temp files, which expire removes); 10: damage found (listed on stdout).
 
     \b
     Examples:
@@ -518,6 +596,8 @@ def check(ctx: Context, read_data: bool, read_data_subset: str | None, repair: b
     emit_lines(report_lines(result, read))
     if result.problem_count():
         raise CheckFoundDamage(result.problem_count())
+    if result.warning_count():
+        raise SystemExit(EXIT_WARNING)
 
 
 @cli.command("break-lock")
@@ -811,9 +891,14 @@ def list_cmd(ctx: Context, backup: str, directory: str | None, no_recursive: boo
               help="Write every file whole, zeros included. By default a file with long "
                    "runs of zeros is a GNU sparse 1.0 member, which GNU tar, bsdtar and "
                    "Python's tarfile restore with holes; older readers may not know it.")
+@click.option("--no-xattrs", is_flag=True,
+              help="Leave out extended attributes and POSIX ACLs. By default they go in pax "
+                   "records as GNU tar writes them (SCHILY.xattr.*, SCHILY.acl.*): restore "
+                   "with `tar --xattrs --xattrs-include='*' --acls -xpf -` or "
+                   "`bsdtar --xattrs --acls -xpf -`.")
 @pass_ctx
 def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, exclude: tuple[str, ...],
-            where: str | None, output: str, no_sparse: bool) -> None:
+            where: str | None, output: str, no_sparse: bool, no_xattrs: bool) -> None:
     """Write a save, or part of it, as one POSIX (pax) tar stream: the restore.
 
     SELECTORs are paths (each with its subtree, leading '/' optional) or globs over whole
@@ -850,7 +935,8 @@ def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, exclude: tupl
                 return sys.stdout.buffer
             return stack.enter_context(open(os.fsencode(output), "wb"))
 
-        problems = tar_save(repo, save_row.id, sel, open_out, _report, not no_sparse)
+        problems = tar_save(repo, save_row.id, sel, open_out, _report, not no_sparse,
+                            not no_xattrs)
     _finish(problems)
 
 
@@ -950,6 +1036,100 @@ def _import_progress_printer(stats) -> None:
         f"({human_bytes(rate)}/s)")
     sys.stderr.flush()
     _progress_shown = True
+
+
+# -- serve ------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--restrict-to-path", "restrict", multiple=True, metavar="PATH",
+              help="Serve only repositories at or under PATH (repeatable); symlinks and "
+                   "'..' are resolved first.")
+@click.option("--append-only", is_flag=True,
+              help="Refuse expire, break-lock, check --repair and anything else that "
+                   "deletes or rewrites.")
+def serve(restrict: tuple[str, ...], append_only: bool) -> None:
+    """Answer one backshift client on stdin/stdout: the far end of ssh:// repositories.
+
+    A client runs it through ssh ($BACKSHIFT_RSH [-p PORT] [USER@]HOST
+    $BACKSHIFT_REMOTE_PATH serve) and names the repository in its first request. Put it
+    in a forced command to limit what a key may reach and do. It logs to stderr.
+
+    \b
+    Example (one line in ~/.ssh/authorized_keys on the repository host):
+      command="backshift serve --restrict-to-path /backups/web1 --append-only",restrict
+        ssh-ed25519 AAAA... root@web1
+    """
+    from .remote.server import Policy, serve_stdio
+
+    policy = Policy(restrict_to=restrict, append_only=append_only)
+    raise SystemExit(serve_stdio(policy, _serve_inspect, _serve_execute))
+
+
+def _run_remote(group: click.Group, ctx: click.Context) -> int | None:
+    """Run the command on the server of an ssh:// repository; None if it runs here."""
+    protected = ctx.__dict__.get("_protected_args")
+    args = [*(ctx.protected_args if protected is None else protected), *ctx.args]
+    if not args or args[0] == "serve":
+        return None
+    from .remote.client import check_remote, run_command, without_option
+
+    name, cmd, rest = group.resolve_command(ctx, args)
+    check_remote(name)
+    params = cmd.make_context(name, list(rest), parent=ctx).params  # usage errors stay local
+    out = sys.stdout.buffer
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        if name == "tar" and params["output"] == "-" and sys.stdout.isatty():
+            raise UsageError("refusing to write a tar stream to a terminal: "
+                             "pipe it into tar or give -o FILE")
+        if name == "tar" and params["output"] != "-":  # the file is on this host
+            rest = without_option(rest, "-o", "--output")
+            if cmd.make_context(name, list(rest), parent=ctx).params != {**params, "output": "-"}:
+                raise UsageError("cannot take -o apart from the other arguments: use > FILE")
+            out = stack.enter_context(open(os.fsencode(params["output"]), "wb"))
+        sys.stdout.flush()
+        code = run_command(ctx.params["repo"], ctx.meta.get("remote_path"), [name, *rest], out,
+                           sys.stderr.buffer, debug=ctx.params["debug"],
+                           encoding=sys.stdout.encoding, errors=sys.stdout.errors)
+        out.flush()
+    return code
+
+
+def _serve_inspect(argv: list[str]) -> tuple[str, dict | None]:
+    """The command ARGV names and its options; None when they do not parse (nor will run)."""
+    cmd = cli.get_command(click.Context(cli), argv[0])
+    if cmd is None:
+        return argv[0], None
+    try:
+        return argv[0], cmd.make_context(argv[0], list(argv[1:]),
+                                         parent=click.Context(cli)).params
+    except (click.ClickException, click.exceptions.Exit, ValueError, OSError):
+        return argv[0], None
+
+
+def _serve_execute(repo: str, argv: list[str], debug: bool, out, err, encoding: str,
+                   errors: str) -> int:
+    """Run one command in this process with its stdout and stderr going to OUT and ERR."""
+    import io
+
+    saved = sys.stdout, sys.stderr
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(out, 1 << 16), encoding=encoding,
+                                  errors=errors)
+    sys.stderr = io.TextIOWrapper(io.BufferedWriter(err, 1 << 12), encoding=encoding,
+                                  errors="backslashreplace", line_buffering=True)
+    try:
+        return run(["-r", repo, *(["--debug"] if debug else []), *argv])
+    except Exception:  # noqa: BLE001 - run() reports its errors; this is the client gone
+        return EXIT_ERROR
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        sys.stdout, sys.stderr = saved
 
 
 # -- entry point ------------------------------------------------------------------------

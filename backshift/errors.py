@@ -7,6 +7,7 @@ EXIT_OK = 0
 EXIT_WARNING = 1  # the operation finished, but some files or members had problems
 EXIT_ERROR = 2  # generic error, including bad command-line usage
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT (128 + 2)
+EXIT_TERMINATED = 143  # SIGTERM (128 + 15), as a shell reports a process it ended
 
 
 class BackshiftError(Exception):
@@ -121,6 +122,10 @@ class ReaderDied(BackshiftError):
     """a reader process died (killed, out of memory?); the save stopped, marked interrupted"""
 
 
+class NothingToSave(BackshiftError):
+    """nothing to save: {0}; no save was recorded"""
+
+
 class ChunkCorrupt(DataDamaged):
     """chunk {0} is damaged: {1}"""
 
@@ -155,6 +160,60 @@ class MountFailed(BackshiftError):
     """cannot mount at {0}: {1}"""
 
 
+class RemoteUnreachable(BackshiftError):
+    """cannot reach {0}: {1}"""
+
+    exit_code = 30
+    summary = "`ssh://`: the host cannot be reached (ssh could not connect)"
+
+
+class RemoteAuthFailed(BackshiftError):
+    """ssh to {0} was refused: {1}"""
+
+    exit_code = 31
+    summary = "`ssh://`: ssh authentication or host key verification failed"
+
+
+class RemoteCommandNotFound(BackshiftError):
+    """cannot run '{1} serve' on {0}: {2} (install backshift there, or use --remote-path)"""
+
+    exit_code = 32
+    summary = "`ssh://`: the remote `backshift serve` command was not found"
+
+
+class RemoteVersionMismatch(BackshiftError):
+    """{0}"""
+
+    exit_code = 33
+    summary = "`ssh://`: client and server cannot talk (protocol version or garbled stream)"
+
+
+class RemoteProtocolError(RemoteVersionMismatch):
+    """{0}"""
+
+
+class RemoteConnectionLost(BackshiftError):
+    """connection to {0} lost: {1}"""
+
+    exit_code = 34
+    summary = "`ssh://`: the connection to the server was cut before the command finished"
+
+
+class RemoteRefused(BackshiftError):
+    """the server refused: {0}"""
+
+    exit_code = 35
+    summary = "`ssh://`: the server refused (outside --restrict-to-path, or --append-only)"
+
+
+class RemoteNotSupported(BackshiftError):
+    """{0}"""
+
+
+class RemoteError(BackshiftError):
+    """{0}"""
+
+
 class Interrupted(BackshiftError):
     """interrupted"""
 
@@ -168,6 +227,7 @@ def exit_code_table() -> list[tuple[int, str]]:
         EXIT_WARNING: "finished with warnings (files skipped, members damaged); see stderr",
         EXIT_ERROR: "error (bad usage, unexpected failure)",
         EXIT_INTERRUPTED: "interrupted by Ctrl-C / SIGINT (work done so far is committed)",
+        EXIT_TERMINATED: "`save` stopped by SIGTERM (work done so far is committed)",
     }
     for cls in _all_subclasses(BackshiftError):
         if cls.exit_code not in rows:

@@ -252,3 +252,71 @@ def break_lock(repo: bytes) -> tuple[list[dict], list[dict]]:
             continue
         removed.append(rec)
     return removed, kept
+
+
+# -- a save's own lock: whether a 'running' save still has a live process ----------------
+# A pid says nothing once its process is a zombie (/proc/PID stays until it is reaped) or
+# the pid is reused. Each save holds an flock on REPO/locks/save-ID from before its row is
+# committed until after its final status is: the kernel drops the flock when the process
+# exits, reaped or not, so a lock that can be taken means a dead save.
+
+
+def _save_lock_path(repo: bytes, save_id: int) -> bytes:
+    return os.path.join(repo, LOCKS_DIR, b"save-%d" % save_id)
+
+
+def hold_save_lock(repo: bytes, save_id: int) -> int:
+    """Create and flock REPO/locks/save-SAVE_ID for this process; the fd (keep it open)."""
+    os.makedirs(os.path.join(repo, LOCKS_DIR), mode=0o700, exist_ok=True)
+    fd = os.open(_save_lock_path(repo, save_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def release_save_lock(repo: bytes, save_id: int, fd: int | None) -> None:
+    """Drop the lock of a save whose final status is committed (removing its file first)."""
+    try:
+        os.unlink(_save_lock_path(repo, save_id))
+    except OSError:
+        pass
+    if fd is not None:
+        os.close(fd)
+
+
+def save_alive(repo: bytes, save_id: int, pid: int) -> bool:
+    """Whether the process of 'running' save SAVE_ID (of this host) still runs: its save
+    lock is held. A save without a lock file (written by an older backshift) falls back to
+    its PID."""
+    try:
+        fd = os.open(_save_lock_path(repo, save_id), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return pid_alive(pid, None)
+    except OSError:
+        return True  # cannot tell: never declare a save dead on a guess
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True  # held (EWOULDBLOCK), or cannot tell
+    finally:
+        os.close(fd)
+    return False
+
+
+def remove_dead_save_lock(repo: bytes, save_id: int) -> None:
+    """Remove the lock file a dead save left (after its row was marked interrupted)."""
+    path = _save_lock_path(repo, save_id)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -83,6 +83,7 @@ class Version(NamedTuple):
     rdev: int
     link_target: bytes | None
     content_id: int | None
+    xattrs_id: int | None = None  # its extended attribute set; None: none
 
     @property
     def type(self) -> str | None:
@@ -97,11 +98,13 @@ class ChunkRef(NamedTuple):
 
 
 class StoredChunk(NamedTuple):
-    """What storing one chunk did: its reference, its stored size, whether it was new."""
+    """What storing one chunk did: its reference, its stored size, whether it was new, and
+    whether a file found under its name was taken as stored (to be vetted: Saver.vet_found)."""
 
     ref: ChunkRef
     stored_length: int
     new: bool
+    found: bool = False
 
 
 @dataclass(frozen=True)

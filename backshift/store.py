@@ -20,6 +20,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from binascii import hexlify
 from collections.abc import Callable, Iterable
 
@@ -71,11 +72,9 @@ def read_whole(fd: int, expected: int, limit: int | None = None) -> bytes:
     return b"".join(parts)
 
 
-# Presence checks from one listing of the chunk directories rather than a stat per chunk:
-# a listed name costs ~0.7 us, a stat ~3.5 us plus its path. The listing is kept in memory
-# (~130 bytes a name), so only for stores of up to LISTING_MAX chunks.
-LISTING_MAX = 250_000
-STAT_OVER_LISTING = 5
+QUARANTINE_DIR = b"quarantine"  # damaged chunk files moved aside (check --repair, a save)
+_S_IFMT = 0o170000  # stat.S_IFMT's mask and S_IFREG, compared inline: no call per chunk
+_S_IFREG = 0o100000
 # With this many chunks pending, a helper thread syncs and renames them ahead of the next
 # flush(), which then only waits for it and handles the rest: the renames (~20 us each) and
 # syncfs waits of a commit no longer stop the catalog's thread. 256 rather than 1024: the
@@ -124,6 +123,9 @@ class Store:
         self._ahead_error: RepositoryIOError | None = None
         self._seen_existing = False
         self._linked: set[bytes] = set()  # pending temps that are hard links (import)
+        # chunks whose file on disk failed verification: put() stores them again whatever
+        # is under their name (the flush's rename replaces it), see replace_files()
+        self._replace: set[bytes] = set()
         host = socket.gethostname().encode("ascii", "replace").replace(b"/", b"_")[:32]
         self._temp_tag = TEMP_MARK + host + b"." + str(self.pid).encode() + b"."
         # Temp names end in 8 hex digits: a random start (one getrandom per store, not per
@@ -220,45 +222,32 @@ class Store:
         except FileNotFoundError:
             return None
 
-    def chunk_test(self, expected: int, chunks: int) -> Callable[[str], bool]:
-        """A test of whether a chunk, named by its sha256 in lowercase hex, has its file on
-        disk under its final name, for a caller about to test EXPECTED chunks of a store
-        of about CHUNKS. When that is a good part of the store, the test answers from one
-        listing of the chunk directories made now (chunks placed later count as absent: a
-        caller reads such a file again, never borrows a missing chunk; expire and check
-        --repair, which remove chunks, never run during a save); otherwise it stats the
-        chunk's file."""
-        if chunks <= LISTING_MAX and expected * STAT_OVER_LISTING >= chunks:
-            listed = self._list_chunk_names()
-            if listed is not None:
-                return listed.__contains__
-        return self._hex_on_disk
-
-    def _hex_on_disk(self, name: str) -> bool:
+    def found_size(self, sha256: bytes) -> int | None:
+        """Size of the chunk file when it is a regular file (lstat: a symlink is never
+        followed, a FIFO never opened); None when absent or anything else (a FIFO, a
+        directory, a symlink: damage, which a new chunk file replaces)."""
         try:
-            os.stat(f"{self._root_text}/{name[:2]}/{name}")
-        except FileNotFoundError:
-            return False
-        return True
-
-    def _list_chunk_names(self) -> set[str] | None:
-        """The final names in the chunk directories; None when too many or unreadable."""
-        names: set[str] = set()
-        try:
-            for i in range(256):
-                prefix = f"{i:02x}"
-                try:
-                    found = os.listdir(f"{self._root_text}/{prefix}")
-                except FileNotFoundError:
-                    continue
-                # temp names are longer; a name in the wrong directory is not where
-                # reads look (path_for), so it does not make its chunk present
-                names.update(n for n in found if len(n) == 64 and n.startswith(prefix))
-                if len(names) > 2 * LISTING_MAX:
-                    return None
+            st = os.lstat(self.path_for(sha256))
         except OSError:
             return None
-        return names
+        return st.st_size if st.st_mode & _S_IFMT == _S_IFREG else None
+
+    def chunk_test(self) -> Callable[[str, int], bool]:
+        """A test of whether a chunk, named by its sha256 in lowercase hex, has a sound file
+        under its final name: a regular file (not a symlink) of its recorded stored length
+        (0: unknown, any size). One lstat per call: truncated files, garbage of another
+        size, FIFOs, directories and symlinks all fail it, and the caller reads the source
+        again (a listing of the store, cheaper per name, could not see sizes)."""
+        root = self._root_text
+
+        def sound(name: str, stored_length: int) -> bool:
+            try:
+                st = os.lstat(f"{root}/{name[:2]}/{name}")
+            except OSError:
+                return False
+            return st.st_mode & _S_IFMT == _S_IFREG and (
+                not stored_length or st.st_size == stored_length)
+        return sound
 
     def read(self, ref: ChunkRef, stored_length: int | None = None) -> bytes:
         """The verified bytes of a chunk; ChunkMissing or ChunkCorrupt otherwise."""
@@ -280,7 +269,12 @@ class Store:
         if length > MAX_CHUNK_LENGTH:  # a damaged or hostile catalog: nothing is read
             raise ChunkCorrupt(hexname.decode(), f"the catalog gives it {length} bytes, more "
                                f"than any chunk holds ({MAX_CHUNK_LENGTH})")
-        body = self._read_body(hexname, length, stored_length)
+        return self._verified(sha256, hexname, self._read_body(hexname, length, stored_length),
+                              length)
+
+    def _verified(self, sha256: bytes, hexname: bytes, body: bytes,
+                  length: int) -> bytes | memoryview:
+        """The data of BODY, the chunk file of SHA256 (LENGTH bytes), verified."""
         try:
             data = chunkcodec.decode_sized(body, length, self._zstd()[1])
         except chunkcodec.WrongSize as e:
@@ -293,18 +287,36 @@ class Store:
             raise ChunkCorrupt(hexname.decode(), "content does not match its name (sha256)")
         return data
 
-    def _read_body(self, hexname: bytes, length: int, stored_length: int | None) -> bytes:
+    def _read_body(self, hexname: bytes, length: int, stored_length: int | None,
+                   regular_only: bool = False) -> bytes:
         """The body of chunk file HEXNAME, of a chunk of at most LENGTH bytes: one open, one
         read, one close, never more than chunkcodec.max_body(LENGTH) bytes (STORED_LENGTH:
-        see read_verified). ChunkMissing or ChunkCorrupt otherwise."""
+        see read_verified). ChunkMissing or ChunkCorrupt otherwise.
+
+        REGULAR_ONLY: anything but a regular file is damage, found by lstat before any
+        open (a FIFO is never opened, a symlink never followed)."""
+        path = self._root_slash + hexname[:2] + b"/" + hexname
+        flags = _O_READ
+        if regular_only:
+            flags |= os.O_NOFOLLOW
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                raise ChunkMissing(hexname.decode()) from None
+            except OSError as e:
+                raise ChunkCorrupt(hexname.decode(), e.strerror or str(e)) from None
+            if st.st_mode & _S_IFMT != _S_IFREG:
+                raise ChunkCorrupt(hexname.decode(), "not a regular file")
         try:
-            fd = os.open(self._root_slash + hexname[:2] + b"/" + hexname, _O_READ)
+            fd = os.open(path, flags)
         except FileNotFoundError:
             raise ChunkMissing(hexname.decode()) from None
         except OSError as e:
             raise ChunkCorrupt(hexname.decode(), e.strerror or str(e)) from None
         bound = chunkcodec.max_body(length)
         try:
+            if regular_only and os.fstat(fd).st_mode & _S_IFMT != _S_IFREG:
+                raise ChunkCorrupt(hexname.decode(), "not a regular file")  # swapped since
             if stored_length is None or not 0 <= stored_length <= READ_HINT_MAX \
                     or stored_length > bound:
                 stored_length = os.fstat(fd).st_size  # no hint, or one not to be believed
@@ -318,12 +330,33 @@ class Store:
             os.close(fd)
         return body
 
-    def read_orphan(self, sha256: bytes) -> bytes:
+    def verify_file(self, sha256: bytes, length: int | None) -> int:
+        """Verify chunk file SHA256 in place, as a hint requires (its size differs from the
+        catalog's, or no catalog row names it): a regular file (lstat first: a FIFO is never
+        opened, a symlink never followed) whose body decodes to LENGTH bytes (None: unknown,
+        an orphan's) and whose sha256 is its name. The size of its body; ChunkMissing or
+        ChunkCorrupt otherwise."""
+        if length is None:
+            body = self._read_body(hexlify(sha256), MAX_CHUNK_LENGTH, None, regular_only=True)
+            self._verified_orphan(sha256, body)
+            return len(body)
+        if length > MAX_CHUNK_LENGTH:
+            raise ChunkCorrupt(sha256.hex(), f"the catalog gives it {length} bytes, more "
+                               f"than any chunk holds ({MAX_CHUNK_LENGTH})")
+        hexname = hexlify(sha256)
+        body = self._read_body(hexname, length, None, regular_only=True)
+        self._verified(sha256, hexname, body, length)
+        return len(body)
+
+    def read_orphan(self, sha256: bytes, regular_only: bool = False) -> bytes:
         """The verified data of chunk file SHA256 when no catalog row gives its length (an
         orphan: an interrupted save's leftover): at most max_body(MAX_CHUNK_LENGTH) bytes
         read, decoded, and its sha256 must be its name. ChunkMissing or ChunkCorrupt."""
+        body = self._read_body(hexlify(sha256), MAX_CHUNK_LENGTH, None, regular_only)
+        return self._verified_orphan(sha256, body)
+
+    def _verified_orphan(self, sha256: bytes, body: bytes) -> bytes:
         hexname = hexlify(sha256)
-        body = self._read_body(hexname, MAX_CHUNK_LENGTH, None)
         try:
             data = chunkcodec.decode(bytes(body), MAX_CHUNK_LENGTH, self._zstd()[1])
         except Exception as e:  # any decoder error means damage, never a crash
@@ -343,12 +376,15 @@ class Store:
         with self._lock:
             if sha256 in self._pending_sizes:
                 return StoredChunk(ref, self._pending_sizes[sha256], False)
-        size = self.stored_size(sha256)
+            replace = sha256 in self._replace
+        # lstat: a regular file is taken as stored (found: the caller vets it against the
+        # catalog); a FIFO, directory or symlink there is damage, replaced by a new file
+        size = None if replace else self.found_size(sha256)
         if size is not None:
             # Another process may have renamed it in without its directory entry being
             # durable yet: the next flush syncs once before our catalog names it.
             self._seen_existing = True
-            return StoredChunk(ref, size, False)
+            return StoredChunk(ref, size, False, True)
         body = self.encode(data)
         return self._add_new(ref, body)
 
@@ -365,14 +401,15 @@ class Store:
                 size = pending.get(sha)
                 if size is not None:
                     out[i] = StoredChunk(ChunkRef(sha, len(data)), size, False)
+            replace = set(self._replace) if self._replace else ()
         first: dict[bytes, int] = {}  # sha -> index of the chunk that stores it
         for i, (data, sha, _x) in enumerate(chunks):
             if out[i] is not None or sha in first:
                 continue
-            size = self.stored_size(sha)
+            size = None if sha in replace else self.found_size(sha)  # see put()
             if size is not None:
                 self._seen_existing = True  # see put()
-                out[i] = StoredChunk(ChunkRef(sha, len(data)), size, False)
+                out[i] = StoredChunk(ChunkRef(sha, len(data)), size, False, True)
                 continue
             first[sha] = i
         todo = list(first.values())
@@ -403,6 +440,7 @@ class Store:
                 return StoredChunk(ref, self._pending_sizes[sha256], False)
             self._pending[sha256] = (temp, final)
             self._pending_sizes[sha256] = len(body)
+            self._replace.discard(sha256)
             self._start_ahead()
         return StoredChunk(ref, len(body), True)
 
@@ -458,6 +496,18 @@ class Store:
                 os.truncate(temp, 0)
             except OSError:
                 pass
+
+    def replace_files(self, shas: Iterable[bytes]) -> None:
+        """Have put() store these chunks again, though a file is under their names: it
+        failed verification (Saver.vet_found). The new file replaces it through the usual
+        temp + rename, so the name never stops holding a file meanwhile."""
+        with self._lock:
+            self._replace.update(shas)
+
+    def is_pending(self, sha256: bytes) -> bool:
+        """Placed since the last flush (pending, or renamed ahead)."""
+        with self._lock:
+            return sha256 in self._pending_sizes
 
     def present(self, sha256: bytes) -> bool:
         """On disk under its final name, or pending in this batch."""
@@ -657,10 +707,13 @@ class Store:
             raise
         return ahead + len(batch)
 
-    @staticmethod
-    def _rename_all(pairs: list[tuple[bytes, bytes]], linked: set[bytes]) -> None:
+    def _rename_all(self, pairs: list[tuple[bytes, bytes]], linked: set[bytes]) -> None:
         for temp, final in pairs:
-            diskio.rename(temp, final)
+            try:
+                diskio.rename(temp, final)
+            except IsADirectoryError:  # damage: a directory under a chunk's name
+                self._set_aside(final)
+                diskio.rename(temp, final)
             crashpoint("after_chunk_rename")
             if temp in linked and os.path.lexists(temp):
                 # rename onto another link of the same inode does nothing: drop the temp
@@ -684,6 +737,13 @@ class Store:
         finally:
             with self._lock:
                 self._in_flush = False
+
+    def _set_aside(self, path: bytes) -> None:
+        """Move what is at PATH (a directory where a chunk file belongs) to REPO/quarantine/,
+        never deleting it: it may be someone's data put there by mistake."""
+        qdir = os.path.join(self.repo, QUARANTINE_DIR)
+        os.makedirs(qdir, mode=0o700, exist_ok=True)
+        os.rename(path, os.path.join(qdir, b"%s.%d" % (os.path.basename(path), time.time_ns())))
 
     # -- maintenance ----------------------------------------------------------------------
 

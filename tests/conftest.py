@@ -121,3 +121,7 @@ def tree(tmp_path) -> Path:
 
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
+
+
+# The OpenSSH server fixtures for ssh:// repositories (started once, only when a test asks).
+from sshd import ssh_env, sshd  # noqa: E402, F401

@@ -15,6 +15,7 @@ RULES = {
     "retention": {"model"},
     "legacy": {"model", "pathcodec", "chunkcodec"},
     "chunkcodec": set(),
+    "xattrs": set(),
     "catalog": LEAVES,
     "store": LEAVES,
 }
@@ -100,3 +101,30 @@ def test_only_the_mount_modules_import_fuse():
             assert not top & fuse and fuse <= anywhere, rel
         else:
             assert not anywhere & fuse, rel
+
+
+# backshift/remote/: URL and framing at the bottom, transports and the server above them, the
+# client on top; none imports the CLI, the operations or the stores (the server runs commands
+# through callables cli.py hands it).
+REMOTE_RULES = {
+    "url": {"errors"},
+    "protocol": {"errors"},
+    "transport": {"errors", "url"},
+    "server": {"errors", "protocol", "__version__"},
+    "client": {"errors", "protocol", "transport", "url", "server", "__version__"},
+}
+
+
+def test_remote_modules_import_only_what_their_layer_allows():
+    found = {p.stem for p in (PKG / "remote").glob("*.py")} - {"__init__"}
+    assert found == set(REMOTE_RULES), "add the new module to REMOTE_RULES"
+    for name, allowed in REMOTE_RULES.items():
+        extra = package_imports(PKG / "remote" / f"{name}.py") - allowed - {name}
+        assert not extra, f"remote/{name}.py imports {extra}; allowed: {allowed}"
+
+
+def test_only_cli_imports_remote():
+    for path in PKG.rglob("*.py"):
+        if path.name == "cli.py" or path.parent.name == "remote":
+            continue
+        assert "remote" not in package_imports(path), path

@@ -49,7 +49,7 @@ def chunks_of(repo: bytes, name: bytes) -> list[str]:
 
 def test_check_clean_repository_passes(tmp_path, repo):
     src = make_source(tmp_path / "src")
-    run("-r", repo, "save", input=find0(src))
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
     res = run("-r", repo, "check", "--read-data")
     assert "no problems found" in res.stdout
     assert "catalog copy: newest is" in res.stdout
@@ -85,8 +85,9 @@ FAST_FINDS = {"truncated", "deleted"}
 def test_check_finds_damage_groups_it_and_heals_after_resave(tmp_path, repo, kind,
                                                              no_racy_margin):
     src = make_source(tmp_path / "src")
-    run("-r", repo, "save", input=find0(src))
-    run("-r", repo, "save", input=find0(src))  # a second save using the same chunks
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
+    run("-r", repo, "save", "--subset", "t",
+        input=find0(src))  # a second save using the same chunks
     expected = manifest(src)
     big = chunks_of(repo, b"big.bin")
     small = chunks_of(repo, b"small.txt")
@@ -109,7 +110,7 @@ def test_check_finds_damage_groups_it_and_heals_after_resave(tmp_path, repo, kin
         assert glob.glob(os.path.join(os.fsdecode(repo), "quarantine", victim + ".*"))
     assert not os.path.exists(chunk_path(repo, victim))
     # the same data saved again re-creates the chunk; the old saves are whole again
-    run("-r", repo, "save", input=find0(src))
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
     healed = run("-r", repo, "check", "--read-data")
     assert "no problems found" in healed.stdout
     for sid in (1, 2, 3):
@@ -125,7 +126,7 @@ def test_check_reports_a_huge_chunk_file_without_reading_it(tmp_path, repo, cata
     knows the right one, else by --read-data, which reads no more than the longest body can
     be (the child's address space is capped: reading it whole would be a MemoryError)."""
     src = make_source(tmp_path / "src")
-    run("-r", repo, "save", input=find0(src))
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
     victim = chunks_of(repo, b"big.bin")[-1]
     if catalog_says != "real":  # a hostile catalog agrees with the file, or knows no size
         cat = Catalog.open(os.path.join(repo, b"catalog.sqlite3"))
@@ -157,7 +158,7 @@ def test_check_a_chunk_file_where_reads_do_not_look_is_missing(tmp_path, repo, w
     another fan-out directory, or renamed in upper case, is missing for a restore: check
     must say so (and leave the stray file alone), not count it as present."""
     src = make_source(tmp_path / "src")
-    run("-r", repo, "save", input=find0(src))
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
     sha = chunks_of(repo, b"small.txt")[0]
     real = chunk_path(repo, sha)
     if where == "upper-case":
@@ -182,7 +183,7 @@ def test_check_id_set_is_a_set_of_ids():
 
 def test_check_read_data_subsets_cover_every_chunk_exactly_once(tmp_path, repo):
     src = make_source(tmp_path / "src")
-    run("-r", repo, "save", input=find0(src))
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
     with open_repository(repo, READ_LOCKED) as r:
         every = {cid for (cid,) in r.catalog.conn.execute("SELECT id FROM chunk")}
         parts = [run_check(r, read_data=True, part=(n, 3)).chunks_verified for n in (1, 2, 3)]
@@ -197,7 +198,7 @@ def test_check_read_data_subsets_cover_every_chunk_exactly_once(tmp_path, repo):
 
 def test_check_reports_dangling_member_reference(tmp_path, repo):
     src = make_source(tmp_path / "src")
-    run("-r", repo, "save", input=find0(src))
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
     cat = Catalog.open(os.path.join(repo, b"catalog.sqlite3"))
     cat.conn.execute("INSERT INTO path (parent_id, key, name) VALUES (NULL, x'00ff', x'ff')")
     cat.conn.execute("INSERT INTO member (save_id, path_id, version_id) "
@@ -209,11 +210,11 @@ def test_check_reports_dangling_member_reference(tmp_path, repo):
 
 def test_check_catalog_restored_from_its_copy(tmp_path, repo):
     src = make_source(tmp_path / "src")
-    run("-r", repo, "save", input=find0(src))
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
     expected = manifest(src)
     before = save_contents(repo, 1)
     for _ in range(KEEP + 1):
-        run("-r", repo, "save", input=find0(src))
+        run("-r", repo, "save", "--subset", "t", input=find0(src))
     copies = list_copies(repo)
     assert len(copies) == KEEP  # rotated
     catalog = Path(os.fsdecode(repo)) / "catalog.sqlite3"
@@ -243,7 +244,7 @@ def test_check_reports_a_damaged_catalog_page_without_a_traceback(tmp_path, repo
     src.mkdir()
     for i in range(300):
         (src / f"file-with-a-longish-name-{i:04d}.txt").write_bytes(b"%d\n" % i)
-    run("-r", repo, "save", input=find0(src))
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
     catalog = os.path.join(os.fsdecode(repo), "catalog.sqlite3")
     pages = os.path.getsize(catalog) // 4096
     assert pages > 4
@@ -263,7 +264,7 @@ def test_check_changes_nothing_and_waits_out_an_expire(tmp_path, repo):
     from backshift.lock import RepoLock
 
     src = make_source(tmp_path / "src")
-    run("-r", repo, "save", input=find0(src))
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
     run("-r", repo, "expire", "--keep-last", "1")  # folds the WAL into the catalog file
     catalog = Path(os.fsdecode(repo)) / "catalog.sqlite3"
     before = catalog.read_bytes()
@@ -291,7 +292,7 @@ def test_check_read_data_finds_a_damaged_orphan_a_later_save_would_reuse(tmp_pat
     --repair quarantines it, and the next save of that data stores a good copy."""
     import hashlib
     src = make_source(tmp_path / "src")
-    run("-r", repo, "save", input=find0(src))
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
     data = b"the data an interrupted save had stored\n" * 50  # under min_size: one chunk
     sha = hashlib.sha256(data).hexdigest()
     os.makedirs(os.path.dirname(chunk_path(repo, sha)), exist_ok=True)
@@ -308,7 +309,7 @@ def test_check_read_data_finds_a_damaged_orphan_a_later_save_would_reuse(tmp_pat
     res = run("-r", repo, "check", "--read-data", "--repair", exit_code=10)
     assert f"quarantined chunk {sha}" in res.stdout
     (src / "new.txt").write_bytes(data)
-    run("-r", repo, "save", input=find0(src))
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
     res = run("-r", repo, "check", "--read-data")
     assert "no problems found" in res.stdout
     out = run("-r", repo, "tar", "--backup", "latest", os.fsencode(src / "new.txt"))

@@ -79,19 +79,20 @@ def test_save_with_paths_walks_them(tree, repo):
 
 def test_save_refuses_paths_and_filelist_together(tree, repo, tmp_path):
     (tmp_path / "list").write_bytes(find0(tree))
-    res = run("-r", repo, "save", "--filelist", str(tmp_path / "list"), str(tree), exit_code=2)
+    res = run("-r", repo, "save", "--subset", "t",
+              "--filelist", str(tmp_path / "list"), str(tree), exit_code=2)
     assert "not both" in res.stderr
 
 
 def test_save_from_filelist(tree, repo, tmp_path):
     (tmp_path / "list").write_bytes(find0(tree))
-    res = run("-r", repo, "save", "--json", "--filelist", str(tmp_path / "list"))
+    res = run("-r", repo, "save", "--subset", "t", "--json", "--filelist", str(tmp_path / "list"))
     assert json.loads(res.stdout)["files"] > 10
 
 
 def test_save_warning_exit_code_for_vanished_file(tree, repo):
     names = find0(tree) + os.fsencode(tree / "no-such-file") + b"\0"
-    res = run("-r", repo, "save", "--json", input=names, exit_code=1)
+    res = run("-r", repo, "save", "--subset", "t", "--json", input=names, exit_code=1)
     assert "no-such-file: vanished" in res.stderr
     assert json.loads(res.stdout)["warnings"] == 1
 

@@ -32,7 +32,9 @@ def _code_ok(tmp_path, repo, monkeypatch):
 
 
 def _code_warning(tmp_path, repo, monkeypatch):
-    return run("-r", repo, "save", "--hostname", "h", input=b"/nonexistent/file\0",
+    (tmp_path / "here").write_bytes(b"here\n")  # one name saved, one vanished: a warning
+    names = os.fsencode(tmp_path / "here") + b"\0/nonexistent/file\0"
+    return run("-r", repo, "save", "--subset", "t", "--hostname", "h", input=names,
                exit_code=None)
 
 
@@ -52,7 +54,8 @@ def _code_locked(tmp_path, repo, monkeypatch):
     lock = RepoLock(repo, exclusive=True, operation="test")
     lock.acquire(0)
     try:
-        return run("-r", repo, "save", "--hostname", "h", input=b"/etc\0", exit_code=None)
+        return run("-r", repo, "save", "--subset", "t",
+                   "--hostname", "h", input=b"/etc\0", exit_code=None)
     finally:
         lock.release()
 
@@ -98,7 +101,8 @@ def _code_query_denied(tmp_path, repo, monkeypatch):
 
 def _code_io_error(tmp_path, repo, monkeypatch):
     inject(monkeypatch, "write_all", Fault(EIO, after_calls=0))
-    return run("-r", repo, "save", "--hostname", "h", input=find0(small_tree(tmp_path / "s")),
+    return run("-r", repo, "save", "--subset", "t",
+               "--hostname", "h", input=find0(small_tree(tmp_path / "s")),
                exit_code=None)
 
 
@@ -133,9 +137,75 @@ SCENARIOS = {
 }
 
 
+# The ssh:// codes. A local "rsh" runs the far end as ssh would run it on the server (as
+# `rsync -e` allows), or plays ssh refusing the login; tests/test_remote_ssh.py has each
+# through a real sshd.
+LOCAL_RSH = "sh -c 'shift; exec \"$@\"' rsh"
+
+
+def _remote(monkeypatch, remote_path: str, rsh: str = LOCAL_RSH, *argv: str):
+    monkeypatch.setenv("BACKSHIFT_RSH", rsh)
+    monkeypatch.setenv("BACKSHIFT_REMOTE_PATH", remote_path)
+    return run("-r", "ssh://backup.example/srv/repo", *(argv or ("saves",)), exit_code=None)
+
+
+def _code_remote_unreachable(tmp_path, repo, monkeypatch):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once the socket is closed
+    monkeypatch.setenv("BACKSHIFT_RSH", "ssh -o BatchMode=yes")
+    return run("-r", f"ssh://127.0.0.1:{port}/srv/repo", "saves", exit_code=None)
+
+
+def _code_remote_auth_failed(tmp_path, repo, monkeypatch):
+    return _remote(monkeypatch, BACKSHIFT, "sh -c 'echo \"Permission denied (publickey).\" "
+                   ">&2; exit 255' ssh")
+
+
+def _code_remote_command_not_found(tmp_path, repo, monkeypatch):
+    return _remote(monkeypatch, str(tmp_path / "no-backshift-here"))
+
+
+def _code_remote_version_mismatch(tmp_path, repo, monkeypatch):
+    import sys
+
+    newer = tmp_path / "backshift-newer"
+    newer.write_text(f"#!{sys.executable}\nfrom backshift.remote import protocol\n"
+                     "protocol.VERSIONS = (7, 9)\nfrom backshift.cli import main\nmain()\n")
+    newer.chmod(0o755)
+    return _remote(monkeypatch, str(newer))
+
+
+def _code_remote_connection_lost(tmp_path, repo, monkeypatch):
+    import sys
+
+    dies = tmp_path / "backshift-dies"  # answers the hello, then dies running the command
+    dies.write_text(f"#!{sys.executable}\nimport os\nfrom backshift.remote import server\n"
+                    "server._run = lambda *args: os._exit(0)\n"
+                    "from backshift.cli import main\nmain()\n")
+    dies.chmod(0o755)
+    return _remote(monkeypatch, str(dies), LOCAL_RSH, "saves")
+
+
+def _code_remote_refused(tmp_path, repo, monkeypatch):
+    return _remote(monkeypatch, BACKSHIFT,
+                   f"sh -c 'exec {BACKSHIFT} serve --restrict-to-path {tmp_path}' rsh")
+
+
+SCENARIOS.update({
+    30: _code_remote_unreachable, 31: _code_remote_auth_failed,
+    32: _code_remote_command_not_found, 33: _code_remote_version_mismatch,
+    34: _code_remote_connection_lost, 35: _code_remote_refused,
+})
+
+
 def test_I1_every_documented_exit_code_has_a_scenario():
     documented = {code for code, _ in exit_code_table()}
-    assert documented - set(SCENARIOS) <= {130}, "add a scenario for the new exit code"
+    # 130 and 143 need a real process and a signal: test_I1_interrupted_save_exits_130...,
+    # test_save_first_day.py's test_save_stops_within_a_second_inside_a_big_file
+    assert documented - set(SCENARIOS) <= {130, 143}, "add a scenario for the new exit code"
 
 
 @pytest.mark.parametrize("code", sorted(SCENARIOS))
@@ -154,7 +224,7 @@ def test_I1_each_documented_exit_code(tmp_path, repo, monkeypatch, code):
 def test_I1_interrupted_save_exits_130_and_keeps_its_work(tmp_path, repo):
     src = small_tree(tmp_path / "src")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSHIFT_")}
-    proc = subprocess.Popen([BACKSHIFT, "-r", repo, "save", "--hostname", "h"],
+    proc = subprocess.Popen([BACKSHIFT, "-r", repo, "save", "--subset", "t", "--hostname", "h"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env)
     proc.stdin.write(find0(src))
@@ -173,7 +243,7 @@ def test_I1_interrupted_save_exits_130_and_keeps_its_work(tmp_path, repo):
 
 def test_I1_killed_process_is_minus_9(tmp_path, repo):
     src = small_tree(tmp_path / "src")
-    proc = crash.backshift("-r", repo, "save", "--hostname", "h", input=find0(src),
+    proc = crash.backshift("-r", repo, "save", "--subset", "t", "--hostname", "h", input=find0(src),
                            crash_at="before_catalog_commit:2")
     assert proc.returncode == -signal.SIGKILL
 
@@ -193,7 +263,8 @@ def test_I2_expected_failures_print_one_line_without_traceback(tmp_path, repo, m
     elif scenario == "bad_args":
         res = run("-r", repo, "save", "--subset", "", input=b"", exit_code=None)
     else:
-        res = run("-r", repo, "save", "--hostname", "h", input=find0(src), exit_code=None)
+        res = run("-r", repo, "save", "--subset", "t",
+                  "--hostname", "h", input=find0(src), exit_code=None)
     assert res.code >= 2
     line = one_line_error(res.stderr)
     if scenario in ("enospc", "eio_rename"):
@@ -208,7 +279,8 @@ def test_I3_a_single_repository_write_error_fails_the_save(tmp_path, repo, monke
     src = small_tree(tmp_path / "src")
     # fail exactly once, then work again (a transient error)
     fault = inject(monkeypatch, call, Fault(EIO, after_calls=nth - 1, times=1))
-    res = run("-r", repo, "save", "--hostname", "h", input=find0(src), exit_code=None)
+    res = run("-r", repo, "save", "--subset", "t",
+              "--hostname", "h", input=find0(src), exit_code=None)
     assert fault.raised == 1
     assert res.code == 12, res.stderr
     assert list(save_status(repo).values()) == ["interrupted"]

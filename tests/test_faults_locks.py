@@ -18,7 +18,7 @@ from conftest import BACKSHIFT, find0, run, run_bin
 
 def _popen_save(repo: bytes, src, hostname: str, subset: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSHIFT_")}
-    proc = subprocess.Popen([BACKSHIFT, "-r", repo, "save", "--hostname", hostname,
+    proc = subprocess.Popen([BACKSHIFT, "-r", repo, "save", "--subset", "t", "--hostname", hostname,
                              "--subset", subset], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     # Both inputs arrive at once (a small list fits the pipe buffer): a save holds the
@@ -59,7 +59,7 @@ def test_C1_C2_two_saves_at_once_of_overlapping_data(tmp_path, repo, same_series
 @pytest.mark.timeout(60)
 def test_C4_lock_of_a_killed_save_does_not_block_the_next_command(tmp_path, repo):
     src = small_tree(tmp_path / "src")
-    proc = crash.backshift("-r", repo, "save", "--hostname", "h", input=find0(src),
+    proc = crash.backshift("-r", repo, "save", "--subset", "t", "--hostname", "h", input=find0(src),
                            crash_at="before_save_complete")
     crash.assert_killed(proc)
     records = os.listdir(os.path.join(repo, LOCKS_DIR))
@@ -81,7 +81,8 @@ def test_C3_save_refused_while_an_exclusive_lock_is_held(tmp_path, repo):
     lock = RepoLock(repo, exclusive=True, operation="expire")
     lock.acquire(0)
     try:
-        res = run("-r", repo, "save", "--hostname", "h", input=find0(src), exit_code=5)
+        res = run("-r", repo, "save", "--subset", "t",
+                  "--hostname", "h", input=find0(src), exit_code=5)
     finally:
         lock.release()
     line = one_line_error(res.stderr)
@@ -95,7 +96,8 @@ def test_C1_a_save_waiting_for_names_does_not_block_another_save(tmp_path, repo)
     host's save completes meanwhile, well within the 60 s busy timeout."""
     src = small_tree(tmp_path / "src")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSHIFT_")}
-    stalled = subprocess.Popen([BACKSHIFT, "-r", repo, "save", "--hostname", "slow-host"],
+    stalled = subprocess.Popen([BACKSHIFT, "-r", repo, "save", "--subset", "t",
+                                "--hostname", "slow-host"],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, env=env)
     try:
@@ -105,7 +107,8 @@ def test_C1_a_save_waiting_for_names_does_not_block_another_save(tmp_path, repo)
         while not save_status(repo) and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(1.0)
-        other = run_bin("-r", repo, "save", "--hostname", "fast-host", input=find0(src),
+        other = run_bin("-r", repo, "save", "--subset", "t",
+                        "--hostname", "fast-host", input=find0(src),
                         timeout=30)
         assert other.returncode == 0, other.stderr
     finally:

@@ -108,7 +108,7 @@ def test_save_then_tar_round_trips_generated_trees(entries, with_hardlink):
         repo = os.path.join(os.fsencode(base), b"repo")
         init_repository(repo, ChunkerParams(min_size=256, avg_size=1024, max_size=4096))
         expected = manifest(src)
-        run("-r", repo, "save", "--hostname", "h", input=find0(src))
+        run("-r", repo, "save", "--subset", "t", "--hostname", "h", input=find0(src))
         assert_save_matches(repo, 1, expected, src, Path(base))
         assert_repo_consistent(repo)
     finally:

@@ -169,7 +169,8 @@ def test_B10_repository_unwritable_real_chmod(tmp_path, repo):
 
 
 def test_B10_missing_repository_has_its_own_exit_code(tmp_path):
-    res = run("-r", str(tmp_path / "nowhere"), "save", "--hostname", "h", input=b"/etc\0",
+    res = run("-r", str(tmp_path / "nowhere"), "save", "--subset", "t",
+              "--hostname", "h", input=b"/etc\0",
               exit_code=3)
     line = one_line_error(res.stderr)
     assert "no repository at" in line and str(tmp_path / "nowhere") in line

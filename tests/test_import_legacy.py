@@ -476,3 +476,21 @@ def test_import_legacy_progress_line_when_asked(legacy_bin, repo, tmp_path):
         assert f"legacy save {n}/2, recording: " in shown.stderr
     assert shown.stderr.endswith("\r\x1b[K")  # cleared before the summary
     assert "2 saves imported" in shown.stdout
+
+
+def test_import_legacy_versions_have_no_xattrs_and_the_next_save_reads_them(
+        legacy_bin, repo, tmp_path, no_racy_margin):
+    root = source_tree(tmp_path)
+    subprocess.run(["setfattr", "-n", "user.comment", "-v", "kept", str(root / "a.txt")],
+                   check=True)
+    sd = tmp_path / "savedir"
+    legacy_save(legacy_bin, sd, find0(root))
+    run("-r", repo, "import-legacy", str(sd))
+    count = "SELECT count(*) FROM xattrs"
+    assert run("-r", repo, "sql", count, "--format", "csv").stdout.splitlines()[1] == "0"
+    res = run("-r", repo, "save", "--hostname", "vm", "--subset", "small", "--json",
+              input=find0(root))
+    assert json.loads(res.stdout)["files_read"] == 0  # contents borrowed, attributes read
+    rows = run("-r", repo, "sql", "SELECT path, value FROM xattrs WHERE save_id = 2",
+               "--format", "csv").stdout.splitlines()
+    assert rows[1:] == [f"{root / 'a.txt'},kept", f"{root / 'sub' / 'hardlink'},kept"]

@@ -38,19 +38,19 @@ def make_src(root) -> None:
 def test_lock_foreign_host_record_refuses_until_break_lock(tmp_path, repo):
     make_src(tmp_path / "src")
     rec = write_record(repo)
-    res = run("-r", repo, "save", input=find0(tmp_path / "src"), exit_code=5)
+    res = run("-r", repo, "save", "--subset", "t", input=find0(tmp_path / "src"), exit_code=5)
     assert "host otherhost pid 4242" in res.stderr and "since 2023-11-14" in res.stderr
     assert "backshift break-lock" in res.stderr
     out = run("-r", repo, "break-lock").stdout
     assert "removed lock record: held exclusively by host otherhost pid 4242" in out
     assert not os.path.exists(rec)
-    run("-r", repo, "save", input=find0(tmp_path / "src"))
+    run("-r", repo, "save", "--subset", "t", input=find0(tmp_path / "src"))
 
 
 def test_lock_foreign_shared_record_allows_saves_but_not_expire(tmp_path, repo):
     make_src(tmp_path / "src")
     write_record(repo, exclusive=False, operation="save")
-    run("-r", repo, "save", input=find0(tmp_path / "src"))
+    run("-r", repo, "save", "--subset", "t", input=find0(tmp_path / "src"))
     run("-r", repo, "expire", "--keep-last", "1", exit_code=5)
 
 
@@ -166,11 +166,11 @@ def test_lock_two_saves_at_once_both_complete_storing_each_chunk_once(tmp_path, 
 def test_lock_save_and_expire_together_expire_refused_or_waits(tmp_path, repo):
     src = tmp_path / "src"
     make_src(src)
-    run("-r", repo, "save", input=find0(src))
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
     (src / "f0.bin").write_bytes(os.urandom(60_000))  # the old f0 becomes garbage later
     expected = manifest(src)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSHIFT_")}
-    save = subprocess.Popen([BACKSHIFT, "-r", repo, "save"], stdin=subprocess.PIPE,
+    save = subprocess.Popen([BACKSHIFT, "-r", repo, "save", "--subset", "t"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     names = find0(src).split(b"\0")
     save.stdin.write(b"\0".join(names[:3]) + b"\0")  # half the names; the save keeps going

@@ -16,7 +16,7 @@ from backshift.repo import READ, open_repository
 from conftest import find0, make_tree, run
 
 DOCS = Path(__file__).parent.parent / "docs"
-VIEWS = ("saves", "files", "contents", "chunks")
+VIEWS = ("saves", "files", "contents", "chunks", "xattrs")
 
 
 def documented_columns() -> dict[str, list[str]]:
@@ -75,8 +75,10 @@ def docs_repo(tmp_path_factory) -> bytes:
     old_margin = save_mod.RACY_MARGIN_NS
     save_mod.RACY_MARGIN_NS = -10**18
     try:
+        os.setxattr(src / "edit.txt", "user.comment", b"draft")
         run("-r", repo, "save", "--subset", "docs", input=find0(src))
         (src / "edit.txt").write_bytes(b"second, longer\n")
+        os.setxattr(src / "edit.txt", "user.comment", b"final")
         (src / "sub" / "added.txt").write_bytes(b"added\n")
         run("-r", repo, "save", "--subset", "docs", input=find0(src))
     finally:

@@ -45,19 +45,23 @@ def test_store_chunk_invisible_until_flush(store):
     assert store.read(ref) == b"text " * 1000
 
 
-@pytest.mark.parametrize("expected", [10, 0], ids=["listed", "stat-per-chunk"])
-def test_store_chunk_test_sees_final_names_only(store, expected):
+def test_store_chunk_test_sees_sound_final_names_only(store):
     placed = put(store, b"placed " * 100)
     gone = put(store, b"gone " * 100)
+    short = put(store, b"short " * 100)
     store.flush()
     os.unlink(store.path_for(gone.sha256))
+    size = os.path.getsize(store.path_for(placed.sha256))
+    os.truncate(store.path_for(short.sha256), 3)
     pending = put(store, b"pending " * 100)  # a temp file only
-    on_disk = store.chunk_test(expected=expected, chunks=3)
-    assert isinstance(on_disk, set().__contains__.__class__) == (expected > 0)
-    assert on_disk(placed.sha256.hex())
-    assert not on_disk(pending.sha256.hex())
-    assert not on_disk(gone.sha256.hex())
-    assert not on_disk(hashlib.sha256(b"never stored").hexdigest())
+    sound = store.chunk_test()
+    assert sound(placed.sha256.hex(), size)
+    assert sound(placed.sha256.hex(), 0)  # stored length unknown: any regular file
+    assert not sound(placed.sha256.hex(), size + 1)
+    assert not sound(short.sha256.hex(), size)
+    assert not sound(pending.sha256.hex(), 0)
+    assert not sound(gone.sha256.hex(), 0)
+    assert not sound(hashlib.sha256(b"never stored").hexdigest(), 0)
 
 
 def test_store_compresses_text_and_keeps_random_raw(store):

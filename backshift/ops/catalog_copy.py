@@ -17,6 +17,8 @@ from ..catalog import Catalog
 COPIES_DIR = b"catalog-copies"
 KEEP = 3
 _NAME = re.compile(rb"^catalog-(\d+)-(\d+)\.sqlite3$")
+# make_copy's temp file (FINAL.tmp) and what SQLite makes beside it while the backup runs
+_TEMP_NAME = re.compile(rb"^catalog-\d+-(\d+)\.sqlite3\.tmp(-journal|-wal|-shm)?$")
 
 
 def copies_dir(repo_path: bytes) -> bytes:
@@ -80,3 +82,19 @@ def newest_copy_age_s(repo_path: bytes, now_ns: int | None = None) -> float | No
         return None
     now_ns = time.time_ns() if now_ns is None else now_ns
     return (now_ns - copies[0][1]) / 1e9
+
+
+def temp_copies(repo_path: bytes) -> list[bytes]:
+    """The temp files of copies in progress, or left by one that was stopped (a kill)."""
+    d = copies_dir(repo_path)
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return []
+    return sorted(os.path.join(d, n) for n in names if _TEMP_NAME.match(n))
+
+
+def copy_temp_pid(path: bytes) -> int | None:
+    """The pid of the process that made temp file PATH (temp_copies), from its name."""
+    m = _TEMP_NAME.match(os.path.basename(path))
+    return int(m.group(1)) if m else None

@@ -1,19 +1,22 @@
 """check: make damage visible. Catalog integrity, chunk presence and size, optional re-read.
 
 Fast mode: quick_check, foreign_key_check, the undeclared references by anti-join, every
-referenced chunk present with its recorded stored length, dead 'running' saves, orphan
-chunk files and temp files counted, age of the newest catalog copy. --read-data also
+referenced chunk present with its recorded stored length (a file of another size, or not a
+regular file, is decoded and hashed: the same bytes have two valid encodings), dead
+'running' saves, orphan chunk files and temp files counted (those no live process owns are
+a warning), age of the newest catalog copy. --read-data also
 decompresses and re-hashes chunks (all, or the n-th of t parts by sha256 prefix) and
 verifies each content's xxh3-128 digest. Problems are grouped: each bad chunk once, with
 the saves and paths that reference it. --repair moves damaged chunk files to
 REPO/quarantine/ (never deletes them) so that the next save of the same data stores them
-afresh; it changes nothing else.
+afresh, and records the size of sound chunk files in another encoding; nothing else.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,13 +24,13 @@ from dataclasses import dataclass, field
 import xxhash
 
 from ..errors import ChunkCorrupt, ChunkMissing, NotACatalog
-from ..lock import pid_alive
+from ..lock import pid_alive, read_records, remove_dead_save_lock, save_alive
 from ..model import ChunkRef
 from ..pathcodec import escape, from_key
 from ..repo import Repository
-from .catalog_copy import newest_copy_age_s
+from ..store import QUARANTINE_DIR, TEMP_MARK
+from .catalog_copy import copy_temp_pid, newest_copy_age_s, temp_copies
 
-QUARANTINE_DIR = b"quarantine"
 USERS_SHOWN = 20
 
 
@@ -88,10 +91,59 @@ class CheckResult:
     copy_age_s: float | None = None
     quarantined: list[bytes] = field(default_factory=list)
     repaired_saves: list[int] = field(default_factory=list)
+    # sound chunk files in another encoding than recorded: (sha256, recorded, actual size)
+    other_encodings: list[tuple[bytes, int, int]] = field(default_factory=list)
+    lengths_recorded: bool = False  # --repair recorded their actual sizes
+    leftover_temps: int = 0  # temp files in chunks/ that no live process owns
+    leftover_copy_temps: int = 0  # the same in catalog-copies/
 
     def problem_count(self) -> int:
         return (len(self.catalog_problems) + len(self.chunk_problems)
-                + len(self.content_problems) + len(self.dead_saves))
+                + len(self.content_problems))
+
+    def warning_count(self) -> int:
+        """Not damage, a warning (exit 1): dead 'running' saves not marked yet, and leftovers
+        of dead processes (expire removes them)."""
+        return (len(self.dead_saves) - len(self.repaired_saves)
+                + int(bool(self.leftover_temps)) + int(bool(self.leftover_copy_temps)))
+
+
+class Leftovers:
+    """Temp files no live process owns, as check (holding the lock shared) can tell: saves
+    may run meanwhile. A chunk temp is named FINAL.tmp.HOST.PID.N (Store._temp_name): one
+    of this host is owned while its pid lives (a pid reused since keeps it, conservatively);
+    one of another host while that host holds a lock record (its pids cannot be probed).
+    A catalog copy's temp names only a pid: owned while it lives here, or while any other
+    host holds a record. Expire, holding the lock exclusively, needs none of this."""
+
+    def __init__(self, repo_path: bytes, here: str) -> None:
+        self.repo_path = repo_path
+        self.here = here.encode("ascii", "replace").replace(b"/", b"_")[:32]
+        self._temps: list[bytes] = []
+
+    def note(self, entry: os.DirEntry) -> None:
+        if TEMP_MARK in entry.name:
+            self._temps.append(entry.name)
+
+    def unowned(self) -> tuple[int, int]:
+        """(chunk temps, catalog-copy temps) that no live process owns."""
+        hosts = {str(rec.get("host", "")).encode("ascii", "replace").replace(b"/", b"_")[:32]
+                 for rec in read_records(self.repo_path)}
+        others = bool(hosts - {self.here})
+        chunks = 0
+        for name in self._temps:
+            tail = name.rsplit(TEMP_MARK, 1)[1].rsplit(b".", 2)  # HOST, PID, N
+            if len(tail) != 3 or not tail[1].isdigit():
+                chunks += 1  # not a name a store gives: nobody's
+            elif tail[0] == self.here:
+                chunks += not pid_alive(int(tail[1]), None)
+            else:
+                chunks += tail[0] not in hosts
+        copies = 0
+        for path in temp_copies(self.repo_path):
+            pid = copy_temp_pid(path)
+            copies += not others and (pid is None or not pid_alive(pid, None))
+        return chunks, copies
 
 
 def in_part(sha256: bytes, part: tuple[int, int] | None) -> bool:
@@ -113,11 +165,13 @@ def check(repo: Repository, read_data: bool = False, part: tuple[int, int] | Non
                                for t, rowid, parent, _fk in cat.foreign_key_problems()]
         r.catalog_problems += cat.dangling_references()
         here = socket.gethostname()
+        leftovers = Leftovers(repo.path, here)
         for sid, host, subset, _started, writer_host, pid in cat.running_saves():
-            if writer_host == here and not pid_alive(pid, None):
+            if writer_host == here and not save_alive(repo.path, sid, pid):
                 r.dead_saves.append(f"save {sid} ({host}/{subset}) is 'running' but its process "
-                                    f"{pid} is gone (the next save of this host marks it "
-                                    f"interrupted; check --repair does it now)")
+                                    f"{pid} is gone: not damage, it keeps what it committed; "
+                                    "the next save or expire on this host marks it "
+                                    "interrupted (check --repair does it now)")
                 if repair:
                     r.repaired_saves.append(sid)
         # Catalog first, then the disk: a save commits rows only after its files are durable,
@@ -130,24 +184,28 @@ def check(repo: Repository, read_data: bool = False, part: tuple[int, int] | Non
             for sha, entry in store.chunk_dir(fanout):
                 if sha is None:
                     r.temps += 1
+                    leftovers.note(entry)
                     continue
                 try:
-                    on_disk[sha] = entry.stat(follow_symlinks=False).st_size
+                    st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue  # removed since listed (a concurrent expire): as if absent
+                # anything but a regular file (a FIFO, directory, symlink) gets size -1: it
+                # never matches, and verifying it says what it is without opening it
+                on_disk[sha] = st.st_size if stat.S_ISREG(st.st_mode) else -1
             for sha, stored_length in referenced.items():
                 size = on_disk.get(sha)
                 if size is None:
                     r.chunk_problems[sha] = ChunkProblem(sha, "missing")
-                elif stored_length and size != stored_length:
-                    r.chunk_problems[sha] = ChunkProblem(
-                        sha, f"size {size} bytes, catalog says {stored_length}")
+                elif (stored_length and size != stored_length) or size < 0:
+                    _verify_mismatch(cat, store, r, sha, size, stored_length)
             for sha, size in on_disk.items():
                 if sha not in referenced:
                     r.orphans += 1
-                    r.orphan_bytes += size
+                    r.orphan_bytes += max(size, 0)
                     if read_data and in_part(sha, part):
                         _read_orphan(store, r, sha)
+        r.leftover_temps, r.leftover_copy_temps = leftovers.unowned()
         if read_data:
             _read_data(repo, r, part, progress)
         for problem in r.chunk_problems.values():
@@ -162,6 +220,26 @@ def check(repo: Repository, read_data: bool = False, part: tuple[int, int] | Non
     if repair:
         _repair(repo, r)
     return r
+
+
+def _verify_mismatch(cat, store, r: CheckResult, sha: bytes, size: int,
+                     stored_length: int) -> None:
+    """A chunk file whose size is not the catalog's: a hint, never a verdict. The same
+    bytes have two valid encodings (raw or zstd, as a batch happened to be compressed), and
+    two saves may each write one. Decode and hash it: a sound one is kept (--repair records
+    its size); only one that fails is reported damaged."""
+    try:
+        found = store.verify_file(sha, cat.chunk_length(sha))
+    except ChunkMissing:
+        r.chunk_problems[sha] = ChunkProblem(sha, "missing")
+        return
+    except ChunkCorrupt as e:
+        why = e.args[1] if len(e.args) > 1 else str(e)
+        if size >= 0:
+            why = f"size {size} bytes, catalog says {stored_length}; {why}"
+        r.chunk_problems[sha] = ChunkProblem(sha, why)
+        return
+    r.other_encodings.append((sha, stored_length, found))
 
 
 def _read_data(repo: Repository, r: CheckResult, part: tuple[int, int] | None,
@@ -229,7 +307,7 @@ def _read_orphan(store, r: CheckResult, sha: bytes) -> None:
     data takes it as stored (it only checks that a chunk file exists), so a damaged one
     would spoil that save. --repair quarantines it like any damaged chunk."""
     try:
-        data = store.read_orphan(sha)
+        data = store.read_orphan(sha, regular_only=True)
     except ChunkMissing:
         return  # removed since listed (a concurrent expire)
     except ChunkCorrupt as e:
@@ -253,12 +331,17 @@ def _repair(repo: Repository, r: CheckResult) -> None:
         except FileNotFoundError:
             continue
         r.quarantined.append(sha)
-    if r.repaired_saves:
+    if r.repaired_saves or r.other_encodings:
         cat = repo.catalog
         cat.begin()
         for sid in r.repaired_saves:
             cat.mark_save_interrupted(sid)
+        for sha, _recorded, size in r.other_encodings:
+            cat.set_stored_length(sha, size)
         cat.commit()
+        r.lengths_recorded = bool(r.other_encodings)
+        for sid in r.repaired_saves:
+            remove_dead_save_lock(repo.path, sid)
 
 
 def report_lines(r: CheckResult, read_data: bool) -> list[str]:
@@ -267,7 +350,7 @@ def report_lines(r: CheckResult, read_data: bool) -> list[str]:
     for p in r.catalog_problems:
         out.append(f"catalog: {p}")
     for p in r.dead_saves:
-        out.append(f"save: {p}")
+        out.append(f"warning: save: {p}")
     for problem in sorted(r.chunk_problems.values(), key=lambda p: p.sha256):
         out.append(f"chunk {problem.sha256.hex()}: {problem.what}")
         for sid, path in problem.users[:USERS_SHOWN]:
@@ -284,9 +367,19 @@ def report_lines(r: CheckResult, read_data: bool) -> list[str]:
                    "save the same data again to re-create it")
     for sid in r.repaired_saves:
         out.append(f"marked save {sid} interrupted")
+    for sha, recorded, size in r.other_encodings:
+        done = "recorded its size" if r.lengths_recorded else "--repair records its size"
+        out.append(f"note: chunk {sha.hex()} is {size} bytes, the catalog says {recorded}: "
+                   f"it verifies (the same bytes in another encoding), kept; {done}")
+    if r.leftover_temps:
+        out.append(f"warning: {r.leftover_temps:,} temp file(s) in chunks/ left by processes "
+                   "that are gone (expire removes them)")
+    if r.leftover_copy_temps:
+        out.append(f"warning: {r.leftover_copy_temps:,} temp file(s) in catalog-copies/ left "
+                   "by a catalog copy that was stopped (expire removes them)")
     out.append(f"{r.chunks_referenced:,} chunks referenced, {r.orphans:,} orphan chunk files "
                f"({r.orphan_bytes:,} bytes), {r.temps:,} temp/other files in chunks/ "
-               "(expire removes orphans and old temp files)")
+               "(expire removes orphans and leftover temp files)")
     if read_data:
         out.append(f"read {len(r.chunks_verified):,} chunks and {r.orphans_read:,} orphan "
                    f"chunk files ({r.bytes_read:,} bytes), verified {r.contents_verified:,} "
@@ -296,7 +389,10 @@ def report_lines(r: CheckResult, read_data: bool) -> list[str]:
     else:
         out.append(f"catalog copy: newest is {_age(r.copy_age_s)} old")
     n = r.problem_count()
-    out.append("no problems found" if n == 0 else f"{n} problem(s) found")
+    if n == 0 and r.warning_count():
+        out.append(f"no damage found; {r.warning_count()} warning(s) above")
+    else:
+        out.append("no problems found" if n == 0 else f"{n} problem(s) found")
     return out
 
 

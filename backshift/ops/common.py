@@ -24,16 +24,18 @@ def resolve_save(catalog: Catalog, spec: str) -> SaveRow:
     return row
 
 
-def effective_status(row: SaveRow) -> str:
+def effective_status(row: SaveRow, repo_path: bytes | None = None) -> str:
     """The status to show: a 'running' save whose process is gone (on this host) was
-    interrupted, even before the next save of this host records that."""
+    interrupted, even before the next save of this host records that. With REPO_PATH, by
+    the save's lock (lock.save_alive: a zombie is dead too), else by its pid."""
     if row.status != "running":
         return row.status
     import socket
 
-    from ..lock import pid_alive
+    from ..lock import pid_alive, save_alive
 
-    if (row.status == "running" and row.writer_host == socket.gethostname()
-            and not pid_alive(row.writer_pid, None)):
+    alive = (save_alive(repo_path, row.id, row.writer_pid) if repo_path is not None
+             else pid_alive(row.writer_pid, None))
+    if row.status == "running" and row.writer_host == socket.gethostname() and not alive:
         return "interrupted"
     return row.status

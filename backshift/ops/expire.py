@@ -10,18 +10,20 @@ leaves at worst orphan files, which the next expire removes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..crashpoints import crashpoint
 from ..errors import NoSuchSave, ReferencedChunksMissing
+from ..lock import remove_dead_save_lock, save_alive
 from ..repo import Repository
 from ..retention import Decision, Policy, decide
 from ..store import TEMP_MARK
-
-TEMP_GRACE_S = 3600  # temp chunk files younger than this may belong to a live writer
+from .catalog_copy import temp_copies
 
 Echo = Callable[[str], None]
 
@@ -37,6 +39,7 @@ class ExpireResult:
     orphan_bytes: int = 0
     temps_removed: int = 0
     unlink_errors: list[str] = field(default_factory=list)
+    checkpoint_error: str | None = None  # all committed; only the WAL was not folded back
 
 
 def expire(repo: Repository, policy: Policy, now_ns: int | None = None,
@@ -48,6 +51,13 @@ def expire(repo: Repository, policy: Policy, now_ns: int | None = None,
     cat, store = repo.catalog, repo.store
     now_ns = time.time_ns() if now_ns is None else now_ns
     saves = cat.list_saves(hostname, subset)
+    # A 'running' save of this host whose process is gone (its save lock is free, even when
+    # the process is a zombie) was interrupted: judged as such, and marked so below.
+    here = socket.gethostname()
+    dead = {s.id for s in saves if s.status == "running" and s.writer_host == here
+            and not save_alive(repo.path, s.id, s.writer_pid)}
+    saves = [dataclasses.replace(s, status="interrupted") if s.id in dead else s
+             for s in saves]
     unknown = sorted(policy.remove_ids - {s.id for s in saves})
     if unknown:
         narrowed = " of " + "/".join(x or "*" for x in (hostname, subset)) \
@@ -59,6 +69,8 @@ def expire(repo: Repository, policy: Policy, now_ns: int | None = None,
     old_temps: list[bytes] = []
     cat.begin()
     try:
+        for sid in dead:
+            cat.mark_save_interrupted(sid)
         for d in decisions:
             if not d.keep:
                 cat.delete_save(d.save.id)
@@ -83,9 +95,10 @@ def expire(repo: Repository, policy: Policy, now_ns: int | None = None,
                 elif sha not in named:
                     result.orphans_removed += 1
                     result.orphan_bytes += _size(entry)
-            old_temps += _old_temps(entries, now_ns)
+            old_temps += _temps(entries)
         if missing:
             raise ReferencedChunksMissing(missing, first_missing.hex())
+        old_temps += temp_copies(repo.path)
         cat.sweep_unreferenced_chunks()
     except BaseException:
         cat.rollback_quietly()
@@ -95,6 +108,8 @@ def expire(repo: Repository, policy: Policy, now_ns: int | None = None,
         cat.rollback_quietly()
         return result
     cat.commit()
+    for sid in dead:
+        remove_dead_save_lock(repo.path, sid)
     crashpoint("gc_after_catalog_delete")
     # Unlink what no catalog row names, one directory at a time: the chunks just freed and
     # orphans a crash left. The exclusive lock keeps saves out, so the catalog is final.
@@ -115,7 +130,7 @@ def expire(repo: Repository, policy: Policy, now_ns: int | None = None,
             pass
         except OSError as e:
             result.unlink_errors.append(f"{os.fsdecode(path)}: {e.strerror or e}")
-    cat.checkpoint()
+    result.checkpoint_error = cat.checkpoint()
     return result
 
 
@@ -126,19 +141,20 @@ def _size(entry: os.DirEntry) -> int:
         return 0
 
 
-def _old_temps(entries: list, now_ns: int) -> list[bytes]:
-    """Our temp files (TEMP_MARK in the name) older than TEMP_GRACE_S; others are left alone."""
-    out = []
-    for sha, entry in entries:
-        if sha is not None or TEMP_MARK not in entry.name:
-            continue
-        try:
-            mtime = entry.stat(follow_symlinks=False).st_mtime
-        except FileNotFoundError:
-            continue
-        if mtime < now_ns / 1e9 - TEMP_GRACE_S:
-            out.append(entry.path)
-    return out
+def _temps(entries: list) -> list[bytes]:
+    """Our temp files (TEMP_MARK in the name), whatever their age; others are left alone.
+
+    Every one is a leftover, because expire holds the repository lock exclusively: the only
+    writers of temp files (saves, their reader processes, catalog copies, import-legacy)
+    hold it shared for as long as they write, and the flock goes with its process, so no
+    live process of this host owns one; a save on another host sharing the repository
+    holds a lock record, which makes the exclusive lock refuse to start. A reader process
+    outliving a killed save (until PR_SET_PDEATHSIG ends it) may still write one, but no
+    save will ever adopt it. Deciding by the lock rather than by the pid in the name: pids
+    are reused (a stranger would keep a leftover forever), a zombie's pid looks alive, and
+    another host's pids cannot be probed at all."""
+    return [entry.path for sha, entry in entries
+            if sha is None and TEMP_MARK in entry.name]
 
 
 def decision_lines(decisions: Iterable[Decision], fmt_time: Callable[[int], str]) -> list[str]:

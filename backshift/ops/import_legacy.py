@@ -257,7 +257,10 @@ class Importer:
             self.placer.abandon()
             self.cat.rollback_quietly()
             raise
-        self.cat.checkpoint()
+        problem = self.cat.checkpoint()
+        if problem:  # every save is committed: a warning, as for save and expire
+            self.warn(f"the import is committed; only folding the catalog's write-ahead log "
+                      f"into the catalog file failed ({problem}): a later command folds it")
         self.stats.method = self.placer.method
         self.stats.elapsed_s = time.monotonic() - self.started
         return self.stats

@@ -19,22 +19,25 @@ PREFETCH_ENTRIES = 16384  # ~725 bytes each: ~12 MB
 
 # An entry: a row of Catalog.entries_under: (path id, name, version id, mode, uid, gid,
 # user, group, size, mtime_ns, ctime_ns, dev, ino, nlink, rdev, link target, content id,
-# chunks). entry[3:15] is in Version's order, so a tuple of lstat's fields compares equal to
-# it when nothing changed, without building a Version. chunks: the chunks' sha256s in
-# lowercase hex (their file names): "" for none, one name, or a list of names.
+# chunks, stored lengths, xattrs id). entry[3:15] is in Version's order, so a tuple of
+# lstat's fields compares equal to it when nothing changed, without building a Version.
+# chunks: the chunks' sha256s in lowercase hex (their file names): "" for none, one name, or
+# a list of names; stored lengths: their files' sizes, None, one int or a list alike.
 Entry = tuple
 
 
 def entry_version(entry: Entry) -> Version:
-    return Version(*entry[3:17])
+    return Version(*entry[3:17], entry[19])
 
 
-def entry_chunks(entry: Entry) -> list[str]:
-    """The entry's chunk names (sha256 in hex) in order."""
+def entry_chunks(entry: Entry) -> tuple[list[str], list[int]]:
+    """The entry's chunk names (sha256 in hex) and their stored lengths, in order."""
     chunks = entry[17]
     if not chunks:
-        return []
-    return [chunks] if isinstance(chunks, str) else chunks
+        return [], []
+    if isinstance(chunks, str):
+        return [chunks], [entry[18]]
+    return chunks, entry[18]
 
 
 class PreviousEntries:
@@ -75,27 +78,29 @@ KNOWN_CONTENTS = 65536
 
 
 class ContentPresence:
-    """Whether every chunk of a content has its file on disk, as the store finds it during
-    this save (Store.chunk_test: a stat per chunk, or one listing of the chunk store)."""
+    """Whether every chunk of a content has a sound file on disk (a regular file of its
+    recorded stored length), as the store finds it during this save (Store.chunk_test: one
+    lstat per chunk)."""
 
-    def __init__(self, store: Store, expected_checks: int, chunk_rows: int) -> None:
-        self.chunk_on_disk = store.chunk_test(expected_checks, chunk_rows)
+    def __init__(self, store: Store) -> None:
+        self.chunk_on_disk = store.chunk_test()
         self._known: set[int] = set()
 
-    def whole(self, content_id: int, chunks: str | list[str] | None) -> bool:
+    def whole(self, content_id: int, chunks: str | list[str] | None,
+              stored: int | list[int] | None) -> bool:
         """CHUNKS: the content's chunk names (sha256 in hex), one name alone, or "" or None
-        for none."""
+        for none; STORED: their recorded stored lengths, in the same shape."""
         known = self._known
         if content_id in known:
             return True
         if chunks:
             on_disk = self.chunk_on_disk
             if chunks.__class__ is str:
-                if not on_disk(chunks):
+                if not on_disk(chunks, stored):
                     return False
             else:
-                for name in chunks:
-                    if not on_disk(name):
+                for name, size in zip(chunks, stored, strict=True):
+                    if not on_disk(name, size):
                         return False
         if len(known) >= KNOWN_CONTENTS:
             known.clear()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import apsw
 
 from .. import sqlguard
-from ..catalog import CATALOG_NAME, open_error, read_only_uri
+from ..catalog import CATALOG_NAME, open_error, read_only_uri, stand_in_for_migrations
 from ..errors import QueryDenied, QueryFailed, QueryTimeout, RepositoryLocked
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -52,6 +52,7 @@ class QueryRunner:
             self.conn.set_busy_timeout(5_000)
             self.conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
             self.conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
+            stand_in_for_migrations(self.conn)
             # One read transaction for everything below: a consistent snapshot. Begun
             # before the guard goes on, because the guard refuses transaction control.
             self.conn.execute("BEGIN DEFERRED")

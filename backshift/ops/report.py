@@ -79,7 +79,7 @@ def diff(repo: Repository, old_id: int, new_id: int,
     if path is not None:
         key = sort_key(_normal(path))
         lo, hi = key, subtree_range(key)[1]  # the path itself and everything below it
-    width = 10  # version columns per side (catalog.DIFF_VERSION_COLUMNS)
+    width = 11  # version columns per side (catalog.DIFF_VERSION_COLUMNS)
     for row in repo.catalog.diff_saves(old_id, new_id, lo, hi):
         key, old, new = row[0], row[1:1 + width], row[1 + width:]
         yield _classify(from_key(key), old, new)
@@ -95,6 +95,8 @@ def _classify(path: bytes, old: tuple, new: tuple) -> Change:
     # id, mode, uid, gid, user, grp, size, mtime_ns: which of these differ
     fields = tuple(name for name, a, b in zip(_META_FIELDS, old[1:8], new[1:8], strict=True)
                    if a != b)
+    if old[10] != new[10]:  # attribute sets are stored once: another id, other attributes
+        fields += ("xattrs",)
     return Change("metadata", path, fields or ("ctime/inode",))
 
 

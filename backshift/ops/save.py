@@ -9,10 +9,12 @@ recorded in input order, a batch per transaction.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import errno
 import gc
 import hashlib
 import itertools
+import mmap
 import os
 import queue
 import signal
@@ -22,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -29,8 +32,14 @@ from typing import TYPE_CHECKING
 import xxhash
 
 from .. import __version__
-from ..errors import BackshiftError, ReaderDied
-from ..lock import pid_alive
+from ..errors import BackshiftError, ChunkCorrupt, ChunkMissing, NothingToSave, ReaderDied
+from ..lock import (
+    hold_save_lock,
+    pid_alive,
+    release_save_lock,
+    remove_dead_save_lock,
+    save_alive,
+)
 from ..model import (
     TYPE_FILE,
     TYPE_SYMLINK,
@@ -47,6 +56,7 @@ from ..store import Store, read_whole
 if TYPE_CHECKING:
     from ..chunker import Chunker
 from ..walk import Walk
+from ..xattrs import XattrError, XattrSet, is_text, read_xattrs, set_digest
 from .owners import Owners
 from .previous import ContentPresence, Entry, PreviousEntries, entry_chunks, entry_version
 
@@ -64,6 +74,33 @@ Warn = Callable[[str], None]
 Progress = Callable[[SaveStats, int | None], None]
 
 
+def subset_for_roots(roots: Iterable[bytes]) -> str:
+    """The series name of a save of ROOTS (absolute, normal) given no --subset, as restic
+    groups snapshots by their paths: each root without its leading '/' and with '/' as
+    '-' (/etc: etc, /usr/share/doc: usr-share-doc, /: rootfs), sorted, joined by '+'. A
+    root with anything but letters, digits, '.', '_' and '-' in it, or a name longer than
+    SUBSET_NAME_MAX, gives paths-<first 12 hex digits of the SHA-256 of the sorted roots
+    joined by NUL> instead."""
+    roots = sorted(set(roots))
+    parts = []
+    for root in roots:
+        try:
+            text = root.decode("utf-8")
+        except UnicodeDecodeError:
+            break
+        text = text.strip("/").replace("/", "-") or "rootfs"
+        if not all(ch.isalnum() or ch in "._-" for ch in text):
+            break
+        parts.append(text)
+    name = "+".join(parts)
+    if len(parts) < len(roots) or not name or len(name) > SUBSET_NAME_MAX:
+        name = "paths-" + hashlib.sha256(b"\0".join(roots)).hexdigest()[:12]
+    return name
+
+
+SUBSET_NAME_MAX = 80
+
+
 @dataclass(frozen=True)
 class SaveOptions:
     hostname: str
@@ -73,6 +110,7 @@ class SaveOptions:
     batch_bytes: int = 256 << 20
     batch_seconds: float = 10.0
     max_in_flight_bytes: int = 256 << 20
+    roots: list[bytes] | None = None  # the PATHs walked (absolute, normal); None: from find
 
 
 class SkipFile(Exception):
@@ -92,6 +130,42 @@ class ReadBatch(list):
     """What read_batch returns: a ReadResult or SkipFile per file, in order."""
 
     contents_known = False  # the catalog's content ids were filled in (main thread)
+
+
+# -- stopping and live progress, shared with the readers ---------------------------------
+# One anonymous shared page, mapped at import and so inherited by the reader processes
+# forked later: byte 0 is the stop flag (set by the first Ctrl-C/SIGTERM; every reader
+# checks it between chunks, also inside one big file), then LIVE_SLOTS counters of the
+# bytes the readers have read (each process or thread adds to its own slot: progress moves
+# while a big file is read, not only when it is recorded).
+LIVE_SLOTS = 64
+_shared = mmap.mmap(-1, 8 + 8 * LIVE_SLOTS)
+
+
+class ReadStopped(Exception):
+    """The save is stopping: a reader stopped at a chunk boundary."""
+
+
+def _check_stop() -> None:
+    if _shared[0]:
+        raise ReadStopped()
+
+
+def _count_read(nbytes: int) -> None:
+    slot = 8 + 8 * (hash((os.getpid(), threading.get_ident())) % LIVE_SLOTS)
+    old = int.from_bytes(_shared[slot:slot + 8], "little")
+    _shared[slot:slot + 8] = (old + nbytes).to_bytes(8, "little")
+
+
+def _live_bytes_read() -> int:
+    return sum(int.from_bytes(_shared[i:i + 8], "little")
+               for i in range(8, 8 + 8 * LIVE_SLOTS, 8))
+
+
+def _reset_shared(stop: bool = False) -> None:
+    _shared[0:1] = b"\x01" if stop else b"\x00"
+    if not stop:
+        _shared[8:] = bytes(8 * LIVE_SLOTS)
 
 
 # -- reading (worker threads) ------------------------------------------------------------
@@ -196,6 +270,7 @@ def _read_open(fd: int, st: Version, params: ChunkerParams, store: Store,
             data = None
             os.lseek(fd, 0, os.SEEK_SET)
         if data is not None:
+            _count_read(len(data))
             for view in chunker.cut_buffer(data):
                 digest.update(view)
                 chunks.append(store.put(view, hashlib.sha256(view).digest()))
@@ -249,9 +324,11 @@ def _store_stream(views: Iterable[memoryview], digest, chunks: list[StoredChunk]
     size = 0
     try:
         for view in views:
+            _check_stop()
             digest.update(view)
             data = bytes(view)  # cut_stream reuses its buffer for the next chunk
             size += len(data)
+            _count_read(len(data))
             waiting.append(pool.submit(_put_chunk, store, data))
             if len(waiting) >= STORE_AHEAD:
                 chunks.append(waiting.popleft().result())
@@ -280,6 +357,7 @@ RECORD_BATCH = 256  # recorded items whose catalog rows are inserted together (f
 # recording (each holds its Version), member rows of the fast path waiting for insert_members.
 MAX_QUEUED = 8000
 MAX_FAST_MEMBERS = 8192
+VETTED_MAX = 65536  # found chunk files verified in this save, remembered so none is read twice
 BATCH_BYTES = 8 << 20
 
 
@@ -292,6 +370,7 @@ def read_batch(jobs: list[tuple[bytes, Version]], params: ChunkerParams,
     owners: list[int] = []
     limit = max(SMALL_FILE, params.min_size)
     for i, (path, st) in enumerate(jobs):
+        _check_stop()
         try:
             fd = _open_checked(path, st)
             try:
@@ -310,6 +389,7 @@ def read_batch(jobs: list[tuple[bytes, Version]], params: ChunkerParams,
             continue
         if data is None:
             continue
+        _count_read(len(data))
         xxh = xxhash.xxh3_128_digest(data)
         results[i] = ReadResult(len(data), xxh, [], _changed(st, len(data), after))
         if len(data) > params.min_size:  # it grew since lstat: cut it as read_file does
@@ -432,12 +512,14 @@ def _handed_over(store: Store, work: Callable, *args) -> tuple:
 def read_file_task(repo: bytes, zstd_level: int, path: bytes, st: Version,
                    params: ChunkerParams) -> tuple:
     """read_file in a reader."""
+    _check_stop()
     return _handed_over(_reader_store(repo, zstd_level), read_file, path, st, params)
 
 
 def read_batch_task(repo: bytes, zstd_level: int, jobs: list[tuple[bytes, Version]],
                     params: ChunkerParams) -> tuple:
     """read_batch in a reader."""
+    _check_stop()
     return _handed_over(_reader_store(repo, zstd_level), read_batch, jobs, params)
 
 
@@ -495,6 +577,9 @@ class Saver:
         self._small_bytes = 0
         self._small_limit = repo.chunker.min_size
         self.stop_signal: int | None = None
+        self._save_lock: int | None = None  # lock.hold_save_lock's fd while the save runs
+        self.names_seen = 0
+        self.notice: Callable[[str], None] = _notice
         # reader tasks handed over whose temp files are not adopted yet: a save that fails
         # removes those of the finished ones (drop_unadopted), whatever became of their items
         self._tasks: set[Future] = set()
@@ -517,6 +602,8 @@ class Saver:
         # recorded items whose version and member rows are still to be inserted (in one
         # batch by flush_records), with the id of a version to reuse (None: a new one)
         self._records: list[tuple[Item, int | None]] = []
+        self._xattr_sets: dict[bytes, int] = {}  # attribute set digest -> id
+        self._vetted: set[bytes] = set()  # found chunk files verified sound (vet_found)
 
     def warn(self, msg: str) -> None:
         """Record a per-file problem (thread-safe: the name reader warns from its thread)."""
@@ -534,14 +621,26 @@ class Saver:
 
     def start(self) -> None:
         host = socket.gethostname()
+        repo_path = self.repo.path
         self.cat.begin()
-        for sid, pid in self.cat.running_saves_of_host(host):
-            if not pid_alive(pid, None):
+        try:
+            dead = [sid for sid, pid in self.cat.running_saves_of_host(host)
+                    if not save_alive(repo_path, sid, pid)]
+            for sid in dead:
                 self.cat.mark_save_interrupted(sid)
-        started_ns = time.time_ns()
-        self.stats.save_id = self.cat.insert_save(
-            self.opts.hostname, self.opts.subset, started_ns, __version__, host, os.getpid())
+            started_ns = time.time_ns()
+            self.stats.save_id = self.cat.insert_save(
+                self.opts.hostname, self.opts.subset, started_ns, __version__, host,
+                os.getpid())
+            self.check_roots()
+            # held before the row is visible: a 'running' row with a free lock is dead
+            self._save_lock = hold_save_lock(repo_path, self.stats.save_id)
+        except BaseException:
+            self.cat.rollback_quietly()
+            raise
         self.cat.commit()
+        for sid in dead:
+            remove_dead_save_lock(repo_path, sid)
         self.candidates = self.cat.previous_saves_for_borrowing(
             self.opts.hostname, self.opts.subset, self.stats.save_id)
         if self.candidates:
@@ -549,19 +648,55 @@ class Saver:
             self.estimate = biggest or None
         self.legacy_candidates = {sid for sid, _ in self.candidates
                                   if self.cat.is_legacy_save(sid)}
+        # saves that recorded no extended attributes: imported ones, those made before the
+        # catalog had them (migration 0003)
+        before = int(self.cat.get_meta("last_save_without_xattrs") or 0)
+        self.attrless = self.legacy_candidates | {sid for sid, _ in self.candidates
+                                                  if sid <= before}
+
+    def check_roots(self) -> None:
+        """Record the save's root PATHs; warn when they differ from the previous save's of
+        the series (two trees in one series: expire's policy would treat them as one)."""
+        roots = self.opts.roots
+        if roots is None:
+            return
+        joined = b"\0".join(sorted(roots))
+        self.cat.set_save_roots(self.stats.save_id, joined)
+        before = self.cat.previous_save_roots(self.opts.hostname, self.opts.subset,
+                                              self.stats.save_id)
+        if before is not None and before != joined:
+            def shown(raw: bytes) -> str:
+                return " ".join(os.fsdecode(r) for r in raw.split(b"\0"))
+            self.warn(f"series {self.opts.hostname}/{self.opts.subset}: the paths saved "
+                      f"changed from {shown(before)} to {shown(joined)}; expire treats "
+                      "the series as one (give another --subset to keep them apart)")
 
     def run(self, paths: Iterable[bytes]) -> SaveStats:
         with _fewer_gc_passes():
-            return self._run(paths)
+            try:
+                return self._run(paths)
+            finally:
+                if self._save_lock is not None:  # the save's final status is committed
+                    release_save_lock(self.repo.path, self.stats.save_id, self._save_lock)
+                    self._save_lock = None
 
     def _run(self, paths: Iterable[bytes]) -> SaveStats:
+        _reset_shared()
+        # the handlers first: a signal before the save row exists ends in the same state
+        # as one later (an interrupted save), never in a dead 'running' row (the main loop
+        # enters them again: nested, the same handler)
+        with _graceful_signals(self):
+            return self._run_handled(paths)
+
+    def _run_handled(self, paths: Iterable[bytes]) -> SaveStats:
         self.start()
         pool = self.pool = self.readers or ThreadPoolExecutor(
             max_workers=self.opts.workers, thread_name_prefix="read")
         names = _LocalFeed(paths) if isinstance(paths, Walk) else _Feed(paths)
         if self.candidates:
             self.start_fast_path()
-            names = _Unchanged(self, names)
+            if self.candidates[0][0] not in self.attrless:  # else read every attribute once
+                names = _Unchanged(self, names)
         try:
             with _graceful_signals(self):
                 names.start()
@@ -589,9 +724,16 @@ class Saver:
                         self.drain(block=False)
                         self.maybe_commit()
                         self.report_progress()
-                self.drain(block=True)
-            pool.shutdown(wait=True)
+                if self.stop_signal is None:
+                    self.drain(block=True)
+                if self.stop_signal is not None:
+                    self.drain_stopped()
+            pool.shutdown(wait=True, cancel_futures=self.stop_signal is not None)
             status = "complete" if self.stop_signal is None else "interrupted"
+            if status == "interrupted":
+                self.drop_unadopted()  # read, but stopped before their turn to be recorded
+            elif self.stats.files == 0:
+                self.discard_empty()
             self.finish(status)  # its flush and commit can fail too: same clean-up
         except BaseException as e:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -605,6 +747,44 @@ class Saver:
             raise
         return self.stats
 
+    def drain_stopped(self) -> None:
+        """After a stop request: record, in input order, the items whose reading ended
+        (the readers stop at their next chunk), up to the first one stopped or never sent;
+        the rest is left out of the save."""
+        q = self.queue
+        while q:
+            item = q[0]
+            future = item.future
+            if future is _UNSENT:
+                break
+            if future is not None:
+                futures_wait([future])
+                if isinstance(future.exception(), ReadStopped):
+                    break
+            q.popleft()
+            try:
+                self.record(item)
+            except ReadStopped:  # a hardlink read here, in the main thread
+                break
+        q.clear()
+        self._small = []
+
+    def discard_empty(self) -> None:
+        """A save that saved nothing is not recorded at all: as the newest complete save
+        of its series, an empty save would be what expire's policy keeps."""
+        self.ensure_txn()
+        self.cat.delete_save(self.stats.save_id)
+        self.cat.commit()
+        self._txn = False
+        self.stats.status = "discarded"
+        if self.names_seen:
+            why = f"none of the {self.names_seen:,} names given could be saved (see above)"
+        elif self.stats.warnings:
+            why = "no name could be saved (see above)"
+        else:
+            why = "no names came in (an empty list; is the find command right?)"
+        raise NothingToSave(why)
+
     def finish(self, status: str) -> None:
         self.ensure_txn()
         self.flush_records()
@@ -617,7 +797,11 @@ class Saver:
         self.cat.commit()
         self._txn = False
         self.stats.status = status
-        self.cat.checkpoint()
+        problem = self.cat.checkpoint()
+        if problem:
+            self.warn(f"save {self.stats.save_id} is {status} and restorable; only folding the "
+                      f"catalog's write-ahead log into the catalog file failed ({problem}): "
+                      "nothing is lost, a later save or expire folds it")
         self.stats.elapsed_s = time.monotonic() - self.started
         self.report_progress(final=True)
 
@@ -706,11 +890,16 @@ class Saver:
         if final or now - self._last_progress >= 0.2:
             self._last_progress = now
             self.stats.elapsed_s = now - self.started
-            self.progress(self.stats, self.estimate)
+            shown = self.stats
+            live = _live_bytes_read()
+            if not final and live > shown.bytes_read:  # read, not all recorded yet
+                shown = dataclasses.replace(shown, bytes_read=live)
+            self.progress(shown, self.estimate)
 
     # -- per name -------------------------------------------------------------------------
 
     def add(self, path: bytes, pool: Executor) -> None:
+        self.names_seen += 1
         self.ensure_txn()
         try:
             st = os.lstat(path)
@@ -747,12 +936,52 @@ class Saver:
             item.parent_id = self.intern(up) if up is not None else None
         else:  # a first save: flush_records interns the paths of a batch at once
             item = Item(path, None, version, None)
+        if not self.attach_xattrs(item):
+            return
         if ftype == TYPE_FILE:
             self.plan_regular(item, st, pool)
         else:
-            item.base_version_id = self.reusable_version(item, version)
+            item.base_version_id = self.reusable_version(item, item.version)
             item.done = True
         self.queue.append(item)
+
+    def attach_xattrs(self, item: Item) -> bool:
+        """Give item.version its extended attribute set: the earlier version's when ctime
+        is unchanged (setfattr, setfacl and setcap update ctime), without a system call;
+        else the file's, read now. False when the file vanished meanwhile (warned)."""
+        v = item.version
+        for sid, started_ns in self.candidates:
+            found = self.previous_version(sid, item)
+            if found is None:
+                continue
+            old = found[1]
+            if old.ctime_ns == v.ctime_ns and old.ino == v.ino \
+                    and v.ctime_ns < started_ns - RACY_MARGIN_NS and sid not in self.attrless:
+                if old.xattrs_id is not None:
+                    item.version = v._replace(xattrs_id=old.xattrs_id)
+                return True
+            break
+        try:
+            xattrs = read_xattrs(item.path)
+        except FileNotFoundError:
+            self.warn(f"{os.fsdecode(item.path)}: vanished before it could be saved")
+            return False
+        except XattrError as e:
+            self.warn(f"{os.fsdecode(item.path)}: {e}; saved without them")
+            return True
+        if xattrs:
+            item.version = v._replace(xattrs_id=self.xattr_set_id(xattrs))
+        return True
+
+    def xattr_set_id(self, xattrs: XattrSet) -> int:
+        """The catalog's id of an attribute set, stored on first sight (sets are few)."""
+        digest = set_digest(xattrs)
+        set_id = self._xattr_sets.get(digest)
+        if set_id is None:
+            set_id = self.cat.xattr_set_id(digest, [(n, x, is_text(x)) for n, x in xattrs])
+            if len(self._xattr_sets) < 4096:
+                self._xattr_sets[digest] = set_id
+        return set_id
 
     def plan_regular(self, item: Item, st: os.stat_result, pool: Executor) -> None:
         key = (st.st_dev, st.st_ino)
@@ -834,8 +1063,8 @@ class Saver:
         if entry[3:15] != (mode, uid, gid, user, group, size, mtime_ns, ctime_ns,
                            st.st_dev, st.st_ino, st.st_nlink, st.st_rdev):
             return False
-        if content_id is not None and not self._presence.whole(content_id, entry[17]):
-            return False  # Missing_chunk: the general path reads it afresh
+        if content_id is not None and not self._presence.whole(content_id, entry[17], entry[18]):
+            return False  # a chunk file missing or unsound: the general path reads it afresh
         if not self._txn:
             self.ensure_txn()
         stats = self.stats
@@ -866,8 +1095,7 @@ class Saver:
         self._fast_dir: bytes | None = None
         self._fast_files = 0
         self._fast_entries: dict | None = None
-        self._presence = ContentPresence(self.repo.store, self.estimate or 0,
-                                         self.cat.chunk_rows_estimate())
+        self._presence = ContentPresence(self.repo.store)
 
     def entries_of_dir(self, path: bytes) -> dict | None:
         """The latest save's entries of directory PATH; None when it has none (or is too
@@ -880,9 +1108,10 @@ class Saver:
             self.remember_dir(path, parent_id)
         return self.previous.directory(self._fast_sid, parent_id)
 
-    def content_on_disk(self, content_id: int, shas: list[str]) -> bool:
-        """Every chunk of the content is on disk (checked, not taken from the catalog)."""
-        return self._presence.whole(content_id, shas)
+    def content_on_disk(self, content_id: int, chunks: tuple[list[str], list[int]]) -> bool:
+        """Every chunk of the content has a sound file on disk (checked, not taken from the
+        catalog). CHUNKS: their names and stored lengths (entry_chunks)."""
+        return self._presence.whole(content_id, chunks[0], chunks[1])
 
     def insert_members(self) -> None:
         """Insert the fast path's member rows (before each commit, and every MAX_FAST_MEMBERS)."""
@@ -920,9 +1149,9 @@ class Saver:
             if max(v.mtime_ns, v.ctime_ns) >= started_ns - RACY_MARGIN_NS:
                 continue  # racy: may have changed within the timestamp granularity
             if shas is None:
-                shas = [r.sha256.hex() for r in self.cat.chunks_of_content(old.content_id)]
+                shas = self.cat.chunk_files_of_content(old.content_id)
             if not self.content_on_disk(old.content_id, shas):
-                return False  # Missing_chunk: read afresh, which stores the chunk again
+                return False  # missing or unsound: read afresh, which stores it again
             if _same_metadata(v, old):  # the usual case: reuse the old version row as is
                 item.version = old
                 item.base_version_id = old_id
@@ -954,9 +1183,9 @@ class Saver:
         return None
 
     def previous_version(self, sid: int, item: Item
-                         ) -> tuple[int, Version, list[str] | None] | None:
-        """(version id, version, its chunks' names (sha256 hex) or None if not fetched yet)
-        of ITEM's path in earlier save SID, if that save holds it."""
+                         ) -> tuple[int, Version, tuple[list[str], list[int]] | None] | None:
+        """(version id, version, its chunks' names (sha256 hex) and stored lengths or None
+        if not fetched yet) of ITEM's path in earlier save SID, if that save holds it."""
         entries = (self.previous.directory(sid, item.parent_id)
                    if item.parent_id is not None else None)
         if entries is None:
@@ -1027,6 +1256,13 @@ class Saver:
                     return
                 if future is _UNSENT:
                     self.send_small()
+                    future = item.future
+                while not futures_wait([future], timeout=0.2).done:
+                    self.report_progress()  # a big file: the bytes read move on
+                    if self.stop_signal is not None:
+                        break
+            if self.stop_signal is not None:
+                return  # drain_stopped records what the readers finished
             q.popleft()
             self.record(item)
             self.maybe_commit()
@@ -1044,6 +1280,8 @@ class Saver:
                     result = result[item.index]
                     if isinstance(result, SkipFile):
                         raise result
+                if result is _REREAD:
+                    result = self.read_here(item)
             except SkipFile as e:
                 self.warn(f"{os.fsdecode(item.path)}: skipped: {e}")
                 item.skipped = True
@@ -1060,7 +1298,7 @@ class Saver:
                 item.link_first = None
                 if not self.borrow(item):
                     try:
-                        result = read_file(item.path, v, self.repo.chunker, self.repo.store)
+                        result = self.read_here(item)
                     except SkipFile as e:
                         self.warn(f"{os.fsdecode(item.path)}: skipped: {e}")
                         item.skipped = True
@@ -1090,9 +1328,73 @@ class Saver:
         if out is None:
             result, pending, seen_existing = future.result()
             again = self.repo.store.adopt(pending, seen_existing)
-            out = future.outcome = _not_new(result, again) if again else result
+            out = _not_new(result, again) if again else result
+            out = future.outcome = self.vetted(out)
             self._tasks.discard(future)
         return out
+
+    def vetted(self, result):
+        """RESULT (a ReadResult, or a read_batch's list) with each file that met a damaged
+        chunk file replaced by _REREAD: record() reads it again here, storing that chunk
+        afresh (see vet_found)."""
+        one = not isinstance(result, list)
+        bad = self.vet_found([result] if one else result)
+        if not bad:
+            return result
+        if one:
+            return _REREAD
+        for i, r in enumerate(result):
+            if isinstance(r, ReadResult) and any(c.ref.sha256 in bad for c in r.chunks):
+                result[i] = _REREAD
+        return result
+
+    def vet_found(self, results: list) -> set[bytes]:
+        """The chunk files readers took as stored (found on disk, not written) that fail
+        verification. A found file is trusted when the catalog records it with that very
+        size (the borrow path's test); one the catalog does not know (an orphan: an
+        interrupted save's leftover) or records with another size (another valid encoding,
+        or damage) is decoded and hashed first. A sound one in another encoding gets its
+        size recorded; a damaged one is stored again by the next put() (replace_files):
+        never is it taken into this save. Their sha256s."""
+        found: dict[bytes, StoredChunk] = {}
+        vetted = self._vetted
+        for r in results:
+            if isinstance(r, ReadResult):
+                for c in r.chunks:
+                    if c.found and c.ref.sha256 not in vetted:
+                        found[c.ref.sha256] = c
+        if not found:
+            return set()
+        store = self.repo.store
+        rows = self.cat.chunk_sizes(list(found))
+        bad: set[bytes] = set()
+        for sha, c in found.items():
+            row = rows.get(sha)
+            if row is not None and row[1] == c.stored_length or store.is_pending(sha):
+                continue
+            try:
+                size = store.verify_file(sha, c.ref.length)
+            except (ChunkCorrupt, ChunkMissing):
+                bad.add(sha)
+                continue
+            if row is not None and row[1] != size:
+                self.ensure_txn()
+                self.cat.set_stored_length(sha, size)
+            if len(vetted) >= VETTED_MAX:
+                vetted.clear()
+            vetted.add(sha)
+        if bad:
+            store.replace_files(bad)
+        return bad
+
+    def read_here(self, item: Item) -> ReadResult:
+        """read_file in this process into the saving store, its found chunk files vetted:
+        a damaged one is read a second time, which stores it afresh (SkipFile passes)."""
+        store = self.repo.store
+        result = read_file(item.path, item.version, self.repo.chunker, store)
+        if self.vet_found([result]):
+            result = read_file(item.path, item.version, self.repo.chunker, store)
+        return result
 
     def flush_records(self) -> None:
         """Insert the paths, versions and members of the items recorded since the last
@@ -1199,7 +1501,7 @@ def _fits_catalog(st: os.stat_result) -> bool:
 def _with_content(v: Version, size: int, content_id: int) -> Version:
     """v._replace(size=SIZE, content_id=CONTENT_ID), without _replace's per-field loop."""
     return Version(v.mode, v.uid, v.gid, v.user, v.group, size, v.mtime_ns, v.ctime_ns, v.dev,
-                   v.ino, v.nlink, v.rdev, v.link_target, content_id)
+                   v.ino, v.nlink, v.rdev, v.link_target, content_id, v.xattrs_id)
 
 
 def _same_metadata(a: Version, b: Version) -> bool:
@@ -1207,7 +1509,8 @@ def _same_metadata(a: Version, b: Version) -> bool:
     return (a.mode == b.mode and a.mtime_ns == b.mtime_ns and a.ctime_ns == b.ctime_ns
             and a.size == b.size and a.ino == b.ino and a.dev == b.dev and a.uid == b.uid
             and a.gid == b.gid and a.nlink == b.nlink and a.rdev == b.rdev
-            and a.user == b.user and a.group == b.group and a.link_target == b.link_target)
+            and a.user == b.user and a.group == b.group and a.link_target == b.link_target
+            and a.xattrs_id == b.xattrs_id)
 
 
 class _Unsent:
@@ -1219,6 +1522,7 @@ class _Unsent:
 
 
 _UNSENT = _Unsent()
+_REREAD = object()  # in place of a read result that met a damaged chunk file (Saver.vetted)
 _END = object()
 
 
@@ -1338,6 +1642,29 @@ class _Unchanged:
             saver.report_progress()
 
 
+_early_signals: list[int] = []
+
+
+def catch_stop_signals() -> Callable[[], None]:
+    """Remember SIGINT/SIGTERM from now until a save handles them (its first moments:
+    forking readers, opening the repository); returns what restores the old handlers."""
+    _early_signals.clear()
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = {sig: signal.signal(sig, lambda signum, frame: _early_signals.append(signum))
+           for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        _early_signals.clear()
+    return restore
+
+
+def _notice(msg: str) -> None:
+    os.write(2, msg.encode("utf-8", "replace") + b"\n")  # safe inside a signal handler
+
+
 class _graceful_signals:
     """First SIGINT/SIGTERM: finish the current file, commit, stop. Second: hard stop."""
 
@@ -1349,6 +1676,9 @@ class _graceful_signals:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.old[sig] = signal.signal(sig, self.handle)
+            if _early_signals:  # came before this save could handle it (catch_stop_signals)
+                self.handle(_early_signals.pop(0), None)
+                _early_signals.clear()
         return self
 
     def handle(self, signum, frame):
@@ -1356,6 +1686,11 @@ class _graceful_signals:
             self.saver.hard_stop()
             return
         self.saver.stop_signal = signum
+        _reset_shared(stop=True)  # the readers stop at their next chunk
+        name = signal.Signals(signum).name
+        again = "Ctrl-C" if signum == signal.SIGINT else "it"
+        self.saver.notice(f"backshift: {name}: stopping; committing what is saved so far "
+                          f"(send {again} again to stop at once)")
 
     def __exit__(self, *exc):
         for sig, old in self.old.items():

@@ -54,6 +54,7 @@ class Entry(NamedTuple):
     link_target: bytes | None
     content_id: int | None
     digest: bytes | None
+    xattrs_id: int | None  # its extended attribute set, None: none
 
     @property
     def path(self) -> bytes:

@@ -12,14 +12,17 @@ from queue import Empty, SimpleQueue
 
 from .. import pathcodec
 from ..errors import ChunkCorrupt, ChunkMissing
+from ..xattrs import pax_items
 from .tarsparse import SparsePlan, sparse_plan
 from .tarstream import (
     BLOCK,
+    LNKTYPE,
     REGTYPE,
     ZERO_BLOCK,
     ZEROS,
     TarWriter,
     encode_header,
+    encode_header_general,
     encode_sparse_header,
 )
 
@@ -316,30 +319,58 @@ class Producer:
         self.writer.write(source)
 
 
+class _XattrRecords:
+    """The pax records of members' extended attribute sets (xattrs.pax_items), a few sets
+    kept: most members share a handful of sets."""
+
+    def __init__(self, catalog) -> None:
+        self.catalog = catalog
+        self.sets: dict[int, list] = {}
+        self.names: dict = {}  # ACL user and group names, looked up once
+
+    def of(self, set_id: int) -> list[tuple[bytes, bytes]]:
+        items = self.sets.get(set_id)
+        if items is None:
+            items = pax_items(self.catalog.xattrs_of_set(set_id), self.names)
+            if len(self.sets) >= 1024:
+                self.sets.clear()
+            self.sets[set_id] = items
+        return items
+
+
 def write_members(members: Iterable, writer: TarWriter, chunks: _Chunks, store, problems,
-                  workers: int = 0, sparse: bool = True) -> int:
+                  workers: int = 0, sparse: bool = True,
+                  xattrs: _XattrRecords | None = None) -> int:
     """Write each planned member (select.Planned) with its data; return the member count.
 
     A chunk that is missing or damaged is replaced by zeros of its length, and a content
     shorter than its declared size is padded, so the stream stays valid and every member
     has exactly the size its header declares; each case is reported with path and offset.
     SPARSE: a file with long runs of zeros goes out as a GNU sparse 1.0 member (sparse_plan).
+    XATTRS: extended attributes go out in pax records, as GNU tar writes them; a hard-link
+    member carries none (its group's first member does, as with GNU tar).
     """
     count = 0
     producer = Producer(writer, store, problems, workers)
     try:
         for e, h in members:
+            extra = None
+            if xattrs is not None and e.xattrs_id is not None and h.typeflag != LNKTYPE:
+                extra = xattrs.of(e.xattrs_id)
             if h.typeflag == REGTYPE and h.size:
                 rows = chunks.of(e.key) if e.content_id else []
                 plan = sparse_plan(h.size, rows) if sparse else None
                 if plan is not None:
-                    producer.put(encode_sparse_header(h._replace(size=plan.stored), h.size))
+                    producer.put(encode_sparse_header(h._replace(size=plan.stored), h.size,
+                                                      extra))
                     producer.sparse(e.key, h.size, rows, plan)
                 else:
-                    producer.put(encode_header(h))
+                    producer.put(encode_header_general(h, None, extra) if extra
+                                 else encode_header(h))
                     producer.data(e.key, h.size, rows)
             else:
-                producer.put(encode_header(h))
+                producer.put(encode_header_general(h, None, extra) if extra
+                             else encode_header(h))
             count += 1
         producer.finish()
     finally:
@@ -354,8 +385,10 @@ def read_workers() -> int:
     return 2 if (os.cpu_count() or 1) >= 2 else 0
 
 
-def tar_save(repo, save_id: int, sel, open_out, report, sparse: bool = True) -> object:
+def tar_save(repo, save_id: int, sel, open_out, report, sparse: bool = True,
+             xattrs: bool = True) -> object:
     """Write the selection of a save as one pax tar stream; return its Problems.
+    XATTRS: with the members' extended attributes and POSIX ACLs (--no-xattrs: without).
 
     OPEN_OUT() gives the binary file to write to; it is called only once the selection is
     known to be valid (paths in the save, --where accepted), so an error leaves no output.
@@ -369,7 +402,7 @@ def tar_save(repo, save_id: int, sel, open_out, report, sparse: bool = True) -> 
         writer = TarWriter(open_out())
         chunks = _Chunks(repo.catalog, save_id, key_ranges(repo.catalog, sel))
         write_members(planner.members(), writer, chunks, repo.store, problems, read_workers(),
-                      sparse)
+                      sparse, _XattrRecords(repo.catalog) if xattrs else None)
     finally:
         planner.close()
     return problems

@@ -8,7 +8,8 @@ fits; a preceding 'x' extended header carries the rest:
 - `hdrcharset=BINARY` when a name or owner is not valid UTF-8 (the bytes pass verbatim);
 - `size` from 8 GiB, `uid` / `gid` above 2097151, `uname` / `gname` beyond ustar;
 - `mtime` as `SECONDS.NNNNNNNNN` whenever the time has a fraction or does not fit;
-- `GNU.sparse.*` for a GNU sparse 1.0 member (encode_sparse_header; tarproduce decides).
+- `GNU.sparse.*` for a GNU sparse 1.0 member (encode_sparse_header; tarproduce decides);
+- `SCHILY.acl.*` and `SCHILY.xattr.*` for extended attributes (the EXTRA records given).
 """
 
 from __future__ import annotations
@@ -181,7 +182,8 @@ def sparse_name(name: bytes) -> bytes:
     return head + b"/GNUSparseFile.0/" + base if sep else b"GNUSparseFile.0/" + base
 
 
-def encode_sparse_header(h: Header, realsize: int) -> bytes:
+def encode_sparse_header(h: Header, realsize: int,
+                         extra: list[tuple[bytes, bytes]] | None = None) -> bytes:
     """The header blocks of a GNU sparse 1.0 member: H as for a regular file, but H.size
     counts the bytes that follow (the map, then the data regions) and REALSIZE is the file's.
 
@@ -189,12 +191,16 @@ def encode_sparse_header(h: Header, realsize: int) -> bytes:
     name (or `path`) is sparse_name's. GNU.sparse.name comes after `path`, as tarfile
     wants it (the later of the two names the member); GNU tar and libarchive take the
     sparse name in this order too (tests/test_tar_sparse.py restores long names in all three)."""
-    return encode_header_general(h._replace(name=sparse_name(h.name)), (h.name, realsize))
+    return encode_header_general(h._replace(name=sparse_name(h.name)), (h.name, realsize),
+                                 extra)
 
 
-def encode_header_general(h: Header, sparse: tuple[bytes, int] | None = None) -> bytes:
+def encode_header_general(h: Header, sparse: tuple[bytes, int] | None = None,
+                          extra: list[tuple[bytes, bytes]] | None = None) -> bytes:
     """encode_header for any member: every field checked, pax records where needed.
-    SPARSE: (real name, real size) of a GNU sparse 1.0 member (encode_sparse_header)."""
+    SPARSE: (real name, real size) of a GNU sparse 1.0 member (encode_sparse_header).
+    EXTRA: more (keyword, value) pax records, last (extended attributes); their values are
+    bytes as GNU tar writes them, which never makes the header hdrcharset=BINARY."""
     records: list[bytes] = []
     binary = False
     name_field = h.name
@@ -239,6 +245,8 @@ def encode_header_general(h: Header, sparse: tuple[bytes, int] | None = None) ->
                     pax_record(b"GNU.sparse.name", real_name),
                     pax_record(b"GNU.sparse.realsize", b"%d" % realsize)]
         binary |= not _is_utf8(real_name)
+    if extra:
+        records += [pax_record(key, value) for key, value in extra]
     out = bytearray()
     if records:
         if binary:
@@ -365,11 +373,12 @@ def _writev_all(fd: int, parts: list, size: int) -> None:
         n = os.writev(fd, parts)
 
 
-def tar_save(repo, save_id: int, sel, open_out, report, sparse: bool = True) -> object:
+def tar_save(repo, save_id: int, sel, open_out, report, sparse: bool = True,
+             xattrs: bool = True) -> object:
     """Write the selection of a save as one pax tar stream; return its Problems.
 
     The producer lives in tarproduce; this is its entry point (see tarproduce.tar_save).
     """
     from .tarproduce import tar_save as produce
 
-    return produce(repo, save_id, sel, open_out, report, sparse)
+    return produce(repo, save_id, sel, open_out, report, sparse, xattrs)

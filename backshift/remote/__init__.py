@@ -1,0 +1,1 @@
+"""Remote repositories: `ssh://` URLs, the framed protocol, its transports, client and server."""

@@ -1,0 +1,205 @@
+"""The client of `backshift serve`: a session of ordered requests; running a command there."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+
+from .. import __version__
+from ..errors import (
+    EXIT_ERROR,
+    RemoteConnectionLost,
+    RemoteError,
+    RemoteNotSupported,
+    RemoteProtocolError,
+    RemoteVersionMismatch,
+)
+from .protocol import FINAL_KINDS, VERSIONS, Frame, FrameReader, FrameWriter
+from .server import REMOTE_COMMANDS
+from .transport import DEFAULT_REMOTE_PATH, DEFAULT_RSH, SshTransport
+from .url import parse
+
+# Commands that read this host's files: they cannot run on the server as they are.
+LOCAL_ONLY = {
+    "save": "remote save lands with the split of save into client and repository halves; "
+            "until then run save on the repository host",
+    "import-legacy": "it reads a save directory on this host; run it on the repository host",
+    "mount": "mount works on local repositories only; run it on the repository host",
+}
+PIPELINE_WINDOW = 16  # requests in flight before the first answer must come back
+
+
+class Session:
+    """Requests to one server, answered in the order they were sent."""
+
+    def __init__(self, transport) -> None:
+        self.transport = transport
+        self.peer = transport.host
+        self.frames = FrameWriter(transport.writer)
+        self.reader = FrameReader(transport.reader, transport.host)
+        self.next_id = 1
+        self.version: int | None = None
+
+    def send(self, header: dict, payload: bytes = b"") -> int:
+        rid = self.next_id
+        self.next_id += 1
+        try:
+            self.frames.send({**header, "id": rid}, payload)
+        except (BrokenPipeError, ConnectionResetError):
+            raise RemoteConnectionLost(self.peer, "the server stopped reading") from None
+        return rid
+
+    def answers(self, rid: int) -> Iterator[Frame]:
+        """The frames answering request RID, its final frame last (an error raises)."""
+        while True:
+            frame = self.reader.read()
+            if frame is None:
+                raise RemoteConnectionLost(self.peer, "the server closed the connection")
+            if frame.header.get("id") != rid:
+                raise RemoteProtocolError(f"{self.peer} answered request "
+                                          f"{frame.header.get('id')!r} where {rid} was due")
+            if frame.kind == "error":
+                raise _server_error(frame.header)
+            yield frame
+            if frame.kind in FINAL_KINDS:
+                return
+
+    def call(self, header: dict, payload: bytes = b"") -> Frame:
+        """Send one request and return its final frame."""
+        for frame in self.answers(self.send(header, payload)):
+            if frame.kind in FINAL_KINDS:
+                return frame
+        raise AssertionError("answers() ends with a final frame")
+
+    def hello(self, repo: str) -> dict:
+        """Agree on a protocol version and name the repository; the server's hello result."""
+        reply = self.call({"op": "hello", "versions": list(VERSIONS), "repo": repo,
+                           "client": __version__}).header
+        version = reply.get("version")
+        if not isinstance(version, int) or not VERSIONS[0] <= version <= VERSIONS[1]:
+            raise RemoteVersionMismatch(
+                f"{self.peer} chose protocol version {version!r}, this backshift speaks "
+                f"{VERSIONS[0]}..{VERSIONS[1]}")
+        self.version = version
+        return reply
+
+    def pipeline(self, requests: Iterable[tuple[dict, bytes]],
+                 window: int = PIPELINE_WINDOW) -> Iterator[list[Frame]]:
+        """Send REQUESTS from a thread, up to WINDOW ahead; yield each one's frames in order.
+
+        The writer thread keeps requests flowing while answers are read, so neither side
+        can block the other with full pipes.
+        """
+        slots = threading.Semaphore(window)
+        sent: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        failed: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                for header, payload in requests:
+                    slots.acquire()
+                    if stop.is_set():
+                        return
+                    sent.put(self.send(header, payload))
+            except BaseException as e:  # noqa: BLE001 - re-raised by the reading side
+                failed.append(e)
+            finally:
+                sent.put(None)
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        try:
+            while (rid := sent.get()) is not None:
+                frames = list(self.answers(rid))
+                slots.release()
+                yield frames
+            if failed:
+                raise failed[0]
+        finally:
+            stop.set()
+            slots.release()
+            writer.join(timeout=5)
+
+    def run(self, argv: list[str], out, err, *, debug: bool, encoding: str,
+            errors: str) -> int:
+        """Run a CLI command on the server: its stdout to OUT, stderr to ERR; its exit code."""
+        rid = self.send({"op": "run", "argv": argv, "debug": debug, "encoding": encoding,
+                         "errors": errors, "tz": os.environ.get("TZ")})
+        for frame in self.answers(rid):
+            if frame.kind == "stdout":
+                out.write(frame.payload)
+            elif frame.kind == "stderr":
+                err.write(frame.payload)
+                err.flush()
+            elif frame.kind == "exit":
+                code = frame.header.get("code")
+                return code if isinstance(code, int) and 0 <= code <= 255 else EXIT_ERROR
+            else:
+                raise RemoteProtocolError(f"{self.peer} sent a {frame.kind!r} frame to a run")
+        raise AssertionError("answers() ends with a final frame")
+
+
+def _server_error(header: dict) -> RemoteError:
+    """The server's error, one line and its exit code, as this side raises it."""
+    error = RemoteError(str(header.get("message") or "the server failed"))
+    code = header.get("exit")
+    error.exit_code = code if isinstance(code, int) and 2 <= code <= 255 else EXIT_ERROR
+    return error
+
+
+def run_over(transport, repo: str, argv: list[str], out, err, *, debug: bool,
+             encoding: str, errors: str) -> int:
+    """Hello, then run ARGV on REPO through TRANSPORT; the command's exit code."""
+    failed = True
+    try:
+        session = Session(transport)
+        try:
+            session.hello(repo)
+            transport.connected()
+            code = session.run(argv, out, err, debug=debug, encoding=encoding, errors=errors)
+        except RemoteConnectionLost as e:
+            raise transport.lost(e.args[-1]) from None
+        failed = False
+        return code
+    finally:
+        transport.close(failed=failed)
+
+
+def check_remote(name: str) -> None:
+    """RemoteNotSupported unless command NAME can run on an ssh:// repository."""
+    if name in LOCAL_ONLY:
+        raise RemoteNotSupported(f"{name} on an ssh:// repository: {LOCAL_ONLY[name]}")
+    if name not in REMOTE_COMMANDS:
+        raise RemoteNotSupported(f"{name} does not run on ssh:// repositories yet")
+
+
+def without_option(args: list[str], short: str, long: str) -> list[str]:
+    """ARGS without option SHORT/LONG and its value (before any `--`)."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            out.extend(args[i:])
+            break
+        if arg in (short, long):
+            i += 2
+            continue
+        if not (arg.startswith(long + "=") or (arg.startswith(short) and arg[1] != "-")):
+            out.append(arg)
+        i += 1
+    return out
+
+
+def run_command(url: str, remote_path: str | None, argv: list[str], out, err, *,
+                debug: bool, encoding: str, errors: str) -> int:
+    """Run ARGV (a command and its arguments) on the repository at ssh:// URL."""
+    target = parse(url)
+    rsh = os.environ.get("BACKSHIFT_RSH") or DEFAULT_RSH
+    transport = SshTransport(target, remote_path or DEFAULT_REMOTE_PATH, rsh, err)
+    return run_over(transport, target.path, argv, out, err, debug=debug, encoding=encoding,
+                    errors=errors)
+
