@@ -214,6 +214,34 @@ class RemoteError(BackshiftError):
     """{0}"""
 
 
+class ObjectStoreUnreachable(BackshiftError):
+    """cannot reach the object store at {0} ({1}): {2}, {3} attempt(s); check AWS_ENDPOINT_URL"""
+
+    exit_code = 40
+    summary = "object store: the endpoint cannot be reached (down, wrong AWS_ENDPOINT_URL)"
+
+
+class ObjectStoreDenied(BackshiftError):
+    """object store refused {0}: {1}; check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY"""
+
+    exit_code = 41
+    summary = "object store: credentials refused or access denied"
+
+
+class ObjectStoreBucketMissing(BackshiftError):
+    """bucket {0} does not exist at {1}; create it first (backshift never creates buckets)"""
+
+    exit_code = 42
+    summary = "object store: the bucket does not exist"
+
+
+class ObjectStoreFailed(BackshiftError):
+    """object store: {1} {0} failed after {2} attempt(s): {3}"""
+
+    exit_code = 43
+    summary = "object store: a request failed after its retries (throttling, 5xx, timeouts)"
+
+
 class Interrupted(BackshiftError):
     """interrupted"""
 

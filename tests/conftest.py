@@ -125,3 +125,5 @@ def have(tool: str) -> bool:
 
 # The OpenSSH server fixtures for ssh:// repositories (started once, only when a test asks).
 from sshd import ssh_env, sshd  # noqa: E402, F401
+
+pytest_plugins = ["seaweed"]  # the SeaweedFS fixtures of the object-store tests

@@ -18,6 +18,8 @@ RULES = {
     "xattrs": set(),
     "catalog": LEAVES,
     "store": LEAVES,
+    "objstore": {"model", "errors", "chunkcodec", "s3client"},
+    "s3client": {"errors"},
 }
 
 

@@ -9,14 +9,17 @@ import time
 
 import apsw
 import pytest
+import seaweed
 from harness import crash
 from harness.consistency import assert_repo_consistent
 from harness.faults import EIO, ENOSPC, Fault, inject
 from harness.scenario import one_line_error, save, save_status, small_tree
 
+from backshift import repo as repo_module
 from backshift.catalog import schema_version
 from backshift.errors import exit_code_table
 from backshift.lock import RepoLock
+from backshift.objstore import ObjectStore
 from backshift.store import Store
 from conftest import BACKSHIFT, find0, run
 
@@ -200,6 +203,49 @@ SCENARIOS.update({
     34: _code_remote_connection_lost, 35: _code_remote_refused,
 })
 
+
+def _objstore_probe_at_open(repo, monkeypatch, url: str, env: dict[str, str]):
+    """`saves` with a repository open that first probes the bucket URL, as opening a
+    repository whose chunks are in a bucket will (docs/objstore.md): the object store's
+    real errors through the CLI's one translation, until `init --chunks` is wired."""
+    real = repo_module.open_repository
+
+    def probing(*args, **kw):
+        with ObjectStore(url, retries=1, backoff_s=0.005) as store:
+            store.probe()
+        return real(*args, **kw)
+
+    seaweed.use_env(monkeypatch, env)
+    monkeypatch.setattr(repo_module, "open_repository", probing)
+    return run("-r", repo, "saves", exit_code=None)
+
+
+def _code_objstore_unreachable(tmp_path, repo, monkeypatch):
+    port = seaweed.free_ports(1)[0]
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "k",
+           "AWS_SECRET_ACCESS_KEY": "s", "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1"}
+    return _objstore_probe_at_open(repo, monkeypatch, "s3://bucket/p", env)
+
+
+def _code_objstore_denied(tmp_path, repo, monkeypatch):
+    server = seaweed.session_server()
+    env = {**server.env(), "AWS_SECRET_ACCESS_KEY": "wrong"}
+    return _objstore_probe_at_open(repo, monkeypatch, f"s3://{server.bucket}/p", env)
+
+
+def _code_objstore_bucket_missing(tmp_path, repo, monkeypatch):
+    server = seaweed.session_server()
+    return _objstore_probe_at_open(repo, monkeypatch, "s3://no-such-bucket/p", server.env())
+
+
+def _code_objstore_failed(tmp_path, repo, monkeypatch):
+    with seaweed.throttling_endpoint() as stub:
+        env = {**seaweed.session_server().env(), "AWS_ENDPOINT_URL": stub.url}
+        return _objstore_probe_at_open(repo, monkeypatch, "s3://bucket/p", env)
+
+
+SCENARIOS.update({40: _code_objstore_unreachable, 41: _code_objstore_denied,
+                  42: _code_objstore_bucket_missing, 43: _code_objstore_failed})
 
 def test_I1_every_documented_exit_code_has_a_scenario():
     documented = {code for code, _ in exit_code_table()}

@@ -336,7 +336,7 @@ def test_save_on_a_filesystem_without_user_xattrs(repo, tmp_path):
 
 def _downgrade_to_schema_2(catalog: bytes) -> None:
     """What a catalog of the release before extended attributes looks like: the objects of
-    migrations 0001-0002 only (this code's rows, less the column 0003 adds)."""
+    migrations 0001-0002 only (this code's rows, less the columns later migrations add)."""
     fresh = apsw.Connection(":memory:")
     for _number, _name, sql in migrations()[:2]:
         fresh.execute(sql)
@@ -347,7 +347,13 @@ def _downgrade_to_schema_2(catalog: bytes) -> None:
                                        "LIKE 'sqlite_%'").fetchall():
             if (kind, name) not in old and kind in ("view", "table", "index"):
                 conn.execute(f'DROP {kind.upper()} IF EXISTS "{name}"')
-        conn.execute("ALTER TABLE version DROP COLUMN xattrs_id")
+        for kind, table in old:  # and the columns later migrations added to its tables
+            if kind != "table" or table.startswith("sqlite_"):
+                continue
+            before = {r[1] for r in fresh.execute(f'PRAGMA table_info("{table}")')}
+            for r in conn.execute(f'PRAGMA table_info("{table}")').fetchall():
+                if r[1] not in before:
+                    conn.execute(f'ALTER TABLE "{table}" DROP COLUMN "{r[1]}"')
         conn.execute("DELETE FROM meta WHERE key = 'last_save_without_xattrs'")
         conn.execute("PRAGMA user_version = 2")
     conn.close()
