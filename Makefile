@@ -12,15 +12,15 @@ BENCH_ARGS ?=
 
 all: test
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml | sysdeps
 	@$(PY) -m venv $(VENV) 2>/dev/null || { \
 	  echo "python3 -m venv failed: installing python3-venv"; \
 	  SUDO=; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq python3-venv >/dev/null; \
 	  $(PY) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-	$(BIN)/python -m pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-	@$(BIN)/python -c "import apsw, xxhash, click, tabulate, pyfastcdc, zstandard, pytest"
+	$(BIN)/python -m pip install -q -e '.[test,mount]' 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -c "import apsw, xxhash, click, tabulate, pyfastcdc, zstandard, pytest, pyfuse3, trio"
 	@$(MAKE) -s bytecode
 	@touch $(STAMP)
 

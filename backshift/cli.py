@@ -964,6 +964,37 @@ def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, hostname: str
     _finish(problems, incomplete)
 
 
+@cli.command("mount")
+@click.argument("mountpoint", type=click.Path(path_type=bytes))
+@click.option("--backup", default=None, metavar="ID|latest",
+              help="Mount only this save, its tree at MOUNTPOINT.")
+@_lock_wait_option
+@pass_ctx
+def mount_cmd(ctx: Context, mountpoint: bytes, backup: str | None, lock_wait: float) -> None:
+    """Browse the saves as a read-only filesystem (FUSE), until unmounted or Ctrl-C.
+
+    MOUNTPOINT/HOST/SUBSET/ID/ holds each save's paths (/home/ann is ID/home/ann);
+    MOUNTPOINT/HOST/SUBSET/latest links to the newest complete save. Saves made meanwhile
+    appear; expire waits or refuses while it is mounted (the shared lock). Needs the
+    optional extra: pip install 'backshift[mount]'.
+
+    \b
+    Examples:
+      backshift -r /backup/repo mount /mnt/backup      # then: fusermount3 -u /mnt/backup
+      backshift -r /backup/repo mount /mnt/b --backup latest
+    """
+    from .ops.common import resolve_save
+    from .ops.mount import check_fuse, check_mountpoint, mount_repository
+    from .repo import READ_LOCKED, open_repository
+
+    check_fuse()
+    check_mountpoint(mountpoint)
+    with open_repository(ctx.repo, READ_LOCKED, operation="mount",
+                         lock_wait_s=lock_wait) as repo:
+        save_id = resolve_save(repo.catalog, backup).id if backup is not None else None
+        mount_repository(repo, mountpoint, save_id, echo_err)
+
+
 # -- import-legacy ----------------------------------------------------------------------
 
 

@@ -158,6 +158,14 @@ class LegacyDirInvalid(BackshiftError):
     summary = "`import-legacy`: the directory is not a backshift 1.x save directory"
 
 
+class MountUnavailable(BackshiftError):
+    """mount needs the optional FUSE support: pip install 'backshift[mount]' ({0})"""
+
+
+class MountFailed(BackshiftError):
+    """cannot mount at {0}: {1}"""
+
+
 class RemoteUnreachable(BackshiftError):
     """cannot reach {0}: {1}"""
 

@@ -77,6 +77,34 @@ def test_stdlib_sqlite3_never_imported():
             assert not any(n.split(".")[0] == "sqlite3" for n in names), path
 
 
+def test_only_the_mount_modules_import_fuse():
+    """pyfuse3 and trio are the optional extra `backshift[mount]`: only ops/fusefs.py may
+    import them at the top, ops/mount.py only inside functions (after checking for them),
+    so every other command runs without them."""
+    for path in PKG.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        top = set()
+        anywhere = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = {(node.module or "").split(".")[0]}
+            else:
+                continue
+            anywhere |= names
+            if node in tree.body:
+                top |= names
+        fuse = {"pyfuse3", "trio"}
+        rel = path.relative_to(PKG).as_posix()
+        if rel == "ops/fusefs.py":
+            assert fuse <= top, rel
+        elif rel == "ops/mount.py":
+            assert not top & fuse and fuse <= anywhere, rel
+        else:
+            assert not anywhere & fuse, rel
+
+
 # backshift/remote/: URL and framing at the bottom, transports and the server above them, the
 # client on top; none imports the CLI, the operations or the stores (the server runs commands
 # through callables cli.py hands it).

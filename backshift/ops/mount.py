@@ -1,0 +1,84 @@
+"""`backshift mount`: serve the repository (or one save) as a read-only FUSE filesystem in
+the foreground until it is unmounted (fusermount3 -u, umount) or the process is signalled.
+
+The caller holds the repository open with the shared lock for the whole mount, so expire
+cannot delete chunks under it; saves go on meanwhile and appear without remounting."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+
+from ..errors import MountFailed, MountUnavailable
+from ..repo import Repository
+from .mountread import ChunkCache
+from .mounttree import Tree
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def check_fuse() -> None:
+    """MountUnavailable unless the optional pyfuse3 and trio are importable."""
+    try:
+        import pyfuse3  # noqa: F401
+        import trio  # noqa: F401
+    except ImportError as e:
+        raise MountUnavailable(str(e)) from None
+
+
+def check_mountpoint(mountpoint: bytes) -> None:
+    if not os.path.isdir(mountpoint):
+        why = "not a directory" if os.path.exists(mountpoint) else "no such directory"
+        raise MountFailed(os.fsdecode(mountpoint), why)
+    if os.path.ismount(mountpoint):
+        raise MountFailed(os.fsdecode(mountpoint), "something is mounted there already")
+
+
+def mount_repository(repo: Repository, mountpoint: bytes, save_id: int | None,
+                     notice: Callable[[str], None]) -> None:
+    """Mount and serve until unmounted or signalled (SIGINT, SIGTERM, SIGHUP: then the
+    filesystem is unmounted here); returns normally either way."""
+    import pyfuse3
+    import trio
+
+    from .fusefs import Filesystem
+
+    mountpoint = os.path.abspath(mountpoint)
+    check_mountpoint(mountpoint)
+    cache = ChunkCache(repo.store)
+    tree = Tree(repo.catalog, save_id, lambda msg: notice(f"backshift: warning: {msg}"))
+    fs = Filesystem(tree, cache, lambda msg: notice(f"backshift: error: {msg}"))
+    options = {"ro", "fsname=backshift", "subtype=backshift"}
+    try:
+        pyfuse3.init(fs, os.fsdecode(mountpoint), options)
+    except RuntimeError as e:
+        cache.close()
+        raise MountFailed(os.fsdecode(mountpoint), str(e)) from None
+    what = f"save {save_id}" if save_id is not None else "repository"
+    notice(f"backshift: {what} mounted at {os.fsdecode(mountpoint)}; "
+           f"unmount with: fusermount3 -u {os.fsdecode(mountpoint)}")
+    stopped, unmounted = [], []
+
+    async def serve() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_signals, nursery.cancel_scope)
+            await pyfuse3.main()
+            if not stopped:
+                unmounted.append(True)  # from outside: fusermount3 -u, umount
+            nursery.cancel_scope.cancel()
+
+    async def watch_signals(scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+            async for _signum in signals:
+                stopped.append(True)
+                pyfuse3.terminate()  # main() returns once the requests in flight are done
+                return
+
+    try:
+        trio.run(serve)
+    except KeyboardInterrupt:  # before the signal receiver was set up
+        stopped.append(True)
+    finally:
+        pyfuse3.close(unmount=not unmounted)
+        cache.close()

@@ -1,0 +1,252 @@
+"""The tree `backshift mount` shows: inode numbers, attributes and directory entries, all
+answered by catalog queries (the path index), never by a scan of a save.
+
+Layout without --backup: ROOT/HOST/SUBSET/ID/... for each save and ROOT/HOST/SUBSET/latest,
+a symlink to the newest complete save of the series. With --backup: that save's tree at
+the root. Inode numbers are stable for the life of the mount: a path of a save is
+(save id << 40 | path id), the host, series and `latest` nodes get small numbers as they
+are first met, and the paths of a hardlink group (same dev, ino in a save) all take the
+number the first of them got.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+from .. import pathcodec
+from ..catalog import Catalog
+
+ROOT_INODE = 1  # FUSE's root
+SAVE_SHIFT = 40  # a save's inodes: save id above, path id (below 2**40) beneath
+PATH_MASK = (1 << SAVE_SHIFT) - 1
+DIR_MODE = stat.S_IFDIR | 0o755  # directories the catalog does not describe
+LATEST = b"latest"
+KNOWN_MAX = 100_000  # attributes kept by inode (about 200 bytes each)
+
+
+class NotFound(Exception):
+    """No such entry (ENOENT)."""
+
+
+class Attr(NamedTuple):
+    """What stat shows of a node."""
+
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    immutable: bool  # a path of a save: the kernel may cache it long
+    content_id: int | None = None
+    link_target: bytes | None = None
+    key: bytes = b""  # the path's key (save nodes), for messages
+
+
+class Tree:
+    """Inode numbers and attributes of the mounted repository (one catalog connection,
+    used from the FUSE loop's thread only)."""
+
+    def __init__(self, catalog: Catalog, save_id: int | None,
+                 warn: Callable[[str], None] | None = None) -> None:
+        self.catalog = catalog
+        self.single = save_id  # --backup: this save's tree is the root
+        self.warn = warn or (lambda msg: print(f"backshift: warning: {msg}", file=sys.stderr))
+        self.started_ns = time.time_ns()
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self.root_path_id = catalog.path_id(b"")  # the path "/" (None: no save yet)
+        self.synthetic: dict[int, tuple] = {ROOT_INODE: ("root",)}
+        self.synthetic_ino: dict[tuple, int] = {("root",): ROOT_INODE}
+        self.links: dict[tuple[int, int, int], int] = {}  # (save, dev, ino) -> inode
+        self.warned: set[bytes] = set()
+        self.known: dict[int, Attr] = {}  # recorded entries met lately: open and getattr
+        # ask again for what lookup and readdir just answered (a save's rows never change)
+
+    # -- inode numbers ------------------------------------------------------------------
+
+    def _node(self, kind: tuple) -> int:
+        ino = self.synthetic_ino.get(kind)
+        if ino is None:
+            ino = len(self.synthetic) + 1
+            self.synthetic[ino] = kind
+            self.synthetic_ino[kind] = ino
+        return ino
+
+    def _save_ino(self, save_id: int, path_id: int) -> int:
+        if self.single is not None and path_id == self.root_path_id:
+            return ROOT_INODE
+        return save_id << SAVE_SHIFT | path_id
+
+    def _save_node(self, ino: int) -> tuple[int, int] | None:
+        """(save id, path id) of a save's inode, None for the other nodes."""
+        if ino == ROOT_INODE and self.single is not None:
+            if self.root_path_id is None:
+                return None
+            return self.single, self.root_path_id
+        if ino >> SAVE_SHIFT:
+            return ino >> SAVE_SHIFT, ino & PATH_MASK
+        return None
+
+    # -- the public questions -------------------------------------------------------------
+
+    def getattr(self, ino: int) -> Attr:
+        attr = self.known.get(ino)
+        if attr is not None:
+            return attr
+        node = self._save_node(ino)
+        if node is not None:
+            save_id, path_id = node
+            row = self.catalog.mount_entry(save_id, path_id)
+            if row is None:
+                raise NotFound(ino)
+            return self._attr(save_id, row, ino)
+        kind = self.synthetic.get(ino)
+        if kind is None:
+            raise NotFound(ino)
+        return self._synthetic_attr(ino, kind)
+
+    def lookup(self, parent: int, name: bytes) -> Attr:
+        node = self._save_node(parent)
+        if node is not None:
+            save_id, path_id = node
+            row = self.catalog.mount_child(save_id, path_id, name)
+            if row is None:
+                raise NotFound(name)
+            return self._attr(save_id, row)
+        for child_name, attr in self._synthetic_children(parent, name):
+            if child_name == name:
+                return attr
+        raise NotFound(name)
+
+    def children(self, ino: int) -> list[tuple[bytes, Attr]]:
+        """The entries of directory INO as (name, attributes), sorted by name."""
+        node = self._save_node(ino)
+        if node is None:
+            return sorted(self._synthetic_children(ino, None))
+        save_id, path_id = node
+        attr = self.getattr(ino)
+        if not stat.S_ISDIR(attr.mode):
+            return []
+        out = []
+        for row in self.catalog.mount_children(save_id, path_id):
+            name = row[2]
+            if not _good_name(name) or row[1] != attr.key + b"\0" + name:
+                self._warn_once(row[1], "catalog row refused: not a normal name beneath "
+                                + pathcodec.escape(pathcodec.from_key(attr.key) or b"/"))
+                continue
+            out.append((name, self._attr(save_id, row)))
+        out.sort()
+        return out
+
+    def readlink(self, ino: int) -> bytes:
+        attr = self.getattr(ino)
+        if not stat.S_ISLNK(attr.mode) or not attr.link_target:
+            raise NotFound(ino)
+        return attr.link_target
+
+    @staticmethod
+    def path_of(key: bytes) -> str:
+        """The saved path of a key, escaped for a message."""
+        return pathcodec.escape(pathcodec.from_key(key) or b"/")
+
+    # -- save nodes -------------------------------------------------------------------------
+
+    def _attr(self, save_id: int, row: tuple, ino: int | None = None) -> Attr:
+        (path_id, key, _name, mode, uid, gid, size, mtime_ns, ctime_ns, dev, inode, nlink,
+         rdev, link_target, content_id) = row
+        if mode is None:  # a directory the save passes through: not recorded itself
+            when = self._save_started(save_id)
+            return Attr(ino or self._save_ino(save_id, path_id), DIR_MODE, 2, 0, 0, 0, 0,
+                        when, when, True, key=key)
+        if ino is None:
+            ino = self._save_ino(save_id, path_id)
+            if stat.S_ISREG(mode) and nlink > 1:  # one inode per hardlink group
+                ino = self.links.setdefault((save_id, dev, inode), ino)
+        if stat.S_ISLNK(mode):
+            size = len(link_target or b"")  # what readlink gives, whatever the row says
+        attr = Attr(ino, mode, nlink, uid, gid, rdev, max(size, 0), mtime_ns, ctime_ns, True,
+                    content_id, link_target, key)
+        if len(self.known) >= KNOWN_MAX:
+            self.known.clear()
+        self.known[ino] = attr
+        return attr
+
+    def _save_started(self, save_id: int) -> int:
+        row = self.catalog.mount_save_series(save_id)
+        return row[2] if row else self.started_ns
+
+    def _save_root(self, save_id: int, name: bytes) -> tuple[bytes, Attr]:
+        if self.root_path_id is None:
+            self.root_path_id = self.catalog.path_id(b"")
+        if self.root_path_id is not None:
+            row = self.catalog.mount_entry(save_id, self.root_path_id)
+            if row is not None:
+                return name, self._attr(save_id, row)
+        when = self._save_started(save_id)
+        ino = save_id << SAVE_SHIFT | (self.root_path_id or 0)
+        return name, Attr(ino, DIR_MODE, 2, 0, 0, 0, 0, when, when, True)
+
+    # -- hosts, series, latest ----------------------------------------------------------
+
+    def _synthetic_attr(self, ino: int, kind: tuple) -> Attr:
+        if kind[0] == "latest":
+            target = self._latest_target(kind[1], kind[2])
+            if target is None:
+                raise NotFound(ino)
+            return Attr(ino, stat.S_IFLNK | 0o777, 1, self.uid, self.gid, 0, len(target),
+                        self.started_ns, self.started_ns, False, link_target=target)
+        return Attr(ino, DIR_MODE, 2, self.uid, self.gid, 0, 0, self.started_ns,
+                    self.started_ns, False)
+
+    def _latest_target(self, host: str, subset: str) -> bytes | None:
+        newest = self.catalog.mount_newest_complete(host, subset)
+        return None if newest is None else b"%d" % newest
+
+    def _synthetic_children(self, ino: int, name: bytes | None) -> list[tuple[bytes, Attr]]:
+        """The entries of a host, series or the root (NAME: only that one is wanted)."""
+        kind = self.synthetic.get(ino)
+        if kind is None or self.single is not None and kind[0] == "root":
+            if self.single is not None and kind == ("root",) and self.root_path_id is None:
+                return []  # --backup of a repository whose catalog holds no path yet
+            raise NotFound(ino)
+        out = []
+        if kind[0] == "root":
+            for host in self.catalog.mount_hosts():
+                raw = os.fsencode(host)
+                if _good_name(raw) and name in (None, raw):
+                    out.append((raw, self._synthetic_attr(self._node(("host", host)),
+                                                          ("host", host))))
+        elif kind[0] == "host":
+            for subset in self.catalog.mount_subsets(kind[1]):
+                raw = os.fsencode(subset)
+                node = ("series", kind[1], subset)
+                if _good_name(raw) and name in (None, raw):
+                    out.append((raw, self._synthetic_attr(self._node(node), node)))
+        elif kind[0] == "series":
+            _, host, subset = kind
+            if name in (None, LATEST):
+                node = ("latest", host, subset)
+                target = self._latest_target(host, subset)
+                if target is not None:
+                    out.append((LATEST, self._synthetic_attr(self._node(node), node)))
+            for save_id, _started in self.catalog.mount_saves_of_series(host, subset):
+                if name in (None, b"%d" % save_id):
+                    out.append(self._save_root(save_id, b"%d" % save_id))
+        return out
+
+    def _warn_once(self, key: bytes, msg: str) -> None:
+        if key not in self.warned:
+            self.warned.add(key)
+            self.warn(msg)
+
+
+def _good_name(name: bytes) -> bool:
+    return bool(name) and b"/" not in name and b"\0" not in name and name not in (b".", b"..")

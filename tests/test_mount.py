@@ -1,0 +1,382 @@
+"""`backshift mount`: a real FUSE mount served by a real `backshift mount` process, compared
+entry by entry with the tree that was saved; damage, locks, signals and writes."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from restorehelp import compare_trees, enrich_tree, walk_all
+
+from backshift import pathcodec
+from backshift.catalog import CATALOG_NAME, Catalog
+from backshift.ops.mountread import ChunkCache
+from backshift.store import Store
+from conftest import BACKSHIFT, find0, run, run_bin
+
+HOSTILE = bytes(b for b in range(1, 256) if b != ord("/"))  # every byte but NUL and '/'
+
+
+def save(repo: bytes, root: Path | bytes, subset: str = "t") -> None:
+    run("-r", repo, "save", "--hostname", "h", "--subset", subset, input=find0(root))
+
+
+@contextmanager
+def mounted(repo: bytes, mountpoint: Path, *args: str):
+    """A `backshift mount` process, serving once the mount is there; unmounted at the end,
+    where the process must have exited 0."""
+    mountpoint.mkdir(exist_ok=True)
+    log = open(mountpoint.parent / f"{mountpoint.name}.stderr", "w+b")  # noqa: SIM115
+    proc = subprocess.Popen([BACKSHIFT, "-r", repo, "mount", str(mountpoint), *args],
+                            stdout=subprocess.DEVNULL, stderr=log)
+    proc.log_path = log.name
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mountpoint):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                pytest.fail(f"mount did not come up (exit {proc.poll()}): {log.read()!r}")
+            time.sleep(0.05)
+        yield proc
+    finally:
+        if os.path.ismount(mountpoint):
+            subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
+        try:
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+
+
+def stderr_of(proc) -> str:
+    with open(proc.log_path, "rb") as f:
+        return f.read().decode("utf-8", "replace")
+
+
+@pytest.fixture
+def full_tree(tree):
+    """The tar tests' tree (hostile names, every type, hardlinks) with a name of every
+    byte but NUL and '/', a block device and a FIFO deeper down."""
+    enrich_tree(tree)
+    raw = os.fsencode(tree)
+    with open(os.path.join(raw, b"sub", HOSTILE), "wb") as f:
+        f.write(b"every byte\n")
+    os.mkdir(os.path.join(raw, b"sub", b"." + HOSTILE[:100]))
+    os.mkfifo(tree / "sub" / "deeper" / "fifo2", 0o600)
+    if os.geteuid() == 0:
+        os.mknod(tree / "sub" / "blockdev", stat.S_IFBLK | 0o600, os.makedev(7, 200))
+    os.utime(tree / "sub", ns=(1_500_000_000_987_654_321, 1_500_000_000_987_654_321))
+    return tree
+
+
+def in_save(mp: Path, tree: Path, save_id: int = 1) -> bytes:
+    return os.fsencode(mp / "h" / "t" / str(save_id)) + os.fsencode(tree)
+
+
+def test_mount_shows_the_save_entry_by_entry(repo, full_tree, tmp_path):
+    save(repo, full_tree)
+    mp = tmp_path / "mnt"
+    with mounted(repo, mp) as proc:
+        got = in_save(mp, full_tree)
+        compare_trees(full_tree, got)  # types, modes, owners, bytes, ns mtimes, symlinks,
+        # hardlink groups by inode, device numbers
+        src = os.fsencode(full_tree)
+        for rel in walk_all(src):
+            a, b = os.lstat(os.path.join(src, rel)), os.lstat(os.path.join(got, rel))
+            if not stat.S_ISDIR(a.st_mode):
+                assert (a.st_size, a.st_nlink) == (b.st_size, b.st_nlink), rel
+        assert stat.S_ISFIFO(os.lstat(os.path.join(got, b"sub/deeper/fifo2")).st_mode)
+        if os.geteuid() == 0:
+            dev = os.lstat(os.path.join(got, b"sub/blockdev"))
+            assert stat.S_ISBLK(dev.st_mode) and dev.st_rdev == os.makedev(7, 200)
+        # inode numbers stay what they were
+        before = {rel: os.lstat(os.path.join(got, rel)).st_ino for rel in walk_all(got)}
+        after = {rel: os.lstat(os.path.join(got, rel)).st_ino for rel in walk_all(got)}
+        assert before == after
+        src_inodes = {os.lstat(os.path.join(src, rel)).st_ino for rel in walk_all(src)}
+        assert len(set(before.values())) == len(src_inodes)  # hardlinks: one inode each
+    assert proc.returncode == 0, stderr_of(proc)
+
+
+def test_mount_layout_has_hosts_series_and_latest(repo, tree, tmp_path):
+    save(repo, tree)
+    save(repo, tree, subset="other")
+    mp = tmp_path / "mnt"
+    with mounted(repo, mp):
+        assert os.listdir(mp) == ["h"]
+        assert sorted(os.listdir(mp / "h")) == ["other", "t"]
+        assert sorted(os.listdir(mp / "h" / "t")) == ["1", "latest"]
+        assert os.readlink(mp / "h" / "t" / "latest") == "1"
+        assert os.readlink(mp / "h" / "other" / "latest") == "2"
+        # the directories the save only passed through (/, /tmp, ...) are there too
+        assert os.path.isdir(mp / "h" / "t" / "1" / "tmp")
+        assert (mp / "h" / "other" / "latest").joinpath(*tree.parts[1:], "a.txt") \
+            .read_bytes() == b"hello\n"
+
+
+def test_mount_shows_saves_made_while_mounted(repo, tree, tmp_path, no_racy_margin):
+    save(repo, tree)
+    mp = tmp_path / "mnt"
+    with mounted(repo, mp):
+        assert os.readlink(mp / "h" / "t" / "latest") == "1"
+        (tree / "a.txt").write_bytes(b"changed\n")
+        save(repo, tree)  # saves run while mounted (the lock is shared)
+        assert sorted(os.listdir(mp / "h" / "t")) == ["1", "2", "latest"]
+        time.sleep(1.1)  # the kernel keeps `latest` for SERIES_TIMEOUT_S
+        assert os.readlink(mp / "h" / "t" / "latest") == "2"
+        assert (Path(os.fsdecode(in_save(mp, tree, 2))) / "a.txt").read_bytes() == b"changed\n"
+        assert (Path(os.fsdecode(in_save(mp, tree, 1))) / "a.txt").read_bytes() == b"hello\n"
+
+
+def test_mount_latest_skips_an_interrupted_save(repo, tree, tmp_path):
+    save(repo, tree)
+    save(repo, tree)
+    cat = Catalog.open(os.path.join(repo, CATALOG_NAME))
+    cat.conn.execute("UPDATE save SET status = 'interrupted' WHERE id = 2")
+    cat.close()
+    mp = tmp_path / "mnt"
+    with mounted(repo, mp):
+        assert os.readlink(mp / "h" / "t" / "latest") == "1"
+        assert sorted(os.listdir(mp / "h" / "t")) == ["1", "2", "latest"]
+
+
+@pytest.mark.parametrize("spec", ["1", "latest"])
+def test_mount_backup_puts_one_save_at_the_root(repo, tree, tmp_path, spec):
+    save(repo, tree)
+    mp = tmp_path / "mnt"
+    with mounted(repo, mp, "--backup", spec):
+        assert os.listdir(mp) == [tree.parts[1]]
+        compare_trees(tree, os.fsencode(mp) + os.fsencode(tree))
+
+
+def _chunk_file(repo: bytes, tree: Path, name: str, which: int = 1) -> bytes:
+    cat = Catalog.open(os.path.join(repo, CATALOG_NAME), readonly=True)
+    try:
+        row = cat.entry_at_key(1, pathcodec.sort_key(os.fsencode(tree / name)))
+        refs = cat.chunks_of_content(row[14])
+    finally:
+        cat.close()
+    assert len(refs) > which
+    sha = refs[which].sha256.hex().encode()
+    return os.path.join(repo, b"chunks", sha[:2], sha)
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_mount_damaged_chunk_is_eio_never_wrong_bytes(repo, tree, tmp_path, damage):
+    save(repo, tree)
+    chunk = _chunk_file(repo, tree, "random.bin")
+    if damage == "missing":
+        os.unlink(chunk)
+    else:
+        with open(chunk, "r+b") as f:
+            f.seek(10)
+            f.write(b"garbage!")
+    mp = tmp_path / "mnt"
+    with mounted(repo, mp) as proc:
+        got = Path(os.fsdecode(in_save(mp, tree)))
+        with pytest.raises(OSError) as e:
+            (got / "random.bin").read_bytes()
+        assert e.value.errno == errno.EIO
+        assert (got / "text.txt").read_bytes() == (tree / "text.txt").read_bytes()
+        assert (got / "random.bin").stat().st_size == 300_000
+    err = stderr_of(proc)
+    assert proc.returncode == 0, err
+    assert "random.bin" in err and "(EIO)" in err and "Traceback" not in err, err
+
+
+def test_mount_reads_holes_without_reading_chunks(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(100_000) + bytes(3 << 20) + os.urandom(50_000)
+    (src / "sparse").write_bytes(data)
+    save(repo, src)
+    for sha in (bytes(65536),):  # the zero chunks are not needed: remove their file
+        import hashlib
+        hexname = hashlib.sha256(sha).hexdigest().encode()
+        os.unlink(os.path.join(repo, b"chunks", hexname[:2], hexname))
+    mp = tmp_path / "mnt"
+    with mounted(repo, mp):
+        assert (Path(os.fsdecode(in_save(mp, src))) / "sparse").read_bytes() == data
+
+
+def test_mount_refuses_expire_while_mounted(repo, tree, tmp_path):
+    save(repo, tree)
+    save(repo, tree)
+    mp = tmp_path / "mnt"
+    with mounted(repo, mp) as proc:
+        res = run("-r", repo, "expire", "--keep-last", "1", exit_code=5)
+        assert "locked" in res.stderr and "mount" in res.stderr, res.stderr
+        assert sorted(os.listdir(mp / "h" / "t")) == ["1", "2", "latest"]
+    assert proc.returncode == 0
+    run("-r", repo, "expire", "--keep-last", "1")  # unmounted: the lock is gone
+
+
+def test_mount_unmount_ends_the_process_with_0(repo, tree, tmp_path):
+    save(repo, tree)
+    mp = tmp_path / "mnt"
+    with mounted(repo, mp) as proc:
+        subprocess.run(["fusermount3", "-u", str(mp)], check=True)
+        assert proc.wait(timeout=30) == 0
+        assert not os.path.ismount(mp)
+    assert "Traceback" not in stderr_of(proc)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_mount_signal_unmounts_and_exits_0(repo, tree, tmp_path, sig):
+    save(repo, tree)
+    mp = tmp_path / "mnt"
+    with mounted(repo, mp) as proc:
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 0, stderr_of(proc)
+        assert not os.path.ismount(mp)
+    assert "Traceback" not in stderr_of(proc)
+
+
+def test_mount_writes_fail_with_erofs(repo, tree, tmp_path):
+    save(repo, tree)
+    mp = tmp_path / "mnt"
+    with mounted(repo, mp):
+        got = in_save(mp, tree)
+        a = os.path.join(got, b"a.txt")
+        attempts = [
+            lambda: open(a, "r+b"),
+            lambda: open(a, "ab"),
+            lambda: open(os.path.join(got, b"new"), "wb"),
+            lambda: os.mkdir(os.path.join(got, b"d")),
+            lambda: os.mkdir(os.path.join(os.fsencode(mp), b"newhost")),
+            lambda: os.unlink(a),
+            lambda: os.rmdir(os.path.join(got, b"emptydir")),
+            lambda: os.rename(a, os.path.join(got, b"b.txt")),
+            lambda: os.symlink(b"x", os.path.join(got, b"l")),
+            lambda: os.link(a, os.path.join(got, b"l")),
+            lambda: os.chmod(a, 0o777),
+            lambda: os.chown(a, 1, 1),
+            lambda: os.utime(a, ns=(0, 0)),
+            lambda: os.truncate(a, 0),
+            lambda: os.setxattr(a, b"user.x", b"1"),
+            lambda: os.mkfifo(os.path.join(got, b"f")),
+        ]
+        for i, attempt in enumerate(attempts):
+            with pytest.raises(OSError) as e:
+                attempt()
+            assert e.value.errno == errno.EROFS, (i, e.value)
+        assert (tree / "a.txt").read_bytes() == b"hello\n"
+
+
+def test_mount_without_the_extra_is_one_line_exit_2(repo, tmp_path):
+    fake = tmp_path / "nofuse"
+    fake.mkdir()
+    (fake / "pyfuse3.py").write_text("raise ImportError(\"No module named 'pyfuse3'\")\n")
+    (tmp_path / "mnt").mkdir()
+    res = run_bin("-r", repo, "mount", str(tmp_path / "mnt"), env={"PYTHONPATH": str(fake)})
+    err = res.stderr.decode()
+    assert res.returncode == 2, err
+    assert err.count("\n") == 1 and "pip install 'backshift[mount]'" in err, err
+
+
+@pytest.mark.parametrize("where", ["missing", "file"])
+def test_mount_bad_mountpoint_is_one_line_exit_2(repo, tmp_path, where):
+    mp = tmp_path / "mnt"
+    if where == "file":
+        mp.write_bytes(b"")
+    res = run("-r", repo, "mount", str(mp), exit_code=2)
+    assert res.stderr.count("\n") == 1 and "cannot mount at" in res.stderr, res.stderr
+
+
+def test_mount_catalog_questions_are_index_lookups(repo, tree):
+    save(repo, tree)
+    cat = Catalog.open(os.path.join(repo, CATALOG_NAME), readonly=True)
+    try:
+        for sql, params in [
+            (cat.MOUNT_CHILDREN, {"save_id": 1, "parent_id": 1}),
+            (cat.MOUNT_CHILD, {"save_id": 1, "parent_id": 1, "name": b"tmp"}),
+            (cat.MOUNT_ENTRY, {"save_id": 1, "path_id": 1}),
+            (cat.MOUNT_NEWEST_COMPLETE, {"hostname": "h", "subset": "t"}),
+            (cat.MOUNT_SAVES_OF_SERIES, {"hostname": "h", "subset": "t"}),
+        ]:
+            details = cat.explain(sql, params)
+            text = "\n".join(details)
+            assert not any(d.startswith("SCAN") for d in details), text
+    finally:
+        cat.close()
+
+
+def test_mount_chunk_cache_stays_within_its_limit(repo, tree):
+    save(repo, tree)
+    cat = Catalog.open(os.path.join(repo, CATALOG_NAME), readonly=True)
+    try:
+        chunks = cat.conn.execute("SELECT sha256, length, stored_length FROM chunk").fetchall()
+    finally:
+        cat.close()
+    assert len(chunks) > 4
+    limit = sum(sorted(c[1] for c in chunks)[-2:])  # room for the two largest
+    cache = ChunkCache(Store(repo), limit=limit)
+    try:
+        for sha, length, stored in chunks * 2:
+            assert len(cache.get(sha, length, stored)) == length
+            assert cache.size <= limit
+        assert cache.reads > len(chunks)  # evicted chunks were read again
+    finally:
+        cache.close()
+
+
+def test_mount_refuses_catalog_rows_with_names_a_directory_cannot_hold(repo, tree, tmp_path):
+    """A damaged or hostile catalog: names with '/', '..', or a name that is not the last
+    component of its key are left out of the listing and named once on stderr."""
+    save(repo, tree)
+    import apsw
+    conn = apsw.Connection(os.fsdecode(os.path.join(repo, CATALOG_NAME)))
+    parent_key = pathcodec.sort_key(os.fsencode(tree))
+    parent_id = conn.execute("SELECT id FROM path WHERE key = ?", (parent_key,)).fetchall()[0][0]
+    for key, name in [(parent_key + b"\0x/y", b"x/y"), (parent_key + b"\0..", b".."),
+                      (parent_key + b"\0other", b"a-lie")]:
+        conn.execute("INSERT INTO path (parent_id, key, name) VALUES (?, ?, ?)",
+                     (parent_id, key, name))
+        path_id = conn.last_insert_rowid()
+        conn.execute("INSERT INTO version (path_id, mode, uid, gid, user, grp, size, mtime_ns, "
+                     "ctime_ns, dev, ino, nlink, rdev, link_target, content_id) "
+                     "VALUES (?, ?, 0, 0, x'', x'', 0, 0, 0, 0, 0, 1, 0, NULL, NULL)",
+                     (path_id, stat.S_IFDIR | 0o755))
+        conn.execute("INSERT INTO member (save_id, path_id, version_id) VALUES (1, ?, ?)",
+                     (path_id, conn.last_insert_rowid()))
+    conn.close()
+    mp = tmp_path / "mnt"
+    with mounted(repo, mp) as proc:
+        got = in_save(mp, tree)
+        assert sorted(os.listdir(got)) == sorted(os.listdir(os.fsencode(tree)))
+    err = stderr_of(proc)
+    assert err.count("catalog row refused") == 3, err
+
+
+def test_mount_sequential_reads_fetch_the_next_chunks_ahead(repo, tree):
+    from backshift.ops.mountread import PREFETCH_CHUNKS, OpenFile
+    save(repo, tree)
+    cat = Catalog.open(os.path.join(repo, CATALOG_NAME), readonly=True)
+    try:
+        row = cat.entry_at_key(1, pathcodec.sort_key(os.fsencode(tree / "random.bin")))
+        chunks = cat.mount_chunks_of_content(row[14])
+    finally:
+        cat.close()
+    assert len(chunks) > PREFETCH_CHUNKS + 1
+    cache = ChunkCache(Store(repo))
+    try:
+        f = OpenFile(cache, b"", 300_000, chunks)
+        first = chunks[0][1]
+        assert f.read(0, first) == (tree / "random.bin").read_bytes()[:first]
+        ahead = {sha for sha, _, _ in chunks[1:1 + PREFETCH_CHUNKS]}
+        deadline = time.monotonic() + 10
+        while not ahead <= set(cache.data) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ahead <= set(cache.data)  # fetched by the workers, never asked for
+        assert chunks[1 + PREFETCH_CHUNKS][0] not in cache.data
+        assert f.read(0, 300_000) == (tree / "random.bin").read_bytes()
+    finally:
+        cache.close()
