@@ -14,6 +14,7 @@ import click
 
 from . import __version__
 from .errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -955,9 +956,10 @@ def run(argv: list[str] | None = None) -> int:
         echo_err("backshift: interrupted")
         code = EXIT_INTERRUPTED
     except (BrokenPipeError, _OutputClosed):
+        # `backshift list | head` is a normal use: quiet, with the status a shell gives a
+        # process SIGPIPE ended (GNU tar's own behaviour)
         _silence_stdout()
-        echo_err("backshift: error: output closed early (broken pipe)")
-        code = EXIT_ERROR
+        code = EXIT_BROKEN_PIPE
     except _catalog_damage_errors() as e:
         if debug:
             import traceback
@@ -977,8 +979,7 @@ def run(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _silence_stdout()
         if code == EXIT_OK:
-            echo_err("backshift: error: output closed early (broken pipe)")
-            code = EXIT_ERROR
+            code = EXIT_BROKEN_PIPE
     return code
 
 

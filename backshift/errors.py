@@ -7,6 +7,7 @@ EXIT_OK = 0
 EXIT_WARNING = 1  # the operation finished, but some files or members had problems
 EXIT_ERROR = 2  # generic error, including bad command-line usage
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT (128 + 2)
+EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (128 + SIGPIPE), as a shell reports
 
 
 class BackshiftError(Exception):
@@ -160,6 +161,7 @@ def exit_code_table() -> list[tuple[int, str]]:
         EXIT_WARNING: "finished with warnings (files skipped, members damaged); see stderr",
         EXIT_ERROR: "error (bad usage, unexpected failure)",
         EXIT_INTERRUPTED: "interrupted by Ctrl-C / SIGINT (work done so far is committed)",
+        EXIT_BROKEN_PIPE: "stdout closed early (e.g. piped into head): quiet, as tar",
     }
     for cls in _all_subclasses(BackshiftError):
         if cls.exit_code not in rows:
