@@ -53,6 +53,17 @@ class Context:
 
 pass_ctx = click.make_pass_decorator(Context)
 
+# A save id is a positive SQLite integer; a larger number is refused as bad usage before it
+# reaches the catalog (apsw raises OverflowError past 2**63 - 1).
+SAVE_ID = click.IntRange(1, 2**63 - 1)
+
+
+def _save_spec(_ctx, _param, value: str | None) -> str | None:
+    """ID|latest for --backup: a number must be a save id (resolve_save does the rest)."""
+    if value is not None and value.strip().lstrip("+-").isdigit():
+        SAVE_ID.convert(value, _param, _ctx)
+    return value
+
 
 def echo_err(msg: str) -> None:
     click.echo(msg, err=True)
@@ -405,7 +416,7 @@ def _duration(option: str, text: str | None) -> int | None:
               help="Remove saves started more than DURATION ago (e.g. 90d, 12h, 2w).")
 @click.option("--allow-empty-series", is_flag=True,
               help="Let the policy remove even the newest complete save of a series.")
-@click.option("--save", "save_ids", multiple=True, type=click.IntRange(1), metavar="ID",
+@click.option("--save", "save_ids", multiple=True, type=SAVE_ID, metavar="ID",
               help="Remove this save (repeatable), e.g. one made by mistake: instead of a "
                    "policy, and even the newest of its series.")
 @click.option("--hostname", default=None, help="Only saves of this host.")
@@ -589,7 +600,7 @@ def sql(ctx: Context, statement: str, fmt: str, params: tuple[str, ...], timeout
 
 
 @cli.command()
-@click.option("--backup", "save_id", type=int, default=None, metavar="ID",
+@click.option("--backup", "save_id", type=SAVE_ID, default=None, metavar="ID",
               help="Only this save (and the repository line).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @pass_ctx
@@ -634,8 +645,8 @@ def _round(value: float | None) -> float | None:
 
 
 @cli.command()
-@click.argument("old_id", type=int)
-@click.argument("new_id", type=int)
+@click.argument("old_id", type=SAVE_ID)
+@click.argument("new_id", type=SAVE_ID)
 @click.argument("path", required=False, type=click.Path(path_type=bytes))
 @click.option("--format", "fmt", type=click.Choice(("text", "json", "csv")), default="text",
               show_default=True)
@@ -701,7 +712,7 @@ def history(ctx: Context, path: bytes, hostname: str | None, subset: str | None,
 
 @cli.command()
 @click.argument("glob", type=click.Path(path_type=bytes))
-@click.option("--backup", "save_id", type=int, default=None, metavar="ID",
+@click.option("--backup", "save_id", type=SAVE_ID, default=None, metavar="ID",
               help="Only this save.")
 @click.option("--since", default=None, metavar="DATE",
               help="Only saves started at or after DATE (2026-01-31 or '2026-01-31 12:00').")
@@ -758,7 +769,8 @@ def _finish(problems) -> None:
 
 
 @cli.command("list")
-@click.option("--backup", required=True, metavar="ID|latest", help="The save to list.")
+@click.option("--backup", required=True, metavar="ID|latest", callback=_save_spec,
+              help="The save to list.")
 @click.option("--dir", "directory", default=None, metavar="PATH",
               help="Only this directory (with its parents), leading '/' optional.")
 @click.option("--no-recursive", is_flag=True, help="With --dir: only its own entries.")
@@ -800,7 +812,8 @@ def list_cmd(ctx: Context, backup: str, directory: str | None, no_recursive: boo
 
 @cli.command("tar")
 @click.argument("selectors", nargs=-1)
-@click.option("--backup", required=True, metavar="ID|latest", help="The save to restore.")
+@click.option("--backup", required=True, metavar="ID|latest", callback=_save_spec,
+              help="The save to restore.")
 @click.option("--exclude", multiple=True, metavar="GLOB",
               help="Leave out matches and their subtrees (repeatable). A glob with '/' "
                    "matches the whole member name, otherwise the last component.")
@@ -973,6 +986,15 @@ def run(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         where = f"{os.fsdecode(e.filename)}: " if e.filename else ""
         echo_err(f"backshift: error: {where}{e.strerror or e}")
+        code = EXIT_ERROR
+    except Exception as e:  # noqa: BLE001 - the last net: one line, never a traceback
+        if debug:
+            import traceback
+            traceback.print_exc()
+        _clear_progress()
+        text = escape(str(e).encode("utf-8", "surrogateescape")) or "(no message)"
+        echo_err(f"backshift: error: unexpected {type(e).__name__}: {text} "
+                 "(--debug shows where; please report it)")
         code = EXIT_ERROR
     try:
         sys.stdout.flush()

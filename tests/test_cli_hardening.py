@@ -3,11 +3,14 @@ traceback, and every refusal is one line with its documented exit code."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 
+import pytest
 from restorehelp import save_tree
 
-from conftest import BACKSHIFT
+from conftest import BACKSHIFT, run, run_bin
 
 
 def _many_files(root, n=3000):
@@ -28,3 +31,52 @@ def test_list_into_head_exits_141_quietly(repo, tmp_path):
     assert p1.wait(timeout=60) == 141
     assert err == b""
     assert first.count(b"\n") == 1
+
+
+HUGE = "99999999999999999999"
+
+
+@pytest.mark.parametrize("args", [
+    ["list", "--backup", HUGE], ["tar", "--backup", HUGE, "-o", "out.tar"],
+    ["diff", "1", HUGE], ["stats", "--backup", HUGE], ["find", "*", "--backup", HUGE],
+    ["expire", "--save", HUGE],
+])
+def test_cli_huge_save_id_is_a_usage_error(repo, tmp_path, args):
+    save_tree(repo, _many_files(tmp_path / "src", 2))
+    res = run_bin("-r", repo, *args)
+    err = res.stderr.decode()
+    assert res.returncode == 2, err
+    assert "Traceback" not in err and "not in the range" in err
+
+
+@pytest.mark.parametrize("since", ["0001-01-01", "9999-12-31 23:59"])
+def test_find_since_far_dates_work(repo, tmp_path, since):
+    save_tree(repo, _many_files(tmp_path / "src", 2))
+    res = run("-r", repo, "find", "*00001.txt", "--since", since, "--format", "json")
+    found = [json.loads(line)["path"] for line in res.stdout.splitlines()]
+    assert found == ([] if since.startswith("9999") else [
+        str(tmp_path / "src" / "file-with-a-longish-name-00001.txt")])
+
+
+def test_init_non_utf8_path_is_refused_and_leaves_nothing(tmp_path):
+    bad = os.fsencode(tmp_path) + b"/repo-\xff"
+    res = run_bin("-r", bad, "init")
+    err = res.stderr.decode()
+    assert res.returncode == 2, err
+    assert err.count("\n") == 1 and "must be UTF-8" in err and "Traceback" not in err
+    assert not os.path.exists(bad)
+
+
+def test_cli_unexpected_error_is_one_line_exit_2(repo, monkeypatch):
+    from backshift.ops import report
+
+    def boom(*_a, **_k):
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(report, "stats", boom)
+    res = run("-r", repo, "stats", exit_code=2)
+    assert res.stderr.splitlines() == [
+        "backshift: error: unexpected RuntimeError: injected fault "
+        "(--debug shows where; please report it)"]
+    res = run("-r", repo, "--debug", "stats", exit_code=2)
+    assert "Traceback" in res.stderr and "injected fault" in res.stderr

@@ -188,7 +188,11 @@ def parse_since(text: str) -> int:
     except ValueError:
         raise UsageError(f"--since wants a date like 2026-01-31 or '2026-01-31 12:00', "
                          f"got {text!r}") from None
-    return min(int(when.timestamp()) * 1_000_000_000, 2**63 - 1)
+    try:
+        seconds = int(when.timestamp())
+    except (ValueError, OverflowError, OSError):  # before 1970 by centuries, or past 9999
+        seconds = -(2**62) if when.year < 1970 else 2**62
+    return max(min(seconds * 1_000_000_000, 2**63 - 1), -(2**63))
 
 
 # -- shared -------------------------------------------------------------------------------
