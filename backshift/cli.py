@@ -58,6 +58,18 @@ pass_ctx = click.make_pass_decorator(Context)
 SAVE_ID = click.IntRange(1, 2**63 - 1)
 
 
+class _FiniteFloat(click.FloatRange):
+    """A FloatRange that also refuses nan and inf (nan compares false with any bound)."""
+
+    def convert(self, value, param, ctx):
+        import math
+
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return number
+
+
 def _save_spec(_ctx, _param, value: str | None) -> str | None:
     """ID|latest for --backup: a number must be a save id (resolve_save does the rest)."""
     if value is not None and value.strip().lstrip("+-").isdigit():
@@ -184,10 +196,10 @@ def _check_label(kind: str, value: str) -> str:
               type=click.IntRange(1, 64),
               help="Readers: processes for a first save, threads for a re-save.")
 @click.option("--checkpoint-interval", default=10.0, show_default=True, metavar="SECONDS",
-              type=click.FloatRange(0.1), help="Commit what is saved at least this often.")
+              type=_FiniteFloat(0.1), help="Commit what is saved at least this often.")
 @click.option("--checkpoint-files", default=20_000, hidden=True, type=click.IntRange(1))
 @click.option("--lock-wait", default=0.0, show_default=True, metavar="SECONDS",
-              type=click.FloatRange(0),
+              type=_FiniteFloat(0),
               help="Wait this long for a locked repository (an expire) before giving up.")
 @pass_ctx
 def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: str,
@@ -372,7 +384,7 @@ def saves(ctx: Context, last: int | None, hostname: str | None, subset: str | No
 
 def _lock_wait_option(f):
     return click.option("--lock-wait", default=0.0, show_default=True, metavar="SECONDS",
-                        type=click.FloatRange(0),
+                        type=_FiniteFloat(0),
                         help="Wait this long for a locked repository before giving up.")(f)
 
 
@@ -568,7 +580,7 @@ def break_lock(ctx: Context) -> None:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
               help="Bind :NAME in the statement (repeatable); integers bind as numbers.")
-@click.option("--timeout", type=click.FloatRange(0.1), default=60.0, show_default=True,
+@click.option("--timeout", type=_FiniteFloat(0.1), default=60.0, show_default=True,
               help="Stop the query after this many seconds.")
 @click.option("--max-rows", type=click.IntRange(0), default=100_000, show_default=True,
               help="Print at most this many rows (0: no limit); stderr says when it cut.")

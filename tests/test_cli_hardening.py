@@ -80,3 +80,30 @@ def test_cli_unexpected_error_is_one_line_exit_2(repo, monkeypatch):
         "(--debug shows where; please report it)"]
     res = run("-r", repo, "--debug", "stats", exit_code=2)
     assert "Traceback" in res.stderr and "injected fault" in res.stderr
+
+
+@pytest.mark.parametrize("predicate", ["0); SELECT 1; --", "1); SELECT 1 FROM files WHERE (1"])
+def test_tar_where_second_statement_is_refused(repo, tmp_path, predicate):
+    save_tree(repo, _many_files(tmp_path / "src", 2))
+    res = run("-r", repo, "tar", "--backup", "1", "--where", predicate, "-o", "out.tar",
+              exit_code=11)
+    assert res.stderr.splitlines() == ["backshift: error: query refused: --where takes one "
+                                       "expression over the files view, not statements"]
+    assert not os.path.exists("out.tar") or os.path.getsize("out.tar") == 0
+
+
+@pytest.mark.parametrize("args", [
+    ["sql", "--timeout", "nan", "SELECT 1"], ["sql", "--timeout", "inf", "SELECT 1"],
+    ["save", "--checkpoint-interval", "nan", "."], ["save", "--checkpoint-interval", "inf", "."],
+    ["check", "--lock-wait", "nan"],
+])
+def test_cli_nan_and_inf_seconds_are_refused(repo, args):
+    res = run("-r", repo, *args, exit_code=2)
+    assert "not a finite number" in res.stderr
+
+
+def test_sql_allowlisted_pragmas_all_run(repo):
+    from backshift import sqlguard
+    for name in sorted(sqlguard.PRAGMAS_WITHOUT_VALUE):
+        run("-r", repo, "sql", f"PRAGMA {name}")
+    run("-r", repo, "sql", "PRAGMA journal_mode = DELETE", exit_code=11)

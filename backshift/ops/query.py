@@ -102,9 +102,11 @@ class QueryRunner:
             if more["has_vdbe"]:
                 raise QueryDenied("several statements given; run one statement at a time")
             rest = more["remaining"]
-        if not info["readonly"]:
+        verb = info["first"][_LEADING_NOISE.match(info["first"]).end():].split(None, 1)
+        # SQLite calls `PRAGMA journal_mode` a write even without a value; every PRAGMA that
+        # got past the authorizer is one of its allowlisted reads (a value is denied there).
+        if not info["readonly"] and (verb or [""])[0].upper() != "PRAGMA":
             # VACUUM asks the authorizer nothing while being prepared; SQLite knows it writes.
-            verb = info["first"][_LEADING_NOISE.match(info["first"]).end():].split(None, 1)
             raise QueryDenied(f"{(verb or ['it'])[0].upper()} writes; backshift sql only reads")
         return info["first"], info["description"]
 

@@ -145,9 +145,20 @@ class WherePredicate:
 
     def matches(self, save_id: int, path_id: int) -> bool:
         self.guard.restart_clock()
+        statements = []
+
+        def one_statement(_cursor, sql: str, _bindings) -> bool:
+            statements.append(sql)
+            return len(statements) == 1  # `0); SELECT 1; --` would run a second one
+
         try:
-            rows = self.cat.conn.execute(self.sql, {"save_id": save_id, "path_id": path_id})
+            cursor = self.cat.conn.cursor()
+            cursor.exec_trace = one_statement
+            rows = cursor.execute(self.sql, {"save_id": save_id, "path_id": path_id})
             return rows.fetchone() is not None
+        except apsw.ExecTraceAbort:
+            raise QueryDenied("--where takes one expression over the files view, "
+                              "not statements") from None
         except apsw.Error as e:
             if self.guard.timed_out:
                 raise QueryDenied(f"--where took longer than {WHERE_DEADLINE_S:g} s") from None
