@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 
 import apsw
 import pytest
 from harness.consistency import assert_repo_consistent
 from harness.scenario import one_line_error, save, small_tree, snapshot
 
-from conftest import run
+from conftest import BACKSHIFT, run
 
 WRITES = [
     "INSERT INTO meta (key, value) VALUES ('x', 'y')",
@@ -99,3 +102,52 @@ def test_H4_several_statements_are_refused(saved, statements):
     res = run("-r", saved, "sql", statements, exit_code=11)
     assert "several statements" in one_line_error(res.stderr)
     assert _unchanged(before, snapshot(saved))
+
+
+# One VM step that runs for about a minute: instr() over megabyte strings never reaches the
+# progress handler between steps.
+COSTLY = "instr(printf('%.*c', 3000000, 'x'), printf('%.*c', 1000000, 'x') || 'y')"
+
+
+def _timed(proc: subprocess.Popen, limit: float) -> tuple[int, str, float]:
+    start = time.monotonic()
+    _out, err = proc.communicate(timeout=limit)
+    return proc.returncode, err.decode(), time.monotonic() - start
+
+
+@pytest.mark.timeout(60)
+def test_H5_one_costly_step_stops_at_the_timeout(saved):
+    start = time.monotonic()
+    proc = subprocess.Popen([BACKSHIFT, "-r", saved, "sql", "--timeout", "2",
+                             f"SELECT {COSTLY}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    code, err, _ = _timed(proc, 50)
+    assert code == 20, err
+    assert time.monotonic() - start < 8
+    assert one_line_error(err).endswith("it ran longer than 2 s (raise --timeout, or narrow "
+                                        "the query)")
+
+
+@pytest.mark.timeout(60)
+def test_H5_ctrl_c_stops_one_costly_step(saved):
+    proc = subprocess.Popen([BACKSHIFT, "-r", saved, "sql", f"SELECT {COSTLY}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(1.5)  # well inside the statement
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    code, err, _ = _timed(proc, 50)
+    assert code == 130, err
+    assert time.monotonic() - sent < 4
+    assert err.strip().splitlines() == ["backshift: interrupted"]
+
+
+@pytest.mark.timeout(90)
+def test_H5_tar_where_costly_step_stops_at_its_deadline(saved, tmp_path):
+    from backshift.ops.select import WHERE_DEADLINE_S
+    start = time.monotonic()
+    proc = subprocess.Popen([BACKSHIFT, "-r", saved, "tar", "--backup", "1", "--where",
+                             f"{COSTLY} = 0", "-o", str(tmp_path / "out.tar")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    code, err, _ = _timed(proc, 80)
+    assert code == 11, err
+    assert time.monotonic() - start < WHERE_DEADLINE_S + 6
+    assert "--where took longer than" in one_line_error(err)

@@ -59,6 +59,8 @@ class QueryRunner:
         except apsw.Error as e:  # SQLite opens the file on first use: here
             self.conn.close()
             raise open_error(e, path, readonly=True) from None
+        self.watchdog = sqlguard.Watchdog(self.conn, self.guard,
+                                          QueryTimeout(f"{timeout_s:g}")).__enter__()
 
     def __enter__(self) -> QueryRunner:
         return self
@@ -67,6 +69,7 @@ class QueryRunner:
         self.close()
 
     def close(self) -> None:
+        self.watchdog.__exit__(None, None, None)
         self.conn.close()  # rolls the read transaction back
 
     def run(self, sql: str, params: dict[str, object] | None = None,
@@ -162,7 +165,9 @@ class QueryRunner:
             count += 1
             yield row
 
-    def _translate(self, e: apsw.Error) -> Exception:
+    def _translate(self, e: apsw.Error) -> BaseException:
+        if self.guard.sigint:
+            return KeyboardInterrupt()  # Ctrl-C stopped the statement: exit 130
         if self.guard.denied is not None:
             denied, self.guard.denied = self.guard.denied, None
             return QueryDenied(f"{denied} is not allowed (backshift sql only reads)")

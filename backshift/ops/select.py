@@ -140,6 +140,9 @@ class WherePredicate:
     def __init__(self, catalog: Catalog, predicate: str) -> None:
         self.cat = Catalog.open(catalog.path, readonly=True)
         self.guard = sqlguard.harden(self.cat.conn, WHERE_DEADLINE_S)
+        self.guard.stop_clock()
+        self.watchdog = sqlguard.Watchdog(self.cat.conn, self.guard, QueryDenied(
+            f"--where took longer than {WHERE_DEADLINE_S:g} s")).__enter__()
         self.sql = WHERE_PREDICATE_MATCHES.format(predicate=predicate)
         self.matches(0, -1)  # refuse a bad predicate before any output
 
@@ -151,8 +154,8 @@ class WherePredicate:
             statements.append(sql)
             return len(statements) == 1  # `0); SELECT 1; --` would run a second one
 
+        cursor = self.cat.conn.cursor()
         try:
-            cursor = self.cat.conn.cursor()
             cursor.exec_trace = one_statement
             rows = cursor.execute(self.sql, {"save_id": save_id, "path_id": path_id})
             return rows.fetchone() is not None
@@ -160,11 +163,17 @@ class WherePredicate:
             raise QueryDenied("--where takes one expression over the files view, "
                               "not statements") from None
         except apsw.Error as e:
+            if self.guard.sigint:
+                raise KeyboardInterrupt from None
             if self.guard.timed_out:
                 raise QueryDenied(f"--where took longer than {WHERE_DEADLINE_S:g} s") from None
             raise QueryDenied(f"--where: {self.guard.denied or e}") from None
+        finally:
+            cursor.close()  # no statement left active for the watchdog to interrupt
+            self.guard.stop_clock()
 
     def close(self) -> None:
+        self.watchdog.__exit__(None, None, None)
         self.cat.close()
 
 
