@@ -591,6 +591,7 @@ def sql(ctx: Context, statement: str, fmt: str, params: tuple[str, ...], timeout
 
     The views saves, files, contents and chunks are described in docs/schema.md;
     docs/queries.md has ready-made queries. Writes, ATTACH and settings are refused.
+    Sorts and temporary results stay in memory, at most 512 MiB (never in /var/tmp).
 
     \b
     Examples:
@@ -601,8 +602,10 @@ def sql(ctx: Context, statement: str, fmt: str, params: tuple[str, ...], timeout
     """
     from .ops.query import QueryRunner, parse_params
     from .repo import READ, open_repository
+    from .sqlguard import cap_memory
 
     bound = parse_params(params)
+    cap_memory()  # before any connection opens
     with open_repository(ctx.repo, READ), QueryRunner(ctx.repo, timeout) as runner:
         result = runner.run(statement, bound, max_rows)
         headers = [escape(h.encode("utf-8", "surrogateescape")) for h in result.headers]

@@ -59,6 +59,14 @@ LIMITS = {
 
 PROGRESS_STEPS = 10_000  # VM instructions between deadline checks
 
+# `sql` keeps sorts and temporary results in memory (temp_store = MEMORY), under a hard cap
+# on everything SQLite allocates in the process: an ORDER BY over large blobs once filled
+# /var/tmp with a deleted temp file at ~200 MB/s. See cap_memory.
+MEMORY_LIMIT_BYTES = 512 * 1024 * 1024
+MEMORY_LIMIT_NOTE = (f"it needs more than {MEMORY_LIMIT_BYTES >> 20} MiB for sorting or "
+                     "temporary results, which backshift keeps in memory, never in /var/tmp; "
+                     "narrow it, or sort fewer or smaller columns")
+
 
 class Guard:
     """Installed on a connection: remembers why something was denied and the deadline."""
@@ -104,9 +112,35 @@ class Guard:
         return False
 
 
+_memory_capped = False
+
+
+def cap_memory() -> bool:
+    """Put MEMORY_LIMIT_BYTES on SQLite's heap for the rest of the process (the `sql`
+    command, before it opens anything); guarded connections then keep temp data in memory.
+
+    A heap limit needs SQLite's memory statistics, which catalog.py turns off for speed,
+    and they can only be turned on while no connection is open. False (and temp data stays
+    in files) when that is too late, which happens only in a process that did other work."""
+    global _memory_capped
+    if not _memory_capped:
+        if apsw.connections():
+            return False
+        apsw.shutdown()
+        try:
+            apsw.config(apsw.SQLITE_CONFIG_MEMSTATUS, 1)
+        finally:
+            apsw.initialize()
+        apsw.hard_heap_limit(MEMORY_LIMIT_BYTES)
+        _memory_capped = True
+    return True
+
+
 def harden(conn: apsw.Connection, deadline_s: float = 60.0) -> Guard:
     """Put the read-only guard on CONN (opened read-only already) and return it."""
     conn.execute("PRAGMA query_only = ON")
+    if _memory_capped:
+        conn.execute("PRAGMA temp_store = MEMORY")
     conn.execute("PRAGMA trusted_schema = OFF")
     conn.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
     if hasattr(apsw, "SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION"):

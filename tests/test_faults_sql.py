@@ -12,7 +12,7 @@ import pytest
 from harness.consistency import assert_repo_consistent
 from harness.scenario import one_line_error, save, small_tree, snapshot
 
-from conftest import BACKSHIFT, run
+from conftest import BACKSHIFT, run, run_bin
 
 WRITES = [
     "INSERT INTO meta (key, value) VALUES ('x', 'y')",
@@ -151,3 +151,17 @@ def test_H5_tar_where_costly_step_stops_at_its_deadline(saved, tmp_path):
     assert code == 11, err
     assert time.monotonic() - start < WHERE_DEADLINE_S + 6
     assert "--where took longer than" in one_line_error(err)
+
+
+@pytest.mark.timeout(60)
+def test_H6_order_by_over_large_blobs_is_capped_in_memory(saved, tmp_path):
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    statement = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                 "WHERE i < 100000) SELECT randomblob(10000) AS b, i FROM n ORDER BY b")
+    res = run_bin("-r", saved, "sql", "--timeout", "50", statement,
+                  env={"SQLITE_TMPDIR": str(tmpdir), "TMPDIR": str(tmpdir)}, timeout=55)
+    err = res.stderr.decode()
+    assert res.returncode == 21, err
+    assert "more than 512 MiB for sorting" in one_line_error(err)
+    assert "never in /var/tmp" in err

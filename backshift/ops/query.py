@@ -173,6 +173,8 @@ class QueryRunner:
             return QueryDenied(f"{denied} is not allowed (backshift sql only reads)")
         if self.guard.timed_out:
             return QueryTimeout(f"{self.guard.deadline_s:g}")
+        if isinstance(e, apsw.NoMemError):
+            return QueryFailed(sqlguard.MEMORY_LIMIT_NOTE)
         if isinstance(e, apsw.BusyError | apsw.LockedError):
             return RepositoryLocked(os.fsdecode(self.conn.filename), str(e))
         if isinstance(e, apsw.AuthError):
