@@ -575,8 +575,40 @@ def break_lock(ctx: Context) -> None:
 # -- reports --------------------------------------------------------------------------
 
 
-@cli.command()
-@click.argument("statement")
+class _SqlCommand(click.Command):
+    """A STATEMENT that starts with a `--` comment line is the statement, not an option."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        known = {o for p in self.params for o in (*p.opts, *p.secondary_opts)}
+        texts = [a for a in args if a.startswith("--") and any(c.isspace() for c in a)
+                 and a.split("=", 1)[0] not in known]
+        if texts and "--" not in args:
+            args = [a for a in args if a not in texts] + ["--", *texts]
+        return super().parse_args(ctx, args)
+
+
+def _read_statement(statement: str | None, file: str | None) -> str:
+    """The SQL text: the argument, or FILE / stdin (`-`) read as UTF-8."""
+    if (statement is None) == (file is None):
+        raise UsageError("give one STATEMENT, `-` to read it from stdin, or --file FILE")
+    if statement is not None and statement != "-":
+        return statement
+    name = "stdin" if file in (None, "-") else file
+    try:
+        if name == "stdin":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(os.fsencode(file), "rb") as f:
+                data = f.read()
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{name}: the SQL text is not UTF-8") from None
+
+
+@cli.command(cls=_SqlCommand)
+@click.argument("statement", required=False)
+@click.option("--file", "-f", "file", default=None, metavar="FILE",
+              help="Read the statement from FILE ('-': stdin) instead of the argument.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
               help="Bind :NAME in the statement (repeatable); integers bind as numbers.")
@@ -585,13 +617,15 @@ def break_lock(ctx: Context) -> None:
 @click.option("--max-rows", type=click.IntRange(0), default=100_000, show_default=True,
               help="Print at most this many rows (0: no limit); stderr says when it cut.")
 @pass_ctx
-def sql(ctx: Context, statement: str, fmt: str, params: tuple[str, ...], timeout: float,
-        max_rows: int) -> None:
+def sql(ctx: Context, statement: str | None, file: str | None, fmt: str,
+        params: tuple[str, ...], timeout: float, max_rows: int) -> None:
     """Run one read-only SQL statement against the catalog's views and print its rows.
 
     The views saves, files, contents and chunks are described in docs/schema.md;
     docs/queries.md has ready-made queries. Writes, ATTACH and settings are refused.
     Sorts and temporary results stay in memory, at most 512 MiB (never in /var/tmp).
+    STATEMENT `-` (or --file FILE) reads the statement from stdin (or FILE); comment
+    lines before it (docs/queries.md's `-- params:`) are skipped.
 
     \b
     Examples:
@@ -599,11 +633,13 @@ def sql(ctx: Context, statement: str, fmt: str, params: tuple[str, ...], timeout
                                      ORDER BY size DESC LIMIT 10"
       backshift -r /backup/repo sql --param id=3 --format csv \\
           "SELECT path FROM files WHERE save_id = :id"
+      backshift -r /backup/repo sql --param save=2 - < largest-files.sql
     """
     from .ops.query import QueryRunner, parse_params
     from .repo import READ, open_repository
     from .sqlguard import cap_memory
 
+    statement = _read_statement(statement, file)
     bound = parse_params(params)
     cap_memory()  # before any connection opens
     with open_repository(ctx.repo, READ), QueryRunner(ctx.repo, timeout) as runner:

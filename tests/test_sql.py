@@ -259,3 +259,29 @@ def test_sql_unwrappable_statement_with_bad_text_does_not_crash(saved):
     for fmt in ("table", "json", "csv"):
         result = run("-r", saved, "sql", "EXPLAIN SELECT CAST(x'41ff' AS TEXT)", "--format", fmt)
         assert "not UTF-8" in result.stdout and "Halt" in result.stdout
+
+
+QUERY_FILE = "-- params: name=plain.txt\n-- a second comment\nSELECT size FROM files\n" \
+             "WHERE path LIKE '%/' || :name\n"
+
+
+def test_sql_statement_starting_with_a_comment_line(saved):
+    res = run("-r", saved, "sql", "--format", "csv", "--param", "name=plain.txt", QUERY_FILE)
+    assert res.stdout.splitlines() == ["size", str(len(b"content of plain.txt"))]
+
+
+def test_sql_reads_the_statement_from_stdin_and_from_a_file(saved, tmp_path):
+    expected = ["size", str(len(b"content of plain.txt"))]
+    res = run_bin("-r", saved, "sql", "--param", "name=plain.txt", "--format", "csv", "-",
+                  input=QUERY_FILE.encode())
+    assert (res.returncode, res.stdout.decode().splitlines()) == (0, expected), res.stderr
+    (tmp_path / "q.sql").write_text(QUERY_FILE)
+    res = run("-r", saved, "sql", "--file", str(tmp_path / "q.sql"), "--format", "csv",
+              "--param", "name=plain.txt")
+    assert res.stdout.splitlines() == expected
+
+
+@pytest.mark.parametrize("args", [[], ["SELECT 1", "--file", "q.sql"]])
+def test_sql_needs_exactly_one_statement_source(saved, args):
+    res = run("-r", saved, "sql", *args, exit_code=2)
+    assert "give one STATEMENT" in res.stderr

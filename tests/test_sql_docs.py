@@ -90,7 +90,7 @@ def test_queries_doc_query_runs_and_finds_rows(docs_repo, heading, sql, params):
     if "user" in params:
         params["user"] = pwd.getpwuid(os.getuid()).pw_name
     args = [arg for name, value in params.items() for arg in ("--param", f"{name}={value}")]
-    result = run("-r", docs_repo, "sql", "--format", "csv", *args, "--", sql)
+    result = run("-r", docs_repo, "sql", "--format", "csv", *args, sql)  # as pasted
     rows = list(csv.reader(io.StringIO(result.stdout)))
     assert len(rows) >= 2, f"{heading}: no rows\n{result.stdout}"
 
