@@ -986,6 +986,27 @@ def _import_progress_printer(stats) -> None:
     _progress_shown = True
 
 
+# -- shared options ---------------------------------------------------------------------
+
+
+def _repo_after_command(ctx: click.Context, _param, value: str | None) -> None:
+    """`backshift saves -r REPO`: the subcommand's -r overrides the group's (and the env)."""
+    if value is not None:
+        ctx.find_object(Context).repo_arg = value
+
+
+def _add_shared_options(group: click.Group) -> None:
+    for command in group.commands.values():
+        if not any("--repo" in p.opts for p in command.params):
+            command.params.append(click.Option(
+                ["-r", "--repo"], metavar="REPO", expose_value=False,
+                callback=_repo_after_command,
+                help="Repository directory; also accepted before the command."))
+
+
+_add_shared_options(cli)
+
+
 # -- entry point ------------------------------------------------------------------------
 
 

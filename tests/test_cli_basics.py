@@ -169,3 +169,20 @@ def test_start_up_imports_only_what_the_command_needs(tmp_path):
     loaded = modules("-r", str(tmp_path / "r"), "saves", "--format", "csv")
     for heavy in ("tabulate", "importlib.resources", "backshift.store"):
         assert heavy not in loaded, heavy
+
+
+def test_repo_option_after_the_command(tmp_path, monkeypatch):
+    run("init", "-r", str(tmp_path / "r"))
+    assert (tmp_path / "r" / "catalog.sqlite3").is_file()
+    run("saves", "-r", str(tmp_path / "r"))
+    # the command's -r wins over the group's and over BACKSHIFT_REPO
+    monkeypatch.setenv("BACKSHIFT_REPO", str(tmp_path / "nowhere"))
+    run("saves", "--repo", str(tmp_path / "r"), "--format", "json")
+    run("-r", str(tmp_path / "nowhere"), "saves", "-r", str(tmp_path / "r"))
+    run("sql", "-r", str(tmp_path / "r"), "SELECT 1")
+
+
+def test_every_command_accepts_repo_after_it():
+    from backshift.cli import cli as group
+    for name, command in group.commands.items():
+        assert any(p.opts == ["-r", "--repo"] for p in command.params), name
