@@ -53,9 +53,25 @@ class Context:
 
 pass_ctx = click.make_pass_decorator(Context)
 
-# A save id is a positive SQLite integer; a larger number is refused as bad usage before it
-# reaches the catalog (apsw raises OverflowError past 2**63 - 1).
-SAVE_ID = click.IntRange(1, 2**63 - 1)
+class _SaveId(click.ParamType):
+    """A save id: a positive SQLite integer. A larger number is refused as bad usage before
+    it reaches the catalog (apsw raises OverflowError past 2**63 - 1)."""
+
+    name = "id"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            number = value
+        else:
+            text = str(value).strip()
+            number = int(text) if text.isdigit() else None
+        if number is None or not 1 <= number <= 2**63 - 1:
+            self.fail(f"a save id is a whole number from 1 (see 'backshift saves'), "
+                      f"not {value!r}", param, ctx)
+        return number
+
+
+SAVE_ID = _SaveId()
 
 
 class _FiniteFloat(click.FloatRange):
@@ -428,9 +444,9 @@ def _duration(option: str, text: str | None) -> int | None:
               help="Remove saves started more than DURATION ago (e.g. 90d, 12h, 2w).")
 @click.option("--allow-empty-series", is_flag=True,
               help="Let the policy remove even the newest complete save of a series.")
-@click.option("--save", "save_ids", multiple=True, type=SAVE_ID, metavar="ID",
+@click.option("--backup", "--save", "save_ids", multiple=True, type=SAVE_ID, metavar="ID",
               help="Remove this save (repeatable), e.g. one made by mistake: instead of a "
-                   "policy, and even the newest of its series.")
+                   "policy, and even the newest of its series. --save is an alias.")
 @click.option("--hostname", default=None, help="Only saves of this host.")
 @click.option("--subset", default=None, help="Only saves of this subset.")
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would go; change nothing.")
@@ -443,14 +459,14 @@ def expire(ctx: Context, keep_last: int, keep_hourly: int, keep_daily: int, keep
     """Remove saves a retention policy lets go, and the data only they used.
 
     Each hostname+subset series is judged on its own. Every save gets a line saying
-    whether it is kept or removed and why (--dry-run prints the same lines). --save ID
+    whether it is kept or removed and why (--dry-run prints the same lines). --backup ID
     removes just the saves named (a running one is kept).
 
     \b
     Examples:
       backshift -r /backup/repo expire --keep-daily 7 --keep-weekly 5 --keep-monthly 12
       backshift -r /backup/repo expire --older-than 90d --dry-run
-      backshift -r /backup/repo expire --save 42 --save 43
+      backshift -r /backup/repo expire --backup 42 --backup 43
     """
     from datetime import datetime
 
@@ -467,12 +483,12 @@ def expire(ctx: Context, keep_last: int, keep_hourly: int, keep_daily: int, keep
                     allow_empty_series=allow_empty_series, within_text=keep_within or "",
                     older_text=older_than or "", remove_ids=frozenset(save_ids))
     if save_ids and (policy.has_keep_rules() or policy.older_than_s is not None):
-        raise UsageError("--save names the saves to remove: give it without --keep-* and "
+        raise UsageError("--backup names the saves to remove: give it without --keep-* and "
                          "--older-than")
     if policy.is_empty():
         raise UsageError("expire needs a policy: --keep-last/-hourly/-daily/-weekly/-monthly/"
                          "-yearly N, --keep-within DURATION or --older-than DURATION; "
-                         "or --save ID")
+                         "or --backup ID")
     copied = True
     with open_repository(ctx.repo, EXCLUSIVE, operation="expire",
                          lock_wait_s=lock_wait) as repo:
@@ -695,14 +711,33 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
+def _diff_ids(backups: tuple[int, ...], args: tuple[str, ...]) -> tuple[int, int, bytes | None]:
+    """OLD NEW [PATH] from `--backup OLD --backup NEW [PATH]` or the positional `OLD NEW
+    [PATH]` (the older spelling, kept as an alias)."""
+    if backups:
+        if len(backups) != 2 or len(args) > 1:
+            raise UsageError("diff wants --backup OLD --backup NEW, then an optional PATH")
+        ids, rest = list(backups), args
+    else:
+        if len(args) not in (2, 3):
+            raise UsageError("diff wants --backup OLD --backup NEW (or OLD NEW), then an "
+                             "optional PATH")
+        try:
+            ids = [SAVE_ID.convert(a, None, None) for a in args[:2]]
+        except click.BadParameter as e:
+            raise UsageError(f"OLD_ID NEW_ID: {e.message}") from None
+        rest = args[2:]
+    return ids[0], ids[1], os.fsencode(rest[0]) if rest else None
+
+
 @cli.command()
-@click.argument("old_id", type=SAVE_ID)
-@click.argument("new_id", type=SAVE_ID)
-@click.argument("path", required=False, type=click.Path(path_type=bytes))
+@click.argument("args", nargs=-1, metavar="[OLD_ID NEW_ID] [PATH]")
+@click.option("--backup", "backups", multiple=True, type=SAVE_ID, metavar="ID",
+              help="Give twice: the old save, then the new one (or OLD_ID NEW_ID).")
 @click.option("--format", "fmt", type=click.Choice(("text", "json", "csv")), default="text",
               show_default=True)
 @pass_ctx
-def diff(ctx: Context, old_id: int, new_id: int, path: bytes | None, fmt: str) -> None:
+def diff(ctx: Context, args: tuple[str, ...], backups: tuple[int, ...], fmt: str) -> None:
     """What changed from save OLD_ID to save NEW_ID, one line per path (below PATH).
 
     Lines start with + (added), - (removed), C (content changed) or M (metadata
@@ -710,12 +745,14 @@ def diff(ctx: Context, old_id: int, new_id: int, path: bytes | None, fmt: str) -
 
     \b
     Examples:
-      backshift -r /backup/repo diff 6 7
+      backshift -r /backup/repo diff --backup 6 --backup 7
       backshift -r /backup/repo diff 6 7 /home/alice --format json
     """
     from .ops.report import CHANGE_MARKS
     from .ops.report import diff as run_diff
     from .repo import READ, open_repository
+
+    old_id, new_id, path = _diff_ids(backups, args)
 
     with open_repository(ctx.repo, READ) as repo:
         changes = run_diff(repo, old_id, new_id, path)

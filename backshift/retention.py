@@ -12,7 +12,7 @@ apply per series (hostname + subset). Rules, in the words the decisions print:
 - An interrupted save is kept until a later complete save of its series exists; after
   that only keep-within and older-than protect it (it takes no keep-last/period slot).
 - The newest complete save of a series is always kept unless allow_empty_series is set.
-- remove_ids (`expire --save ID`, instead of every rule above) removes exactly those saves,
+- remove_ids (`expire --backup ID`, instead of every rule above) removes exactly those saves,
   the newest of a series too; a running save is kept, and the others get no decision.
 """
 
@@ -99,7 +99,7 @@ def decide(saves: Iterable[SaveRow], policy: Policy, now_ns: int,
         if policy.has_keep_rules() or policy.older_than_s is not None:
             raise ValueError("saves named to go take no keep or older-than rules besides")
         return [Decision(s, True, ("still running (or died: see 'backshift check')",))
-                if s.status == "running" else Decision(s, False, ("named with --save",))
+                if s.status == "running" else Decision(s, False, ("named with --backup",))
                 for s in saves if s.id in policy.remove_ids]
     series: dict[tuple[str, str], list[SaveRow]] = {}
     for s in saves:

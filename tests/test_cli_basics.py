@@ -186,3 +186,21 @@ def test_every_command_accepts_repo_after_it():
     from backshift.cli import cli as group
     for name, command in group.commands.items():
         assert any(p.opts == ["-r", "--repo"] for p in command.params), name
+
+
+def test_backup_names_a_save_id_everywhere(tree, repo, no_racy_margin):
+    run("-r", repo, "save", "--subset", "s", input=find0(tree))
+    (tree / "a.txt").write_bytes(b"changed\n")
+    run("-r", repo, "save", "--subset", "s", input=find0(tree))
+    new_form = run("-r", repo, "diff", "--backup", "1", "--backup", "2", "--format", "json")
+    assert run("-r", repo, "diff", "1", "2", "--format", "json").stdout == new_form.stdout
+    assert '"change": "content"' in new_form.stdout
+    for command in ("list", "tar", "find", "stats", "expire", "diff"):
+        assert "--backup" in run(command, "--help").stdout, command
+    assert "--backup, --save ID" in run("expire", "--help").stdout  # the alias is shown
+    run("-r", repo, "expire", "--save", "1", "--dry-run")
+    res = run("-r", repo, "expire", "--backup", "abc", exit_code=2)
+    assert "a save id is a whole number from 1 (see 'backshift saves'), not 'abc'" in res.stderr
+    assert "integer range" not in res.stderr
+    res = run("-r", repo, "diff", "1", "x", exit_code=2)
+    assert "OLD_ID NEW_ID: a save id is a whole number" in res.stderr

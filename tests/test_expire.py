@@ -169,7 +169,7 @@ def test_expire_save_removes_exactly_the_saves_named(tmp_path, repo):
     lines = real.splitlines()
     assert [ln.split()[:3] for ln in lines[:2]] == [["remove", "save", "2"],
                                                      ["remove", "save", "4"]], real
-    assert all("named with --save" in ln for ln in lines[:2])
+    assert all("named with --backup" in ln for ln in lines[:2])
     assert f"removed 2 save(s), {len(freed):,} chunk(s) " in real
     assert dry.splitlines()[:2] == lines[:2]
     rows = run("-r", repo, "saves", "--format", "csv").stdout.strip().splitlines()[1:]
@@ -193,7 +193,7 @@ def test_expire_save_refuses_unknown_ids_and_policy_rules_before_removing_anythi
     res = run("-r", repo, "expire", "--save", "1", "--subset", "etc", exit_code=8)
     assert "no save 1 of */etc in this repository" in res.stderr, res.stderr
     res = run("-r", repo, "expire", "--save", "1", "--keep-last", "1", exit_code=2)
-    assert "--save names the saves to remove" in res.stderr
+    assert "--backup names the saves to remove" in res.stderr
     rows = run("-r", repo, "saves", "--format", "csv").stdout.strip().splitlines()[1:]
     assert [r.split(",")[0] for r in rows] == ["1", "2"]
     assert chunk_files(repo) == before
