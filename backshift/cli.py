@@ -774,18 +774,23 @@ def history(ctx: Context, path: bytes, hostname: str | None, subset: str | None,
             fmt: str) -> None:
     """Every save that holds PATH, oldest first, and whether its content changed.
 
+    PATH is taken as list and tar take it (leading '/' optional, so a name pasted from
+    `list` works), else relative to the current directory. Exit 9 when no save holds it.
+
     \b
     Examples:
       backshift -r /backup/repo history /etc/fstab
       backshift -r /backup/repo history /home/alice/notes.txt --subset home --format json
     """
+    from .errors import NothingMatches
     from .ops.report import history as run_history
     from .repo import READ, open_repository
 
     with open_repository(ctx.repo, READ) as repo:
         rows = run_history(repo, path, hostname, subset)
     if not rows:
-        echo_err(f"backshift: no save holds {escape(path)}")
+        raise NothingMatches(escape(path), "any save" if hostname is None and subset is None
+                             else "the saves of that --hostname/--subset")
     headers = ["save_id", "hostname", "subset", "started", "type", "size", "mtime", "digest",
                "changed"]
     if fmt == "table":
@@ -810,7 +815,8 @@ def find(ctx: Context, glob: bytes, save_id: int | None, since: str | None, fmt:
     """Paths matching GLOB in every save, newest save first.
 
     A GLOB with a '/' matches the whole path (there '*' also matches '/'); without one,
-    it matches the last component. Quote it so the shell leaves it alone.
+    it matches the last component (leading '/' optional, as in tar). Quote it so the
+    shell leaves it alone. Exit 9 when nothing matches.
 
     \b
     Examples:
@@ -823,8 +829,17 @@ def find(ctx: Context, glob: bytes, save_id: int | None, since: str | None, fmt:
 
     since_ns = parse_since(since) if since else None
     headers = ["save_id", "hostname", "subset", "started", "path", "type", "size", "mtime"]
+    import itertools
+
+    from .errors import NothingMatches
+
     with open_repository(ctx.repo, READ) as repo:
         found = run_find(repo, glob, save_id, since_ns)
+        first = next(found, None)
+        if first is None:
+            where = f"save {save_id}" if save_id is not None else "any save"
+            raise NothingMatches(repr(escape(glob)), where + (f" since {since}" if since else ""))
+        found = itertools.chain([first], found)
         if fmt == "table":
             body = ([f.save_id, f.hostname, f.subset, local_time(f.started_ns), f.path, f.type,
                      f"{f.size:,}", local_time(f.mtime_ns)] for f in found)
@@ -841,9 +856,10 @@ def _report(level: str, msg: str) -> None:
     echo_err(f"backshift: {level}: {msg}")
 
 
-def _finish(problems) -> None:
-    """Exit status after a listing or tar stream: damage 10, warnings 1."""
-    from .errors import DataDamaged
+def _finish(problems, save_id: int | None = None) -> None:
+    """Exit status after a listing or tar stream: damage 10, a selector that matched
+    nothing 9 (as GNU tar's "Not found in archive"), warnings 1."""
+    from .errors import DataDamaged, NothingMatches
 
     if problems.damaged or problems.refused:
         parts = []
@@ -852,6 +868,9 @@ def _finish(problems) -> None:
         if problems.refused:
             parts.append(f"{problems.refused} catalog row(s) refused")
         raise DataDamaged("; ".join(parts) + " (see above)")
+    if getattr(problems, "unmatched", ()):
+        raise NothingMatches(", ".join(repr(escape(g)) for g in problems.unmatched),
+                             f"save {save_id}")
     if problems.warnings:
         raise SystemExit(EXIT_WARNING)
 
@@ -919,8 +938,11 @@ def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, exclude: tupl
     """Write a save, or part of it, as one POSIX (pax) tar stream: the restore.
 
     SELECTORs are paths (each with its subtree, leading '/' optional) or globs over whole
-    member names ('*' and '**' both match across '/'). Parent directories of what is
-    selected come first, so `tar -xp` restores their modes and times.
+    member names ('*' and '**' both match across '/'); a name that exists as it is
+    (`report[1].txt`) is taken literally. Parent directories of what is selected come
+    first, so `tar -xp` restores their modes and times. A path not in the save stops
+    before any output; a glob that matched nothing is exit 9 after the stream, as GNU
+    tar's "Not found in archive".
 
     \b
     Examples:
@@ -953,7 +975,7 @@ def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, exclude: tupl
             return stack.enter_context(open(os.fsencode(output), "wb"))
 
         problems = tar_save(repo, save_row.id, sel, open_out, _report, not no_sparse)
-    _finish(problems)
+    _finish(problems, save_row.id)
 
 
 # -- import-legacy ----------------------------------------------------------------------

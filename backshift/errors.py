@@ -83,6 +83,10 @@ class NoSuchPath(BackshiftError):
     summary = "no such path in the save"
 
 
+class NothingMatches(NoSuchPath):
+    """nothing matches {0} in {1}"""
+
+
 class DataDamaged(BackshiftError):
     """{0}"""
 

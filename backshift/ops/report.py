@@ -116,8 +116,16 @@ class HistoryEntry:
 
 def history(repo: Repository, path: bytes, hostname: str | None = None,
             subset: str | None = None) -> list[HistoryEntry]:
-    """Every save holding PATH, oldest first, with whether its content changed."""
-    path_id = repo.catalog.path_id(sort_key(_normal(path)))
+    """Every save holding PATH, oldest first, with whether its content changed.
+
+    PATH as list and tar take it (leading '/' optional, so a name pasted from `list`
+    works); a relative PATH no save holds that way is also tried below the current
+    directory."""
+    from .select import normal_path
+
+    path_id = repo.catalog.path_id(sort_key(normal_path(path)))
+    if path_id is None and not path.startswith(b"/"):
+        path_id = repo.catalog.path_id(sort_key(_normal(path)))
     if path_id is None:
         return []
     out: list[HistoryEntry] = []
@@ -157,8 +165,9 @@ def find(repo: Repository, glob: bytes, save_id: int | None = None,
     lo, hi = ALL_KEYS
     name_glob = path_glob = None
     if b"/" in glob:
-        path_glob = glob
-        lo, hi = _glob_key_range(glob)
+        # a member name pasted from `list` has no leading '/': as tar, take it as absolute
+        path_glob = glob if glob.startswith((b"/", b"*")) else b"/" + glob
+        lo, hi = _glob_key_range(path_glob)
     else:
         name_glob = glob
     for row in repo.catalog.find_paths(lo, hi, name_glob, path_glob, save_id, since_ns):

@@ -15,7 +15,7 @@ import fnmatch
 import os
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import apsw
@@ -127,6 +127,20 @@ def key_ranges(catalog: Catalog, sel: Selection) -> list[tuple[bytes, bytes]]:
     return merged
 
 
+def literal_globs(catalog: Catalog, save_id: int, sel: Selection) -> Selection:
+    """SEL with each glob that names a member literally (`report[1].txt`) made a path."""
+    keep, literal = [], []
+    for g in sel.globs:
+        path = normal_path(g)
+        if catalog.entry_at_key(save_id, pathcodec.sort_key(path)) is not None:
+            literal.append(path)
+        else:
+            keep.append(g)
+    if not literal:
+        return sel
+    return replace(sel, paths=sel.paths + tuple(literal), globs=tuple(keep))
+
+
 def check_paths_exist(catalog: Catalog, save_id: int, paths: tuple[bytes, ...]) -> None:
     """NoSuchPath for the first selector path that is not a member of the save."""
     for p in paths:
@@ -189,6 +203,7 @@ class Problems:
     warnings: int = 0
     refused: int = 0
     damaged: int = 0
+    unmatched: tuple[bytes, ...] = ()  # glob selectors that matched no member
 
     def warn(self, msg: str) -> None:
         self.warnings += 1
@@ -246,6 +261,11 @@ class Planner:
         self.path_ranges = [(pathcodec.sort_key(p), pathcodec.sort_key(p) + b"\x01")
                             for p in sel.paths]
         self.glob_root: bytes | None = None  # a directory a glob matched: its subtree is in
+        self.globs_pending = list(sel.globs)  # globs no member matched yet
+
+    def unmatched_globs(self) -> tuple[bytes, ...]:
+        """The glob selectors no member matched (call after members() is exhausted)."""
+        return tuple(self.globs_pending)
 
     def close(self) -> None:
         if self.where is not None:
@@ -324,6 +344,9 @@ class Planner:
         return True
 
     def _picked(self, e: Entry, name: bytes | None) -> bool:
+        if self.globs_pending and name is not None:  # also where a path or glob took it
+            self.globs_pending = [p for p in self.globs_pending
+                                  if not fnmatch.fnmatchcase(name, p)]
         if any(lo <= e.key < hi for lo, hi in self.path_ranges):
             return True
         if self.glob_root is not None and e.key.startswith(self.glob_root):

@@ -360,8 +360,9 @@ def tar_save(repo, save_id: int, sel, open_out, report, sparse: bool = True) -> 
     OPEN_OUT() gives the binary file to write to; it is called only once the selection is
     known to be valid (paths in the save, --where accepted), so an error leaves no output.
     """
-    from .select import Planner, Problems, check_paths_exist, key_ranges
+    from .select import Planner, Problems, check_paths_exist, key_ranges, literal_globs
 
+    sel = literal_globs(repo.catalog, save_id, sel)
     check_paths_exist(repo.catalog, save_id, sel.paths)
     problems = Problems(report)
     planner = Planner(repo.catalog, save_id, sel, problems)
@@ -370,6 +371,7 @@ def tar_save(repo, save_id: int, sel, open_out, report, sparse: bool = True) -> 
         chunks = _Chunks(repo.catalog, save_id, key_ranges(repo.catalog, sel))
         write_members(planner.members(), writer, chunks, repo.store, problems, read_workers(),
                       sparse)
+        problems.unmatched = planner.unmatched_globs()
     finally:
         planner.close()
     return problems
