@@ -86,6 +86,31 @@ class _FiniteFloat(click.FloatRange):
         return number
 
 
+class _FormatChoice(click.Choice):
+    """table|json|csv, the same three names on every listing command; `text` (list's and
+    diff's old name for their human format) is accepted as table."""
+
+    def __init__(self) -> None:
+        super().__init__(FORMATS)
+
+    def convert(self, value, param, ctx):
+        return super().convert("table" if value == "text" else value, param, ctx)
+
+
+def _format_options(f):
+    """--format table|json|csv and --json (the same as --format json)."""
+    f = click.option("--json", "fmt", flag_value="json", type=_FormatChoice(),
+                     help="Same as --format json: one JSON object a line.")(f)
+    return click.option("--format", "fmt", type=_FormatChoice(), default="table",
+                        show_default=True,
+                        help="table for people ('text' is an alias), json lines, or csv.")(f)
+
+
+def _json_option(f):
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print the result as one JSON object (see docs/cli.md).")(f)
+
+
 def _save_spec(_ctx, _param, value: str | None) -> str | None:
     """ID|latest for --backup: a number must be a save id (resolve_save does the rest)."""
     if value is not None and value.strip().lstrip("+-").isdigit():
@@ -153,8 +178,10 @@ DEFAULT_CHUNK_MAX = 4 * 1024 * 1024
               help="Largest chunk in bytes.")
 @click.option("--zstd-level", default=3, show_default=True, type=click.IntRange(1, 19),
               help="zstd compression level for new chunks.")
+@_json_option
 @pass_ctx
-def init(ctx: Context, chunk_min: int, chunk_avg: int, chunk_max: int, zstd_level: int) -> None:
+def init(ctx: Context, chunk_min: int, chunk_avg: int, chunk_max: int, zstd_level: int,
+         as_json: bool) -> None:
     """Create a new, empty repository.
 
     The chunker parameters and compression are recorded in the catalog; every later
@@ -171,7 +198,12 @@ def init(ctx: Context, chunk_min: int, chunk_avg: int, chunk_max: int, zstd_leve
         raise UsageError("need 64 <= --chunk-min < --chunk-avg < --chunk-max <= 16 MiB")
     params = ChunkerParams(min_size=chunk_min, avg_size=chunk_avg, max_size=chunk_max)
     init_repository(ctx.repo, params, zstd_level)
-    echo_err(f"created repository {os.fsdecode(os.path.abspath(ctx.repo))}")
+    where = escape(os.path.abspath(ctx.repo))
+    if as_json:
+        _print_json({"repository": where, "chunk_min": chunk_min, "chunk_avg": chunk_avg,
+                     "chunk_max": chunk_max, "zstd_level": zstd_level})
+    else:
+        echo_err(f"created repository {where}")
 
 
 # -- save -------------------------------------------------------------------------------
@@ -360,7 +392,7 @@ def _summary_lines(s: SaveStats) -> list[str]:
 @click.option("--last", type=click.IntRange(1), default=None, help="Only the last N saves.")
 @click.option("--hostname", default=None, help="Only saves of this host.")
 @click.option("--subset", default=None, help="Only saves of this subset.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@_format_options
 @pass_ctx
 def saves(ctx: Context, last: int | None, hostname: str | None, subset: str | None,
           fmt: str) -> None:
@@ -450,12 +482,14 @@ def _duration(option: str, text: str | None) -> int | None:
 @click.option("--hostname", default=None, help="Only saves of this host.")
 @click.option("--subset", default=None, help="Only saves of this subset.")
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would go; change nothing.")
+@_json_option
 @_lock_wait_option
 @pass_ctx
 def expire(ctx: Context, keep_last: int, keep_hourly: int, keep_daily: int, keep_weekly: int,
            keep_monthly: int, keep_yearly: int, keep_within: str | None,
            older_than: str | None, allow_empty_series: bool, save_ids: tuple[int, ...],
-           hostname: str | None, subset: str | None, dry_run: bool, lock_wait: float) -> None:
+           hostname: str | None, subset: str | None, dry_run: bool, as_json: bool,
+           lock_wait: float) -> None:
     """Remove saves a retention policy lets go, and the data only they used.
 
     Each hostname+subset series is judged on its own. Every save gets a line saying
@@ -496,6 +530,13 @@ def expire(ctx: Context, keep_last: int, keep_hourly: int, keep_daily: int, keep
                             tz=datetime.now().astimezone().tzinfo)
         if not dry_run:
             copied = _copy_catalog(repo)
+    if as_json:
+        _print_json(_expire_dict(result))
+        for err in result.unlink_errors:
+            echo_err(f"warning: could not remove {err}")
+        if result.unlink_errors or not copied:
+            raise SystemExit(EXIT_WARNING)
+        return
     emit_lines(decision_lines(result.decisions, local_time))
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb} {result.saves_removed} save(s), {result.chunks_freed:,} chunk(s) "
@@ -508,6 +549,46 @@ def expire(ctx: Context, keep_last: int, keep_hourly: int, keep_daily: int, keep
         echo_err(f"warning: could not remove {err}")
     if result.unlink_errors or not copied:
         raise SystemExit(EXIT_WARNING)
+
+
+def _print_json(obj: dict) -> None:
+    import json
+    click.echo(json.dumps(obj, sort_keys=True, ensure_ascii=False))
+
+
+def _expire_dict(result) -> dict:
+    return {
+        "dry_run": result.dry_run,
+        "decisions": [{"save_id": d.save.id, "hostname": d.save.hostname,
+                       "subset": d.save.subset, "started": iso_time(d.save.started_ns),
+                       "status": d.save.status, "action": "keep" if d.keep else "remove",
+                       "reasons": list(d.reasons)} for d in result.decisions],
+        "saves_removed": result.saves_removed, "chunks_freed": result.chunks_freed,
+        "bytes_freed": result.bytes_freed, "orphans_removed": result.orphans_removed,
+        "orphan_bytes": result.orphan_bytes, "temps_removed": result.temps_removed,
+        "unlink_errors": list(result.unlink_errors),
+    }
+
+
+def _check_dict(r, read_data: bool) -> dict:
+    return {
+        "problems": r.problem_count(),
+        "catalog_problems": list(r.catalog_problems),
+        "dead_saves": list(r.dead_saves),
+        "chunk_problems": [
+            {"chunk": p.sha256.hex(), "what": p.what,
+             "used_by": [{"save_id": sid, "path": escape(path)} for sid, path in p.users]}
+            for p in sorted(r.chunk_problems.values(), key=lambda p: p.sha256)],
+        "content_problems": list(r.content_problems),
+        "quarantined": [sha.hex() for sha in r.quarantined],
+        "repaired_saves": list(r.repaired_saves),
+        "chunks_referenced": r.chunks_referenced, "orphans": r.orphans,
+        "orphan_bytes": r.orphan_bytes, "temps": r.temps,
+        "read_data": read_data, "chunks_verified": len(r.chunks_verified),
+        "orphans_read": r.orphans_read, "contents_verified": r.contents_verified,
+        "bytes_read": r.bytes_read,
+        "catalog_copy_age_s": None if r.copy_age_s is None else round(r.copy_age_s, 1),
+    }
 
 
 def _parse_part(text: str | None) -> tuple[int, int] | None:
@@ -531,10 +612,11 @@ def _parse_part(text: str | None) -> tuple[int, int] | None:
 @click.option("--repair", is_flag=True,
               help="Move damaged chunk files to REPO/quarantine/ so a later save of the "
                    "same data re-creates them; mark dead 'running' saves interrupted.")
+@_json_option
 @_lock_wait_option
 @pass_ctx
 def check(ctx: Context, read_data: bool, read_data_subset: str | None, repair: bool,
-          lock_wait: float) -> None:
+          as_json: bool, lock_wait: float) -> None:
     """Check the catalog and the chunk store; report damage grouped by chunk.
 
     Exit status 0: no problems; 10: damage found (listed on stdout).
@@ -555,14 +637,18 @@ def check(ctx: Context, read_data: bool, read_data_subset: str | None, repair: b
     mode = EXCLUSIVE if repair else READ_LOCKED
     with open_repository(ctx.repo, mode, operation="check", lock_wait_s=lock_wait) as repo:
         result = run_check(repo, read_data=read, part=part, repair=repair)
-    emit_lines(report_lines(result, read))
+    if as_json:
+        _print_json(_check_dict(result, read))
+    else:
+        emit_lines(report_lines(result, read))
     if result.problem_count():
         raise CheckFoundDamage(result.problem_count())
 
 
 @cli.command("break-lock")
+@_json_option
 @pass_ctx
-def break_lock(ctx: Context) -> None:
+def break_lock(ctx: Context, as_json: bool) -> None:
     """Remove lock records left by processes that are gone (e.g. on another host).
 
     Records of live processes on this host are kept (stop them instead). Only run it
@@ -580,6 +666,9 @@ def break_lock(ctx: Context) -> None:
         from .errors import RepositoryNotFound
         raise RepositoryNotFound(os.fsdecode(path))
     removed, kept = run_break_lock(path)
+    if as_json:
+        _print_json({"removed": removed, "kept": kept})
+        return
     for rec in removed:
         click.echo(f"removed lock record: {describe(rec)}")
     for rec in kept:
@@ -625,7 +714,7 @@ def _read_statement(statement: str | None, file: str | None) -> str:
 @click.argument("statement", required=False)
 @click.option("--file", "-f", "file", default=None, metavar="FILE",
               help="Read the statement from FILE ('-': stdin) instead of the argument.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@_format_options
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
               help="Bind :NAME in the statement (repeatable); integers bind as numbers.")
 @click.option("--timeout", type=_FiniteFloat(0.1), default=60.0, show_default=True,
@@ -669,7 +758,7 @@ def sql(ctx: Context, statement: str | None, file: str | None, fmt: str,
 @cli.command()
 @click.option("--backup", "save_id", type=SAVE_ID, default=None, metavar="ID",
               help="Only this save (and the repository line).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@_format_options
 @pass_ctx
 def stats(ctx: Context, save_id: int | None, fmt: str) -> None:
     """Space used by the repository and by each save: files, bytes, dedup, compression.
@@ -734,8 +823,7 @@ def _diff_ids(backups: tuple[int, ...], args: tuple[str, ...]) -> tuple[int, int
 @click.argument("args", nargs=-1, metavar="[OLD_ID NEW_ID] [PATH]")
 @click.option("--backup", "backups", multiple=True, type=SAVE_ID, metavar="ID",
               help="Give twice: the old save, then the new one (or OLD_ID NEW_ID).")
-@click.option("--format", "fmt", type=click.Choice(("text", "json", "csv")), default="text",
-              show_default=True)
+@_format_options
 @pass_ctx
 def diff(ctx: Context, args: tuple[str, ...], backups: tuple[int, ...], fmt: str) -> None:
     """What changed from save OLD_ID to save NEW_ID, one line per path (below PATH).
@@ -756,7 +844,7 @@ def diff(ctx: Context, args: tuple[str, ...], backups: tuple[int, ...], fmt: str
 
     with open_repository(ctx.repo, READ) as repo:
         changes = run_diff(repo, old_id, new_id, path)
-        if fmt == "text":
+        if fmt == "table":
             emit_lines(f"{CHANGE_MARKS[c.kind]} {escape(c.path)}"
                        + (f"  [{', '.join(c.fields)}]" if c.fields else "") for c in changes)
         else:
@@ -768,7 +856,7 @@ def diff(ctx: Context, args: tuple[str, ...], backups: tuple[int, ...], fmt: str
 @click.argument("path", type=click.Path(path_type=bytes))
 @click.option("--hostname", default=None, help="Only saves of this host.")
 @click.option("--subset", default=None, help="Only saves of this subset.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@_format_options
 @pass_ctx
 def history(ctx: Context, path: bytes, hostname: str | None, subset: str | None,
             fmt: str) -> None:
@@ -809,7 +897,7 @@ def history(ctx: Context, path: bytes, hostname: str | None, subset: str | None,
               help="Only this save.")
 @click.option("--since", default=None, metavar="DATE",
               help="Only saves started at or after DATE (2026-01-31 or '2026-01-31 12:00').")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@_format_options
 @pass_ctx
 def find(ctx: Context, glob: bytes, save_id: int | None, since: str | None, fmt: str) -> None:
     """Paths matching GLOB in every save, newest save first.
@@ -882,8 +970,7 @@ def _finish(problems, save_id: int | None = None) -> None:
               help="Only this directory (with its parents), leading '/' optional.")
 @click.option("--no-recursive", is_flag=True, help="With --dir: only its own entries.")
 @click.option("-v", "--verbose", is_flag=True, help="Long lines, as `tar -tvf` prints them.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text",
-              show_default=True)
+@_format_options
 @pass_ctx
 def list_cmd(ctx: Context, backup: str, directory: str | None, no_recursive: bool,
              verbose: bool, fmt: str) -> None:
@@ -907,7 +994,7 @@ def list_cmd(ctx: Context, backup: str, directory: str | None, no_recursive: boo
     problems = Problems(_report)
     with open_repository(ctx.repo, READ) as repo:
         save_row = resolve_save(repo.catalog, backup)
-        if fmt == "text":
+        if fmt == "table":
             sys.stdout.flush()
             write_lines(repo.catalog, save_row.id, sel, problems, verbose,
                         sys.stdout.buffer.write)
@@ -989,10 +1076,11 @@ def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, exclude: tupl
               help="Copy the legacy chunk files (the save directory stays independent).")
 @click.option("--progress/--no-progress", default=None,
               help="Live progress on stderr [default: when stderr is a terminal].")
+@_json_option
 @_lock_wait_option
 @pass_ctx
 def import_legacy_cmd(ctx: Context, savedir: bytes, method: str | None,
-                      progress: bool | None, lock_wait: float) -> None:
+                      progress: bool | None, as_json: bool, lock_wait: float) -> None:
     """Import every save of a backshift 1.x save directory (idempotent, resumable).
 
     Each legacy save becomes a save of its hostname and subset; its chunks are verified
@@ -1020,15 +1108,24 @@ def import_legacy_cmd(ctx: Context, savedir: bytes, method: str | None,
         stats = import_legacy(repo, savedir, method, warn,
                               _import_progress_printer if show else None)
     _clear_progress()
-    for lid, save_id in stats.imported:
-        click.echo(f"imported {lid} as save {save_id}")
-    click.echo(
-        f"{stats.saves_imported} saves imported, {stats.saves_skipped} already imported, "
-        f"{stats.files:,} files ({human_bytes(stats.bytes)}), {stats.files_skipped} skipped")
-    click.echo(
-        f"chunks: {stats.chunks_linked:,} linked, {stats.chunks_copied:,} copied, "
-        f"{stats.chunks_present:,} already present, {stats.chunks_bad:,} missing or damaged; "
-        f"{stats.elapsed_s:.1f} s")
+    if as_json:
+        fields = ("saves_found", "saves_imported", "saves_skipped", "files", "bytes",
+                  "files_skipped", "chunks_linked", "chunks_copied", "chunks_present",
+                  "chunks_bad", "warnings", "bytes_read", "method")
+        out = {name: getattr(stats, name) for name in fields}
+        out["elapsed_s"] = round(stats.elapsed_s, 3)
+        out["imported"] = [{"legacy": lid, "save_id": sid} for lid, sid in stats.imported]
+        _print_json(out)
+    else:
+        for lid, save_id in stats.imported:
+            click.echo(f"imported {lid} as save {save_id}")
+        click.echo(
+            f"{stats.saves_imported} saves imported, {stats.saves_skipped} already imported, "
+            f"{stats.files:,} files ({human_bytes(stats.bytes)}), {stats.files_skipped} skipped")
+        click.echo(
+            f"chunks: {stats.chunks_linked:,} linked, {stats.chunks_copied:,} copied, "
+            f"{stats.chunks_present:,} already present, {stats.chunks_bad:,} missing or "
+            f"damaged; {stats.elapsed_s:.1f} s")
     if stats.warnings or stats.chunks_bad:
         raise SystemExit(EXIT_WARNING)
 

@@ -204,3 +204,33 @@ def test_backup_names_a_save_id_everywhere(tree, repo, no_racy_margin):
     assert "integer range" not in res.stderr
     res = run("-r", repo, "diff", "1", "x", exit_code=2)
     assert "OLD_ID NEW_ID: a save id is a whole number" in res.stderr
+
+
+LISTING_COMMANDS = ("saves", "list", "history", "find", "stats", "diff", "sql")
+
+
+def test_listing_commands_share_format_names_and_json():
+    for name in LISTING_COMMANDS:
+        out = run(name, "--help").stdout
+        assert "--format [table|json|csv]" in out and "--json" in out, name
+    for name in ("save", "expire", "check", "import-legacy", "init", "break-lock"):
+        assert "--json" in run(name, "--help").stdout, name
+
+
+def test_json_on_expire_check_init_and_break_lock(tmp_path, tree):
+    repo = str(tmp_path / "r")
+    init = json.loads(run("-r", repo, "init", "--json").stdout)
+    assert init["repository"] == repo and init["zstd_level"] == 3
+    run("-r", repo, "save", "--subset", "s", input=find0(tree))
+    check = json.loads(run("-r", repo, "check", "--json").stdout)
+    assert check["problems"] == 0 and check["chunks_referenced"] > 0
+    exp = json.loads(run("-r", repo, "expire", "--keep-last", "1", "--dry-run", "--json").stdout)
+    assert exp["dry_run"] is True and exp["saves_removed"] == 0
+    assert [(d["save_id"], d["action"]) for d in exp["decisions"]] == [(1, "keep")]
+    assert json.loads(run("-r", repo, "break-lock", "--json").stdout) == {
+        "removed": [], "kept": []}
+    # list and diff call their human format table now; text stays an alias
+    assert run("-r", repo, "list", "--backup", "1", "--format", "text").stdout == run(
+        "-r", repo, "list", "--backup", "1").stdout
+    rows = run("-r", repo, "list", "--backup", "1", "--json").stdout.splitlines()
+    assert all(json.loads(line)["path"] for line in rows)

@@ -476,3 +476,16 @@ def test_import_legacy_progress_line_when_asked(legacy_bin, repo, tmp_path):
         assert f"legacy save {n}/2, recording: " in shown.stderr
     assert shown.stderr.endswith("\r\x1b[K")  # cleared before the summary
     assert "2 saves imported" in shown.stdout
+
+
+def test_import_legacy_json_summary(legacy_bin, repo, tmp_path):
+    root = tmp_path / "small"
+    root.mkdir()
+    (root / "f").write_bytes(b"legacy content\n")
+    sd = tmp_path / "savedir"
+    legacy_save(legacy_bin, sd, find0(root))
+    out = json.loads(run("-r", repo, "import-legacy", str(sd), "--json").stdout)
+    assert out["imported"] == [{"legacy": legacy_ids(sd)[0], "save_id": 1}]
+    assert (out["saves_imported"], out["files"], out["chunks_bad"]) == (1, 2, 0)
+    again = json.loads(run("-r", repo, "import-legacy", str(sd), "--json").stdout)
+    assert (again["saves_imported"], again["saves_skipped"]) == (0, 1)
