@@ -40,9 +40,19 @@ EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(
 
 
 class Context:
-    def __init__(self, repo: str | None, debug: bool) -> None:
+    def __init__(self, repo: str | None, debug: bool, quiet: bool = False,
+                 verbose: bool = False) -> None:
         self.repo_arg = repo
         self.debug = debug
+        self.quiet = quiet  # no progress, no summary: only warnings and errors
+        self.verbose = verbose  # progress even off a terminal, and a closing timing line
+        self.started = 0.0
+
+    def progress(self, option: bool | None) -> bool:
+        """Whether to show live progress: --progress/--no-progress, else -q/-v, else tty."""
+        if option is not None:
+            return option
+        return not self.quiet and (self.verbose or sys.stderr.isatty())
 
     @property
     def repo(self) -> bytes:
@@ -145,10 +155,16 @@ class _Group(click.Group):
              context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-r", "--repo", envvar="BACKSHIFT_REPO", metavar="REPO",
               help="Repository directory (or set BACKSHIFT_REPO).")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Only warnings and errors: no progress, no summaries (also after the "
+                   "command).")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Progress even when stderr is not a terminal, and the time taken "
+                   "(also after the command; list's own -v means long lines).")
 @click.option("--debug", is_flag=True, help="Show a traceback for errors.")
 @click.version_option(__version__, prog_name="backshift")
 @click.pass_context
-def cli(ctx: click.Context, repo: str | None, debug: bool) -> None:
+def cli(ctx: click.Context, repo: str | None, quiet: bool, verbose: bool, debug: bool) -> None:
     """backshift: deduplicating backups with a SQLite catalog, restored through tar.
 
     \b
@@ -157,7 +173,24 @@ def cli(ctx: click.Context, repo: str | None, debug: bool) -> None:
       find /home -xdev -print0 | backshift -r /backup/repo save --subset home
       backshift -r /backup/repo saves
     """
-    ctx.obj = Context(repo, debug)
+    import time
+
+    if quiet and verbose:
+        raise UsageError("give -q or -v, not both")
+    ctx.obj = Context(repo, debug, quiet, verbose)
+    ctx.obj.started = time.monotonic()
+
+
+@cli.result_callback()
+@click.pass_context
+def _after_command(ctx: click.Context, *_args, **_kwargs) -> None:
+    """-v: how long the command took, on stderr (when it succeeded)."""
+    import time
+
+    obj = ctx.find_object(Context)
+    if obj is not None and obj.verbose and not obj.quiet:
+        took = time.monotonic() - obj.started
+        echo_err(f"backshift: {ctx.invoked_subcommand} finished in {took:.1f} s")
 
 
 # -- init -------------------------------------------------------------------------------
@@ -202,7 +235,7 @@ def init(ctx: Context, chunk_min: int, chunk_avg: int, chunk_max: int, zstd_leve
     if as_json:
         _print_json({"repository": where, "chunk_min": chunk_min, "chunk_avg": chunk_avg,
                      "chunk_max": chunk_max, "zstd_level": zstd_level})
-    else:
+    elif not ctx.quiet:
         echo_err(f"created repository {where}")
 
 
@@ -231,6 +264,9 @@ def _check_label(kind: str, value: str) -> str:
 @click.option("--exclude", multiple=True, metavar="GLOB",
               help="With PATHs: skip matching names (repeatable). A glob with '/' "
                    "matches the whole path, otherwise the last component.")
+@click.option("--exclude-from", "exclude_from", multiple=True, metavar="FILE",
+              help="With PATHs: --exclude each line of FILE (blank lines and lines "
+                   "starting with '#' skipped; repeatable).")
 @click.option("--exclude-caches", is_flag=True,
               help="With PATHs: save a directory holding a CACHEDIR.TAG (with its "
                    "signature) with that file only, as GNU tar does.")
@@ -251,7 +287,8 @@ def _check_label(kind: str, value: str) -> str:
               help="Wait this long for a locked repository (an expire) before giving up.")
 @pass_ctx
 def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: str,
-         filelist, one_file_system: bool, exclude: tuple[str, ...], exclude_caches: bool,
+         filelist, one_file_system: bool, exclude: tuple[str, ...],
+         exclude_from: tuple[str, ...], exclude_caches: bool,
          exclude_if_present: tuple[str, ...], progress: bool | None,
          as_json: bool, workers: int, checkpoint_interval: float,
          checkpoint_files: int, lock_wait: float) -> None:
@@ -279,6 +316,7 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
     subset = _check_label("subset", subset)
     if paths and filelist is not None:
         raise UsageError("give either PATHs or --filelist, not both")
+    exclude += _read_exclude_files(exclude_from)
     walk_only = [name for name, given in [
         ("--one-file-system", one_file_system), ("--exclude", exclude),
         ("--exclude-caches", exclude_caches), ("--exclude-if-present", exclude_if_present)]
@@ -298,7 +336,7 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
         # one line per warning, even for names holding newlines or terminal escapes
         echo_err(f"warning: {escape(msg.encode('utf-8', 'surrogateescape'))}")
 
-    show = sys.stderr.isatty() if progress is None else progress
+    show = ctx.progress(progress)
     opts = SaveOptions(hostname=hostname, subset=subset, workers=workers,
                        batch_files=checkpoint_files, batch_seconds=checkpoint_interval)
     # forked before the repository (and its catalog) opens
@@ -325,7 +363,7 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
     if as_json:
         import json
         click.echo(json.dumps(_summary_dict(stats), sort_keys=True))
-    else:
+    elif not ctx.quiet:
         for line in _summary_lines(stats):
             click.echo(line)
     if stats.status == "interrupted":
@@ -334,6 +372,21 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
         raise SystemExit(EXIT_INTERRUPTED)
     if stats.warnings or not copied:
         raise SystemExit(EXIT_WARNING)
+
+
+def _read_exclude_files(files: tuple[str, ...]) -> tuple[str, ...]:
+    """The globs of --exclude-from FILEs, as restic and borg read them (one a line)."""
+    out: list[str] = []
+    for name in files:
+        try:
+            with open(os.fsencode(name), "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise UsageError(f"--exclude-from {name}: {e.strerror}") from None
+        for line in data.decode("utf-8", "surrogateescape").splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                out.append(line.rstrip("\r"))
+    return tuple(out)
 
 
 def _raw_stdin():
@@ -537,14 +590,19 @@ def expire(ctx: Context, keep_last: int, keep_hourly: int, keep_daily: int, keep
         if result.unlink_errors or not copied:
             raise SystemExit(EXIT_WARNING)
         return
-    emit_lines(decision_lines(result.decisions, local_time))
     verb = "would remove" if dry_run else "removed"
-    click.echo(f"{verb} {result.saves_removed} save(s), {result.chunks_freed:,} chunk(s) "
-               f"({human_bytes(result.bytes_freed)}), {result.orphans_removed:,} orphan "
-               f"chunk(s) ({human_bytes(result.orphan_bytes)}), {result.temps_removed:,} "
-               "stale temp file(s)")
-    if dry_run:
-        click.echo("dry run: nothing was changed")
+    if ctx.quiet:
+        lines = []  # warnings below still go to stderr
+    else:
+        lines = decision_lines(result.decisions, local_time)
+        lines.append(f"{verb} {result.saves_removed} save(s), {result.chunks_freed:,} "
+                     f"chunk(s) ({human_bytes(result.bytes_freed)}), "
+                     f"{result.orphans_removed:,} orphan chunk(s) "
+                     f"({human_bytes(result.orphan_bytes)}), {result.temps_removed:,} "
+                     "stale temp file(s)")
+        if dry_run:
+            lines.append("dry run: nothing was changed")
+    emit_lines(lines)
     for err in result.unlink_errors:
         echo_err(f"warning: could not remove {err}")
     if result.unlink_errors or not copied:
@@ -639,7 +697,7 @@ def check(ctx: Context, read_data: bool, read_data_subset: str | None, repair: b
         result = run_check(repo, read_data=read, part=part, repair=repair)
     if as_json:
         _print_json(_check_dict(result, read))
-    else:
+    elif result.problem_count() or not ctx.quiet:
         emit_lines(report_lines(result, read))
     if result.problem_count():
         raise CheckFoundDamage(result.problem_count())
@@ -668,6 +726,8 @@ def break_lock(ctx: Context, as_json: bool) -> None:
     removed, kept = run_break_lock(path)
     if as_json:
         _print_json({"removed": removed, "kept": kept})
+        return
+    if ctx.quiet:
         return
     for rec in removed:
         click.echo(f"removed lock record: {describe(rec)}")
@@ -1102,7 +1162,7 @@ def import_legacy_cmd(ctx: Context, savedir: bytes, method: str | None,
         _clear_progress()
         echo_err(f"warning: {msg}")
 
-    show = sys.stderr.isatty() if progress is None else progress
+    show = ctx.progress(progress)
     with open_repository(ctx.repo, WRITE, operation="import-legacy",
                          lock_wait_s=lock_wait) as repo:
         stats = import_legacy(repo, savedir, method, warn,
@@ -1116,7 +1176,7 @@ def import_legacy_cmd(ctx: Context, savedir: bytes, method: str | None,
         out["elapsed_s"] = round(stats.elapsed_s, 3)
         out["imported"] = [{"legacy": lid, "save_id": sid} for lid, sid in stats.imported]
         _print_json(out)
-    else:
+    elif not ctx.quiet:
         for lid, save_id in stats.imported:
             click.echo(f"imported {lid} as save {save_id}")
         click.echo(
@@ -1151,13 +1211,28 @@ def _repo_after_command(ctx: click.Context, _param, value: str | None) -> None:
         ctx.find_object(Context).repo_arg = value
 
 
+def _flag_after_command(ctx: click.Context, param, value: bool) -> None:
+    if value:
+        setattr(ctx.find_object(Context), param.name.removeprefix("shared_"), True)
+
+
 def _add_shared_options(group: click.Group) -> None:
     for command in group.commands.values():
-        if not any("--repo" in p.opts for p in command.params):
+        have = {o for p in command.params for o in p.opts}
+        if "--repo" not in have:
             command.params.append(click.Option(
                 ["-r", "--repo"], metavar="REPO", expose_value=False,
                 callback=_repo_after_command,
                 help="Repository directory; also accepted before the command."))
+        if "--quiet" not in have:
+            command.params.append(click.Option(
+                ["-q", "--quiet", "shared_quiet"], is_flag=True, expose_value=False,
+                callback=_flag_after_command, help="Only warnings and errors."))
+        if "--verbose" not in have:
+            command.params.append(click.Option(
+                ["-v", "--verbose", "shared_verbose"], is_flag=True, expose_value=False,
+                callback=_flag_after_command,
+                help="Progress off a terminal too, and the time taken."))
 
 
 _add_shared_options(cli)

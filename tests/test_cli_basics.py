@@ -234,3 +234,38 @@ def test_json_on_expire_check_init_and_break_lock(tmp_path, tree):
         "-r", repo, "list", "--backup", "1").stdout
     rows = run("-r", repo, "list", "--backup", "1", "--json").stdout.splitlines()
     assert all(json.loads(line)["path"] for line in rows)
+
+
+def test_save_exclude_from_file(tmp_path, repo):
+    src = tmp_path / "src"
+    (src / "keep").mkdir(parents=True)
+    (src / "cache").mkdir()
+    (src / "keep" / "a.txt").write_bytes(b"a")
+    (src / "keep" / "b.log").write_bytes(b"b")
+    (src / "cache" / "c").write_bytes(b"c")
+    (tmp_path / "ex").write_text("# what restic users keep in excludes.txt\n\n*.log\ncache\n")
+    run("-r", repo, "save", "--exclude-from", str(tmp_path / "ex"), str(src))
+    names = run("-r", repo, "list", "--backup", "1").stdout.splitlines()
+    rel = str(src).lstrip("/")
+    assert [n for n in names if n.startswith(rel)] == [f"{rel}/", f"{rel}/keep/",
+                                                       f"{rel}/keep/a.txt"]
+    res = run("-r", repo, "save", "--exclude-from", str(tmp_path / "nope"), str(src),
+              exit_code=2)
+    assert "--exclude-from" in res.stderr and "No such file" in res.stderr
+
+
+def test_quiet_and_verbose(tmp_path, tree):
+    repo = str(tmp_path / "r")
+    res = run("-q", "-r", repo, "init")
+    assert res.stdout == res.stderr == ""
+    res = run("-r", repo, "save", "-q", "--subset", "s", input=find0(tree))
+    assert res.stdout == "" and res.stderr == ""
+    for args in (["check", "-q"], ["expire", "--keep-last", "1", "-q"], ["-q", "break-lock"]):
+        res = run("-r", repo, *args)
+        assert res.stdout == res.stderr == "", args
+    assert "save 2 complete" in run("-r", repo, "save", "--subset", "s",
+                                    input=find0(tree)).stdout
+    res = run("-r", repo, "saves", "-v")
+    assert res.stderr.startswith("backshift: saves finished in ")
+    assert "files" in run("-r", repo, "save", "-v", "--subset", "s", input=find0(tree)).stderr
+    run("-q", "-v", "-r", repo, "saves", exit_code=2)
