@@ -143,7 +143,28 @@ class _OutputClosed(Exception):
     """Carries a BrokenPipeError past click, which would swallow it and exit 0."""
 
 
+# What borg and restic users type, and the backshift command that does it: a hint, not an
+# alias, so that there stays one name for each thing.
+OTHER_TOOLS_COMMANDS = {
+    "restore": "backshift tar --backup ID | tar -xpf - -C DEST",
+    "extract": "backshift tar --backup ID | tar -xpf - -C DEST",
+    "snapshots": "backshift saves",
+    "forget": "backshift expire",
+    "prune": "backshift expire",
+    "ls": "backshift list --backup ID",
+    "backup": "backshift save",
+    "create": "backshift save",
+}
+
+
 class _Group(click.Group):
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name = args[0] if args else ""
+        if name in OTHER_TOOLS_COMMANDS and name not in self.commands:
+            raise UsageError(f"backshift has no command {name!r}: use "
+                             f"'{OTHER_TOOLS_COMMANDS[name]}' (see 'backshift --help')")
+        return super().resolve_command(ctx, args)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -635,7 +656,8 @@ def _check_dict(r, read_data: bool) -> dict:
         "dead_saves": list(r.dead_saves),
         "chunk_problems": [
             {"chunk": p.sha256.hex(), "what": p.what,
-             "used_by": [{"save_id": sid, "path": escape(path)} for sid, path in p.users]}
+             "used_by": [{"save_id": sid, "path": escape(path, True)}
+                         for sid, path in p.users]}
             for p in sorted(r.chunk_problems.values(), key=lambda p: p.sha256)],
         "content_problems": list(r.content_problems),
         "quarantined": [sha.hex() for sha in r.quarantined],
@@ -986,7 +1008,7 @@ def find(ctx: Context, glob: bytes, save_id: int | None, since: str | None, fmt:
         first = next(found, None)
         if first is None:
             where = f"save {save_id}" if save_id is not None else "any save"
-            raise NothingMatches(repr(escape(glob)), where + (f" since {since}" if since else ""))
+            raise NothingMatches(f"'{escape(glob)}'", where + (f" since {since}" if since else ""))
         found = itertools.chain([first], found)
         if fmt == "table":
             body = ([f.save_id, f.hostname, f.subset, local_time(f.started_ns), f.path, f.type,
@@ -1017,7 +1039,7 @@ def _finish(problems, save_id: int | None = None) -> None:
             parts.append(f"{problems.refused} catalog row(s) refused")
         raise DataDamaged("; ".join(parts) + " (see above)")
     if getattr(problems, "unmatched", ()):
-        raise NothingMatches(", ".join(repr(escape(g)) for g in problems.unmatched),
+        raise NothingMatches(", ".join(f"'{escape(g)}'" for g in problems.unmatched),
                              f"save {save_id}")
     if problems.warnings:
         raise SystemExit(EXIT_WARNING)

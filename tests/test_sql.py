@@ -132,8 +132,8 @@ def test_sql_escapes_control_characters_and_bad_utf8(saved):
         text = result.stdout
         if fmt == "json":
             text = "\n".join(json.loads(line)["path"] for line in text.splitlines())
-        assert "/bad-\\xff-name" in text
-        assert "/esc-\\x1b[31m-red" in text
+        assert "/bad-\\377-name" in text  # as GNU tar prints names
+        assert "/esc-\\033[31m-red" in text
         assert "/new\\nline" in text
 
 
@@ -142,7 +142,7 @@ def test_sql_invalid_utf8_text_cell_is_shown_losslessly(saved):
     result = run("-r", saved, "sql", "--format", "json",
                  "SELECT path FROM files WHERE name LIKE 'bad-%'")
     (row,) = [json.loads(line) for line in result.stdout.splitlines()]
-    assert row["path"].endswith("/bad-\\xff-name")
+    assert row["path"].endswith("/bad-\\377-name")
     # Not wrappable (a pragma) and still not a crash:
     run("-r", saved, "sql", "PRAGMA table_info(files)")
 
@@ -157,7 +157,7 @@ def test_sql_keeps_the_order_of_the_statement(saved):
 def test_sql_keeps_duplicate_column_names_and_types(saved):
     result = run("-r", saved, "sql", "--format", "json",
                  "SELECT 1 AS a, 'x' AS a, NULL AS n, 2.5 AS f, x'00ff' AS b")
-    assert result.stdout.strip() == '{"a": "x", "n": null, "f": 2.5, "b": "\\\\x00\\\\xff"}'
+    assert result.stdout.strip() == '{"a": "x", "n": null, "f": 2.5, "b": "\\\\000\\\\377"}'
 
 
 def test_sql_row_cap_says_it_cut(saved):
@@ -215,7 +215,7 @@ def test_sql_missing_repository(tmp_path):
 
 def test_sql_escapes_column_names(saved):
     result = run("-r", saved, "sql", "SELECT 1 AS \"\x1b[2J\"", "--format", "csv")
-    assert result.stdout.splitlines()[0] == "\\x1b[2J"
+    assert result.stdout.splitlines()[0] == "\\033[2J"
 
 
 def test_sql_denied_in_a_real_process_leaves_no_file(saved, tmp_path):
