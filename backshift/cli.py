@@ -388,8 +388,9 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
         for line in _summary_lines(stats):
             click.echo(line)
     if stats.status == "interrupted":
-        echo_err(f"backshift: interrupted: save {stats.save_id} keeps the {stats.files:,} "
-                 "files committed so far; the next save borrows from it")
+        echo_err(f"backshift: interrupted: save {stats.save_id} keeps the "
+                 f"{_count(stats.files, 'file')} committed so far; the next save borrows "
+                 "from it")
         raise SystemExit(EXIT_INTERRUPTED)
     if stats.warnings or not copied:
         raise SystemExit(EXIT_WARNING)
@@ -421,7 +422,7 @@ _progress_shown = False
 def _progress_printer(stats: SaveStats, estimate: int | None) -> None:
     global _progress_shown
     rate = stats.bytes_read / stats.elapsed_s if stats.elapsed_s > 0 else 0
-    line = (f"{stats.files:,} files, {human_bytes(stats.bytes)} "
+    line = (f"{_count(stats.files, 'file')}, {human_bytes(stats.bytes)} "
             f"({human_bytes(stats.bytes_read)} read, {human_bytes(rate)}/s)")
     if estimate and stats.files and stats.files < estimate:
         eta = stats.elapsed_s * (estimate - stats.files) / stats.files
@@ -449,10 +450,15 @@ def _summary_dict(s: SaveStats) -> dict:
     }
 
 
+def _count(n: int, word: str) -> str:
+    """'1 file', '2 files', '1,234 files'."""
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
+
+
 def _summary_lines(s: SaveStats) -> list[str]:
     return [
-        f"save {s.save_id} {s.status}: {s.files:,} files, {human_bytes(s.bytes)}",
-        f"  read {s.files_read:,} files ({human_bytes(s.bytes_read)}), "
+        f"save {s.save_id} {s.status}: {_count(s.files, 'file')}, {human_bytes(s.bytes)}",
+        f"  read {_count(s.files_read, 'file')} ({human_bytes(s.bytes_read)}), "
         f"borrowed {s.files_borrowed:,} unchanged ({human_bytes(s.bytes_borrowed)})",
         f"  new chunks {s.new_chunks:,}, {human_bytes(s.new_bytes_stored)} written",
         f"  warnings {s.warnings}, elapsed {s.elapsed_s:.1f} s",
@@ -472,6 +478,10 @@ def saves(ctx: Context, last: int | None, hostname: str | None, subset: str | No
           fmt: str) -> None:
     """List the saves in the repository, oldest first.
 
+    "written" is what the save itself added to the repository when it ran (new chunk
+    files, compressed): a save that borrowed everything shows 0 B, and it stays so
+    after the saves it borrowed from are expired ('stats' shows what each needs now).
+
     \b
     Examples:
       backshift -r /backup/repo saves --last 5
@@ -486,7 +496,7 @@ def saves(ctx: Context, last: int | None, hostname: str | None, subset: str | No
         rows = rows[-last:]
     if fmt == "table":
         headers = ["id", "hostname", "subset", "started", "finished", "status", "files",
-                   "size", "new stored"]
+                   "size", "written"]
         body = [[r.id, r.hostname, r.subset, local_time(r.started_ns),
                  local_time(r.finished_ns), effective_status(r), f"{r.files:,}",
                  human_bytes(r.bytes),
@@ -966,7 +976,7 @@ def history(ctx: Context, path: bytes, hostname: str | None, subset: str | None,
     if fmt == "table":
         body = [[r.save_id, r.hostname, r.subset, local_time(r.started_ns), r.type,
                  f"{r.size:,}", local_time(r.mtime_ns), r.digest or "",
-                 "yes" if r.changed else ""] for r in rows]
+                 "yes" if r.changed else "no"] for r in rows]
     else:
         body = [[r.save_id, r.hostname, r.subset, iso_time(r.started_ns), r.type, r.size,
                  iso_time(r.mtime_ns), r.digest, r.changed] for r in rows]
@@ -1203,7 +1213,8 @@ def import_legacy_cmd(ctx: Context, savedir: bytes, method: str | None,
             click.echo(f"imported {lid} as save {save_id}")
         click.echo(
             f"{stats.saves_imported} saves imported, {stats.saves_skipped} already imported, "
-            f"{stats.files:,} files ({human_bytes(stats.bytes)}), {stats.files_skipped} skipped")
+            f"{_count(stats.files, 'file')} ({human_bytes(stats.bytes)}), "
+            f"{stats.files_skipped} skipped")
         click.echo(
             f"chunks: {stats.chunks_linked:,} linked, {stats.chunks_copied:,} copied, "
             f"{stats.chunks_present:,} already present, {stats.chunks_bad:,} missing or "

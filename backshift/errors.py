@@ -40,6 +40,18 @@ class RepositoryNotFound(BackshiftError):
     exit_code = 3
     summary = "no repository at the given path"
 
+    def message(self) -> str:
+        """Suggest init only where init would work: a new path or an empty directory."""
+        import os
+
+        path = self.args[0] if self.args else ""
+        if os.path.isdir(path) and os.listdir(path):
+            return (f"no repository at {path}: the directory holds no catalog.sqlite3 "
+                    "(is -r the right path?)")
+        if os.path.lexists(path) and not os.path.isdir(path):
+            return f"no repository at {path}: it is not a directory (is -r the right path?)"
+        return super().message()
+
 
 class RepositoryExists(BackshiftError):
     """cannot init {0}: {1}"""
@@ -49,7 +61,7 @@ class RepositoryExists(BackshiftError):
 
 
 class RepositoryLocked(BackshiftError):
-    """repository {0} is locked: {1}"""
+    """repository {0} is locked: {1} (--lock-wait SECONDS on save, expire, check waits)"""
 
     exit_code = 5
     summary = "the repository is locked by another process"

@@ -111,6 +111,14 @@ def decide(saves: Iterable[SaveRow], policy: Policy, now_ns: int,
     return [out[s.id] for s in saves]
 
 
+def _nth_newest(n: int) -> str:
+    """'newest', '2nd newest', '3rd newest', '11th newest' ..."""
+    if n == 1:
+        return "newest"
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix} newest"
+
+
 def _newest_first(saves: list[SaveRow]) -> list[SaveRow]:
     return sorted(saves, key=lambda s: (s.started_ns, s.id), reverse=True)
 
@@ -122,7 +130,7 @@ def _decide_series(saves: list[SaveRow], policy: Policy, now_ns: int,
     reasons: dict[int, list[str]] = {s.id: [] for s in ordered}
     # Slot rules: complete saves only, newest first.
     for i, s in enumerate(complete[:policy.keep_last]):
-        reasons[s.id].append(f"last {i + 1} of {policy.keep_last}")
+        reasons[s.id].append(f"keep-last {policy.keep_last}: {_nth_newest(i + 1)}")
     for kind in PERIODS:
         count = getattr(policy, f"keep_{kind}")
         last = None

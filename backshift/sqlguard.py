@@ -96,6 +96,8 @@ class Guard:
             if name in PRAGMAS_WITH_NAME or (name in PRAGMAS_WITHOUT_VALUE and p2 is None):
                 return apsw.SQLITE_OK
             return self._deny(f"PRAGMA {p1}" + (f" = {p2}" if p2 is not None else ""))
+        if action == apsw.SQLITE_DELETE and (p1 or "").lower() in _SCHEMA_TABLES:
+            return self._deny("DROP (a schema change)")  # DROP asks this before DROP_VIEW
         return self._deny(_ACTION_NAMES.get(action, f"action {action}"))
 
     def _deny(self, what: str) -> int:
@@ -152,6 +154,8 @@ def harden(conn: apsw.Connection, deadline_s: float = 60.0) -> Guard:
     conn.set_progress_handler(guard.progress, PROGRESS_STEPS)
     return guard
 
+
+_SCHEMA_TABLES = {"sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema"}
 
 _ACTION_NAMES = {
     value: name.removeprefix("SQLITE_").replace("_", " ").lower()

@@ -63,7 +63,7 @@ def test_expire_removes_only_unreferenced_chunks(tmp_path, repo):
     before = chunk_files(repo)
     res = run("-r", repo, "expire", "--keep-last", "1")
     assert "remove       save 1 " in res.stdout and "remove       save 2 " in res.stdout
-    assert "keep         save 3 " in res.stdout and "last 1 of 1" in res.stdout
+    assert "keep         save 3 " in res.stdout and "keep-last 1: newest" in res.stdout
     after = chunk_files(repo)
     assert after < before
     assert after == catalog_chunks(repo)  # nothing unreferenced left, nothing missing

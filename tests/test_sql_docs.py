@@ -72,6 +72,7 @@ def docs_repo(tmp_path_factory) -> bytes:
     init_repository(repo, ChunkerParams(min_size=4096, avg_size=16384, max_size=65536))
     src = make_tree(base / "src")
     (src / "edit.txt").write_bytes(b"first\n")
+    (src / "copy-of-a.txt").write_bytes(b"hello\n")  # a real duplicate of a.txt, not a link
     old_margin = save_mod.RACY_MARGIN_NS
     save_mod.RACY_MARGIN_NS = -10**18
     try:

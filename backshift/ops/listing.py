@@ -49,7 +49,7 @@ C_ESCAPES = {7: b"\\a", 8: b"\\b", 12: b"\\f", 10: b"\\n", 13: b"\\r", 9: b"\\t"
 PLAIN = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")  # printable ASCII but backslash
 DATE_WIDTH = 16  # len("YYYY-MM-DD HH:MM")
 COLUMNS = ["path", "type", "mode", "uid", "gid", "user", "group", "size", "mtime_ns",
-           "link_target", "hardlink_to", "digest"]
+           "link_target", "hardlink_to", "digest", "dev", "ino", "nlink", "rdev"]
 
 
 def list_save(catalog: Catalog, save_id: int, sel: Selection,
@@ -561,4 +561,8 @@ def record(m: Planned) -> list:
         e.link_target,
         b"/" + h.linkname.rstrip(b"/") if h.typeflag == ts.LNKTYPE else None,
         e.digest.hex() if e.digest is not None else None,
+        e.dev,
+        e.ino,
+        e.nlink,
+        e.rdev,
     ]

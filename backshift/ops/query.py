@@ -26,6 +26,9 @@ DEFAULT_MAX_ROWS = 100_000
 _LEADING_NOISE = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.S)
 _WRAPPABLE = re.compile(r"(?:SELECT|WITH|VALUES)\b", re.I)
 _WRAP_NAME = "backshift_user_query"
+_WRITE_VERBS = {"INSERT", "UPDATE", "DELETE", "REPLACE", "UPSERT", "CREATE", "DROP", "ALTER",
+                "VACUUM", "REINDEX", "ANALYZE", "ATTACH", "DETACH", "BEGIN", "COMMIT", "END",
+                "ROLLBACK", "SAVEPOINT", "RELEASE"}
 
 
 @dataclass
@@ -91,7 +94,16 @@ class QueryRunner:
 
     def _prepare_one(self, sql: str, params: dict) -> tuple[str, tuple]:
         """Prepare (never run) the first statement; refuse a second one or a denied one."""
-        info = self._trace(sql, params)
+        try:
+            info = self._trace(sql, params)
+        except QueryFailed:
+            # `DELETE FROM files` fails to prepare (a view cannot be modified): a write all
+            # the same, refused as every write is
+            verb = sql[_LEADING_NOISE.match(sql).end():].split(None, 1)
+            if verb and verb[0].upper() in _WRITE_VERBS:
+                raise QueryDenied(f"{verb[0].upper()} writes; backshift sql only reads") \
+                    from None
+            raise
         if info is None or not info["has_vdbe"]:
             raise QueryFailed("no SQL statement given")
         rest = info["remaining"]
