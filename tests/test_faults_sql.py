@@ -165,3 +165,17 @@ def test_H6_order_by_over_large_blobs_is_capped_in_memory(saved, tmp_path):
     assert res.returncode == 21, err
     assert "more than 512 MiB for sorting" in one_line_error(err)
     assert "never in /var/tmp" in err
+
+
+def test_H5_refused_where_leaves_no_watchdog_behind(saved):
+    """A refused --where stopped its constructor after the watchdog started: the thread
+    kept the SIGINT wake-up fd, and a later Ctrl-C in the same process ended it (130)."""
+    import signal as sig
+    import threading
+
+    run("-r", saved, "tar", "--backup", "1", "--where", "nosuchcolumn = 1", "-o", "x.tar",
+        exit_code=11)
+    run("-r", saved, "tar", "--backup", "1", "--where", "0); SELECT 1; --", "-o", "x.tar",
+        exit_code=11)
+    assert not [t for t in threading.enumerate() if t.name == "sql-watchdog"]
+    assert sig.set_wakeup_fd(-1) == -1

@@ -158,7 +158,11 @@ class WherePredicate:
         self.watchdog = sqlguard.Watchdog(self.cat.conn, self.guard, QueryDenied(
             f"--where took longer than {WHERE_DEADLINE_S:g} s")).__enter__()
         self.sql = WHERE_PREDICATE_MATCHES.format(predicate=predicate)
-        self.matches(0, -1)  # refuse a bad predicate before any output
+        try:
+            self.matches(0, -1)  # refuse a bad predicate before any output
+        except BaseException:
+            self.close()  # the watchdog must not outlive us (it holds the SIGINT wake-up)
+            raise
 
     def matches(self, save_id: int, path_id: int) -> bool:
         self.guard.restart_clock()
