@@ -846,7 +846,7 @@ def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, exclude: tupl
     """
     from .ops.common import resolve_save
     from .ops.select import Selection, parse_selectors
-    from .ops.tarstream import tar_save
+    from .ops.tarproduce import tar_save
 
     paths, globs = parse_selectors([os.fsencode(s) for s in selectors])
     sel = Selection(paths=paths, globs=globs,

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import xxhash
 
 from .. import __version__
+from ..diskio import read_whole
 from ..errors import BackshiftError, ChunkCorrupt, ChunkMissing, ReaderDied
 from ..lock import pid_alive
 from ..model import (
@@ -42,7 +43,7 @@ from ..model import (
 )
 from ..pathcodec import basename, parent, sort_key
 from ..repo import Repository
-from ..store import Store, read_whole
+from ..store import Store
 
 if TYPE_CHECKING:
     from ..chunker import Chunker
