@@ -1,17 +1,10 @@
 """The directory chunk store: one file per chunk under REPO/chunks/xx/, named by its sha256.
+It owns the layout (fan-out directories, quarantine), presence, verified reads, maintenance.
 
-It owns the layout (fan-out directories, quarantine), presence, verified reads and
-maintenance (listing, removal); bodies come from chunkcodec, and new files are made durable
-by a chunkbatch.ChunkBatch. Store is the one backend of chunkstore.ChunkStore today.
-
-File format (the original backshift's, so its chunk stores can be imported unread): a
-chunkcodec body, b"8\\n" + one zstd frame or b"1\\n" + the raw bytes.
-
-Write protocol (invariant I1 of RELIABILITY.md, kept by chunkbatch): a new chunk is
-compressed, verified by decompressing it, and written to a temp file beside its final name;
-the batch's temp files are made durable together, renamed, and the names made durable
-before the catalog may commit rows that name them. A crash therefore leaves temp files or
-unreferenced chunks, never a referenced chunk that is not on disk.
+The one backend of chunkstore.ChunkStore today. A chunk file is a chunkcodec body (the
+original backshift's format, so its chunk stores can be imported unread); a new one is a
+temp file beside its final name until a chunkbatch.ChunkBatch makes it durable (invariant
+I1 of RELIABILITY.md: never a referenced chunk that is not on disk).
 """
 
 from __future__ import annotations
@@ -28,8 +21,6 @@ from .chunkbatch import TEMP_MARK, ChunkBatch, Handed
 from .diskio import read_whole
 from .errors import ChunkCorrupt, ChunkMissing
 from .model import MAX_CHUNK_LENGTH, ChunkRef, StoredChunk
-
-__all__ = ["CHUNKS_DIR", "QUARANTINE_DIR", "TEMP_MARK", "Store"]
 
 CHUNKS_DIR = b"chunks"
 READ_HINT_MAX = 64 << 20  # a stored-length hint above this is not believed for one read
@@ -238,13 +229,7 @@ class Store:
     def _encode(self, data: bytes | memoryview) -> bytes:
         try:
             return self.codec.encode(data)
-        except chunkcodec.RoundTripFailed as e:
-            raise ChunkCorrupt(e.name, e.why) from None
-
-    def _encode_many(self, datas: list[bytes], xxhs: list[bytes]) -> list[bytes]:
-        try:
-            return self.codec.encode_many(datas, xxhs)
-        except chunkcodec.RoundTripFailed as e:
+        except chunkcodec.RoundTripFailed as e:  # damage: nothing of it is stored
             raise ChunkCorrupt(e.name, e.why) from None
 
     def put(self, data: bytes | memoryview, sha256: bytes) -> StoredChunk:
@@ -291,7 +276,11 @@ class Store:
                 continue
             first[sha] = i
         todo = list(first.values())
-        bodies = self._encode_many([chunks[i][0] for i in todo], [chunks[i][2] for i in todo])
+        try:
+            bodies = self.codec.encode_many([chunks[i][0] for i in todo],
+                                            [chunks[i][2] for i in todo])
+        except chunkcodec.RoundTripFailed as e:  # see _encode
+            raise ChunkCorrupt(e.name, e.why) from None
         for i, body in zip(todo, bodies, strict=True):
             data, sha, _x = chunks[i]
             out[i] = self._add_new(ChunkRef(sha, len(data)), body)
@@ -342,10 +331,8 @@ class Store:
     # -- the batch (chunkbatch.ChunkBatch: temp files, flush-ahead, handing over) ---------
 
     def flush(self) -> int:
-        """Make every pending chunk durable under its final name; returns how many.
-
-        Called before each catalog commit that may name these chunks.
-        """
+        """Make every pending chunk durable under its final name (before each catalog
+        commit that may name them); how many."""
         return self.batch.flush()
 
     def abandon(self) -> None:
@@ -353,16 +340,13 @@ class Store:
         self.batch.abandon()
 
     def take_pending(self) -> tuple[list[Handed], bool]:
-        """Hand over the temp files written since the last call, as (sha256, temp, final,
-        size), and whether a chunk was found on disk meanwhile (see put()): what a reader
-        process returns with its results, for the saving process to adopt."""
+        """Hand over the temp files written since the last call (ChunkBatch.take): what a
+        reader process returns with its results, for the saving process to adopt."""
         return self.batch.take()
 
     def adopt(self, pending: list[Handed], seen_existing: bool) -> set[bytes]:
-        """Take over temp files another store wrote (take_pending): the next flush() makes
-        them durable like this store's own. A chunk pending here already (another reader
-        stored the same bytes meanwhile) keeps its first temp file and the second is
-        removed; their sha256s are returned."""
+        """Take over temp files another store wrote (take_pending); the sha256s pending
+        here already, whose second temp file is removed (ChunkBatch.adopt)."""
         return self.batch.adopt(pending, seen_existing)
 
     def discard(self, pending: list[Handed]) -> None:
