@@ -35,7 +35,12 @@ class ChunkEntry(Protocol):
 
 
 class ChunkStore(Protocol):
-    """The chunk store of a repository, as ops/ uses it."""
+    """The chunk store of a repository, as ops/ uses it.
+
+    An object store maps it so: put() starts a PUT and flush() waits for every PUT of the
+    batch; take_pending/adopt/discard/discard_temps_of hand over nothing (a reader flushes
+    before it returns); chunk_test and present answer from the catalog or one HEAD;
+    chunk_dir(fanout) is one LIST of chunks/xx/; quarantine is COPY then DELETE."""
 
     repo: bytes  # the repository's path: what a reader process opens its own store with
     root: bytes  # the directory of chunk files (import-legacy links into it when it can)

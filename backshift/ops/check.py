@@ -107,7 +107,7 @@ class CheckResult:
 
 class Leftovers:
     """Temp files no live process owns, as check (holding the lock shared) can tell: saves
-    may run meanwhile. A chunk temp is named FINAL.tmp.HOST.PID.N (Store._temp_name): one
+    may run meanwhile. A chunk temp is named FINAL.tmp.HOST.PID.N (ChunkBatch._temp_name): one
     of this host is owned while its pid lives (a pid reused since keeps it, conservatively);
     one of another host while that host holds a lock record (its pids cannot be probed).
     A catalog copy's temp names only a pid: owned while it lives here, or while any other
