@@ -1,9 +1,9 @@
 """The chunk body codec: encoding (zstd or raw, verified by decoding back) and decoding.
+A leaf: it imports nothing of backshift (a store turns RoundTripFailed into ChunkCorrupt).
 
 A body (shared with backshift 1.x) is a 2-byte header naming the codec, then data:
 b"8\\n" + one zstd frame, b"1\\n" + raw bytes; readers also accept b"7\\n" (xz) and
-b"5\\n" (bz2). The 1.x per-directory metadata files use the same bodies. A leaf: it
-imports nothing of backshift (a store turns its errors into ChunkCorrupt).
+b"5\\n" (bz2). The 1.x per-directory metadata files use the same bodies.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The chunk store interface: what the operations call on a repository's chunk store.
+"""The chunk store interface: what the operations call on a repository's chunk store,
+as a typing.Protocol (ChunkStore); no code of a backend lives here.
 
 store.Store (chunk files in REPO/chunks/) is its one backend today; an object-store backend
 (objstore.ObjectStore) implements the same calls next. tests/test_architecture.py checks

@@ -1,4 +1,5 @@
-"""The syscalls of the chunk store: every write, sync, rename and unlink, and whole-file reads.
+"""The syscalls of the chunk store: every write, sync, rename and unlink, and whole-file reads
+(read_whole, also the save's). A leaf: it imports nothing of backshift.
 
 One small module on purpose: the fault-injection tests replace these functions to make the
 store fail with ENOSPC, EIO or EACCES after N calls or bytes (restic TestNoSpacePermanent).
