@@ -241,8 +241,10 @@ class Store:
         pending = self.batch.size_of(sha256)
         if pending is not None:
             return StoredChunk(ref, pending, False)
-        with self._lock:
-            replace = sha256 in self._replace
+        replace = False
+        if self._replace:  # empty but after a vet found damage: no lock taken per chunk
+            with self._lock:
+                replace = sha256 in self._replace
         # lstat: a regular file is taken as stored (found: the caller vets it against the
         # catalog); a FIFO, directory or symlink there is damage, replaced by a new file
         size = None if replace else self.found_size(sha256)
@@ -263,8 +265,10 @@ class Store:
         for i, size in enumerate(self.batch.sizes_of([sha for _d, sha, _x in chunks])):
             if size is not None:
                 out[i] = StoredChunk(ChunkRef(chunks[i][1], len(chunks[i][0])), size, False)
-        with self._lock:
-            replace = set(self._replace) if self._replace else ()
+        replace: set[bytes] | tuple = ()
+        if self._replace:  # see put()
+            with self._lock:
+                replace = set(self._replace)
         first: dict[bytes, int] = {}  # sha -> index of the chunk that stores it
         for i, (data, sha, _x) in enumerate(chunks):
             if out[i] is not None or sha in first:
