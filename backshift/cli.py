@@ -1238,7 +1238,7 @@ def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, hostname: str
       backshift -r /backup/repo tar --backup latest --where "size > 1e9" | tar -tvf -
     """
     from .ops.select import Selection, parse_selectors
-    from .ops.tarstream import tar_save
+    from .ops.tarproduce import tar_save
 
     paths, globs = parse_selectors([os.fsencode(s) for s in selectors])
     sel = Selection(paths=paths, globs=globs,

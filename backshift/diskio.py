@@ -1,4 +1,5 @@
-"""Every write, sync, rename and unlink of the chunk store goes through here.
+"""The syscalls of the chunk store: every write, sync, rename and unlink, and whole-file reads
+(read_whole, also the save's). A leaf: it imports nothing of backshift.
 
 One small module on purpose: the fault-injection tests replace these functions to make the
 store fail with ENOSPC, EIO or EACCES after N calls or bytes (restic TestNoSpacePermanent).
@@ -23,6 +24,32 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+def read_whole(fd: int, expected: int, limit: int | None = None) -> bytes:
+    """All bytes of the open file FD, which should be EXPECTED bytes long: one read() when
+    it is (asking for one byte more and getting exactly EXPECTED means the end is reached);
+    a short read is confirmed at EOF by one more read, and a longer file is read on.
+
+    With LIMIT, never more than LIMIT + 1 bytes are read (nor asked for): a result longer
+    than LIMIT means the file is, and the caller decides what that means."""
+    if limit is not None and expected > limit:
+        expected = limit
+    data = os.read(fd, expected + 1)
+    if len(data) <= expected:
+        more = os.read(fd, 1) if len(data) < expected else b""
+        if not more:
+            return data
+        data += more
+    parts = [data]
+    have = len(data)
+    while limit is None or have <= limit:
+        block = os.read(fd, 1 << 20 if limit is None else min(1 << 20, limit + 1 - have))
+        if not block:
+            break
+        parts.append(block)
+        have += len(block)
+    return b"".join(parts)
 
 
 def fsync(fd: int) -> None:

@@ -28,7 +28,7 @@ from .errors import (
 from .model import MAX_CHUNK_LENGTH, ChunkerParams
 
 if TYPE_CHECKING:
-    from .store import Store
+    from .chunkstore import ChunkStore
 
 READ = "read"  # no lock: WAL readers never block writers; catalog opened read-only
 WRITE = "write"  # shared lock: saves may run side by side
@@ -89,7 +89,7 @@ class Repository:
                            f"'{key}') are damaged: {why}")
 
     @cached_property
-    def store(self) -> Store:
+    def store(self) -> ChunkStore:
         """The chunk store, made on first use. Only a save writes chunks: other commands
         never read the compression setting (a damaged one must not stop a restore)."""
         from .store import Store

@@ -131,7 +131,7 @@ def test_D4_file_replaced_by_symlink_to_a_secret_is_not_followed(tmp_path, repo,
     for sha, _size in store.iter_chunk_files():
         if sha is not None:
             with open(store.path_for(sha), "rb") as f:
-                assert marker not in store.decode(f.read())
+                assert marker not in store.codec.decode(f.read())
 
 
 @pytest.mark.parametrize("growth", ["a line", "far past a small file"])

@@ -20,9 +20,8 @@ from harness.powerloss import (
 )
 from harness.scenario import save
 
-from backshift import diskio
-from backshift import store as store_mod
-from backshift.store import Store
+from backshift import chunkbatch, diskio
+from backshift.chunkbatch import ChunkBatch
 from conftest import run
 
 
@@ -81,8 +80,8 @@ def test_A5_power_loss_at_every_op_of_a_save_loses_no_complete_save(tmp_path, re
     6 or more (big.bin's) renames in two threads: what a save of thousands of small files
     does with 256 of each."""
     if batching == "flush_ahead":
-        monkeypatch.setattr(store_mod, "FLUSH_AHEAD", 20)
-        monkeypatch.setattr(store_mod, "RENAME_SPLIT", 6)
+        monkeypatch.setattr(chunkbatch, "FLUSH_AHEAD", 20)
+        monkeypatch.setattr(chunkbatch, "RENAME_SPLIT", 6)
     rec, saves, tree, work, next_save = _record_save(tmp_path, repo, monkeypatch)
     kinds = [op.kind for op in rec.ops]
     assert kinds.count("create") >= 30 and kinds.count("rename") == kinds.count("create")
@@ -156,24 +155,24 @@ def test_A5_power_loss_during_the_save_after_a_power_loss(tmp_path, repo, monkey
     assert not report.violations, report.summary() + "\n" + "\n".join(report.violations)
 
 
-def _take_batch(self: Store) -> tuple[int, dict, set]:
-    """What Store._flush does before its syncfs, rename, syncfs: the chunks the flush-ahead
-    thread renamed, and the pending batch taken out of the store."""
+def _take_batch(self: ChunkBatch) -> tuple[int, dict, set]:
+    """What ChunkBatch._flush does before its syncfs, rename, syncfs: the chunks the
+    flush-ahead thread renamed, and the pending batch taken out of the store."""
     ahead = self._wait_ahead()
     with self._lock:
         batch, self._pending = self._pending, {}
-        self._pending_sizes = {}
+        self._sizes = {}
         linked, self._linked = self._linked, set()
         self._seen_existing = False
     return ahead, batch, linked
 
 
-def _flush_renaming_before_the_data_is_durable(self: Store) -> int:
-    """Store._flush without its first syncfs: temp files renamed while their data may still
+def _flush_renaming_before_the_data_is_durable(self: ChunkBatch) -> int:
+    """ChunkBatch._flush without its first syncfs: temp files renamed while their data may still
     be only in the page cache (the bug H3 exists to catch)."""
     ahead, batch, linked = _take_batch(self)
     self._rename_all(list(batch.values()), linked)
-    diskio.syncfs(self.root)
+    diskio.syncfs(self.sync_root)
     return ahead + len(batch)
 
 
@@ -182,7 +181,7 @@ def test_A5_simulator_catches_a_rename_before_the_data_is_synced(tmp_path, repo,
     between the renames and the next syncfs leaves final-name chunk files that are empty,
     cut short or zeros. The next save used to take them for stored chunks (dedup
     poisoning); it now verifies such orphan chunk files first and replaces them (issue 19)."""
-    monkeypatch.setattr(Store, "_flush", _flush_renaming_before_the_data_is_durable)
+    monkeypatch.setattr(ChunkBatch, "_flush", _flush_renaming_before_the_data_is_durable)
     rec, saves, tree, work, next_save = _record_save(tmp_path, repo, monkeypatch)
     report = simulate(rec, saves, next_save, tree, work, tmp_path, max_violations=1000)
     print(report.summary())
@@ -192,11 +191,11 @@ def test_A5_simulator_catches_a_rename_before_the_data_is_synced(tmp_path, repo,
     assert "the next save" not in text, text  # not poisoned: it verified the orphans
 
 
-def _flush_committing_before_the_names_are_durable(self: Store) -> int:
-    """Store._flush without its second syncfs: the catalog may commit rows naming chunks
+def _flush_committing_before_the_names_are_durable(self: ChunkBatch) -> int:
+    """ChunkBatch._flush without its second syncfs: the catalog may commit rows naming chunks
     whose renames are still only in memory."""
     ahead, batch, linked = _take_batch(self)
-    diskio.syncfs(self.root)
+    diskio.syncfs(self.sync_root)
     self._rename_all(list(batch.values()), linked)
     return ahead + len(batch)
 
@@ -206,7 +205,7 @@ def test_A5_simulator_catches_a_commit_before_the_renames_are_synced(tmp_path, r
     """The other half of the order: with the second syncfs of a flush left out, a power
     loss after a commit can lose renames the catalog depends on: chunk rows (I1) and a
     complete save (H4, H5) name chunks that are not there under their names."""
-    monkeypatch.setattr(Store, "_flush", _flush_committing_before_the_names_are_durable)
+    monkeypatch.setattr(ChunkBatch, "_flush", _flush_committing_before_the_names_are_durable)
     rec, saves, tree, work, next_save = _record_save(tmp_path, repo, monkeypatch)
     report = simulate(rec, saves, next_save, tree, work, tmp_path, max_violations=1000)
     print(report.summary())

@@ -12,6 +12,7 @@ from harness.faults import EACCES, EIO, ENOSPC, Fault, inject
 from harness.oracle import assert_save_matches, manifest
 from harness.scenario import change_tree, one_line_error, save, save_status, small_tree
 
+from backshift.chunkcodec import Codec
 from backshift.errors import ChunkMissing
 from backshift.model import ChunkerParams
 from backshift.repo import init_repository
@@ -95,13 +96,13 @@ class _BadCompressor:
 @pytest.mark.parametrize("how", ["bit_flip", "truncated"])
 def test_B7_compressor_bug_is_caught_before_the_chunk_is_stored(tmp_path, repo, monkeypatch, how):
     src, first, before = _prepare(tmp_path, repo)
-    real_zstd = Store._zstd
+    real_zstd = Codec.zstd
 
     def bad_zstd(self):
         comp, decomp = real_zstd(self)
         return _BadCompressor(comp, how), decomp
 
-    monkeypatch.setattr(Store, "_zstd", bad_zstd)
+    monkeypatch.setattr(Codec, "zstd", bad_zstd)
     res = save(repo, src, exit_code=10)
     line = one_line_error(res["stderr"])
     assert "damaged" in line and "compressor" in line, line

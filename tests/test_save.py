@@ -701,9 +701,8 @@ def test_save_with_flush_ahead_keeps_every_chunk_and_the_order(repo, tmp_path, m
     """Chunks renamed by the flush-ahead thread are in the save and durable like the rest."""
     from harness.consistency import assert_repo_consistent
 
-    from backshift import diskio
-    from backshift import store as store_mod
-    monkeypatch.setattr(store_mod, "FLUSH_AHEAD", 8)
+    from backshift import chunkbatch, diskio
+    monkeypatch.setattr(chunkbatch, "FLUSH_AHEAD", 8)
     root = _many_small_files(tmp_path / "src", 120)
     events = []
     real_sync, real_rename = diskio.syncfs, diskio.rename
@@ -738,8 +737,8 @@ def test_save_flush_ahead_rename_failure_fails_the_save_cleanly(repo, tmp_path, 
     from harness.consistency import assert_repo_consistent
     from harness.faults import Fault, inject
 
-    from backshift import store as store_mod
-    monkeypatch.setattr(store_mod, "FLUSH_AHEAD", 8)
+    from backshift import chunkbatch
+    monkeypatch.setattr(chunkbatch, "FLUSH_AHEAD", 8)
     root = _many_small_files(tmp_path / "src", 60)
     inject(monkeypatch, "rename", Fault(EIO, after_calls=3))
     with pytest.raises(RepositoryIOError, match="Input/output error"):

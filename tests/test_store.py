@@ -11,11 +11,12 @@ import tracemalloc
 import pytest
 import zstandard
 
-from backshift import chunkcodec, diskio
-from backshift import store as store_mod
+from backshift import chunkbatch, chunkcodec, diskio
+from backshift.chunkcodec import HEADER_RAW, HEADER_ZSTD, PROBE_BYTES, PROBE_MIN
+from backshift.diskio import read_whole
 from backshift.errors import ChunkCorrupt, ChunkMissing, RepositoryIOError
 from backshift.model import ChunkRef
-from backshift.store import HEADER_RAW, HEADER_ZSTD, Store, read_whole
+from backshift.store import Store
 
 
 @pytest.fixture
@@ -155,7 +156,7 @@ def test_store_refuses_corrupt_compressor_output(store, monkeypatch):
             good = zstandard.ZstdCompressor().compress(b"something else entirely" * 100)
             return good
 
-    monkeypatch.setattr(store, "_zstd", lambda: (BadCompressor(), __import__(
+    monkeypatch.setattr(store.codec, "zstd", lambda: (BadCompressor(), __import__(
         "zstandard").ZstdDecompressor()))
     with pytest.raises(ChunkCorrupt, match="does not decompress back"):
         put(store, b"z" * 100000)
@@ -224,7 +225,7 @@ def test_store_put_many_refuses_corrupt_compressor_output(store, monkeypatch, ho
     import zstandard
     victim = b"the victim chunk " * 400
     bad = _BatchCompressor(victim, how)
-    monkeypatch.setattr(store, "_zstd", lambda: (bad, zstandard.ZstdDecompressor()))
+    monkeypatch.setattr(store.codec, "zstd", lambda: (bad, zstandard.ZstdDecompressor()))
     with pytest.raises(ChunkCorrupt, match="does not decompress back"):
         store.put_many(batch(b"fine " * 400, victim, b"also fine " * 400))
     assert temp_files(store) == [] and store.flush() == 0
@@ -237,9 +238,10 @@ def test_store_temp_names_draw_randomness_once_and_skip_taken_names(store, monke
     calls = []
     real = secrets.token_bytes
     monkeypatch.setattr(secrets, "token_bytes", lambda n: calls.append(n) or real(n))
-    taken = store._temp_name(store.path_for(sha(b"x" * 64)))  # the name the next put takes
-    store._temp_count = __import__("itertools").count()
-    store._temp_base = int(taken[-8:], 16)
+    batch = store.batch
+    taken = batch._temp_name(store.path_for(sha(b"x" * 64)))  # the name the next put takes
+    batch._temp_count = __import__("itertools").count()
+    batch._temp_base = int(taken[-8:], 16)
     with open(taken, "wb") as f:  # another process (same host and pid) has it
         f.write(b"theirs")
     for data in [b"x" * 64] + [b"%d" % i * 64 for i in range(1, 20)]:
@@ -251,8 +253,7 @@ def test_store_temp_names_draw_randomness_once_and_skip_taken_names(store, monke
 
 
 def test_store_flush_ahead_renames_early_and_flush_still_syncs_last(store, monkeypatch):
-    from backshift import store as store_mod
-    monkeypatch.setattr(store_mod, "FLUSH_AHEAD", 4)
+    monkeypatch.setattr(chunkbatch, "FLUSH_AHEAD", 4)
     events = []
     real_sync, real_rename = diskio.syncfs, diskio.rename
     monkeypatch.setattr(diskio, "syncfs", lambda p: events.append("sync") or real_sync(p))
@@ -274,8 +275,7 @@ def test_store_flush_ahead_renames_early_and_flush_still_syncs_last(store, monke
 def test_store_flush_ahead_failure_is_raised_by_flush_and_leaves_no_temp(store, monkeypatch):
     import errno
 
-    from backshift import store as store_mod
-    monkeypatch.setattr(store_mod, "FLUSH_AHEAD", 3)
+    monkeypatch.setattr(chunkbatch, "FLUSH_AHEAD", 3)
 
     def broken(a, b):
         raise OSError(errno.EIO, "Input/output error")
@@ -292,24 +292,24 @@ def test_store_flush_ahead_failure_is_raised_by_flush_and_leaves_no_temp(store, 
 
 def test_store_big_chunk_that_starts_random_is_stored_raw_without_compressing(store,
                                                                              monkeypatch):
-    from backshift import store as store_mod
     text = b"".join(b"line %d of some text\n" % i for i in range(20000))
-    noise = os.urandom(store_mod.PROBE_MIN)
+    noise = os.urandom(PROBE_MIN)
     sizes = []
-    real = store._zstd()[0]
+    real = store.codec.zstd()[0]
 
     class Counting:
         def compress(self, data):
             sizes.append(len(data))
             return real.compress(data)
 
-    decomp = store_mod.zstandard.ZstdDecompressor()
-    monkeypatch.setattr(store, "_zstd", lambda: (Counting(), decomp))
-    assert store.encode(noise)[:2] == HEADER_RAW
-    assert sizes == [store_mod.PROBE_BYTES]  # only the probe was compressed
-    body = store.encode(text)
+    decomp = zstandard.ZstdDecompressor()
+    monkeypatch.setattr(store.codec, "zstd", lambda: (Counting(), decomp))
+    assert store.codec.encode(noise)[:2] == HEADER_RAW
+    assert sizes == [PROBE_BYTES]  # only the probe was compressed
+    body = store.codec.encode(text)
     assert body[:2] == HEADER_ZSTD and len(body) < len(text) // 3
-    assert store.decode(store.encode(noise)) == noise and store.decode(body) == text
+    assert store.codec.decode(store.codec.encode(noise)) == noise
+    assert store.codec.decode(body) == text
 
 
 # -- decompression bombs: a damaged or hostile chunk body never allocates beyond the chunk --
@@ -435,7 +435,7 @@ def test_store_interrupted_while_writing_a_chunk_leaves_no_temp(store, monkeypat
     process writes itself) while a temp file is written, or before it joins the pending
     batch (at the crash point between): nobody else knows the file, so the store removes
     it before passing the interrupt on, as it does for an I/O error."""
-    module = store_mod if call == "crashpoint" else diskio
+    module = chunkbatch if call == "crashpoint" else diskio
     real = getattr(module, call)
 
     def interrupted(*args):

@@ -50,7 +50,7 @@ def _stream(repo: bytes, with_fd: bool, sel: select.Selection | None = None
     reports: list[tuple[str, str]] = []
     out = _Out() if with_fd else io.BytesIO()
     with open_repository(repo, READ_CHUNKS) as r:
-        ts.tar_save(r, 1, sel or select.Selection(), lambda: out,
+        tp.tar_save(r, 1, sel or select.Selection(), lambda: out,
                     lambda level, msg: reports.append((level, msg)))
     data = out.result() if with_fd else out.getvalue()
     return data, reports

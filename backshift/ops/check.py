@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import socket
 import stat
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,7 +28,7 @@ from ..lock import pid_alive, read_records, remove_dead_save_lock, save_alive
 from ..model import ChunkRef
 from ..pathcodec import escape, from_key
 from ..repo import Repository
-from ..store import QUARANTINE_DIR, TEMP_MARK
+from ..store import TEMP_MARK
 from .catalog_copy import copy_temp_pid, newest_copy_age_s, temp_copies
 
 USERS_SHOWN = 20
@@ -112,7 +111,7 @@ class CheckResult:
 
 class Leftovers:
     """Temp files no live process owns, as check (holding the lock shared) can tell: saves
-    may run meanwhile. A chunk temp is named FINAL.tmp.HOST.PID.N (Store._temp_name): one
+    may run meanwhile. A chunk temp is named FINAL.tmp.HOST.PID.N (ChunkBatch._temp_name): one
     of this host is owned while its pid lives (a pid reused since keeps it, conservatively);
     one of another host while that host holds a lock record (its pids cannot be probed).
     A catalog copy's temp names only a pid: owned while it lives here, or while any other
@@ -339,18 +338,11 @@ def _read_orphan(store, r: CheckResult, sha: bytes) -> None:
 
 def _repair(repo: Repository, r: CheckResult) -> None:
     """Quarantine damaged chunk files; mark dead running saves interrupted. Nothing else."""
-    qdir = os.path.join(repo.path, QUARANTINE_DIR)
     for sha, problem in r.chunk_problems.items():
         if problem.what == "missing":
             continue
-        src = repo.store.path_for(sha)
-        os.makedirs(qdir, mode=0o700, exist_ok=True)
-        dst = os.path.join(qdir, b"%s.%d" % (sha.hex().encode(), time.time_ns()))
-        try:
-            os.rename(src, dst)
-        except FileNotFoundError:
-            continue
-        r.quarantined.append(sha)
+        if repo.store.quarantine(sha):
+            r.quarantined.append(sha)
     if r.repaired_saves or r.other_encodings:
         cat = repo.catalog
         cat.begin()

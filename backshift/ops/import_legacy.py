@@ -36,11 +36,11 @@ import xxhash
 from .. import __version__, chunkcodec
 from .. import legacy as lg
 from ..crashpoints import crashpoint
+from ..diskio import read_whole
 from ..errors import LegacyDirInvalid
 from ..model import MAX_CHUNK_LENGTH, ChunkRef, Version
 from ..pathcodec import basename, parent, sort_key
 from ..repo import Repository
-from ..store import read_whole
 
 Warn = Callable[[str], None]
 PROGRESS_EVERY_S = 0.2

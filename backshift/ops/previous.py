@@ -11,8 +11,8 @@ from __future__ import annotations
 import collections
 
 from ..catalog import Catalog
+from ..chunkstore import ChunkStore
 from ..model import Version
-from ..store import Store
 
 PREFETCH_MAX_ROWS = 16384
 PREFETCH_ENTRIES = 16384  # ~725 bytes each: ~12 MB
@@ -82,7 +82,7 @@ class ContentPresence:
     recorded stored length), as the store finds it during this save (Store.chunk_test: one
     lstat per chunk)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: ChunkStore) -> None:
         self.chunk_on_disk = store.chunk_test()
         self._known: set[int] = set()
 

@@ -33,6 +33,7 @@ import xxhash
 
 from .. import __version__
 from ..catalog import catalog_damage
+from ..diskio import read_whole
 from ..errors import BackshiftError, ChunkCorrupt, ChunkMissing, NothingToSave, ReaderDied
 from ..lock import (
     hold_save_lock,
@@ -52,7 +53,7 @@ from ..model import (
 )
 from ..pathcodec import basename, parent, sort_key
 from ..repo import Repository
-from ..store import Store, read_whole
+from ..store import Store
 
 if TYPE_CHECKING:
     from ..chunker import Chunker

@@ -1,4 +1,5 @@
 """The pax (POSIX.1-2001) tar format: member headers, data padding and the stream writer.
+A leaf: it imports nothing of backshift (tarproduce decides what to write, and tar_save).
 
 Written by hand rather than with `tarfile` because every field must be exact: mtimes in
 nanoseconds built from integers (tarfile goes through a float), names and owners as the raw
@@ -371,14 +372,3 @@ def _writev_all(fd: int, parts: list, size: int) -> None:
             i += 1
         parts = [memoryview(parts[i])[n:], *parts[i + 1:]]
         n = os.writev(fd, parts)
-
-
-def tar_save(repo, save_id: int, sel, open_out, report, sparse: bool = True,
-             xattrs: bool = True) -> object:
-    """Write the selection of a save as one pax tar stream; return its Problems.
-
-    The producer lives in tarproduce; this is its entry point (see tarproduce.tar_save).
-    """
-    from .tarproduce import tar_save as produce
-
-    return produce(repo, save_id, sel, open_out, report, sparse, xattrs)

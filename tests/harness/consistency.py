@@ -112,7 +112,7 @@ def assert_repo_consistent(repo: bytes, allow_temps: bool = True,
         with open(store.path_for(sha), "rb") as f:
             body = f.read()
         try:
-            data = store.decode(body)
+            data = store.codec.decode(body)
         except Exception as e:  # noqa: BLE001 - any decode failure is a finding
             problems.append(f"final-name chunk {sha.hex()} does not decode: {e}")
             continue
