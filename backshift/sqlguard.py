@@ -138,11 +138,17 @@ def cap_memory() -> bool:
     return True
 
 
-def harden(conn: apsw.Connection, deadline_s: float = 60.0) -> Guard:
-    """Put the read-only guard on CONN (opened read-only already) and return it."""
-    conn.execute("PRAGMA query_only = ON")
+def prepare(conn: apsw.Connection) -> None:
+    """What must be set on CONN before its first transaction or temp object: where
+    temporary storage goes (SQLite refuses to change it later)."""
     if _memory_capped:
         conn.execute("PRAGMA temp_store = MEMORY")
+
+
+def harden(conn: apsw.Connection, deadline_s: float = 60.0) -> Guard:
+    """Put the read-only guard on CONN (opened read-only already, and prepared) and
+    return it."""
+    conn.execute("PRAGMA query_only = ON")
     conn.execute("PRAGMA trusted_schema = OFF")
     conn.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
     if hasattr(apsw, "SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION"):

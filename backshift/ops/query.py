@@ -55,6 +55,7 @@ class QueryRunner:
             self.conn.set_busy_timeout(5_000)
             self.conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
             self.conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
+            sqlguard.prepare(self.conn)
             stand_in_for_migrations(self.conn)
             # One read transaction for everything below: a consistent snapshot. Begun
             # before the guard goes on, because the guard refuses transaction control.
