@@ -7,6 +7,7 @@ their class (errors.py); --debug shows the traceback too.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -1511,7 +1512,14 @@ _add_shared_options(cli)
 
 def main(argv: list[str] | None = None) -> None:
     """The console script: run the CLI and exit with its code."""
-    sys.exit(run(argv))
+    try:
+        code = run(argv)
+    except KeyboardInterrupt:  # a second Ctrl-C while run() was handling the outcome
+        code = EXIT_INTERRUPTED
+    # The code is decided. A Ctrl-C while the process winds down (the reader processes are
+    # joined at exit) ends it at once with that code, not as a death by SIGINT.
+    signal.signal(signal.SIGINT, lambda _signum, _frame: os._exit(code))
+    sys.exit(code)
 
 
 def run(argv: list[str] | None = None) -> int:
