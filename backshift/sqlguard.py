@@ -93,12 +93,8 @@ class Guard:
 
 
 def harden(conn: apsw.Connection, deadline_s: float = 60.0) -> Guard:
-    """Put the read-only guard on CONN (opened read-only already) and return it."""
-    conn.execute("PRAGMA query_only = ON")
-    conn.execute("PRAGMA trusted_schema = OFF")
-    conn.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
-    if hasattr(apsw, "SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION"):
-        conn.config(apsw.SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0)
+    """Put the read-only guard on CONN and return it. CONN is a USER_SQL connection of
+    backshift.catalog (read-only, query_only, defensive, no extensions: configured there)."""
     for limit, value in LIMITS.items():
         conn.limit(limit, value)
     guard = Guard(deadline_s)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import Self
 
 import apsw
 
@@ -22,9 +22,6 @@ from ..errors import (
     RepositoryNotFound,
 )
 from .migrate import schema_version, stand_in_for_migrations
-
-if TYPE_CHECKING:
-    from . import Catalog
 
 
 def _without_memory_statistics() -> None:
@@ -207,7 +204,7 @@ class Connection:
         self.schema = schema_version()  # what an older catalog opened read-only holds
 
     @classmethod
-    def create(cls, path: bytes) -> Catalog:
+    def create(cls, path: bytes) -> Self:
         """Create a new catalog file with every migration applied (init only)."""
         conn = open_connection(path, WRITER, create=True)
         cat = cls(conn, path, readonly=False)
@@ -217,7 +214,7 @@ class Connection:
         return cat
 
     @classmethod
-    def open(cls, path: bytes, readonly: bool = False, user_sql: bool = False) -> Catalog:
+    def open(cls, path: bytes, readonly: bool = False, user_sql: bool = False) -> Self:
         """Open an existing catalog. Never creates a file; refuses foreign or newer catalogs.
         USER_SQL (read-only): a connection for user-written SQL, to put sqlguard on."""
         if not os.path.isfile(path):

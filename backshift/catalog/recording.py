@@ -30,7 +30,7 @@ INSERT_PATH_IF_NEW = _sql("""
 """)
 
 # A first save's paths, versions and members, a batch at a time (Saver.flush_records): the
-# same rows as INSERT_PATH / INSERT_VERSION / INSERT_MEMBER, with the ids given explicitly.
+# same rows as INSERT_PATH / INSERT_MEMBER, with the ids given explicitly.
 PATHS_BY_KEYS = _sql("""
     SELECT key, id
     FROM path
@@ -58,13 +58,6 @@ VERSION_IN_SAVE = _sql(f"""
     JOIN version AS v ON v.id = m.version_id
     WHERE m.save_id = :save_id
       AND m.path_id = :path_id
-""")
-
-INSERT_VERSION = _sql("""
-    INSERT INTO version (path_id, mode, uid, gid, user, grp, size, mtime_ns, ctime_ns, dev,
-                         ino, nlink, rdev, link_target, content_id, xattrs_id)
-    VALUES (:path_id, :mode, :uid, :gid, :user, :grp, :size, :mtime_ns, :ctime_ns, :dev,
-            :ino, :nlink, :rdev, :link_target, :content_id, :xattrs_id)
 """)
 
 LAST_VERSION_ID = _sql("""
@@ -152,17 +145,9 @@ class Recording:
             return None
         return found[0], Version(*found[1:])
 
-    def insert_version(self, path_id: int, v: Version) -> int:
-        self.conn.execute(INSERT_VERSION, {
-            "path_id": path_id, "mode": v.mode, "uid": v.uid, "gid": v.gid, "user": v.user,
-            "grp": v.group, "size": v.size, "mtime_ns": v.mtime_ns, "ctime_ns": v.ctime_ns,
-            "dev": v.dev, "ino": v.ino, "nlink": v.nlink, "rdev": v.rdev,
-            "link_target": v.link_target, "content_id": v.content_id, "xattrs_id": v.xattrs_id,
-        })
-        return self.conn.last_insert_rowid()
-
     def insert_versions(self, versions: list[tuple[int, Version]]) -> list[int]:
-        """insert_version for many (path id, version) pairs at once: their ids, in order."""
+        """New versions of (path id, version) pairs, BULK_ROWS a statement: their ids, in order
+        (one pair: import-legacy, a row at a time)."""
         if not versions:
             return []
         first = self.conn.execute(LAST_VERSION_ID).fetchone()[0] + 1
@@ -171,13 +156,6 @@ class Recording:
              v.ctime_ns, v.dev, v.ino, v.nlink, v.rdev, v.link_target, v.content_id, v.xattrs_id)
             for i, (path_id, v) in enumerate(versions)])
         return list(range(first, first + len(versions)))
-
-    def insert_member(self, save_id: int, path_id: int, version_id: int) -> bool:
-        """Record that the save holds this version; False if the path was already in it."""
-        self.conn.execute(INSERT_MEMBER, {
-            "save_id": save_id, "path_id": path_id, "version_id": version_id,
-        })
-        return self.conn.changes() == 1
 
     def insert_members(self, rows: list[tuple[int, int, int]]) -> list[int]:
         """Record (save id, path id, version id) rows in one batch; returns the indexes of

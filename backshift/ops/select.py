@@ -141,7 +141,7 @@ class WherePredicate:
     """A user's --where SQL, run on its own read-only connection under sqlguard."""
 
     def __init__(self, catalog: Catalog, predicate: str) -> None:
-        self.cat = Catalog.open(catalog.path, readonly=True)
+        self.cat = Catalog.open(catalog.path, readonly=True, user_sql=True)
         self.guard = sqlguard.harden(self.cat.conn, WHERE_DEADLINE_S)
         self.sql = WHERE_PREDICATE_MATCHES.format(predicate=predicate)
         self.matches(0, -1)  # refuse a bad predicate before any output
