@@ -14,6 +14,7 @@ import click
 
 from . import __version__
 from .errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -40,9 +41,19 @@ EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(
 
 
 class Context:
-    def __init__(self, repo: str | None, debug: bool) -> None:
+    def __init__(self, repo: str | None, debug: bool, quiet: bool = False,
+                 verbose: bool = False) -> None:
         self.repo_arg = repo
         self.debug = debug
+        self.quiet = quiet  # no progress, no summary: only warnings and errors
+        self.verbose = verbose  # progress even off a terminal, and a closing timing line
+        self.started = 0.0
+
+    def progress(self, option: bool | None) -> bool:
+        """Whether to show live progress: --progress/--no-progress, else -q/-v, else tty."""
+        if option is not None:
+            return option
+        return not self.quiet and (self.verbose or sys.stderr.isatty())
 
     @property
     def repo(self) -> bytes:
@@ -52,6 +63,70 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+class _SaveId(click.ParamType):
+    """A save id: a positive SQLite integer. A larger number is refused as bad usage before
+    it reaches the catalog (apsw raises OverflowError past 2**63 - 1)."""
+
+    name = "id"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            number = value
+        else:
+            text = str(value).strip()
+            number = int(text) if text.isdigit() else None
+        if number is None or not 1 <= number <= 2**63 - 1:
+            self.fail(f"a save id is a whole number from 1 (see 'backshift saves'), "
+                      f"not {value!r}", param, ctx)
+        return number
+
+
+SAVE_ID = _SaveId()
+
+
+class _FiniteFloat(click.FloatRange):
+    """A FloatRange that also refuses nan and inf (nan compares false with any bound)."""
+
+    def convert(self, value, param, ctx):
+        import math
+
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return number
+
+
+class _FormatChoice(click.Choice):
+    """table|json|csv, the same three names on every listing command; `text` (list's and
+    diff's old name for their human format) is accepted as table."""
+
+    def __init__(self) -> None:
+        super().__init__(FORMATS)
+
+    def convert(self, value, param, ctx):
+        return super().convert("table" if value == "text" else value, param, ctx)
+
+
+def _format_options(f):
+    """--format table|json|csv and --json (the same as --format json)."""
+    f = click.option("--json", "fmt", flag_value="json", type=_FormatChoice(),
+                     help="Same as --format json: one JSON object a line.")(f)
+    return click.option("--format", "fmt", type=_FormatChoice(), default="table",
+                        show_default=True,
+                        help="table for people ('text' is an alias), json lines, or csv.")(f)
+
+
+def _json_option(f):
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print the result as one JSON object (see docs/cli.md).")(f)
+
+
+def _save_spec(_ctx, _param, value: str | None) -> str | None:
+    """ID|latest for --backup: a number must be a save id (resolve_save does the rest)."""
+    if value is not None and value.strip().lstrip("+-").isdigit():
+        SAVE_ID.convert(value, _param, _ctx)
+    return value
 
 
 def echo_err(msg: str) -> None:
@@ -69,7 +144,28 @@ class _OutputClosed(Exception):
     """Carries a BrokenPipeError past click, which would swallow it and exit 0."""
 
 
+# What borg and restic users type, and the backshift command that does it: a hint, not an
+# alias, so that there stays one name for each thing.
+OTHER_TOOLS_COMMANDS = {
+    "restore": "backshift tar --backup ID | tar -xpf - -C DEST",
+    "extract": "backshift tar --backup ID | tar -xpf - -C DEST",
+    "snapshots": "backshift saves",
+    "forget": "backshift expire",
+    "prune": "backshift expire",
+    "ls": "backshift list --backup ID",
+    "backup": "backshift save",
+    "create": "backshift save",
+}
+
+
 class _Group(click.Group):
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name = args[0] if args else ""
+        if name in OTHER_TOOLS_COMMANDS and name not in self.commands:
+            raise UsageError(f"backshift has no command {name!r}: use "
+                             f"'{OTHER_TOOLS_COMMANDS[name]}' (see 'backshift --help')")
+        return super().resolve_command(ctx, args)
+
     def invoke(self, ctx: click.Context):
         try:
             if str(ctx.params.get("repo") or "").startswith("ssh://"):
@@ -86,6 +182,12 @@ class _Group(click.Group):
 @click.option("-r", "--repo", envvar="BACKSHIFT_REPO", metavar="REPO",
               help="Repository directory, or ssh://[USER@]HOST[:PORT]/PATH "
                    "(or set BACKSHIFT_REPO).")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Only warnings and errors: no progress, no summaries (also after the "
+                   "command).")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Progress even when stderr is not a terminal, and the time taken "
+                   "(also after the command; list's own -v means long lines).")
 @click.option("--debug", is_flag=True, help="Show a traceback for errors.")
 @click.option("--remote-path", envvar="BACKSHIFT_REMOTE_PATH", default="backshift",
               show_default=True, metavar="CMD", expose_value=False,
@@ -94,7 +196,7 @@ class _Group(click.Group):
                    "(or set BACKSHIFT_REMOTE_PATH).")
 @click.version_option(__version__, prog_name="backshift")
 @click.pass_context
-def cli(ctx: click.Context, repo: str | None, debug: bool) -> None:
+def cli(ctx: click.Context, repo: str | None, quiet: bool, verbose: bool, debug: bool) -> None:
     """backshift: deduplicating backups with a SQLite catalog, restored through tar.
 
     \b
@@ -103,7 +205,24 @@ def cli(ctx: click.Context, repo: str | None, debug: bool) -> None:
       find /home -xdev -print0 | backshift -r /backup/repo save --subset home
       backshift -r /backup/repo saves
     """
-    ctx.obj = Context(repo, debug)
+    import time
+
+    if quiet and verbose:
+        raise UsageError("give -q or -v, not both")
+    ctx.obj = Context(repo, debug, quiet, verbose)
+    ctx.obj.started = time.monotonic()
+
+
+@cli.result_callback()
+@click.pass_context
+def _after_command(ctx: click.Context, *_args, **_kwargs) -> None:
+    """-v: how long the command took, on stderr (when it succeeded)."""
+    import time
+
+    obj = ctx.find_object(Context)
+    if obj is not None and obj.verbose and not obj.quiet:
+        took = time.monotonic() - obj.started
+        echo_err(f"backshift: {ctx.invoked_subcommand} finished in {took:.1f} s")
 
 
 # -- init -------------------------------------------------------------------------------
@@ -124,8 +243,10 @@ DEFAULT_CHUNK_MAX = 4 * 1024 * 1024
               help="Largest chunk in bytes.")
 @click.option("--zstd-level", default=3, show_default=True, type=click.IntRange(1, 19),
               help="zstd compression level for new chunks.")
+@_json_option
 @pass_ctx
-def init(ctx: Context, chunk_min: int, chunk_avg: int, chunk_max: int, zstd_level: int) -> None:
+def init(ctx: Context, chunk_min: int, chunk_avg: int, chunk_max: int, zstd_level: int,
+         as_json: bool) -> None:
     """Create a new, empty repository.
 
     The chunker parameters and compression are recorded in the catalog; every later
@@ -142,7 +263,12 @@ def init(ctx: Context, chunk_min: int, chunk_avg: int, chunk_max: int, zstd_leve
         raise UsageError("need 64 <= --chunk-min < --chunk-avg < --chunk-max <= 16 MiB")
     params = ChunkerParams(min_size=chunk_min, avg_size=chunk_avg, max_size=chunk_max)
     init_repository(ctx.repo, params, zstd_level)
-    echo_err(f"created repository {os.fsdecode(os.path.abspath(ctx.repo))}")
+    where = escape(os.path.abspath(ctx.repo))
+    if as_json:
+        _print_json({"repository": where, "chunk_min": chunk_min, "chunk_avg": chunk_avg,
+                     "chunk_max": chunk_max, "zstd_level": zstd_level})
+    elif not ctx.quiet:
+        echo_err(f"created repository {where}")
 
 
 # -- save -------------------------------------------------------------------------------
@@ -172,6 +298,9 @@ def _check_label(kind: str, value: str) -> str:
 @click.option("--exclude", multiple=True, metavar="GLOB",
               help="With PATHs: skip matching names (repeatable). A glob with '/' "
                    "matches the whole path, otherwise the last component.")
+@click.option("--exclude-from", "exclude_from", multiple=True, metavar="FILE",
+              help="With PATHs: --exclude each line of FILE (blank lines and lines "
+                   "starting with '#' skipped; repeatable).")
 @click.option("--exclude-caches", is_flag=True,
               help="With PATHs: save a directory holding a CACHEDIR.TAG (with its "
                    "signature) with that file only, as GNU tar does.")
@@ -185,14 +314,15 @@ def _check_label(kind: str, value: str) -> str:
               type=click.IntRange(1, 64),
               help="Readers: processes for a first save, threads for a re-save.")
 @click.option("--checkpoint-interval", default=10.0, show_default=True, metavar="SECONDS",
-              type=click.FloatRange(0.1), help="Commit what is saved at least this often.")
+              type=_FiniteFloat(0.1), help="Commit what is saved at least this often.")
 @click.option("--checkpoint-files", default=20_000, hidden=True, type=click.IntRange(1))
 @click.option("--lock-wait", default=0.0, show_default=True, metavar="SECONDS",
-              type=click.FloatRange(0),
+              type=_FiniteFloat(0),
               help="Wait this long for a locked repository (an expire) before giving up.")
 @pass_ctx
 def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: str | None,
-         filelist, one_file_system: bool, exclude: tuple[str, ...], exclude_caches: bool,
+         filelist, one_file_system: bool, exclude: tuple[str, ...],
+         exclude_from: tuple[str, ...], exclude_caches: bool,
          exclude_if_present: tuple[str, ...], progress: bool | None,
          as_json: bool, workers: int, checkpoint_interval: float,
          checkpoint_files: int, lock_wait: float) -> None:
@@ -239,6 +369,7 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
                          "names the series (e.g. find /home -xdev -print0 | backshift save "
                          "--subset home)")
     subset = _check_label("subset", subset)
+    exclude += _read_exclude_files(exclude_from)
     walk_only = [name for name, given in [
         ("--one-file-system", one_file_system), ("--exclude", exclude),
         ("--exclude-caches", exclude_caches), ("--exclude-if-present", exclude_if_present)]
@@ -254,7 +385,7 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
         # one line per warning, even for names holding newlines or terminal escapes
         echo_err(f"warning: {escape(msg.encode('utf-8', 'surrogateescape'))}")
 
-    show = sys.stderr.isatty() if progress is None else progress
+    show = ctx.progress(progress)
     opts = SaveOptions(hostname=hostname, subset=subset, workers=workers,
                        batch_files=checkpoint_files, batch_seconds=checkpoint_interval,
                        roots=roots)
@@ -296,12 +427,13 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
     if as_json:
         import json
         click.echo(json.dumps(_summary_dict(stats), sort_keys=True))
-    else:
+    elif not ctx.quiet:
         for line in _summary_lines(stats):
             click.echo(line)
     if stats.status == "interrupted":
-        echo_err(f"backshift: interrupted: save {stats.save_id} keeps the {stats.files:,} "
-                 "files committed so far; the next save borrows from it")
+        echo_err(f"backshift: interrupted: save {stats.save_id} keeps the "
+                 f"{_count(stats.files, 'file')} committed so far; the next save borrows "
+                 "from it")
         raise SystemExit(EXIT_TERMINATED if saver.stop_signal == signal.SIGTERM
                          else EXIT_INTERRUPTED)
     if stats.warnings or not copied:
@@ -334,6 +466,21 @@ def _save_notice(msg: str) -> None:
     echo_err(msg)
 
 
+def _read_exclude_files(files: tuple[str, ...]) -> tuple[str, ...]:
+    """The globs of --exclude-from FILEs, as restic and borg read them (one a line)."""
+    out: list[str] = []
+    for name in files:
+        try:
+            with open(os.fsencode(name), "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise UsageError(f"--exclude-from {name}: {e.strerror}") from None
+        for line in data.decode("utf-8", "surrogateescape").splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                out.append(line.rstrip("\r"))
+    return tuple(out)
+
+
 def _raw_stdin():
     buf = sys.stdin.buffer
     return getattr(buf, "raw", buf)
@@ -345,7 +492,7 @@ _progress_shown = False
 def _progress_printer(stats: SaveStats, estimate: int | None) -> None:
     global _progress_shown
     rate = stats.bytes_read / stats.elapsed_s if stats.elapsed_s > 0 else 0
-    line = (f"{stats.files:,} files, {human_bytes(stats.bytes)} "
+    line = (f"{_count(stats.files, 'file')}, {human_bytes(stats.bytes)} "
             f"({human_bytes(stats.bytes_read)} read, {human_bytes(rate)}/s)")
     if estimate and stats.files and stats.files < estimate:
         eta = stats.elapsed_s * (estimate - stats.files) / stats.files
@@ -373,10 +520,15 @@ def _summary_dict(s: SaveStats) -> dict:
     }
 
 
+def _count(n: int, word: str) -> str:
+    """'1 file', '2 files', '1,234 files'."""
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
+
+
 def _summary_lines(s: SaveStats) -> list[str]:
     return [
-        f"save {s.save_id} {s.status}: {s.files:,} files, {human_bytes(s.bytes)}",
-        f"  read {s.files_read:,} files ({human_bytes(s.bytes_read)}), "
+        f"save {s.save_id} {s.status}: {_count(s.files, 'file')}, {human_bytes(s.bytes)}",
+        f"  read {_count(s.files_read, 'file')} ({human_bytes(s.bytes_read)}), "
         f"borrowed {s.files_borrowed:,} unchanged ({human_bytes(s.bytes_borrowed)})",
         f"  new chunks {s.new_chunks:,}, {human_bytes(s.new_bytes_stored)} written",
         f"  warnings {s.warnings}, elapsed {s.elapsed_s:.1f} s",
@@ -390,11 +542,15 @@ def _summary_lines(s: SaveStats) -> list[str]:
 @click.option("--last", type=click.IntRange(1), default=None, help="Only the last N saves.")
 @click.option("--hostname", default=None, help="Only saves of this host.")
 @click.option("--subset", default=None, help="Only saves of this subset.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@_format_options
 @pass_ctx
 def saves(ctx: Context, last: int | None, hostname: str | None, subset: str | None,
           fmt: str) -> None:
     """List the saves in the repository, oldest first.
+
+    "written" is what the save itself added to the repository when it ran (new chunk
+    files, compressed): a save that borrowed everything shows 0 B, and it stays so
+    after the saves it borrowed from are expired ('stats' shows what each needs now).
 
     \b
     Examples:
@@ -410,7 +566,7 @@ def saves(ctx: Context, last: int | None, hostname: str | None, subset: str | No
         rows = rows[-last:]
     if fmt == "table":
         headers = ["id", "hostname", "subset", "started", "finished", "status", "files",
-                   "size", "new stored"]
+                   "size", "written"]
         body = [[r.id, r.hostname, r.subset, local_time(r.started_ns),
                  local_time(r.finished_ns), effective_status(r, repo.path), f"{r.files:,}",
                  human_bytes(r.bytes),
@@ -430,7 +586,7 @@ def saves(ctx: Context, last: int | None, hostname: str | None, subset: str | No
 
 def _lock_wait_option(f):
     return click.option("--lock-wait", default=0.0, show_default=True, metavar="SECONDS",
-                        type=click.FloatRange(0),
+                        type=_FiniteFloat(0),
                         help="Wait this long for a locked repository before giving up.")(f)
 
 
@@ -477,29 +633,31 @@ def _duration(option: str, text: str | None) -> int | None:
               help="Remove saves started more than DURATION ago (e.g. 90d, 12h, 2w).")
 @click.option("--allow-empty-series", is_flag=True,
               help="Let the policy remove even the newest complete save of a series.")
-@click.option("--save", "save_ids", multiple=True, type=click.IntRange(1), metavar="ID",
+@click.option("--backup", "--save", "save_ids", multiple=True, type=SAVE_ID, metavar="ID",
               help="Remove this save (repeatable), e.g. one made by mistake: instead of a "
-                   "policy, and even the newest of its series.")
+                   "policy, and even the newest of its series. --save is an alias.")
 @click.option("--hostname", default=None, help="Only saves of this host.")
 @click.option("--subset", default=None, help="Only saves of this subset.")
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would go; change nothing.")
+@_json_option
 @_lock_wait_option
 @pass_ctx
 def expire(ctx: Context, keep_last: int, keep_hourly: int, keep_daily: int, keep_weekly: int,
            keep_monthly: int, keep_yearly: int, keep_within: str | None,
            older_than: str | None, allow_empty_series: bool, save_ids: tuple[int, ...],
-           hostname: str | None, subset: str | None, dry_run: bool, lock_wait: float) -> None:
+           hostname: str | None, subset: str | None, dry_run: bool, as_json: bool,
+           lock_wait: float) -> None:
     """Remove saves a retention policy lets go, and the data only they used.
 
     Each hostname+subset series is judged on its own. Every save gets a line saying
-    whether it is kept or removed and why (--dry-run prints the same lines). --save ID
+    whether it is kept or removed and why (--dry-run prints the same lines). --backup ID
     removes just the saves named (a running one is kept).
 
     \b
     Examples:
       backshift -r /backup/repo expire --keep-daily 7 --keep-weekly 5 --keep-monthly 12
       backshift -r /backup/repo expire --older-than 90d --dry-run
-      backshift -r /backup/repo expire --save 42 --save 43
+      backshift -r /backup/repo expire --backup 42 --backup 43
     """
     from datetime import datetime
 
@@ -516,12 +674,12 @@ def expire(ctx: Context, keep_last: int, keep_hourly: int, keep_daily: int, keep
                     allow_empty_series=allow_empty_series, within_text=keep_within or "",
                     older_text=older_than or "", remove_ids=frozenset(save_ids))
     if save_ids and (policy.has_keep_rules() or policy.older_than_s is not None):
-        raise UsageError("--save names the saves to remove: give it without --keep-* and "
+        raise UsageError("--backup names the saves to remove: give it without --keep-* and "
                          "--older-than")
     if policy.is_empty():
         raise UsageError("expire needs a policy: --keep-last/-hourly/-daily/-weekly/-monthly/"
                          "-yearly N, --keep-within DURATION or --older-than DURATION; "
-                         "or --save ID")
+                         "or --backup ID")
     copied = True
     with open_repository(ctx.repo, EXCLUSIVE, operation="expire",
                          lock_wait_s=lock_wait) as repo:
@@ -529,14 +687,26 @@ def expire(ctx: Context, keep_last: int, keep_hourly: int, keep_daily: int, keep
                             tz=datetime.now().astimezone().tzinfo)
         if not dry_run:
             copied = _copy_catalog(repo)
-    emit_lines(decision_lines(result.decisions, local_time))
+    if as_json:
+        _print_json(_expire_dict(result))
+        for err in result.unlink_errors:
+            echo_err(f"warning: could not remove {err}")
+        if result.unlink_errors or not copied:
+            raise SystemExit(EXIT_WARNING)
+        return
     verb = "would remove" if dry_run else "removed"
-    click.echo(f"{verb} {result.saves_removed} save(s), {result.chunks_freed:,} chunk(s) "
-               f"({human_bytes(result.bytes_freed)}), {result.orphans_removed:,} orphan "
-               f"chunk(s) ({human_bytes(result.orphan_bytes)}), {result.temps_removed:,} "
-               "stale temp file(s)")
-    if dry_run:
-        click.echo("dry run: nothing was changed")
+    if ctx.quiet:
+        lines = []  # warnings below still go to stderr
+    else:
+        lines = decision_lines(result.decisions, local_time)
+        lines.append(f"{verb} {result.saves_removed} save(s), {result.chunks_freed:,} "
+                     f"chunk(s) ({human_bytes(result.bytes_freed)}), "
+                     f"{result.orphans_removed:,} orphan chunk(s) "
+                     f"({human_bytes(result.orphan_bytes)}), {result.temps_removed:,} "
+                     "stale temp file(s)")
+        if dry_run:
+            lines.append("dry run: nothing was changed")
+    emit_lines(lines)
     for err in result.unlink_errors:
         echo_err(f"warning: could not remove {err}")
     if result.checkpoint_error:
@@ -545,6 +715,47 @@ def expire(ctx: Context, keep_last: int, keep_hourly: int, keep_daily: int, keep
                  "nothing is lost, a later save or expire folds it")
     if result.unlink_errors or not copied or result.checkpoint_error:
         raise SystemExit(EXIT_WARNING)
+
+
+def _print_json(obj: dict) -> None:
+    import json
+    click.echo(json.dumps(obj, sort_keys=True, ensure_ascii=False))
+
+
+def _expire_dict(result) -> dict:
+    return {
+        "dry_run": result.dry_run,
+        "decisions": [{"save_id": d.save.id, "hostname": d.save.hostname,
+                       "subset": d.save.subset, "started": iso_time(d.save.started_ns),
+                       "status": d.save.status, "action": "keep" if d.keep else "remove",
+                       "reasons": list(d.reasons)} for d in result.decisions],
+        "saves_removed": result.saves_removed, "chunks_freed": result.chunks_freed,
+        "bytes_freed": result.bytes_freed, "orphans_removed": result.orphans_removed,
+        "orphan_bytes": result.orphan_bytes, "temps_removed": result.temps_removed,
+        "unlink_errors": list(result.unlink_errors),
+    }
+
+
+def _check_dict(r, read_data: bool) -> dict:
+    return {
+        "problems": r.problem_count(),
+        "catalog_problems": list(r.catalog_problems),
+        "dead_saves": list(r.dead_saves),
+        "chunk_problems": [
+            {"chunk": p.sha256.hex(), "what": p.what,
+             "used_by": [{"save_id": sid, "path": escape(path, True)}
+                         for sid, path in p.users]}
+            for p in sorted(r.chunk_problems.values(), key=lambda p: p.sha256)],
+        "content_problems": list(r.content_problems),
+        "quarantined": [sha.hex() for sha in r.quarantined],
+        "repaired_saves": list(r.repaired_saves),
+        "chunks_referenced": r.chunks_referenced, "orphans": r.orphans,
+        "orphan_bytes": r.orphan_bytes, "temps": r.temps,
+        "read_data": read_data, "chunks_verified": len(r.chunks_verified),
+        "orphans_read": r.orphans_read, "contents_verified": r.contents_verified,
+        "bytes_read": r.bytes_read,
+        "catalog_copy_age_s": None if r.copy_age_s is None else round(r.copy_age_s, 1),
+    }
 
 
 def _parse_part(text: str | None) -> tuple[int, int] | None:
@@ -568,10 +779,11 @@ def _parse_part(text: str | None) -> tuple[int, int] | None:
 @click.option("--repair", is_flag=True,
               help="Move damaged chunk files to REPO/quarantine/ so a later save of the "
                    "same data re-creates them; mark dead 'running' saves interrupted.")
+@_json_option
 @_lock_wait_option
 @pass_ctx
 def check(ctx: Context, read_data: bool, read_data_subset: str | None, repair: bool,
-          lock_wait: float) -> None:
+          as_json: bool, lock_wait: float) -> None:
     """Check the catalog and the chunk store; report damage grouped by chunk.
 
     Exit status 0: no problems; 1: warnings only (a dead 'running' save, or leftovers of
@@ -593,7 +805,10 @@ def check(ctx: Context, read_data: bool, read_data_subset: str | None, repair: b
     mode = EXCLUSIVE if repair else READ_LOCKED
     with open_repository(ctx.repo, mode, operation="check", lock_wait_s=lock_wait) as repo:
         result = run_check(repo, read_data=read, part=part, repair=repair)
-    emit_lines(report_lines(result, read))
+    if as_json:
+        _print_json(_check_dict(result, read))
+    elif result.problem_count() or not ctx.quiet:
+        emit_lines(report_lines(result, read))
     if result.problem_count():
         raise CheckFoundDamage(result.problem_count())
     if result.warning_count():
@@ -601,8 +816,9 @@ def check(ctx: Context, read_data: bool, read_data_subset: str | None, repair: b
 
 
 @cli.command("break-lock")
+@_json_option
 @pass_ctx
-def break_lock(ctx: Context) -> None:
+def break_lock(ctx: Context, as_json: bool) -> None:
     """Remove lock records left by processes that are gone (e.g. on another host).
 
     Records of live processes on this host are kept (stop them instead). Only run it
@@ -620,6 +836,11 @@ def break_lock(ctx: Context) -> None:
         from .errors import RepositoryNotFound
         raise RepositoryNotFound(os.fsdecode(path))
     removed, kept = run_break_lock(path)
+    if as_json:
+        _print_json({"removed": removed, "kept": kept})
+        return
+    if ctx.quiet:
+        return
     for rec in removed:
         click.echo(f"removed lock record: {describe(rec)}")
     for rec in kept:
@@ -631,22 +852,57 @@ def break_lock(ctx: Context) -> None:
 # -- reports --------------------------------------------------------------------------
 
 
-@cli.command()
-@click.argument("statement")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+class _SqlCommand(click.Command):
+    """A STATEMENT that starts with a `--` comment line is the statement, not an option."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        known = {o for p in self.params for o in (*p.opts, *p.secondary_opts)}
+        texts = [a for a in args if a.startswith("--") and any(c.isspace() for c in a)
+                 and a.split("=", 1)[0] not in known]
+        if texts and "--" not in args:
+            args = [a for a in args if a not in texts] + ["--", *texts]
+        return super().parse_args(ctx, args)
+
+
+def _read_statement(statement: str | None, file: str | None) -> str:
+    """The SQL text: the argument, or FILE / stdin (`-`) read as UTF-8."""
+    if (statement is None) == (file is None):
+        raise UsageError("give one STATEMENT, `-` to read it from stdin, or --file FILE")
+    if statement is not None and statement != "-":
+        return statement
+    name = "stdin" if file in (None, "-") else file
+    try:
+        if name == "stdin":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(os.fsencode(file), "rb") as f:
+                data = f.read()
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{name}: the SQL text is not UTF-8") from None
+
+
+@cli.command(cls=_SqlCommand)
+@click.argument("statement", required=False)
+@click.option("--file", "-f", "file", default=None, metavar="FILE",
+              help="Read the statement from FILE ('-': stdin) instead of the argument.")
+@_format_options
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
               help="Bind :NAME in the statement (repeatable); integers bind as numbers.")
-@click.option("--timeout", type=click.FloatRange(0.1), default=60.0, show_default=True,
+@click.option("--timeout", type=_FiniteFloat(0.1), default=60.0, show_default=True,
               help="Stop the query after this many seconds.")
 @click.option("--max-rows", type=click.IntRange(0), default=100_000, show_default=True,
               help="Print at most this many rows (0: no limit); stderr says when it cut.")
 @pass_ctx
-def sql(ctx: Context, statement: str, fmt: str, params: tuple[str, ...], timeout: float,
-        max_rows: int) -> None:
+def sql(ctx: Context, statement: str | None, file: str | None, fmt: str,
+        params: tuple[str, ...], timeout: float, max_rows: int) -> None:
     """Run one read-only SQL statement against the catalog's views and print its rows.
 
     The views saves, files, contents and chunks are described in docs/schema.md;
     docs/queries.md has ready-made queries. Writes, ATTACH and settings are refused.
+    Sorts and temporary results stay in memory, at most 512 MiB (never in /var/tmp).
+    STATEMENT `-` (or --file FILE) reads the statement from stdin (or FILE); comment
+    lines before it (docs/queries.md's `-- params:`) are skipped.
 
     \b
     Examples:
@@ -654,11 +910,15 @@ def sql(ctx: Context, statement: str, fmt: str, params: tuple[str, ...], timeout
                                      ORDER BY size DESC LIMIT 10"
       backshift -r /backup/repo sql --param id=3 --format csv \\
           "SELECT path FROM files WHERE save_id = :id"
+      backshift -r /backup/repo sql --param save=2 - < largest-files.sql
     """
     from .ops.query import QueryRunner, parse_params
     from .repo import READ, open_repository
+    from .sqlguard import cap_memory
 
+    statement = _read_statement(statement, file)
     bound = parse_params(params)
+    cap_memory()  # before any connection opens
     with open_repository(ctx.repo, READ), QueryRunner(ctx.repo, timeout) as runner:
         result = runner.run(statement, bound, max_rows)
         headers = [escape(h.encode("utf-8", "surrogateescape")) for h in result.headers]
@@ -668,9 +928,9 @@ def sql(ctx: Context, statement: str, fmt: str, params: tuple[str, ...], timeout
 
 
 @cli.command()
-@click.option("--backup", "save_id", type=int, default=None, metavar="ID",
+@click.option("--backup", "save_id", type=SAVE_ID, default=None, metavar="ID",
               help="Only this save (and the repository line).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@_format_options
 @pass_ctx
 def stats(ctx: Context, save_id: int | None, fmt: str) -> None:
     """Space used by the repository and by each save: files, bytes, dedup, compression.
@@ -712,14 +972,32 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
+def _diff_ids(backups: tuple[int, ...], args: tuple[str, ...]) -> tuple[int, int, bytes | None]:
+    """OLD NEW [PATH] from `--backup OLD --backup NEW [PATH]` or the positional `OLD NEW
+    [PATH]` (the older spelling, kept as an alias)."""
+    if backups:
+        if len(backups) != 2 or len(args) > 1:
+            raise UsageError("diff wants --backup OLD --backup NEW, then an optional PATH")
+        ids, rest = list(backups), args
+    else:
+        if len(args) not in (2, 3):
+            raise UsageError("diff wants --backup OLD --backup NEW (or OLD NEW), then an "
+                             "optional PATH")
+        try:
+            ids = [SAVE_ID.convert(a, None, None) for a in args[:2]]
+        except click.BadParameter as e:
+            raise UsageError(f"OLD_ID NEW_ID: {e.message}") from None
+        rest = args[2:]
+    return ids[0], ids[1], os.fsencode(rest[0]) if rest else None
+
+
 @cli.command()
-@click.argument("old_id", type=int)
-@click.argument("new_id", type=int)
-@click.argument("path", required=False, type=click.Path(path_type=bytes))
-@click.option("--format", "fmt", type=click.Choice(("text", "json", "csv")), default="text",
-              show_default=True)
+@click.argument("args", nargs=-1, metavar="[OLD_ID NEW_ID] [PATH]")
+@click.option("--backup", "backups", multiple=True, type=SAVE_ID, metavar="ID",
+              help="Give twice: the old save, then the new one (or OLD_ID NEW_ID).")
+@_format_options
 @pass_ctx
-def diff(ctx: Context, old_id: int, new_id: int, path: bytes | None, fmt: str) -> None:
+def diff(ctx: Context, args: tuple[str, ...], backups: tuple[int, ...], fmt: str) -> None:
     """What changed from save OLD_ID to save NEW_ID, one line per path (below PATH).
 
     Lines start with + (added), - (removed), C (content changed) or M (metadata
@@ -727,16 +1005,18 @@ def diff(ctx: Context, old_id: int, new_id: int, path: bytes | None, fmt: str) -
 
     \b
     Examples:
-      backshift -r /backup/repo diff 6 7
+      backshift -r /backup/repo diff --backup 6 --backup 7
       backshift -r /backup/repo diff 6 7 /home/alice --format json
     """
     from .ops.report import CHANGE_MARKS
     from .ops.report import diff as run_diff
     from .repo import READ, open_repository
 
+    old_id, new_id, path = _diff_ids(backups, args)
+
     with open_repository(ctx.repo, READ) as repo:
         changes = run_diff(repo, old_id, new_id, path)
-        if fmt == "text":
+        if fmt == "table":
             emit_lines(f"{CHANGE_MARKS[c.kind]} {escape(c.path)}"
                        + (f"  [{', '.join(c.fields)}]" if c.fields else "") for c in changes)
         else:
@@ -748,30 +1028,35 @@ def diff(ctx: Context, old_id: int, new_id: int, path: bytes | None, fmt: str) -
 @click.argument("path", type=click.Path(path_type=bytes))
 @click.option("--hostname", default=None, help="Only saves of this host.")
 @click.option("--subset", default=None, help="Only saves of this subset.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@_format_options
 @pass_ctx
 def history(ctx: Context, path: bytes, hostname: str | None, subset: str | None,
             fmt: str) -> None:
     """Every save that holds PATH, oldest first, and whether its content changed.
+
+    PATH is taken as list and tar take it (leading '/' optional, so a name pasted from
+    `list` works), else relative to the current directory. Exit 9 when no save holds it.
 
     \b
     Examples:
       backshift -r /backup/repo history /etc/fstab
       backshift -r /backup/repo history /home/alice/notes.txt --subset home --format json
     """
+    from .errors import NothingMatches
     from .ops.report import history as run_history
     from .repo import READ, open_repository
 
     with open_repository(ctx.repo, READ) as repo:
         rows = run_history(repo, path, hostname, subset)
     if not rows:
-        echo_err(f"backshift: no save holds {escape(path)}")
+        raise NothingMatches(escape(path), "any save" if hostname is None and subset is None
+                             else "the saves of that --hostname/--subset")
     headers = ["save_id", "hostname", "subset", "started", "type", "size", "mtime", "digest",
                "changed"]
     if fmt == "table":
         body = [[r.save_id, r.hostname, r.subset, local_time(r.started_ns), r.type,
                  f"{r.size:,}", local_time(r.mtime_ns), r.digest or "",
-                 "yes" if r.changed else ""] for r in rows]
+                 "yes" if r.changed else "no"] for r in rows]
     else:
         body = [[r.save_id, r.hostname, r.subset, iso_time(r.started_ns), r.type, r.size,
                  iso_time(r.mtime_ns), r.digest, r.changed] for r in rows]
@@ -780,17 +1065,18 @@ def history(ctx: Context, path: bytes, hostname: str | None, subset: str | None,
 
 @cli.command()
 @click.argument("glob", type=click.Path(path_type=bytes))
-@click.option("--backup", "save_id", type=int, default=None, metavar="ID",
+@click.option("--backup", "save_id", type=SAVE_ID, default=None, metavar="ID",
               help="Only this save.")
 @click.option("--since", default=None, metavar="DATE",
               help="Only saves started at or after DATE (2026-01-31 or '2026-01-31 12:00').")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@_format_options
 @pass_ctx
 def find(ctx: Context, glob: bytes, save_id: int | None, since: str | None, fmt: str) -> None:
     """Paths matching GLOB in every save, newest save first.
 
     A GLOB with a '/' matches the whole path (there '*' also matches '/'); without one,
-    it matches the last component. Quote it so the shell leaves it alone.
+    it matches the last component (leading '/' optional, as in tar). Quote it so the
+    shell leaves it alone. Exit 9 when nothing matches.
 
     \b
     Examples:
@@ -803,8 +1089,17 @@ def find(ctx: Context, glob: bytes, save_id: int | None, since: str | None, fmt:
 
     since_ns = parse_since(since) if since else None
     headers = ["save_id", "hostname", "subset", "started", "path", "type", "size", "mtime"]
+    import itertools
+
+    from .errors import NothingMatches
+
     with open_repository(ctx.repo, READ) as repo:
         found = run_find(repo, glob, save_id, since_ns)
+        first = next(found, None)
+        if first is None:
+            where = f"save {save_id}" if save_id is not None else "any save"
+            raise NothingMatches(f"'{escape(glob)}'", where + (f" since {since}" if since else ""))
+        found = itertools.chain([first], found)
         if fmt == "table":
             body = ([f.save_id, f.hostname, f.subset, local_time(f.started_ns), f.path, f.type,
                      f"{f.size:,}", local_time(f.mtime_ns)] for f in found)
@@ -821,10 +1116,11 @@ def _report(level: str, msg: str) -> None:
     echo_err(f"backshift: {level}: {msg}")
 
 
-def _finish(problems, incomplete: bool = False) -> None:
-    """Exit status after a listing or tar stream: damage 10, warnings (or a save that is
-    not complete, named by id) 1."""
-    from .errors import DataDamaged
+def _finish(problems, save_id: int | None = None, incomplete: bool = False) -> None:
+    """Exit status after a listing or tar stream: damage 10, a selector that matched
+    nothing 9 (as GNU tar's "Not found in archive"), warnings (or a save that is not
+    complete, named by id) 1."""
+    from .errors import DataDamaged, NothingMatches
 
     if problems.damaged or problems.refused:
         parts = []
@@ -833,6 +1129,9 @@ def _finish(problems, incomplete: bool = False) -> None:
         if problems.refused:
             parts.append(f"{problems.refused} catalog row(s) refused")
         raise DataDamaged("; ".join(parts) + " (see above)")
+    if getattr(problems, "unmatched", ()):
+        raise NothingMatches(", ".join(f"'{escape(g)}'" for g in problems.unmatched),
+                             f"save {save_id}")
     if problems.warnings or incomplete:
         raise SystemExit(EXIT_WARNING)
 
@@ -858,15 +1157,14 @@ def _resolve_backup(catalog, backup: str, hostname: str | None, subset: str | No
 
 
 @cli.command("list")
-@click.option("--backup", required=True, metavar="ID|latest",
+@click.option("--backup", required=True, metavar="ID|latest", callback=_save_spec,
               help="The save to list ('latest': the newest complete save).")
 @_series_options
 @click.option("--dir", "directory", default=None, metavar="PATH",
               help="Only this directory (with its parents), leading '/' optional.")
 @click.option("--no-recursive", is_flag=True, help="With --dir: only its own entries.")
 @click.option("-v", "--verbose", is_flag=True, help="Long lines, as `tar -tvf` prints them.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text",
-              show_default=True)
+@_format_options
 @pass_ctx
 def list_cmd(ctx: Context, backup: str, hostname: str | None, subset: str | None,
              directory: str | None, no_recursive: bool, verbose: bool, fmt: str) -> None:
@@ -889,19 +1187,19 @@ def list_cmd(ctx: Context, backup: str, hostname: str | None, subset: str | None
     problems = Problems(_report)
     with open_repository(ctx.repo, READ) as repo:
         save_row, incomplete = _resolve_backup(repo.catalog, backup, hostname, subset)
-        if fmt == "text":
+        if fmt == "table":
             sys.stdout.flush()
             write_lines(repo.catalog, save_row.id, sel, problems, verbose,
                         sys.stdout.buffer.write)
         else:
             members = list_save(repo.catalog, save_row.id, sel, problems)
             emit_lines(render(COLUMNS, (record(m) for m in members), fmt))
-    _finish(problems, incomplete)
+    _finish(problems, save_row.id, incomplete)
 
 
 @cli.command("tar")
 @click.argument("selectors", nargs=-1)
-@click.option("--backup", required=True, metavar="ID|latest",
+@click.option("--backup", required=True, metavar="ID|latest", callback=_save_spec,
               help="The save to restore ('latest': the newest complete save).")
 @_series_options
 @click.option("--exclude", multiple=True, metavar="GLOB",
@@ -927,8 +1225,11 @@ def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, hostname: str
     """Write a save, or part of it, as one POSIX (pax) tar stream: the restore.
 
     SELECTORs are paths (each with its subtree, leading '/' optional) or globs over whole
-    member names ('*' and '**' both match across '/'). Parent directories of what is
-    selected come first, so `tar -xp` restores their modes and times.
+    member names ('*' and '**' both match across '/'); a name that exists as it is
+    (`report[1].txt`) is taken literally. Parent directories of what is selected come
+    first, so `tar -xp` restores their modes and times. A path not in the save stops
+    before any output; a glob that matched nothing is exit 9 after the stream, as GNU
+    tar's "Not found in archive".
 
     \b
     Examples:
@@ -961,12 +1262,12 @@ def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, hostname: str
 
         problems = tar_save(repo, save_row.id, sel, open_out, _report, not no_sparse,
                             not no_xattrs)
-    _finish(problems, incomplete)
+    _finish(problems, save_row.id, incomplete)
 
 
 @cli.command("mount")
 @click.argument("mountpoint", type=click.Path(path_type=bytes))
-@click.option("--backup", default=None, metavar="ID|latest",
+@click.option("--backup", default=None, metavar="ID|latest", callback=_save_spec,
               help="Mount only this save, its tree at MOUNTPOINT.")
 @_lock_wait_option
 @pass_ctx
@@ -1006,10 +1307,11 @@ def mount_cmd(ctx: Context, mountpoint: bytes, backup: str | None, lock_wait: fl
               help="Copy the legacy chunk files (the save directory stays independent).")
 @click.option("--progress/--no-progress", default=None,
               help="Live progress on stderr [default: when stderr is a terminal].")
+@_json_option
 @_lock_wait_option
 @pass_ctx
 def import_legacy_cmd(ctx: Context, savedir: bytes, method: str | None,
-                      progress: bool | None, lock_wait: float) -> None:
+                      progress: bool | None, as_json: bool, lock_wait: float) -> None:
     """Import every save of a backshift 1.x save directory (idempotent, resumable).
 
     Each legacy save becomes a save of its hostname and subset; its chunks are verified
@@ -1031,21 +1333,31 @@ def import_legacy_cmd(ctx: Context, savedir: bytes, method: str | None,
         _clear_progress()
         echo_err(f"warning: {msg}")
 
-    show = sys.stderr.isatty() if progress is None else progress
+    show = ctx.progress(progress)
     with open_repository(ctx.repo, WRITE, operation="import-legacy",
                          lock_wait_s=lock_wait) as repo:
         stats = import_legacy(repo, savedir, method, warn,
                               _import_progress_printer if show else None)
     _clear_progress()
-    for lid, save_id in stats.imported:
-        click.echo(f"imported {lid} as save {save_id}")
-    click.echo(
-        f"{stats.saves_imported} saves imported, {stats.saves_skipped} already imported, "
-        f"{stats.files:,} files ({human_bytes(stats.bytes)}), {stats.files_skipped} skipped")
-    click.echo(
-        f"chunks: {stats.chunks_linked:,} linked, {stats.chunks_copied:,} copied, "
-        f"{stats.chunks_present:,} already present, {stats.chunks_bad:,} missing or damaged; "
-        f"{stats.elapsed_s:.1f} s")
+    if as_json:
+        fields = ("saves_found", "saves_imported", "saves_skipped", "files", "bytes",
+                  "files_skipped", "chunks_linked", "chunks_copied", "chunks_present",
+                  "chunks_bad", "warnings", "bytes_read", "method")
+        out = {name: getattr(stats, name) for name in fields}
+        out["elapsed_s"] = round(stats.elapsed_s, 3)
+        out["imported"] = [{"legacy": lid, "save_id": sid} for lid, sid in stats.imported]
+        _print_json(out)
+    elif not ctx.quiet:
+        for lid, save_id in stats.imported:
+            click.echo(f"imported {lid} as save {save_id}")
+        click.echo(
+            f"{stats.saves_imported} saves imported, {stats.saves_skipped} already imported, "
+            f"{_count(stats.files, 'file')} ({human_bytes(stats.bytes)}), "
+            f"{stats.files_skipped} skipped")
+        click.echo(
+            f"chunks: {stats.chunks_linked:,} linked, {stats.chunks_copied:,} copied, "
+            f"{stats.chunks_present:,} already present, {stats.chunks_bad:,} missing or "
+            f"damaged; {stats.elapsed_s:.1f} s")
     if stats.warnings or stats.chunks_bad:
         raise SystemExit(EXIT_WARNING)
 
@@ -1156,6 +1468,44 @@ def _serve_execute(repo: str, argv: list[str], debug: bool, out, err, encoding: 
         sys.stdout, sys.stderr = saved
 
 
+# -- shared options ---------------------------------------------------------------------
+
+
+def _repo_after_command(ctx: click.Context, _param, value: str | None) -> None:
+    """`backshift saves -r REPO`: the subcommand's -r overrides the group's (and the env)."""
+    if value is not None:
+        ctx.find_object(Context).repo_arg = value
+
+
+def _flag_after_command(ctx: click.Context, param, value: bool) -> None:
+    if value:
+        setattr(ctx.find_object(Context), param.name.removeprefix("shared_"), True)
+
+
+def _add_shared_options(group: click.Group) -> None:
+    for command in group.commands.values():
+        if command.name == "serve":  # the far end: its repository comes from the client
+            continue
+        have = {o for p in command.params for o in p.opts}
+        if "--repo" not in have:
+            command.params.append(click.Option(
+                ["-r", "--repo"], metavar="REPO", expose_value=False,
+                callback=_repo_after_command,
+                help="Repository directory; also accepted before the command."))
+        if "--quiet" not in have:
+            command.params.append(click.Option(
+                ["-q", "--quiet", "shared_quiet"], is_flag=True, expose_value=False,
+                callback=_flag_after_command, help="Only warnings and errors."))
+        if "--verbose" not in have:
+            command.params.append(click.Option(
+                ["-v", "--verbose", "shared_verbose"], is_flag=True, expose_value=False,
+                callback=_flag_after_command,
+                help="Progress off a terminal too, and the time taken."))
+
+
+_add_shared_options(cli)
+
+
 # -- entry point ------------------------------------------------------------------------
 
 
@@ -1190,9 +1540,10 @@ def run(argv: list[str] | None = None) -> int:
         echo_err("backshift: interrupted")
         code = EXIT_INTERRUPTED
     except (BrokenPipeError, _OutputClosed):
+        # `backshift list | head` is a normal use: quiet, with the status a shell gives a
+        # process SIGPIPE ended (GNU tar's own behaviour)
         _silence_stdout()
-        echo_err("backshift: error: output closed early (broken pipe)")
-        code = EXIT_ERROR
+        code = EXIT_BROKEN_PIPE
     except _catalog_damage_errors() as e:
         if debug:
             import traceback
@@ -1207,13 +1558,21 @@ def run(argv: list[str] | None = None) -> int:
         where = f"{os.fsdecode(e.filename)}: " if e.filename else ""
         echo_err(f"backshift: error: {where}{e.strerror or e}")
         code = EXIT_ERROR
+    except Exception as e:  # noqa: BLE001 - the last net: one line, never a traceback
+        if debug:
+            import traceback
+            traceback.print_exc()
+        _clear_progress()
+        text = escape(str(e).encode("utf-8", "surrogateescape")) or "(no message)"
+        echo_err(f"backshift: error: unexpected {type(e).__name__}: {text} "
+                 "(--debug shows where; please report it)")
+        code = EXIT_ERROR
     try:
         sys.stdout.flush()
     except BrokenPipeError:
         _silence_stdout()
         if code == EXIT_OK:
-            echo_err("backshift: error: output closed early (broken pipe)")
-            code = EXIT_ERROR
+            code = EXIT_BROKEN_PIPE
     return code
 
 

@@ -8,6 +8,7 @@ EXIT_WARNING = 1  # the operation finished, but some files or members had proble
 EXIT_ERROR = 2  # generic error, including bad command-line usage
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT (128 + 2)
 EXIT_TERMINATED = 143  # SIGTERM (128 + 15), as a shell reports a process it ended
+EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (128 + SIGPIPE), as a shell reports
 
 
 class BackshiftError(Exception):
@@ -40,6 +41,18 @@ class RepositoryNotFound(BackshiftError):
     exit_code = 3
     summary = "no repository at the given path"
 
+    def message(self) -> str:
+        """Suggest init only where init would work: a new path or an empty directory."""
+        import os
+
+        path = self.args[0] if self.args else ""
+        if os.path.isdir(path) and os.listdir(path):
+            return (f"no repository at {path}: the directory holds no catalog.sqlite3 "
+                    "(is -r the right path?)")
+        if os.path.lexists(path) and not os.path.isdir(path):
+            return f"no repository at {path}: it is not a directory (is -r the right path?)"
+        return super().message()
+
 
 class RepositoryExists(BackshiftError):
     """cannot init {0}: {1}"""
@@ -49,7 +62,7 @@ class RepositoryExists(BackshiftError):
 
 
 class RepositoryLocked(BackshiftError):
-    """repository {0} is locked: {1}"""
+    """repository {0} is locked: {1} (--lock-wait SECONDS on save, expire, check waits)"""
 
     exit_code = 5
     summary = "the repository is locked by another process"
@@ -87,6 +100,10 @@ class NoSuchPath(BackshiftError):
 
     exit_code = 9
     summary = "no such path in the save"
+
+
+class NothingMatches(NoSuchPath):
+    """nothing matches {0} in {1}"""
 
 
 class DataDamaged(BackshiftError):
@@ -262,6 +279,7 @@ def exit_code_table() -> list[tuple[int, str]]:
         EXIT_ERROR: "error (bad usage, unexpected failure)",
         EXIT_INTERRUPTED: "interrupted by Ctrl-C / SIGINT (work done so far is committed)",
         EXIT_TERMINATED: "`save` stopped by SIGTERM (work done so far is committed)",
+        EXIT_BROKEN_PIPE: "stdout closed early (e.g. piped into head): quiet, as tar",
     }
     for cls in _all_subclasses(BackshiftError):
         if cls.exit_code not in rows:

@@ -66,31 +66,105 @@ def member_name(path: bytes) -> bytes:
     return path.lstrip(SEP) or b"."
 
 
-def escape(raw: bytes) -> str:
-    """Printable, lossless text for bytes: backslash escapes for controls, '\\' and non-UTF-8.
+# gnulib quotearg's escape style, as GNU tar prints member names (tar -tf, -tvf)
+C_ESCAPES = {7: b"\\a", 8: b"\\b", 12: b"\\f", 10: b"\\n", 13: b"\\r", 9: b"\\t",
+             11: b"\\v", 92: b"\\\\"}
+_PRINTABLE_ASCII = bytes(range(0x20, 0x7F)).replace(b"\\", b"")
+_iswprint = None
 
-    Valid UTF-8 printable characters stay as they are; anything else becomes \\xNN (or
-    \\n, \\t, \\r, \\\\), so a name can never smuggle terminal escapes into output.
-    """
-    text = raw.decode("utf-8", "surrogateescape")
-    out = []
-    for ch in text:
+
+def _printable(code: int) -> bool:
+    """libc's iswprint in this process's LC_CTYPE (loaded only for names that need it)."""
+    global _iswprint
+    if _iswprint is None:
+        import ctypes
+        _iswprint = ctypes.CDLL(None).iswprint
+    return bool(_iswprint(code))
+
+
+def gnu_quote(raw: bytes, utf8: bool) -> bytes:
+    """RAW as GNU tar prints a name: C escapes (\\n, \\t, \\\\ ...), octal \\ooo for other
+    bytes, and, in a UTF-8 locale (UTF8), printable multibyte characters as they are."""
+    if not raw.translate(None, _PRINTABLE_ASCII):
+        return raw
+    out = bytearray()
+    for ch in raw.decode("utf-8" if utf8 else "ascii", "surrogateescape"):
         code = ord(ch)
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif 0xDC80 <= code <= 0xDCFF:
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif code < 0x20 or code == 0x7F or (0x80 <= code < 0xA0):
-            out.append(f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}")
+        if code < 0x80:
+            if code in C_ESCAPES:
+                out += C_ESCAPES[code]
+            elif 0x20 <= code < 0x7F:
+                out.append(code)
+            else:
+                out += b"\\%03o" % code
+        elif 0xDC80 <= code <= 0xDCFF:  # an undecodable byte
+            out += b"\\%03o" % (code - 0xDC00)
         else:
-            out.append(ch)
-    return "".join(out)
+            enc = ch.encode("utf-8")
+            if utf8 and _printable(code):
+                out += enc
+            else:
+                out += b"".join(b"\\%03o" % b for b in enc)
+    return bytes(out)
+
+
+_locale_utf8: bool | None = None
+
+
+def locale_is_utf8() -> bool:
+    """Whether the user's LC_CTYPE is UTF-8, as GNU tar (a C program) would find it.
+
+    Python coerces a C or POSIX locale to C.UTF-8 at start-up (PEP 538) and puts
+    LC_CTYPE=C.UTF-8 into its environment: under cron's empty environment it would then
+    print names raw where tar prints octal. The environment the process started with
+    (/proc/self/environ) tells the coercion apart from a C.UTF-8 the user chose."""
+    global _locale_utf8
+    if _locale_utf8 is None:
+        import locale
+        import os
+
+        codeset = locale.nl_langinfo(locale.CODESET).upper().replace("-", "")
+        _locale_utf8 = codeset == "UTF8"
+        try:
+            with open("/proc/self/environ", "rb") as f:
+                start = dict(item.split(b"=", 1) for item in f.read().split(b"\0")
+                             if b"=" in item)
+        except OSError:
+            start = None
+        if start is not None and os.environ.get("LC_CTYPE") == "C.UTF-8" \
+                and start.get(b"LC_CTYPE") != b"C.UTF-8" and not os.environ.get("LC_ALL"):
+            # coerced: what would setlocale(LC_CTYPE, "") have given without it?
+            real = start.get(b"LC_CTYPE") or start.get(b"LANG") or b""
+            _locale_utf8 = _utf8_locale_name(real.decode("ascii", "replace"))
+    return _locale_utf8
+
+
+def _utf8_locale_name(name: str) -> bool:
+    import locale
+
+    if name in ("", "C", "POSIX"):
+        return False
+    current = locale.setlocale(locale.LC_CTYPE)
+    try:
+        locale.setlocale(locale.LC_CTYPE, name)
+        return locale.nl_langinfo(locale.CODESET).upper().replace("-", "") == "UTF8"
+    except locale.Error:
+        return False  # a locale that does not exist: the C locale, for tar too
+    finally:
+        locale.setlocale(locale.LC_CTYPE, current)
+
+
+def escape(raw: bytes, utf8: bool | None = None) -> str:
+    """Printable, lossless text for bytes, as GNU tar prints names: C escapes for controls
+    and '\\', octal \\ooo for other bytes; printable characters of a UTF-8 locale as they are.
+
+    UTF8 None means the user's locale (locale_is_utf8); machine formats pass True so
+    their text does not depend on it. A name can never smuggle terminal escapes into
+    output (C1 controls are not printable either).
+    """
+    if utf8 is None:
+        utf8 = locale_is_utf8()
+    return gnu_quote(raw, utf8).decode("utf-8", "surrogateescape")
 
 
 def unescape(text: str) -> bytes:
@@ -98,7 +172,8 @@ def unescape(text: str) -> bytes:
     out = bytearray()
     i = 0
     n = len(text)
-    simple = {"\\": b"\\", "n": b"\n", "t": b"\t", "r": b"\r"}
+    simple = {"\\": b"\\", "n": b"\n", "t": b"\t", "r": b"\r", "a": b"\a", "b": b"\b",
+              "f": b"\f", "v": b"\v"}
     while i < n:
         ch = text[i]
         if ch == "\\" and i + 1 < n:
@@ -107,13 +182,10 @@ def unescape(text: str) -> bytes:
                 out += simple[nxt]
                 i += 2
                 continue
-            if nxt == "x" and i + 3 < n:
-                out.append(int(text[i + 2 : i + 4], 16))
+            digits = text[i + 1:i + 4]
+            if len(digits) == 3 and all(c in "01234567" for c in digits):
+                out.append(int(digits, 8) & 0xFF)
                 i += 4
-                continue
-            if nxt == "u":
-                out += chr(int(text[i + 2 : i + 6], 16)).encode("utf-8")
-                i += 6
                 continue
         out += ch.encode("utf-8")
         i += 1

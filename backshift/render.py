@@ -36,12 +36,13 @@ def iso_time(ns: int | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ns // 1_000_000_000))
 
 
-def cell_text(value: object) -> object:
-    """A cell as safe text: bytes and control characters escaped losslessly."""
+def cell_text(value: object, utf8: bool | None = None) -> object:
+    """A cell as safe text: bytes and control characters escaped losslessly, as GNU tar
+    quotes names (in the user's locale; json and csv pass UTF8=True, locale-free)."""
     if isinstance(value, bytes):
-        return escape(value)
+        return escape(value, utf8)
     if isinstance(value, str):
-        return escape(value.encode("utf-8", "surrogateescape"))
+        return escape(value.encode("utf-8", "surrogateescape"), utf8)
     return value
 
 
@@ -51,7 +52,7 @@ def render(headers: Sequence[str], rows: Iterable[Sequence[object]], fmt: str) -
     if fmt == "json":
         import json
         for row in rows:
-            yield json.dumps({h: cell_text(v) for h, v in zip(headers, row, strict=True)},
+            yield json.dumps({h: cell_text(v, True) for h, v in zip(headers, row, strict=True)},
                              ensure_ascii=False)
     elif fmt == "csv":
         import csv
@@ -63,7 +64,7 @@ def render(headers: Sequence[str], rows: Iterable[Sequence[object]], fmt: str) -
         for row in rows:
             buf.seek(0)
             buf.truncate()
-            writer.writerow([cell_text(v) for v in row])
+            writer.writerow([cell_text(v, True) for v in row])
             yield buf.getvalue().rstrip("\n")
     elif fmt == "table":
         from tabulate import tabulate

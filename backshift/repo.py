@@ -18,7 +18,13 @@ import apsw
 
 from . import __version__
 from .catalog import CATALOG_NAME, Catalog, on_read_only_media, translate_error
-from .errors import NotACatalog, RepositoryExists, RepositoryIOError, RepositoryNotFound
+from .errors import (
+    NotACatalog,
+    RepositoryExists,
+    RepositoryIOError,
+    RepositoryNotFound,
+    UsageError,
+)
 from .model import MAX_CHUNK_LENGTH, ChunkerParams
 
 if TYPE_CHECKING:
@@ -99,6 +105,13 @@ def init_repository(path: bytes, params: ChunkerParams, zstd_level: int = 3) -> 
     from .store import Store
 
     path = os.path.abspath(path)
+    try:
+        path.decode("utf-8")
+    except UnicodeDecodeError:
+        # SQLite takes file names as UTF-8 text: refuse before anything is created
+        from .pathcodec import escape
+        raise UsageError(f"cannot init {escape(path)}: the repository path must be UTF-8 "
+                         "(SQLite cannot open a catalog under another name)") from None
     try:
         if os.path.exists(path):
             if not os.path.isdir(path):

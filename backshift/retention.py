@@ -12,7 +12,7 @@ apply per series (hostname + subset). Rules, in the words the decisions print:
 - An interrupted save is kept until a later complete save of its series exists; after
   that only keep-within and older-than protect it (it takes no keep-last/period slot).
 - The newest complete save of a series is always kept unless allow_empty_series is set.
-- remove_ids (`expire --save ID`, instead of every rule above) removes exactly those saves,
+- remove_ids (`expire --backup ID`, instead of every rule above) removes exactly those saves,
   the newest of a series too; a running save is kept, and the others get no decision.
 """
 
@@ -99,7 +99,7 @@ def decide(saves: Iterable[SaveRow], policy: Policy, now_ns: int,
         if policy.has_keep_rules() or policy.older_than_s is not None:
             raise ValueError("saves named to go take no keep or older-than rules besides")
         return [Decision(s, True, ("still running (or died: see 'backshift check')",))
-                if s.status == "running" else Decision(s, False, ("named with --save",))
+                if s.status == "running" else Decision(s, False, ("named with --backup",))
                 for s in saves if s.id in policy.remove_ids]
     series: dict[tuple[str, str], list[SaveRow]] = {}
     for s in saves:
@@ -109,6 +109,14 @@ def decide(saves: Iterable[SaveRow], policy: Policy, now_ns: int,
         for d in _decide_series(members, policy, now_ns, tz):
             out[d.save.id] = d
     return [out[s.id] for s in saves]
+
+
+def _nth_newest(n: int) -> str:
+    """'newest', '2nd newest', '3rd newest', '11th newest' ..."""
+    if n == 1:
+        return "newest"
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix} newest"
 
 
 def _newest_first(saves: list[SaveRow]) -> list[SaveRow]:
@@ -122,7 +130,7 @@ def _decide_series(saves: list[SaveRow], policy: Policy, now_ns: int,
     reasons: dict[int, list[str]] = {s.id: [] for s in ordered}
     # Slot rules: complete saves only, newest first.
     for i, s in enumerate(complete[:policy.keep_last]):
-        reasons[s.id].append(f"last {i + 1} of {policy.keep_last}")
+        reasons[s.id].append(f"keep-last {policy.keep_last}: {_nth_newest(i + 1)}")
     for kind in PERIODS:
         count = getattr(policy, f"keep_{kind}")
         last = None

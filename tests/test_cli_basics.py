@@ -170,3 +170,103 @@ def test_start_up_imports_only_what_the_command_needs(tmp_path):
     loaded = modules("-r", str(tmp_path / "r"), "saves", "--format", "csv")
     for heavy in ("tabulate", "importlib.resources", "backshift.store"):
         assert heavy not in loaded, heavy
+
+
+def test_repo_option_after_the_command(tmp_path, monkeypatch):
+    run("init", "-r", str(tmp_path / "r"))
+    assert (tmp_path / "r" / "catalog.sqlite3").is_file()
+    run("saves", "-r", str(tmp_path / "r"))
+    # the command's -r wins over the group's and over BACKSHIFT_REPO
+    monkeypatch.setenv("BACKSHIFT_REPO", str(tmp_path / "nowhere"))
+    run("saves", "--repo", str(tmp_path / "r"), "--format", "json")
+    run("-r", str(tmp_path / "nowhere"), "saves", "-r", str(tmp_path / "r"))
+    run("sql", "-r", str(tmp_path / "r"), "SELECT 1")
+
+
+def test_every_command_accepts_repo_after_it():
+    from backshift.cli import cli as group
+    for name, command in group.commands.items():
+        assert any(p.opts == ["-r", "--repo"] for p in command.params), name
+
+
+def test_backup_names_a_save_id_everywhere(tree, repo, no_racy_margin):
+    run("-r", repo, "save", "--subset", "s", input=find0(tree))
+    (tree / "a.txt").write_bytes(b"changed\n")
+    run("-r", repo, "save", "--subset", "s", input=find0(tree))
+    new_form = run("-r", repo, "diff", "--backup", "1", "--backup", "2", "--format", "json")
+    assert run("-r", repo, "diff", "1", "2", "--format", "json").stdout == new_form.stdout
+    assert '"change": "content"' in new_form.stdout
+    for command in ("list", "tar", "find", "stats", "expire", "diff"):
+        assert "--backup" in run(command, "--help").stdout, command
+    assert "--backup, --save ID" in run("expire", "--help").stdout  # the alias is shown
+    run("-r", repo, "expire", "--save", "1", "--dry-run")
+    res = run("-r", repo, "expire", "--backup", "abc", exit_code=2)
+    assert "a save id is a whole number from 1 (see 'backshift saves'), not 'abc'" in res.stderr
+    assert "integer range" not in res.stderr
+    res = run("-r", repo, "diff", "1", "x", exit_code=2)
+    assert "OLD_ID NEW_ID: a save id is a whole number" in res.stderr
+
+
+LISTING_COMMANDS = ("saves", "list", "history", "find", "stats", "diff", "sql")
+
+
+def test_listing_commands_share_format_names_and_json():
+    for name in LISTING_COMMANDS:
+        out = run(name, "--help").stdout
+        assert "--format [table|json|csv]" in out and "--json" in out, name
+    for name in ("save", "expire", "check", "import-legacy", "init", "break-lock"):
+        assert "--json" in run(name, "--help").stdout, name
+
+
+def test_json_on_expire_check_init_and_break_lock(tmp_path, tree):
+    repo = str(tmp_path / "r")
+    init = json.loads(run("-r", repo, "init", "--json").stdout)
+    assert init["repository"] == repo and init["zstd_level"] == 3
+    run("-r", repo, "save", "--subset", "s", input=find0(tree))
+    check = json.loads(run("-r", repo, "check", "--json").stdout)
+    assert check["problems"] == 0 and check["chunks_referenced"] > 0
+    exp = json.loads(run("-r", repo, "expire", "--keep-last", "1", "--dry-run", "--json").stdout)
+    assert exp["dry_run"] is True and exp["saves_removed"] == 0
+    assert [(d["save_id"], d["action"]) for d in exp["decisions"]] == [(1, "keep")]
+    assert json.loads(run("-r", repo, "break-lock", "--json").stdout) == {
+        "removed": [], "kept": []}
+    # list and diff call their human format table now; text stays an alias
+    assert run("-r", repo, "list", "--backup", "1", "--format", "text").stdout == run(
+        "-r", repo, "list", "--backup", "1").stdout
+    rows = run("-r", repo, "list", "--backup", "1", "--json").stdout.splitlines()
+    assert all(json.loads(line)["path"] for line in rows)
+
+
+def test_save_exclude_from_file(tmp_path, repo):
+    src = tmp_path / "src"
+    (src / "keep").mkdir(parents=True)
+    (src / "cache").mkdir()
+    (src / "keep" / "a.txt").write_bytes(b"a")
+    (src / "keep" / "b.log").write_bytes(b"b")
+    (src / "cache" / "c").write_bytes(b"c")
+    (tmp_path / "ex").write_text("# what restic users keep in excludes.txt\n\n*.log\ncache\n")
+    run("-r", repo, "save", "--exclude-from", str(tmp_path / "ex"), str(src))
+    names = run("-r", repo, "list", "--backup", "1").stdout.splitlines()
+    rel = str(src).lstrip("/")
+    assert [n for n in names if n.startswith(rel)] == [f"{rel}/", f"{rel}/keep/",
+                                                       f"{rel}/keep/a.txt"]
+    res = run("-r", repo, "save", "--exclude-from", str(tmp_path / "nope"), str(src),
+              exit_code=2)
+    assert "--exclude-from" in res.stderr and "No such file" in res.stderr
+
+
+def test_quiet_and_verbose(tmp_path, tree):
+    repo = str(tmp_path / "r")
+    res = run("-q", "-r", repo, "init")
+    assert res.stdout == res.stderr == ""
+    res = run("-r", repo, "save", "-q", "--subset", "s", input=find0(tree))
+    assert res.stdout == "" and res.stderr == ""
+    for args in (["check", "-q"], ["expire", "--keep-last", "1", "-q"], ["-q", "break-lock"]):
+        res = run("-r", repo, *args)
+        assert res.stdout == res.stderr == "", args
+    assert "save 2 complete" in run("-r", repo, "save", "--subset", "s",
+                                    input=find0(tree)).stdout
+    res = run("-r", repo, "saves", "-v")
+    assert res.stderr.startswith("backshift: saves finished in ")
+    assert "files" in run("-r", repo, "save", "-v", "--subset", "s", input=find0(tree)).stderr
+    run("-q", "-v", "-r", repo, "saves", exit_code=2)

@@ -62,7 +62,7 @@ def test_expire_removes_only_unreferenced_chunks(tmp_path, repo):
     before = chunk_files(repo)
     res = run("-r", repo, "expire", "--keep-last", "1")
     assert "remove       save 1 " in res.stdout and "remove       save 2 " in res.stdout
-    assert "keep         save 3 " in res.stdout and "last 1 of 1" in res.stdout
+    assert "keep         save 3 " in res.stdout and "keep-last 1: newest" in res.stdout
     after = chunk_files(repo)
     assert after < before
     assert after == catalog_chunks(repo)  # nothing unreferenced left, nothing missing
@@ -173,7 +173,7 @@ def test_expire_save_removes_exactly_the_saves_named(tmp_path, repo):
     lines = real.splitlines()
     assert [ln.split()[:3] for ln in lines[:2]] == [["remove", "save", "2"],
                                                      ["remove", "save", "4"]], real
-    assert all("named with --save" in ln for ln in lines[:2])
+    assert all("named with --backup" in ln for ln in lines[:2])
     assert f"removed 2 save(s), {len(freed):,} chunk(s) " in real
     assert dry.splitlines()[:2] == lines[:2]
     rows = run("-r", repo, "saves", "--format", "csv").stdout.strip().splitlines()[1:]
@@ -197,7 +197,7 @@ def test_expire_save_refuses_unknown_ids_and_policy_rules_before_removing_anythi
     res = run("-r", repo, "expire", "--save", "1", "--subset", "etc", exit_code=8)
     assert "no save 1 of */etc in this repository" in res.stderr, res.stderr
     res = run("-r", repo, "expire", "--save", "1", "--keep-last", "1", exit_code=2)
-    assert "--save names the saves to remove" in res.stderr
+    assert "--backup names the saves to remove" in res.stderr
     rows = run("-r", repo, "saves", "--format", "csv").stdout.strip().splitlines()[1:]
     assert [r.split(",")[0] for r in rows] == ["1", "2"]
     assert chunk_files(repo) == before

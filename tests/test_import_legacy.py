@@ -497,3 +497,16 @@ def test_import_legacy_versions_have_no_xattrs_and_the_next_save_reads_them(
     rows = run("-r", repo, "sql", "SELECT path, value FROM xattrs WHERE save_id = 2",
                "--format", "csv").stdout.splitlines()
     assert rows[1:] == [f"{root / 'a.txt'},kept", f"{root / 'sub' / 'hardlink'},kept"]
+
+
+def test_import_legacy_json_summary(legacy_bin, repo, tmp_path):
+    root = tmp_path / "small"
+    root.mkdir()
+    (root / "f").write_bytes(b"legacy content\n")
+    sd = tmp_path / "savedir"
+    legacy_save(legacy_bin, sd, find0(root))
+    out = json.loads(run("-r", repo, "import-legacy", str(sd), "--json").stdout)
+    assert out["imported"] == [{"legacy": legacy_ids(sd)[0], "save_id": 1}]
+    assert (out["saves_imported"], out["files"], out["chunks_bad"]) == (1, 2, 0)
+    again = json.loads(run("-r", repo, "import-legacy", str(sd), "--json").stdout)
+    assert (again["saves_imported"], again["saves_skipped"]) == (0, 1)

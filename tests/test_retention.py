@@ -151,9 +151,9 @@ def test_remove_ids_decide_only_the_saves_named_and_keep_a_running_one():
              _save(5, "2026-11-24T02:00", host="db1")]
     got = decide(saves, Policy(remove_ids=frozenset({3, 4, 5})), NOW_NS)
     assert [(d.save.id, d.keep, d.reasons) for d in got] == [
-        (3, False, ("named with --save",)),  # the newest complete save of its series
+        (3, False, ("named with --backup",)),  # the newest complete save of its series
         (4, True, ("still running (or died: see 'backshift check')",)),
-        (5, False, ("named with --save",)),  # the only save of its series
+        (5, False, ("named with --backup",)),  # the only save of its series
     ]
     with pytest.raises(ValueError):
         decide(saves, Policy(keep_last=1, remove_ids=frozenset({3})), NOW_NS)

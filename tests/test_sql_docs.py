@@ -72,6 +72,7 @@ def docs_repo(tmp_path_factory) -> bytes:
     init_repository(repo, ChunkerParams(min_size=4096, avg_size=16384, max_size=65536))
     src = make_tree(base / "src")
     (src / "edit.txt").write_bytes(b"first\n")
+    (src / "copy-of-a.txt").write_bytes(b"hello\n")  # a real duplicate of a.txt, not a link
     old_margin = save_mod.RACY_MARGIN_NS
     save_mod.RACY_MARGIN_NS = -10**18
     try:
@@ -92,7 +93,7 @@ def test_queries_doc_query_runs_and_finds_rows(docs_repo, heading, sql, params):
     if "user" in params:
         params["user"] = pwd.getpwuid(os.getuid()).pw_name
     args = [arg for name, value in params.items() for arg in ("--param", f"{name}={value}")]
-    result = run("-r", docs_repo, "sql", "--format", "csv", *args, "--", sql)
+    result = run("-r", docs_repo, "sql", "--format", "csv", *args, sql)  # as pasted
     rows = list(csv.reader(io.StringIO(result.stdout)))
     assert len(rows) >= 2, f"{heading}: no rows\n{result.stdout}"
 

@@ -134,8 +134,9 @@ WRITER, READER, USER_SQL = "writer", "reader", "user SQL"  # the roles of a conn
 
 def configure(conn: apsw.Connection, role: str) -> None:
     """Set up CONN for ROLE: busy timeout, SQLite's defensive settings, pragmas, page cache.
-    A USER_SQL connection (the sql command, --where) also gets query_only and no extension
-    loading; sqlguard.harden then puts its policy (authorizer, limits, deadline) on it."""
+    A USER_SQL connection (the sql command, --where) also gets query_only, no extension
+    loading, and temp data in memory when SQLite's heap is capped (sqlguard.cap_memory);
+    sqlguard.harden then puts its policy (authorizer, limits, deadline) on it."""
     writer = role == WRITER
     conn.set_busy_timeout(WRITER_BUSY_MS if writer else READER_BUSY_MS)
     conn.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
@@ -149,6 +150,8 @@ def configure(conn: apsw.Connection, role: str) -> None:
     conn.execute("PRAGMA cache_size = -65536")  # 64 MiB page cache
     if role == USER_SQL:
         conn.execute("PRAGMA query_only = ON")
+        if apsw.hard_heap_limit(-1):  # sqlguard.cap_memory: temp data in memory, under it
+            conn.execute("PRAGMA temp_store = MEMORY")  # before any temp object exists
         if hasattr(apsw, "SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION"):
             conn.config(apsw.SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0)
 

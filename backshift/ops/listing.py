@@ -16,7 +16,6 @@ about, the planner takes over the whole listing.
 
 from __future__ import annotations
 
-import locale
 import re
 import stat
 import threading
@@ -52,7 +51,7 @@ C_ESCAPES = {7: b"\\a", 8: b"\\b", 12: b"\\f", 10: b"\\n", 13: b"\\r", 9: b"\\t"
 PLAIN = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")  # printable ASCII but backslash
 DATE_WIDTH = 16  # len("YYYY-MM-DD HH:MM")
 COLUMNS = ["path", "type", "mode", "uid", "gid", "user", "group", "size", "mtime_ns",
-           "link_target", "hardlink_to", "digest"]
+           "link_target", "hardlink_to", "digest", "dev", "ino", "nlink", "rdev"]
 
 
 def list_save(catalog: Catalog, save_id: int, sel: Selection,
@@ -74,40 +73,15 @@ def list_save(catalog: Catalog, save_id: int, sel: Selection,
 
 
 class Quoter:
-    """gnulib quotearg's escape style, for the LC_CTYPE this process runs under."""
+    """gnulib quotearg's escape style (pathcodec.gnu_quote) in the user's real locale."""
 
     def __init__(self) -> None:
-        self.utf8 = locale.nl_langinfo(locale.CODESET).upper().replace("-", "") == "UTF8"
-        self._iswprint = None
-
-    def iswprint(self, code: int) -> bool:
-        if self._iswprint is None:  # ctypes loads only for names that need it
-            import ctypes
-            self._iswprint = ctypes.CDLL(None).iswprint
-        return bool(self._iswprint(code))
+        self.utf8 = pathcodec.locale_is_utf8()
 
     def __call__(self, raw: bytes) -> bytes:
         if PLAIN.fullmatch(raw):
             return raw
-        out = bytearray()
-        for ch in raw.decode("utf-8" if self.utf8 else "ascii", "surrogateescape"):
-            code = ord(ch)
-            if code < 0x80:
-                if code in C_ESCAPES:
-                    out += C_ESCAPES[code]
-                elif 0x20 <= code < 0x7F:
-                    out.append(code)
-                else:
-                    out += b"\\%03o" % code
-            elif 0xDC80 <= code <= 0xDCFF:  # an undecodable byte
-                out += b"\\%03o" % (code - 0xDC00)
-            else:
-                enc = ch.encode("utf-8")
-                if self.utf8 and self.iswprint(code):
-                    out += enc
-                else:
-                    out += b"".join(b"\\%03o" % b for b in enc)
-        return bytes(out)
+        return pathcodec.gnu_quote(raw, self.utf8)
 
 
 def permission_strings() -> bytes:
@@ -603,4 +577,8 @@ def record(m: Planned) -> list:
         e.link_target,
         b"/" + h.linkname.rstrip(b"/") if h.typeflag == ts.LNKTYPE else None,
         e.digest.hex() if e.digest is not None else None,
+        e.dev,
+        e.ino,
+        e.nlink,
+        e.rdev,
     ]

@@ -26,6 +26,9 @@ DEFAULT_MAX_ROWS = 100_000
 _LEADING_NOISE = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.S)
 _WRAPPABLE = re.compile(r"(?:SELECT|WITH|VALUES)\b", re.I)
 _WRAP_NAME = "backshift_user_query"
+_WRITE_VERBS = {"INSERT", "UPDATE", "DELETE", "REPLACE", "UPSERT", "CREATE", "DROP", "ALTER",
+                "VACUUM", "REINDEX", "ANALYZE", "ATTACH", "DETACH", "BEGIN", "COMMIT", "END",
+                "ROLLBACK", "SAVEPOINT", "RELEASE"}
 
 
 @dataclass
@@ -49,6 +52,8 @@ class QueryRunner:
         except apsw.Error as e:
             self.conn.close()
             raise open_error(e, path, readonly=True) from None
+        self.watchdog = sqlguard.Watchdog(self.conn, self.guard,
+                                          QueryTimeout(f"{timeout_s:g}")).__enter__()
 
     def __enter__(self) -> QueryRunner:
         return self
@@ -57,6 +62,7 @@ class QueryRunner:
         self.close()
 
     def close(self) -> None:
+        self.watchdog.__exit__(None, None, None)
         self.conn.close()  # rolls the read transaction back
 
     def run(self, sql: str, params: dict[str, object] | None = None,
@@ -78,7 +84,16 @@ class QueryRunner:
 
     def _prepare_one(self, sql: str, params: dict) -> tuple[str, tuple]:
         """Prepare (never run) the first statement; refuse a second one or a denied one."""
-        info = self._trace(sql, params)
+        try:
+            info = self._trace(sql, params)
+        except QueryFailed:
+            # `DELETE FROM files` fails to prepare (a view cannot be modified): a write all
+            # the same, refused as every write is
+            verb = sql[_LEADING_NOISE.match(sql).end():].split(None, 1)
+            if verb and verb[0].upper() in _WRITE_VERBS:
+                raise QueryDenied(f"{verb[0].upper()} writes; backshift sql only reads") \
+                    from None
+            raise
         if info is None or not info["has_vdbe"]:
             raise QueryFailed("no SQL statement given")
         rest = info["remaining"]
@@ -92,9 +107,11 @@ class QueryRunner:
             if more["has_vdbe"]:
                 raise QueryDenied("several statements given; run one statement at a time")
             rest = more["remaining"]
-        if not info["readonly"]:
+        verb = info["first"][_LEADING_NOISE.match(info["first"]).end():].split(None, 1)
+        # SQLite calls `PRAGMA journal_mode` a write even without a value; every PRAGMA that
+        # got past the authorizer is one of its allowlisted reads (a value is denied there).
+        if not info["readonly"] and (verb or [""])[0].upper() != "PRAGMA":
             # VACUUM asks the authorizer nothing while being prepared; SQLite knows it writes.
-            verb = info["first"][_LEADING_NOISE.match(info["first"]).end():].split(None, 1)
             raise QueryDenied(f"{(verb or ['it'])[0].upper()} writes; backshift sql only reads")
         return info["first"], info["description"]
 
@@ -150,12 +167,16 @@ class QueryRunner:
             count += 1
             yield row
 
-    def _translate(self, e: apsw.Error) -> Exception:
+    def _translate(self, e: apsw.Error) -> BaseException:
+        if self.guard.sigint:
+            return KeyboardInterrupt()  # Ctrl-C stopped the statement: exit 130
         if self.guard.denied is not None:
             denied, self.guard.denied = self.guard.denied, None
             return QueryDenied(f"{denied} is not allowed (backshift sql only reads)")
         if self.guard.timed_out:
             return QueryTimeout(f"{self.guard.deadline_s:g}")
+        if isinstance(e, apsw.NoMemError):
+            return QueryFailed(sqlguard.MEMORY_LIMIT_NOTE)
         if isinstance(e, apsw.BusyError | apsw.LockedError):
             return RepositoryLocked(os.fsdecode(self.conn.filename), str(e))
         if isinstance(e, apsw.AuthError):

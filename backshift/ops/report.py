@@ -118,8 +118,16 @@ class HistoryEntry:
 
 def history(repo: Repository, path: bytes, hostname: str | None = None,
             subset: str | None = None) -> list[HistoryEntry]:
-    """Every save holding PATH, oldest first, with whether its content changed."""
-    path_id = repo.catalog.path_id(sort_key(_normal(path)))
+    """Every save holding PATH, oldest first, with whether its content changed.
+
+    PATH as list and tar take it (leading '/' optional, so a name pasted from `list`
+    works); a relative PATH no save holds that way is also tried below the current
+    directory."""
+    from .select import normal_path
+
+    path_id = repo.catalog.path_id(sort_key(normal_path(path)))
+    if path_id is None and not path.startswith(b"/"):
+        path_id = repo.catalog.path_id(sort_key(_normal(path)))
     if path_id is None:
         return []
     out: list[HistoryEntry] = []
@@ -159,8 +167,9 @@ def find(repo: Repository, glob: bytes, save_id: int | None = None,
     lo, hi = ALL_KEYS
     name_glob = path_glob = None
     if b"/" in glob:
-        path_glob = glob
-        lo, hi = _glob_key_range(glob)
+        # a member name pasted from `list` has no leading '/': as tar, take it as absolute
+        path_glob = glob if glob.startswith((b"/", b"*")) else b"/" + glob
+        lo, hi = _glob_key_range(path_glob)
     else:
         name_glob = glob
     for row in repo.catalog.find_paths(lo, hi, name_glob, path_glob, save_id, since_ns):
@@ -190,7 +199,11 @@ def parse_since(text: str) -> int:
     except ValueError:
         raise UsageError(f"--since wants a date like 2026-01-31 or '2026-01-31 12:00', "
                          f"got {text!r}") from None
-    return min(int(when.timestamp()) * 1_000_000_000, 2**63 - 1)
+    try:
+        seconds = int(when.timestamp())
+    except (ValueError, OverflowError, OSError):  # before 1970 by centuries, or past 9999
+        seconds = -(2**62) if when.year < 1970 else 2**62
+    return max(min(seconds * 1_000_000_000, 2**63 - 1), -(2**63))
 
 
 # -- shared -------------------------------------------------------------------------------

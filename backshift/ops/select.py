@@ -15,7 +15,7 @@ import fnmatch
 import os
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import apsw
@@ -130,6 +130,20 @@ def key_ranges(catalog: Catalog, sel: Selection) -> list[tuple[bytes, bytes]]:
     return merged
 
 
+def literal_globs(catalog: Catalog, save_id: int, sel: Selection) -> Selection:
+    """SEL with each glob that names a member literally (`report[1].txt`) made a path."""
+    keep, literal = [], []
+    for g in sel.globs:
+        path = normal_path(g)
+        if catalog.entry_at_key(save_id, pathcodec.sort_key(path)) is not None:
+            literal.append(path)
+        else:
+            keep.append(g)
+    if not literal:
+        return sel
+    return replace(sel, paths=sel.paths + tuple(literal), globs=tuple(keep))
+
+
 def check_paths_exist(catalog: Catalog, save_id: int, paths: tuple[bytes, ...]) -> None:
     """NoSuchPath for the first selector path that is not a member of the save."""
     for p in paths:
@@ -143,20 +157,44 @@ class WherePredicate:
     def __init__(self, catalog: Catalog, predicate: str) -> None:
         self.cat = Catalog.open(catalog.path, readonly=True, user_sql=True)
         self.guard = sqlguard.harden(self.cat.conn, WHERE_DEADLINE_S)
+        self.guard.stop_clock()
+        self.watchdog = sqlguard.Watchdog(self.cat.conn, self.guard, QueryDenied(
+            f"--where took longer than {WHERE_DEADLINE_S:g} s")).__enter__()
         self.sql = WHERE_PREDICATE_MATCHES.format(predicate=predicate)
-        self.matches(0, -1)  # refuse a bad predicate before any output
+        try:
+            self.matches(0, -1)  # refuse a bad predicate before any output
+        except BaseException:
+            self.close()  # the watchdog must not outlive us (it holds the SIGINT wake-up)
+            raise
 
     def matches(self, save_id: int, path_id: int) -> bool:
         self.guard.restart_clock()
+        statements = []
+
+        def one_statement(_cursor, sql: str, _bindings) -> bool:
+            statements.append(sql)
+            return len(statements) == 1  # `0); SELECT 1; --` would run a second one
+
+        cursor = self.cat.conn.cursor()
         try:
-            rows = self.cat.conn.execute(self.sql, {"save_id": save_id, "path_id": path_id})
+            cursor.exec_trace = one_statement
+            rows = cursor.execute(self.sql, {"save_id": save_id, "path_id": path_id})
             return rows.fetchone() is not None
+        except apsw.ExecTraceAbort:
+            raise QueryDenied("--where takes one expression over the files view, "
+                              "not statements") from None
         except apsw.Error as e:
+            if self.guard.sigint:
+                raise KeyboardInterrupt from None
             if self.guard.timed_out:
                 raise QueryDenied(f"--where took longer than {WHERE_DEADLINE_S:g} s") from None
             raise QueryDenied(f"--where: {self.guard.denied or e}") from None
+        finally:
+            cursor.close()  # no statement left active for the watchdog to interrupt
+            self.guard.stop_clock()
 
     def close(self) -> None:
+        self.watchdog.__exit__(None, None, None)
         self.cat.close()
 
 
@@ -216,6 +254,7 @@ class Problems:
     warnings: int = 0
     refused: int = 0
     damaged: int = 0
+    unmatched: tuple[bytes, ...] = ()  # glob selectors that matched no member
 
     def warn(self, msg: str) -> None:
         self.warnings += 1
@@ -274,6 +313,11 @@ class Planner:
         self.path_ranges = [(pathcodec.sort_key(p), pathcodec.sort_key(p) + b"\x01")
                             for p in sel.paths]
         self.glob_root: bytes | None = None  # a directory a glob matched: its subtree is in
+        self.globs_pending = list(sel.globs)  # globs no member matched yet
+
+    def unmatched_globs(self) -> tuple[bytes, ...]:
+        """The glob selectors no member matched (call after members() is exhausted)."""
+        return tuple(self.globs_pending)
 
     def close(self) -> None:
         if self.where is not None:
@@ -358,6 +402,9 @@ class Planner:
         return True
 
     def _picked(self, e: Entry, name: bytes | None) -> bool:
+        if self.globs_pending and name is not None:  # also where a path or glob took it
+            self.globs_pending = [p for p in self.globs_pending
+                                  if not fnmatch.fnmatchcase(name, p)]
         if any(lo <= e.key < hi for lo, hi in self.path_ranges):
             return True
         if self.glob_root is not None and e.key.startswith(self.glob_root):

@@ -424,8 +424,10 @@ def tar_save(repo, save_id: int, sel, open_out, report, sparse: bool = True,
         check_paths_exist,
         digest_check,
         key_ranges,
+        literal_globs,
     )
 
+    sel = literal_globs(repo.catalog, save_id, sel)
     check_paths_exist(repo.catalog, save_id, sel.paths)
     problems = Problems(report)
     digest = digest_check(repo.catalog, save_id, sel)
@@ -435,6 +437,7 @@ def tar_save(repo, save_id: int, sel, open_out, report, sparse: bool = True,
         chunks = _Chunks(repo.catalog, save_id, key_ranges(repo.catalog, sel))
         write_members(planner.members(), writer, chunks, repo.store, problems, read_workers(),
                       sparse, _XattrRecords(repo.catalog) if xattrs else None, digest)
+        problems.unmatched = planner.unmatched_globs()
     except (TypeError, OverflowError) as e:
         # a damaged page can hand back a value of another type (NULL or text where an
         # integer belongs): damage, named as such, never a traceback or a wrong member
