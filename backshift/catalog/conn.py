@@ -46,13 +46,9 @@ def _without_memory_statistics() -> None:
 _without_memory_statistics()
 
 APPLICATION_ID = 0x42534854  # 'BSHT'
-
 CATALOG_NAME = b"catalog.sqlite3"
-
 WRITER_BUSY_MS = 60_000
-
 READER_BUSY_MS = 5_000
-
 CHECKPOINT_BUSY_MS = 200
 
 

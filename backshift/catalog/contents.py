@@ -133,6 +133,10 @@ CONTENTS_STARTING_WITH_CHUNK = _sql("""
       AND c.size = :size
 """)
 
+# -- extended attributes --
+# A distinct attribute set is stored once under its digest (xattrs.set_digest); versions
+# name it by xattrs_id. Sets are few: a lookup per new set, a cache in the caller.
+
 XATTR_SET_BY_DIGEST = _sql("""
     SELECT id
     FROM xattr_set
@@ -314,6 +318,7 @@ class Contents:
                 return content_id
         return None
 
+    # -- extended attributes --
     def xattr_set_id(self, digest: bytes, xattrs: list[tuple[bytes, bytes, bool]]) -> int:
         """The id of the attribute set with DIGEST (xattrs.set_digest of XATTRS: (name,
         value, is_text) triples), inserted when new (inside a write transaction)."""

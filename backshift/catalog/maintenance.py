@@ -84,9 +84,7 @@ UNREFERENCED_CHUNKS_IN_RANGE = _sql("""
 """)
 
 INTEGRITY_CHECK = "PRAGMA integrity_check"
-
 QUICK_CHECK = "PRAGMA quick_check"
-
 FOREIGN_KEY_CHECK = "PRAGMA foreign_key_check"
 
 MEMBERS_WITHOUT_VERSION = _sql("""

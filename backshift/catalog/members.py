@@ -10,6 +10,12 @@ from .reports import PATH_TEXT_OF_KEY
 from .saves import DIGEST_RECORD
 from .sqltext import _slices, _sql
 
+# -- listing and tar --
+# A save is traversed from the path table in key (depth-first) order, probing member by its
+# primary key for each path: an index range, never a scan of the save. CROSS JOIN pins that
+# loop order (path outside), so ORDER BY key needs no sort. The path table holds the paths of
+# every save; paths of other saves cost one probe each.
+
 # The last column is the member's DIGEST_RECORD where a digest is computed, else NULL.
 ENTRY_COLUMNS = _sql("""
     p.id, p.key, v.mode, v.uid, v.gid, v.user, v.grp, v.size, v.mtime_ns, v.dev, v.ino,
@@ -79,6 +85,20 @@ WHERE_PREDICATE_MATCHES = """
       AND ({predicate}
       )
 """
+
+# -- listing text --
+# `list` / `list -v` of a key range as finished `tar -tf` / `tar -tvf` lines, so that Python
+# touches only the rare rows it must. LISTING_LINES gives (line, path_id, flag) in key order:
+# flag NULL: `line` is the member's line, newline included, with the name still in key form
+#   (NUL between components): ops/listing.py turns NUL into '/' for a whole block at once
+#   and checks the block for bytes GNU tar would quote (cheaper there than a GLOB here).
+# flag 'p': Python formats the member (root, a device, a hardlink candidate, an owner with a
+#   NUL, a time SQLite's localtime cannot match, a `user/group size` wider than :width).
+# flag 'd': a non-directory with some path below it: Python asks whether a member is.
+# flag 'a': a row the planner refuses or warns about: Python hands the listing to it.
+# :width is GNU tar's `user/group size` width so far; it only grows.
+# SQLite's 'localtime' calls the C library's localtime_r like tar, but maps years outside
+# 1970-2037 to another year: those rows are flagged.
 
 LISTING_FLAG = _sql("""
     CASE
@@ -221,6 +241,7 @@ ENTRY_OF_PATH_ID = _sql(f"""
       AND m.path_id = p.id
 """)
 
+# -- find --
 # Matching paths come from the distinct path table (a key range when the glob starts with a
 # directory), then one member probe per save; newest save first.
 FIND_PATHS = _sql(f"""

@@ -194,6 +194,7 @@ class Recording:
             self.conn.execute(sql.format(rows=",".join([mark] * len(part))),
                               [v for row in part for v in row])
 
+    # -- save speed --
     def entries_under(self, save_id: int, parent_id: int, limit: int) -> dict | None:
         """{name: (path id, name, version id, mode, uid, gid, user, group, size, mtime_ns,
         ctime_ns, dev, ino, nlink, rdev, link target, content id, chunks, stored lengths,

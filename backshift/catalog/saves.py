@@ -121,6 +121,7 @@ LATEST_COMPLETE_SAVE_ID = _sql("""
       AND (:subset IS NULL OR subset = :subset)
 """)
 
+# -- import-legacy --
 LEGACY_IDS = _sql("""
     SELECT legacy_id
     FROM save
@@ -140,6 +141,7 @@ INSERT_LEGACY_SAVE = _sql("""
             :writer_pid, :legacy_id)
 """)
 
+# -- save digests (migration 0005) --
 # A save's members digest (migration 0005, scheme DIGEST_SCHEME) is the xxh3-128 of the
 # concatenation of one DIGEST_RECORD per member, in key order: every field that shapes what
 # `list` and `tar` make of the member (name, type and mode, owner ids and names, size, mtime,
@@ -303,6 +305,7 @@ class Saves:
         return self.conn.execute(LATEST_COMPLETE_SAVE_ID,
                                  {"hostname": hostname, "subset": subset}).fetchone()[0]
 
+    # -- import-legacy --
     def legacy_ids(self) -> set[str]:
         """Backup ids of the backshift 1.x saves imported so far."""
         return {row[0] for row in self.conn.execute(LEGACY_IDS)}
@@ -321,6 +324,7 @@ class Saves:
         })
         return self.conn.last_insert_rowid()
 
+    # -- save digests --
     def save_digest(self, save_id: int) -> tuple[int, int, bytes] | None:
         """(scheme, members, digest) recorded when the save completed; None: none recorded."""
         if self.schema < DIGESTS_SINCE:
