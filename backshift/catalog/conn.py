@@ -130,9 +130,10 @@ WRITER, READER, USER_SQL = "writer", "reader", "user SQL"  # the roles of a conn
 
 def configure(conn: apsw.Connection, role: str) -> None:
     """Set up CONN for ROLE: busy timeout, SQLite's defensive settings, pragmas, page cache.
-    A USER_SQL connection (the sql command, --where) also gets query_only, no extension
-    loading, and temp data in memory when SQLite's heap is capped (sqlguard.cap_memory);
-    sqlguard.harden then puts its policy (authorizer, limits, deadline) on it."""
+    A USER_SQL connection (the sql command, --where) also gets no extension loading, temp
+    data in memory when SQLite's heap is capped (sqlguard.cap_memory), and once its
+    stand-ins exist, query_only (seal_user_sql); sqlguard.harden then puts its policy
+    (authorizer, limits, deadline) on it."""
     writer = role == WRITER
     conn.set_busy_timeout(WRITER_BUSY_MS if writer else READER_BUSY_MS)
     conn.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
@@ -145,11 +146,16 @@ def configure(conn: apsw.Connection, role: str) -> None:
         conn.execute("PRAGMA journal_size_limit = 67108864")
     conn.execute("PRAGMA cache_size = -65536")  # 64 MiB page cache
     if role == USER_SQL:
-        conn.execute("PRAGMA query_only = ON")
         if apsw.hard_heap_limit(-1):  # sqlguard.cap_memory: temp data in memory, under it
             conn.execute("PRAGMA temp_store = MEMORY")  # before any temp object exists
         if hasattr(apsw, "SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION"):
             conn.config(apsw.SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0)
+
+
+def seal_user_sql(conn: apsw.Connection) -> None:
+    """The last setting of a USER_SQL connection: query_only, after the stand-ins for
+    migrations (temp objects, which it would refuse to create)."""
+    conn.execute("PRAGMA query_only = ON")
 
 
 def open_connection(path: bytes, role: str, create: bool = False) -> apsw.Connection:
@@ -186,6 +192,7 @@ def open_user_sql(path: bytes) -> apsw.Connection:
     conn = open_connection(path, USER_SQL)
     try:
         stand_in_for_migrations(conn)
+        seal_user_sql(conn)
         conn.execute("BEGIN DEFERRED")
     except apsw.Error as e:
         conn.close()
@@ -224,6 +231,8 @@ class Connection:
             cat._check_identity()
             if readonly:
                 stand_in_for_migrations(conn)
+            if user_sql:
+                seal_user_sql(conn)
         except apsw.Error as e:
             raise open_error(e, path, readonly) from None
         if not readonly:
