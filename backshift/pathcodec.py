@@ -139,6 +139,13 @@ def locale_is_utf8() -> bool:
     return _locale_utf8
 
 
+def use_locale_utf8(utf8: bool) -> None:
+    """Escape as a UTF-8 locale would (or not) whatever this process's own locale says:
+    `serve` prints names for a client, whose locale decides (as it would locally)."""
+    global _locale_utf8
+    _locale_utf8 = utf8
+
+
 def _utf8_locale_name(name: str) -> bool:
     import locale
 

@@ -138,8 +138,9 @@ REMOTE_RULES = {
     "url": {"errors"},
     "protocol": {"errors"},
     "transport": {"errors", "url"},
-    "server": {"errors", "protocol", "__version__"},
-    "client": {"errors", "protocol", "transport", "url", "server", "__version__"},
+    "server": {"errors", "pathcodec", "protocol", "__version__"},
+    "client": {"errors", "pathcodec", "protocol", "transport", "url", "server",
+               "__version__"},
 }
 
 

@@ -335,7 +335,7 @@ def test_expire_does_not_keep_a_dead_running_save(repo, zombie_save):
     sid, _pid = zombie_save
     out = run("-r", repo, "expire", "--save", str(sid)).stdout
     assert out.split()[:3] == ["remove", "save", str(sid)], out
-    assert "interrupted: named with --save" in out, out
+    assert "interrupted: named with --backup" in out, out
     assert [row[0] for row in saves_table(repo)] == [1]
 
 

@@ -16,6 +16,7 @@ from ..errors import (
     RemoteProtocolError,
     RemoteVersionMismatch,
 )
+from ..pathcodec import locale_is_utf8
 from .protocol import FINAL_KINDS, VERSIONS, Frame, FrameReader, FrameWriter
 from .server import REMOTE_COMMANDS
 from .transport import DEFAULT_REMOTE_PATH, DEFAULT_RSH, SshTransport
@@ -127,7 +128,8 @@ class Session:
             errors: str) -> int:
         """Run a CLI command on the server: its stdout to OUT, stderr to ERR; its exit code."""
         rid = self.send({"op": "run", "argv": argv, "debug": debug, "encoding": encoding,
-                         "errors": errors, "tz": os.environ.get("TZ")})
+                         "errors": errors, "tz": os.environ.get("TZ"),
+                         "utf8": locale_is_utf8()})
         for frame in self.answers(rid):
             if frame.kind == "stdout":
                 out.write(frame.payload)

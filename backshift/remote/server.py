@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from .. import __version__
 from ..errors import EXIT_ERROR, EXIT_OK, BackshiftError, RemoteProtocolError, RemoteRefused
+from ..pathcodec import use_locale_utf8
 from .protocol import FrameReader, FrameWriter, StreamOutput, negotiate
 
 # The commands a client may run remotely. save, import-legacy and mount read the client's
@@ -138,6 +139,9 @@ def _run(header: dict, frames: FrameWriter, repo: str, policy: Policy, inspect: 
         codecs.lookup_error(errors)
     except (LookupError, TypeError, ValueError):
         encoding, errors = "utf-8", "surrogateescape"
+    utf8 = header.get("utf8")
+    if isinstance(utf8, bool):  # names escaped as GNU tar would in the client's locale
+        use_locale_utf8(utf8)
     tz = header.get("tz")
     if isinstance(tz, str) and tz:  # times render in the client's zone, as they would locally
         os.environ["TZ"] = tz
