@@ -1,8 +1,10 @@
 """The SQLite catalog: every SQL statement backshift runs, behind methods named by intent.
 
 One `Catalog` object per connection, assembled from mixins, one module per job, each with
-its SQL constants right above the methods that run them:
+its SQL constants right above the mixin whose methods run them (module-level constants,
+because tests and EXPLAIN checks import them by name):
 
+    sqltext      dedenting SQL constants, batches of rows (no SQL of its own)
     conn         opening, configuring (the one place: writers, readers, user SQL), errors,
                  transactions, read snapshots, checkpoints
     migrate      the packaged migrations, and stand-ins for a catalog read before migrating
