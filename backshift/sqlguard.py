@@ -121,7 +121,7 @@ def cap_memory() -> bool:
     """Put MEMORY_LIMIT_BYTES on SQLite's heap for the rest of the process (the `sql`
     command, before it opens anything); guarded connections then keep temp data in memory.
 
-    A heap limit needs SQLite's memory statistics, which catalog.py turns off for speed,
+    A heap limit needs SQLite's memory statistics, which the catalog turns off for speed,
     and they can only be turned on while no connection is open. False (and temp data stays
     in files) when that is too late, which happens only in a process that did other work."""
     global _memory_capped
@@ -138,21 +138,9 @@ def cap_memory() -> bool:
     return True
 
 
-def prepare(conn: apsw.Connection) -> None:
-    """What must be set on CONN before its first transaction or temp object: where
-    temporary storage goes (SQLite refuses to change it later)."""
-    if _memory_capped:
-        conn.execute("PRAGMA temp_store = MEMORY")
-
-
 def harden(conn: apsw.Connection, deadline_s: float = 60.0) -> Guard:
-    """Put the read-only guard on CONN (opened read-only already, and prepared) and
-    return it."""
-    conn.execute("PRAGMA query_only = ON")
-    conn.execute("PRAGMA trusted_schema = OFF")
-    conn.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
-    if hasattr(apsw, "SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION"):
-        conn.config(apsw.SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0)
+    """Put the read-only guard on CONN and return it. CONN is a USER_SQL connection of
+    backshift.catalog (read-only, query_only, defensive, no extensions: configured there)."""
     for limit, value in LIMITS.items():
         conn.limit(limit, value)
     guard = Guard(deadline_s)

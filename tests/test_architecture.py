@@ -151,7 +151,10 @@ LAYERS: list[tuple[str, set[str]]] = [
      {"chunker", "walk", "retention", "legacy", "lock", "render", "chunkstore",
       "ops.tarsparse", "s3client"}),
     ("the durable batch", {"chunkbatch"}),
-    ("the stores", {"catalog", "store", "objstore"}),
+    ("the stores",
+     {"catalog", "catalog.sqltext", "catalog.migrate", "catalog.conn", "catalog.saves",
+      "catalog.recording", "catalog.contents", "catalog.members", "catalog.mount",
+      "catalog.maintenance", "catalog.reports", "store", "objstore"}),
     ("the repository", {"repo"}),
     ("operations",
      {"ops.common", "ops.catalog_copy", "ops.previous", "ops.select", "ops.query",
@@ -175,7 +178,6 @@ RULES = {
     "xattrs": set(),
     "chunkstore": {"model"},
     "chunkbatch": {"diskio", "crashpoints", "errors"},
-    "catalog": LEAVES,
     "store": LEAVES | {"chunkbatch"},
     "objstore": {"model", "errors", "chunkcodec", "s3client"},
     "s3client": {"errors"},
@@ -255,8 +257,41 @@ def test_only_cli_imports_click():
 
 def test_ops_never_imported_by_catalog_or_store():
     graph = import_graph(PKG)
-    for name in ("catalog", "store", "chunkbatch", "chunkstore", "chunkcodec"):
+    catalog = [m for m in graph if m == "catalog" or m.startswith("catalog.")]
+    for name in ("store", "chunkbatch", "chunkstore", "chunkcodec", *catalog):
         assert not {m for m in graph[name] if m.split(".")[0] == "ops"}, name
+    for name in catalog:
+        assert "store" not in graph[name], name
+
+
+# backshift/catalog/: each module imports the leaves and the sibling modules named here,
+# never store or ops (the text helpers at the bottom, the connection above migrations, the
+# jobs above those; __init__ assembles the Catalog from all of them).
+CATALOG_RULES = {
+    "sqltext": set(),
+    "migrate": {"sqltext"},
+    "conn": {"migrate"},
+    "saves": {"conn", "sqltext"},
+    "recording": {"sqltext"},
+    "contents": {"sqltext"},
+    "members": {"reports", "saves", "sqltext"},
+    "mount": {"sqltext"},
+    "maintenance": {"conn", "sqltext"},
+    "reports": {"sqltext"},
+}
+
+
+def test_catalog_modules_import_only_leaves_and_their_siblings():
+    found = {p.stem for p in (PKG / "catalog").glob("*.py")} - {"__init__"}
+    assert found == set(CATALOG_RULES), "add the new module to CATALOG_RULES"
+    graph = import_graph(PKG)
+    leaves = LEAVES | {"migrations"}
+    for name, siblings in CATALOG_RULES.items():
+        allowed = leaves | {f"catalog.{s}" for s in siblings}
+        extra = graph[f"catalog.{name}"] - allowed
+        assert not extra, f"catalog/{name}.py imports {extra}; allowed: {allowed}"
+    extra = graph["catalog"] - leaves - {f"catalog.{n}" for n in CATALOG_RULES}
+    assert not extra, f"catalog/__init__.py imports {extra}"
 
 
 def test_stdlib_sqlite3_never_imported():

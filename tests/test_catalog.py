@@ -236,3 +236,51 @@ def test_damaged_settings_stop_what_needs_them_in_one_line(repo, tmp_path, key, 
     assert "Traceback" not in res.stderr and res.stderr.count("\n") == 1, res.stderr
     assert f"catalog.sqlite3 is not a usable backshift catalog: its {key} settings " \
         f"(meta '{key}') are damaged: " in res.stderr and why in res.stderr, res.stderr
+
+
+def _saves(cat: Catalog) -> int:
+    return len(cat.list_saves())
+
+
+def test_catalog_snapshot_sees_one_state_until_it_ends(tmp_path):
+    path = os.fsencode(tmp_path / "c.sqlite3")
+    writer = Catalog.create(path)
+    reader = Catalog.open(path, readonly=True)
+    try:
+        with reader.snapshot():
+            assert _saves(reader) == 0
+            writer.begin()
+            writer.insert_save("h", "s", 1, "t", "h", 1)
+            writer.commit()
+            assert _saves(reader) == 0  # still the state of the first read
+        assert not reader.conn.in_transaction
+        assert _saves(reader) == 1
+        reader.begin_read()  # an enclosing read transaction: snapshot() keeps it open
+        with reader.snapshot():
+            pass
+        assert reader.conn.in_transaction
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_catalog_user_sql_connections_are_configured_query_only(repo):
+    path = os.path.join(repo, catalog_mod.CATALOG_NAME)
+
+    def query_only(conn: apsw.Connection) -> int:
+        return conn.execute("PRAGMA query_only").fetchall()[0][0]
+
+    conn = catalog_mod.open_user_sql(path)
+    try:
+        assert query_only(conn) == 1 and conn.in_transaction  # the sql command's snapshot
+        assert conn.execute("PRAGMA trusted_schema").fetchall()[0][0] == 0
+    finally:
+        conn.close()
+    guarded = Catalog.open(path, readonly=True, user_sql=True)  # --where's connection
+    plain = Catalog.open(path, readonly=True)
+    try:
+        assert query_only(guarded.conn) == 1
+        assert query_only(plain.conn) == 0
+    finally:
+        guarded.close()
+        plain.close()

@@ -419,8 +419,8 @@ class Importer:
                         ctime_ns=rec.ctime_ns, dev=rec.dev, ino=rec.ino, nlink=nlink,
                         rdev=rec.rdev, link_target=rec.link_target, content_id=content_id)
             path_id = self.intern(path)
-            version_id = self.cat.insert_version(path_id, v)
-            if self.cat.insert_member(save_id, path_id, version_id):
+            version_id = self.cat.insert_versions([(path_id, v)])[0]
+            if not self.cat.insert_members([(save_id, path_id, version_id)]):
                 files += 1
                 nbytes += size
         warnings = skipped

@@ -179,18 +179,11 @@ def write_lines(catalog: Catalog, save_id: int, sel: Selection, problems: Proble
     One read transaction: `list` takes no lock, and the listing is cut into several
     queries, so without it an expire committing meanwhile would end it early, silently.
     A whole save's listing is verified against its members digest at the end."""
-    conn = catalog.conn
-    own_txn = not conn.in_transaction
-    if own_txn:
-        conn.execute("BEGIN")
-    try:
+    with catalog.snapshot():
         digest = digest_check(catalog, save_id, sel)
         _write_lines(catalog, save_id, sel, problems, verbose, write, digest)
         if digest is not None:
             digest.verify()
-    finally:
-        if own_txn and conn.in_transaction:
-            conn.execute("ROLLBACK")  # read only: nothing to keep
 
 
 def _write_lines(catalog: Catalog, save_id: int, sel: Selection, problems: Problems,
@@ -384,7 +377,7 @@ class _FastLines:
         """Open a read transaction on OTHER; True when it sees this save as this thread's
         snapshot does, members included: the save is there and not running in both (a
         finished save's members never change; an expire removes the save row with them)."""
-        other.conn.execute("BEGIN")
+        other.begin_read()
         mine = self.catalog.get_save(self.save_id)
         theirs = other.get_save(self.save_id)
         return mine is not None and mine == theirs and mine.status != "running"

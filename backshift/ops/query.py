@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import apsw
 
 from .. import sqlguard
-from ..catalog import CATALOG_NAME, open_error, read_only_uri, stand_in_for_migrations
+from ..catalog import CATALOG_NAME, open_error, open_user_sql
 from ..errors import QueryDenied, QueryFailed, QueryTimeout, RepositoryLocked
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -46,22 +46,10 @@ class QueryRunner:
 
     def __init__(self, repo_path: bytes, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         path = os.path.join(os.path.abspath(repo_path), CATALOG_NAME)
-        flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI | apsw.SQLITE_OPEN_EXRESCODE
+        self.conn = open_user_sql(path)  # read-only, configured, one snapshot for its life
         try:
-            self.conn = apsw.Connection(read_only_uri(path), flags=flags)
-        except apsw.Error as e:
-            raise open_error(e, path, readonly=True) from None
-        try:
-            self.conn.set_busy_timeout(5_000)
-            self.conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
-            self.conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
-            sqlguard.prepare(self.conn)
-            stand_in_for_migrations(self.conn)
-            # One read transaction for everything below: a consistent snapshot. Begun
-            # before the guard goes on, because the guard refuses transaction control.
-            self.conn.execute("BEGIN DEFERRED")
             self.guard = sqlguard.harden(self.conn, timeout_s)
-        except apsw.Error as e:  # SQLite opens the file on first use: here
+        except apsw.Error as e:
             self.conn.close()
             raise open_error(e, path, readonly=True) from None
         self.watchdog = sqlguard.Watchdog(self.conn, self.guard,

@@ -155,7 +155,7 @@ class WherePredicate:
     """A user's --where SQL, run on its own read-only connection under sqlguard."""
 
     def __init__(self, catalog: Catalog, predicate: str) -> None:
-        self.cat = Catalog.open(catalog.path, readonly=True)
+        self.cat = Catalog.open(catalog.path, readonly=True, user_sql=True)
         self.guard = sqlguard.harden(self.cat.conn, WHERE_DEADLINE_S)
         self.guard.stop_clock()
         self.watchdog = sqlguard.Watchdog(self.cat.conn, self.guard, QueryDenied(
