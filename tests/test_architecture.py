@@ -399,3 +399,16 @@ def test_chunk_store_directory_backend_implements_the_interface():
         impl = getattr(Store, name)
         assert list(inspect.signature(impl).parameters) == \
             list(inspect.signature(proto).parameters), name
+
+
+def test_every_subpackage_ships_in_the_wheel():
+    """pyproject's explicit package list names every folder of backshift/ that holds an
+    __init__.py (a new subpackage left out would import in a checkout and be missing from
+    an installed wheel)."""
+    import tomllib
+
+    listed = set(tomllib.loads((PKG.parent / "pyproject.toml").read_text())
+                 ["tool"]["setuptools"]["packages"])
+    found = {".".join(("backshift", *p.parent.relative_to(PKG).parts))
+             for p in PKG.rglob("__init__.py")}
+    assert found == listed
