@@ -219,7 +219,8 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
     import signal
     import socket
 
-    from .ops.save import SaveOptions, run_save, subset_for_roots
+    from .ops.save import SaveOptions, run_save
+    from .ops.session import subset_for_roots
 
     hostname = _check_label("hostname", hostname or socket.gethostname())
     if paths and filelist is not None:

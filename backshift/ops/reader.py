@@ -38,7 +38,7 @@ class ReadResult:
     digest: bytes
     chunks: list[StoredChunk]
     changed: str | None  # why the file is suspect, if it changed while being read
-    content_id: int | None = None  # known already (see Saver.contents_of_batch)
+    content_id: int | None = None  # known already (see SaveSession.contents_of_batch)
 
 
 class ReadBatch(list):

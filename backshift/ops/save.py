@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import gc
-import hashlib
 import os
 import signal
 import time
@@ -30,6 +29,7 @@ from ..repo import Repository
 from ..walk import Walk
 from ..xattrs import XattrError, read_xattrs
 from .feed import END, Feed, FeedError, LocalFeed, Unchanged
+from .intake import REREAD
 from .owners import Owners
 from .reader import (
     BATCH_BYTES,
@@ -43,7 +43,7 @@ from .reader import (
     read_file,
 )
 from .readers import read_batch_task, read_file_task
-from .session import REREAD, SaveSession
+from .session import SaveSession
 from .stopping import _graceful_signals, _notice, catch_stop_signals
 
 # Bounds of what the catalog's thread holds, whatever the commit interval: items queued for
@@ -52,33 +52,6 @@ MAX_QUEUED = 8000
 
 Warn = Callable[[str], None]
 Progress = Callable[[SaveStats, int | None], None]
-
-
-def subset_for_roots(roots: Iterable[bytes]) -> str:
-    """The series name of a save of ROOTS (absolute, normal) given no --subset, as restic
-    groups snapshots by their paths: each root without its leading '/' and with '/' as
-    '-' (/etc: etc, /usr/share/doc: usr-share-doc, /: rootfs), sorted, joined by '+'. A
-    root with anything but letters, digits, '.', '_' and '-' in it, or a name longer than
-    SUBSET_NAME_MAX, gives paths-<first 12 hex digits of the SHA-256 of the sorted roots
-    joined by NUL> instead."""
-    roots = sorted(set(roots))
-    parts = []
-    for root in roots:
-        try:
-            text = root.decode("utf-8")
-        except UnicodeDecodeError:
-            break
-        text = text.strip("/").replace("/", "-") or "rootfs"
-        if not all(ch.isalnum() or ch in "._-" for ch in text):
-            break
-        parts.append(text)
-    name = "+".join(parts)
-    if len(parts) < len(roots) or not name or len(name) > SUBSET_NAME_MAX:
-        name = "paths-" + hashlib.sha256(b"\0".join(roots)).hexdigest()[:12]
-    return name
-
-
-SUBSET_NAME_MAX = 80
 
 
 @dataclass(frozen=True)

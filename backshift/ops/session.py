@@ -1,4 +1,5 @@
 """The repository half of a save: SaveSession, the one interface the client half talks to.
+(Longer than ~400 lines on purpose: the whole interface a remote save carries, in one class.)
 
 It owns the catalog and the store for the save: the save row and its lock, borrowing
 (ops/borrow.py), path ids (ops/interning.py), chunk presence and adoption, recording
@@ -22,29 +23,32 @@ to its frames.
 
 The chunk sink: locally the readers write chunk files straight into this repository's
 store (a detached Store per reader, writing temp files), and the session adopts those temp
-files (take) before the commit that names them: the store's durable batch. A remote save
-(over backshift/remote's framed protocol) plugs in here: the client asks missing() for
-the chunks it has cut, uploads the bodies of those the repository lacks (put_chunks), and
-the server side of this class adopts them into its durable batch as take() does now; the
-per-name calls of the general path are then sent in batches, as offer() is.
+files (take, ops/intake.py) before the commit that names them: the store's durable batch.
+A remote save (over backshift/remote's framed protocol) plugs in there with two calls of
+its own: the client sends the sha256s of the chunks it has cut and gets back those the
+repository lacks (missing), uploads only those bodies (put_chunks), and the server side
+adopts them into its durable batch as take() does now. The general path's per-name calls
+are then sent a batch of names at a time, as offer() is already.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from .. import __version__
-from ..errors import BackshiftError, ChunkCorrupt, ChunkMissing, NothingToSave
+from ..errors import BackshiftError, NothingToSave
 from ..lock import hold_save_lock, release_save_lock, remove_dead_save_lock, save_alive
-from ..model import TYPE_FILE, SaveStats, StoredChunk, Version
+from ..model import TYPE_FILE, SaveStats, Version
 from ..pathcodec import parent
 from ..repo import Repository
 from ..xattrs import XattrSet, is_text, set_digest
 from .borrow import Borrower
+from .intake import ChunkIntake
 from .interning import PathInterner
 from .reader import ReadBatch, ReadResult
 
@@ -54,9 +58,6 @@ from .reader import ReadBatch, ReadResult
 UNCHANGED_PER_BATCH_FILE = 16
 RECORD_BATCH = 256  # recorded items whose catalog rows are inserted together (flush_records)
 MAX_FAST_MEMBERS = 8192  # member rows of the fast path waiting for insert_members, at most
-VETTED_MAX = 65536  # found chunk files verified in this save, remembered so none is read twice
-
-REREAD = object()  # in place of a read result that met a damaged chunk file (take)
 
 Warn = Callable[[str], None]
 
@@ -67,19 +68,31 @@ def _with_content(v: Version, size: int, content_id: int) -> Version:
                    v.ino, v.nlink, v.rdev, v.link_target, content_id, v.xattrs_id)
 
 
-def _not_new(result, again: set[bytes]):
-    """RESULT (a ReadResult, or a read_batch's list) with the chunks of AGAIN marked not
-    new: another reader stored the same bytes first (Store.adopt kept its temp file)."""
-    def fix(r):
-        if isinstance(r, ReadResult) and any(c.ref.sha256 in again for c in r.chunks):
-            r.chunks[:] = [c._replace(new=False) if c.new and c.ref.sha256 in again else c
-                           for c in r.chunks]
-    if isinstance(result, list):
-        for r in result:
-            fix(r)
-    else:
-        fix(result)
-    return result
+def subset_for_roots(roots: Iterable[bytes]) -> str:
+    """The series name of a save of ROOTS (absolute, normal) given no --subset, as restic
+    groups snapshots by their paths: each root without its leading '/' and with '/' as
+    '-' (/etc: etc, /usr/share/doc: usr-share-doc, /: rootfs), sorted, joined by '+'. A
+    root with anything but letters, digits, '.', '_' and '-' in it, or a name longer than
+    SUBSET_NAME_MAX, gives paths-<first 12 hex digits of the SHA-256 of the sorted roots
+    joined by NUL> instead."""
+    roots = sorted(set(roots))
+    parts = []
+    for root in roots:
+        try:
+            text = root.decode("utf-8")
+        except UnicodeDecodeError:
+            break
+        text = text.strip("/").replace("/", "-") or "rootfs"
+        if not all(ch.isalnum() or ch in "._-" for ch in text):
+            break
+        parts.append(text)
+    name = "+".join(parts)
+    if len(parts) < len(roots) or not name or len(name) > SUBSET_NAME_MAX:
+        name = "paths-" + hashlib.sha256(b"\0".join(roots)).hexdigest()[:12]
+    return name
+
+
+SUBSET_NAME_MAX = 80
 
 
 class SaveSession:
@@ -117,7 +130,7 @@ class SaveSession:
         # reuse or None]
         self._records: list[list] = []
         self._xattr_sets: dict[bytes, int] = {}  # attribute set digest -> id
-        self._vetted: set[bytes] = set()  # found chunk files verified sound (vet_found)
+        self.intake = ChunkIntake(self.cat, repo.store, self.ensure_txn)
 
     @property
     def borrowing(self) -> bool:
@@ -280,23 +293,13 @@ class SaveSession:
     # -- chunks ---------------------------------------------------------------------------
 
     def take(self, result, pending: list, seen_existing: bool):
-        """A reader task's RESULT (a ReadResult, or a read_batch's list) once the temp files
-        it wrote (PENDING) are adopted into the store's durable batch; each file that met
-        a damaged chunk file replaced by REREAD (the client reads it again, storing that
-        chunk afresh: see vet_found)."""
-        again = self.repo.store.adopt(pending, seen_existing)
-        if again:
-            result = _not_new(result, again)
-        one = not isinstance(result, list)
-        bad = self.vet_found([result] if one else result)
-        if not bad:
-            return result
-        if one:
-            return REREAD
-        for i, r in enumerate(result):
-            if isinstance(r, ReadResult) and any(c.ref.sha256 in bad for c in r.chunks):
-                result[i] = REREAD
-        return result
+        """A reader task's RESULT once the chunk files it wrote (PENDING) are adopted
+        (ChunkIntake.take): a file that met a damaged chunk file comes back as REREAD."""
+        return self.intake.take(result, pending, seen_existing)
+
+    def vet_found(self, results: list) -> set[bytes]:
+        """The sha256s of the chunk files RESULTS found on disk that fail verification."""
+        return self.intake.vet_found(results)
 
     def discard(self, pending: list) -> None:
         """Remove temp files written for reads that will not be recorded."""
@@ -305,45 +308,6 @@ class SaveSession:
     def discard_temps_of(self, pids: list[int]) -> None:
         """Remove the temp files of dead reader processes PIDS."""
         self.repo.store.discard_temps_of(pids)
-
-    def vet_found(self, results: list) -> set[bytes]:
-        """The chunk files readers took as stored (found on disk, not written) that fail
-        verification. A found file is trusted when the catalog records it with that very
-        size (the borrow path's test); one the catalog does not know (an orphan: an
-        interrupted save's leftover) or records with another size (another valid encoding,
-        or damage) is decoded and hashed first. A sound one in another encoding gets its
-        size recorded; a damaged one is stored again by the next put() (replace_files):
-        never is it taken into this save. Their sha256s."""
-        found: dict[bytes, StoredChunk] = {}
-        vetted = self._vetted
-        for r in results:
-            if isinstance(r, ReadResult):
-                for c in r.chunks:
-                    if c.found and c.ref.sha256 not in vetted:
-                        found[c.ref.sha256] = c
-        if not found:
-            return set()
-        store = self.repo.store
-        rows = self.cat.chunk_sizes(list(found))
-        bad: set[bytes] = set()
-        for sha, c in found.items():
-            row = rows.get(sha)
-            if row is not None and row[1] == c.stored_length or store.is_pending(sha):
-                continue
-            try:
-                size = store.verify_file(sha, c.ref.length)
-            except (ChunkCorrupt, ChunkMissing):
-                bad.add(sha)
-                continue
-            if row is not None and row[1] != size:
-                self.ensure_txn()
-                self.cat.set_stored_length(sha, size)
-            if len(vetted) >= VETTED_MAX:
-                vetted.clear()
-            vetted.add(sha)
-        if bad:
-            store.replace_files(bad)
-        return bad
 
     # -- recording ------------------------------------------------------------------------
 
