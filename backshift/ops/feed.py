@@ -127,7 +127,8 @@ class Unchanged:
                         st = lstat(path)
                     except OSError:
                         continue  # add() says what it is
-                    offered.append((path, st, *owner_names(st.st_uid, st.st_gid)))
+                    user, group = owner_names(st.st_uid, st.st_gid)
+                    offered.append((path, st, user, group))
                     at.append(i)
             if offered:
                 keep = [True] * len(batch)
