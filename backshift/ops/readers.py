@@ -14,7 +14,6 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 
-from ..errors import BackshiftError
 from ..model import ChunkerParams, Version
 from ..store import Store
 from .reader import _check_stop, read_batch, read_file
@@ -30,17 +29,17 @@ from .reader import _check_stop, read_batch, read_file
 READERS_ENV = "BACKSHIFT_READERS"  # "threads": read in threads of the saving process
 
 
-def reader_pool(workers: int, repo: bytes | None = None, hostname: str = "",
-                subset: str = "") -> Executor:
+def reader_pool(workers: int, resave: Callable[[], bool] | None = None) -> Executor:
     """WORKERS reader processes, forked now: call it before the repository is opened.
 
-    Threads of this process instead when REPO already holds a save of HOSTNAME/SUBSET: a
-    re-save borrows most files, and starting processes (~30 ms: importing multiprocessing,
+    Threads of this process instead when RESAVE() says the series holds a save already
+    (SaveSession.series_exists, asked before the repository opens): a re-save borrows
+    most files, and starting processes (~30 ms: importing multiprocessing,
     forking, copy-on-write faults) cost an unchanged re-save of mixed 20% of its time.
     Threads too with BACKSHIFT_READERS=threads in the environment (for a debugger, and
     for the tests whose fault doubles must see every call)."""
     if os.environ.get(READERS_ENV) == "threads" or not hasattr(os, "fork") \
-            or (repo is not None and _series_exists(repo, hostname, subset)):
+            or (resave is not None and resave()):
         return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="read")
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -51,22 +50,6 @@ def reader_pool(workers: int, repo: bytes | None = None, hostname: str = "",
     # whose temp files to remove should one of them die mid-task (Saver.run)
     pool.reader_pids = tuple(getattr(pool, "_processes", None) or ())
     return pool
-
-
-def _series_exists(repo: bytes, hostname: str, subset: str) -> bool:
-    """Whether REPO holds a save of HOSTNAME/SUBSET; False when it cannot tell (the save
-    itself then reports what is wrong). The catalog is closed again before any fork."""
-    from ..catalog import CATALOG_NAME, Catalog
-    try:
-        cat = Catalog.open(os.path.join(repo, CATALOG_NAME), readonly=True)
-    except (BackshiftError, OSError):
-        return False
-    try:
-        return cat.has_series(hostname, subset)
-    except Exception:  # noqa: BLE001 - an unreadable catalog is the save's to report
-        return False
-    finally:
-        cat.close()
 
 
 def _reader_started(saver_pid: int) -> None:

@@ -42,8 +42,8 @@ from .reader import (
     in_flight_cost,
     read_file,
 )
-from .readers import read_batch_task, read_file_task
-from .session import SaveSession
+from .readers import read_batch_task, read_file_task, reader_pool
+from .session import SaveSession, series_exists
 from .stopping import _graceful_signals, _notice, catch_stop_signals
 
 # Bounds of what the catalog's thread holds, whatever the commit interval: items queued for
@@ -557,12 +557,12 @@ def run_save(repo_path: bytes, opts: SaveOptions, warn: Warn, *, cwd: bytes,
     SIGINT raises KeyboardInterrupt; a second SIGTERM returns terminated."""
     from .. import walk
     from ..repo import WRITE, open_repository
-    from .readers import reader_pool
 
     restore_signals = catch_stop_signals()  # from now on a signal ends as one later
     try:
         # forked before the repository (and its catalog) opens
-        readers = reader_pool(opts.workers, repo_path, opts.hostname, opts.subset)
+        readers = reader_pool(opts.workers, lambda: series_exists(
+            repo_path, opts.hostname, opts.subset))
     except BaseException:
         restore_signals()
         raise

@@ -95,6 +95,22 @@ def subset_for_roots(roots: Iterable[bytes]) -> str:
 SUBSET_NAME_MAX = 80
 
 
+def series_exists(repo: bytes, hostname: str, subset: str) -> bool:
+    """Whether REPO holds a save of HOSTNAME/SUBSET; False when it cannot tell (the save
+    itself then reports what is wrong). The catalog is closed again before any fork."""
+    from ..catalog import CATALOG_NAME, Catalog
+    try:
+        cat = Catalog.open(os.path.join(repo, CATALOG_NAME), readonly=True)
+    except (BackshiftError, OSError):
+        return False
+    try:
+        return cat.has_series(hostname, subset)
+    except Exception:  # noqa: BLE001 - an unreadable catalog is the save's to report
+        return False
+    finally:
+        cat.close()
+
+
 class SaveSession:
     """One save of HOSTNAME/SUBSET into REPO (see the module docstring for the calls)."""
 
