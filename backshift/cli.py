@@ -350,9 +350,8 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
     import signal
     import socket
 
-    from . import walk
-    from .ops.save import SaveOptions, Saver, catch_stop_signals, reader_pool, subset_for_roots
-    from .repo import WRITE, open_repository
+    from .ops.save import SaveOptions, run_save
+    from .ops.session import subset_for_roots
 
     hostname = _check_label("hostname", hostname or socket.gethostname())
     if paths and filelist is not None:
@@ -390,40 +389,19 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
     opts = SaveOptions(hostname=hostname, subset=subset, workers=workers,
                        batch_files=checkpoint_files, batch_seconds=checkpoint_interval,
                        roots=roots)
-    restore_signals = catch_stop_signals()  # from now on a signal ends as one later
-    try:
-        # forked before the repository (and its catalog) opens
-        readers = reader_pool(workers, ctx.repo, hostname, subset)
-    except BaseException:
-        restore_signals()
-        raise
-    saver = None
-    try:
-        with open_repository(ctx.repo, WRITE, operation="save",
-                             lock_wait_s=lock_wait) as repo:
-            saver = Saver(repo, opts, warn, _progress_printer if show else None, readers)
-            saver.notice = _save_notice
-            if paths:
-                tags = sorted({os.fsencode(n) for n in exclude_if_present}
-                              | ({walk.CACHEDIR_TAG} if exclude_caches else set()))
-                names = walk.walk(paths, cwd, saver.warn, one_file_system=one_file_system,
-                                  excludes=[os.fsencode(e) for e in exclude], tags=tags)
-            else:
-                # stdin unbuffered: a single read returns what the pipe has, and the name
-                # reader thread never holds a buffer lock the interpreter needs at exit.
-                stream = filelist if filelist is not None else _raw_stdin()
-                names = walk.normalized(walk.read_nul_names(stream), cwd, saver.warn)
-            stats = saver.run(names)
-            copied = _copy_catalog(repo) if stats.status == "complete" else True
-    except KeyboardInterrupt:  # a second signal: stopped at once, marked interrupted
-        if saver is None or saver.stop_signal != signal.SIGTERM:
-            raise
+    # stdin unbuffered: a single read returns what the pipe has, and the name reader
+    # thread never holds a buffer lock the interpreter needs at exit.
+    stream = None if paths else filelist if filelist is not None else _raw_stdin()
+    run = run_save(ctx.repo, opts, warn, cwd=cwd, paths=paths, stream=stream,
+                   one_file_system=one_file_system, excludes=exclude,
+                   exclude_caches=exclude_caches, exclude_if_present=exclude_if_present,
+                   lock_wait_s=lock_wait, progress=_progress_printer if show else None,
+                   notice=_save_notice, after_complete=_copy_catalog)
+    if run.terminated:  # a second SIGTERM: stopped at once, marked interrupted
         _clear_progress()
         echo_err("backshift: terminated")
-        raise SystemExit(EXIT_TERMINATED) from None
-    finally:
-        readers.shutdown(wait=True, cancel_futures=True)
-        restore_signals()
+        raise SystemExit(EXIT_TERMINATED)
+    stats, copied = run.stats, run.copied
     _clear_progress()
     if as_json:
         import json
@@ -435,7 +413,7 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
         echo_err(f"backshift: interrupted: save {stats.save_id} keeps the "
                  f"{_count(stats.files, 'file')} committed so far; the next save borrows "
                  "from it")
-        raise SystemExit(EXIT_TERMINATED if saver.stop_signal == signal.SIGTERM
+        raise SystemExit(EXIT_TERMINATED if run.stop_signal == signal.SIGTERM
                          else EXIT_INTERRUPTED)
     if stats.warnings or not copied:
         raise SystemExit(EXIT_WARNING)

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from backshift import cli
 from backshift.model import ChunkerParams
-from backshift.ops import save as save_mod
+from backshift.ops import borrow as borrow_mod
 from backshift.repo import init_repository
 
 BIN = Path(sys.executable).parent
@@ -38,7 +38,7 @@ def hermetic(monkeypatch, tmp_path):
 @pytest.fixture
 def no_racy_margin(monkeypatch):
     """Trust files modified just before a save (tests make files and re-save at once)."""
-    monkeypatch.setattr(save_mod, "RACY_MARGIN_NS", -10**18)
+    monkeypatch.setattr(borrow_mod, "RACY_MARGIN_NS", -10**18)
 
 
 @dataclass

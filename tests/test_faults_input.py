@@ -17,7 +17,7 @@ from harness.consistency import assert_repo_consistent, open_readonly
 from harness.oracle import assert_save_matches, manifest
 from harness.scenario import save, save_status, small_tree
 
-from backshift.ops import save as save_mod
+from backshift.ops import reader as reader_mod
 from backshift.store import Store
 from conftest import BACKSHIFT, find0, run_bin
 
@@ -43,14 +43,14 @@ def _member(repo: bytes, path: bytes, save_id: int):
 
 def _swap_on_open(monkeypatch, target: bytes, replace_with):
     """Just before backshift opens TARGET (after its lstat), REPLACE_WITH(target) runs."""
-    real = save_mod.open_for_reading
+    real = reader_mod.open_for_reading
 
     def opener(path):
         if path == target:
             replace_with(path)
         return real(path)
 
-    monkeypatch.setattr(save_mod, "open_for_reading", opener)
+    monkeypatch.setattr(reader_mod, "open_for_reading", opener)
 
 
 def test_D1_file_vanishes_between_find_and_save(tmp_path, repo):
@@ -139,7 +139,7 @@ def test_D5_file_changing_while_read_is_flagged_and_read_again(tmp_path, repo, m
                                                                no_racy_margin, growth):
     src = small_tree(tmp_path / "src")
     target = os.fsencode(src / "text.txt")
-    real = save_mod.open_for_reading
+    real = reader_mod.open_for_reading
     block = os.urandom(1 << 20)
 
     def grows(path):
@@ -149,11 +149,11 @@ def test_D5_file_changing_while_read_is_flagged_and_read_again(tmp_path, repo, m
                 if growth == "a line":
                     f.write(b"appended while being read\n")
                 else:  # read through the streaming window, not whole (test_save: memory)
-                    for _ in range(3 * save_mod.SMALL_FILE // len(block)):
+                    for _ in range(3 * reader_mod.SMALL_FILE // len(block)):
                         f.write(block)
         return fd
 
-    monkeypatch.setattr(save_mod, "open_for_reading", grows)
+    monkeypatch.setattr(reader_mod, "open_for_reading", grows)
     res = save(repo, src, exit_code=1)
     (warning,) = _warnings(res)
     assert os.fsdecode(target) in warning and "changed while being read" in warning
@@ -209,20 +209,20 @@ def test_D7_permission_denied_real_chmod(tmp_path, repo):
 
 
 def test_D8_o_noatime_refused_is_retried_silently(tmp_path, repo, monkeypatch):
-    if not save_mod.O_NOATIME:
+    if not reader_mod.O_NOATIME:
         pytest.skip("no O_NOATIME on this platform")
     src = small_tree(tmp_path / "src")
     real_open = os.open
     refused = tmp_path / "refused"  # a file: the readers are other processes
 
     def no_noatime(path, flags, *args, **kw):
-        if flags & save_mod.O_NOATIME:
+        if flags & reader_mod.O_NOATIME:
             with open(refused, "ab") as f:
                 f.write(path + b"\0")
             raise PermissionError(1, "Operation not permitted", path)
         return real_open(path, flags, *args, **kw)
 
-    monkeypatch.setattr(save_mod.os, "open", no_noatime)
+    monkeypatch.setattr(reader_mod.os, "open", no_noatime)
     res = save(repo, src)
     monkeypatch.undo()
     assert refused.read_bytes() and _warnings(res) == []

@@ -17,7 +17,11 @@ import pytest
 from backshift import pathcodec
 from backshift.errors import RepositoryIOError
 from backshift.model import ChunkRef
+from backshift.ops import borrow as borrow_mod
+from backshift.ops import reader as reader_mod
+from backshift.ops import readers as readers_mod
 from backshift.ops import save as save_mod
+from backshift.ops import session as session_mod
 from backshift.ops.save import SaveOptions
 from backshift.repo import READ, WRITE, open_repository
 from backshift.store import Store
@@ -95,7 +99,7 @@ def test_save_borrows_unchanged_file_without_reading(repo, tree, no_racy_margin,
     def no_reading(path):
         raise AssertionError(f"{path!r} was opened for reading")
 
-    monkeypatch.setattr(save_mod, "open_for_reading", no_reading)
+    monkeypatch.setattr(reader_mod, "open_for_reading", no_reading)
     second, warnings = do_save(repo, tree)
     assert warnings == []
     assert second.files_read == 0 and second.bytes_read == 0
@@ -207,14 +211,14 @@ def test_save_warns_about_vanished_file(repo, tree):
 
 def test_save_skips_file_swapped_between_lstat_and_open(repo, tree, monkeypatch):
     victim = os.fsencode(tree / "text.txt")
-    real_open = save_mod.open_for_reading
+    real_open = reader_mod.open_for_reading
 
     def swap_then_open(path):
         if path == victim:
             os.rename(os.fsencode(tree / "random.bin"), victim)
         return real_open(path)
 
-    monkeypatch.setattr(save_mod, "open_for_reading", swap_then_open)
+    monkeypatch.setattr(reader_mod, "open_for_reading", swap_then_open)
     stats, warnings = do_save(repo, tree)
     assert any("text.txt" in w and "replaced" in w for w in warnings), warnings
     assert victim not in members(repo, stats.save_id)  # skipped, never recorded as empty
@@ -223,7 +227,7 @@ def test_save_skips_file_swapped_between_lstat_and_open(repo, tree, monkeypatch)
 @pytest.mark.timeout(30)
 def test_save_never_blocks_on_fifo_swapped_in_for_a_file(repo, tree, monkeypatch):
     victim = os.fsencode(tree / "text.txt")
-    real_open = save_mod.open_for_reading
+    real_open = reader_mod.open_for_reading
 
     def fifo_then_open(path):
         if path == victim:
@@ -231,7 +235,7 @@ def test_save_never_blocks_on_fifo_swapped_in_for_a_file(repo, tree, monkeypatch
             os.mkfifo(path)
         return real_open(path)
 
-    monkeypatch.setattr(save_mod, "open_for_reading", fifo_then_open)
+    monkeypatch.setattr(reader_mod, "open_for_reading", fifo_then_open)
     stats, warnings = do_save(repo, tree)
     assert any("text.txt" in w for w in warnings)
     assert stat.S_ISFIFO(members(repo, stats.save_id)[os.fsencode(tree / "fifo")]["mode"])
@@ -346,10 +350,10 @@ def test_save_fast_path_records_what_the_general_path_records(repo, tree, no_rac
     fast, warnings = do_save(repo, tree)
     assert warnings == [] and fast.files_borrowed > 0
 
-    def general_path_only(self, path, st):
-        return False
+    def general_path_only(self, path, st, user, group):
+        return None
 
-    monkeypatch.setattr(save_mod.Saver, "borrow_unchanged", general_path_only)
+    monkeypatch.setattr(borrow_mod.Borrower, "unchanged", general_path_only)
     general, warnings = do_save(repo, tree)
     assert warnings == []
     assert (general.files, general.bytes) == (fast.files, fast.bytes)
@@ -366,7 +370,7 @@ def test_save_hardlink_group_shares_content_when_first_is_unreadable(repo, tmp_p
     (root / "a").write_bytes(b"linked data\n" * 100)
     os.link(root / "a", root / "b")
     os.link(root / "a", root / "c")
-    real_open = save_mod.open_for_reading
+    real_open = reader_mod.open_for_reading
     order = [n for n in find0(root).split(b"\0") if n and n != os.fsencode(root)]
     first_member = order[0]
 
@@ -375,7 +379,7 @@ def test_save_hardlink_group_shares_content_when_first_is_unreadable(repo, tmp_p
             raise PermissionError(13, "Permission denied", path)
         return real_open(path)
 
-    monkeypatch.setattr(save_mod, "open_for_reading", deny_first)
+    monkeypatch.setattr(reader_mod, "open_for_reading", deny_first)
     stats, warnings = do_save(repo, root)
     assert len(warnings) == 1 and "permission denied" in warnings[0]
     got = members(repo, stats.save_id)
@@ -563,7 +567,7 @@ def test_save_small_file_changing_while_read_is_kept_as_read_and_reread(repo, tm
     path = root / "log"
     path.write_bytes(b"first line\n")
     (root / "other").write_bytes(b"another small file\n")
-    real_read_whole = save_mod.read_whole
+    real_read_whole = reader_mod.read_whole
 
     def read_then_append(fd, size, limit=None):
         data = real_read_whole(fd, size, limit)
@@ -572,12 +576,12 @@ def test_save_small_file_changing_while_read_is_kept_as_read_and_reread(repo, tm
                 f.write(b"appended while reading\n")
         return data
 
-    monkeypatch.setattr(save_mod, "read_whole", read_then_append)
+    monkeypatch.setattr(reader_mod, "read_whole", read_then_append)
     stats, warnings = do_save(repo, root)
     assert [w for w in warnings if "while being read" in w] != [], warnings
     got = members(repo, stats.save_id)[os.fsencode(path)]
     assert got["data"] == b"first line\n" and got["size"] == len(got["data"])
-    monkeypatch.setattr(save_mod, "read_whole", real_read_whole)
+    monkeypatch.setattr(reader_mod, "read_whole", real_read_whole)
     again, warnings = do_save(repo, root)
     assert warnings == [] and again.files_read == 1
     assert members(repo, again.save_id)[os.fsencode(path)]["data"] == path.read_bytes()
@@ -591,14 +595,14 @@ def test_save_small_file_grown_past_one_chunk_is_cut_like_a_big_one(repo, tmp_pa
     path = root / "grows"
     path.write_bytes(b"x")
     big = os.urandom(300_000)
-    real_open = save_mod.open_for_reading
+    real_open = reader_mod.open_for_reading
 
     def grow_then_open(p):
         if p == os.fsencode(path):
             path.write_bytes(big)  # same inode, now many chunks' worth
         return real_open(p)
 
-    monkeypatch.setattr(save_mod, "open_for_reading", grow_then_open)
+    monkeypatch.setattr(reader_mod, "open_for_reading", grow_then_open)
     stats, warnings = do_save(repo, root)
     assert any("size changed" in w for w in warnings), warnings
     assert members(repo, stats.save_id)[os.fsencode(path)]["data"] == big
@@ -623,7 +627,7 @@ def test_save_small_file_grown_to_far_more_than_a_window_is_streamed(repo, tmp_p
     pattern = os.urandom(1 << 20)
     path.write_bytes(pattern[:start])
     (root / "other").write_bytes(b"another small file\n")
-    real_open = save_mod.open_for_reading
+    real_open = reader_mod.open_for_reading
 
     def grow_then_open(p):
         if p == os.fsencode(path):
@@ -632,19 +636,19 @@ def test_save_small_file_grown_to_far_more_than_a_window_is_streamed(repo, tmp_p
                     f.write(pattern)
         return real_open(p)
 
-    monkeypatch.setattr(save_mod, "open_for_reading", grow_then_open)
+    monkeypatch.setattr(reader_mod, "open_for_reading", grow_then_open)
     tracemalloc.start()
     try:
         stats, warnings = do_save(repo, root)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < save_mod.STREAM_BYTES, f"{peak} bytes allocated at the peak"
+    assert peak < reader_mod.STREAM_BYTES, f"{peak} bytes allocated at the peak"
     assert [w for w in warnings if "size changed while being read" in w], warnings
     got = members(repo, stats.save_id)[os.fsencode(path)]
     assert got["size"] == GROWN_MIB << 20
     assert got["data"] == pattern * GROWN_MIB
-    monkeypatch.setattr(save_mod, "open_for_reading", real_open)
+    monkeypatch.setattr(reader_mod, "open_for_reading", real_open)
     again, warnings = do_save(repo, root)
     assert warnings == [] and again.files_read == 1  # the suspect file is read afresh
 
@@ -657,14 +661,14 @@ def test_save_batch_with_duplicates_and_a_vanished_file(repo, tmp_path, monkeypa
         (root / f"f{i:03d}").write_bytes(b"same bytes\n" if i % 10 == 0 else b"file %d\n" % i)
     (root / "empty").write_bytes(b"")
     gone = os.fsencode(root / "f007")
-    real_open = save_mod.open_for_reading
+    real_open = reader_mod.open_for_reading
 
     def vanish(p):
         if p == gone:
             os.unlink(p)
         return real_open(p)
 
-    monkeypatch.setattr(save_mod, "open_for_reading", vanish)
+    monkeypatch.setattr(reader_mod, "open_for_reading", vanish)
     stats, warnings = do_save(repo, root)
     assert len(warnings) == 1 and "f007" in warnings[0] and "vanished" in warnings[0]
     got = members(repo, stats.save_id)
@@ -687,7 +691,7 @@ def test_save_batch_with_duplicates_and_a_vanished_file(repo, tmp_path, monkeypa
 def test_with_content_equals_replace():
     from backshift.model import Version
     v = Version(0o100644, 1, 2, b"u", b"g", 10, 11, 12, 13, 14, 15, 16, b"t", None)
-    assert save_mod._with_content(v, 99, 7) == v._replace(size=99, content_id=7)
+    assert session_mod._with_content(v, 99, 7) == v._replace(size=99, content_id=7)
 
 
 def _many_small_files(root: Path, n: int) -> Path:
@@ -709,7 +713,7 @@ def test_save_with_flush_ahead_keeps_every_chunk_and_the_order(repo, tmp_path, m
     monkeypatch.setattr(diskio, "syncfs", lambda p: events.append("sync") or real_sync(p))
     monkeypatch.setattr(diskio, "rename",
                         lambda a, b: events.append("rename") or real_rename(a, b))
-    real_commit = save_mod.Saver.maybe_commit
+    real_commit = session_mod.SaveSession.checkpoint
 
     def commit_marks(self, force=False):
         before = self._txn
@@ -717,7 +721,7 @@ def test_save_with_flush_ahead_keeps_every_chunk_and_the_order(repo, tmp_path, m
         if before and not self._txn:
             events.append("commit")
 
-    monkeypatch.setattr(save_mod.Saver, "maybe_commit", commit_marks)
+    monkeypatch.setattr(session_mod.SaveSession, "checkpoint", commit_marks)
     stats, warnings = do_save(repo, root, batch_files=40)
     assert warnings == [] and stats.new_chunks == 120
     assert events.count("rename") == 120
@@ -771,7 +775,7 @@ def test_save_names_given_twice_within_and_across_record_batches(repo, tmp_path)
     batch) gets one member and one warning, and the counters count it once."""
     root = tmp_path / "src"
     (root / "d").mkdir(parents=True)
-    n = save_mod.RECORD_BATCH + 40
+    n = session_mod.RECORD_BATCH + 40
     for i in range(n):
         (root / "d" / f"f{i:03d}").write_bytes(b"file %d\n" % i)
     (root / "link").symlink_to("d/f001")
@@ -807,7 +811,7 @@ def test_save_children_before_their_directories_in_the_input(repo, tmp_path):
     for j in range(3):
         sub = root / f"s{j}" / "deeper"
         sub.mkdir(parents=True)
-        for i in range(save_mod.RECORD_BATCH // 2):
+        for i in range(session_mod.RECORD_BATCH // 2):
             (sub / f"f{i}").write_bytes(b"%d %d\n" % (j, i))
     names = [pathcodec.normalize(x, b"/") for x in find0(root).split(b"\0") if x]
     names.reverse()
@@ -832,7 +836,7 @@ def test_save_killed_before_a_commit_keeps_earlier_batches_and_is_borrowed_from(
     borrows what they hold and reads the rest."""
     root = tmp_path / "many"
     root.mkdir()
-    n = save_mod.RECORD_BATCH + 100
+    n = session_mod.RECORD_BATCH + 100
     for i in range(n):
         (root / f"f{i:03d}").write_bytes(b"%d\n" % i + os.urandom(100))
     time.sleep(2.1)  # older than the racy margin, so save 2 may borrow
@@ -867,7 +871,7 @@ def test_save_fast_path_members_inserted_in_pieces_within_one_commit(repo, tree,
     (the commit interval no longer bounds that list): a name given twice across two
     pieces is still saved once, with one warning."""
     first, _ = do_save(repo, tree)
-    monkeypatch.setattr(save_mod, "MAX_FAST_MEMBERS", 3)
+    monkeypatch.setattr(session_mod, "MAX_FAST_MEMBERS", 3)
     names = [pathcodec.normalize(n, b"/") for n in find0(tree).split(b"\0") if n]
     twice = next(n for n in names if os.path.isfile(n) and os.stat(n).st_nlink == 1)
     names.append(twice)
@@ -998,7 +1002,7 @@ def test_save_reads_in_processes_the_first_time_and_in_threads_when_it_can_borro
 def _killed_mid_task(repo_: bytes, zstd_level: int, *_args):
     """A reader task that writes a chunk's temp file and is then killed (the OOM killer)."""
     import hashlib
-    store = save_mod._reader_store(repo_, zstd_level)
+    store = readers_mod._reader_store(repo_, zstd_level)
     data = os.urandom(3000)
     store.put(data, hashlib.sha256(data).digest())
     os.kill(os.getpid(), signal.SIGKILL)
@@ -1079,14 +1083,14 @@ def test_save_store_pool_is_made_once_by_reader_threads_racing_for_it(monkeypatc
             time.sleep(0.1)  # not CPU: the other readers run meanwhile
             return int(self) <= other
 
-    monkeypatch.setattr(save_mod, "STORE_THREADS", SlowToCompare(save_mod.STORE_THREADS))
-    monkeypatch.setattr(save_mod, "_store_pool", None)
+    monkeypatch.setattr(reader_mod, "STORE_THREADS", SlowToCompare(reader_mod.STORE_THREADS))
+    monkeypatch.setattr(reader_mod, "_store_pool", None)
     barrier = threading.Barrier(8)
     pools = []
 
     def reader():
         barrier.wait()
-        pools.append(save_mod._store_pool_here())
+        pools.append(reader_mod._store_pool_here())
 
     threads = [threading.Thread(target=reader) for _ in range(8)]
     for t in threads:
@@ -1104,14 +1108,14 @@ def test_save_store_pool_is_made_once_by_reader_threads_racing_for_it(monkeypatc
 def test_save_store_pool_is_made_in_a_reader_forked_while_its_lock_was_held():
     """A reader process forked while a thread of the saver held the pool's lock gets a lock
     of its own: the copy would stay held forever (its holder is not in the fork)."""
-    with save_mod._store_pool_lock:
+    with reader_mod._store_pool_lock:
         pid = os.fork()
         if pid == 0:  # the child: a deadlock ends by SIGALRM, not by hanging the test
             signal.signal(signal.SIGALRM, signal.SIG_DFL)  # not pytest-timeout's handler
             signal.alarm(10)
             code = 1
             try:
-                save_mod._store_pool_here().shutdown()
+                reader_mod._store_pool_here().shutdown()
                 code = 0
             finally:
                 os._exit(code)

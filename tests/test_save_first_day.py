@@ -17,7 +17,7 @@ from harness import faults
 
 from backshift import catalog as catalog_mod
 from backshift.lock import RepoLock
-from backshift.ops.save import subset_for_roots
+from backshift.ops.session import subset_for_roots
 from conftest import BACKSHIFT, find0, run, run_bin
 
 

@@ -1,5 +1,5 @@
 """A re-save after random changes holds exactly the files on disk: the fast path
-(borrow_unchanged) and the general path's borrowing never reuse a stale content.
+(Borrower.unchanged) and the general path's borrowing never reuse a stale content.
 
 Every change keeps the size and puts the old mtime back where it can (the cases a
 size+mtime rule alone would miss); ctime, inode, nlink, mode and type are what tell.

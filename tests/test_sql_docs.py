@@ -64,7 +64,7 @@ def test_queries_doc_has_at_least_ten_queries():
 def docs_repo(tmp_path_factory) -> bytes:
     """Two real saves of the sample tree, with one file edited and one added in between."""
     from backshift.model import ChunkerParams
-    from backshift.ops import save as save_mod
+    from backshift.ops import borrow as borrow_mod
     from backshift.repo import init_repository
 
     base = tmp_path_factory.mktemp("docs")
@@ -73,8 +73,8 @@ def docs_repo(tmp_path_factory) -> bytes:
     src = make_tree(base / "src")
     (src / "edit.txt").write_bytes(b"first\n")
     (src / "copy-of-a.txt").write_bytes(b"hello\n")  # a real duplicate of a.txt, not a link
-    old_margin = save_mod.RACY_MARGIN_NS
-    save_mod.RACY_MARGIN_NS = -10**18
+    old_margin = borrow_mod.RACY_MARGIN_NS
+    borrow_mod.RACY_MARGIN_NS = -10**18
     try:
         os.setxattr(src / "edit.txt", "user.comment", b"draft")
         run("-r", repo, "save", "--subset", "docs", input=find0(src))
@@ -83,7 +83,7 @@ def docs_repo(tmp_path_factory) -> bytes:
         (src / "sub" / "added.txt").write_bytes(b"added\n")
         run("-r", repo, "save", "--subset", "docs", input=find0(src))
     finally:
-        save_mod.RACY_MARGIN_NS = old_margin
+        borrow_mod.RACY_MARGIN_NS = old_margin
     return repo
 
 

@@ -39,8 +39,8 @@ from ..crashpoints import crashpoint
 from ..diskio import read_whole
 from ..errors import LegacyDirInvalid
 from ..model import MAX_CHUNK_LENGTH, ChunkRef, Version
-from ..pathcodec import basename, parent, sort_key
 from ..repo import Repository
+from .interning import PathInterner
 
 Warn = Callable[[str], None]
 PROGRESS_EVERY_S = 0.2
@@ -221,7 +221,7 @@ class Importer:
         self.placer = Placer(repo, method, self.stats)
         self.bad_chunks: dict[bytes, str] = {}  # sha -> why it cannot be used
         self.good_chunks: dict[bytes, int] = {}  # sha -> stored length (placed or present)
-        self.dir_ids: dict[bytes, int] = {}
+        self.paths = PathInterner(self.cat, max_depth=1 << 30)  # every path cached
         self.progress = progress
         self.started = time.monotonic()
         self._last_progress = 0.0
@@ -418,7 +418,7 @@ class Importer:
                         group=rec.group, size=size, mtime_ns=rec.mtime_ns,
                         ctime_ns=rec.ctime_ns, dev=rec.dev, ino=rec.ino, nlink=nlink,
                         rdev=rec.rdev, link_target=rec.link_target, content_id=content_id)
-            path_id = self.intern(path)
+            path_id = self.paths.intern(path)
             version_id = self.cat.insert_versions([(path_id, v)])[0]
             if not self.cat.insert_members([(save_id, path_id, version_id)]):
                 files += 1
@@ -436,22 +436,6 @@ class Importer:
         self.stats.files_skipped += skipped
         self.stats.warnings += skipped
         self.stats.imported.append((lid.text, save_id))
-
-    def intern(self, path: bytes) -> int:
-        """The path's id, creating it (and missing parents) on first sight."""
-        cached = self.dir_ids.get(path)
-        if cached is not None:
-            return cached
-        key = sort_key(path)
-        pid = self.cat.path_id(key)
-        if pid is None:
-            up = parent(path)
-            parent_id = self.intern(up) if up is not None else None
-            pid = self.cat.insert_path(parent_id, key, basename(path))
-        if len(self.dir_ids) > 100_000:
-            self.dir_ids.clear()
-        self.dir_ids[path] = pid
-        return pid
 
 
 def choose_method(repo: Repository, savedir: bytes, requested: str | None) -> str:
