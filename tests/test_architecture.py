@@ -51,9 +51,13 @@ def test_leaf_modules_import_only_what_style_allows():
         assert not extra, f"{name}.py imports {extra}; allowed: {allowed}"
 
 
+def in_cli(path: Path) -> bool:
+    return path.parent == PKG / "cli"
+
+
 def test_only_cli_imports_click():
     for path in PKG.rglob("*.py"):
-        if path.name == "cli.py":
+        if in_cli(path):
             continue
         src = path.read_text()
         assert "import click" not in src and "from click" not in src, path
@@ -107,7 +111,7 @@ def test_only_the_mount_modules_import_fuse():
 
 # backshift/remote/: URL and framing at the bottom, transports and the server above them, the
 # client on top; none imports the CLI, the operations or the stores (the server runs commands
-# through callables cli.py hands it).
+# through callables cli/serve.py hands it).
 REMOTE_RULES = {
     "url": {"errors"},
     "protocol": {"errors"},
@@ -128,6 +132,51 @@ def test_remote_modules_import_only_what_their_layer_allows():
 
 def test_only_cli_imports_remote():
     for path in PKG.rglob("*.py"):
-        if path.name == "cli.py" or path.parent.name == "remote":
+        if in_cli(path) or path.parent.name == "remote":
             continue
         assert "remote" not in package_imports(path), path
+
+
+def test_nothing_below_the_cli_imports_it():
+    """The operations, stores and catalog never reach up into the command line (only
+    `python -m backshift` starts it)."""
+    for path in PKG.rglob("*.py"):
+        if in_cli(path) or path == PKG / "__main__.py":
+            continue
+        assert "cli" not in package_imports(path), path
+
+
+# backshift/cli/: views and forward at the bottom, app (the group, `run`) on them, options
+# on app, the command modules on those, and __init__ assembling the group from them all.
+CLI_RULES = {
+    "views": set(),
+    "forward": set(),
+    "app": {"forward", "views"},
+    "options": {"app"},
+    "admin": {"app", "options", "views"},
+    "save": {"admin", "app", "options", "views"},
+    "reports": {"app", "options", "views"},
+    "restore": {"app", "options", "views"},
+    "serve": {"app"},
+    "__init__": {"admin", "app", "options", "reports", "restore", "save", "serve"},
+}
+
+
+def cli_sibling_imports(path: Path) -> set[str]:
+    """The modules of backshift/cli/ that PATH imports (`from .x import ...`)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_cli_modules_import_only_what_their_layer_allows():
+    found = {p.stem for p in (PKG / "cli").glob("*.py")}
+    assert found == set(CLI_RULES), "add the new module to CLI_RULES"
+    for name, allowed in CLI_RULES.items():
+        extra = cli_sibling_imports(PKG / "cli" / f"{name}.py") - allowed - {name}
+        assert not extra, f"cli/{name}.py imports {extra}; allowed: {allowed}"
