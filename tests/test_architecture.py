@@ -180,3 +180,11 @@ def test_cli_modules_import_only_what_their_layer_allows():
     for name, allowed in CLI_RULES.items():
         extra = cli_sibling_imports(PKG / "cli" / f"{name}.py") - allowed - {name}
         assert not extra, f"cli/{name}.py imports {extra}; allowed: {allowed}"
+
+
+def test_cli_keeps_no_module_state():
+    """What one invocation changes (the progress line, the repository given) lives in its
+    Context, so `serve` can run commands one after another in one process."""
+    for path in (PKG / "cli").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        assert not any(isinstance(n, ast.Global) for n in ast.walk(tree)), path
