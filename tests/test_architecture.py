@@ -166,7 +166,9 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("remote repositories",
      {"remote.url", "remote.protocol", "remote.transport", "remote.server",
       "remote.client"}),
-    ("the command line", {"cli", "__main__"}),
+    ("the command line",
+     {"cli", "cli.views", "cli.forward", "cli.app", "cli.options", "cli.admin", "cli.save",
+      "cli.reports", "cli.restore", "cli.serve", "__main__"}),
 ]
 
 # module -> package modules it may import (besides itself): tighter than its layer
@@ -249,9 +251,13 @@ def test_leaf_modules_import_only_what_style_allows():
         assert not extra, f"{name} imports {extra}; allowed: {allowed}"
 
 
+def in_cli(path: Path) -> bool:
+    return path.parent == PKG / "cli"
+
+
 def test_only_cli_imports_click():
     for path in PKG.rglob("*.py"):
-        if path.name == "cli.py":
+        if in_cli(path):
             continue
         src = path.read_text()
         assert "import click" not in src and "from click" not in src, path
@@ -348,9 +354,62 @@ def test_remote_modules_import_only_what_their_layer_allows():
 
 def test_only_cli_imports_remote():
     for name, targets in import_graph(PKG).items():
-        if name == "cli" or name.split(".")[0] == "remote":
+        if name == "cli" or name.startswith("cli.") or name.split(".")[0] == "remote":
             continue
         assert not {t for t in targets if t.split(".")[0] == "remote"}, name
+
+
+def test_nothing_below_the_cli_imports_it():
+    """The operations, stores and catalog never reach up into the command line (only
+    `python -m backshift` starts it)."""
+    for name, targets in import_graph(PKG).items():
+        if name in ("cli", "__main__") or name.startswith("cli."):
+            continue
+        assert not {t for t in targets if t.split(".")[0] == "cli"}, name
+
+
+# backshift/cli/: views and forward at the bottom, app (the group, `run`) on them, options
+# on app, the command modules on those, and __init__ assembling the group from them all.
+CLI_RULES = {
+    "views": set(),
+    "forward": set(),
+    "app": {"forward", "views"},
+    "options": {"app"},
+    "admin": {"app", "options", "views"},
+    "save": {"admin", "app", "options", "views"},
+    "reports": {"app", "options", "views"},
+    "restore": {"app", "options", "views"},
+    "serve": {"app"},
+    "__init__": {"admin", "app", "options", "reports", "restore", "save", "serve"},
+}
+
+
+def cli_sibling_imports(path: Path) -> set[str]:
+    """The modules of backshift/cli/ that PATH imports (`from .x import ...`)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_cli_modules_import_only_what_their_layer_allows():
+    found = {p.stem for p in (PKG / "cli").glob("*.py")}
+    assert found == set(CLI_RULES), "add the new module to CLI_RULES"
+    for name, allowed in CLI_RULES.items():
+        extra = cli_sibling_imports(PKG / "cli" / f"{name}.py") - allowed - {name}
+        assert not extra, f"cli/{name}.py imports {extra}; allowed: {allowed}"
+
+
+def test_cli_keeps_no_module_state():
+    """What one invocation changes (the progress line, the repository given) lives in its
+    Context, so `serve` can run commands one after another in one process."""
+    for path in (PKG / "cli").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        assert not any(isinstance(n, ast.Global) for n in ast.walk(tree)), path
 
 
 # -- the chunk store interface ---------------------------------------------------------------
@@ -376,7 +435,8 @@ def test_chunk_store_interface_lists_exactly_what_the_operations_call():
     chunkstore.ChunkStore, and every member is used: a backend implementing the protocol
     is enough for every command."""
     used = set()
-    for path in [*(PKG / "ops").glob("*.py"), PKG / "repo.py", PKG / "cli.py"]:
+    for path in [*(PKG / "ops").glob("*.py"), PKG / "repo.py",
+                 *(PKG / "cli").glob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and (
                     isinstance(node.value, ast.Name) and node.value.id == "store"

@@ -3,7 +3,7 @@
 The repository path comes in the hello, so a forced command in authorized_keys decides what
 a key may reach (--restrict-to-path) and do (--append-only), as with `borg serve`. Commands
 run in this process through the CLI (INSPECT parses an argv, EXECUTE runs it with its output
-sent as frames): cli.py hands both in, so nothing here imports click.
+sent as frames): cli/serve.py hands both in, so nothing here imports click.
 """
 
 from __future__ import annotations
