@@ -333,7 +333,8 @@ def test_save_marks_a_zombie_save_interrupted(repo, tmp_path, zombie_save):
 
 def test_expire_does_not_keep_a_dead_running_save(repo, zombie_save):
     sid, _pid = zombie_save
-    out = run("-r", repo, "expire", "--save", str(sid)).stdout
+    # --lock-wait: under load the killed save's lock can take a moment to be let go of
+    out = run("-r", repo, "expire", "--lock-wait", "30", "--save", str(sid)).stdout
     assert out.split()[:3] == ["remove", "save", str(sid)], out
     assert "interrupted: named with --backup" in out, out
     assert [row[0] for row in saves_table(repo)] == [1]
