@@ -153,13 +153,15 @@ def _after_command(ctx: click.Context, *_args, **_kwargs) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """The console script: run the CLI and exit with its code."""
+    # Once the code is decided, a Ctrl-C while the process winds down (threads and reader
+    # processes are joined, then the interpreter resets its signal handlers to the default)
+    # must not turn it into a death by SIGINT: it is blocked from there to the exit.
     try:
         code = run(argv)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     except KeyboardInterrupt:  # a second Ctrl-C while run() was handling the outcome
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         code = EXIT_INTERRUPTED
-    # The code is decided. A Ctrl-C while the process winds down (the reader processes are
-    # joined at exit) ends it at once with that code, not as a death by SIGINT.
-    signal.signal(signal.SIGINT, lambda _signum, _frame: os._exit(code))
     sys.exit(code)
 
 
