@@ -166,3 +166,24 @@ def test_save_dry_run_warnings_exit_1(tmp_path, repo):
     names = find0(tree) + os.fsencode(tree / "vanished") + b"\0"
     res = run("-r", repo, "save", "-n", "--subset", "s", input=names, exit_code=1)
     assert "vanished" in res.stderr
+
+
+def test_save_dry_run_runs_beside_a_save_and_waits_for_an_expire(tmp_path, repo):
+    """The shared lock: a save's (shared) does not stop it; an expire's (exclusive) does,
+    exit 5, as the candidate saves and chunk files could go away under it."""
+    from backshift.lock import RepoLock
+
+    tree = make_tree(tmp_path / "src")
+    held = RepoLock(repo, exclusive=False, operation="save")  # another process's save
+    held.acquire()
+    try:
+        run("-r", repo, "save", "-n", str(tree))
+    finally:
+        held.release()
+    held = RepoLock(repo, exclusive=True, operation="expire")
+    held.acquire()
+    try:
+        res = run("-r", repo, "save", "-n", str(tree), exit_code=5)
+        assert "locked" in res.stderr
+    finally:
+        held.release()
