@@ -266,8 +266,6 @@ def _does_not_do() -> str:
 
 
 @pytest.mark.parametrize("claim, cmd, code, says", [
-    ("save --dry-run", "backshift -r repo save --dry-run --subset x src", 2,
-     b"No such option '--dry-run'"),
     ("init --chunks s3://", "backshift -r repo init --chunks s3://bucket/prefix", 2,
      b"No such option '--chunks'"),
     ("ssh://", "backshift -r ssh://backup@nas.invalid/srv/repo save --subset x src", 2,
@@ -280,3 +278,18 @@ def test_readme_does_not_do_section_matches_the_cli(tmp_path, claim, cmd, code, 
     (tmp_path / "src").mkdir()
     r = _run(cmd, tmp_path)
     assert r.returncode == code and says in r.stderr, r.stderr
+
+
+def test_readme_save_dry_run_is_no_longer_a_not_yet_and_runs_as_described(tmp_path):
+    """save --dry-run landed: the README no longer lists it as missing, says what it
+    prints, and that output is what the CLI prints."""
+    assert "dry-run" not in _does_not_do()
+    assert "`save --dry-run` (`-n`)" in README.read_text()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_bytes(b"data\n")
+    r = _run("backshift -r repo init >/dev/null && "
+             "backshift -r repo save --dry-run -v --subset x src", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert b"\nread " + os.fsencode(tmp_path / "src" / "f") + b"\n" in b"\n" + r.stdout
+    assert b"would read 1 file (5 B), borrow 0 unchanged (0 B), 1 new directories" \
+        in r.stdout, r.stdout

@@ -50,6 +50,11 @@ def _check_label(kind: str, value: str) -> str:
 @click.option("--exclude-if-present", multiple=True, metavar="NAME",
               help="With PATHs: save a directory holding a file NAME with that file only "
                    "(repeatable).")
+@click.option("--dry-run", "-n", "dry_run", is_flag=True,
+              help="Say what a save would read and what it would borrow unchanged (with "
+                   "-v: one line per name: read, borrow, new (not a regular file) or link (a "
+                   "further hard link)), and write nothing: no "
+                   "file's contents are read.")
 @click.option("--progress/--no-progress", default=None,
               help="Live progress on stderr [default: when stderr is a terminal].")
 @json_option(help="Print the summary as one JSON object.")
@@ -64,7 +69,7 @@ def _check_label(kind: str, value: str) -> str:
 def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: str | None,
          filelist, one_file_system: bool, exclude: tuple[str, ...],
          exclude_from: tuple[str, ...], exclude_caches: bool,
-         exclude_if_present: tuple[str, ...], progress: bool | None,
+         exclude_if_present: tuple[str, ...], dry_run: bool, progress: bool | None,
          as_json: bool, workers: int, checkpoint_interval: float,
          checkpoint_files: int, lock_wait: float) -> None:
     """Save files into a new save of HOSTNAME/SUBSET.
@@ -84,6 +89,9 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
       find /home -xdev -print0 | backshift -r /backup/repo save --subset home
       backshift -r /backup/repo save --subset etc /etc
       backshift -r /backup/repo save --filelist names.0 --hostname web1
+
+    With --dry-run, the names are read and decided exactly as a save would (the same
+    series, excludes and borrowing rules) and the repository is left as it was.
 
     Exit status 1 means the save completed but some files were skipped (see stderr).
     """
@@ -136,6 +144,12 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
     # stdin unbuffered: a single read returns what the pipe has, and the name reader
     # thread never holds a buffer lock the interpreter needs at exit.
     stream = None if paths else filelist if filelist is not None else _raw_stdin()
+    if dry_run:
+        _dry_run(ctx, opts, warn, cwd=cwd, paths=paths, stream=stream,
+                 one_file_system=one_file_system, excludes=exclude,
+                 exclude_caches=exclude_caches, exclude_if_present=exclude_if_present,
+                 lock_wait_s=lock_wait, as_json=as_json)
+        return
     run = run_save(ctx.repo, opts, warn, cwd=cwd, paths=paths, stream=stream,
                    one_file_system=one_file_system, excludes=exclude,
                    exclude_caches=exclude_caches, exclude_if_present=exclude_if_present,
@@ -160,6 +174,35 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
         raise SystemExit(EXIT_TERMINATED if run.stop_signal == signal.SIGTERM
                          else EXIT_INTERRUPTED)
     if stats.warnings or not copied:
+        raise SystemExit(EXIT_WARNING)
+
+
+def _dry_run(ctx: Context, opts, warn, *, as_json: bool, **walk_options) -> None:
+    """save --dry-run: the summary (with -v, a line per name first); exit 1 on warnings."""
+    from ..ops.dryrun import run_dry_run
+    from ..render import human_bytes
+
+    def listing(action: str, path: bytes) -> None:
+        click.echo(f"{action} {escape(path)}")
+
+    stats = run_dry_run(ctx.repo, opts, warn,
+                        listing=listing if ctx.verbose and not as_json else None,
+                        **walk_options)
+    if as_json:
+        import dataclasses
+        import json
+        click.echo(json.dumps({"dry_run": True, "hostname": opts.hostname,
+                               "subset": opts.subset, **dataclasses.asdict(stats)},
+                              sort_keys=True))
+    elif not ctx.quiet:
+        click.echo(f"dry run of {opts.hostname}/{opts.subset}: would read "
+                   f"{count(stats.files_read, 'file')} ({human_bytes(stats.bytes_read)}), "
+                   f"borrow {stats.files_borrowed:,} unchanged "
+                   f"({human_bytes(stats.bytes_borrowed)}), "
+                   f"{stats.new_other:,} new directories/special files"
+                   + (f", {stats.hard_links:,} further hard links" if stats.hard_links
+                      else "") + "; nothing written")
+    if stats.warnings:
         raise SystemExit(EXIT_WARNING)
 
 

@@ -555,7 +555,6 @@ def run_save(repo_path: bytes, opts: SaveOptions, warn: Warn, *, cwd: bytes,
     walked (with the walk's options) or the NUL-separated names of STREAM, and call
     AFTER_COMPLETE(repo) on a complete save (its result: SaveRun.copied). A second
     SIGINT raises KeyboardInterrupt; a second SIGTERM returns terminated."""
-    from .. import walk
     from ..repo import WRITE, open_repository
 
     restore_signals = catch_stop_signals()  # from now on a signal ends as one later
@@ -573,13 +572,10 @@ def run_save(repo_path: bytes, opts: SaveOptions, warn: Warn, *, cwd: bytes,
             saver = Saver(repo, opts, warn, progress, readers)
             if notice is not None:
                 saver.notice = notice
-            if paths:
-                tags = sorted({os.fsencode(n) for n in exclude_if_present}
-                              | ({walk.CACHEDIR_TAG} if exclude_caches else set()))
-                names = walk.walk(paths, cwd, saver.warn, one_file_system=one_file_system,
-                                  excludes=[os.fsencode(e) for e in excludes], tags=tags)
-            else:
-                names = walk.normalized(walk.read_nul_names(stream), cwd, saver.warn)
+            names = input_names(saver.warn, cwd=cwd, paths=paths, stream=stream,
+                                one_file_system=one_file_system, excludes=excludes,
+                                exclude_caches=exclude_caches,
+                                exclude_if_present=exclude_if_present)
             stats = saver.run(names)
             copied = True
             if stats.status == "complete" and after_complete is not None:
@@ -592,3 +588,19 @@ def run_save(repo_path: bytes, opts: SaveOptions, warn: Warn, *, cwd: bytes,
         readers.shutdown(wait=True, cancel_futures=True)
         restore_signals()
     return SaveRun(stats, saver.stop_signal, copied)
+
+
+def input_names(warn: Warn, *, cwd: bytes, paths: Iterable[bytes] = (), stream=None,
+                one_file_system: bool = False, excludes: Iterable[str] = (),
+                exclude_caches: bool = False, exclude_if_present: Iterable[str] = ()
+                ) -> Iterable[bytes]:
+    """The names a save reads: a walk of PATHS (with the walk's options), or the
+    NUL-separated names of STREAM, absolute and normal; bad ones are WARNed about."""
+    from .. import walk
+
+    if paths:
+        tags = sorted({os.fsencode(n) for n in exclude_if_present}
+                      | ({walk.CACHEDIR_TAG} if exclude_caches else set()))
+        return walk.walk(paths, cwd, warn, one_file_system=one_file_system,
+                         excludes=[os.fsencode(e) for e in excludes], tags=tags)
+    return walk.normalized(walk.read_nul_names(stream), cwd, warn)

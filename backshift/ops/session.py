@@ -117,8 +117,13 @@ class SaveSession:
 
     def __init__(self, repo: Repository, hostname: str, subset: str,
                  roots: list[bytes] | None, warn: Warn, batch_files: int = 20_000,
-                 batch_bytes: int = 256 << 20, batch_seconds: float = 10.0) -> None:
+                 batch_bytes: int = 256 << 20, batch_seconds: float = 10.0,
+                 dry_run: bool = False) -> None:
         self.repo = repo
+        # a dry run (save --dry-run) only asks: open() writes no save row and takes no save
+        # lock, offer() records nothing, locate() interns nothing; record/store/finish are
+        # not called
+        self.dry_run = dry_run
         self.cat = repo.catalog
         self.hostname = hostname
         self.subset = subset
@@ -176,6 +181,9 @@ class SaveSession:
     def open(self) -> None:
         """Insert the save row (running, held by its lock), mark this host's dead running
         saves interrupted, and find the candidate saves to borrow from."""
+        if self.dry_run:
+            self.find_candidates(0)  # no save row: every save of the series is a candidate
+            return
         host = socket.gethostname()
         repo_path = self.repo.path
         self.cat.probe_integrity()  # a damaged catalog: refuse before writing anything
@@ -197,8 +205,11 @@ class SaveSession:
         self.cat.commit()
         for sid in dead:
             remove_dead_save_lock(repo_path, sid)
-        candidates = self.cat.previous_saves_for_borrowing(
-            self.hostname, self.subset, self.stats.save_id)
+        self.find_candidates(self.stats.save_id)
+
+    def find_candidates(self, save_id: int) -> None:
+        """The earlier saves of the series but SAVE_ID to borrow from, and their Borrower."""
+        candidates = self.cat.previous_saves_for_borrowing(self.hostname, self.subset, save_id)
         if candidates:
             biggest = max(self.cat.get_save(sid).files for sid, _ in candidates)
             self.estimate = biggest or None
@@ -248,6 +259,9 @@ class SaveSession:
             if entry is None:
                 out.append(False)
                 continue
+            if self.dry_run:
+                out.append(True)
+                continue
             if not self._txn:
                 self.ensure_txn()
             stats = self.stats
@@ -271,9 +285,14 @@ class SaveSession:
             out.append(True)
         return out
 
-    def locate(self, path: bytes) -> tuple[int, int | None]:
+    def locate(self, path: bytes) -> tuple[int | None, int | None]:
         """(PATH's id, its directory's id or None for /), interned now (a re-save: borrowing
-        looks a path up by its directory's id)."""
+        looks a path up by its directory's id). A dry run interns nothing: a path the
+        catalog lacks has id None (no earlier save holds it)."""
+        if self.dry_run:
+            known = self.interner.known
+            up = parent(path)
+            return known(path), known(up) if up is not None else None
         path_id = self.interner.intern(path)
         up = parent(path)
         return path_id, self.interner.intern(up) if up is not None else None
