@@ -232,11 +232,14 @@ def test_save_stops_within_a_second_inside_a_big_file(repo, big_tree, no_racy_ma
     assert f"backshift: {name}: stopping; committing what is saved so far".encode() in err
     assert b"Traceback" not in err
     assert [row[2] for row in saves_table(repo)] == ["interrupted"]
-    # what was committed is borrowed by the next save
+    # what was committed is borrowed by the next save (small files still in a reader's
+    # hands when the signal came are not committed: on a loaded machine, maybe none)
+    committed = int(run("-r", repo, "sql", "SELECT count(*) FROM files WHERE save_id = 1 "
+                        "AND type = 'file'", "--format", "csv").stdout.splitlines()[1])
     os.unlink(big_tree / "zz-big")
     res = json.loads(run("-r", repo, "save", "--json", "--subset", "s", str(big_tree)).stdout)
-    assert res["files_borrowed"] == 20, res
-    assert res["files_read"] == 0, res
+    assert res["files_borrowed"] == committed, res
+    assert res["files_read"] == 20 - committed, res
 
 
 @pytest.mark.timeout(120)
