@@ -1,8 +1,8 @@
 """Test oracle: what a save holds, read back through the store, compared with file digests.
 
-The `tar` command is built on another branch; this reads each regular file's chunks via
-Store.read (which verifies them) and compares the bytes with file_digests taken from the
-source when it was saved.
+This reads each regular file's chunks via Store.read (which verifies them) and compares
+the bytes with file_digests taken from the source when it was saved; restore_with_tar
+checks the same through `backshift tar | tar -x`.
 """
 
 from __future__ import annotations

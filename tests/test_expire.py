@@ -27,7 +27,7 @@ def chunk_files(repo: bytes) -> set[str]:
 def catalog_chunks(repo: bytes) -> set[str]:
     cat = Catalog.open(os.path.join(repo, b"catalog.sqlite3"), readonly=True)
     try:
-        return {sha.hex() for sha, _n in cat.all_chunks()}
+        return {sha.hex() for (sha,) in cat.conn.execute("SELECT sha256 FROM chunk")}
     finally:
         cat.close()
 

@@ -1,4 +1,4 @@
-"""Matrix rows B3, B4, B6 and G1 of RELIABILITY.md: damaged chunks, and what check reports."""
+"""Matrix rows B3, B4, B6 and G1 of docs/reliability.md: damaged chunks, and what check reports."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Matrix rows I1-I3 of RELIABILITY.md: exit codes, no tracebacks, every write error fails."""
+"""Matrix rows I1-I3 of docs/reliability.md: exit codes, no tracebacks, every write error fails."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Matrix rows D1-D19 of RELIABILITY.md: bad input while saving."""
+"""Matrix rows D1-D19 of docs/reliability.md: bad input while saving."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Matrix rows B1-B10 of RELIABILITY.md: crashes and I/O faults in the chunk store."""
+"""Matrix rows B1-B10 of docs/reliability.md: crashes and I/O faults in the chunk store."""
 
 from __future__ import annotations
 
