@@ -1,7 +1,7 @@
 """The durable batch: files written under temp names, then synced, renamed, synced again.
 
 It knows only (temp, final) path pairs and the syscalls (through diskio): no chunk naming,
-no layout. Invariant I1 of RELIABILITY.md: the temp files of a batch are made durable
+no layout. The durability invariant: the temp files of a batch are made durable
 together (syncfs), then renamed to their final names, then the names are made durable, and
 only then may the caller commit anything that names them. A crash therefore leaves temp
 files or unreferenced final files, never a committed name without its file.

@@ -5,7 +5,7 @@ store.Store (chunk files in REPO/chunks/) is its one backend today; an object-st
 (objstore.ObjectStore) implements the same calls next. tests/test_architecture.py checks
 that every call the operations make on a store is listed here, and nothing more.
 
-Contract of every backend (invariant I1 of RELIABILITY.md): a chunk put since the last
+Contract of every backend (the durability invariant): a chunk put since the last
 flush() may be read back by no one else, and flush() returns only once every such chunk is
 durable under its name, so the catalog commits rows naming chunks only after it; abandon()
 drops what was not flushed. Every read is verified (decoded, LENGTH bytes, its sha256 is its

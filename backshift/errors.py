@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# The exit-code table. README.md documents it; tests/test_cli_exit_codes.py keeps both equal.
+# The exit-code table. README.md documents it; tests/test_cli_basics.py keeps both equal.
 EXIT_OK = 0
 EXIT_WARNING = 1  # the operation finished, but some files or members had problems
 EXIT_ERROR = 2  # generic error, including bad command-line usage
@@ -263,12 +263,6 @@ class ObjectStoreFailed(BackshiftError):
 
     exit_code = 43
     summary = "object store: a request failed after its retries (throttling, 5xx, timeouts)"
-
-
-class Interrupted(BackshiftError):
-    """interrupted"""
-
-    exit_code = EXIT_INTERRUPTED
 
 
 def exit_code_table() -> list[tuple[int, str]]:

@@ -1,6 +1,6 @@
 """Readers of the original backshift 1.x save directory formats (pure: bytes in, values out).
 
-ORIGINAL.md section 2 describes the formats: backup ids, `summaries/<id>`, the per-directory
+The formats read here: backup ids, `summaries/<id>`, the per-directory
 "dohdbm" databases under `files/<id>/dir-.../entries` (base-255 numbers, compressed like a
 chunk), the record format with its escaped owner/group/link_target fields, and chunk files.
 Nothing here touches the repository; ops/import_legacy.py turns these values into saves.

@@ -1,10 +1,8 @@
 """Plain data shared by every layer: frozen dataclasses, named tuples and small enumerations.
 
-Version, ChunkRef and StoredChunk are named tuples: a first save makes and sends between
-processes some 60,000 of them for 20,000 small files, and a frozen dataclass costs about 3 us
-to unpickle (its __init__ sets each field with object.__setattr__) where a named tuple
-costs 1.5 and builds faster too. Like a frozen dataclass they are immutable, compare and hash
-by value; `_replace` stands for dataclasses.replace.
+Version, ChunkRef and StoredChunk are named tuples: a save sends tens of thousands between
+processes, and they unpickle and build faster than frozen dataclasses. Like a frozen
+dataclass they are immutable, compare and hash by value; `_replace` stands for dataclasses.replace.
 """
 
 from __future__ import annotations

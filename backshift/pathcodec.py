@@ -61,11 +61,6 @@ def basename(path: bytes) -> bytes:
     return path.rsplit(SEP, 1)[-1] if path != SEP else b""
 
 
-def member_name(path: bytes) -> bytes:
-    """The tar member name of an absolute path: GNU tar strips the leading '/'."""
-    return path.lstrip(SEP) or b"."
-
-
 # gnulib quotearg's escape style, as GNU tar prints member names (tar -tf, -tvf)
 C_ESCAPES = {7: b"\\a", 8: b"\\b", 12: b"\\f", 10: b"\\n", 13: b"\\r", 9: b"\\t",
              11: b"\\v", 92: b"\\\\"}

@@ -3,8 +3,8 @@ It owns the layout (fan-out directories, quarantine), presence, verified reads, 
 
 The one backend of chunkstore.ChunkStore today. A chunk file is a chunkcodec body (the
 original backshift's format, so its chunk stores can be imported unread); a new one is a
-temp file beside its final name until a chunkbatch.ChunkBatch makes it durable (invariant
-I1 of RELIABILITY.md: never a referenced chunk that is not on disk).
+temp file beside its final name until a chunkbatch.ChunkBatch makes it durable (the
+durability invariant: never a referenced chunk that is not on disk).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Test oracle: what a save holds, read back through the store, compared with a manifest.
+"""Test oracle: what a save holds, read back through the store, compared with file digests.
 
-The `tar` command is built on another branch; this reads each regular file's chunks via
-Store.read (which verifies them) and compares the bytes with a manifest taken from the
-source when it was saved.
+This reads each regular file's chunks via Store.read (which verifies them) and compares
+the bytes with file_digests taken from the source when it was saved; restore_with_tar
+checks the same through `backshift tar | tar -x`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ SAVE_FILES = """
 """
 
 
-def manifest(root) -> dict[bytes, str]:
+def file_digests(root) -> dict[bytes, str]:
     """sha256 of every regular file under ROOT (absolute bytes path -> hex)."""
     out = {}
     root = os.fsencode(root)
@@ -65,7 +65,7 @@ def assert_save_matches(repo: bytes, save_id: int, expected: dict[bytes, str]) -
 
 
 def restore_with_tar(repo: bytes, save_id: int, dest) -> dict[bytes, str]:
-    """Restore a save through `backshift tar | tar -x` into DEST; the manifest of what came
+    """Restore a save through `backshift tar | tar -x` into DEST; the file_digests of what came
     out, keyed by the original absolute paths (GNU tar strips the leading '/')."""
     import subprocess
 
@@ -84,4 +84,4 @@ def restore_with_tar(repo: bytes, save_id: int, dest) -> dict[bytes, str]:
     assert extract.returncode == 0, extract.stderr
     dest_b = os.fsencode(dest)
     return {b"/" + os.path.relpath(path, dest_b): digest
-            for path, digest in manifest(dest).items()}
+            for path, digest in file_digests(dest).items()}

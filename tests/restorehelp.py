@@ -21,6 +21,14 @@ def save_tree(repo: bytes, root: Path | bytes, subset: str = "t") -> None:
     run("-r", repo, "save", "--subset", subset, input=find0(root))
 
 
+def gnu_tar_list(data: bytes, verbose: bool, env: dict | None = None) -> bytes:
+    """What GNU tar lists for the stream DATA (`tar -tf -`, `-tvf` when VERBOSE)."""
+    res = subprocess.run(["tar", "-tvf" if verbose else "-tf", "-"], input=data,
+                         capture_output=True, timeout=60, env=env)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
 def tar_stream(repo: bytes, *args: str | bytes, exit_code: int = 0) -> tuple[bytes, str]:
     """The stream `backshift tar` writes (linted), and its stderr."""
     res = run("-r", repo, "tar", "--backup", "latest", *args, exit_code=exit_code)

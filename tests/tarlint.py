@@ -1,4 +1,4 @@
-"""A tar-stream lint for tests: the producer invariants of RELIABILITY.md (d), checked.
+"""A tar-stream lint for tests: the tar producer's invariants, checked.
 
     from tarlint import lint_tar
     members = lint_tar(stream_bytes)   # or lint_tar("out.tar"); AssertionError names

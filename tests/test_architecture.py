@@ -1,4 +1,4 @@
-"""The import arrows of STYLE.md, checked with ast so they stay true.
+"""The import arrows of the layers (README: Architecture), checked with ast so they stay true.
 
 Every module of backshift (subpackages included) is placed in a layer and may import only
 its own layer and those below; the import graph has no cycle; a few modules have tighter

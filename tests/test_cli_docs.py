@@ -72,3 +72,14 @@ def test_other_tools_command_names_get_a_hint(name, hint):
     assert res.stderr.splitlines() == [
         f"backshift: error: backshift has no command {name!r}: use '{hint}' "
         "(see 'backshift --help')"]
+
+
+def test_every_command_has_its_section_in_cli_md_and_the_man_page():
+    from backshift.cli import cli
+    commands = sorted(cli.commands)
+    assert "save" in commands and "tar" in commands, commands
+    reference = (ROOT / "docs" / "cli.md").read_text().splitlines()
+    man = (ROOT / "docs" / "backshift.1").read_text().splitlines()
+    for name in commands:
+        assert f"## backshift {name}" in reference, f"docs/cli.md has no section for {name!r}"
+        assert f".SS backshift {name}" in man, f"docs/backshift.1 has no section for {name!r}"

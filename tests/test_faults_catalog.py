@@ -1,4 +1,4 @@
-"""Matrix rows A1-A8 of RELIABILITY.md: crashes, I/O errors and strange files at the catalog."""
+"""Matrix rows A1-A8 of docs/reliability.md: crashes, I/O errors, strange files at the catalog."""
 
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
-"""Matrix rows B3, B4, B6 and G1 of RELIABILITY.md: damaged chunks, and what check reports."""
+"""Matrix rows B3, B4, B6 and G1 of docs/reliability.md: damaged chunks, and what check reports."""
 
 from __future__ import annotations
 
 import os
-import shutil
 
 import apsw
 import pytest
+from harness import damage
 from harness.consistency import assert_repo_consistent
 from harness.oracle import assert_save_matches, diff, from_catalog, from_stream, manifest
 from harness.scenario import one_line_error, save, small_tree
@@ -30,30 +30,15 @@ def _chunks_of(repo: bytes, path: bytes, save_id: int) -> list[bytes]:
         conn.close()
 
 
-def _truncate(path: bytes, other: bytes) -> None:
-    os.truncate(path, os.path.getsize(path) // 2)
-
-
-def _flip(path: bytes, other: bytes) -> None:
-    with open(path, "r+b") as f:
-        f.seek(os.path.getsize(path) // 2)
-        b = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([b[0] ^ 0x01]))
-
-
-def _other(path: bytes, other: bytes) -> None:
-    shutil.copyfile(other, path)
-
-
-ROWS = {"B3_truncated": (_truncate, True), "B4_bit_flip": (_flip, False),
-        "B6_other_chunks_bytes": (_other, None)}  # fast check sees it only if sizes differ
+# (damage, whether the fast check sees it: None = only if the sizes differ)
+ROWS = {"B3_truncated": (damage.truncate, True), "B4_bit_flip": (damage.flip_bit, False),
+        "B6_other_chunks_bytes": (damage.other_chunks_bytes, None)}
 
 
 @pytest.mark.parametrize("row", sorted(ROWS))
 def test_B3_B4_B6_damaged_chunk_is_reported_and_the_rest_restores(tmp_path, repo, row,
                                                                  no_racy_margin):
-    damage, fast_finds = ROWS[row]
+    spoil, fast_finds = ROWS[row]
     src = small_tree(tmp_path / "src")
     expected = manifest(src)
     sid = save(repo, src)["save_id"]
@@ -62,7 +47,7 @@ def test_B3_B4_B6_damaged_chunk_is_reported_and_the_rest_restores(tmp_path, repo
     text = os.fsencode(src / "text.txt")
     victim = _chunks_of(repo, big, sid)[1]
     store = Store(repo)
-    damage(store.path_for(victim), store.path_for(_chunks_of(repo, text, sid)[0]))
+    spoil(store.path_for(victim), store.path_for(_chunks_of(repo, text, sid)[0]))
     fast = run("-r", repo, "check", exit_code=None)
     if fast_finds is not None:
         assert fast.code == (10 if fast_finds else 0), fast.stdout + fast.stderr

@@ -1,4 +1,4 @@
-"""Matrix rows A2, C3, F1, F2, F5 of RELIABILITY.md: expire and its garbage collection."""
+"""Matrix rows A2, C3, F1, F2, F5 of docs/reliability.md: expire and its garbage collection."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Matrix rows D1-D19 of RELIABILITY.md: bad input while saving."""
+"""Matrix rows D1-D19 of docs/reliability.md: bad input while saving."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from harness.consistency import assert_repo_consistent, open_readonly
 from harness.oracle import assert_save_matches, manifest
-from harness.scenario import save, save_status, small_tree
+from harness.scenario import save, save_status, save_unprivileged, small_tree
 
 from backshift.ops import reader as reader_mod
 from backshift.store import Store
@@ -200,11 +200,10 @@ def test_D7_permission_denied_is_a_warning(tmp_path, repo, monkeypatch):
     assert_save_matches(repo, res["save_id"], manifest(src, skip={target}), src, tmp_path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads mode-000 files")
 def test_D7_permission_denied_real_chmod(tmp_path, repo):
     src = small_tree(tmp_path / "src")
     os.chmod(src / "big.bin", 0)
-    res = save(repo, src, exit_code=1)
+    res = save_unprivileged(repo, src, exit_code=1)  # as root: a child that dropped to nobody
     assert any("big.bin" in w for w in _warnings(res))
 
 
@@ -290,10 +289,10 @@ def test_D13_special_files_are_metadata_only(tmp_path, repo):
     sock.bind(os.fsdecode(src / "sock"))
     try:
         names = find0(src) + b"/dev/null\0"
-        res = save(repo, src, names=names, exit_code=None)
+        res = save(repo, src, names=names, exit_code=0)
     finally:
         sock.close()
-    assert res["code"] in (0, 1) and "Traceback" not in res["stderr"]
+    assert "Traceback" not in res["stderr"]
     mode, size, rdev, _, content = _member(repo, b"/dev/null", res["save_id"])
     assert stat.S_ISCHR(mode) and rdev == os.stat("/dev/null").st_rdev and content is None
     mode, *_ = _member(repo, os.fsencode(src / "fifo"), res["save_id"])
@@ -457,9 +456,10 @@ def test_D18_stat_size_that_lies_reads_until_eof(tmp_path, repo, monkeypatch):
         return Lie(st) if path == target else st
 
     monkeypatch.setattr(os, "lstat", lying_lstat)
-    res = save(repo, src, exit_code=None)
+    res = save(repo, src, exit_code=1)  # a warning: the size changed while being read
     monkeypatch.undo()
-    assert res["code"] in (0, 1) and "Traceback" not in res["stderr"], res["stderr"]
+    (warning,) = _warnings(res)
+    assert os.fsdecode(target) in warning and "size changed" in warning, warning
     assert _member(repo, target, res["save_id"])[1] == os.path.getsize(target)
     assert_save_matches(repo, res["save_id"], manifest(src), src)
 

@@ -1,4 +1,4 @@
-"""Matrix rows C1-C4 of RELIABILITY.md: saves side by side, and locks left by dead processes."""
+"""Matrix rows C1-C4 of docs/reliability.md: saves side by side, locks of dead processes."""
 
 from __future__ import annotations
 

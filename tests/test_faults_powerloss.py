@@ -1,4 +1,4 @@
-"""Matrix row A5 of RELIABILITY.md: power loss during a save or an expire (H3, the simulator)."""
+"""Matrix row A5 of docs/reliability.md: power loss in a save or an expire (H3)."""
 
 from __future__ import annotations
 

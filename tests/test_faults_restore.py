@@ -1,4 +1,4 @@
-"""Matrix rows E1-E3, E8-E10, E13 of RELIABILITY.md: the restore (tar producer) under faults."""
+"""Matrix rows E1-E3, E8-E10, E13 of docs/reliability.md: the tar producer under faults."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Matrix rows H-1..H-4 of RELIABILITY.md: the read-only SQL command against hostile queries."""
+"""Matrix rows H-1..H-4 of docs/reliability.md: read-only SQL against hostile queries."""
 
 from __future__ import annotations
 

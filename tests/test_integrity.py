@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import zstandard
 from harness import crash
-from repo_oracle import manifest, restore_with_tar
+from repo_oracle import file_digests, restore_with_tar
 
 from backshift.catalog import Catalog
 from backshift.chunkcodec import HEADER_RAW, HEADER_ZSTD
@@ -101,7 +101,7 @@ def test_check_repair_keeps_a_chunk_stored_in_the_other_encoding(tmp_path, repo,
     assert stored_length(repo, sha) == len(other)
     res = run("-r", repo, "check", "--read-data")
     assert sha not in res.stdout and "no problems found" in res.stdout
-    assert restore_with_tar(repo, first["save_id"], tmp_path / "out") == manifest(src)
+    assert restore_with_tar(repo, first["save_id"], tmp_path / "out") == file_digests(src)
 
 
 def test_check_repair_quarantines_a_chunk_of_another_size_that_fails(tmp_path, repo):
@@ -164,7 +164,7 @@ def damage(path: Path, kind: str) -> None:
 def assert_healed(tmp_path, repo: bytes, src: Path, new_save: dict, before: dict) -> None:
     res = run("-r", repo, "check", "--read-data")
     assert "no problems found" in res.stdout
-    assert restore_with_tar(repo, new_save["save_id"], tmp_path / "new") == manifest(src)
+    assert restore_with_tar(repo, new_save["save_id"], tmp_path / "new") == file_digests(src)
     # the earlier save names the same chunk: whole again too
     assert restore_with_tar(repo, 1, tmp_path / "old") == before
 
@@ -176,7 +176,7 @@ def test_save_stores_again_a_borrowed_chunk_whose_file_is_damaged(tmp_path, repo
     again and its chunk stored under the same name, replacing the bad file."""
     src = make_source(tmp_path / "src")
     save_json(repo, src)
-    before = manifest(src)
+    before = file_digests(src)
     sha = first_chunk(repo, b"text.txt")
     damage(chunk_path(repo, sha), kind)
     second = save_json(repo, src)
@@ -192,7 +192,7 @@ def test_save_stores_again_a_hard_linked_chunk_whose_file_is_damaged(tmp_path, r
     src = make_source(tmp_path / "src")
     os.link(src / "text.txt", src / "link.txt")
     save_json(repo, src)
-    before = manifest(src)
+    before = file_digests(src)
     sha = first_chunk(repo, b"text.txt")
     damage(chunk_path(repo, sha), kind)
     second = save_json(repo, src)
@@ -207,7 +207,7 @@ def test_save_does_not_take_a_damaged_chunk_file_for_a_new_files_chunk(tmp_path,
     not told the damaged size."""
     src = make_source(tmp_path / "src")
     save_json(repo, src)
-    before = manifest(src)
+    before = file_digests(src)
     sha = first_chunk(repo, b"small.txt")
     damage(chunk_path(repo, sha), kind)
     (src / "copy.txt").write_bytes((src / "small.txt").read_bytes())
@@ -240,7 +240,7 @@ def test_save_verifies_an_orphan_chunk_file_before_trusting_it(tmp_path, repo, k
     assert path.is_file() and not path.is_symlink()
     res = run("-r", repo, "check", "--read-data")
     assert "no problems found" in res.stdout
-    assert restore_with_tar(repo, first["save_id"], tmp_path / "out") == manifest(src)
+    assert restore_with_tar(repo, first["save_id"], tmp_path / "out") == file_digests(src)
 
 
 def test_save_reuses_a_sound_orphan_chunk_file(tmp_path, repo):
@@ -255,7 +255,7 @@ def test_save_reuses_a_sound_orphan_chunk_file(tmp_path, repo):
     first = save_json(repo, src)
     assert first["new_chunks"] == 0
     assert path.read_bytes() == orphan and stored_length(repo, sha) == len(orphan)
-    assert restore_with_tar(repo, first["save_id"], tmp_path / "out") == manifest(src)
+    assert restore_with_tar(repo, first["save_id"], tmp_path / "out") == file_digests(src)
 
 
 def test_save_borrows_a_chunk_in_the_other_encoding_and_records_its_size(
@@ -274,7 +274,7 @@ def test_save_borrows_a_chunk_in_the_other_encoding_and_records_its_size(
     assert stored_length(repo, sha) == len(raw)
     third = save_json(repo, src)
     assert third["files_read"] == 0
-    assert restore_with_tar(repo, third["save_id"], tmp_path / "out") == manifest(src)
+    assert restore_with_tar(repo, third["save_id"], tmp_path / "out") == file_digests(src)
 
 
 # -- item 7: leftover temp files ------------------------------------------------------------

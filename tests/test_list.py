@@ -10,7 +10,7 @@ import subprocess
 
 import apsw
 import pytest
-from restorehelp import enrich_tree, reseal_digest, save_tree, tar_stream
+from restorehelp import enrich_tree, gnu_tar_list, reseal_digest, save_tree, tar_stream
 
 from backshift import pathcodec
 from backshift.catalog import (
@@ -25,13 +25,6 @@ from backshift.catalog import (
 from backshift.ops import tarstream as ts
 from backshift.ops.listing import TarLister, mode_string
 from conftest import BACKSHIFT, run, run_bin
-
-
-def gnu_tar_list(data: bytes, verbose: bool, env: dict | None = None) -> bytes:
-    res = subprocess.run(["tar", "-tvf" if verbose else "-tf", "-"], input=data,
-                         capture_output=True, timeout=60, env=env)
-    assert res.returncode == 0, res.stderr
-    return res.stdout
 
 
 @pytest.fixture

@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 import re
 import stat
-import subprocess
 
 import apsw
 import pytest
-from restorehelp import enrich_tree, insert_raw_member, save_tree
+from restorehelp import enrich_tree, gnu_tar_list, insert_raw_member, save_tree
 
 from backshift.catalog import (
     LISTING_BLOCK_NAMES,
@@ -24,13 +23,6 @@ from backshift.catalog import (
 )
 from backshift.ops.listing import mode_string, permission_strings
 from conftest import run, run_bin
-
-
-def gnu_tar_list(data: bytes, verbose: bool, env: dict | None = None) -> bytes:
-    res = subprocess.run(["tar", "-tvf" if verbose else "-tf", "-"], input=data,
-                         capture_output=True, timeout=60, env=env)
-    assert res.returncode == 0, res.stderr
-    return res.stdout
 
 
 def assert_list_equals_tar(repo: bytes, *args: str, env: dict | None = None) -> bytes:

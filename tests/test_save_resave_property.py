@@ -12,7 +12,7 @@ import random
 import shutil
 
 import pytest
-from repo_oracle import assert_save_matches, manifest
+from repo_oracle import assert_save_matches, file_digests
 
 from backshift import pathcodec
 from backshift.ops import save as save_mod
@@ -98,5 +98,5 @@ def test_resave_after_random_changes_holds_what_is_on_disk(repo, tmp_path, no_ra
         for _ in range(rng.randrange(1, 6)):
             _change(str(root), rng)
         sid = _save(repo, root)
-        assert_save_matches(repo, sid, manifest(root))
+        assert_save_matches(repo, sid, file_digests(root))
     shutil.rmtree(root)

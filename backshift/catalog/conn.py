@@ -28,12 +28,10 @@ def _without_memory_statistics() -> None:
     """Turn off SQLite's memory statistics (SQLITE_CONFIG_MEMSTATUS), before any connection.
 
     With them on, every allocation SQLite makes takes one process-wide mutex to count it,
-    so connections on several threads queue on it: `list -v`'s two fetcher threads ran
-    their blocks at half speed each (17-24 ms for 4,096 rows where one alone takes 8.5),
-    and the listing of bench `mixed` took 114 ms instead of 100. backshift reads none of
-    those statistics, nor sets a soft or hard heap limit, which need them. The library must
-    be shut down to be configured: only when no connection is open yet (at import, as the
-    CLI imports this module), else it stays as it is."""
+    so connections on several threads (`list -v`'s fetchers) queue on it. backshift reads
+    none of those statistics, nor sets a soft or hard heap limit, which need them. The
+    library must be shut down to be configured: only when no connection is open yet (at
+    import, as the CLI imports this module), else it stays as it is."""
     if apsw.connections():
         return
     apsw.shutdown()

@@ -60,11 +60,6 @@ DELETE_UNREFERENCED_XATTR_SETS = _sql("""
     WHERE id NOT IN (SELECT xattrs_id FROM version WHERE xattrs_id IS NOT NULL)
 """)
 
-ALL_CHUNKS = _sql("""
-    SELECT sha256, stored_length
-    FROM chunk
-""")
-
 # One fan-out directory's worth of chunk rows (sha256 in [lo, hi)): check and expire
 # compare the catalog with the disk one directory at a time, so their memory is a 256th
 # of the store's, however many chunks it holds. A range search of the sha256 index.
@@ -188,10 +183,6 @@ class Maintenance:
             return self.conn.execute(sql, params or {}).fetchall()
         except apsw.Error as e:
             raise NotACatalog(os.fsdecode(self.path), _root_cause(e)) from None
-
-    def all_chunks(self) -> list[tuple[bytes, int]]:
-        """(sha256, stored_length) of every chunk row."""
-        return self._rows(ALL_CHUNKS)
 
     def integrity_problems(self, quick: bool) -> list[str]:
         rows = self._rows(QUICK_CHECK if quick else INTEGRITY_CHECK)

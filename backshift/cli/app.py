@@ -1,9 +1,9 @@
 """The command group, its context object and global options, and `run`: every outcome of a
 command becomes one exit code here (errors.py's classes), and one line on stderr.
 
-Start-up time is part of every command (`--version` took 0.09 s when the CLI imported
-everything): only click and the small modules below load here. A command imports the
-repository, its operation and anything heavy (apsw, json, socket, ...) when it runs.
+Start-up time is part of every command: only click and the small modules below load here.
+A command imports the repository, its operation and anything heavy (apsw, json, socket,
+...) when it runs.
 """
 
 from __future__ import annotations

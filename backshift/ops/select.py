@@ -69,10 +69,6 @@ class Planned(NamedTuple):
     entry: Entry
     header: ts.Header
 
-    @property
-    def carries_data(self) -> bool:
-        return self.header.typeflag == ts.REGTYPE
-
 
 @dataclass(frozen=True)
 class Selection:

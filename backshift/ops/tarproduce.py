@@ -30,10 +30,8 @@ LARGE_CHUNK = 256 << 10  # chunks from this length are read in the pool, beside 
 POOL_CHUNKS = 4  # large chunks handed to the pool and not written yet, at most
 HELD_BYTES = 48 << 20  # data (and pool chunks) waiting behind the oldest pool chunk, at most
 HELD_ITEMS = 65536  # stream pieces and chunks not yet read that wait, at most
-# Why that much: the main thread should not stop while the pool verifies big files. In the
-# bench's `mixed` (big files first in key order, then 20,000 small ones) it needs ~40 MiB
-# of small members held to stay busy through ~300 MB of large chunks; with 24 MiB / 4,096
-# pieces it waited ~0.25 s for the pool. The cost is peak RSS ~90 MB instead of ~50 MB.
+# Why that much: the main thread should not stop while the pool verifies big files, so it
+# holds enough small members to stay busy meanwhile, at the cost of a higher peak RSS.
 
 
 class _Chunks:

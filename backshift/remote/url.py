@@ -9,15 +9,6 @@ from ..errors import UsageError
 PREFIX = "ssh://"
 
 
-def is_remote(repo: str | bytes | None) -> bool:
-    """True when REPO names a repository behind ssh (only the ssh:// form; host:path is local)."""
-    if repo is None:
-        return False
-    if isinstance(repo, bytes):
-        return repo.startswith(PREFIX.encode())
-    return repo.startswith(PREFIX)
-
-
 @dataclass(frozen=True)
 class SshUrl:
     user: str | None

@@ -1,7 +1,7 @@
 """H3: a power-loss simulator: record a command's chunk-store operations, rebuild the
 repository as a power loss after any one of them could leave it, and check each such state.
 
-ALICE's method (Pillai et al., OSDI 2014; RELIABILITY.md source 23) for the chunk store:
+ALICE's method (Pillai et al., OSDI 2014) for the chunk store:
 a recording shim over backshift.diskio logs every create, write, rename, link, unlink,
 fsync, fsync_dir and syncfs under REPO/chunks, in the order they happened, and
 Catalog.commit adds a commit marker carrying a snapshot of the catalog just committed.
@@ -15,11 +15,11 @@ name or its new one), but it may survive while the data written before it did no
 file is then empty, cut short or zeros (ALICE's "rename before data" state).
 
 The catalog is not simulated: SQLite with synchronous=FULL promises that a COMMIT that
-returned survives a power loss and one that did not is rolled back (RELIABILITY.md sources
-1, 3, 4), and that is trusted here. A crash state's catalog is the snapshot of the last
-commit marker at or before N. Snapshots are made with the backup API from the committing
-connection: copying the open catalog's files in this process would drop SQLite's POSIX
-locks (howtocorrupt section 2.2).
+returned survives a power loss and one that did not is rolled back (sqlite.org:
+atomiccommit, lockingv3, pragma synchronous), and that is trusted here. A crash state's
+catalog is the snapshot of the last commit marker at or before N. Snapshots are made with
+the backup API from the committing connection: copying the open catalog's files in this
+process would drop SQLite's POSIX locks (howtocorrupt section 2.2).
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
 from pathlib import Path
 
-from conftest import find0, run
+from conftest import BACKSHIFT, find0, run
 
 from .consistency import open_readonly
 
@@ -45,6 +46,48 @@ def save(repo: bytes, root: Path | bytes, *extra: str, exit_code: int | None = 0
     out = json.loads(res.stdout) if res.stdout.strip() else {}
     out["stderr"] = res.stderr
     out["code"] = res.code
+    return out
+
+
+NOBODY = 65534
+
+
+def save_unprivileged(repo: bytes, root: Path | bytes, exit_code: int) -> dict:
+    """`save --json` of ROOT as a real process that cannot override permissions.
+
+    As root the child drops to uid/gid 65534 (setpriv), so mode-000 files and read-only
+    directories refuse it as they refuse any user; REPO is handed to that user and the
+    0700 parents of the test's tmp dir are made traversable while it runs.
+    """
+    prefix: list[str] = []
+    opened: list[tuple[bytes, int]] = []
+    if os.geteuid() == 0:
+        prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        for dirpath, dirs, files in os.walk(repo):
+            for name in [dirpath, *(os.path.join(dirpath, n) for n in dirs + files)]:
+                os.lchown(name, NOBODY, NOBODY)
+        for path in (os.fsencode(repo), os.fsencode(root)):
+            parent = os.path.dirname(os.path.abspath(path))
+            while parent != b"/":
+                mode = os.stat(parent).st_mode
+                if not mode & 0o001 and all(p != parent for p, _m in opened):
+                    opened.append((parent, mode))
+                    os.chmod(parent, mode | 0o001)
+                parent = os.path.dirname(parent)
+    try:
+        res = subprocess.run(
+            [*prefix, BACKSHIFT, "-r", os.fsdecode(repo), "save", "--hostname", "h",
+             "--subset", "s", "--json"], input=find0(root), capture_output=True, cwd="/",
+            env={k: v for k, v in os.environ.items() if not k.startswith("BACKSHIFT_")},
+            timeout=120)
+    finally:
+        for parent, mode in reversed(opened):
+            os.chmod(parent, mode)
+    stderr = res.stderr.decode("utf-8", "replace")
+    assert res.returncode == exit_code, f"exit {res.returncode}, expected {exit_code}\n{stderr}"
+    out = json.loads(res.stdout) if res.stdout.strip() else {}
+    out["stderr"] = stderr
+    out["code"] = res.returncode
     return out
 
 
