@@ -187,7 +187,9 @@ def test_remote_missing_backshift_is_command_not_found(tmp_path, sshd, ssh_env, 
     assert res.stderr.count("\n") == 1
 
 
-def test_remote_tar_cut_mid_stream_is_a_lost_connection(tmp_path, sshd, ssh_env):
+def _remote_tar_of_24_mib(tmp_path, sshd, ssh_env) -> subprocess.Popen:
+    """A remote `tar --backup latest` of a save of 24 MiB of random bytes, started: its
+    stdout and stderr are pipes."""
     src = tmp_path / "big"
     src.mkdir()
     (src / "random.bin").write_bytes(os.urandom(24 << 20))
@@ -198,6 +200,11 @@ def test_remote_tar_cut_mid_stream_is_a_lost_connection(tmp_path, sshd, ssh_env)
     proc = subprocess.Popen([BACKSHIFT, "-r", sshd.url(os.fsdecode(repo)), "tar", "--backup",
                              "latest"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**env, **ssh_env})
+    return proc
+
+
+def test_remote_tar_cut_mid_stream_is_a_lost_connection(tmp_path, sshd, ssh_env):
+    proc = _remote_tar_of_24_mib(tmp_path, sshd, ssh_env)
     try:
         assert len(proc.stdout.read(65536)) == 65536
         children = open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()
@@ -218,16 +225,7 @@ def test_remote_tar_cut_mid_stream_is_a_lost_connection(tmp_path, sshd, ssh_env)
 def test_remote_ctrl_c_mid_tar_exits_130_and_ends_ssh(tmp_path, sshd, ssh_env):
     import signal
 
-    src = tmp_path / "big"
-    src.mkdir()
-    (src / "random.bin").write_bytes(os.urandom(24 << 20))
-    repo = os.fsencode(tmp_path / "repo")
-    run("-r", repo, "init")
-    run("-r", repo, "save", "--subset", "t", input=find0(src))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSHIFT_")}
-    proc = subprocess.Popen([BACKSHIFT, "-r", sshd.url(os.fsdecode(repo)), "tar", "--backup",
-                             "latest"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**env, **ssh_env})
+    proc = _remote_tar_of_24_mib(tmp_path, sshd, ssh_env)
     try:
         assert len(proc.stdout.read(65536)) == 65536
         ssh_pid = int(open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()[0])
