@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from harness import damage as chunk_damage
 from restorehelp import compare_trees, enrich_tree, walk_all
 
 from backshift import pathcodec
@@ -157,28 +158,14 @@ def test_mount_backup_puts_one_save_at_the_root(repo, tree, tmp_path, spec):
         compare_trees(tree, os.fsencode(mp) + os.fsencode(tree))
 
 
-def _chunk_file(repo: bytes, tree: Path, name: str, which: int = 1) -> bytes:
-    cat = Catalog.open(os.path.join(repo, CATALOG_NAME), readonly=True)
-    try:
-        row = cat.entry_at_key(1, pathcodec.sort_key(os.fsencode(tree / name)))
-        refs = cat.chunks_of_content(row[14])
-    finally:
-        cat.close()
-    assert len(refs) > which
-    sha = refs[which].sha256.hex().encode()
-    return os.path.join(repo, b"chunks", sha[:2], sha)
-
-
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
 def test_mount_damaged_chunk_is_eio_never_wrong_bytes(repo, tree, tmp_path, damage):
     save(repo, tree)
-    chunk = _chunk_file(repo, tree, "random.bin")
+    chunk = chunk_damage.chunk_file_of(repo, tree / "random.bin")
     if damage == "missing":
         os.unlink(chunk)
     else:
-        with open(chunk, "r+b") as f:
-            f.seek(10)
-            f.write(b"garbage!")
+        chunk_damage.garble(chunk)
     mp = tmp_path / "mnt"
     with mounted(repo, mp) as proc:
         got = Path(os.fsdecode(in_save(mp, tree)))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import apsw
 import pytest
+from harness import damage as chunk_damage
 from harness.scenario import one_line_error as one_line
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,8 +29,6 @@ from restorehelp import (
 from tarlint import lint_tar
 
 from backshift import pathcodec
-from backshift.catalog import Catalog
-from backshift.ops import select
 from conftest import BACKSHIFT, have, make_tree, run, run_bin
 
 
@@ -182,29 +181,14 @@ def test_tar_path_not_in_save_is_an_error(repo, tree):
     assert "/no/such/dir" in res.stderr and res.stdout_bytes == b""
 
 
-def _chunk_of(repo: bytes, tree: Path, name: str, which: int = 1) -> bytes:
-    cat = Catalog.open(os.path.join(repo, b"catalog.sqlite3"), readonly=True)
-    try:
-        key = pathcodec.sort_key(os.fsencode(tree / name))
-        row = cat.entry_at_key(1, key)
-        refs = cat.chunks_of_content(select.Entry(*row).content_id)
-    finally:
-        cat.close()
-    assert len(refs) > which
-    return os.path.join(repo, b"chunks", refs[which].sha256.hex()[:2].encode(),
-                        refs[which].sha256.hex().encode())
-
-
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
 def test_tar_pads_damaged_chunk_and_exits_10(repo, tree, tmp_path, damage):
     save_tree(repo, tree)
-    chunk = _chunk_of(repo, tree, "random.bin")
+    chunk = chunk_damage.chunk_file_of(repo, tree / "random.bin")
     if damage == "missing":
         os.unlink(chunk)
     else:
-        with open(chunk, "r+b") as f:
-            f.seek(10)
-            f.write(b"garbage!")
+        chunk_damage.garble(chunk)
     data, err = tar_stream(repo, exit_code=10)
     assert "random.bin" in err and "at offset " in err and "Traceback" not in err
     dest = tmp_path / "dest"

@@ -1,12 +1,17 @@
-"""Ways to damage a chunk file in place, shared by the check tests (test_check, test_faults_check).
+"""Ways to damage a chunk file in place, shared by the check, tar and mount tests.
 
-Each takes the chunk file's PATH and OTHER, another chunk file of the same repository.
+Each damage takes the chunk file's PATH and OTHER, another chunk file of the same repository;
+chunk_file_of finds the chunk file of a saved file.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+
+from backshift import pathcodec
+from backshift.catalog import CATALOG_NAME, Catalog
+from backshift.ops.select import Entry
 
 
 def truncate(path: str | bytes, _other: str | bytes) -> None:
@@ -27,3 +32,23 @@ def delete(path: str | bytes, _other: str | bytes) -> None:
 
 def other_chunks_bytes(path: str | bytes, other: str | bytes) -> None:
     shutil.copyfile(other, path)
+
+
+def chunk_file_of(repo: bytes, path: str | bytes, which: int = 1, save_id: int = 1) -> bytes:
+    """The chunk file holding chunk WHICH of the content PATH has in save SAVE_ID."""
+    cat = Catalog.open(os.path.join(repo, CATALOG_NAME), readonly=True)
+    try:
+        row = cat.entry_at_key(save_id, pathcodec.sort_key(os.fsencode(path)))
+        refs = cat.chunks_of_content(Entry(*row).content_id)
+    finally:
+        cat.close()
+    assert len(refs) > which, f"{path!r} has {len(refs)} chunk(s)"
+    sha = refs[which].sha256.hex().encode()
+    return os.path.join(repo, b"chunks", sha[:2], sha)
+
+
+def garble(path: str | bytes, _other: str | bytes = b"") -> None:
+    """Overwrite 8 bytes near the start: the file keeps its size, its content is wrong."""
+    with open(path, "r+b") as f:
+        f.seek(10)
+        f.write(b"garbage!")
