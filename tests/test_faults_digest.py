@@ -12,7 +12,7 @@ import pytest
 from harness.scenario import one_line_error, snapshot
 
 from backshift.catalog import CATALOG_NAME, Catalog
-from backshift.ops.listing import permission_strings
+from backshift.ops.listformat import permission_strings
 from conftest import find0, make_tree, run
 
 PAGE = 4096
