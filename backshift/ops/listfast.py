@@ -15,8 +15,9 @@ from itertools import chain, islice
 from queue import Empty, SimpleQueue
 
 from ..catalog import Catalog
+from .digestcheck import DigestCheck
 from .listformat import TarLister, permission_strings
-from .select import DigestCheck, Entry, Planned, Planner, key_problem, member_name_of_key
+from .select import Entry, Planned, Planner, key_problem, member_name_of_key
 
 BATCH_ROWS = 8192  # lines fetched, checked and written together (~1 MiB of -v text)
 CHUNK_PATHS = 4096  # paths (of any save) per query of a long listing (~700 KiB of -v text)

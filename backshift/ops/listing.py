@@ -17,10 +17,10 @@ from ..catalog import Catalog
 from ..model import TYPE_NAMES, type_of_mode
 from . import listfast
 from . import tarstream as ts
+from .digestcheck import DigestCheck
 from .listformat import TarLister
 from .select import (
     WHOLE_SAVE,
-    DigestCheck,
     Planned,
     Planner,
     Problems,

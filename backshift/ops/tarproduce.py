@@ -350,7 +350,7 @@ def write_members(members: Iterable, writer: TarWriter, chunks: _Chunks, store, 
     size must not stream zeros until the disk fills). SPARSE: a file with long runs of
     zeros goes out as a GNU sparse 1.0 member (sparse_plan). XATTRS: extended attributes go
     out in pax records, as GNU tar writes them; a hard-link member carries none (its group's
-    first member does, as with GNU tar). DIGEST (select.DigestCheck): verified before the
+    first member does, as with GNU tar). DIGEST (digestcheck.DigestCheck): verified before the
     end-of-archive blocks, which a damaged save's stream never gets.
     """
     count = 0
@@ -393,7 +393,7 @@ def _check_size(e, size: int, rows: list, chunks: _Chunks) -> None:
     chunk_bytes = sum(row[2] for row in rows)
     if e.content_id is not None and e.content_size == size == chunk_bytes:
         return
-    from .select import catalog_damaged
+    from .digestcheck import catalog_damaged
 
     what = (f"{pathcodec.escape(pathcodec.from_key(e.key))} has size {size:,} but its content "
             + ("is missing" if e.content_id is None else
@@ -415,10 +415,10 @@ def tar_save(repo, save_id: int, sel, open_out, report, sparse: bool = True,
     OPEN_OUT() gives the binary file to write to; it is called only once the selection is
     known to be valid (paths in the save, --where accepted), so an error leaves no output.
     """
+    from .digestcheck import catalog_damaged
     from .select import (
         Planner,
         Problems,
-        catalog_damaged,
         check_paths_exist,
         digest_check,
         key_ranges,
