@@ -162,6 +162,7 @@ LAYERS: list[tuple[str, set[str]]] = [
       "ops.session",
       "ops.report", "ops.check", "ops.expire", "ops.import_legacy", "ops.listing",
       "ops.listformat", "ops.listfast", "ops.where", "ops.digestcheck",
+      "ops.tardata",
       "ops.tarproduce", "ops.save", "ops.dryrun", "ops.mounttree", "ops.mountread"}),
     ("the FUSE mount", {"ops.fusefs", "ops.mount"}),
     ("remote repositories",
