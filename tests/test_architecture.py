@@ -162,7 +162,7 @@ LAYERS: list[tuple[str, set[str]]] = [
       "ops.session",
       "ops.report", "ops.check", "ops.expire", "ops.import_legacy", "ops.listing",
       "ops.listformat", "ops.listfast", "ops.where", "ops.digestcheck",
-      "ops.tardata",
+      "ops.tardata", "ops.legacydir",
       "ops.tarproduce", "ops.save", "ops.dryrun", "ops.mounttree", "ops.mountread"}),
     ("the FUSE mount", {"ops.fusefs", "ops.mount"}),
     ("remote repositories",
