@@ -73,10 +73,12 @@ def test_check_finds_damage_groups_it_and_heals_after_resave(tmp_path, repo, kin
     big = chunks_of(repo, b"big.bin")
     small = chunks_of(repo, b"small.txt")
     victim = big[-1]
-    DAMAGE[kind](chunk_path(repo, victim), chunk_path(repo, small[0]))
-    fast = run("-r", repo, "check", exit_code=None)
-    if kind in FAST_FINDS:
-        assert fast.code == 10
+    other = chunk_path(repo, small[0])
+    # the fast check compares sizes: another chunk's bytes are found when their size differs
+    finds = kind in FAST_FINDS or (kind == "other-chunks-bytes" and os.path.getsize(
+        chunk_path(repo, victim)) != os.path.getsize(other))
+    DAMAGE[kind](chunk_path(repo, victim), other)
+    run("-r", repo, "check", exit_code=10 if finds else 0)
     full = run("-r", repo, "check", "--read-data", exit_code=10)
     lines = full.stdout.splitlines()
     header = [i for i, line in enumerate(lines) if line.startswith(f"chunk {victim}")]
