@@ -8,7 +8,6 @@ import re
 import subprocess
 from pathlib import Path
 
-import apsw
 import pytest
 from harness import damage
 from harness.faults import PEAK_RSS_MAX, run_capped
@@ -221,17 +220,6 @@ def test_check_catalog_restored_from_its_copy(tmp_path, repo):
     assert_save_matches(repo, KEEP + 2, expected)
 
 
-def _leaf_pages(catalog: str, table: str) -> list[int]:
-    """The leaf pages (1-based) of TABLE in the catalog file, from SQLite's dbstat table."""
-    conn = apsw.Connection(catalog, flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return [p for (p,) in conn.execute(
-            "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno",
-            (table,))]
-    finally:
-        conn.close()
-
-
 # the table whose last leaf page is destroyed -> the exit code of `saves` (which reads only
 # the save table: a damaged page it does not touch is not noticed)
 DAMAGED_PAGE_SAVES_CODE = {"path": 0, "save": 7}
@@ -246,7 +234,7 @@ def test_check_reports_a_damaged_catalog_page_without_a_traceback(tmp_path, repo
     run("-r", repo, "save", "--subset", "t", input=find0(src))
     catalog = os.path.join(os.fsdecode(repo), "catalog.sqlite3")
     assert not os.path.exists(catalog + "-wal") or os.path.getsize(catalog + "-wal") == 0
-    page = _leaf_pages(catalog, table)[-1]
+    page = damage.leaf_pages(catalog, table)[-1]
     with open(catalog, "r+b") as f:
         f.seek(4096 * (page - 1))
         f.write(b"\xff" * 4096)
