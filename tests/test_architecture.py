@@ -161,6 +161,8 @@ LAYERS: list[tuple[str, set[str]]] = [
       "ops.readers", "ops.feed", "ops.stopping", "ops.interning", "ops.intake", "ops.borrow",
       "ops.session",
       "ops.report", "ops.check", "ops.expire", "ops.import_legacy", "ops.listing",
+      "ops.listformat", "ops.listfast", "ops.where", "ops.digestcheck",
+      "ops.tardata", "ops.legacydir",
       "ops.tarproduce", "ops.save", "ops.dryrun", "ops.mounttree", "ops.mountread"}),
     ("the FUSE mount", {"ops.fusefs", "ops.mount"}),
     ("remote repositories",

@@ -47,10 +47,11 @@ def test_B3_B4_B6_damaged_chunk_is_reported_and_the_rest_restores(tmp_path, repo
     text = os.fsencode(src / "text.txt")
     victim = _chunks_of(repo, big, sid)[1]
     store = Store(repo)
-    spoil(store.path_for(victim), store.path_for(_chunks_of(repo, text, sid)[0]))
-    fast = run("-r", repo, "check", exit_code=None)
-    if fast_finds is not None:
-        assert fast.code == (10 if fast_finds else 0), fast.stdout + fast.stderr
+    other = store.path_for(_chunks_of(repo, text, sid)[0])
+    if fast_finds is None:
+        fast_finds = os.path.getsize(store.path_for(victim)) != os.path.getsize(other)
+    spoil(store.path_for(victim), other)
+    run("-r", repo, "check", exit_code=10 if fast_finds else 0)
     full = run("-r", repo, "check", "--read-data", exit_code=10)
     lines = full.stdout.splitlines()
     heads = [i for i, ln in enumerate(lines) if ln.startswith(f"chunk {victim.hex()}")]
@@ -92,7 +93,6 @@ def test_G1_check_clean_then_each_kind_of_damage(tmp_path, repo):
             os.unlink(catalog + side)
     with open(catalog, "r+b") as f:  # A6: the header of the catalog overwritten
         f.write(b"garbage, not SQLite")
-    res = run("-r", repo, "check", exit_code=None)
-    assert res.code in (7, 10)
+    res = run("-r", repo, "check", exit_code=7)  # before any chunk is looked at
     line = one_line_error(res.stderr)
     assert "catalog" in line

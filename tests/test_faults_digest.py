@@ -9,10 +9,11 @@ import shutil
 
 import apsw
 import pytest
+from harness import damage
 from harness.scenario import one_line_error, snapshot
 
 from backshift.catalog import CATALOG_NAME, Catalog
-from backshift.ops.listing import permission_strings
+from backshift.ops.listformat import permission_strings
 from conftest import find0, make_tree, run
 
 PAGE = 4096
@@ -49,16 +50,6 @@ def saved(repo, tmp_path):
     return catalog, pristine, listing, stream
 
 
-def _leaf_pages(catalog: bytes, table: str) -> list[int]:
-    conn = apsw.Connection(os.fsdecode(catalog), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return [p for (p,) in conn.execute(
-            "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno",
-            (table,))]
-    finally:
-        conn.close()
-
-
 def _flip(catalog: bytes, page: int, rng: random.Random) -> None:
     """Random bytes at 1-3 random places of PAGE (1-based), as a bad sector would."""
     with open(catalog, "r+b") as f:
@@ -71,7 +62,7 @@ def _flip(catalog: bytes, page: int, rng: random.Random) -> None:
 @pytest.mark.parametrize("table", ["version", "member"])
 def test_digest_damaged_leaf_page_is_an_error_or_the_exact_output(saved, repo, table):
     catalog, pristine, listing, stream = saved
-    pages = _leaf_pages(pristine, table)
+    pages = damage.leaf_pages(pristine, table)
     assert len(pages) >= 2, pages
     caught_by_digest = same = 0
     for seed in range(24):
@@ -146,7 +137,7 @@ def test_save_refuses_a_damaged_catalog_and_writes_nothing(saved, repo, tmp_path
     chunks unchanged. Before, it committed batches into the damaged file until it met the
     page."""
     catalog, _pristine, _listing, _stream = saved
-    page = _leaf_pages(catalog, "version")[1]
+    page = damage.leaf_pages(catalog, "version")[1]
     with open(catalog, "r+b") as f:
         f.seek((page - 1) * PAGE + PAGE // 2)
         f.write(b"\xab" * (PAGE // 4))

@@ -142,7 +142,7 @@ def test_H5_ctrl_c_stops_one_costly_step(saved):
 
 @pytest.mark.timeout(90)
 def test_H5_tar_where_costly_step_stops_at_its_deadline(saved, tmp_path):
-    from backshift.ops.select import WHERE_DEADLINE_S
+    from backshift.ops.where import WHERE_DEADLINE_S
     start = time.monotonic()
     proc = subprocess.Popen([BACKSHIFT, "-r", saved, "tar", "--backup", "1", "--where",
                              f"{COSTLY} = 0", "-o", str(tmp_path / "out.tar")],

@@ -344,7 +344,7 @@ def test_read_legacy_chunk_refuses_an_impossible_length_without_reading(tmp_path
     chunk = tmp_path / "chunk"
     chunk.write_bytes(b"")
     os.truncate(chunk, HUGE)
-    code = ("from backshift.ops.import_legacy import read_legacy_chunk\n"
+    code = ("from backshift.ops.legacydir import read_legacy_chunk\n"
             f"body, why = read_legacy_chunk({os.fsencode(chunk)!r}, {HUGE})\n"
             "print(len(body), why)")
     res = run_capped([sys.executable, "-c", code])

@@ -23,7 +23,7 @@ from backshift.catalog import (
     Catalog,
 )
 from backshift.ops import tarstream as ts
-from backshift.ops.listing import TarLister, mode_string
+from backshift.ops.listformat import TarLister, mode_string
 from conftest import BACKSHIFT, run, run_bin
 
 

@@ -1,5 +1,6 @@
-"""`list` text through the catalog-built lines (ops/listing.write_lines) stays exactly what
-GNU tar -tf / -tvf prints for the `tar` stream: odd rows, other time zones, width growth."""
+"""`list` text through the catalog-built lines (ops/listing.write_lines, ops/listfast) stays
+exactly what GNU tar -tf / -tvf prints for the `tar` stream: odd rows, other time zones,
+width growth."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from backshift.catalog import (
     MEMBER_RECORDS_IN_KEY_RANGE,
     Catalog,
 )
-from backshift.ops.listing import mode_string, permission_strings
+from backshift.ops.listformat import mode_string, permission_strings
 from conftest import run, run_bin
 
 
@@ -167,9 +168,9 @@ def test_list_fast_query_plan_reads_the_range_in_key_order(repo, saved, sql):
 def small_chunks(monkeypatch):
     """Chunks of 3 paths and batches of 4 rows: every path of write_lines on a small save
     (two threads, widths changing between chunks, restarts, hand-over to the planner)."""
-    from backshift.ops import listing
-    monkeypatch.setattr(listing, "CHUNK_PATHS", 3)
-    monkeypatch.setattr(listing, "BATCH_ROWS", 4)
+    from backshift.ops import listfast
+    monkeypatch.setattr(listfast, "CHUNK_PATHS", 3)
+    monkeypatch.setattr(listfast, "BATCH_ROWS", 4)
 
 
 def assert_in_process_list_equals_tar(repo: bytes, *args: str) -> None:
@@ -223,11 +224,11 @@ def test_list_fast_is_one_snapshot_when_expire_removes_the_save_meanwhile(
     """`list` takes no lock (READ): an expire may delete the save while it lists. The
     listing must still be the save as one snapshot saw it (as one streaming query did
     before the chunked, two-connection listing), never silently cut short."""
-    from backshift.ops import listing
+    from backshift.ops import listfast
     flags = ["-v"] if verbose else []
     whole = run("-r", repo, "list", "--backup", "1", *flags).stdout_bytes
-    assert whole.count(b"\n") > 3 * listing.CHUNK_PATHS
-    real_range = listing._FastLines._range
+    assert whole.count(b"\n") > 3 * listfast.CHUNK_PATHS
+    real_range = listfast.FastLines._range
     calls = []
 
     def expire_meanwhile(self, lo, hi, rows=None):
@@ -239,8 +240,8 @@ def test_list_fast_is_one_snapshot_when_expire_removes_the_save_meanwhile(
             conn.close()
         return real_range(self, lo, hi, rows)
 
-    monkeypatch.setattr(listing._FastLines, "_range", expire_meanwhile)
-    listed = run("-r", repo, "list", "--backup", "1", *flags, exit_code=None)
+    monkeypatch.setattr(listfast.FastLines, "_range", expire_meanwhile)
+    listed = run("-r", repo, "list", "--backup", "1", *flags)
     assert len(calls) >= 2
     assert listed.stdout_bytes == whole, listed.stderr
 
@@ -249,8 +250,8 @@ def test_list_fast_is_one_snapshot_when_expire_removes_the_save_meanwhile(
 def test_list_fast_flagged_rows_at_block_edges(repo, tree, monkeypatch, chunk_paths):
     """A block holds an empty line in place of each flagged row: runs of flagged rows, and
     flagged rows first and last in a block, come out in their places."""
-    from backshift.ops import listing
-    monkeypatch.setattr(listing, "CHUNK_PATHS", chunk_paths)
+    from backshift.ops import listfast
+    monkeypatch.setattr(listfast, "CHUNK_PATHS", chunk_paths)
     enrich_tree(tree)
     hl = tree / "hl"
     hl.mkdir()

@@ -124,27 +124,6 @@ def test_save_unchanged_resave_adds_only_member_rows(repo, tree, no_racy_margin)
         "path": 0, "version": 0, "content": 0, "chunk": 0, "member": before["member"]}
 
 
-def test_save_does_not_trust_a_file_modified_just_before_the_save(repo, tree):
-    """Racy timestamps: a file changed right before save 1 is read again by save 2."""
-    do_save(repo, tree)
-    second, _ = do_save(repo, tree)
-    assert second.files_read > 0  # everything in `tree` was created moments ago
-
-
-def test_save_detects_content_change_with_mtime_put_back(repo, tree, no_racy_margin):
-    target = tree / "text.txt"
-    do_save(repo, tree)
-    st = target.stat()
-    data = bytearray(target.read_bytes())
-    data[100:104] = b"EDIT"
-    target.write_bytes(bytes(data))
-    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert target.stat().st_mtime_ns == st.st_mtime_ns and target.stat().st_size == st.st_size
-    stats, _ = do_save(repo, tree)
-    assert stats.files_read == 1
-    assert members(repo, stats.save_id)[os.fsencode(target)]["data"] == bytes(data)
-
-
 def chunks_of_file(repo: bytes, save_id: int, path) -> list:
     """The chunk refs of PATH's content in save SAVE_ID, in order."""
     with open_repository(repo, READ) as r:
@@ -197,50 +176,6 @@ def test_save_skips_a_file_whose_time_the_catalog_cannot_hold(repo, tree):
     assert os.fsencode(far) not in got and os.fsencode(tree / "a.txt") in got
 
 
-def test_save_warns_about_vanished_file(repo, tree):
-    names = [pathcodec.normalize(n, b"/") for n in find0(tree).split(b"\0") if n]
-    (tree / "a.txt").unlink()
-    (tree / "sub" / "hardlink").unlink()
-    warnings: list[str] = []
-    with open_repository(repo, WRITE) as r:
-        stats = save_mod.save(r, names, SaveOptions("h", "s"), warnings.append)
-    assert len(warnings) == 2 and all("vanished" in w for w in warnings)
-    assert stats.status == "complete" and stats.warnings == 2
-    assert os.fsencode(tree / "a.txt") not in members(repo, stats.save_id)
-
-
-def test_save_skips_file_swapped_between_lstat_and_open(repo, tree, monkeypatch):
-    victim = os.fsencode(tree / "text.txt")
-    real_open = reader_mod.open_for_reading
-
-    def swap_then_open(path):
-        if path == victim:
-            os.rename(os.fsencode(tree / "random.bin"), victim)
-        return real_open(path)
-
-    monkeypatch.setattr(reader_mod, "open_for_reading", swap_then_open)
-    stats, warnings = do_save(repo, tree)
-    assert any("text.txt" in w and "replaced" in w for w in warnings), warnings
-    assert victim not in members(repo, stats.save_id)  # skipped, never recorded as empty
-
-
-@pytest.mark.timeout(30)
-def test_save_never_blocks_on_fifo_swapped_in_for_a_file(repo, tree, monkeypatch):
-    victim = os.fsencode(tree / "text.txt")
-    real_open = reader_mod.open_for_reading
-
-    def fifo_then_open(path):
-        if path == victim:
-            os.unlink(path)
-            os.mkfifo(path)
-        return real_open(path)
-
-    monkeypatch.setattr(reader_mod, "open_for_reading", fifo_then_open)
-    stats, warnings = do_save(repo, tree)
-    assert any("text.txt" in w for w in warnings)
-    assert stat.S_ISFIFO(members(repo, stats.save_id)[os.fsencode(tree / "fifo")]["mode"])
-
-
 def test_save_file_changing_while_read_is_kept_as_read_and_reread(repo, tmp_path,
                                                                   no_racy_margin,
                                                                   monkeypatch):
@@ -281,16 +216,6 @@ def test_save_runs_with_fewer_gc_passes_and_restores_the_threshold(repo, tree):
         save_mod.save(r, names, SaveOptions("h", "s"), lambda msg: seen.append(gc.get_threshold()))
     assert seen and seen[0][0] == save_mod.GC_YOUNG_THRESHOLD != before[0]
     assert gc.get_threshold() == before
-
-
-def test_save_duplicate_name_is_saved_once(repo, tree):
-    names = [pathcodec.normalize(n, b"/") for n in find0(tree).split(b"\0") if n]
-    names.append(names[3])
-    warnings: list[str] = []
-    with open_repository(repo, WRITE) as r:
-        stats = save_mod.save(r, names, SaveOptions("h", "s"), warnings.append)
-    assert len(warnings) == 1 and "more than once" in warnings[0]
-    assert stats.files == len(names) - 1
 
 
 def test_save_duplicate_name_in_a_resave_is_saved_once(repo, tree, no_racy_margin):
@@ -363,32 +288,6 @@ def test_save_fast_path_records_what_the_general_path_records(repo, tree, no_rac
     assert members(repo, fast.save_id).keys() != members(repo, first.save_id).keys()
 
 
-def test_save_hardlink_group_shares_content_when_first_is_unreadable(repo, tmp_path,
-                                                                      monkeypatch):
-    root = tmp_path / "hl"
-    root.mkdir()
-    (root / "a").write_bytes(b"linked data\n" * 100)
-    os.link(root / "a", root / "b")
-    os.link(root / "a", root / "c")
-    real_open = reader_mod.open_for_reading
-    order = [n for n in find0(root).split(b"\0") if n and n != os.fsencode(root)]
-    first_member = order[0]
-
-    def deny_first(path):
-        if path == first_member:
-            raise PermissionError(13, "Permission denied", path)
-        return real_open(path)
-
-    monkeypatch.setattr(reader_mod, "open_for_reading", deny_first)
-    stats, warnings = do_save(repo, root)
-    assert len(warnings) == 1 and "permission denied" in warnings[0]
-    got = members(repo, stats.save_id)
-    raw = os.fsencode(root)
-    assert first_member not in got
-    others = [raw + b"/" + n for n in (b"a", b"b", b"c") if raw + b"/" + n != first_member]
-    assert [got[p]["data"] for p in others] == [b"linked data\n" * 100] * 2
-
-
 def test_save_disk_full_stops_with_error_and_leaves_save_interrupted(repo, tree, monkeypatch):
     from backshift import diskio
 
@@ -401,16 +300,6 @@ def test_save_disk_full_stops_with_error_and_leaves_save_interrupted(repo, tree,
     with open_repository(repo, READ) as r:
         assert [s.status for s in r.catalog.list_saves()] == ["interrupted"]
         assert [p for sha, p in r.store.iter_chunk_files() if sha is None] == []
-
-
-def test_save_names_from_stdin_are_normalised(repo, tree, monkeypatch):
-    monkeypatch.chdir(tree)
-    names = b"./a.txt\0sub//deeper/./setuid\0sub/../a.txt\0\0"
-    res = run("-r", repo, "save", "--subset", "t", "--json", input=names, exit_code=1)
-    assert "'..' component" in res.stderr
-    saved = members(repo, json.loads(res.stdout)["save_id"])
-    assert sorted(saved) == sorted([os.fsencode(tree / "a.txt"),
-                                    os.fsencode(tree / "sub" / "deeper" / "setuid")])
 
 
 def _interrupted_status(repo: bytes) -> list[str]:
@@ -1061,7 +950,8 @@ def test_save_reader_killed_while_holding_the_task_queue_does_not_hang(repo, tmp
             pass
         proc.wait(timeout=30)
         err = proc.stderr.read().decode()
-        assert proc.returncode in (0, 2), err
+        assert proc.returncode == 2, err  # ReaderDied: the pool broke, the save stopped
+        assert err.startswith("backshift: error: a reader process died"), err
         assert "Traceback" not in err
     finally:
         proc.kill()

@@ -12,7 +12,7 @@ import pytest
 from restorehelp import save_tree
 from tarlint import lint_tar
 
-from backshift.ops import select
+from backshift.ops import select, tardata
 from backshift.ops import tarproduce as tp
 from backshift.ops import tarstream as ts
 from backshift.repo import READ_CHUNKS, open_repository
@@ -86,9 +86,9 @@ def test_tar_pool_gives_the_in_order_stream_and_reports(damaged_repo, monkeypatc
     assert any("zero bytes at offset" in msg for _, msg in want_reports)
     lint_tar(want)
     monkeypatch.setattr(tp, "read_workers", lambda: 2)
-    monkeypatch.setattr(tp, "LARGE_CHUNK", 1)  # every chunk through the pool
-    monkeypatch.setattr(tp, "POOL_CHUNKS", pool_chunks)
-    monkeypatch.setattr(tp, "HELD_BYTES", held_bytes)
+    monkeypatch.setattr(tardata, "LARGE_CHUNK", 1)  # every chunk through the pool
+    monkeypatch.setattr(tardata, "POOL_CHUNKS", pool_chunks)
+    monkeypatch.setattr(tardata, "HELD_BYTES", held_bytes)
     for with_fd in (False, True):
         got, got_reports = _stream(damaged_repo, with_fd)
         assert got == want
@@ -190,10 +190,10 @@ def test_tar_pool_gives_the_in_order_stream_of_sparse_members(repo, tmp_path, mo
     assert any("zero bytes at offset" in msg for _, msg in want_reports)
     lint_tar(want)
     monkeypatch.setattr(tp, "read_workers", lambda: 2)
-    monkeypatch.setattr(tp, "LARGE_CHUNK", 1)
+    monkeypatch.setattr(tardata, "LARGE_CHUNK", 1)
     for pool_chunks, held_bytes in [(1, 1), (4, 100_000)]:
-        monkeypatch.setattr(tp, "POOL_CHUNKS", pool_chunks)
-        monkeypatch.setattr(tp, "HELD_BYTES", held_bytes)
+        monkeypatch.setattr(tardata, "POOL_CHUNKS", pool_chunks)
+        monkeypatch.setattr(tardata, "HELD_BYTES", held_bytes)
         for with_fd in (False, True):
             got, got_reports = _stream(repo, with_fd)
             assert got == want

@@ -90,7 +90,7 @@ WHERE_PREDICATE_MATCHES = """
 # `list` / `list -v` of a key range as finished `tar -tf` / `tar -tvf` lines, so that Python
 # touches only the rare rows it must. LISTING_LINES gives (line, path_id, flag) in key order:
 # flag NULL: `line` is the member's line, newline included, with the name still in key form
-#   (NUL between components): ops/listing.py turns NUL into '/' for a whole block at once
+#   (NUL between components): ops/listfast.py turns NUL into '/' for a whole block at once
 #   and checks the block for bytes GNU tar would quote (cheaper there than a GLOB here).
 # flag 'p': Python formats the member (root, a device, a hardlink candidate, an owner with a
 #   NUL, a time SQLite's localtime cannot match, a `user/group size` wider than :width).
@@ -153,7 +153,7 @@ def _listing_rows(verbose_flags: str, record: str = "") -> str:
 
 
 # The mode string: the type letter, then the nine rwx/sStT letters of mode & 0o7777 cut
-# from :modes, the 4096 strings of 9 bytes that ops/listing.py makes (one substr of a blob
+# from :modes, the 4096 strings of 9 bytes that ops/listformat.py makes (one substr of a blob
 # is cheaper than four of text). The date: datetime() is cheaper than strftime().
 LISTING_LINE_VERBOSE = _sql("""
     concat(substr('?pc?d?b?-?l?s???', (kind >> 12) + 1, 1),

@@ -6,7 +6,8 @@ streaming query each. The planner then re-validates every row, because the catal
 untrusted input: names must be relative and normal, nothing may sit beneath an emitted
 non-directory, parents of a selected member are emitted before it, and the first emitted
 member of a hardlink group carries the data while later ones link to it. `list` and `tar`
-share this plan, so a listing always equals `tar -tv` of the stream.
+share this plan, so a listing always equals `tar -tv` of the stream. A --where predicate
+runs in where.py; the save's members digest is checked in digestcheck.py.
 """
 
 from __future__ import annotations
@@ -18,16 +19,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-import apsw
-
-from .. import pathcodec, sqlguard
-from ..catalog import DIGEST_SCHEME, WHERE_PREDICATE_MATCHES, Catalog, MembersDigest
-from ..errors import CatalogDamaged, NoSuchPath, QueryDenied, UsageError
+from .. import pathcodec
+from ..catalog import Catalog
+from ..errors import NoSuchPath, UsageError
 from . import tarstream as ts
+from .digestcheck import DigestCheck
+from .where import WherePredicate
 
 GLOB_CHARS = b"*?["
 WHOLE_SAVE = (b"", b"\x01")  # every key: root is b"", all others start with NUL
-WHERE_DEADLINE_S = 10.0  # per member
 FILE_TYPE_BITS = 0o170000  # the mask stat.S_IFMT() applies
 
 
@@ -147,53 +147,6 @@ def check_paths_exist(catalog: Catalog, save_id: int, paths: tuple[bytes, ...]) 
             raise NoSuchPath(pathcodec.escape(p), save_id)
 
 
-class WherePredicate:
-    """A user's --where SQL, run on its own read-only connection under sqlguard."""
-
-    def __init__(self, catalog: Catalog, predicate: str) -> None:
-        self.cat = Catalog.open(catalog.path, readonly=True, user_sql=True)
-        self.guard = sqlguard.harden(self.cat.conn, WHERE_DEADLINE_S)
-        self.guard.stop_clock()
-        self.watchdog = sqlguard.Watchdog(self.cat.conn, self.guard, QueryDenied(
-            f"--where took longer than {WHERE_DEADLINE_S:g} s")).__enter__()
-        self.sql = WHERE_PREDICATE_MATCHES.format(predicate=predicate)
-        try:
-            self.matches(0, -1)  # refuse a bad predicate before any output
-        except BaseException:
-            self.close()  # the watchdog must not outlive us (it holds the SIGINT wake-up)
-            raise
-
-    def matches(self, save_id: int, path_id: int) -> bool:
-        self.guard.restart_clock()
-        statements = []
-
-        def one_statement(_cursor, sql: str, _bindings) -> bool:
-            statements.append(sql)
-            return len(statements) == 1  # `0); SELECT 1; --` would run a second one
-
-        cursor = self.cat.conn.cursor()
-        try:
-            cursor.exec_trace = one_statement
-            rows = cursor.execute(self.sql, {"save_id": save_id, "path_id": path_id})
-            return rows.fetchone() is not None
-        except apsw.ExecTraceAbort:
-            raise QueryDenied("--where takes one expression over the files view, "
-                              "not statements") from None
-        except apsw.Error as e:
-            if self.guard.sigint:
-                raise KeyboardInterrupt from None
-            if self.guard.timed_out:
-                raise QueryDenied(f"--where took longer than {WHERE_DEADLINE_S:g} s") from None
-            raise QueryDenied(f"--where: {self.guard.denied or e}") from None
-        finally:
-            cursor.close()  # no statement left active for the watchdog to interrupt
-            self.guard.stop_clock()
-
-    def close(self) -> None:
-        self.watchdog.__exit__(None, None, None)
-        self.cat.close()
-
-
 def digest_check(catalog: Catalog, save_id: int, sel: Selection) -> DigestCheck | None:
     """A DigestCheck when the planner reads every member row of the save for SEL (excludes
     and --where drop members only after their rows are read) and the save has a digest."""
@@ -201,41 +154,6 @@ def digest_check(catalog: Catalog, save_id: int, sel: Selection) -> DigestCheck 
         return None
     check = DigestCheck(catalog, save_id)
     return check if check.expected is not None else None
-
-
-class DigestCheck:
-    """The save's members digest, computed from the rows a listing or tar stream reads,
-    compared with the one recorded when the save completed (none: nothing to compare)."""
-
-    def __init__(self, catalog: Catalog, save_id: int) -> None:
-        self.catalog = catalog
-        self.save_id = save_id
-        recorded = catalog.save_digest(save_id)
-        self.expected = recorded if recorded and recorded[0] == DIGEST_SCHEME else None
-        self.computed = MembersDigest()
-
-    def restart(self) -> None:
-        """The rows are read again from the first one."""
-        self.computed = MembersDigest()
-
-    def verify(self) -> None:
-        """CatalogDamaged when the rows read do not give the recorded digest."""
-        if self.expected is None:
-            return
-        _scheme, members, digest = self.expected
-        got = self.computed
-        if got.members != members or got.digest() != digest:
-            raise self.damaged(f"its {got.members:,} member rows do not give the digest "
-                               f"recorded for its {members:,} members when it completed")
-
-    def damaged(self, what: str) -> CatalogDamaged:
-        return catalog_damaged(self.catalog, self.save_id, what)
-
-
-def catalog_damaged(catalog: Catalog, save_id: int, what: str) -> CatalogDamaged:
-    """The error for a save whose catalog rows are found damaged (WHAT says how)."""
-    copies = os.path.join(os.path.dirname(catalog.path), b"catalog-copies", b"")
-    return CatalogDamaged(save_id, what, os.fsdecode(copies))
 
 
 # Ancestor states on the planner's stack.

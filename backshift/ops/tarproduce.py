@@ -1,37 +1,25 @@
-"""The tar producer: members from the plan, their data from the chunk store, verified, in
-stream order; large chunks read in a small thread pool beside the main thread."""
+"""The tar producer: members from the plan, each with its header (pax records for its
+extended attributes, GNU sparse 1.0 for long runs of zeros) and its data (tardata.Producer:
+verified chunks in stream order), sizes checked against the catalog's."""
 
 from __future__ import annotations
 
 import itertools
 import os
-import threading
-from collections import deque
 from collections.abc import Iterable
-from queue import Empty, SimpleQueue
 
 from .. import pathcodec
-from ..errors import ChunkCorrupt, ChunkMissing
 from ..xattrs import pax_items
-from .tarsparse import SparsePlan, sparse_plan
+from .tardata import Producer
+from .tarsparse import sparse_plan
 from .tarstream import (
-    BLOCK,
     LNKTYPE,
     REGTYPE,
-    ZERO_BLOCK,
-    ZEROS,
     TarWriter,
     encode_header,
     encode_header_general,
     encode_sparse_header,
 )
-
-LARGE_CHUNK = 256 << 10  # chunks from this length are read in the pool, beside the writing
-POOL_CHUNKS = 4  # large chunks handed to the pool and not written yet, at most
-HELD_BYTES = 48 << 20  # data (and pool chunks) waiting behind the oldest pool chunk, at most
-HELD_ITEMS = 65536  # stream pieces and chunks not yet read that wait, at most
-# Why that much: the main thread should not stop while the pool verifies big files, so it
-# holds enough small members to stay busy meanwhile, at the cost of a higher peak RSS.
 
 
 class _Chunks:
@@ -60,263 +48,6 @@ class _Chunks:
             head = next(rows, None)
         self._head = head
         return out
-
-
-class _Job:
-    """One call of the pool's function: its result or error once `done()`."""
-
-    __slots__ = ("args", "value", "error", "lock")
-
-    def __init__(self, args: tuple) -> None:
-        self.args = args
-        self.value = None
-        self.error: BaseException | None = None
-        self.lock = threading.Lock()
-        self.lock.acquire()  # released by the worker when done
-
-    def done(self) -> bool:
-        return not self.lock.locked()
-
-    def result(self):
-        with self.lock:
-            pass
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
-class _ReadPool:
-    """A few threads that call FN on jobs in order of submission.
-
-    Not concurrent.futures: that imports logging (~2 ms of every `tar` start) and does
-    more per job than needed here.
-    """
-
-    def __init__(self, fn, workers: int) -> None:
-        self.fn = fn
-        self.jobs: SimpleQueue = SimpleQueue()
-        self.threads = [threading.Thread(target=self._work, name=f"chunk-read-{i}",
-                                         daemon=True) for i in range(workers)]
-        for t in self.threads:
-            t.start()
-
-    def submit(self, args: tuple) -> _Job:
-        job = _Job(args)
-        self.jobs.put(job)
-        return job
-
-    def _work(self) -> None:
-        fn = self.fn
-        while (job := self.jobs.get()) is not None:
-            try:
-                job.value = fn(*job.args)
-            except BaseException as e:
-                job.error = e
-            job.lock.release()
-
-    def close(self) -> None:
-        """Drop the jobs not started, let the running ones end, stop the threads."""
-        try:
-            while True:
-                self.jobs.get_nowait()
-        except Empty:
-            pass
-        for _ in self.threads:
-            self.jobs.put(None)
-        for t in self.threads:
-            t.join()
-
-
-class _Pending:
-    """A chunk's place in the stream: where its data comes from (the chunk to read in the
-    pool, then its _Job; or the data, or the damage found), and how much goes there."""
-
-    __slots__ = ("source", "chunk", "key", "offset", "take", "size")
-
-    def __init__(self, source, chunk, key: bytes, offset: int, take: int, size: int) -> None:
-        self.source = source  # None until handed to the pool
-        self.chunk = chunk  # (sha256, length, stored_length)
-        self.key = key  # the member's (pathcodec.from_key names it in reports)
-        self.offset = offset
-        self.take = take  # bytes of the member this chunk fills: its data, or zeros
-        self.size = size
-
-
-class Producer:
-    """Writes the data of members: every chunk verified, damage replaced by zeros.
-
-    Large chunks are read, decompressed and hashed in a small thread pool (os.read, zstd
-    and sha256 release the GIL) while the main thread goes on planning, encoding, reading
-    small chunks (cheaper inline than handed over) and writing. What comes after a chunk
-    still in the pool waits in `pending`, in stream order, so the stream and the damage
-    reports come out exactly as if everything ran in order. Memory stays bounded: at most
-    POOL_CHUNKS chunks are in the pool, and the main thread stops to wait for the oldest
-    once HELD_BYTES or HELD_ITEMS wait behind it; past a big file's chunks (each waiting
-    its turn for the pool, no data yet) it goes on with the members after it.
-    """
-
-    def __init__(self, writer: TarWriter, store, problems, workers: int) -> None:
-        self.writer = writer
-        self.store = store
-        self.problems = problems
-        self.workers = workers
-        self.pool: _ReadPool | None = None
-        self.pending: deque = deque()  # stream pieces in order, behind a pool chunk
-        self.unsent: deque[_Pending] = deque()  # pool chunks not handed over yet, in order
-        self.held = 0  # bytes in pending, counting pool chunks handed over
-        self.in_pool = 0
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
-
-    def put(self, data: bytes | memoryview) -> None:
-        """Stream bytes, after whatever still waits."""
-        if self.pending:
-            self.pending.append(data)
-            self.held += len(data)
-            if self.held >= HELD_BYTES or len(self.pending) >= HELD_ITEMS:
-                self._drain(False)
-        else:
-            self.writer.write(data)
-
-    def data(self, key: bytes, size: int, chunks: list) -> None:
-        """The SIZE bytes of data of the member at KEY from its CHUNKS, then the padding."""
-        self._content(key, size, chunks, None)
-        pad = -size % BLOCK
-        if pad:
-            self.put(ZERO_BLOCK[:pad])
-
-    def sparse(self, key: bytes, size: int, chunks: list, plan: SparsePlan) -> None:
-        """The data of a GNU sparse 1.0 member (SIZE: the file's): the map, the data
-        regions of the chunks PLAN does not call holes (holes are never read), the padding.
-        A damaged data chunk is zeros and a report, as in a plain member."""
-        self.put(plan.sparse_map)
-        self._content(key, size, chunks, plan.layout)
-        pad = -plan.stored % BLOCK
-        if pad:
-            self.put(ZERO_BLOCK[:pad])
-
-    def _content(self, key: bytes, size: int, chunks: list, layout: list[int] | None) -> None:
-        """The SIZE bytes of content of the member at KEY from its CHUNKS; with a LAYOUT
-        (SparsePlan.layout), only those of its data regions."""
-        done = 0
-        read = self.store.read_verified
-        for i, (_key, sha, length, stored) in enumerate(chunks):
-            if done >= size:
-                break
-            take = min(max(length, 0), size - done)
-            after = 0  # zeros that follow (a data region ends in whole blocks)
-            if layout is not None:
-                after = layout[i]
-                if after < 0:  # a hole: neither read nor written
-                    done += take
-                    continue
-            if length >= LARGE_CHUNK and self.workers:
-                item = _Pending(None, (sha, length, stored), key, done, take, size)
-                self.pending.append(item)
-                self.unsent.append(item)
-                self._feed()
-            else:
-                try:
-                    source = read(sha, length, stored)
-                except (ChunkMissing, ChunkCorrupt) as e:
-                    source = e.with_traceback(None)  # no frame cycles held
-                else:
-                    if not self.pending and len(source) == take:
-                        self.writer.write(source)  # the usual case: straight out
-                        done += take
-                        if after:
-                            self.writer.write(ZEROS[:after])
-                        continue
-                self.pending.append(_Pending(source, None, key, done, take, size))
-                self.held += take
-            done += take
-            if after:
-                self.put(ZEROS[:after])
-            self._drain(False)
-        if done < size:
-            self._note(key, f"content ends at {done} of {size} bytes; padded with zeros")
-            self._zeros(size - done)
-
-    def finish(self) -> None:
-        self._drain(True)
-
-    # -- in stream order --
-
-    def _feed(self) -> None:
-        """Hand chunks to the pool, oldest first, while it holds fewer than POOL_CHUNKS."""
-        while self.unsent and self.in_pool < POOL_CHUNKS:
-            item = self.unsent.popleft()
-            if self.pool is None:
-                self.pool = _ReadPool(self.store.read_verified, self.workers)
-            item.source = self.pool.submit(item.chunk)
-            self.in_pool += 1
-            self.held += item.take
-
-    def _note(self, key: bytes, msg: str) -> None:
-        if self.pending:
-            self.pending.append((key, msg))
-        else:
-            self._damage(key, msg)
-
-    def _damage(self, key: bytes, msg: str) -> None:
-        self.problems.damage(pathcodec.from_key(key), msg)
-
-    def _zeros(self, n: int) -> None:
-        while n > 0:
-            piece = min(n, len(ZEROS))
-            self.put(ZEROS[:piece])
-            n -= piece
-
-    def _drain(self, everything: bool) -> None:
-        """Write what is ready in front. Wait for the oldest pool chunk when told to, or
-        when too much waits behind it."""
-        pending, writer = self.pending, self.writer
-        while pending:
-            item = pending[0]
-            if type(item) is _Pending:
-                source = item.source
-                if source is None:  # not handed over yet (the pool was full): now
-                    self._feed()
-                    source = item.source
-                if type(source) is _Job:
-                    if not (everything or source.done() or self.held >= HELD_BYTES
-                            or len(pending) >= HELD_ITEMS):
-                        return
-                    try:
-                        source = source.result()
-                    except (ChunkMissing, ChunkCorrupt) as e:
-                        source = e.with_traceback(None)
-                    self.in_pool -= 1
-                    pending.popleft()
-                    self.held -= item.take
-                    self._settle(source, item)
-                    self._feed()
-                    continue
-                pending.popleft()
-                self.held -= item.take
-                self._settle(source, item)
-            elif type(item) is tuple:
-                pending.popleft()
-                self._damage(*item)
-            else:
-                pending.popleft()
-                self.held -= len(item)
-                writer.write(item)
-
-    def _settle(self, source, item: _Pending) -> None:
-        if isinstance(source, (ChunkMissing, ChunkCorrupt)):
-            # the recorded length is catalog data: never trust it beyond the member's size
-            self._damage(item.key, f"{source.message()}; {item.take} zero bytes at "
-                                   f"offset {item.offset}")
-            self.writer.write_zeros(item.take)
-            return
-        if len(source) > item.take:
-            self._damage(item.key, f"content longer than its declared size {item.size}; cut")
-            source = memoryview(source)[:item.take]
-        self.writer.write(source)
 
 
 class _XattrRecords:
@@ -350,7 +81,7 @@ def write_members(members: Iterable, writer: TarWriter, chunks: _Chunks, store, 
     size must not stream zeros until the disk fills). SPARSE: a file with long runs of
     zeros goes out as a GNU sparse 1.0 member (sparse_plan). XATTRS: extended attributes go
     out in pax records, as GNU tar writes them; a hard-link member carries none (its group's
-    first member does, as with GNU tar). DIGEST (select.DigestCheck): verified before the
+    first member does, as with GNU tar). DIGEST (digestcheck.DigestCheck): verified before the
     end-of-archive blocks, which a damaged save's stream never gets.
     """
     count = 0
@@ -393,7 +124,7 @@ def _check_size(e, size: int, rows: list, chunks: _Chunks) -> None:
     chunk_bytes = sum(row[2] for row in rows)
     if e.content_id is not None and e.content_size == size == chunk_bytes:
         return
-    from .select import catalog_damaged
+    from .digestcheck import catalog_damaged
 
     what = (f"{pathcodec.escape(pathcodec.from_key(e.key))} has size {size:,} but its content "
             + ("is missing" if e.content_id is None else
@@ -415,10 +146,10 @@ def tar_save(repo, save_id: int, sel, open_out, report, sparse: bool = True,
     OPEN_OUT() gives the binary file to write to; it is called only once the selection is
     known to be valid (paths in the save, --where accepted), so an error leaves no output.
     """
+    from .digestcheck import catalog_damaged
     from .select import (
         Planner,
         Problems,
-        catalog_damaged,
         check_paths_exist,
         digest_check,
         key_ranges,

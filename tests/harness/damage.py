@@ -1,13 +1,15 @@
 """Ways to damage a chunk file in place, shared by the check, tar and mount tests.
 
 Each damage takes the chunk file's PATH and OTHER, another chunk file of the same repository;
-chunk_file_of finds the chunk file of a saved file.
+chunk_file_of finds the chunk file of a saved file, leaf_pages the catalog pages of a table.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+
+import apsw
 
 from backshift import pathcodec
 from backshift.catalog import CATALOG_NAME, Catalog
@@ -52,3 +54,14 @@ def garble(path: str | bytes, _other: str | bytes = b"") -> None:
     with open(path, "r+b") as f:
         f.seek(10)
         f.write(b"garbage!")
+
+
+def leaf_pages(catalog: str | bytes, table: str) -> list[int]:
+    """The leaf pages (1-based, in order) of TABLE in the catalog file, from SQLite's dbstat."""
+    conn = apsw.Connection(os.fsdecode(catalog), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return [p for (p,) in conn.execute(
+            "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno",
+            (table,))]
+    finally:
+        conn.close()
