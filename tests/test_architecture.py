@@ -148,7 +148,7 @@ LAYERS: list[tuple[str, set[str]]] = [
      {ROOT, "model", "errors", "pathcodec", "crashpoints", "diskio", "chunkcodec", "xattrs",
       "sqlguard", "migrations", "ops", "ops.tarstream", "ops.owners", "remote"}),
     ("pure units",
-     {"chunker", "walk", "retention", "legacy", "lock", "render", "chunkstore",
+     {"chunker", "walk", "longpath", "retention", "legacy", "lock", "render", "chunkstore",
       "ops.tarsparse", "s3client"}),
     ("the durable batch", {"chunkbatch"}),
     ("the stores",
@@ -175,7 +175,8 @@ LAYERS: list[tuple[str, set[str]]] = [
 LEAVES = {"model", "pathcodec", "errors", "crashpoints", "diskio", "chunkcodec"}
 RULES = {
     "chunker": {"model"},
-    "walk": {"model", "pathcodec"},
+    "walk": {"model", "pathcodec", "longpath"},
+    "longpath": {"xattrs"},
     "retention": {"model"},
     "legacy": {"model", "pathcodec", "chunkcodec"},
     "chunkcodec": set(),

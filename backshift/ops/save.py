@@ -22,6 +22,7 @@ from concurrent.futures import wait as futures_wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from .. import longpath
 from ..errors import ReaderDied
 from ..lock import pid_alive
 from ..model import TYPE_FILE, TYPE_SYMLINK, SaveStats, Version, type_of_mode
@@ -284,8 +285,9 @@ class Saver:
             self.warn(f"{os.fsdecode(path)}: vanished before it could be saved")
             return
         except OSError as e:
-            self.warn(f"{os.fsdecode(path)}: cannot lstat: {e.strerror}")
-            return
+            st = long_lstat(path, e, self.warn)
+            if st is None:
+                return
         ftype = type_of_mode(st.st_mode)
         if ftype is None:
             self.warn(f"{os.fsdecode(path)}: skipped: unknown file type {st.st_mode:o}")
@@ -297,7 +299,8 @@ class Saver:
         link_target = None
         if ftype == TYPE_SYMLINK:
             try:
-                link_target = os.readlink(path)
+                link_target = os.readlink(path) if not longpath.is_long(path) \
+                    else longpath.readlink(path)
             except OSError as e:
                 self.warn(f"{os.fsdecode(path)}: cannot read symlink: {e.strerror}")
                 return
@@ -333,7 +336,8 @@ class Saver:
                 item.version = v._replace(xattrs_id=xattrs_id)
             return True
         try:
-            xattrs = read_xattrs(item.path)
+            xattrs = read_xattrs(item.path) if not longpath.is_long(item.path) \
+                else longpath.xattrs(item.path)
         except FileNotFoundError:
             self.warn(f"{os.fsdecode(item.path)}: vanished before it could be saved")
             return False
@@ -481,6 +485,21 @@ class Saver:
         if self.session.vet_found([result]):
             result = read_file(item.path, item.version, self.chunker, sink)
         return result
+
+
+def long_lstat(path: bytes, e: OSError, warn: Warn) -> os.stat_result | None:
+    """lstat of PATH after the plain call failed with E: through its directory's fd when
+    PATH is beyond PATH_MAX; None when that fails too, or E is another error (warned)."""
+    if longpath.too_long(e):
+        try:
+            return longpath.lstat(path)
+        except FileNotFoundError:
+            warn(f"{os.fsdecode(path)}: vanished before it could be saved")
+            return None
+        except OSError as e2:
+            e = e2
+    warn(f"{os.fsdecode(path)}: cannot lstat: {e.strerror}")
+    return None
 
 
 _INT64 = 1 << 63
