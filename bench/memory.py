@@ -114,9 +114,9 @@ def build(root: str, files: int) -> None:
     cat.close()
 
 
-def ensure(files: int) -> str:
-    """The built repository for FILES files (made when missing or half made)."""
-    root = os.path.join(HERE, "cache", f"memory{files}-v{VERSION}")
+def ensure(files: int, cache: str = os.path.join(HERE, "cache")) -> str:
+    """The built repository for FILES files in CACHE (made when missing or half made)."""
+    root = os.path.join(cache, f"memory{files}-v{VERSION}")
     stamp = os.path.join(root, ".complete")
     if not os.path.exists(stamp):
         shutil.rmtree(root, ignore_errors=True)
@@ -148,9 +148,11 @@ def main(argv: list[str] | None = None) -> int:
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=1_000_000)
     ap.add_argument("--work", default=os.path.join(HERE, "cache", "work"))
+    ap.add_argument("--cache", default=os.path.join(HERE, "cache"),
+                    help="where the built repository is kept for the next run")
     args = ap.parse_args(argv)
     print(f"building or reusing a repository of {args.files:,} files", file=sys.stderr)
-    root = ensure(args.files)
+    root = ensure(args.files, args.cache)
     os.makedirs(args.work, exist_ok=True)
     log = os.path.join(args.work, "memory.log")
     res = measure(root, args.work, log)
