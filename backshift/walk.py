@@ -95,10 +95,10 @@ class Walk:
     def __init__(self, roots: Iterable[bytes], cwd: bytes, warn: Warn,
                  one_file_system: bool = False, excludes: list[bytes] | None = None,
                  tags: list[bytes] | None = None) -> None:
-        self._args = (roots, cwd, warn, one_file_system, excludes or [], tags or [])
+        self.args = (list(roots), cwd, warn, one_file_system, excludes or [], tags or [])
 
     def __iter__(self) -> Iterator[bytes]:
-        return _walk(*self._args)
+        return _walk(*self.args)
 
 
 def walk(roots: Iterable[bytes], cwd: bytes, warn: Warn, one_file_system: bool = False,

@@ -11,13 +11,18 @@ import pty
 import re
 import select
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from test_import_legacy import legacy_bin, legacy_save  # noqa: F401 - a fixture
 
+from backshift import walk
 from backshift.cli import progress as progress_mod
 from backshift.cli.progress import Progress
+from backshift.ops import save as save_mod
+from backshift.ops.save import SaveOptions
+from backshift.repo import WRITE, open_repository
 from conftest import BACKSHIFT, find0, run_bin
 
 ERASE = b"\r\x1b[K"
@@ -171,3 +176,39 @@ def test_progress_on_a_terminal_rewrites_and_clears_its_line(monkeypatch):
     p.clear()
     p.finish()
     assert out.getvalue() == "\r\x1b[Kone\r\x1b[Ktwo\r\x1b[K"
+
+
+def test_progress_first_save_of_paths_counts_ahead_for_its_eta(repo, tmp_path):
+    """No earlier save gives a total: a walk ahead in a helper thread counts the names,
+    and the progress line gets it (the estimate behind its percent and ETA)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(50):
+        (src / f"f{i:02d}").write_bytes(b"file %d\n" % i)
+    estimates: list[int | None] = []
+
+    def progress(_stats, estimate):
+        deadline = time.monotonic() + 60  # the first report waits for the count
+        while saver.scanned is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        estimates.append(estimate)
+
+    warnings: list[str] = []
+    root = os.fsencode(src)
+    with open_repository(repo, WRITE) as r:
+        saver = save_mod.Saver(r, SaveOptions("h", "s", roots=[root]), warnings.append,
+                               progress)
+        stats = saver.run(walk.walk([root], b"/", warnings.append))
+    assert stats.files == 51 and not warnings
+    assert saver.scanned == 51 and estimates[-1] == 51, estimates
+
+
+def test_progress_off_no_walk_ahead(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"a")
+    root = os.fsencode(src)
+    with open_repository(repo, WRITE) as r:
+        saver = save_mod.Saver(r, SaveOptions("h", "s", roots=[root]), print)
+        saver.run(walk.walk([root], b"/", print))
+    assert saver.scanned is None

@@ -15,6 +15,7 @@ import dataclasses
 import gc
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
@@ -118,6 +119,7 @@ class Saver:
         self._hard_stop_waiting = False
         self.started = time.monotonic()
         self._last_progress = 0.0
+        self.scanned: int | None = None  # names a walk ahead counted (_scan_ahead), when done
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -139,6 +141,8 @@ class Saver:
     def _run_handled(self, paths: Iterable[bytes]) -> SaveStats:
         session = self.session
         session.open()
+        if self.progress is not None and session.estimate is None and isinstance(paths, Walk):
+            self._scan_ahead(paths)
         pool = self.pool = self.readers or ThreadPoolExecutor(
             max_workers=self.opts.workers, thread_name_prefix="read")
         names = LocalFeed(paths) if isinstance(paths, Walk) else Feed(paths)
@@ -271,7 +275,24 @@ class Saver:
             live = _live_bytes_read()
             if not final and live > shown.bytes_read:  # read, not all recorded yet
                 shown = dataclasses.replace(shown, bytes_read=live)
-            self.progress(shown, self.session.estimate)
+            self.progress(shown, self.session.estimate or self.scanned)
+
+    def _scan_ahead(self, paths: Walk) -> None:
+        """Count the names of the walk ahead of the save, in a helper thread (as restic
+        does): the progress line's total, and so its ETA, on a first save of PATHs (later
+        ones take the previous save's count). Only while progress is shown."""
+        roots, cwd, _warn, *options = paths.args
+        ahead = Walk(roots, cwd, lambda _msg: None, *options)
+
+        def count() -> None:
+            n = 0
+            for _name in ahead:
+                n += 1
+                if self.stop_signal is not None:
+                    return
+            self.scanned = n
+
+        threading.Thread(target=count, name="scan-ahead", daemon=True).start()
 
     # -- per name -------------------------------------------------------------------------
 
