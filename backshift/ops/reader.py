@@ -24,6 +24,7 @@ import xxhash
 
 from .. import longpath
 from ..diskio import read_whole
+from ..longpath import PATH_MAX
 from ..model import ChunkerParams, StoredChunk, Version
 from ..store import Store
 
@@ -95,7 +96,7 @@ O_NOATIME = getattr(os, "O_NOATIME", 0)
 def open_for_reading(path: bytes) -> int:
     """Open without following symlinks, blocking on FIFOs or touching atime (when allowed).
     A path beyond PATH_MAX is opened relative to its directory's fd (openat)."""
-    opener = os.open if not longpath.is_long(path) else longpath.open_file
+    opener = os.open if len(path) < PATH_MAX else longpath.open_file
     if O_NOATIME:
         try:
             return opener(path, OPEN_FLAGS | O_NOATIME)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from .. import longpath
 from ..errors import ReaderDied
 from ..lock import pid_alive
+from ..longpath import PATH_MAX
 from ..model import TYPE_FILE, TYPE_SYMLINK, SaveStats, Version, type_of_mode
 from ..repo import Repository
 from ..walk import Walk
@@ -320,7 +321,7 @@ class Saver:
         link_target = None
         if ftype == TYPE_SYMLINK:
             try:
-                link_target = os.readlink(path) if not longpath.is_long(path) \
+                link_target = os.readlink(path) if len(path) < PATH_MAX \
                     else longpath.readlink(path)
             except OSError as e:
                 self.warn(f"{os.fsdecode(path)}: cannot read symlink: {e.strerror}")
@@ -357,7 +358,7 @@ class Saver:
                 item.version = v._replace(xattrs_id=xattrs_id)
             return True
         try:
-            xattrs = read_xattrs(item.path) if not longpath.is_long(item.path) \
+            xattrs = read_xattrs(item.path) if len(item.path) < PATH_MAX \
                 else longpath.xattrs(item.path)
         except FileNotFoundError:
             self.warn(f"{os.fsdecode(item.path)}: vanished before it could be saved")
