@@ -96,6 +96,13 @@ def test_save_long_paths_saved_listed_and_restored_by_gnu_tar_and_bsdtar(repo, t
     _write_at(deep, {b"f" * NAME: CONTENT, b"empty": b""}, {b"l" * NAME: b"../target"})
     long_file = deep + b"/" + b"f" * NAME
     assert len(long_file) > 4096 + NAME
+    dfd = _open_long_dir(deep)
+    try:
+        f = os.open(b"f" * NAME, os.O_RDONLY, dir_fd=dfd)
+        os.setxattr(f, b"user.deep", b"saved too")  # read back through the directory's fd
+        os.close(f)
+    finally:
+        os.close(dfd)
 
     # saved from the real find -print0, then from a walk of the PATH: no warnings
     names = find0(src)
@@ -117,6 +124,9 @@ def test_save_long_paths_saved_listed_and_restored_by_gnu_tar_and_bsdtar(repo, t
                                          src.lstrip(b"/").startswith(n) for n in listed)
     verbose = run("-r", repo, "list", "--backup", "1", "-v").stdout_bytes
     assert verbose.count(long_file.lstrip(b"/")) == 1
+    xattrs = run("-r", repo, "sql", "SELECT save_id, length(path), name, value FROM xattrs",
+                 "--format", "csv").stdout.splitlines()
+    assert xattrs[1:] == [f"{sid},{len(long_file)},user.deep,saved too" for sid in (1, 2)]
 
     archive = tmp_path / "out.tar"
     run("-r", repo, "tar", "--backup", "1", "-o", str(archive))
