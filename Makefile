@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: all venv legacy-venv sysdeps test test-fast lint demo bench bench-peers docs clean bytecode
+.PHONY: all venv legacy-venv sysdeps test test-fast lint demo bench bench-memory bench-peers docs clean bytecode
 
 all: test
 
@@ -62,6 +62,11 @@ demo: $(STAMP) sysdeps
 
 bench: $(STAMP) sysdeps bytecode
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Peak RSS of check --read-data and expire on a 1M-file catalog (bench/memory.py; its
+# repository is built once into bench/cache/, ~4 minutes and ~4 GB)
+bench-memory: $(STAMP) bytecode
+	$(BIN)/python -m bench.memory
 
 bench-peers: $(STAMP)
 	@sh tools/install-peers.sh

@@ -8,6 +8,7 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
+from . import longpath
 from .pathcodec import BadPath, normalize
 
 Warn = Callable[[str], None]
@@ -55,11 +56,13 @@ def tags_in(directory: bytes, tags: list[bytes]) -> list[bytes]:
     that DIRECTORY holds, sorted as the walk sorts names: a tagged directory is saved with
     its tag files and nothing else, as GNU tar's --exclude-tag and --exclude-caches do."""
     found = []
+    long = longpath.is_long(directory)
     for tag in tags:
         path = directory.rstrip(b"/") + b"/" + tag
         try:
             if tag == CACHEDIR_TAG:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+                flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+                fd = longpath.open_file(path, flags) if long else os.open(path, flags)
                 try:
                     if not stat.S_ISREG(os.fstat(fd).st_mode) or \
                             os.read(fd, len(CACHEDIR_SIGNATURE)) != CACHEDIR_SIGNATURE:
@@ -67,7 +70,7 @@ def tags_in(directory: bytes, tags: list[bytes]) -> list[bytes]:
                 finally:
                     os.close(fd)
             else:
-                os.lstat(path)
+                longpath.lstat(path) if long else os.lstat(path)
         except OSError:
             continue
         found.append(path)
@@ -92,10 +95,10 @@ class Walk:
     def __init__(self, roots: Iterable[bytes], cwd: bytes, warn: Warn,
                  one_file_system: bool = False, excludes: list[bytes] | None = None,
                  tags: list[bytes] | None = None) -> None:
-        self._args = (roots, cwd, warn, one_file_system, excludes or [], tags or [])
+        self.args = (list(roots), cwd, warn, one_file_system, excludes or [], tags or [])
 
     def __iter__(self) -> Iterator[bytes]:
-        return _walk(*self._args)
+        return _walk(*self.args)
 
 
 def walk(roots: Iterable[bytes], cwd: bytes, warn: Warn, one_file_system: bool = False,
@@ -118,7 +121,7 @@ def _walk(roots: Iterable[bytes], cwd: bytes, warn: Warn, one_file_system: bool,
         if excluded(root, excludes):
             continue
         try:
-            st = os.lstat(root)
+            st = _lstat(root)
         except OSError as e:
             warn(f"{os.fsdecode(root)}: skipped: {e.strerror}")
             continue
@@ -141,7 +144,7 @@ def _walk(roots: Iterable[bytes], cwd: bytes, warn: Warn, one_file_system: bool,
                 if is_dir:
                     if one_file_system:
                         try:
-                            if os.lstat(path).st_dev != st.st_dev:
+                            if _lstat(path).st_dev != st.st_dev:
                                 continue
                         except OSError:
                             continue
@@ -155,10 +158,22 @@ def _walk(roots: Iterable[bytes], cwd: bytes, warn: Warn, one_file_system: bool,
                 stack.pop()
 
 
+def _lstat(path: bytes) -> os.stat_result:
+    try:
+        return os.lstat(path)
+    except OSError as e:
+        if not longpath.too_long(e):
+            raise
+    return longpath.lstat(path)
+
+
 def _sorted_children(path: bytes, warn: Warn) -> Iterator[tuple[bytes, bool]]:
     try:
-        with os.scandir(path) as it:
-            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        if longpath.is_long(path):  # beyond PATH_MAX: listed through its parent's fd
+            entries = longpath.scandir_names(path)
+        else:
+            with os.scandir(path) as it:
+                entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
     except OSError as e:
         warn(f"{os.fsdecode(path)}: cannot list directory: {e.strerror}")
         return iter(())

@@ -8,6 +8,7 @@ import os
 import pty
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -193,11 +194,21 @@ def _reading(pid: int, path: Path) -> bool:
 
 
 def _save_stopped_in_a_big_file(repo: bytes, src: Path, signals: list[int],
-                                watch_s: float = 0.0) -> tuple[int, float, bytes]:
+                                watch_s: float = 0.0,
+                                tty: bool = False) -> tuple[int, float, bytes]:
     """(exit status, seconds from the first signal to the exit, stderr) of a save of SRC
-    sent SIGNALS (0.1 s apart) WATCH_S after it began reading SRC/zz-big."""
+    sent SIGNALS (0.1 s apart) WATCH_S after it began reading SRC/zz-big. TTY: stderr is
+    a terminal (a pty), where the progress line is rewritten in place."""
+    if tty:
+        controller, terminal = pty.openpty()
+        got: list[bytes] = []
+        reader = threading.Thread(target=_drain, args=(controller, got))
     proc = subprocess.Popen([BACKSHIFT, "-r", repo, "save", "--progress", "--subset", "s",
-                             str(src)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             str(src)], stdout=subprocess.PIPE,
+                            stderr=terminal if tty else subprocess.PIPE)
+    if tty:
+        os.close(terminal)
+        reader.start()
     deadline = time.monotonic() + 60
     while not _reading(proc.pid, src / "zz-big"):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
@@ -209,7 +220,23 @@ def _save_stopped_in_a_big_file(repo: bytes, src: Path, signals: list[int],
         time.sleep(0.1)
     proc.wait(timeout=60)
     took = time.monotonic() - sent
+    if tty:
+        reader.join(timeout=60)
+        os.close(controller)
+        return proc.returncode, took, b"".join(got)
     return proc.returncode, took, proc.stderr.read()
+
+
+def _drain(fd: int, got: list[bytes]) -> None:
+    """Read a pty's controller side until the process on the terminal side is gone."""
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # EIO: no process holds the terminal any more
+            return
+        if not data:
+            return
+        got.append(data)
 
 
 @pytest.fixture
@@ -254,7 +281,7 @@ def test_save_second_ctrl_c_is_prompt_too(repo, big_tree):
 @pytest.mark.timeout(120)
 def test_save_progress_moves_while_a_big_file_is_read(repo, big_tree):
     status, _took, err = _save_stopped_in_a_big_file(repo, big_tree, [signal.SIGINT],
-                                                     watch_s=1.5)
+                                                     watch_s=1.5, tty=True)
     assert status == 130, err
     lines = [seg.decode() for seg in err.split(b"\r\x1b[K") if b" read, " in seg]
     read = [ln.split("(", 1)[1].split(" read", 1)[0] for ln in lines]

@@ -12,7 +12,7 @@ from ..errors import EXIT_WARNING, UsageError
 from ..pathcodec import escape
 from ..render import local_time
 from .app import Context, pass_ctx
-from .options import SAVE_ID, filter_options, json_option, lock_wait_option
+from .options import SAVE_ID, filter_options, json_option, lock_wait_option, progress_option
 from .views import (
     check_dict,
     echo_err,
@@ -29,6 +29,9 @@ from .views import (
 DEFAULT_CHUNK_MIN = 256 * 1024
 DEFAULT_CHUNK_AVG = 1024 * 1024
 DEFAULT_CHUNK_MAX = 4 * 1024 * 1024
+# The page cache of check's and expire's catalog connection: their passes read each page
+# about once, and the 64 MiB default was most of their memory (bench/memory.py).
+STREAMING_CACHE_KIB = 16 * 1024
 
 
 @click.command()
@@ -118,12 +121,13 @@ def _duration(option: str, text: str | None) -> int | None:
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would go; change nothing.")
 @json_option
 @lock_wait_option
+@progress_option
 @pass_ctx
 def expire(ctx: Context, keep_last: int, keep_hourly: int, keep_daily: int, keep_weekly: int,
            keep_monthly: int, keep_yearly: int, keep_within: str | None,
            older_than: str | None, allow_empty_series: bool, save_ids: tuple[int, ...],
            hostname: str | None, subset: str | None, dry_run: bool, as_json: bool,
-           lock_wait: float) -> None:
+           lock_wait: float, progress: bool | None) -> None:
     """Remove saves a retention policy lets go, and the data only they used.
 
     Each hostname+subset series is judged on its own. Every save gets a line saying
@@ -160,8 +164,11 @@ def expire(ctx: Context, keep_last: int, keep_hourly: int, keep_daily: int, keep
     copied = True
     with open_repository(ctx.repo, EXCLUSIVE, operation="expire",
                          lock_wait_s=lock_wait) as repo:
+        repo.catalog.limit_cache(STREAMING_CACHE_KIB)
         result = run_expire(repo, policy, hostname=hostname, subset=subset, dry_run=dry_run,
-                            tz=datetime.now().astimezone().tzinfo)
+                            tz=datetime.now().astimezone().tzinfo,
+                            progress=ctx.line.expire if ctx.progress(progress) else None)
+        ctx.line.finish()
         if not dry_run:
             copied = copy_catalog(repo)
     if as_json:
@@ -213,9 +220,10 @@ def _parse_part(text: str | None) -> tuple[int, int] | None:
                    "same data re-creates them; mark dead 'running' saves interrupted.")
 @json_option
 @lock_wait_option
+@progress_option
 @pass_ctx
 def check(ctx: Context, read_data: bool, read_data_subset: str | None, repair: bool,
-          as_json: bool, lock_wait: float) -> None:
+          as_json: bool, lock_wait: float, progress: bool | None) -> None:
     """Check the catalog and the chunk store; report damage grouped by chunk.
 
     Exit status 0: no problems; 1: warnings only (a dead 'running' save, or leftovers of
@@ -236,7 +244,10 @@ def check(ctx: Context, read_data: bool, read_data_subset: str | None, repair: b
     read = read_data or part is not None
     mode = EXCLUSIVE if repair else READ_LOCKED
     with open_repository(ctx.repo, mode, operation="check", lock_wait_s=lock_wait) as repo:
-        result = run_check(repo, read_data=read, part=part, repair=repair)
+        repo.catalog.limit_cache(STREAMING_CACHE_KIB)
+        result = run_check(repo, read_data=read, part=part, repair=repair,
+                           progress=_check_progress(ctx) if ctx.progress(progress) else None)
+    ctx.line.finish()
     if as_json:
         print_json(check_dict(result, read))
     elif result.problem_count() or not ctx.quiet:
@@ -245,6 +256,13 @@ def check(ctx: Context, read_data: bool, read_data_subset: str | None, repair: b
         raise CheckFoundDamage(result.problem_count())
     if result.warning_count():
         raise SystemExit(EXIT_WARNING)
+
+
+def _check_progress(ctx: Context):
+    import time
+    started = time.monotonic()
+    return lambda step, done, total, r: ctx.line.check(step, done, total, r,
+                                                        time.monotonic() - started)
 
 
 @click.command("break-lock")
@@ -320,7 +338,7 @@ def import_legacy_cmd(ctx: Context, savedir: bytes, method: str | None,
                          lock_wait_s=lock_wait) as repo:
         stats = import_legacy(repo, savedir, method, warn,
                               ctx.line.import_legacy if show else None)
-    ctx.line.clear()
+    ctx.line.finish()
     if as_json:
         print_json(import_dict(stats))
     elif not ctx.quiet:

@@ -69,6 +69,13 @@ def json_option(f=None, *, help: str = "Print the result as one JSON object (see
     return decorator(f) if f is not None else decorator
 
 
+def progress_option(f=None, *, default_help: str = "when stderr is a terminal"):
+    """--progress/--no-progress (progress): live progress on stderr (cli/progress.py)."""
+    decorator = click.option("--progress/--no-progress", default=None,
+                             help=f"Live progress on stderr [default: {default_help}].")
+    return decorator(f) if f is not None else decorator
+
+
 def lock_wait_option(f=None, *, holder: str = ""):
     """--lock-wait SECONDS; HOLDER names who may hold the lock, e.g. ' (an expire)'."""
     decorator = click.option(

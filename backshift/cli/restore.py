@@ -13,7 +13,13 @@ from ..errors import EXIT_WARNING, UsageError
 from ..pathcodec import escape
 from ..render import render
 from .app import Context, pass_ctx
-from .options import backup_spec_option, format_options, lock_wait_option, series_options
+from .options import (
+    backup_spec_option,
+    format_options,
+    lock_wait_option,
+    progress_option,
+    series_options,
+)
 from .views import echo_err, emit_lines, report
 
 
@@ -110,10 +116,11 @@ def list_cmd(ctx: Context, backup: str, hostname: str | None, subset: str | None
                    "records as GNU tar writes them (SCHILY.xattr.*, SCHILY.acl.*): restore "
                    "with `tar --xattrs --xattrs-include='*' --acls -xpf -` or "
                    "`bsdtar --xattrs --acls -xpf -`.")
+@progress_option(default_help="with -o FILE when stderr is a terminal")
 @pass_ctx
 def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, hostname: str | None,
             subset: str | None, exclude: tuple[str, ...], where: str | None, output: str,
-            no_sparse: bool, no_xattrs: bool) -> None:
+            no_sparse: bool, no_xattrs: bool, progress: bool | None) -> None:
     """Write a save, or part of it, as one POSIX (pax) tar stream: the restore.
 
     SELECTORs are paths (each with its subtree, leading '/' optional) or globs over whole
@@ -152,9 +159,36 @@ def tar_cmd(ctx: Context, selectors: tuple[str, ...], backup: str, hostname: str
                 return sys.stdout.buffer
             return stack.enter_context(open(os.fsencode(output), "wb"))
 
-        problems = tar_save(repo, save_row.id, sel, open_out, report, not no_sparse,
-                            not no_xattrs)
+        # progress of bytes written; the save's size is the total when all of it goes
+        show = ctx.progress(progress if progress is not None or output != "-" else False)
+        whole = not (selectors or exclude or where)
+        problems = tar_save(repo, save_row.id, sel, open_out,
+                            _clearing(ctx, report) if show else report, not no_sparse,
+                            not no_xattrs,
+                            _tar_progress(ctx, _stream_size(save_row) if whole else None)
+                            if show else None)
+    ctx.line.finish()
     _finish(problems, save_row.id, incomplete)
+
+
+def _clearing(ctx: Context, report):
+    """REPORT, taking the progress line away first."""
+    def clear_and_report(level: str, msg: str) -> None:
+        ctx.line.clear()
+        report(level, msg)
+    return clear_and_report
+
+
+def _stream_size(save_row) -> int:
+    """About the size of a whole save's tar stream: its files' bytes, and a header and
+    padding (~1 KiB) a member."""
+    return save_row.bytes + save_row.files * 1024
+
+
+def _tar_progress(ctx: Context, total: int | None):
+    import time
+    started = time.monotonic()
+    return lambda written: ctx.line.tar(written, total, time.monotonic() - started)
 
 
 @click.command("mount")

@@ -160,7 +160,7 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
         echo_err("backshift: terminated")
         raise SystemExit(EXIT_TERMINATED)
     stats, copied = run.stats, run.copied
-    ctx.line.clear()
+    ctx.line.finish()
     if as_json:
         import json
         click.echo(json.dumps(save_summary_dict(stats), sort_keys=True))

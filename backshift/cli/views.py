@@ -11,6 +11,7 @@ import click
 
 from ..pathcodec import escape
 from ..render import human_bytes, iso_time, local_time
+from .progress import Progress, clock, rate_eta
 
 if TYPE_CHECKING:
     from ..model import SaveStats
@@ -45,11 +46,20 @@ def count(n: int, word: str) -> str:
 
 
 class ProgressLine:
-    """One live line on stderr, redrawn in place; cleared before anything else is written
-    there (a warning, the summary, an error)."""
+    """This invocation's live progress (progress.Progress, made when first shown), and each
+    command's line: rewritten in place on a terminal, a line now and then off one; taken
+    away before anything else is written to stderr (a warning, the summary, an error)."""
 
     def __init__(self) -> None:
-        self.shown = False
+        self.out: Progress | None = None
+        self.step = ""  # the command's step shown last: a new step is shown at once
+
+    def show(self, text, final: bool = False, step: str = "") -> None:
+        """TEXT: the line, or a function that makes it (only when it is written)."""
+        if self.out is None:
+            self.out = Progress()
+        self.out.update(text, final or step != self.step)
+        self.step = step
 
     def save(self, stats: SaveStats, estimate: int | None) -> None:
         rate = stats.bytes_read / stats.elapsed_s if stats.elapsed_s > 0 else 0
@@ -57,26 +67,51 @@ class ProgressLine:
                 f"({human_bytes(stats.bytes_read)} read, {human_bytes(rate)}/s)")
         if estimate and stats.files and stats.files < estimate:
             eta = stats.elapsed_s * (estimate - stats.files) / stats.files
-            line += f", ETA {int(eta) // 60}:{int(eta) % 60:02d}"
-        sys.stderr.write("\r\x1b[K" + line)
-        sys.stderr.flush()
-        self.shown = True
+            line += (f", {100 * stats.files // estimate}% of ~{estimate:,} files, "
+                     f"ETA {clock(eta)}")
+        self.show(line)
 
     def import_legacy(self, stats) -> None:
         """import-legacy's line: which legacy save, its phase, what was read."""
         rate = stats.bytes_read / stats.elapsed_s if stats.elapsed_s > 0 else 0
-        sys.stderr.write(
-            f"\r\x1b[Klegacy save {stats.save_number}/{stats.saves_found}, {stats.phase}: "
-            f"{stats.entries:,} entries; {human_bytes(stats.bytes_read)} of chunks read "
-            f"({human_bytes(rate)}/s)")
-        sys.stderr.flush()
-        self.shown = True
+        self.show(f"legacy save {stats.save_number}/{stats.saves_found}, {stats.phase}: "
+                  f"{stats.entries:,} entries; {human_bytes(stats.bytes_read)} of chunks read "
+                  f"({human_bytes(rate)}/s)", step=f"{stats.save_number} {stats.phase}")
+
+    def tar(self, written: int, total: int | None, elapsed_s: float) -> None:
+        """tar -o FILE's line: bytes written, of the save's size when all of it goes."""
+        total = total if total and total > written else None  # an estimate: may fall short
+        of = f" of ~{human_bytes(total)}" if total else ""
+        self.show(lambda: f"tar: {human_bytes(written)}{of} written"
+                  + rate_eta(written, total, elapsed_s, "B"))
+
+    def check(self, step: str, done: int, total: int, r, elapsed_s: float) -> None:
+        """check's line: the chunk store's directories listed, then the chunks re-read."""
+        if step == "list":
+            self.show(lambda: f"check: chunks/ directory {done}/{total}, "
+                      f"{r.chunks_referenced:,} chunks referenced", step=step)
+        else:
+            self.show(lambda: f"check --read-data: {done:,} chunks read "
+                      f"({human_bytes(r.bytes_read)}), {r.contents_verified:,} file contents "
+                      "verified" + rate_eta(done, total, elapsed_s), step=step)
+
+    def expire(self, step: str, done: int, total: int, count: int) -> None:
+        """expire's line: the catalog sweep, then the chunk store's directories."""
+        what = {"catalog": "removing saves and what only they used from the catalog",
+                "scan": f"comparing chunks/ with the catalog, directory {done}/{total}",
+                "unlink": f"removing chunk files, directory {done}/{total}, "
+                          f"{count:,} removed"}[step]
+        self.show(f"expire: {what}", step=step)
 
     def clear(self) -> None:
-        if self.shown:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
-            self.shown = False
+        if self.out is not None:
+            self.out.clear()
+
+    def finish(self) -> None:
+        """The command is done: off a terminal its last state is written, on one the line
+        goes away."""
+        if self.out is not None:
+            self.out.finish()
 
 
 # -- save and import-legacy ---------------------------------------------------------------

@@ -156,7 +156,9 @@ def in_part(sha256: bytes, part: tuple[int, int] | None) -> bool:
 
 
 def check(repo: Repository, read_data: bool = False, part: tuple[int, int] | None = None,
-          repair: bool = False, progress: Callable[[str], None] | None = None) -> CheckResult:
+          repair: bool = False, progress: Callable[..., None] | None = None) -> CheckResult:
+    """PROGRESS(step, done, total, r), when given: 'list' after each chunks/ directory,
+    'read' after each content re-read (done: chunks read, total: about those of the part)."""
     cat, store = repo.catalog, repo.store
     r = CheckResult()
     try:
@@ -207,6 +209,8 @@ def check(repo: Repository, read_data: bool = False, part: tuple[int, int] | Non
                     r.orphan_bytes += max(size, 0)
                     if read_data and in_part(sha, part):
                         _read_orphan(store, r, sha)
+            if progress is not None:
+                progress("list", fanout + 1, 256, r)
         r.leftover_temps, r.leftover_copy_temps = leftovers.unowned()
         if read_data:
             _read_data(repo, r, part, progress)
@@ -262,9 +266,10 @@ def _save_digest_problems(cat, r: CheckResult) -> list[str]:
 
 
 def _read_data(repo: Repository, r: CheckResult, part: tuple[int, int] | None,
-               progress: Callable[[str], None] | None) -> None:
+               progress: Callable[..., None] | None) -> None:
     """Re-read chunks of the part; verify digests of contents whose digest is in the part."""
     store = repo.store
+    total = r.chunks_referenced // (part[1] if part else 1)
     current: int | None = None
     rows: list[tuple] = []
 
@@ -299,10 +304,14 @@ def _read_data(repo: Repository, r: CheckResult, part: tuple[int, int] | None,
     for row in repo.catalog.content_chunks_in_order():
         if row[0] != current:
             finish_content()
+            if progress is not None:
+                progress("read", len(r.chunks_verified), total, r)
             rows = []
             current = row[0]
         rows.append(row)
     finish_content()
+    if progress is not None:
+        progress("read", len(r.chunks_verified), total, r)
 
 
 def _read_chunk(store, r: CheckResult, sha: bytes, length: int, chunk_id: int,

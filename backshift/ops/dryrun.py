@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from ..errors import NothingToSave
 from ..model import TYPE_FILE, Version, type_of_mode
 from .owners import Owners
-from .save import SaveOptions, Warn, _fits_catalog, input_names
+from .save import SaveOptions, Warn, _fits_catalog, input_names, long_lstat
 from .session import SaveSession
 
 READ, BORROW, NEW, LINK = "read", "borrow", "new", "link"
@@ -86,8 +86,9 @@ class DryRun:
             warn(f"{os.fsdecode(path)}: vanished before it could be saved")
             return
         except OSError as e:
-            warn(f"{os.fsdecode(path)}: cannot lstat: {e.strerror}")
-            return
+            st = long_lstat(path, e, warn)
+            if st is None:
+                return
         ftype = type_of_mode(st.st_mode)
         if ftype is None:
             warn(f"{os.fsdecode(path)}: skipped: unknown file type {st.st_mode:o}")

@@ -26,6 +26,11 @@ from ..store import TEMP_MARK
 from .catalog_copy import temp_copies
 
 Echo = Callable[[str], None]
+Progress = Callable[[str, int, int, int], None]
+
+
+def _no_progress(step: str, done: int, total: int, removed: int) -> None:
+    pass
 
 
 @dataclass
@@ -44,10 +49,12 @@ class ExpireResult:
 
 def expire(repo: Repository, policy: Policy, now_ns: int | None = None,
            hostname: str | None = None, subset: str | None = None, dry_run: bool = False,
-           tz=None) -> ExpireResult:
+           tz=None, progress: Progress | None = None) -> ExpireResult:
     """Apply POLICY to the saves (narrowed by HOSTNAME/SUBSET); remove and collect garbage.
     A save POLICY names (remove_ids) that is not among them is NoSuchSave, before anything
-    is removed."""
+    is removed. PROGRESS(step, done, total, removed), when given: 'catalog' before the
+    catalog's sweep, 'scan' and 'unlink' after each chunks/ directory."""
+    progress = progress or _no_progress
     cat, store = repo.catalog, repo.store
     now_ns = time.time_ns() if now_ns is None else now_ns
     saves = cat.list_saves(hostname, subset)
@@ -67,6 +74,7 @@ def expire(repo: Repository, policy: Policy, now_ns: int | None = None,
     decisions = decide(saves, policy, now_ns, **kwargs)
     result = ExpireResult(decisions, dry_run)
     old_temps: list[bytes] = []
+    progress("catalog", 0, 0, 0)
     cat.begin()
     try:
         for sid in dead:
@@ -96,6 +104,7 @@ def expire(repo: Repository, policy: Policy, now_ns: int | None = None,
                     result.orphans_removed += 1
                     result.orphan_bytes += _size(entry)
             old_temps += _temps(entries)
+            progress("scan", fanout + 1, 256, 0)
         if missing:
             raise ReferencedChunksMissing(missing, first_missing.hex())
         old_temps += temp_copies(repo.path)
@@ -113,6 +122,7 @@ def expire(repo: Repository, policy: Policy, now_ns: int | None = None,
     crashpoint("gc_after_catalog_delete")
     # Unlink what no catalog row names, one directory at a time: the chunks just freed and
     # orphans a crash left. The exclusive lock keeps saves out, so the catalog is final.
+    removed = 0
     for fanout in range(256):
         named = {sha for sha, _ in cat.chunks_in(fanout)}
         for sha, _entry in store.chunk_dir(fanout):
@@ -120,9 +130,11 @@ def expire(repo: Repository, policy: Policy, now_ns: int | None = None,
                 continue
             try:
                 store.remove(sha)
+                removed += 1
             except OSError as e:
                 result.unlink_errors.append(f"{sha.hex()}: {e.strerror or e}")
             crashpoint("gc_mid_unlink")
+        progress("unlink", fanout + 1, 256, removed)
     for path in old_temps:
         try:
             os.unlink(path)

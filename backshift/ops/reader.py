@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING
 
 import xxhash
 
+from .. import longpath
 from ..diskio import read_whole
+from ..longpath import PATH_MAX
 from ..model import ChunkerParams, StoredChunk, Version
 from ..store import Store
 
@@ -92,13 +94,15 @@ O_NOATIME = getattr(os, "O_NOATIME", 0)
 
 
 def open_for_reading(path: bytes) -> int:
-    """Open without following symlinks, blocking on FIFOs or touching atime (when allowed)."""
+    """Open without following symlinks, blocking on FIFOs or touching atime (when allowed).
+    A path beyond PATH_MAX is opened relative to its directory's fd (openat)."""
+    opener = os.open if len(path) < PATH_MAX else longpath.open_file
     if O_NOATIME:
         try:
-            return os.open(path, OPEN_FLAGS | O_NOATIME)
+            return opener(path, OPEN_FLAGS | O_NOATIME)
         except PermissionError:
             pass  # O_NOATIME needs ownership (EPERM): retry without it
-    return os.open(path, OPEN_FLAGS)
+    return opener(path, OPEN_FLAGS)
 
 
 SMALL_FILE = 1 << 20  # files up to this size (as lstat saw them) are read in one piece

@@ -15,6 +15,7 @@ import dataclasses
 import gc
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
@@ -22,8 +23,10 @@ from concurrent.futures import wait as futures_wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from .. import longpath
 from ..errors import ReaderDied
 from ..lock import pid_alive
+from ..longpath import PATH_MAX
 from ..model import TYPE_FILE, TYPE_SYMLINK, SaveStats, Version, type_of_mode
 from ..repo import Repository
 from ..walk import Walk
@@ -117,6 +120,7 @@ class Saver:
         self._hard_stop_waiting = False
         self.started = time.monotonic()
         self._last_progress = 0.0
+        self.scanned: int | None = None  # names a walk ahead counted (_scan_ahead), when done
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -138,6 +142,8 @@ class Saver:
     def _run_handled(self, paths: Iterable[bytes]) -> SaveStats:
         session = self.session
         session.open()
+        if self.progress is not None and session.estimate is None and isinstance(paths, Walk):
+            self._scan_ahead(paths)
         pool = self.pool = self.readers or ThreadPoolExecutor(
             max_workers=self.opts.workers, thread_name_prefix="read")
         names = LocalFeed(paths) if isinstance(paths, Walk) else Feed(paths)
@@ -270,7 +276,24 @@ class Saver:
             live = _live_bytes_read()
             if not final and live > shown.bytes_read:  # read, not all recorded yet
                 shown = dataclasses.replace(shown, bytes_read=live)
-            self.progress(shown, self.session.estimate)
+            self.progress(shown, self.session.estimate or self.scanned)
+
+    def _scan_ahead(self, paths: Walk) -> None:
+        """Count the names of the walk ahead of the save, in a helper thread (as restic
+        does): the progress line's total, and so its ETA, on a first save of PATHs (later
+        ones take the previous save's count). Only while progress is shown."""
+        roots, cwd, _warn, *options = paths.args
+        ahead = Walk(roots, cwd, lambda _msg: None, *options)
+
+        def count() -> None:
+            n = 0
+            for _name in ahead:
+                n += 1
+                if self.stop_signal is not None:
+                    return
+            self.scanned = n
+
+        threading.Thread(target=count, name="scan-ahead", daemon=True).start()
 
     # -- per name -------------------------------------------------------------------------
 
@@ -284,8 +307,9 @@ class Saver:
             self.warn(f"{os.fsdecode(path)}: vanished before it could be saved")
             return
         except OSError as e:
-            self.warn(f"{os.fsdecode(path)}: cannot lstat: {e.strerror}")
-            return
+            st = long_lstat(path, e, self.warn)
+            if st is None:
+                return
         ftype = type_of_mode(st.st_mode)
         if ftype is None:
             self.warn(f"{os.fsdecode(path)}: skipped: unknown file type {st.st_mode:o}")
@@ -297,7 +321,8 @@ class Saver:
         link_target = None
         if ftype == TYPE_SYMLINK:
             try:
-                link_target = os.readlink(path)
+                link_target = os.readlink(path) if len(path) < PATH_MAX \
+                    else longpath.readlink(path)
             except OSError as e:
                 self.warn(f"{os.fsdecode(path)}: cannot read symlink: {e.strerror}")
                 return
@@ -333,7 +358,8 @@ class Saver:
                 item.version = v._replace(xattrs_id=xattrs_id)
             return True
         try:
-            xattrs = read_xattrs(item.path)
+            xattrs = read_xattrs(item.path) if len(item.path) < PATH_MAX \
+                else longpath.xattrs(item.path)
         except FileNotFoundError:
             self.warn(f"{os.fsdecode(item.path)}: vanished before it could be saved")
             return False
@@ -481,6 +507,21 @@ class Saver:
         if self.session.vet_found([result]):
             result = read_file(item.path, item.version, self.chunker, sink)
         return result
+
+
+def long_lstat(path: bytes, e: OSError, warn: Warn) -> os.stat_result | None:
+    """lstat of PATH after the plain call failed with E: through its directory's fd when
+    PATH is beyond PATH_MAX; None when that fails too, or E is another error (warned)."""
+    if longpath.too_long(e):
+        try:
+            return longpath.lstat(path)
+        except FileNotFoundError:
+            warn(f"{os.fsdecode(path)}: vanished before it could be saved")
+            return None
+        except OSError as e2:
+            e = e2
+    warn(f"{os.fsdecode(path)}: cannot lstat: {e.strerror}")
+    return None
 
 
 _INT64 = 1 << 63

@@ -139,9 +139,10 @@ def read_workers() -> int:
 
 
 def tar_save(repo, save_id: int, sel, open_out, report, sparse: bool = True,
-             xattrs: bool = True) -> object:
+             xattrs: bool = True, progress=None) -> object:
     """Write the selection of a save as one pax tar stream; return its Problems.
     XATTRS: with the members' extended attributes and POSIX ACLs (--no-xattrs: without).
+    PROGRESS(bytes written so far), when given, is called after each write (~1 MiB).
 
     OPEN_OUT() gives the binary file to write to; it is called only once the selection is
     known to be valid (paths in the save, --where accepted), so an error leaves no output.
@@ -163,6 +164,7 @@ def tar_save(repo, save_id: int, sel, open_out, report, sparse: bool = True,
     planner = Planner(repo.catalog, save_id, sel, problems, digest)
     try:
         writer = TarWriter(open_out())
+        writer.on_flush = progress
         chunks = _Chunks(repo.catalog, save_id, key_ranges(repo.catalog, sel))
         write_members(planner.members(), writer, chunks, repo.store, problems, read_workers(),
                       sparse, _XattrRecords(repo.catalog) if xattrs else None, digest)

@@ -308,6 +308,7 @@ class TarWriter:
         self.parts: list[bytes | memoryview] = []
         self.size = 0
         self.written = 0
+        self.on_flush = None  # called with `written` after each write (a progress line)
         try:
             self.fd: int | None = out.fileno()
         except (AttributeError, OSError, ValueError):
@@ -338,6 +339,8 @@ class TarWriter:
         else:
             _writev_all(self.fd, parts, size)
         self.written += size
+        if self.on_flush is not None:
+            self.on_flush(self.written)
 
     def finish(self) -> None:
         """The end-of-archive marker (two zero blocks), then everything out."""
