@@ -41,11 +41,14 @@ class ChunkStore(Protocol):
     An object store maps it so: put() starts a PUT and flush() waits for every PUT of the
     batch; take_pending/adopt/discard/discard_temps_of hand over nothing (a reader flushes
     before it returns); chunk_test and present answer from the catalog or one HEAD;
-    chunk_dir(fanout) is one LIST of chunks/xx/; quarantine is COPY then DELETE."""
+    chunk_dir(fanout) is one LIST of chunks/xx/; quarantine is COPY then DELETE;
+    remove_many is one DELETE request of up to 1,000 keys."""
 
     repo: bytes  # the repository's path: what a reader process opens its own store with
     root: bytes  # the directory of chunk files (import-legacy links into it when it can)
     zstd_level: int  # the compression level of new chunks (a reader's store uses the same)
+    read_ahead: int  # chunks a reader (tar, check) should fetch ahead in parallel; 0: inline
+    remove_batch: int  # chunks remove_many() takes at once (a DELETE request takes 1,000)
 
     # -- presence -------------------------------------------------------------------------
 
@@ -115,8 +118,8 @@ class ChunkStore(Protocol):
         """The names of fan-out group FANOUT (sha256[0]): (sha256, entry) for a chunk,
         (None, entry) for anything else (temp files, strays). Groups keep memory flat."""
 
-    def remove(self, sha256: bytes) -> None:
-        """Delete chunk SHA256; absent is no error."""
+    def remove_many(self, shas: list[bytes]) -> None:
+        """Delete chunks SHAS (at most remove_batch); absent ones are no error."""
 
     def quarantine(self, sha256: bytes) -> object:
         """Move a damaged chunk aside (never delete it); falsy when it was not there."""

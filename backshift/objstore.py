@@ -74,6 +74,7 @@ KEEP_COPIES = 3  # catalog copies kept in the bucket, as ops/catalog_copy.py kee
 # GETs a reader (tar, check --read-data) keeps in flight ahead of its stream: requests wait
 # on the network, not the CPU, so many overlap; memory is bounded by this many chunks.
 READ_AHEAD = 32
+DELETE_BATCH = 1000  # keys in one DeleteObjects request (S3's limit)
 _COPY_NAME = re.compile(r"^catalog-(\d+)-(\d+)\.sqlite3$")
 
 
@@ -157,6 +158,7 @@ class ObjectStore:
     docstring); the same operations as store.Store."""
 
     read_ahead = READ_AHEAD  # chunks worth reading ahead in parallel (chunkstore)
+    remove_batch = DELETE_BATCH
 
     def __init__(self, url: str, client=None, threads: int = THREADS, retries: int = RETRIES,
                  backoff_s: float = BACKOFF_S, zstd_level: int = 3, repo: bytes = b"",
@@ -284,7 +286,8 @@ class ObjectStore:
         a catalog, or for chunks replace_files() named: they are PUT again)."""
         if self.known is None or not shas:
             return {}
-        found = self.known(shas)
+        # a stored length of 0: check --repair moved the object aside, store it again
+        found = {sha: stored for sha, stored in self.known(shas).items() if stored}
         if self._replace:
             with self._lock:
                 for sha in self._replace.intersection(found):
@@ -319,8 +322,9 @@ class ObjectStore:
     def chunk_test(self) -> Callable[[str, int], bool]:
         """Borrowing asks this of chunks the catalog names: in a bucket that is enough
         (rows commit only after their PUTs were acknowledged); no request per chunk.
-        check finds objects lost or damaged since."""
-        return lambda _name, _stored_length: True
+        check finds objects lost or damaged since; check --repair records a stored length
+        of 0 for one it moved aside, which fails this test (the file is read again)."""
+        return lambda _name, stored_length: stored_length != 0  # 0: moved aside (repair)
 
     # A reader puts straight into the saving store (its threads share this process): no
     # temp files to hand over, and flush() before each commit covers the readers' PUTs.
@@ -517,8 +521,8 @@ class ObjectStore:
         """DELETE chunk objects, up to 1,000 a request (S3's DeleteObjects); absent ones
         are no error (S3 answers a DELETE of a missing key with success)."""
         keys = [key_for(s) for s in shas]
-        for i in range(0, len(keys), 1000):
-            part = keys[i:i + 1000]
+        for i in range(0, len(keys), DELETE_BATCH):
+            part = keys[i:i + DELETE_BATCH]
             self._call("DELETE", part[0], self.client.delete, part)
 
     def quarantine(self, sha256: bytes) -> str | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from restorehelp import compare_trees, extract, tar_stream
 
-from backshift.objstore import CATALOG_COPIES, ObjectStore
+from backshift.objstore import CATALOG_COPIES, ObjectStore, key_for
 from conftest import find0, have, make_tree, run
 
 
@@ -86,3 +86,106 @@ def test_objstore_repo_unchanged_resave_and_queries_make_no_requests(
     copies = objects_under(url, CATALOG_COPIES + "/")
     assert len(copies) == 2
     assert len(objects_under(url, "chunks/")) == len(chunk_shas(repo))
+
+
+# -- check, repair, expire -----------------------------------------------------------------
+
+
+def put_raw(url: str, key: str, body: bytes) -> None:
+    with ObjectStore(url, threads=1) as s:
+        s.client.put(key, body)
+
+
+def get_raw(url: str, key: str) -> bytes:
+    with ObjectStore(url, threads=1) as s:
+        return s.client.get(key, 1 << 30)[1]
+
+
+def saved_repo(tmp_path, url) -> tuple[bytes, Path]:
+    repo = init_s3(tmp_path, url)
+    src = make_tree(tmp_path / "src")
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
+    return repo, src
+
+
+def biggest_chunk(repo: bytes) -> str:
+    res = run("-r", repo, "sql", "SELECT sha256 FROM chunks ORDER BY stored_length DESC "
+              "LIMIT 1", "--format", "csv")
+    return res.stdout.split()[1]
+
+
+def test_objstore_repo_check_lists_missing_orphan_and_wrong_length(tmp_path, s3_url, s3_env):
+    repo, _src = saved_repo(tmp_path, s3_url)
+    run("-r", repo, "check")
+    shas = sorted(chunk_shas(repo))
+    missing, short = shas[0], shas[1]
+    with ObjectStore(s3_url, threads=1) as s:
+        s.client.delete([key_for(bytes.fromhex(missing))])
+        body = s.client.get(key_for(bytes.fromhex(short)), 1 << 30)[1]
+        s.client.put(key_for(bytes.fromhex(short)), body[:-1])
+        orphan = s.encode(b"nobody's data\n" * 100)
+        s.client.put(key_for(bytes(32)), orphan)  # a stray: its body is not its name's
+    before = s3_env.request_counts()
+    res = run("-r", repo, "check", exit_code=10)
+    after = s3_env.request_counts()
+    assert f"chunk {missing}: missing" in res.stdout
+    assert f"chunk {short}: size {len(body) - 1} bytes, catalog says {len(body)}" in res.stdout
+    assert "1 orphan chunk files" in res.stdout
+    # a LIST per fan-out group, a GET for the one of another size only
+    assert after.get("GET", 0) - before.get("GET", 0) == 1
+
+
+def test_objstore_repo_check_read_data_finds_a_flipped_byte_and_repair_moves_it(
+        tmp_path, s3_url):
+    repo, src = saved_repo(tmp_path, s3_url)
+    sha = biggest_chunk(repo)
+    key = key_for(bytes.fromhex(sha))
+    body = bytearray(get_raw(s3_url, key))
+    body[len(body) // 2] ^= 0x40
+    put_raw(s3_url, key, bytes(body))
+    assert "no problems found" in run("-r", repo, "check").stdout  # same length: LIST only
+    res = run("-r", repo, "check", "--read-data", exit_code=10)
+    assert f"chunk {sha}: " in res.stdout and "random.bin" in res.stdout
+    run("-r", repo, "check", "--read-data", "--repair", exit_code=10)
+    assert key not in objects_under(s3_url, "chunks/")
+    moved = objects_under(s3_url, "quarantine/")
+    assert [k.startswith(f"quarantine/{sha}.") for k in moved] == [True]
+    # the next save stores it afresh and the restore is whole again
+    os.utime(src / "random.bin")
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
+    assert "no problems found" in run("-r", repo, "check", "--read-data").stdout
+
+
+def test_objstore_repo_tar_names_the_member_of_a_damaged_object(tmp_path, s3_url):
+    repo, _src = saved_repo(tmp_path, s3_url)
+    sha = biggest_chunk(repo)
+    key = key_for(bytes.fromhex(sha))
+    body = bytearray(get_raw(s3_url, key))
+    body[-1] ^= 1
+    put_raw(s3_url, key, bytes(body))
+    data, err = tar_stream(repo, exit_code=10)
+    assert "random.bin" in err and sha in err
+    extract("gnu", data, tmp_path / "out")
+
+
+def test_objstore_repo_expire_leaves_exactly_the_referenced_objects(
+        tmp_path, s3_url, s3_env):
+    repo, src = saved_repo(tmp_path, s3_url)
+    (src / "new.bin").write_bytes(os.urandom(50_000))
+    (src / "random.bin").write_bytes(os.urandom(60_000))
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
+    put_raw(s3_url, key_for(bytes(range(32))), b"an orphan a crash left")
+    stored_before = {k.rpartition("/")[2] for k in objects_under(s3_url, "chunks/")}
+    before = s3_env.request_counts()
+    run("-r", repo, "expire", "--keep-last", "1")
+    after = s3_env.request_counts()
+    names = {k.rpartition("/")[2] for k in objects_under(s3_url, "chunks/")}
+    assert names == chunk_shas(repo)
+    gone = stored_before - names
+    assert bytes(range(32)).hex() in gone and len(gone) > 2
+    # freed chunks and the orphan go in batched DELETEs (POST ?delete), one per fan-out
+    # group that has any, and one for the catalog copy rotated out
+    deletes = after.get("POST", 0) + after.get("DELETE", 0) \
+        - before.get("POST", 0) - before.get("DELETE", 0)
+    assert deletes <= len({name[:2] for name in gone}) + 1
+    assert "no problems found" in run("-r", repo, "check", "--read-data").stdout
