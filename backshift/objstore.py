@@ -160,8 +160,9 @@ class ObjectStore:
     read_ahead = READ_AHEAD  # chunks worth reading ahead in parallel (chunkstore)
     remove_batch = DELETE_BATCH
 
-    def __init__(self, url: str, client=None, threads: int = THREADS, retries: int = RETRIES,
-                 backoff_s: float = BACKOFF_S, zstd_level: int = 3, repo: bytes = b"",
+    def __init__(self, url: str, client=None, threads: int = THREADS,
+                 retries: int | None = None, backoff_s: float | None = None,
+                 zstd_level: int = 3, repo: bytes = b"",
                  known: Callable[[list[bytes]], dict[bytes, int]] | None = None) -> None:
         self.location = parse_url(url)
         # REPO: the local repository (catalog, locks) whose chunks these are; a save's
@@ -174,8 +175,8 @@ class ObjectStore:
         self.known = known
         self._replace: set[bytes] = set()
         self.client = client if client is not None else ObstoreClient(self.location)
-        self.retries = retries
-        self.backoff_s = backoff_s
+        self.retries = RETRIES if retries is None else retries  # (read now: tests lower them)
+        self.backoff_s = BACKOFF_S if backoff_s is None else backoff_s
         self.zstd_level = zstd_level
         self._local = threading.local()
         self._lock = threading.Lock()

@@ -6,6 +6,7 @@ Read-only commands take no lock and need no chunk store, so the lock and store m
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -240,20 +241,30 @@ def recover_repository(path: bytes, url: str) -> str:
     from .objstore import ObjectStore
 
     path = _new_repository_path(path)
+    made = not os.path.exists(path)
     with ObjectStore(url, threads=1) as objects:
-        objects.catalog_copies()  # the bucket answers before anything is created here
-        try:
-            _make_directory(path)
-            os.close(os.open(os.path.join(path, LOCK_FILE), os.O_WRONLY | os.O_CREAT, 0o600))
-            key = objects.download_newest_catalog_copy(os.path.join(path, CATALOG_NAME))
-        except OSError as e:
-            raise RepositoryIOError(os.fsdecode(e.filename or path),
-                                    e.strerror or str(e)) from None
-        if key is None:
+        if not objects.catalog_copies():  # nothing is created here before this answers
             raise ObjectStoreFailed(objects.location.show("catalog-copies/"), "recover", 1,
                                     "no catalog copy there (made after each save and expire)")
+        lock = os.path.join(path, LOCK_FILE)
+        catalog = os.path.join(path, CATALOG_NAME)
+        try:
+            _make_directory(path)
+            os.close(os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600))
+            key = objects.download_newest_catalog_copy(catalog)
+        except BaseException as e:
+            for leftover in (catalog, lock):  # a failed recovery leaves what was there
+                with contextlib.suppress(OSError):
+                    os.unlink(leftover)
+            if made:
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+            if isinstance(e, OSError):
+                raise RepositoryIOError(os.fsdecode(e.filename or path),
+                                        e.strerror or str(e)) from None
+            raise
         normal = objects.location.url
-        shown = objects.location.show(key)
+        shown = objects.location.show(key or "")
     cat = Catalog.open(os.path.join(path, CATALOG_NAME))
     try:
         cat.begin()

@@ -6,6 +6,7 @@ expire, catalog copies and recovery from the bucket alone."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,79 @@ def test_objstore_repo_expire_leaves_exactly_the_referenced_objects(
         - before.get("POST", 0) - before.get("DELETE", 0)
     assert deletes <= len({name[:2] for name in gone}) + 1
     assert "no problems found" in run("-r", repo, "check", "--read-data").stdout
+
+
+# -- recovery from the bucket alone ----------------------------------------------------------
+
+
+def test_objstore_repo_recovers_from_the_bucket_alone(tmp_path, s3_url):
+    repo, src = saved_repo(tmp_path, s3_url)
+    (src / "later.txt").write_bytes(b"saved in the second save\n")
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
+    shutil.rmtree(repo)  # the machine is lost; the bucket is all there is
+    new = os.fsencode(tmp_path / "new")
+    res = run("-r", new, "init", "--recover", s3_url)
+    assert f"{s3_url}/catalog-copies/catalog-" in res.stderr
+    assert len(run("-r", new, "saves", "--format", "csv").stdout.splitlines()) == 3
+    for tool in ("gnu", "bsd"):
+        data, _err = tar_stream(new)
+        extract(tool, data, tmp_path / tool)
+        compare_trees(src, tmp_path / tool / os.path.relpath(src, "/"))
+    assert "no problems found" in run("-r", new, "check", "--read-data").stdout
+    run("-r", new, "save", "--subset", "t", input=find0(src))  # and it saves on
+
+
+def test_objstore_repo_recover_refuses_a_bucket_without_a_copy(tmp_path, s3_url):
+    new = tmp_path / "new"
+    res = run("-r", new, "init", "--recover", s3_url, exit_code=43)
+    assert "no catalog copy" in res.stderr and len(res.stderr.splitlines()) == 1
+    assert not new.exists()
+
+
+def test_objstore_repo_init_refuses_a_prefix_holding_a_repository(tmp_path, s3_url):
+    saved_repo(tmp_path, s3_url)
+    res = run("-r", tmp_path / "second", "init", "--chunks", s3_url, exit_code=4)
+    assert "init --recover" in res.stderr
+    assert not (tmp_path / "second").exists()
+
+
+# -- a crash between PUTs and the commit; between expire's commit and its DELETEs ------------
+
+
+def test_objstore_repo_save_killed_after_its_puts_leaves_orphans_never_trusted(
+        tmp_path, s3_url):
+    from harness.crash import backshift, killed
+    repo = init_s3(tmp_path, s3_url)
+    src = make_tree(tmp_path / "src")
+    proc = backshift("-r", repo, "save", "--subset", "t", input=find0(src),
+                     crash_at="before_save_complete")
+    assert killed(proc), proc.stderr
+    orphans = objects_under(s3_url, "chunks/")
+    assert orphans and chunk_shas(repo) == set()  # PUT, never committed
+    # damage an orphan: the next save must not take it as stored
+    key = max(orphans, key=orphans.get)
+    body = bytearray(get_raw(s3_url, key))
+    body[len(body) // 2] ^= 0x20
+    put_raw(s3_url, key, bytes(body))
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
+    assert "no problems found" in run("-r", repo, "check", "--read-data").stdout
+    data, _err = tar_stream(repo)
+    extract("gnu", data, tmp_path / "out")
+    compare_trees(src, tmp_path / "out" / os.path.relpath(src, "/"))
+
+
+def test_objstore_repo_expire_killed_before_its_deletes_leaves_orphans_the_next_removes(
+        tmp_path, s3_url):
+    from harness.crash import backshift, killed
+    repo, src = saved_repo(tmp_path, s3_url)
+    (src / "random.bin").write_bytes(os.urandom(70_000))
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
+    proc = backshift("-r", repo, "expire", "--keep-last", "1",
+                     crash_at="gc_after_catalog_delete")
+    assert killed(proc), proc.stderr
+    res = run("-r", repo, "check")
+    assert " 0 orphan" not in res.stdout and "no problems found" in res.stdout
+    run("-r", repo, "expire", "--keep-last", "1")
+    names = {k.rpartition("/")[2] for k in objects_under(s3_url, "chunks/")}
+    assert names == chunk_shas(repo)
+    assert ", 0 orphan chunk files" in run("-r", repo, "check").stdout
