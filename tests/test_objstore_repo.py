@@ -266,3 +266,87 @@ def test_objstore_repo_expire_killed_before_its_deletes_leaves_orphans_the_next_
     names = {k.rpartition("/")[2] for k in objects_under(s3_url, "chunks/")}
     assert names == chunk_shas(repo)
     assert ", 0 orphan chunk files" in run("-r", repo, "check").stdout
+
+
+# -- errors: one line each, the documented exit code, nothing committed that is not stored --
+
+
+@pytest.fixture
+def quick_retries(monkeypatch):
+    """Two retries a few milliseconds apart instead of 6-11 s of backoff."""
+    from backshift import objstore
+    monkeypatch.setattr(objstore, "RETRIES", 2)
+    monkeypatch.setattr(objstore, "BACKOFF_S", 0.005)
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("backshift: error")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def test_objstore_repo_init_reports_a_missing_bucket(tmp_path, s3_env):
+    res = run("-r", tmp_path / "repo", "init", "--chunks", "s3://no-such-bucket/x",
+              exit_code=42)
+    assert "bucket no-such-bucket does not exist" in one_error_line(res.stderr)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_objstore_repo_init_reports_refused_credentials(tmp_path, s3_url, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    res = run("-r", tmp_path / "repo", "init", "--chunks", s3_url, exit_code=41)
+    line = one_error_line(res.stderr)
+    assert "probe PUT" in line and "not-the-secret" not in res.stderr
+    assert not (tmp_path / "repo").exists()
+
+
+def test_objstore_repo_save_reports_an_endpoint_that_is_down(
+        tmp_path, s3_url, monkeypatch, quick_retries):
+    from seaweed import free_ports
+    repo = init_s3(tmp_path, s3_url)
+    src = make_tree(tmp_path / "src")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_ports(1)[0]}")
+    res = run("-r", repo, "save", "--subset", "t", input=find0(src), exit_code=40)
+    assert "cannot reach the object store" in one_error_line(res.stderr)
+    assert chunk_shas(repo) == set()
+
+
+def test_objstore_repo_save_throttled_past_its_retries_commits_nothing(
+        tmp_path, s3_url, monkeypatch, quick_retries):
+    from seaweed import throttling_endpoint
+    repo = init_s3(tmp_path, s3_url)
+    src = make_tree(tmp_path / "src")
+    good = os.environ["AWS_ENDPOINT_URL"]
+    with throttling_endpoint() as stub:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", stub.url)
+        res = run("-r", repo, "save", "--subset", "t", input=find0(src), exit_code=43)
+        assert stub.seen >= 3  # each request: the first try and 2 retries
+    line = one_error_line(res.stderr)
+    assert "failed after 3 attempt(s)" in line and "503 SlowDown" in line
+    monkeypatch.setenv("AWS_ENDPOINT_URL", good)
+    assert chunk_shas(repo) == set()  # no row names a chunk that is not stored
+    res = run("-r", repo, "saves", "--format", "csv")
+    assert ",complete," not in res.stdout
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
+    assert "no problems found" in run("-r", repo, "check", "--read-data").stdout
+
+
+def test_objstore_repo_save_sends_again_a_put_whose_response_was_lost(
+        tmp_path, s3_url, monkeypatch, quick_retries):
+    from test_objstore import FaultyClient
+
+    from backshift import objstore
+    repo = init_s3(tmp_path, s3_url)
+    src = make_tree(tmp_path / "src")
+    real = objstore.ObstoreClient
+    clients = []
+
+    def faulty(location):
+        clients.append(FaultyClient(real(location), put=["lost", None, "lost", "throttle"]))
+        return clients[-1]
+    monkeypatch.setattr(objstore, "ObstoreClient", faulty)
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
+    assert clients[0].calls["put"] == len(chunk_shas(repo)) + 3  # three sent twice
+    data, _err = tar_stream(repo)
+    extract("bsd" if have("bsdtar") else "gnu", data, tmp_path / "out")
+    compare_trees(src, tmp_path / "out" / os.path.relpath(src, "/"))
