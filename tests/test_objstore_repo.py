@@ -350,3 +350,18 @@ def test_objstore_repo_save_sends_again_a_put_whose_response_was_lost(
     data, _err = tar_stream(repo)
     extract("bsd" if have("bsdtar") else "gnu", data, tmp_path / "out")
     compare_trees(src, tmp_path / "out" / os.path.relpath(src, "/"))
+
+
+def test_objstore_repo_import_legacy_copies_chunks_into_the_bucket(tmp_path, s3_url):
+    from test_import_legacy import LEGACY, assert_restores, legacy_save, source_tree
+    root = source_tree(tmp_path)
+    sd = tmp_path / "savedir"
+    legacy_save(str(LEGACY), sd, find0(root))
+    repo = init_s3(tmp_path, s3_url)
+    res = run("-r", repo, "import-legacy", str(sd))
+    assert "1 saves imported" in res.stdout
+    names = {k.rpartition("/")[2] for k in objects_under(s3_url, "chunks/")}
+    legacy = {p.name for p in (sd / "chunks").rglob("*") if p.is_file()}
+    assert names == chunk_shas(repo) and len(names) == len(legacy)
+    assert_restores(repo, 1, root, tmp_path)
+    assert "no problems found" in run("-r", repo, "check", "--read-data").stdout
