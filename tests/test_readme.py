@@ -50,7 +50,8 @@ RUN = {TOUR, COMPLETION}
 # Blocks that cannot run in a test, each with its reason. Reviewed, not silent: a block not
 # here and not in RUN fails the inventory test.
 SKIPPED_BY_DESIGN = {
-    ("Chunks in an object store", "export AWS_ENDPOINT_URL=https://s3.example.com AWS_REGION=us-east-1"):
+    ("Chunks in an object store",
+     "export AWS_ENDPOINT_URL=https://s3.example.com AWS_REGION=us-east-1"):
         "needs an S3 endpoint and its credentials; tests/test_objstore_repo.py runs the same "
         "init --chunks, save, tar and init --recover against a real SeaweedFS",
     ("backshift", "make demo"):
