@@ -365,3 +365,12 @@ def test_objstore_repo_import_legacy_copies_chunks_into_the_bucket(tmp_path, s3_
     assert names == chunk_shas(repo) and len(names) == len(legacy)
     assert_restores(repo, 1, root, tmp_path)
     assert "no problems found" in run("-r", repo, "check", "--read-data").stdout
+
+
+def test_objstore_repo_mount_reads_files_from_the_bucket(tmp_path, s3_url):
+    from test_mount import mounted
+    repo, src = saved_repo(tmp_path, s3_url)
+    with mounted(repo, tmp_path / "mnt", "--backup", "latest"):
+        inside = tmp_path / "mnt" / os.path.relpath(src, "/")
+        for name in ("random.bin", "text.txt", "a.txt"):
+            assert (inside / name).read_bytes() == (src / name).read_bytes()
