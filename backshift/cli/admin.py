@@ -231,8 +231,9 @@ def _parse_part(text: str | None) -> tuple[int, int] | None:
 @click.option("--read-data-subset", default=None, metavar="n/t",
               help="Like --read-data for the n-th of t parts (by chunk hash).")
 @click.option("--repair", is_flag=True,
-              help="Move damaged chunk files to REPO/quarantine/ so a later save of the "
-                   "same data re-creates them; mark dead 'running' saves interrupted.")
+              help="Move damaged chunk files to REPO/quarantine/ (objects to "
+                   "PREFIX/quarantine/ in a bucket) so a later save of the same data "
+                   "re-creates them; mark dead 'running' saves interrupted.")
 @json_option
 @lock_wait_option
 @pass_ctx
