@@ -77,6 +77,8 @@ def test_objstore_repo_unchanged_resave_and_queries_make_no_requests(
     run("-r", repo, "history", os.path.join(src, "a.txt"))
     run("-r", repo, "diff", "1", "2")
     run("-r", repo, "saves")
+    run("-r", repo, "stats")
+    run("-r", repo, "save", "--dry-run", "--subset", "t", input=find0(src))
     after = s3_env.request_counts()
     # the catalog copy after the re-save is uploaded (one PUT, one LIST, maybe a DELETE of
     # the oldest): no chunk request at all
