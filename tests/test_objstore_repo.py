@@ -191,6 +191,11 @@ def test_objstore_repo_expire_leaves_exactly_the_referenced_objects(
     deletes = after.get("POST", 0) + after.get("DELETE", 0) \
         - before.get("POST", 0) - before.get("DELETE", 0)
     assert deletes <= len({name[:2] for name in gone}) + 1
+    # its catalog copy went to the bucket too: two saves and the expire, the newest three
+    copies = sorted(objects_under(s3_url, CATALOG_COPIES + "/"))
+    assert len(copies) == 3
+    newest = get_raw(s3_url, copies[-1])
+    assert newest.startswith(b"SQLite format 3\0")
     assert "no problems found" in run("-r", repo, "check", "--read-data").stdout
 
 
