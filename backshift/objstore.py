@@ -12,6 +12,11 @@ PUT of the batch is acknowledged and raises if one was not, so the catalog commi
 only for chunks the service has acknowledged. A PUT is idempotent (the key is the hash of
 the content), so a retry after a lost response, or a PUT over an orphan, is harmless.
 Every GET is verified: decoded, its sha256 must be its name.
+
+Presence comes from the catalog (the KNOWN callback repo.py gives a writing store), never
+from a HEAD: a chunk a committed row names is not sent again, and one no row names (an
+orphan of a killed save) is PUT again with a body verified here, never trusted as found.
+A save's reader threads put through the saving process's store (live_store).
 """
 
 from __future__ import annotations
