@@ -1,15 +1,17 @@
 """The chunk store interface: what the operations call on a repository's chunk store,
 as a typing.Protocol (ChunkStore); no code of a backend lives here.
 
-store.Store (chunk files in REPO/chunks/) is its one backend today; an object-store backend
-(objstore.ObjectStore) implements the same calls next. tests/test_architecture.py checks
-that every call the operations make on a store is listed here, and nothing more.
+Two backends: store.Store (chunk files in REPO/chunks/) and objstore.ObjectStore (chunk
+objects in an S3 bucket; repo.py picks it when init --chunks recorded one).
+tests/test_architecture.py checks that every call the operations make on a store is listed
+here, and nothing more, and that both backends have each with the same parameters.
 
 Contract of every backend (the durability invariant): a chunk put since the last
 flush() may be read back by no one else, and flush() returns only once every such chunk is
 durable under its name, so the catalog commits rows naming chunks only after it; abandon()
 drops what was not flushed. Every read is verified (decoded, LENGTH bytes, its sha256 is its
-name) and fails with ChunkMissing or ChunkCorrupt, never with another error.
+name) and fails with ChunkMissing or ChunkCorrupt, never with another error (but an object
+store's service may fail to answer at all: errors.ObjectStore*, exit codes 40-43).
 """
 
 from __future__ import annotations
@@ -39,13 +41,17 @@ class ChunkStore(Protocol):
     """The chunk store of a repository, as ops/ uses it.
 
     An object store maps it so: put() starts a PUT and flush() waits for every PUT of the
-    batch; take_pending/adopt/discard/discard_temps_of hand over nothing (a reader flushes
-    before it returns); chunk_test and present answer from the catalog or one HEAD;
-    chunk_dir(fanout) is one LIST of chunks/xx/; quarantine is COPY then DELETE."""
+    batch; take_pending/adopt/discard/discard_temps_of hand over nothing (a save's readers
+    are threads putting into the saving store); chunk_test and present answer from the
+    catalog (no request);
+    chunk_dir(fanout) is one LIST of chunks/xx/; quarantine is COPY then DELETE;
+    remove_many is one DELETE request of up to 1,000 keys."""
 
     repo: bytes  # the repository's path: what a reader process opens its own store with
     root: bytes  # the directory of chunk files (import-legacy links into it when it can)
     zstd_level: int  # the compression level of new chunks (a reader's store uses the same)
+    read_ahead: int  # chunks a reader (tar, check) should fetch ahead in parallel; 0: inline
+    remove_batch: int  # chunks remove_many() takes at once (a DELETE request takes 1,000)
 
     # -- presence -------------------------------------------------------------------------
 
@@ -115,8 +121,8 @@ class ChunkStore(Protocol):
         """The names of fan-out group FANOUT (sha256[0]): (sha256, entry) for a chunk,
         (None, entry) for anything else (temp files, strays). Groups keep memory flat."""
 
-    def remove(self, sha256: bytes) -> None:
-        """Delete chunk SHA256; absent is no error."""
+    def remove_many(self, shas: list[bytes]) -> None:
+        """Delete chunks SHAS (at most remove_batch); absent ones are no error."""
 
     def quarantine(self, sha256: bytes) -> object:
         """Move a damaged chunk aside (never delete it); falsy when it was not there."""

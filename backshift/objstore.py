@@ -12,6 +12,11 @@ PUT of the batch is acknowledged and raises if one was not, so the catalog commi
 only for chunks the service has acknowledged. A PUT is idempotent (the key is the hash of
 the content), so a retry after a lost response, or a PUT over an orphan, is harmless.
 Every GET is verified: decoded, its sha256 must be its name.
+
+Presence comes from the catalog (the KNOWN callback repo.py gives a writing store), never
+from a HEAD: a chunk a committed row names is not sent again, and one no row names (an
+orphan of a killed save) is PUT again with a body verified here, never trusted as found.
+A save's reader threads put through the saving process's store (live_store).
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ import random
 import re
 import secrets
 import socket
+import stat
 import threading
 import time
 from binascii import hexlify
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import zstandard
@@ -70,6 +76,10 @@ RETRIES = 6
 BACKOFF_S = 0.2
 BACKOFF_MAX_S = 5.0
 KEEP_COPIES = 3  # catalog copies kept in the bucket, as ops/catalog_copy.py keeps locally
+# GETs a reader (tar, check --read-data) keeps in flight ahead of its stream: requests wait
+# on the network, not the CPU, so many overlap; memory is bounded by this many chunks.
+READ_AHEAD = 32
+DELETE_BATCH = 1000  # keys in one DeleteObjects request (S3's limit)
 _COPY_NAME = re.compile(r"^catalog-(\d+)-(\d+)\.sqlite3$")
 
 
@@ -96,16 +106,82 @@ def _sha_of_key(key: str) -> bytes | None:
     return sha if sha.hex() == name else None
 
 
+class ObjectEntry:
+    """One object of a LIST, as chunkstore.ChunkEntry: NAME (the last part of its key),
+    PATH (its key), stat() a regular file of its size."""
+
+    __slots__ = ("name", "path", "size")
+
+    def __init__(self, name: bytes, path: bytes, size: int) -> None:
+        self.name = name
+        self.path = path
+        self.size = size
+
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        return os.stat_result((stat.S_IFREG | 0o600, 0, 0, 1, 0, 0, self.size, 0, 0, 0))
+
+
+_live: dict[tuple[bytes, int], ObjectStore] = {}
+_live_lock = threading.Lock()
+
+
+def live_store(repo: bytes) -> SharedSink | None:
+    """The reader's view of the object store this process opened for REPO (a save's), or
+    None when the chunks of REPO are not in a bucket here."""
+    with _live_lock:
+        store = _live.get((repo, os.getpid()))
+    return None if store is None else SharedSink(store)
+
+
+class SharedSink:
+    """What a save's reader thread puts chunks through: the saving process's own
+    ObjectStore, whose flush() before each commit covers them. A failed reader task must
+    not drop the batch of the others: abandon() here does nothing (the save's own error
+    handling abandons the whole batch)."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self.repo = store.repo
+        self.zstd_level = store.zstd_level
+        self.pid = store.pid
+
+    def put(self, data: bytes | memoryview, sha256: bytes) -> StoredChunk:
+        return self.store.put(data, sha256)
+
+    def put_many(self, chunks: list[tuple[bytes, bytes, bytes]]) -> list[StoredChunk]:
+        return self.store.put_many(chunks)
+
+    def take_pending(self) -> tuple[list, bool]:
+        return [], False
+
+    def abandon(self) -> None:
+        pass
+
+
 class ObjectStore:
     """Reads and writes chunk objects under s3://BUCKET/PREFIX/chunks/xx/ (see the module
     docstring); the same operations as store.Store."""
 
-    def __init__(self, url: str, client=None, threads: int = THREADS, retries: int = RETRIES,
-                 backoff_s: float = BACKOFF_S, zstd_level: int = 3) -> None:
+    read_ahead = READ_AHEAD  # chunks worth reading ahead in parallel (chunkstore)
+    remove_batch = DELETE_BATCH
+
+    def __init__(self, url: str, client=None, threads: int = THREADS,
+                 retries: int | None = None, backoff_s: float | None = None,
+                 zstd_level: int = 3, repo: bytes = b"",
+                 known: Callable[[list[bytes]], dict[bytes, int]] | None = None) -> None:
         self.location = parse_url(url)
+        # REPO: the local repository (catalog, locks) whose chunks these are; a save's
+        # reader threads find this store by it (live_store). KNOWN(shas) -> the stored
+        # lengths the catalog records for those of SHAS it names: presence comes from the
+        # catalog, never from a HEAD (an unchanged re-save makes no request).
+        self.repo = repo
+        self.root = os.path.join(repo, b"chunks")  # no such directory: nothing links into it
+        self.pid = os.getpid()
+        self.known = known
+        self._replace: set[bytes] = set()
         self.client = client if client is not None else ObstoreClient(self.location)
-        self.retries = retries
-        self.backoff_s = backoff_s
+        self.retries = RETRIES if retries is None else retries  # (read now: tests lower them)
+        self.backoff_s = BACKOFF_S if backoff_s is None else backoff_s
         self.zstd_level = zstd_level
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -113,7 +189,14 @@ class ObjectStore:
         self._slots = threading.BoundedSemaphore(threads * IN_FLIGHT_PER_THREAD)
         self._pending: dict[bytes, tuple[Future, int]] = {}  # sha -> (its PUT, body size)
 
+        if repo:
+            with _live_lock:
+                _live[(repo, self.pid)] = self
+
     def close(self) -> None:
+        with _live_lock:
+            if _live.get((self.repo, self.pid)) is self:
+                del _live[(self.repo, self.pid)]
         self.abandon()
         self._pool.shutdown(wait=True)
 
@@ -188,23 +271,81 @@ class ObjectStore:
         """Start storing DATA under SHA256 (unless pending in this batch already); durable
         only after flush(). No HEAD first: presence comes from the catalog, and a PUT over
         an existing object (an orphan) replaces it with a body verified here."""
+        return self._put(data, sha256, None)
+
+    def _put(self, data: bytes | memoryview, sha256: bytes,
+             known: dict[bytes, int] | None) -> StoredChunk:
         ref = ChunkRef(sha256, len(data))
         with self._lock:
             pending = self._pending.get(sha256)
         if pending is not None:
             return StoredChunk(ref, pending[1], False)
+        if known is None:
+            known = self._known([sha256])
+        stored = known.get(sha256)
+        if stored is not None:  # the catalog names it: stored before that row committed
+            return StoredChunk(ref, stored, False)
         return self._submit(ref, self.encode(data))
 
-    def put_many(self, chunks: list[tuple[bytes, bytes, bytes]]) -> list[StoredChunk]:
-        """put() for a batch of (data, sha256, xxh3_128(data)), as store.Store.put_many."""
-        return [self.put(data, sha) for data, sha, _xxh in chunks]
+    def _known(self, shas: list[bytes]) -> dict[bytes, int]:
+        """The stored lengths the catalog records for those of SHAS it names ({} without
+        a catalog, or for chunks replace_files() named: they are PUT again)."""
+        if self.known is None or not shas:
+            return {}
+        # a stored length of 0: check --repair moved the object aside, store it again
+        found = {sha: stored for sha, stored in self.known(shas).items() if stored}
+        if self._replace:
+            with self._lock:
+                for sha in self._replace.intersection(found):
+                    del found[sha]
+        return found
 
-    def put_body(self, sha256: bytes, body: bytes) -> None:
-        """Start storing a chunk body the caller has verified (import of chunk files)."""
+    def put_many(self, chunks: list[tuple[bytes, bytes, bytes]]) -> list[StoredChunk]:
+        """put() for a batch of (data, sha256, xxh3_128(data)), as store.Store.put_many:
+        one catalog question for the batch."""
+        known = self._known([sha for _data, sha, _xxh in chunks])
+        return [self._put(data, sha, known) for data, sha, _xxh in chunks]
+
+    def put_body(self, sha256: bytes, body: bytes, link_from: bytes | None = None) -> bool:
+        """Start storing a chunk body the caller has verified (import of chunk files);
+        nothing can be linked into a bucket: always False (copied)."""
         with self._lock:
             if sha256 in self._pending:
-                return
+                return False
         self._submit(ChunkRef(sha256, -1), body)
+        return False
+
+    def replace_files(self, shas: Iterable[bytes]) -> None:
+        """Have put() store these chunks again though the catalog names them (what is under
+        their names failed to verify)."""
+        with self._lock:
+            self._replace.update(shas)
+
+    def is_pending(self, sha256: bytes) -> bool:
+        with self._lock:
+            return sha256 in self._pending
+
+    def chunk_test(self) -> Callable[[str, int], bool]:
+        """Borrowing asks this of chunks the catalog names: in a bucket that is enough
+        (rows commit only after their PUTs were acknowledged); no request per chunk.
+        check finds objects lost or damaged since; check --repair records a stored length
+        of 0 for one it moved aside, which fails this test (the file is read again)."""
+        return lambda _name, stored_length: stored_length != 0  # 0: moved aside (repair)
+
+    # A reader puts straight into the saving store (its threads share this process): no
+    # temp files to hand over, and flush() before each commit covers the readers' PUTs.
+
+    def take_pending(self) -> tuple[list, bool]:
+        return [], False
+
+    def adopt(self, pending: list, seen_existing: bool) -> set[bytes]:
+        return set()
+
+    def discard(self, pending: list) -> None:
+        pass
+
+    def discard_temps_of(self, pids: Iterable[int]) -> int:
+        return 0
 
     def _submit(self, ref: ChunkRef, body: bytes) -> StoredChunk:
         self._slots.acquire()  # back-pressure: at most threads x IN_FLIGHT_PER_THREAD queued
@@ -268,11 +409,14 @@ class ObjectStore:
         """The data of chunk SHA256, verified: decoded, LENGTH bytes, and its sha256 is its
         name; ChunkMissing or ChunkCorrupt otherwise. STORED_LENGTH is unused (the GET
         reports the size); accepted for store.Store's signature. Thread-safe."""
-        name = hexlify(sha256).decode()
         if length > MAX_CHUNK_LENGTH:
-            raise ChunkCorrupt(name, f"the catalog gives it {length} bytes, more than any "
-                               f"chunk holds ({MAX_CHUNK_LENGTH})")
-        body = self._get_body(sha256, length)
+            raise ChunkCorrupt(sha256.hex(), f"the catalog gives it {length} bytes, more "
+                               f"than any chunk holds ({MAX_CHUNK_LENGTH})")
+        return self._verified(sha256, length, self._get_body(sha256, length))
+
+    def _verified(self, sha256: bytes, length: int, body: bytes) -> bytes:
+        """The data of BODY, the object of chunk SHA256 (LENGTH bytes), verified."""
+        name = hexlify(sha256).decode()
         try:
             data = chunkcodec.decode_sized(body, length, self._zstd()[1])
         except chunkcodec.WrongSize as e:
@@ -285,10 +429,27 @@ class ObjectStore:
             raise ChunkCorrupt(name, "content does not match its name (sha256)")
         return data
 
-    def read_orphan(self, sha256: bytes) -> bytes:
-        """The verified data of chunk object SHA256 when no catalog row gives its length."""
+    def read_orphan(self, sha256: bytes, regular_only: bool = False) -> bytes:
+        """The verified data of chunk object SHA256 when no catalog row gives its length
+        (REGULAR_ONLY: for store.Store's signature; an object is never a FIFO)."""
+        return self._orphan_data(sha256, self._get_body(sha256, MAX_CHUNK_LENGTH))
+
+    def verify_file(self, sha256: bytes, length: int | None) -> int:
+        """GET and verify chunk object SHA256 (of LENGTH bytes; None: unknown, an
+        orphan's); the size of its body. ChunkMissing or ChunkCorrupt otherwise."""
+        if length is None:
+            body = self._get_body(sha256, MAX_CHUNK_LENGTH)
+            self._orphan_data(sha256, body)
+            return len(body)
+        if length > MAX_CHUNK_LENGTH:
+            raise ChunkCorrupt(sha256.hex(), f"the catalog gives it {length} bytes, more "
+                               f"than any chunk holds ({MAX_CHUNK_LENGTH})")
+        body = self._get_body(sha256, length)
+        self._verified(sha256, length, body)
+        return len(body)
+
+    def _orphan_data(self, sha256: bytes, body: bytes) -> bytes:
         name = hexlify(sha256).decode()
-        body = self._get_body(sha256, MAX_CHUNK_LENGTH)
         try:
             data = chunkcodec.decode(body, MAX_CHUNK_LENGTH, self._zstd()[1])
         except Exception as e:
@@ -314,11 +475,13 @@ class ObjectStore:
         return self._call("HEAD", key, self.client.head, key)
 
     def present(self, sha256: bytes) -> bool:
-        """Pending in this batch, or an object (one HEAD: callers ask the catalog first)."""
+        """Pending in this batch, or named by the catalog. An object no catalog row names
+        (an orphan) is not taken as present: it is PUT again, with a body verified here,
+        so an orphan is never trusted unverified."""
         with self._lock:
             if sha256 in self._pending:
                 return True
-        return self.stored_size(sha256) is not None
+        return sha256 in self._known([sha256])
 
     # -- maintenance ----------------------------------------------------------------------------
 
@@ -348,6 +511,15 @@ class ObjectStore:
                     continue
                 raise self._error("LIST", prefix, e, attempt) from None
 
+    def chunk_dir(self, fanout: int) -> list[tuple[bytes | None, ObjectEntry]]:
+        """The objects under PREFIX/chunks/%02x/ (one LIST): (sha256, entry) for a chunk,
+        (None, entry) for anything else (strays); as store.Store.chunk_dir."""
+        out: list[tuple[bytes | None, ObjectEntry]] = []
+        for key, size in self._list(f"{CHUNKS}/{fanout:02x}/"):
+            sha = _sha_of_key(key)
+            out.append((sha, ObjectEntry(key.rpartition("/")[2].encode(), key.encode(), size)))
+        return out
+
     def remove(self, sha256: bytes) -> None:
         self.remove_many([sha256])
 
@@ -355,8 +527,8 @@ class ObjectStore:
         """DELETE chunk objects, up to 1,000 a request (S3's DeleteObjects); absent ones
         are no error (S3 answers a DELETE of a missing key with success)."""
         keys = [key_for(s) for s in shas]
-        for i in range(0, len(keys), 1000):
-            part = keys[i:i + 1000]
+        for i in range(0, len(keys), DELETE_BATCH):
+            part = keys[i:i + DELETE_BATCH]
             self._call("DELETE", part[0], self.client.delete, part)
 
     def quarantine(self, sha256: bytes) -> str | None:
@@ -391,6 +563,15 @@ class ObjectStore:
             raise ObjectStoreFailed(self.location.show(PROBE + "/"), "probe LIST", 1,
                                     "the object just PUT is not listed")
         self._call("probe DELETE", key, self.client.delete, [key])
+
+    def holds_repository(self) -> str:
+        """What of a repository is under the prefix already ("chunk objects", "catalog
+        copies"), "" when nothing is: one LIST of at most one key each."""
+        for prefix, what in ((CHUNKS + "/", "chunk objects"),
+                             (CATALOG_COPIES + "/", "catalog copies")):
+            for _key in self._list(prefix):
+                return what
+        return ""
 
     # -- catalog copies -------------------------------------------------------------------------
 

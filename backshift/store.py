@@ -41,6 +41,9 @@ _S_IFREG = 0o100000
 class Store:
     """Reads and writes chunk files under REPO/chunks/xx/ (chunkstore.ChunkStore)."""
 
+    read_ahead = 0  # a local read is cheaper inline (tar reads large chunks in its pool)
+    remove_batch = 1  # one unlink at a time
+
     def __init__(self, repo: bytes, zstd_level: int = 3, detached: bool = False) -> None:
         self.repo = repo
         # A detached store (in a reader process) only writes temp files: the saving process
@@ -433,3 +436,7 @@ class Store:
             diskio.unlink(self.path_for(sha256))
         except FileNotFoundError:
             pass
+
+    def remove_many(self, shas: list[bytes]) -> None:
+        for sha in shas:
+            self.remove(sha)

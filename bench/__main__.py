@@ -17,7 +17,10 @@ import sys
 import time
 
 from . import datasets, limits
+from .objstore import BackshiftS3
 from .peers import TOOLS, Tool, empty_trash, trash_dir
+
+TOOLS = {**TOOLS, "s3": BackshiftS3}  # the object-store column (chunks in a SeaweedFS)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STEPS = ["init", "save1", "resave", "resave_mod", "list", "list1dir", "tar", "tarsub",
@@ -31,7 +34,7 @@ LABELS = {
 }
 MANY_ONLY = {"find", "history"}
 DEFAULT_RUNS = {"small": 3, "mixed": 3, "many": 1}
-DEFAULT_PEERS = {"small": "borg,restic,original", "mixed": "borg,restic,original",
+DEFAULT_PEERS = {"small": "borg,restic,original,s3", "mixed": "borg,restic,original,s3",
                  "many": ""}
 
 
@@ -217,6 +220,10 @@ def table(name: str, ds: datasets.Dataset, res: dict, lim: dict, peers: list[str
             c2 = by_step["resave"]["catalog"]
             parts.append(f"catalog {c1 / ds.files:.0f} B/file after the first save, "
                          f"+{(c2 - c1) / ds.files:.1f} B/file for an unchanged re-save")
+        puts = by_step.get("save1", {}).get("puts")
+        first = res["steps"].get("save1", {}).get(tool, {}).get("median_s")
+        if puts and first:
+            parts.append(f"first save: {puts:,} PUTs, {puts / first:,.0f} PUTs/s")
         lines.append(f"{tool}: " + ", ".join(parts))
     return "\n".join(lines)
 
@@ -242,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datasets", default="small,mixed,many")
     ap.add_argument("--runs", type=int, default=None, help="runs per step (median reported)")
     ap.add_argument("--peers", default=None,
-                    help="comma list of borg,restic,original (default: all for small/mixed)")
+                    help="comma list of borg,restic,original,s3 (default: all for "
+                         "small/mixed; s3: chunks in a SeaweedFS bucket)")
     ap.add_argument("--steps", default=",".join(STEPS))
     ap.add_argument("--out", default=None, help="JSON file (default bench/results/<time>.json)")
     ap.add_argument("--work", default=os.path.join(HERE, "cache", "work"))

@@ -163,7 +163,8 @@ LAYERS: list[tuple[str, set[str]]] = [
       "ops.report", "ops.check", "ops.expire", "ops.import_legacy", "ops.listing",
       "ops.listformat", "ops.listfast", "ops.where", "ops.digestcheck",
       "ops.tardata", "ops.legacydir",
-      "ops.tarproduce", "ops.save", "ops.dryrun", "ops.mounttree", "ops.mountread"}),
+      "ops.tarproduce", "ops.save", "ops.dryrun", "ops.mounttree", "ops.mountread",
+      "ops.readahead"}),
     ("the FUSE mount", {"ops.fusefs", "ops.mount"}),
     ("remote repositories",
      {"remote.url", "remote.protocol", "remote.transport", "remote.server",
@@ -480,3 +481,24 @@ def test_every_subpackage_ships_in_the_wheel():
              for d, _dirs, files in os.walk(PKG, followlinks=True)  # migrations/ is a link
              if "__init__.py" in files}
     assert found == listed
+
+
+def test_chunk_store_object_backend_implements_the_interface():
+    """objstore.ObjectStore has every member of the interface, with the same parameters:
+    every command works on a repository whose chunks are in a bucket."""
+    import inspect
+
+    from backshift import chunkstore
+    from backshift.objstore import ObjectStore
+
+    for name in _protocol_members():
+        proto = getattr(chunkstore.ChunkStore, name, None)
+        if proto is None:  # an attribute: set by __init__ or on the class
+            continue
+        impl = getattr(ObjectStore, name)
+        assert list(inspect.signature(impl).parameters) == \
+            list(inspect.signature(proto).parameters), name
+    source = inspect.getsource(ObjectStore.__init__)
+    for attr in ("repo", "root", "zstd_level"):
+        assert f"self.{attr} =" in source, attr
+    assert isinstance(ObjectStore.read_ahead, int) and isinstance(ObjectStore.remove_batch, int)

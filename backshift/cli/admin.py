@@ -43,39 +43,61 @@ STREAMING_CACHE_KIB = 16 * 1024
               help="Largest chunk in bytes.")
 @click.option("--zstd-level", default=3, show_default=True, type=click.IntRange(1, 19),
               help="zstd compression level for new chunks.")
+@click.option("--chunks", "chunks_url", default=None, metavar="s3://BUCKET[/PREFIX]",
+              help="Keep the chunks in this S3-compatible bucket (it must exist; endpoint "
+                   "and credentials from the AWS_* environment, never stored). REPO holds "
+                   "the catalog and locks.")
+@click.option("--recover", "recover_url", default=None, metavar="s3://BUCKET[/PREFIX]",
+              help="Rebuild REPO from the newest catalog copy in this bucket (after losing "
+                   "the repository directory).")
 @json_option
 @pass_ctx
 def init(ctx: Context, chunk_min: int, chunk_avg: int, chunk_max: int, zstd_level: int,
-         as_json: bool) -> None:
+         chunks_url: str | None, recover_url: str | None, as_json: bool) -> None:
     """Create a new, empty repository.
 
     The chunker parameters and compression are recorded in the catalog; every later
-    save uses them.
+    save uses them. With --chunks the chunks go to an object store: init first checks
+    that it can PUT, GET, LIST and DELETE a probe object there.
 
     \b
-    Example:
+    Examples:
       backshift -r /backup/repo init
+      backshift -r /backup/repo init --chunks s3://backups/web1
+      backshift -r /backup/repo init --recover s3://backups/web1
     """
     from ..model import MAX_CHUNK_LENGTH, ChunkerParams
-    from ..repo import init_repository
+    from ..repo import init_repository, recover_repository
 
+    where = escape(os.path.abspath(ctx.repo))
+    if recover_url is not None:
+        if chunks_url is not None:
+            raise UsageError("--recover and --chunks exclude each other (--recover takes "
+                             "the chunk location from the bucket's catalog copy)")
+        key = recover_repository(ctx.repo, recover_url)
+        if as_json:
+            print_json({"repository": where, "recovered_from": key})
+        elif not ctx.quiet:
+            echo_err(f"recovered repository {where} from {key}")
+        return
     if not 64 <= chunk_min < chunk_avg < chunk_max <= MAX_CHUNK_LENGTH:
         raise UsageError("need 64 <= --chunk-min < --chunk-avg < --chunk-max <= 16 MiB")
     params = ChunkerParams(min_size=chunk_min, avg_size=chunk_avg, max_size=chunk_max)
-    init_repository(ctx.repo, params, zstd_level)
-    where = escape(os.path.abspath(ctx.repo))
+    init_repository(ctx.repo, params, zstd_level, chunks_url)
     if as_json:
         print_json({"repository": where, "chunk_min": chunk_min, "chunk_avg": chunk_avg,
-                    "chunk_max": chunk_max, "zstd_level": zstd_level})
+                    "chunk_max": chunk_max, "zstd_level": zstd_level,
+                    **({"chunks": chunks_url} if chunks_url else {})})
     elif not ctx.quiet:
-        echo_err(f"created repository {where}")
+        echo_err(f"created repository {where}" + (f", chunks in {chunks_url}"
+                                                   if chunks_url else ""))
 
 
 def copy_catalog(repo) -> bool:
     """Refresh the rotated catalog copy; a failure is a warning, the work itself is done."""
     from ..ops.catalog_copy import make_copy
     try:
-        make_copy(repo.path, repo.catalog)
+        repo.copy_to_bucket(make_copy(repo.path, repo.catalog))
     except Exception as e:  # noqa: BLE001 - any failure here must not undo a committed save
         cause = f"{os.fsdecode(e.filename)}: {e.strerror}" \
             if isinstance(e, OSError) and e.filename and e.strerror else str(e)
@@ -216,8 +238,9 @@ def _parse_part(text: str | None) -> tuple[int, int] | None:
 @click.option("--read-data-subset", default=None, metavar="n/t",
               help="Like --read-data for the n-th of t parts (by chunk hash).")
 @click.option("--repair", is_flag=True,
-              help="Move damaged chunk files to REPO/quarantine/ so a later save of the "
-                   "same data re-creates them; mark dead 'running' saves interrupted.")
+              help="Move damaged chunk files to REPO/quarantine/ (objects to "
+                   "PREFIX/quarantine/ in a bucket) so a later save of the same data "
+                   "re-creates them; mark dead 'running' saves interrupted.")
 @json_option
 @lock_wait_option
 @progress_option

@@ -30,6 +30,7 @@ from ..pathcodec import escape, from_key
 from ..repo import Repository
 from ..store import TEMP_MARK
 from .catalog_copy import copy_temp_pid, newest_copy_age_s, temp_copies
+from .readahead import read_ahead
 
 USERS_SHOWN = 20
 
@@ -276,18 +277,18 @@ def _read_data(repo: Repository, r: CheckResult, part: tuple[int, int] | None,
     def finish_content() -> None:
         if not rows:
             return
-        content_id, size, digest = rows[0][0], rows[0][1], rows[0][2]
+        content_id, size, digest = rows[0][0][0], rows[0][0][1], rows[0][0][2]
         verify_digest = in_part(digest, part)
         h = xxhash.xxh3_128() if verify_digest else None
         total = 0
         intact = True
-        for _cid, _size, _digest, sha, length, chunk_id in rows:
+        for (_cid, _size, _digest, sha, length, chunk_id), fetched in rows:
             if not (verify_digest or in_part(sha, part)):
                 continue
             if sha in r.chunk_problems and chunk_id not in r.chunks_verified:
                 intact = False  # already known bad: not read again
                 continue
-            data = _read_chunk(store, r, sha, length, chunk_id, part)
+            data = _read_chunk(store, r, sha, length, chunk_id, part, fetched)
             if data is None:
                 intact = False
                 continue
@@ -301,25 +302,29 @@ def _read_data(repo: Repository, r: CheckResult, part: tuple[int, int] | None,
                     f"content {content_id}: its chunks give {total} bytes with another "
                     f"xxh3-128 digest than recorded ({size} bytes)")
 
-    for row in repo.catalog.content_chunks_in_order():
+    def chunk_of(row: tuple) -> ChunkRef | None:  # what finish_content reads (ahead)
+        return ChunkRef(row[3], row[4]) if in_part(row[2], part) or in_part(row[3], part) \
+            else None
+
+    for row, fetched in read_ahead(store, repo.catalog.content_chunks_in_order(), chunk_of):
         if row[0] != current:
             finish_content()
             if progress is not None:
                 progress("read", len(r.chunks_verified), total, r)
             rows = []
             current = row[0]
-        rows.append(row)
+        rows.append((row, fetched))
     finish_content()
     if progress is not None:
         progress("read", len(r.chunks_verified), total, r)
 
 
 def _read_chunk(store, r: CheckResult, sha: bytes, length: int, chunk_id: int,
-                part: tuple[int, int] | None) -> bytes | None:
+                part: tuple[int, int] | None, fetched=None) -> bytes | None:
     if in_part(sha, part):
         r.chunks_verified.add(chunk_id)
     try:
-        data = store.read(ChunkRef(sha, length))
+        data = fetched.result() if fetched is not None else store.read(ChunkRef(sha, length))
     except ChunkMissing:
         r.chunk_problems.setdefault(sha, ChunkProblem(sha, "missing"))
         return None
@@ -352,13 +357,15 @@ def _repair(repo: Repository, r: CheckResult) -> None:
             continue
         if repo.store.quarantine(sha):
             r.quarantined.append(sha)
-    if r.repaired_saves or r.other_encodings:
+    if r.repaired_saves or r.other_encodings or r.quarantined:
         cat = repo.catalog
         cat.begin()
         for sid in r.repaired_saves:
             cat.mark_save_interrupted(sid)
         for sha, _recorded, size in r.other_encodings:
             cat.set_stored_length(sha, size)
+        for sha in r.quarantined:  # size unknown: the next save of its data stores it anew
+            cat.set_stored_length(sha, 0)  # (an object store takes the catalog's word)
         cat.commit()
         r.lengths_recorded = bool(r.other_encodings)
         for sid in r.repaired_saves:

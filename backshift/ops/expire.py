@@ -125,14 +125,14 @@ def expire(repo: Repository, policy: Policy, now_ns: int | None = None,
     removed = 0
     for fanout in range(256):
         named = {sha for sha, _ in cat.chunks_in(fanout)}
-        for sha, _entry in store.chunk_dir(fanout):
-            if sha is None or sha in named:
-                continue
+        gone = [sha for sha, _entry in store.chunk_dir(fanout)
+                if sha is not None and sha not in named]
+        for i in range(0, len(gone), store.remove_batch):  # a DELETE takes 1,000 objects
             try:
-                store.remove(sha)
-                removed += 1
+                store.remove_many(gone[i:i + store.remove_batch])
+                removed += len(gone[i:i + store.remove_batch])
             except OSError as e:
-                result.unlink_errors.append(f"{sha.hex()}: {e.strerror or e}")
+                result.unlink_errors.append(f"{gone[i].hex()}: {e.strerror or e}")
             crashpoint("gc_mid_unlink")
         progress("unlink", fanout + 1, 256, removed)
     for path in old_temps:

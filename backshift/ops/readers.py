@@ -88,7 +88,12 @@ _readers = threading.local()
 
 
 def _reader_store(repo: bytes, zstd_level: int) -> Store:
-    """This reader's detached store of REPO (one per process or thread, kept between tasks)."""
+    """This reader's detached store of REPO (one per process or thread, kept between tasks);
+    for chunks in a bucket, the saving process's own object store (readers are threads then)."""
+    from ..objstore import live_store
+    shared = live_store(repo)
+    if shared is not None:
+        return shared  # type: ignore[return-value]
     store = getattr(_readers, "store", None)
     if store is None or store.repo != repo or store.zstd_level != zstd_level \
             or store.pid != os.getpid():

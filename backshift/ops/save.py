@@ -596,13 +596,13 @@ def run_save(repo_path: bytes, opts: SaveOptions, warn: Warn, *, cwd: bytes,
     walked (with the walk's options) or the NUL-separated names of STREAM, and call
     AFTER_COMPLETE(repo) on a complete save (its result: SaveRun.copied). A second
     SIGINT raises KeyboardInterrupt; a second SIGTERM returns terminated."""
-    from ..repo import WRITE, open_repository
+    from ..repo import WRITE, chunks_in_bucket, open_repository
 
     restore_signals = catch_stop_signals()  # from now on a signal ends as one later
     try:
         # forked before the repository (and its catalog) opens
-        readers = reader_pool(opts.workers, lambda: series_exists(
-            repo_path, opts.hostname, opts.subset))
+        readers = reader_pool(opts.workers, lambda: chunks_in_bucket(repo_path) or series_exists(
+            repo_path, opts.hostname, opts.subset))  # a bucket's readers are threads
     except BaseException:
         restore_signals()
         raise

@@ -119,6 +119,12 @@ class Producer:
         self.store = store
         self.problems = problems
         self.workers = workers
+        # a store that reads ahead (an object store: each read a GET) has every chunk
+        # read in the pool, that many at a time
+        self.large = 0 if store.read_ahead else LARGE_CHUNK
+        self.pool_chunks = store.read_ahead or POOL_CHUNKS
+        if store.read_ahead:
+            self.workers = store.read_ahead
         self.pool: _ReadPool | None = None
         self.pending: deque = deque()  # stream pieces in order, behind a pool chunk
         self.unsent: deque[_Pending] = deque()  # pool chunks not handed over yet, in order
@@ -172,7 +178,7 @@ class Producer:
                 if after < 0:  # a hole: neither read nor written
                     done += take
                     continue
-            if length >= LARGE_CHUNK and self.workers:
+            if length >= self.large and self.workers:
                 item = _Pending(None, (sha, length, stored), key, done, take, size)
                 self.pending.append(item)
                 self.unsent.append(item)
@@ -206,7 +212,7 @@ class Producer:
 
     def _feed(self) -> None:
         """Hand chunks to the pool, oldest first, while it holds fewer than POOL_CHUNKS."""
-        while self.unsent and self.in_pool < POOL_CHUNKS:
+        while self.unsent and self.in_pool < self.pool_chunks:
             item = self.unsent.popleft()
             if self.pool is None:
                 self.pool = _ReadPool(self.store.read_verified, self.workers)
