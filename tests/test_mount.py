@@ -367,3 +367,24 @@ def test_mount_sequential_reads_fetch_the_next_chunks_ahead(repo, tree):
         assert f.read(0, 300_000) == (tree / "random.bin").read_bytes()
     finally:
         cache.close()
+
+
+def test_mount_backup_latest_narrowed_by_hostname_and_subset(repo, tree, tmp_path):
+    save(repo, tree)  # 1: h/t
+    (tree / "a.txt").write_bytes(b"other series\n")
+    save(repo, tree, subset="other")  # 2: h/other, the newest
+    run("-r", repo, "save", "--hostname", "g", "--subset", "t", input=find0(tree))  # 3: g/t
+    mp = tmp_path / "mnt"
+    inside = Path(os.fsdecode(os.fsencode(mp) + os.fsencode(tree)))
+    with mounted(repo, mp, "--backup", "latest", "--hostname", "h", "--subset", "t"):
+        assert (inside / "a.txt").read_bytes() == b"hello\n"  # save 1, not 2 or 3
+    with mounted(repo, mp, "--backup", "latest", "--hostname", "h"):
+        assert (inside / "a.txt").read_bytes() == b"other series\n"  # save 2, not 3
+    res = run("-r", repo, "mount", str(mp), "--backup", "latest", "--hostname", "nohost",
+              exit_code=8)
+    assert res.stderr.count("\n") == 1 and "nohost" in res.stderr, res.stderr
+    res = run("-r", repo, "mount", str(mp), "--backup", "1", "--subset", "other", exit_code=8)
+    assert res.stderr.count("\n") == 1, res.stderr
+    res = run("-r", repo, "mount", str(mp), "--hostname", "h", exit_code=2)
+    assert res.stderr.count("\n") == 1 and "--backup" in res.stderr, res.stderr
+    assert not os.path.ismount(mp)
