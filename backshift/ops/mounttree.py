@@ -29,7 +29,8 @@ LATEST = b"latest"
 KNOWN_MAX = 100_000  # attributes kept by inode (about 200 bytes each)
 PAGE = 1000  # directory entries asked of the catalog at a time
 CHUNK_LISTS_MAX = 200_000  # chunk refs kept by content id (about 150 bytes each)
-LISTED_CHUNKS_MAX = 64  # a listed file of more chunks gets its list when it is opened
+LISTED_BYTES_MAX = 16 << 20  # a listed file larger than this gets its chunk list when
+LISTED_CHUNKS_MAX = 64  # it is opened (as does one of more chunks than this)
 
 
 class NotFound(Exception):
@@ -76,6 +77,7 @@ class Tree:
         self.chunk_lists: dict[int, list[tuple[bytes, int, int]]] = {}  # by content id
         self.chunk_refs = 0  # the refs chunk_lists holds
         self.successor: dict[int, int] = {}  # a listed file's inode -> the next one's
+        self.listed_with: dict[int, list[int]] = {}  # inode -> its page's content ids
         self.xattr_sets: dict[int, tuple[tuple[bytes, bytes], ...]] = {}
 
     # -- inode numbers ------------------------------------------------------------------
@@ -171,7 +173,7 @@ class Tree:
         """The (sha256, length, stored length) chunks of a regular file, in order."""
         if attr.content_id is None:
             return []
-        chunks = self.chunk_lists.get(attr.content_id)
+        chunks = self._listed(attr)
         if chunks is None:
             chunks = self.catalog.mount_chunks_of_content(attr.content_id)
         return chunks
@@ -181,23 +183,36 @@ class Tree:
         attr = self.known.get(ino)
         if attr is None or attr.content_id is None:
             return None
-        return self.chunk_lists.get(attr.content_id)
+        return self._listed(attr)
+
+    def _listed(self, attr: Attr) -> list[tuple[bytes, int, int]] | None:
+        chunks = self.chunk_lists.get(attr.content_id)
+        if chunks is None:
+            group = self.listed_with.pop(attr.ino, None)
+            if group is not None:  # the first file of its page to be opened: all of them
+                wanted = [c for c in group if c not in self.chunk_lists]
+                for content_id, got in self.catalog.mount_chunks_of_contents(wanted).items():
+                    if len(got) <= LISTED_CHUNKS_MAX:
+                        self.chunk_lists[content_id] = got
+                        self.chunk_refs += len(got) + 1
+                chunks = self.chunk_lists.get(attr.content_id)
+        return chunks
 
     def _note_files(self, entries: list[tuple[int, bytes, Attr]]) -> None:
-        """Remember the chunk lists of a page's regular files (one query for all of them,
-        none at each open) and the order they were listed in (a reader of a directory
-        reads its files in that order: ops/fusefs prefetches the next ones)."""
+        """Remember a page's regular files: when the first of them is opened, the chunk
+        lists of all of them come in one query (none at each open; none when the listing
+        is all that is wanted: ls, find), and the order they were listed in (a reader of a
+        directory reads its files in that order: ops/fusefs fetches the next ones ahead)."""
         files = [a for _, _, a in entries if stat.S_ISREG(a.mode) and a.content_id is not None]
-        wanted = sorted({a.content_id for a in files if a.content_id not in self.chunk_lists})
-        if wanted:
-            if self.chunk_refs > CHUNK_LISTS_MAX or len(self.successor) > KNOWN_MAX:
-                self.chunk_lists.clear()
-                self.successor.clear()
-                self.chunk_refs = 0
-            for content_id, chunks in self.catalog.mount_chunks_of_contents(wanted).items():
-                if len(chunks) <= LISTED_CHUNKS_MAX:
-                    self.chunk_lists[content_id] = chunks
-                    self.chunk_refs += len(chunks) + 1
+        if self.chunk_refs > CHUNK_LISTS_MAX or len(self.listed_with) > KNOWN_MAX:
+            self.chunk_lists.clear()
+            self.listed_with.clear()
+            self.successor.clear()
+            self.chunk_refs = 0
+        group = sorted({a.content_id for a in files if a.size <= LISTED_BYTES_MAX})
+        for a in files:
+            if a.size <= LISTED_BYTES_MAX:
+                self.listed_with[a.ino] = group
         for a, b in zip(files, files[1:], strict=False):
             self.successor[a.ino] = b.ino
 
