@@ -192,21 +192,21 @@ class Filesystem(pyfuse3.Operations):
         refs = []
         budget = AHEAD_BYTES
         ino = inode
+        successor, known, ahead = self.tree.successor, self.tree.known, self.ahead
         for _ in range(AHEAD_FILES):
-            ino = self.tree.successor.get(ino)
-            if ino is None:
+            ino = successor.get(ino)
+            attr = known.get(ino) if ino is not None else None
+            if attr is None:
                 break
-            chunks = self.tree.listed_chunks(ino)
-            if chunks is None:
-                break
-            for ref in chunks:
-                budget -= ref[1]
-                if ino not in self.ahead and not is_hole(*ref):
-                    refs.append(ref)
-            if ino not in self.ahead:
-                if len(self.ahead) >= 10_000:
-                    self.ahead.clear()
-                self.ahead[ino] = None
+            if ino not in ahead:  # not asked for yet (the others: by an earlier open)
+                chunks = self.tree.listed_chunks(ino)
+                if chunks is None:
+                    break
+                refs += [ref for ref in chunks if not is_hole(*ref)]
+                if len(ahead) >= 10_000:
+                    ahead.clear()
+                ahead[ino] = None
+            budget -= attr.size
             if budget <= 0:
                 break
         if refs:

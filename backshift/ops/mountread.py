@@ -121,7 +121,7 @@ class OpenFile:
             hi = min(end - self.starts[i], len(data))
             pieces.append(data[lo:hi])
             i += 1
-        if offset == self.next_offset or offset == 0:
+        if (offset == self.next_offset or offset == 0) and i < len(self.chunks):
             self.cache.prefetch([c for c in self.chunks[i:i + PREFETCH_CHUNKS]
                                  if not is_hole(*c)])
         self.next_offset = end
