@@ -4,6 +4,8 @@ Every lookup, getattr and directory listing is one of these, never a scan of a s
 
 from __future__ import annotations
 
+import json
+
 from .sqltext import _sql
 
 
@@ -51,7 +53,7 @@ class Mount:
 
     MOUNT_ENTRY_COLUMNS = _sql("""
         p.id, p.key, p.name, v.mode, v.uid, v.gid, v.size, v.mtime_ns, v.ctime_ns, v.dev,
-        v.ino, v.nlink, v.rdev, v.link_target, v.content_id
+        v.ino, v.nlink, v.rdev, v.link_target, v.content_id, v.xattrs_id
     """)
 
     # A path of the save: its version, or NULL columns when the save does not hold it but
@@ -68,13 +70,19 @@ class Mount:
               AND n.path_id = q.id)
     """)
 
+    # One page of a directory's entries, in path id order from just above :after (the
+    # index path_by_parent holds them in that order): a huge directory is listed a page at
+    # a time, never all at once.
     MOUNT_CHILDREN = _sql(f"""
         SELECT {MOUNT_ENTRY_COLUMNS}
         FROM path AS p
         LEFT JOIN member AS m ON m.save_id = :save_id AND m.path_id = p.id
         LEFT JOIN version AS v ON v.id = m.version_id
         WHERE p.parent_id = :parent_id
+          AND p.id > :after
           AND (m.version_id IS NOT NULL OR {MOUNT_HELD_BENEATH})
+        ORDER BY p.id
+        LIMIT :limit
     """)
 
     MOUNT_CHILD = _sql(f"""
@@ -103,6 +111,24 @@ class Mount:
         ORDER BY cc.seq
     """)
 
+    # The chunk lists of many contents at once (a page of a directory's files), so that
+    # opening each of them asks nothing more.
+    MOUNT_CHUNKS_OF_CONTENTS = _sql("""
+        SELECT cc.content_id, k.sha256, k.length, k.stored_length
+        FROM json_each(:content_ids) AS j
+        CROSS JOIN content_chunk AS cc ON cc.content_id = j.value
+        JOIN chunk AS k ON k.id = cc.chunk_id
+        ORDER BY cc.content_id, cc.seq
+    """)
+
+    MOUNT_HAS_XATTRS = _sql("""
+        SELECT EXISTS (SELECT 1 FROM xattr_set)
+    """)
+
+    def mount_has_xattrs(self) -> bool:
+        """Whether any save recorded extended attributes."""
+        return bool(self.conn.execute(self.MOUNT_HAS_XATTRS).fetchall()[0][0])
+
     def mount_hosts(self) -> list[str]:
         return [r[0] for r in self.conn.execute(self.MOUNT_HOSTS).fetchall()]
 
@@ -125,11 +151,14 @@ class Mount:
         rows = self.conn.execute(self.MOUNT_SAVE_SERIES, {"save_id": save_id}).fetchall()
         return rows[0] if rows else None
 
-    def mount_children(self, save_id: int, parent_id: int) -> list[tuple]:
-        """MOUNT_ENTRY_COLUMNS of the entries of directory PARENT_ID in the save (version
-        columns NULL for a directory the save only passes through), in no set order."""
-        return self.conn.execute(self.MOUNT_CHILDREN,
-                                 {"save_id": save_id, "parent_id": parent_id}).fetchall()
+    def mount_children(self, save_id: int, parent_id: int, after: int,
+                       limit: int) -> list[tuple]:
+        """MOUNT_ENTRY_COLUMNS of at most LIMIT entries of directory PARENT_ID in the save
+        whose path id is above AFTER, by path id (version columns NULL for a directory the
+        save only passes through)."""
+        return self.conn.execute(self.MOUNT_CHILDREN, {
+            "save_id": save_id, "parent_id": parent_id, "after": after,
+            "limit": limit}).fetchall()
 
     def mount_child(self, save_id: int, parent_id: int, name: bytes) -> tuple | None:
         rows = self.conn.execute(self.MOUNT_CHILD, {
@@ -145,3 +174,12 @@ class Mount:
         """(sha256, length, stored_length) of a content's chunks, in order."""
         return self.conn.execute(self.MOUNT_CHUNKS_OF_CONTENT,
                                  {"content_id": content_id}).fetchall()
+
+    def mount_chunks_of_contents(self, content_ids: list[int]) -> dict[int, list[tuple]]:
+        """Content id -> its (sha256, length, stored_length) chunks in order."""
+        out: dict[int, list[tuple]] = {c: [] for c in content_ids}
+        rows = self.conn.execute(self.MOUNT_CHUNKS_OF_CONTENTS,
+                                 {"content_ids": json.dumps(content_ids)}).fetchall()
+        for content_id, sha, length, stored in rows:
+            out[content_id].append((sha, length, stored))
+        return out

@@ -194,9 +194,11 @@ def _tar_progress(ctx: Context, total: int | None):
 @click.command("mount")
 @click.argument("mountpoint", type=click.Path(path_type=bytes))
 @backup_spec_option("Mount only this save, its tree at MOUNTPOINT.", required=False)
+@series_options
 @lock_wait_option
 @pass_ctx
-def mount_cmd(ctx: Context, mountpoint: bytes, backup: str | None, lock_wait: float) -> None:
+def mount_cmd(ctx: Context, mountpoint: bytes, backup: str | None, hostname: str | None,
+              subset: str | None, lock_wait: float) -> None:
     """Browse the saves as a read-only filesystem (FUSE), until unmounted or Ctrl-C.
 
     MOUNTPOINT/HOST/SUBSET/ID/ holds each save's paths (/home/ann is ID/home/ann);
@@ -207,17 +209,21 @@ def mount_cmd(ctx: Context, mountpoint: bytes, backup: str | None, lock_wait: fl
     \b
     Examples:
       backshift -r /backup/repo mount /mnt/backup      # then: fusermount3 -u /mnt/backup
-      backshift -r /backup/repo mount /mnt/b --backup latest
+      backshift -r /backup/repo mount /mnt/b --backup latest --hostname web1
     """
     from ..ops.common import resolve_save
     from ..ops.mount import check_fuse, check_mountpoint, mount_repository
     from ..repo import READ_LOCKED, open_repository
 
+    if backup is None and (hostname is not None or subset is not None):
+        raise UsageError("--hostname/--subset narrow --backup: give --backup ID|latest too")
     check_fuse()
     check_mountpoint(mountpoint)
     with open_repository(ctx.repo, READ_LOCKED, operation="mount",
                          lock_wait_s=lock_wait) as repo:
-        save_id = resolve_save(repo.catalog, backup).id if backup is not None else None
+        save_id = None
+        if backup is not None:
+            save_id = resolve_save(repo.catalog, backup, hostname, subset).id
         mount_repository(repo, mountpoint, save_id, echo_err)
 
 

@@ -5,6 +5,7 @@ Imported only when pyfuse3 is installed (ops/mount.py checks first)."""
 
 from __future__ import annotations
 
+import bisect
 import errno
 import itertools
 import os
@@ -15,17 +16,34 @@ import pyfuse3
 import trio
 
 from ..errors import DataDamaged
-from .mountread import ChunkCache, OpenFile
+from .mountread import ChunkCache, OpenFile, is_hole
 from .mounttree import Attr, NotFound, Tree
 
 SAVE_TIMEOUT_S = 300.0  # a save's entries never change: the kernel may cache them long
 SERIES_TIMEOUT_S = 1.0  # hosts, series and `latest` change as saves are made
 INLINE_READ_MAX = 64 * 1024  # files this small are read in the FUSE loop, not a thread
+AHEAD_FILES = 16  # files after the one opened whose chunks are fetched ahead (listing order)
+AHEAD_BYTES = 8 << 20  # ... and at most this many of their bytes
 BLKSIZE = 128 * 1024  # the I/O size stat suggests (cp, tar read this much at a time)
 
 
 async def _rofs(*_args, **_kw):
     raise pyfuse3.FUSEError(errno.EROFS)
+
+
+class Listing:
+    """An open directory of a save, read a page of catalog rows at a time (a directory of
+    millions of entries is never held whole)."""
+
+    def __init__(self, ino: int) -> None:
+        self.ino = ino
+        self.start = -1  # the offset the page was asked from (-1: no page yet)
+        self.end = 0  # the offset the next page starts after (== start: no more)
+        self.page: list[tuple[int, bytes, Attr]] = []
+        self.offsets: list[int] = []
+
+    def has(self, start: int) -> bool:
+        return 0 <= self.start <= start and (start < self.end or self.end == self.start)
 
 
 class Filesystem(pyfuse3.Operations):
@@ -41,7 +59,9 @@ class Filesystem(pyfuse3.Operations):
         self.report = report
         self.handles = itertools.count(1)
         self.files: dict[int, OpenFile] = {}
-        self.dirs: dict[int, list[tuple[bytes, Attr]]] = {}
+        self.dirs: dict[int, list[tuple[bytes, Attr]] | Listing] = {}
+        self.xattrs_served: bool | None = None  # None: not asked yet
+        self.ahead: dict[int, None] = {}  # files whose chunks were fetched ahead lately
 
     # -- metadata -------------------------------------------------------------------------
 
@@ -82,22 +102,64 @@ class Filesystem(pyfuse3.Operations):
 
     async def opendir(self, inode, ctx):
         try:
-            entries = self.tree.children(inode)
+            if self.tree.is_listed_by_pages(inode):
+                self.tree.getattr(inode)
+                entries = Listing(inode)
+            else:
+                entries = self.tree.children(inode)  # a few hosts, series or saves
         except NotFound:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
         fh = next(self.handles)
-        self.dirs[fh] = entries  # one query per listing; readdir serves it in parts
+        self.dirs[fh] = entries
         return fh
 
     async def readdir(self, fh, start_id, token):
-        entries = self.dirs.get(fh, [])
-        for i in range(start_id, len(entries)):
-            name, attr = entries[i]
-            if not pyfuse3.readdir_reply(token, name, self._entry(attr), i + 1):
+        d = self.dirs.get(fh)
+        if d is None:
+            return
+        if isinstance(d, list):
+            for i in range(start_id, len(d)):
+                name, attr = d[i]
+                if not pyfuse3.readdir_reply(token, name, self._entry(attr), i + 1):
+                    return
+            return
+        while True:
+            if not d.has(start_id):
+                d.page, d.end = self.tree.children_page(d.ino, start_id)
+                d.start = start_id
+                d.offsets = [e[0] for e in d.page]
+            for offset, name, attr in d.page[bisect.bisect_right(d.offsets, start_id):]:
+                if not pyfuse3.readdir_reply(token, name, self._entry(attr), offset):
+                    return
+            if d.end == d.start:
                 return
+            start_id = max(start_id, d.end)
 
     async def releasedir(self, fh):
         self.dirs.pop(fh, None)
+
+    # -- extended attributes ----------------------------------------------------------------
+
+    def _xattrs(self, inode) -> tuple[tuple[bytes, bytes], ...]:
+        if self.xattrs_served is None:
+            # none in the repository: ENOSYS, and the kernel asks no more for the life of
+            # the mount (`ls -l` asks two names of every entry)
+            self.xattrs_served = self.tree.catalog.mount_has_xattrs()
+        if not self.xattrs_served:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+        try:
+            return self.tree.xattrs(inode)
+        except NotFound:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+
+    async def getxattr(self, inode, name, ctx):
+        for have, value in self._xattrs(inode):
+            if have == name:
+                return value
+        raise pyfuse3.FUSEError(errno.ENODATA)
+
+    async def listxattr(self, inode, ctx):
+        return [name for name, _ in self._xattrs(inode)]
 
     async def statfs(self, ctx):
         s = pyfuse3.StatvfsData()
@@ -118,20 +180,45 @@ class Filesystem(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT) from None
         if not stat.S_ISREG(attr.mode):
             raise pyfuse3.FUSEError(errno.EINVAL)
-        chunks = []
-        if attr.content_id is not None:
-            chunks = self.tree.catalog.mount_chunks_of_content(attr.content_id)
+        chunks = self.tree.chunks_of(attr)
         fh = next(self.handles)
         self.files[fh] = OpenFile(self.cache, attr.key, attr.size, chunks)
+        self._fetch_ahead(inode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    def _fetch_ahead(self, inode: int) -> None:
+        """Fetch the chunks of the files listed after INODE in worker threads: a reader of a
+        directory (tar, cp -r, grep -r) opens them next, in that order."""
+        refs = []
+        budget = AHEAD_BYTES
+        ino = inode
+        successor, known, ahead = self.tree.successor, self.tree.known, self.ahead
+        for _ in range(AHEAD_FILES):
+            ino = successor.get(ino)
+            attr = known.get(ino) if ino is not None else None
+            if attr is None:
+                break
+            if ino not in ahead:  # not asked for yet (the others: by an earlier open)
+                chunks = self.tree.listed_chunks(ino)
+                if chunks is None:
+                    break
+                refs += [ref for ref in chunks if not is_hole(*ref)]
+                if len(ahead) >= 10_000:
+                    ahead.clear()
+                ahead[ino] = None
+            budget -= attr.size
+            if budget <= 0:
+                break
+        if refs:
+            self.cache.prefetch(refs)
 
     async def read(self, fh, off, size):
         f = self.files.get(fh)
         if f is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         try:
-            if f.size <= INLINE_READ_MAX:  # a worker thread costs more than the read
-                return f.read(off, size)
+            if f.size <= INLINE_READ_MAX or f.ready(off, size):
+                return f.read(off, size)  # a worker thread costs more than the read
             return await trio.to_thread.run_sync(f.read, off, size)
         except DataDamaged as e:
             self.report(f"{self.tree.path_of(f.key)}: {e.message()}; read of {size} bytes "

@@ -121,20 +121,33 @@ class OpenFile:
             hi = min(end - self.starts[i], len(data))
             pieces.append(data[lo:hi])
             i += 1
-        if offset == self.next_offset or offset == 0:
+        if (offset == self.next_offset or offset == 0) and i < len(self.chunks):
             self.cache.prefetch([c for c in self.chunks[i:i + PREFETCH_CHUNKS]
-                                 if not _is_hole(*c)])
+                                 if not is_hole(*c)])
         self.next_offset = end
         return pieces[0] if len(pieces) == 1 and type(pieces[0]) is bytes else b"".join(pieces)
 
+    def ready(self, offset: int, size: int) -> bool:
+        """Whether the chunks a read needs are all in the cache (or holes): then it costs
+        no more than a copy."""
+        end = min(offset + size, self.size, self.total)
+        i = bisect.bisect_right(self.starts, offset) - 1
+        data = self.cache.data
+        while 0 <= i < len(self.chunks) and self.starts[i] < end:
+            ref = self.chunks[i]
+            if ref[0] not in data and not is_hole(*ref):
+                return False
+            i += 1
+        return True
+
     def _chunk(self, i: int) -> bytes | memoryview:
         sha, length, stored = self.chunks[i]
-        if _is_hole(sha, length, stored):
+        if is_hole(sha, length, stored):
             return memoryview(ZEROS)[:length]
         return self.cache.get(sha, length, stored)
 
 
-def _is_hole(sha: bytes, length: int, stored: int) -> bool:
+def is_hole(sha: bytes, length: int, stored: int) -> bool:
     """A chunk of zeros, known from the catalog alone (as tarsparse decides it)."""
     return (BLOCK <= length <= MAX_CHUNK_LENGTH and stored <= (length >> HOLE_STORED_SHIFT) + 64
             and sha == zero_sha(length))

@@ -27,6 +27,10 @@ PATH_MASK = (1 << SAVE_SHIFT) - 1
 DIR_MODE = stat.S_IFDIR | 0o755  # directories the catalog does not describe
 LATEST = b"latest"
 KNOWN_MAX = 100_000  # attributes kept by inode (about 200 bytes each)
+PAGE = 1000  # directory entries asked of the catalog at a time
+CHUNK_LISTS_MAX = 200_000  # chunk refs kept by content id (about 150 bytes each)
+LISTED_BYTES_MAX = 16 << 20  # a listed file larger than this gets its chunk list when
+LISTED_CHUNKS_MAX = 64  # it is opened (as does one of more chunks than this)
 
 
 class NotFound(Exception):
@@ -49,6 +53,7 @@ class Attr(NamedTuple):
     content_id: int | None = None
     link_target: bytes | None = None
     key: bytes = b""  # the path's key (save nodes), for messages
+    xattrs_id: int | None = None  # its extended attributes: a set in the catalog
 
 
 class Tree:
@@ -69,6 +74,11 @@ class Tree:
         self.warned: set[bytes] = set()
         self.known: dict[int, Attr] = {}  # recorded entries met lately: open and getattr
         # ask again for what lookup and readdir just answered (a save's rows never change)
+        self.chunk_lists: dict[int, list[tuple[bytes, int, int]]] = {}  # by content id
+        self.chunk_refs = 0  # the refs chunk_lists holds
+        self.successor: dict[int, int] = {}  # a listed file's inode -> the next one's
+        self.listed_with: dict[int, list[int]] = {}  # inode -> its page's content ids
+        self.xattr_sets: dict[int, tuple[tuple[bytes, bytes], ...]] = {}
 
     # -- inode numbers ------------------------------------------------------------------
 
@@ -126,25 +136,98 @@ class Tree:
                 return attr
         raise NotFound(name)
 
+    def is_listed_by_pages(self, ino: int) -> bool:
+        """Whether directory INO is a save's (listed a page at a time: children_page), not
+        a host, series or the root (listed whole: children)."""
+        return self._save_node(ino) is not None
+
     def children(self, ino: int) -> list[tuple[bytes, Attr]]:
-        """The entries of directory INO as (name, attributes), sorted by name."""
+        """The entries of a host, series or the root as (name, attributes), sorted by name."""
+        return sorted(self._synthetic_children(ino, None))
+
+    def children_page(self, ino: int, after: int) -> tuple[list[tuple[int, bytes, Attr]], int]:
+        """At most PAGE entries of a save's directory INO past the offset AFTER, as
+        (offset, name, attributes) in offset order (the path id: stable, so a listing may
+        stop and go on, or seek back), and the offset the next page starts after (AFTER
+        itself: no more entries)."""
         node = self._save_node(ino)
         if node is None:
-            return sorted(self._synthetic_children(ino, None))
+            raise NotFound(ino)
         save_id, path_id = node
         attr = self.getattr(ino)
         if not stat.S_ISDIR(attr.mode):
-            return []
+            return [], after
+        rows = self.catalog.mount_children(save_id, path_id, after, PAGE)
         out = []
-        for row in self.catalog.mount_children(save_id, path_id):
+        for row in rows:
             name = row[2]
             if not _good_name(name) or row[1] != attr.key + b"\0" + name:
                 self._warn_once(row[1], "catalog row refused: not a normal name beneath "
                                 + pathcodec.escape(pathcodec.from_key(attr.key) or b"/"))
                 continue
-            out.append((name, self._attr(save_id, row)))
-        out.sort()
-        return out
+            out.append((row[0], name, self._attr(save_id, row)))
+        self._note_files(out)
+        return out, rows[-1][0] if len(rows) == PAGE else after
+
+    def chunks_of(self, attr: Attr) -> list[tuple[bytes, int, int]]:
+        """The (sha256, length, stored length) chunks of a regular file, in order."""
+        if attr.content_id is None:
+            return []
+        chunks = self._listed(attr)
+        if chunks is None:
+            chunks = self.catalog.mount_chunks_of_content(attr.content_id)
+        return chunks
+
+    def listed_chunks(self, ino: int) -> list[tuple[bytes, int, int]] | None:
+        """The chunks of a file a listing met (None: not known without asking)."""
+        attr = self.known.get(ino)
+        if attr is None or attr.content_id is None:
+            return None
+        return self._listed(attr)
+
+    def _listed(self, attr: Attr) -> list[tuple[bytes, int, int]] | None:
+        chunks = self.chunk_lists.get(attr.content_id)
+        if chunks is None:
+            group = self.listed_with.pop(attr.ino, None)
+            if group is not None:  # the first file of its page to be opened: all of them
+                wanted = [c for c in group if c not in self.chunk_lists]
+                for content_id, got in self.catalog.mount_chunks_of_contents(wanted).items():
+                    if len(got) <= LISTED_CHUNKS_MAX:
+                        self.chunk_lists[content_id] = got
+                        self.chunk_refs += len(got) + 1
+                chunks = self.chunk_lists.get(attr.content_id)
+        return chunks
+
+    def _note_files(self, entries: list[tuple[int, bytes, Attr]]) -> None:
+        """Remember a page's regular files: when the first of them is opened, the chunk
+        lists of all of them come in one query (none at each open; none when the listing
+        is all that is wanted: ls, find), and the order they were listed in (a reader of a
+        directory reads its files in that order: ops/fusefs fetches the next ones ahead)."""
+        files = [a for _, _, a in entries if stat.S_ISREG(a.mode) and a.content_id is not None]
+        if self.chunk_refs > CHUNK_LISTS_MAX or len(self.listed_with) > KNOWN_MAX:
+            self.chunk_lists.clear()
+            self.listed_with.clear()
+            self.successor.clear()
+            self.chunk_refs = 0
+        group = sorted({a.content_id for a in files if a.size <= LISTED_BYTES_MAX})
+        for a in files:
+            if a.size <= LISTED_BYTES_MAX:
+                self.listed_with[a.ino] = group
+        for a, b in zip(files, files[1:], strict=False):
+            self.successor[a.ino] = b.ino
+
+    def xattrs(self, ino: int) -> tuple[tuple[bytes, bytes], ...]:
+        """The extended attributes of a save's entry as (name, value), sorted by name."""
+        attr = self.getattr(ino)
+        if attr.xattrs_id is None:
+            return ()
+        got = self.xattr_sets.get(attr.xattrs_id)
+        if got is None:
+            got = self.catalog.xattrs_of_set(attr.xattrs_id)
+            if len(self.xattr_sets) >= KNOWN_MAX:
+                self.xattr_sets.clear()
+            self.xattr_sets[attr.xattrs_id] = got
+        return got
 
     def readlink(self, ino: int) -> bytes:
         attr = self.getattr(ino)
@@ -161,7 +244,7 @@ class Tree:
 
     def _attr(self, save_id: int, row: tuple, ino: int | None = None) -> Attr:
         (path_id, key, _name, mode, uid, gid, size, mtime_ns, ctime_ns, dev, inode, nlink,
-         rdev, link_target, content_id) = row
+         rdev, link_target, content_id, xattrs_id) = row
         if mode is None:  # a directory the save passes through: not recorded itself
             when = self._save_started(save_id)
             return Attr(ino or self._save_ino(save_id, path_id), DIR_MODE, 2, 0, 0, 0, 0,
@@ -173,7 +256,7 @@ class Tree:
         if stat.S_ISLNK(mode):
             size = len(link_target or b"")  # what readlink gives, whatever the row says
         attr = Attr(ino, mode, nlink, uid, gid, rdev, max(size, 0), mtime_ns, ctime_ns, True,
-                    content_id, link_target, key)
+                    content_id, link_target, key, xattrs_id)
         if len(self.known) >= KNOWN_MAX:
             self.known.clear()
         self.known[ino] = attr
