@@ -18,6 +18,7 @@ from backshift import pathcodec
 from backshift.errors import RepositoryIOError
 from backshift.model import ChunkRef
 from backshift.ops import borrow as borrow_mod
+from backshift.ops import feed as feed_mod
 from backshift.ops import reader as reader_mod
 from backshift.ops import readers as readers_mod
 from backshift.ops import save as save_mod
@@ -350,10 +351,10 @@ def test_save_fast_path_records_what_the_general_path_records(repo, tree, no_rac
     fast, warnings = do_save(repo, tree)
     assert warnings == [] and fast.files_borrowed > 0
 
-    def general_path_only(self, path, st, user, group):
-        return None
+    def general_path_only(self, entries):
+        return [False] * len(entries), None
 
-    monkeypatch.setattr(borrow_mod.Borrower, "unchanged", general_path_only)
+    monkeypatch.setattr(borrow_mod.Borrower, "match", general_path_only)
     general, warnings = do_save(repo, tree)
     assert warnings == []
     assert (general.files, general.bytes) == (fast.files, fast.bytes)
@@ -864,28 +865,31 @@ def test_save_killed_before_a_commit_keeps_earlier_batches_and_is_borrowed_from(
     _path_rows_consistent(repo)
 
 
-def test_save_fast_path_members_inserted_in_pieces_within_one_commit(repo, tree,
-                                                                    no_racy_margin,
-                                                                    monkeypatch):
-    """The fast path's member rows go in every MAX_FAST_MEMBERS rows, not only at a commit
-    (the commit interval no longer bounds that list): a name given twice across two
-    pieces is still saved once, with one warning."""
+def test_save_fast_path_name_given_twice_is_saved_once_per_batch_or_across(repo, tree,
+                                                                          no_racy_margin,
+                                                                          monkeypatch):
+    """The fast path records each batch's members as it is offered (one INSERT ... SELECT,
+    nothing held until a commit): a name given twice in one batch, and once more in a
+    later batch, is saved once, with a warning for each repeat."""
     first, _ = do_save(repo, tree)
-    monkeypatch.setattr(session_mod, "MAX_FAST_MEMBERS", 3)
+    monkeypatch.setattr(feed_mod, "FEED_BATCH", 4)
     names = [pathcodec.normalize(n, b"/") for n in find0(tree).split(b"\0") if n]
     twice = next(n for n in names if os.path.isfile(n) and os.stat(n).st_nlink == 1)
-    names.append(twice)
+    at = names.index(twice)
+    names[at:at + 1] = [twice, twice]  # in one batch, unless at a batch's end
+    names.append(twice)  # in the last batch
     inserted = []
     from backshift.catalog import Catalog
-    real = Catalog.insert_members
-    monkeypatch.setattr(Catalog, "insert_members",
-                        lambda self, rows: inserted.append(len(rows)) or real(self, rows))
+    real = Catalog.insert_matched_members
+    monkeypatch.setattr(Catalog, "insert_matched_members",
+                        lambda self, sid, n: inserted.append(n) or real(self, sid, n))
     warnings: list[str] = []
     with open_repository(repo, WRITE) as r:
         stats = save_mod.save(r, names, SaveOptions("host", "t"), warnings.append)
-    assert len(warnings) == 1 and "more than once" in warnings[0]
+    assert len(warnings) == 2 and all("more than once" in w for w in warnings)
     assert stats.files == first.files and stats.bytes == first.bytes
-    assert inserted.count(3) >= 2  # pieces of the fast path (the general path: 256)
+    assert stats.files_borrowed == first.files_read
+    assert len(inserted) >= len(names) // 4 - 1  # a statement per batch
     assert members(repo, stats.save_id) == members(repo, first.save_id)
 
 
