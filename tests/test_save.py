@@ -1173,3 +1173,33 @@ def test_save_second_ctrl_c_while_chunks_are_made_durable_leaves_no_temp_files(
     assert temp_files(repo) == []
     assert_repo_consistent(repo, allow_temps=False)
     run("-r", repo, "check")
+
+
+def test_save_resave_interns_new_paths_in_batches(repo, tree, no_racy_margin, monkeypatch):
+    """A re-save interns the paths the catalog lacks (a new directory of 300 files) with
+    the batches of records that hold them (insert_paths, a statement per batch), never one
+    insert per path; the new files are saved and restore, the old ones are borrowed."""
+    first, _ = do_save(repo, tree)
+    added = tree / "added"
+    added.mkdir()
+    for i in range(300):
+        (added / f"n{i:03d}").write_bytes(b"new %d\n" % i)
+    from backshift.catalog import Catalog
+    calls: dict[str, int] = {}
+    for name in ("insert_path", "insert_path_if_new", "insert_paths"):
+        real = getattr(Catalog, name)
+
+        def counted(self, *args, _real=real, _name=name):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _real(self, *args)
+        monkeypatch.setattr(Catalog, name, counted)
+    stats, warnings = do_save(repo, tree)
+    assert warnings == []
+    assert calls.get("insert_path", 0) + calls.get("insert_path_if_new", 0) == 0
+    assert 1 <= calls["insert_paths"] <= 3
+    assert stats.files == first.files + 301 and stats.files_read == 300
+    assert stats.files_borrowed == first.files_read
+    saved = members(repo, stats.save_id)
+    for i in range(300):
+        path = os.fsencode(added / f"n{i:03d}")
+        assert saved[path]["data"] == b"new %d\n" % i

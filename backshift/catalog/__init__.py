@@ -24,7 +24,7 @@ unchanged while each module owns one job. The modules import only the leaves of 
 
 from __future__ import annotations
 
-from .borrowing import MATCH_OFFER, Borrowing
+from .borrowing import MATCH_OFFER, STAGE_ROW_VALUES, Borrowing
 from .conn import (
     APPLICATION_ID,
     CATALOG_NAME,
@@ -84,7 +84,7 @@ __all__ = [
     "LISTING_BLOCK_VERBOSE", "LISTING_BLOCK_VERBOSE_RECORDS", "LISTING_LINES_NAMES",
     "LISTING_LINES_VERBOSE", "MATCH_OFFER", "MEMBER_RECORDS_IN_KEY_RANGE", "PATH_HISTORY",
     "PATH_KEY_AFTER",
-    "PREVIOUS_UNDER_PARENT", "READER_BUSY_MS", "UNREFERENCED_CHUNKS_IN_RANGE",
+    "PREVIOUS_UNDER_PARENT", "READER_BUSY_MS", "STAGE_ROW_VALUES", "UNREFERENCED_CHUNKS_IN_RANGE",
     "WHERE_PREDICATE_MATCHES", "WRITER_BUSY_MS", "Catalog", "MembersDigest", "catalog_damage",
     "USER_SQL", "configure", "open_connection", "open_user_sql", "migrations",
     "on_read_only_media", "open_error", "read_only_uri",

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import collections
 import os
+from itertools import chain
 from typing import NamedTuple
 
-from ..catalog import Catalog
+from ..catalog import STAGE_ROW_VALUES, Catalog
 from ..chunkstore import ChunkStore
 from ..crashpoints import crashpoint
 from ..model import Version
@@ -132,7 +133,7 @@ class ContentPresence:
 _INT64 = 1 << 63
 
 
-def _fits(row: tuple) -> bool:
+def _fits(row: list) -> bool:
     """Every number of a staged row fits an SQLite INTEGER (as ops/save.py _fits_catalog)."""
     numbers = row[1:4] + row[6:]
     return -_INT64 <= min(numbers) and max(numbers) < _INT64
@@ -180,17 +181,19 @@ class Borrower:
         (a flag per entry, the places in ENTRIES of the rows staged or None for all). The
         matches are left in the catalog's borrow_match table for the session to record;
         the others are left to the general path (which also tries the other candidates)."""
-        rows = [(b"" if path == b"/" else path.replace(b"/", b"\0"), st.st_mode, st.st_uid,
-                 st.st_gid, user, group, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                 st.st_dev, st.st_ino, st.st_nlink, st.st_rdev)
-                for path, st, user, group in entries]
+        values = list(chain.from_iterable([(
+            b"" if path == b"/" else path.replace(b"/", b"\0"), st.st_mode, st.st_uid,
+            st.st_gid, user, group, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev,
+            st.st_ino, st.st_nlink, st.st_rdev) for path, st, user, group in entries]))
         cat = self.cat
         places = None
         try:
-            cat.stage_offer(rows)
+            cat.stage_offer(values)
         except OverflowError:  # a number beyond SQLite's 64 bits: never recorded, no match
-            places = [i for i, row in enumerate(rows) if _fits(row)]
-            cat.stage_offer([rows[i] for i in places])
+            width = STAGE_ROW_VALUES
+            places = [i for i in range(len(entries))
+                      if _fits(values[i * width:(i + 1) * width])]
+            cat.stage_offer([v for i in places for v in values[i * width:(i + 1) * width]])
         cat.match_offer(self.latest, self.trusted_before)
         chunks = cat.matched_chunks()  # of the contents not yet found whole in this save
         if chunks:
@@ -288,7 +291,10 @@ class Borrower:
     def previous_version(self, sid: int, path: bytes, path_id: int | None,
                          parent_id: int | None) -> Found | None:
         """(version id, version, its chunks' names (sha256 hex) and stored lengths or None
-        if not fetched yet) of PATH in earlier save SID, if that save holds it."""
+        if not fetched yet) of PATH in earlier save SID, if that save holds it (a PATH_ID
+        of None: the catalog lacks the path, no save holds it)."""
+        if path_id is None:
+            return None
         entries = (self.previous.directory(sid, parent_id)
                    if parent_id is not None else None)
         if entries is None:

@@ -241,16 +241,13 @@ class SaveSession:
         return out
 
     def locate(self, path: bytes) -> tuple[int | None, int | None]:
-        """(PATH's id, its directory's id or None for /), interned now (a re-save: borrowing
-        looks a path up by its directory's id). A dry run interns nothing: a path the
-        catalog lacks has id None (no earlier save holds it)."""
-        if self.dry_run:
-            known = self.interner.known
-            up = parent(path)
-            return known(path), known(up) if up is not None else None
-        path_id = self.interner.intern(path)
+        """(PATH's id, its directory's id or None for /), or None for a path the catalog
+        lacks (no earlier save holds it). Nothing is interned here: a new path is interned
+        with the batch of records that holds it (flush_records, PathInterner.intern_batch),
+        a few statements per batch instead of one per path."""
+        known = self.interner.known
         up = parent(path)
-        return path_id, self.interner.intern(up) if up is not None else None
+        return known(path), known(up) if up is not None else None
 
     def kept_xattrs(self, path: bytes, path_id: int | None, parent_id: int | None,
                     v: Version) -> tuple[bool, int | None]:
