@@ -198,6 +198,26 @@ def test_save_skips_a_file_whose_time_the_catalog_cannot_hold(repo, tree):
     assert os.fsencode(far) not in got and os.fsencode(tree / "a.txt") in got
 
 
+def test_save_resave_borrows_beside_a_file_whose_time_the_catalog_cannot_hold(
+        repo, tree, no_racy_margin):
+    """A re-save's fast path stages each batch's lstat numbers in the catalog: a time past
+    2262 in a batch (which SQLite cannot bind) leaves that name to the general path, which
+    skips it with the warning, while the rest of its batch is borrowed as usual."""
+    first, _ = do_save(repo, tree)
+    far = tree / "far-future"
+    far.write_bytes(b"from the future\n")
+    os.utime(far, ns=(2**63 + 10**9, 2**63 + 10**9))
+    stats, warnings = do_save(repo, tree)
+    assert stats.status == "complete"
+    assert len(warnings) == 1 and "far-future" in warnings[0], warnings
+    assert (stats.files_read, stats.files_borrowed) == (0, first.files_read)
+    now, before = members(repo, stats.save_id), members(repo, first.save_id)
+    top = os.fsencode(tree)  # its mtime moved: a new version
+    assert now[top]["mtime_ns"] != before[top]["mtime_ns"]
+    assert {k: v for k, v in now.items() if k != top} == \
+        {k: v for k, v in before.items() if k != top}
+
+
 def test_save_warns_about_vanished_file(repo, tree):
     names = [pathcodec.normalize(n, b"/") for n in find0(tree).split(b"\0") if n]
     (tree / "a.txt").unlink()
