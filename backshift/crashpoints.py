@@ -18,6 +18,8 @@ POINTS = (
     "before_catalog_commit",
     "after_catalog_commit",
     "before_save_complete",
+    "borrow_after_match",
+    "borrow_after_members",
     "gc_after_catalog_delete",
     "gc_mid_unlink",
     "migration_mid",

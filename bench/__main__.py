@@ -33,9 +33,9 @@ LABELS = {
     "find": "find (many catalog)", "history": "history (many catalog)", **mountbench.LABELS,
 }
 MANY_ONLY = {"find", "history"}
-DEFAULT_RUNS = {"small": 3, "mixed": 3, "many": 1}
+DEFAULT_RUNS = {"small": 3, "mixed": 3, "system": 3, "many": 1}
 DEFAULT_PEERS = {"small": "borg,restic,original,s3", "mixed": "borg,restic,original,s3",
-                 "many": ""}
+                 "system": "borg,restic", "many": ""}
 
 
 # A small fresh process times the step and reports its children's peak RSS: a child forked
@@ -260,7 +260,7 @@ def machine() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--datasets", default="small,mixed,many")
+    ap.add_argument("--datasets", default="small,mixed,system,many")
     ap.add_argument("--runs", type=int, default=None, help="runs per step (median reported)")
     ap.add_argument("--peers", default=None,
                     help="comma list of borg,restic,original,s3 (default: all for "

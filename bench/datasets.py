@@ -7,6 +7,8 @@ exists; a half-made one (interrupted generation) is removed and made again.
 - mixed: ~20,000 source-like files in a nested tree, 50 files of 100 KB - 5 MB (half text,
   half random), two ~100 MB files (one random, one text), symlinks and hardlinks (~400 MB)
 - many:  1,000,000 small files in 1,000 directories (the catalog's scale)
+- system: a copy of this machine's /usr/share, /usr/bin and /etc (a real tree: ~56,000
+  entries, ~1 GB here), taken once; saved from `find -print0` (FROM_FIND)
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import time
 from dataclasses import asdict, dataclass
 
@@ -190,6 +193,33 @@ def make_many(count: int = 1_000_000, per_dir: int = 1000) -> str:
     return root
 
 
+SYSTEM_SOURCES = ("/usr/share", "/usr/bin", "/etc")
+
+
+def make_system() -> str:
+    """A copy of SYSTEM_SOURCES under system-v1/ (cp -a: modes, owners, times, links and
+    attributes kept; what cannot be read is left out with cp's message). The copy's mtimes
+    are the originals' and never change after (the machine's own updates do not reach it),
+    so every run of the bench saves the same tree."""
+    root = os.path.join(CACHE, f"system-v{VERSION}")
+    if _fresh(root):
+        return root
+    for src in SYSTEM_SOURCES:
+        dest = os.path.join(root, src.lstrip("/"))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        # exit 1 when some files could not be copied (sockets, unreadable): the rest stands
+        subprocess.run(["cp", "-a", "--no-target-directory", src, dest], check=False)
+        if not os.path.isdir(dest):
+            raise RuntimeError(f"could not copy {src} into {dest}")
+    _finish(root)
+    return root
+
+
+# datasets whose backshift saves read their names from `find ROOT -print0` (as users
+# run it), not from a walk of ROOT
+FROM_FIND = {"system"}
+
+
 def describe(name: str, root: str) -> Dataset:
     """Count files and bytes, and pick the fixed big file, subtree and directory of a dataset."""
     files = 0
@@ -211,13 +241,16 @@ def describe(name: str, root: str) -> Dataset:
     elif name == "small":
         big = os.path.join(root, "bin", "big.bin")
         subtree = os.path.join(root, "bin")
+    elif name == "system":
+        big = ""
+        subtree = os.path.join(root, "etc")
     else:
         big = ""
         subtree = os.path.join(root, "d00")
     return Dataset(name, root, files, total, big, subtree, best_dir)
 
 
-MAKERS = {"small": make_small, "mixed": make_mixed, "many": make_many}
+MAKERS = {"small": make_small, "mixed": make_mixed, "many": make_many, "system": make_system}
 
 
 def get(name: str) -> Dataset:

@@ -7,10 +7,13 @@ when it has no such step. Every tool works in its own directory under the run's 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import time
+
+from .datasets import FROM_FIND
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORIGINAL_BIN = os.path.join(HERE, ".peers", "original", "bin", "backshift")
@@ -95,8 +98,10 @@ class Backshift(Tool):
         if step == "init":
             return b + ["init"]
         if step in ("save1", "resave", "resave_mod"):
-            return b + ["save", "--hostname", "bench", "--subset", "bench", "--no-progress",
-                        ds.root]
+            cmd = b + ["save", "--hostname", "bench", "--subset", "bench", "--no-progress"]
+            if ds.name in FROM_FIND:
+                return f"find {shlex.quote(ds.root)} -print0 | {shlex.join(cmd)}"
+            return cmd + [ds.root]
         need = {"list": "list", "list1dir": "list", "tar": "tar", "tarsub": "tar",
                 "expire": "expire", "check": "check", "find": "find", "history": "history"}
         if not self.has(need[step]):

@@ -91,6 +91,67 @@ def test_A1_kill_during_save_at_random_times(tmp_path, repo, seed):
     assert_save_matches(repo, again["save_id"], manifest(src), src)
 
 
+def _many_small_files(root) -> int:
+    """~600 small files in 6 directories (a third share 50 contents), a symlink, a FIFO
+    and an empty directory: three batches of the fast path; the regular files' count."""
+    for d in range(6):
+        sub = root / f"d{d}"
+        sub.mkdir(parents=True)
+        for i in range(100):
+            n = d * 100 + i
+            (sub / f"f{i:03d}").write_bytes(b"%d\n" % (n % 50 if n % 3 == 0 else n) * 20)
+    os.symlink("d0/f000", root / "link")
+    os.mkfifo(root / "fifo")
+    (root / "empty").mkdir()
+    return 600
+
+
+@pytest.mark.parametrize("point", crash.BORROW_POINTS)
+def test_A1_kill_in_a_resave_batch_leaves_a_catalog_the_next_save_borrows_from(
+        tmp_path, repo, point):
+    """SIGKILL at a crash point of the fast path (after a batch is matched in the temp
+    tables, after its members are inserted), at every batch of an unchanged re-save that
+    commits after each batch: the catalog opens, H4 holds, the killed save is never
+    complete and keeps what it committed; the next save borrows every file (reads none)
+    from it or the saves before, completes and restores."""
+    src = tmp_path / "src"
+    files = _many_small_files(src)
+    time.sleep(2.1)  # every ctime before the first save's start less the racy margin
+    first = save(repo, src)
+    assert first["files_read"] == files
+    before = manifest(src)
+    names = find0(src)
+    committed = []
+
+    def between(nth, proc):
+        if crash.killed(proc):
+            assert_repo_consistent(repo, allow_dead_running=True)
+            killed_id = max(save_status(repo))
+            assert save_status(repo)[killed_id] == "running"
+            conn = apsw.Connection(os.fsdecode(os.path.join(repo, CATALOG_NAME)),
+                                   flags=apsw.SQLITE_OPEN_READONLY)
+            try:
+                committed.append(conn.execute("SELECT count(*) FROM member WHERE save_id = ?",
+                                              (killed_id,)).fetchone()[0])
+            finally:
+                conn.close()
+        else:
+            assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+        again = save(repo, src)  # borrows from the killed save, and the complete ones
+        assert (again["files_read"], again["files_borrowed"]) == (0, files)
+        assert again["files"] == first["files"]
+
+    kills = crash.crash_loop(point, (*_save_args(repo), "--checkpoint-files", "10"), names,
+                             between)
+    assert kills[:3] == [1, 2, 3]  # a kill in each batch
+    assert committed[0] == 0 and max(committed) > 256  # later kills after commits
+    statuses = save_status(repo)
+    assert statuses[first["save_id"]] == "complete"
+    assert set(statuses.values()) <= {"complete", "interrupted"}
+    assert_repo_consistent(repo)
+    assert_save_matches(repo, max(statuses), before, src, tmp_path)
+
+
 def _downgrade_to_first_migration(catalog: bytes) -> set:
     """Turn a current catalog into one at schema 1: drop what later migrations created."""
     fresh = apsw.Connection(":memory:")

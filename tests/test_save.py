@@ -18,6 +18,7 @@ from backshift import pathcodec
 from backshift.errors import RepositoryIOError
 from backshift.model import ChunkRef
 from backshift.ops import borrow as borrow_mod
+from backshift.ops import feed as feed_mod
 from backshift.ops import reader as reader_mod
 from backshift.ops import readers as readers_mod
 from backshift.ops import save as save_mod
@@ -176,6 +177,26 @@ def test_save_skips_a_file_whose_time_the_catalog_cannot_hold(repo, tree):
     assert os.fsencode(far) not in got and os.fsencode(tree / "a.txt") in got
 
 
+def test_save_resave_borrows_beside_a_file_whose_time_the_catalog_cannot_hold(
+        repo, tree, no_racy_margin):
+    """A re-save's fast path stages each batch's lstat numbers in the catalog: a time past
+    2262 in a batch (which SQLite cannot bind) leaves that name to the general path, which
+    skips it with the warning, while the rest of its batch is borrowed as usual."""
+    first, _ = do_save(repo, tree)
+    far = tree / "far-future"
+    far.write_bytes(b"from the future\n")
+    os.utime(far, ns=(2**63 + 10**9, 2**63 + 10**9))
+    stats, warnings = do_save(repo, tree)
+    assert stats.status == "complete"
+    assert len(warnings) == 1 and "far-future" in warnings[0], warnings
+    assert (stats.files_read, stats.files_borrowed) == (0, first.files_read)
+    now, before = members(repo, stats.save_id), members(repo, first.save_id)
+    top = os.fsencode(tree)  # its mtime moved: a new version
+    assert now[top]["mtime_ns"] != before[top]["mtime_ns"]
+    assert {k: v for k, v in now.items() if k != top} == \
+        {k: v for k, v in before.items() if k != top}
+
+
 def test_save_file_changing_while_read_is_kept_as_read_and_reread(repo, tmp_path,
                                                                   no_racy_margin,
                                                                   monkeypatch):
@@ -275,10 +296,10 @@ def test_save_fast_path_records_what_the_general_path_records(repo, tree, no_rac
     fast, warnings = do_save(repo, tree)
     assert warnings == [] and fast.files_borrowed > 0
 
-    def general_path_only(self, path, st, user, group):
-        return None
+    def general_path_only(self, entries):
+        return [False] * len(entries), None
 
-    monkeypatch.setattr(borrow_mod.Borrower, "unchanged", general_path_only)
+    monkeypatch.setattr(borrow_mod.Borrower, "match", general_path_only)
     general, warnings = do_save(repo, tree)
     assert warnings == []
     assert (general.files, general.bytes) == (fast.files, fast.bytes)
@@ -753,28 +774,31 @@ def test_save_killed_before_a_commit_keeps_earlier_batches_and_is_borrowed_from(
     _path_rows_consistent(repo)
 
 
-def test_save_fast_path_members_inserted_in_pieces_within_one_commit(repo, tree,
-                                                                    no_racy_margin,
-                                                                    monkeypatch):
-    """The fast path's member rows go in every MAX_FAST_MEMBERS rows, not only at a commit
-    (the commit interval no longer bounds that list): a name given twice across two
-    pieces is still saved once, with one warning."""
+def test_save_fast_path_name_given_twice_is_saved_once_per_batch_or_across(repo, tree,
+                                                                          no_racy_margin,
+                                                                          monkeypatch):
+    """The fast path records each batch's members as it is offered (one INSERT ... SELECT,
+    nothing held until a commit): a name given twice in one batch, and once more in a
+    later batch, is saved once, with a warning for each repeat."""
     first, _ = do_save(repo, tree)
-    monkeypatch.setattr(session_mod, "MAX_FAST_MEMBERS", 3)
+    monkeypatch.setattr(feed_mod, "FEED_BATCH", 4)
     names = [pathcodec.normalize(n, b"/") for n in find0(tree).split(b"\0") if n]
     twice = next(n for n in names if os.path.isfile(n) and os.stat(n).st_nlink == 1)
-    names.append(twice)
+    at = names.index(twice)
+    names[at:at + 1] = [twice, twice]  # in one batch, unless at a batch's end
+    names.append(twice)  # in the last batch
     inserted = []
     from backshift.catalog import Catalog
-    real = Catalog.insert_members
-    monkeypatch.setattr(Catalog, "insert_members",
-                        lambda self, rows: inserted.append(len(rows)) or real(self, rows))
+    real = Catalog.insert_matched_members
+    monkeypatch.setattr(Catalog, "insert_matched_members",
+                        lambda self, sid, n: inserted.append(n) or real(self, sid, n))
     warnings: list[str] = []
     with open_repository(repo, WRITE) as r:
         stats = save_mod.save(r, names, SaveOptions("host", "t"), warnings.append)
-    assert len(warnings) == 1 and "more than once" in warnings[0]
+    assert len(warnings) == 2 and all("more than once" in w for w in warnings)
     assert stats.files == first.files and stats.bytes == first.bytes
-    assert inserted.count(3) >= 2  # pieces of the fast path (the general path: 256)
+    assert stats.files_borrowed == first.files_read
+    assert len(inserted) >= len(names) // 4 - 1  # a statement per batch
     assert members(repo, stats.save_id) == members(repo, first.save_id)
 
 
@@ -1059,3 +1083,33 @@ def test_save_second_ctrl_c_while_chunks_are_made_durable_leaves_no_temp_files(
     assert temp_files(repo) == []
     assert_repo_consistent(repo, allow_temps=False)
     run("-r", repo, "check")
+
+
+def test_save_resave_interns_new_paths_in_batches(repo, tree, no_racy_margin, monkeypatch):
+    """A re-save interns the paths the catalog lacks (a new directory of 300 files) with
+    the batches of records that hold them (insert_paths, a statement per batch), never one
+    insert per path; the new files are saved and restore, the old ones are borrowed."""
+    first, _ = do_save(repo, tree)
+    added = tree / "added"
+    added.mkdir()
+    for i in range(300):
+        (added / f"n{i:03d}").write_bytes(b"new %d\n" % i)
+    from backshift.catalog import Catalog
+    calls: dict[str, int] = {}
+    for name in ("insert_path", "insert_path_if_new", "insert_paths"):
+        real = getattr(Catalog, name)
+
+        def counted(self, *args, _real=real, _name=name):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _real(self, *args)
+        monkeypatch.setattr(Catalog, name, counted)
+    stats, warnings = do_save(repo, tree)
+    assert warnings == []
+    assert calls.get("insert_path", 0) + calls.get("insert_path_if_new", 0) == 0
+    assert 1 <= calls["insert_paths"] <= 3
+    assert stats.files == first.files + 301 and stats.files_read == 300
+    assert stats.files_borrowed == first.files_read
+    saved = members(repo, stats.save_id)
+    for i in range(300):
+        path = os.fsencode(added / f"n{i:03d}")
+        assert saved[path]["data"] == b"new %d\n" % i

@@ -10,6 +10,7 @@ because tests and EXPLAIN checks import them by name):
     migrate      the packaged migrations, and stand-ins for a catalog read before migrating
     saves        save rows: insert, finish, mark, list, latest, series, roots, digests
     recording    paths, versions and members of a save (the batch API the save uses)
+    borrowing    a re-save's unchanged entries, a batch matched and recorded in SQL
     contents     contents, chunks and extended-attribute sets
     members      a save's members by key range: entries, listing lines and blocks, find
     mount        the index queries behind `backshift mount`
@@ -23,6 +24,7 @@ unchanged while each module owns one job. The modules import only the leaves of 
 
 from __future__ import annotations
 
+from .borrowing import MATCH_OFFER, STAGE_ROW_VALUES, Borrowing
 from .conn import (
     APPLICATION_ID,
     CATALOG_NAME,
@@ -80,8 +82,9 @@ __all__ = [
     "ENTRIES_IN_KEY_RANGE_RECORDS", "ENTRIES_OF_PATH_IDS", "ENTRY_AT_KEY", "FIND_PATHS",
     "FIRST_PATH_IN_KEY_RANGE", "LISTING_BLOCK_NAMES", "LISTING_BLOCK_NAMES_RECORDS",
     "LISTING_BLOCK_VERBOSE", "LISTING_BLOCK_VERBOSE_RECORDS", "LISTING_LINES_NAMES",
-    "LISTING_LINES_VERBOSE", "MEMBER_RECORDS_IN_KEY_RANGE", "PATH_HISTORY", "PATH_KEY_AFTER",
-    "PREVIOUS_UNDER_PARENT", "READER_BUSY_MS", "UNREFERENCED_CHUNKS_IN_RANGE",
+    "LISTING_LINES_VERBOSE", "MATCH_OFFER", "MEMBER_RECORDS_IN_KEY_RANGE", "PATH_HISTORY",
+    "PATH_KEY_AFTER",
+    "PREVIOUS_UNDER_PARENT", "READER_BUSY_MS", "STAGE_ROW_VALUES", "UNREFERENCED_CHUNKS_IN_RANGE",
     "WHERE_PREDICATE_MATCHES", "WRITER_BUSY_MS", "Catalog", "MembersDigest", "catalog_damage",
     "USER_SQL", "configure", "open_connection", "open_user_sql", "migrations",
     "on_read_only_media", "open_error", "read_only_uri",
@@ -89,6 +92,6 @@ __all__ = [
 ]
 
 
-class Catalog(Connection, Migrating, Saves, Recording, Contents, Members, Mount, Maintenance,
-              Reports):
+class Catalog(Connection, Migrating, Saves, Recording, Borrowing, Contents, Members, Mount,
+              Maintenance, Reports):
     """One apsw connection to REPO/catalog.sqlite3, opened for writing or read-only."""

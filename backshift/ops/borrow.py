@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import collections
 import os
-import stat
+from itertools import chain
 from typing import NamedTuple
 
-from ..catalog import Catalog
+from ..catalog import STAGE_ROW_VALUES, Catalog
 from ..chunkstore import ChunkStore
+from ..crashpoints import crashpoint
 from ..model import Version
 from ..pathcodec import basename
 
@@ -129,6 +130,15 @@ class ContentPresence:
         return True
 
 
+_INT64 = 1 << 63
+
+
+def _fits(row: list) -> bool:
+    """Every number of a staged row fits an SQLite INTEGER (as ops/save.py _fits_catalog)."""
+    numbers = row[1:4] + row[6:]
+    return -_INT64 <= min(numbers) and max(numbers) < _INT64
+
+
 def _same_metadata(a: Version, b: Version) -> bool:
     """Equal in everything but content_id (cheaper than dataclasses.replace + ==)."""
     return (a.mode == b.mode and a.mtime_ns == b.mtime_ns and a.ctime_ns == b.ctime_ns
@@ -161,61 +171,52 @@ class Borrower:
         if candidates:
             self.latest, started_ns = candidates[0]
             self.trusted_before = started_ns - RACY_MARGIN_NS
-        self._dir: bytes | None = None
-        self._entries: dict | None = None
+        self._whole = 0  # contents the catalog's borrow_whole holds (about)
 
-    def unchanged(self, path: bytes, st: os.stat_result, user: str, group: str
-                  ) -> PreviousEntry | None:
-        """The fast path of a re-save: the latest save's entry of a directory, or of a
-        regular file with one link, equal in every field to lstat's ST (and not racy, its
-        chunks on disk); None leaves the name to the general path (which also tries the
-        other candidate saves)."""
-        up, _, name = path.rpartition(b"/")
-        if up != self._dir:
-            entries = self._entries = self.entries_of_dir(up or b"/")
-            self._dir = up
+    def match(self, entries: list[tuple[bytes, os.stat_result, bytes, bytes]]
+              ) -> tuple[list[bool], list[int] | None]:
+        """The fast path of a re-save, for a batch of (path, lstat, user, group) at once
+        (catalog/borrowing.py): which entries equal the latest save's in every field lstat
+        gives, are not racy (but a directory) and have their chunk files sound on disk;
+        (a flag per entry, the places in ENTRIES of the rows staged or None for all). The
+        matches are left in the catalog's borrow_match table for the session to record;
+        the others are left to the general path (which also tries the other candidates)."""
+        values = list(chain.from_iterable([(
+            b"" if path == b"/" else path.replace(b"/", b"\0"), st.st_mode, st.st_uid,
+            st.st_gid, user, group, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev,
+            st.st_ino, st.st_nlink, st.st_rdev) for path, st, user, group in entries]))
+        cat = self.cat
+        places = None
+        try:
+            cat.stage_offer(values)
+        except OverflowError:  # a number beyond SQLite's 64 bits: never recorded, no match
+            width = STAGE_ROW_VALUES
+            places = [i for i in range(len(entries))
+                      if _fits(values[i * width:(i + 1) * width])]
+            cat.stage_offer([v for i in places for v in values[i * width:(i + 1) * width]])
+        cat.match_offer(self.latest, self.trusted_before)
+        chunks = cat.matched_chunks()  # of the contents not yet found whole in this save
+        if chunks:
+            sound = self.presence.chunk_on_disk
+            bad = {cid for cid, name, stored in chunks if not sound(name, stored)}
+            if bad:  # missing or unsound: the general path reads it afresh
+                cat.drop_matches_of(bad)
+        self._whole += cat.remember_whole()
+        if self._whole > KNOWN_CONTENTS:
+            cat.forget_whole()
+            self._whole = 0
+        crashpoint("borrow_after_match")
+        if places is None:
+            out = [True] * len(entries)
+            for seq in cat.unmatched_offer():
+                out[seq - 1] = False
         else:
-            entries = self._entries
-        if entries is None:
-            return None
-        entry = entries.get(name)
-        if entry is None:
-            return None
-        content_id = entry.content_id
-        mode = st.st_mode
-        if stat.S_ISREG(mode):
-            if st.st_nlink != 1 or content_id is None:
-                return None  # hard links are grouped by the general path
-            mtime_ns = st.st_mtime_ns
-            ctime_ns = st.st_ctime_ns
-            trusted_before = self.trusted_before
-            if mtime_ns >= trusted_before or ctime_ns >= trusted_before:
-                return None  # racy: may have changed within the timestamp granularity
-            size = st.st_size
-        elif stat.S_ISDIR(mode):
-            # its path id is known whatever changed: its children can take this path too
-            # even when the general path records the directory itself (later)
-            self.remember(path, entry.path_id)
-            size = 0
-            mtime_ns = st.st_mtime_ns
-            ctime_ns = st.st_ctime_ns
-        else:
-            return None
-        if entry.stat_key != (mode, st.st_uid, st.st_gid, user, group, size, mtime_ns,
-                              ctime_ns, st.st_dev, st.st_ino, st.st_nlink, st.st_rdev):
-            return None
-        if content_id is not None and not self.presence.whole(content_id, entry.chunks,
-                                                               entry.stored):
-            return None  # a chunk file missing or unsound: the general path reads it afresh
-        return entry
-
-    def entries_of_dir(self, path: bytes) -> dict | None:
-        """The latest save's entries of directory PATH; None when it has none (or is too
-        big to fetch at once). A path the catalog does not know is new: no entries."""
-        parent_id = self.known_path_id(path)
-        if parent_id is None:
-            return None
-        return self.previous.directory(self.latest, parent_id)
+            out = [False] * len(entries)
+            for i in places:
+                out[i] = True
+            for seq in cat.unmatched_offer():
+                out[places[seq - 1]] = False
+        return out, places
 
     def path_id_hint(self, parent_id: int, path: bytes) -> int | None:
         """PATH's id from the latest save's listing of its directory, if there."""
@@ -290,7 +291,10 @@ class Borrower:
     def previous_version(self, sid: int, path: bytes, path_id: int | None,
                          parent_id: int | None) -> Found | None:
         """(version id, version, its chunks' names (sha256 hex) and stored lengths or None
-        if not fetched yet) of PATH in earlier save SID, if that save holds it."""
+        if not fetched yet) of PATH in earlier save SID, if that save holds it (a PATH_ID
+        of None: the catalog lacks the path, no save holds it)."""
+        if path_id is None:
+            return None
         entries = (self.previous.directory(sid, parent_id)
                    if parent_id is not None else None)
         if entries is None:

@@ -1,5 +1,6 @@
 """The repository half of a save: SaveSession, the one interface the client half talks to.
-(Longer than ~400 lines on purpose: the whole interface a remote save carries, in one class.)
+(Longer than ~400 lines on purpose: the whole interface a remote save carries, in one class;
+its SQL is in backshift/catalog, the series' helpers in ops/series.py.)
 
 It owns the catalog and the store for the save: the save row and its lock, borrowing
 (ops/borrow.py), path ids (ops/interning.py), chunk presence and adoption, recording
@@ -8,7 +9,8 @@ versions and members, checkpoints (commits), and the final commit or the abandon
 The calls, in a save's order (Saver in ops/save.py makes them, in this process today):
   open()                        the save row of HOST/SUBSET, its lock, the candidate saves
   offer(entries)                a batch of (path, lstat, user, group): which are borrowed
-                                unchanged (recorded here) and which the client goes on with
+                                unchanged (matched and recorded in a few statements for the
+                                whole batch) and which the client goes on with
   locate / kept_xattrs / xattr_set_id / borrow / reusable_version
                                 the general path's questions about one name
   sink                          where readers put chunk bodies (see below)
@@ -33,16 +35,16 @@ are then sent a batch of names at a time, as offer() is already.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from .. import __version__
 from ..catalog import catalog_damage
-from ..errors import BackshiftError, NothingToSave
+from ..crashpoints import crashpoint
+from ..errors import NothingToSave
 from ..lock import hold_save_lock, release_save_lock, remove_dead_save_lock, save_alive
 from ..model import TYPE_FILE, SaveStats, Version
 from ..pathcodec import parent
@@ -52,13 +54,17 @@ from .borrow import Borrower
 from .intake import ChunkIntake
 from .interning import PathInterner
 from .reader import ReadBatch, ReadResult
+from .series import (  # noqa: F401 - re-exported: callers ask the session module
+    SUBSET_NAME_MAX,
+    series_exists,
+    subset_for_roots,
+)
 
 # An unchanged file recorded by the fast path costs next to nothing to redo after an
 # interruption, so it counts as 1/UNCHANGED_PER_BATCH_FILE of a file towards a commit batch
 # (batch_files): each commit syncs the WAL, ~1 ms quiet, much more under I/O load.
 UNCHANGED_PER_BATCH_FILE = 16
 RECORD_BATCH = 256  # recorded items whose catalog rows are inserted together (flush_records)
-MAX_FAST_MEMBERS = 8192  # member rows of the fast path waiting for insert_members, at most
 
 Warn = Callable[[str], None]
 
@@ -67,49 +73,6 @@ def _with_content(v: Version, size: int, content_id: int) -> Version:
     """v._replace(size=SIZE, content_id=CONTENT_ID), without _replace's per-field loop."""
     return Version(v.mode, v.uid, v.gid, v.user, v.group, size, v.mtime_ns, v.ctime_ns, v.dev,
                    v.ino, v.nlink, v.rdev, v.link_target, content_id, v.xattrs_id)
-
-
-def subset_for_roots(roots: Iterable[bytes]) -> str:
-    """The series name of a save of ROOTS (absolute, normal) given no --subset, as restic
-    groups snapshots by their paths: each root without its leading '/' and with '/' as
-    '-' (/etc: etc, /usr/share/doc: usr-share-doc, /: rootfs), sorted, joined by '+'. A
-    root with anything but letters, digits, '.', '_' and '-' in it, or a name longer than
-    SUBSET_NAME_MAX, gives paths-<first 12 hex digits of the SHA-256 of the sorted roots
-    joined by NUL> instead."""
-    roots = sorted(set(roots))
-    parts = []
-    for root in roots:
-        try:
-            text = root.decode("utf-8")
-        except UnicodeDecodeError:
-            break
-        text = text.strip("/").replace("/", "-") or "rootfs"
-        if not all(ch.isalnum() or ch in "._-" for ch in text):
-            break
-        parts.append(text)
-    name = "+".join(parts)
-    if len(parts) < len(roots) or not name or len(name) > SUBSET_NAME_MAX:
-        name = "paths-" + hashlib.sha256(b"\0".join(roots)).hexdigest()[:12]
-    return name
-
-
-SUBSET_NAME_MAX = 80
-
-
-def series_exists(repo: bytes, hostname: str, subset: str) -> bool:
-    """Whether REPO holds a save of HOSTNAME/SUBSET; False when it cannot tell (the save
-    itself then reports what is wrong). The catalog is closed again before any fork."""
-    from ..catalog import CATALOG_NAME, Catalog
-    try:
-        cat = Catalog.open(os.path.join(repo, CATALOG_NAME), readonly=True)
-    except (BackshiftError, OSError):
-        return False
-    try:
-        return cat.has_series(hostname, subset)
-    except Exception:  # noqa: BLE001 - an unreadable catalog is the save's to report
-        return False
-    finally:
-        cat.close()
 
 
 class SaveSession:
@@ -142,11 +105,7 @@ class SaveSession:
         self._batch_files = 0
         self._batch_bytes = 0
         self._batch_started = time.monotonic()
-        self._fast_files = 0
-        # member rows of files borrowed by the fast path, inserted in one batch before
-        # each commit; with their paths and sizes, for the rare path given twice
-        self._members: list[tuple[int, int, int]] = []
-        self._member_paths: list[tuple[bytes, int | None]] = []  # size None: directory
+        self._fast_files = 0  # borrowed by the fast path, not yet counted in _batch_files
         # recorded files whose version and member rows are still to be inserted (in one
         # batch by flush_records): [path, path id or None, version, id of a version to
         # reuse or None]
@@ -250,52 +209,45 @@ class SaveSession:
 
     def offer(self, entries: list[tuple[bytes, os.stat_result, str, str]]) -> list[bool]:
         """For each (path, lstat, user, group), whether it was borrowed unchanged from the
-        latest save and recorded as its member (the fast path, Borrower.unchanged); the
-        others are the client's to go on with (the general path)."""
-        unchanged = self.borrower.unchanged
-        out = []
-        for path, st, user, group in entries:
-            entry = unchanged(path, st, user, group)
-            if entry is None:
-                out.append(False)
-                continue
-            if self.dry_run:
-                out.append(True)
-                continue
-            if not self._txn:
-                self.ensure_txn()
-            stats = self.stats
-            if entry.content_id is None:  # a directory
-                self._member_paths.append((path, None))
-            else:
-                size = st.st_size
-                stats.files_borrowed += 1
-                stats.bytes_borrowed += size
-                stats.bytes += size
-                self._member_paths.append((path, size))
-            members = self._members
-            members.append((stats.save_id, entry.path_id, entry.version_id))
-            if len(members) >= MAX_FAST_MEMBERS:
-                self.insert_members()  # their contents are durable already: any time will do
-            stats.files += 1
-            self._fast_files += 1
-            if self._fast_files == UNCHANGED_PER_BATCH_FILE:
-                self._fast_files = 0
-                self._batch_files += 1
-            out.append(True)
+        latest save and recorded as its member (the fast path, decided for the whole batch
+        in a few statements: Borrower.match); the others are the client's to go on with
+        (the general path)."""
+        if not entries or not self.borrower.fast:
+            return [False] * len(entries)
+        if not self.dry_run:
+            self.ensure_txn()
+        out, places = self.borrower.match(entries)
+        if self.dry_run or True not in out:
+            return out
+        cat, stats = self.cat, self.stats
+        matched, files, size = cat.matched_totals()
+        if not matched:
+            return out
+        for seq in cat.insert_matched_members(stats.save_id, matched):  # a path given twice
+            path, st, _, _ = entries[seq - 1 if places is None else places[seq - 1]]
+            self.warn(f"{os.fsdecode(path)}: given more than once; saved once")
+            matched -= 1
+            if st.st_mode & 0o170000 == 0o100000:
+                files -= 1
+                size -= st.st_size
+        crashpoint("borrow_after_members")
+        stats.files += matched
+        stats.files_borrowed += files
+        stats.bytes_borrowed += size
+        stats.bytes += size
+        fast = self._fast_files + matched
+        self._batch_files += fast // UNCHANGED_PER_BATCH_FILE
+        self._fast_files = fast % UNCHANGED_PER_BATCH_FILE
         return out
 
     def locate(self, path: bytes) -> tuple[int | None, int | None]:
-        """(PATH's id, its directory's id or None for /), interned now (a re-save: borrowing
-        looks a path up by its directory's id). A dry run interns nothing: a path the
-        catalog lacks has id None (no earlier save holds it)."""
-        if self.dry_run:
-            known = self.interner.known
-            up = parent(path)
-            return known(path), known(up) if up is not None else None
-        path_id = self.interner.intern(path)
+        """(PATH's id, its directory's id or None for /), or None for a path the catalog
+        lacks (no earlier save holds it). Nothing is interned here: a new path is interned
+        with the batch of records that holds it (flush_records, PathInterner.intern_batch),
+        a few statements per batch instead of one per path."""
+        known = self.interner.known
         up = parent(path)
-        return path_id, self.interner.intern(up) if up is not None else None
+        return known(path), known(up) if up is not None else None
 
     def kept_xattrs(self, path: bytes, path_id: int | None, parent_id: int | None,
                     v: Version) -> tuple[bool, int | None]:
@@ -424,21 +376,6 @@ class SaveSession:
             if v.type == TYPE_FILE:
                 self.stats.bytes -= v.size
 
-    def insert_members(self) -> None:
-        """Insert the fast path's member rows (before each commit, and every MAX_FAST_MEMBERS)."""
-        rows, paths = self._members, self._member_paths
-        if not rows:
-            return
-        self._members, self._member_paths = [], []
-        for i in self.cat.insert_members(rows):  # a path given twice: count it once
-            path, size = paths[i]
-            self.warn(f"{os.fsdecode(path)}: given more than once; saved once")
-            self.stats.files -= 1
-            if size is not None:
-                self.stats.files_borrowed -= 1
-                self.stats.bytes_borrowed -= size
-                self.stats.bytes -= size
-
     def write_counters(self) -> None:
         s = self.stats
         self.cat.update_save_counters(
@@ -459,7 +396,6 @@ class SaveSession:
                 and now - self._batch_started < self.batch_seconds:
             return
         self.flush_records()
-        self.insert_members()
         self.repo.store.flush()
         self.write_counters()
         self.cat.commit()
@@ -472,10 +408,8 @@ class SaveSession:
         """The final commit: the save is STATUS (complete or interrupted)."""
         self.ensure_txn()
         self.flush_records()
-        self.insert_members()
         self.repo.store.flush()
         self.write_counters()
-        from ..crashpoints import crashpoint
         crashpoint("before_save_complete")
         self.cat.finish_save(self.stats.save_id, status, time.time_ns())
         self.cat.commit()
@@ -511,7 +445,6 @@ class SaveSession:
         if catalog_damage(error):
             self.stats.status = "interrupted"
             return
-        self._members, self._member_paths = [], []
         self._records = []
         self._txn = False
         try:
@@ -519,8 +452,6 @@ class SaveSession:
             self.write_counters()
             self.cat.finish_save(self.stats.save_id, "interrupted", time.time_ns())
             self.cat.commit()
-        except BackshiftError:
-            self.cat.rollback_quietly()
         except Exception:  # the original error matters more than this one
             self.cat.rollback_quietly()
         self.stats.status = "interrupted"

@@ -17,6 +17,13 @@ SAVE_POINTS = (
     "before_save_complete",
 )
 
+# The fast path of a re-save, once per batch of names (ops/session.py offer): after the
+# batch is matched in the catalog's temp tables, after its members are inserted.
+BORROW_POINTS = (
+    "borrow_after_match",
+    "borrow_after_members",
+)
+
 
 def backshift(*args: str | bytes, input: bytes | None = None, crash_at: str | None = None,
               env: dict | None = None, timeout: float = 120, preexec_fn=None
