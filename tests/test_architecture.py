@@ -161,7 +161,8 @@ LAYERS: list[tuple[str, set[str]]] = [
       "ops.readers", "ops.feed", "ops.stopping", "ops.interning", "ops.intake", "ops.borrow",
       "ops.session",
       "ops.report", "ops.check", "ops.expire", "ops.import_legacy", "ops.listing",
-      "ops.tarproduce", "ops.save", "ops.dryrun", "ops.mounttree", "ops.mountread"}),
+      "ops.tarproduce", "ops.save", "ops.savewire", "ops.dryrun", "ops.mounttree",
+      "ops.mountread"}),
     ("the FUSE mount", {"ops.fusefs", "ops.mount"}),
     ("remote repositories",
      {"remote.url", "remote.protocol", "remote.transport", "remote.server",
@@ -379,7 +380,7 @@ CLI_RULES = {
     "save": {"admin", "app", "options", "views"},
     "reports": {"app", "options", "views"},
     "restore": {"app", "options", "views"},
-    "serve": {"app"},
+    "serve": {"app", "admin"},
     "__init__": {"admin", "app", "options", "reports", "restore", "save", "serve"},
 }
 

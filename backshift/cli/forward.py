@@ -21,6 +21,8 @@ def run_remote(group: click.Group, ctx: click.Context) -> int | None:
     from ..remote.client import check_remote, run_command, without_option
 
     name, cmd, rest = group.resolve_command(ctx, args)
+    if name == "save":  # its client half runs here, talking to `serve` (cli/save.py)
+        return None
     check_remote(name)
     params = cmd.make_context(name, list(rest), parent=ctx).params  # usage errors stay local
     out = sys.stdout.buffer

@@ -1,0 +1,125 @@
+"""Remote save (`-r ssh://... save`) end to end through a real OpenSSH server (tests/sshd.py):
+the client half (walk, read, chunk, compress) here, the repository half in `backshift serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+from repo_oracle import assert_save_matches, file_digests
+from restorehelp import compare_trees, extract
+
+from backshift import chunkcodec
+from backshift.errors import ChunkRejected, RemoteError, RemoteNotSupported
+from backshift.remote.client import open_save_channel
+from backshift.repo import open_repository
+from conftest import find0, run, run_bin
+
+
+def init_repo(path) -> bytes:
+    repo = os.fsencode(path)
+    run("-r", repo, "init", "--chunk-min", "4096", "--chunk-avg", "16384",
+        "--chunk-max", "65536")
+    return repo
+
+
+def statuses(repo: bytes) -> list[str]:
+    with open_repository(repo) as r:
+        return [row[0] for row in r.catalog.conn.execute("SELECT status FROM save ORDER BY id")]
+
+
+def remote_save(url: str, root, env: dict, *args: str, code: int = 0) -> dict:
+    res = run_bin("-r", url, "save", "--subset", "t", "--json", *args, input=find0(root),
+                  env=env)
+    assert res.returncode == code, res.stderr
+    return json.loads(res.stdout) if code in (0, 1) else {}
+
+
+def aged(root):
+    """Wait until ROOT's files are past the racy window (a save trusts an unchanged file
+    only when it was modified 2 s before the save started): the server is another process."""
+    time.sleep(2.1)
+    return root
+
+
+def test_remote_save_restores_exactly_like_a_local_save(tmp_path, tree, sshd, ssh_env):
+    local_repo = init_repo(tmp_path / "local")
+    remote_repo = init_repo(tmp_path / "remote")
+    local = json.loads(run("-r", local_repo, "save", "--subset", "t", "--json",
+                           input=find0(tree)).stdout_bytes)
+    remote = remote_save(sshd.url(os.fsdecode(remote_repo)), tree, ssh_env)
+    for key in ("files", "bytes", "files_read", "bytes_read", "new_chunks",
+                "new_bytes_stored", "warnings"):
+        assert remote[key] == local[key], key
+    run("-r", remote_repo, "check", "--read-data")
+    assert_save_matches(remote_repo, remote["save_id"], file_digests(tree))
+    listed = [run("-r", r, "list", "--backup", "latest", "-v").stdout_bytes
+              for r in (local_repo, remote_repo)]
+    assert listed[0] == listed[1]
+    stream = run_bin("-r", remote_repo, "tar", "--backup", "latest").stdout
+    for tool in ("gnu", "bsd"):
+        dest = tmp_path / tool
+        extract(tool, stream, dest)
+        compare_trees(tree, dest / os.path.relpath(tree, "/"))
+
+
+def test_remote_resave_borrows_unchanged_files_and_reads_changed_ones(tmp_path, tree, sshd,
+                                                                      ssh_env):
+    repo = init_repo(tmp_path / "repo")
+    url = sshd.url(os.fsdecode(repo))
+    first = remote_save(url, aged(tree), ssh_env)
+    again = remote_save(url, tree, ssh_env)
+    assert (again["files"], again["new_chunks"], again["files_read"]) == (first["files"], 0, 0)
+    assert again["files_borrowed"] == first["files_read"]
+    (tree / "text.txt").write_bytes(b"changed\n" * 1000)
+    third = remote_save(url, tree, ssh_env)
+    assert (third["files_read"], third["new_chunks"]) == (1, 1)
+    assert_save_matches(repo, third["save_id"], file_digests(tree))
+    run("-r", repo, "check", "--read-data")
+
+
+def test_remote_save_takes_the_repository_after_the_command(tmp_path, tree, sshd, ssh_env):
+    repo = init_repo(tmp_path / "repo")
+    res = run_bin("save", "-r", sshd.url(os.fsdecode(repo)), "--subset", "t",
+                  input=find0(tree), env=ssh_env)
+    assert res.returncode == 0, res.stderr
+    assert b"saved" in res.stdout or res.stdout
+    run("-r", repo, "check")
+    assert statuses(repo) == ["complete"]
+
+
+def test_remote_save_dry_run_is_refused_with_one_line(tmp_path, tree, sshd, ssh_env):
+    repo = init_repo(tmp_path / "repo")
+    res = run_bin("-r", sshd.url(os.fsdecode(repo)), "save", "-n", "--subset", "t",
+                  input=find0(tree), env=ssh_env)
+    assert res.returncode == RemoteNotSupported.exit_code
+    assert res.stderr.decode().count("\n") == 1
+
+
+def test_remote_save_refuses_a_chunk_body_that_does_not_match_its_name(tmp_path, sshd,
+                                                                       ssh_env):
+    """A crafted client: it uploads a sound-looking body under another chunk's name."""
+    repo = init_repo(tmp_path / "repo")
+    channel, transport = open_save_channel(sshd.url(os.fsdecode(repo)),
+                                           ssh_env["BACKSHIFT_REMOTE_PATH"],
+                                           open(os.devnull, "wb"))
+    try:
+        channel.call("save.open", {"hostname": "evil", "subset": "t", "roots": None,
+                                   "batch_files": 100, "batch_seconds": 10})
+        data = b"the truth" * 100
+        body = chunkcodec.Codec(3).encode(data)
+        name = bytes(32)  # not sha256(data)
+        channel.post("save.put", {"shas": [name.hex()], "lengths": [len(data)],
+                                  "sizes": [len(body)]}, body)
+        with pytest.raises(RemoteError) as caught:
+            channel.call("save.missing", {}, json.dumps([name.hex()]).encode())
+        assert caught.value.exit_code == ChunkRejected.exit_code
+        assert name.hex() in caught.value.message()
+    finally:
+        transport.close()
+    assert statuses(repo) == ["interrupted"]
+    chunk_files = [n for _d, _s, files in os.walk(os.path.join(repo, b"chunks")) for n in files]
+    assert chunk_files == []
+    run("-r", repo, "check", "--read-data")
