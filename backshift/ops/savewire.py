@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -49,6 +50,7 @@ from .session import SaveSession, Warn
 
 OPS_BATCH = 512  # session calls gathered into one posted request
 PUT_BYTES = 8 << 20  # chunk bodies per upload request, at most
+FLUSH_S = 0.5  # gathered session calls wait this long at most (a checkpoint is due)
 
 
 class Channel(Protocol):
@@ -412,6 +414,7 @@ class SessionProxy:
         self._next_token = -1
         self._open = False
         self._checkpoint_due = 0
+        self._flushed = time.monotonic()
 
     # -- plumbing --
 
@@ -438,6 +441,7 @@ class SessionProxy:
             self._flush_ops()
 
     def _flush_ops(self) -> None:
+        self._flushed = time.monotonic()
         if self._ops:
             ops, self._ops = self._ops, []
             self.channel.post("save.ops", {}, json.dumps(ops, separators=(",", ":")).encode())
@@ -635,6 +639,9 @@ class SessionProxy:
         if force or self._checkpoint_due >= 64:
             self._checkpoint_due = 0
             self._post(["checkpoint", force])
+            now = time.monotonic()
+            if force or now - self._flushed > FLUSH_S:  # the server sees it soon
+                self._flush_ops()
 
     def finish(self, status: str) -> None:
         answer = self._call("save.finish", {"status": status})
