@@ -123,3 +123,44 @@ def test_remote_save_refuses_a_chunk_body_that_does_not_match_its_name(tmp_path,
     chunk_files = [n for _d, _s, files in os.walk(os.path.join(repo, b"chunks")) for n in files]
     assert chunk_files == []
     run("-r", repo, "check", "--read-data")
+
+
+AFTER_COMMAND = [
+    ["saves"], ["list", "--backup", "latest"], ["tar", "--backup", "latest"],
+    ["find", "*.txt"], ["history", "{tree}/a.txt"], ["diff", "1", "2"], ["stats"],
+    ["sql", "SELECT count(*) AS n FROM save"], ["check"], ["break-lock"],
+    ["expire", "--keep-last", "5"],
+]
+
+
+def test_remote_repository_after_the_command_is_forwarded_like_before_it(
+        tmp_path, tree, sshd, ssh_env):
+    repo = init_repo(tmp_path / "repo")
+    url = sshd.url(os.fsdecode(repo))
+    remote_save(url, tree, ssh_env)
+    remote_save(url, tree, ssh_env)
+    for argv in AFTER_COMMAND:
+        argv = [a.replace("{tree}", str(tree)) for a in argv]
+        before = run_bin("-r", url, *argv, env=ssh_env)
+        after = run_bin(*argv, "-r", url, env=ssh_env)
+        glued = run_bin(argv[0], f"--repo={url}", *argv[1:], env=ssh_env)
+        assert before.returncode == 0, (argv, before.stderr)
+        if argv[0] == "check":  # it says how long it took
+            before.stdout = after.stdout = glued.stdout = b""
+        assert (after.returncode, after.stdout) == (before.returncode, before.stdout), argv
+        assert (glued.returncode, glued.stdout) == (before.returncode, before.stdout), argv
+
+
+def test_remote_init_with_the_repository_after_the_command(tmp_path, sshd, ssh_env):
+    url = sshd.url(tmp_path / "fresh")
+    res = run_bin("init", "-r", url, env=ssh_env)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "fresh" / "catalog.sqlite3").exists()
+
+
+def test_local_repository_after_the_command_overrides_an_ssh_one_before(tmp_path, tree,
+                                                                       sshd, ssh_env):
+    repo = init_repo(tmp_path / "repo")
+    run("-r", repo, "save", "--subset", "t", input=find0(tree))
+    res = run_bin("-r", "ssh://127.0.0.1:1/nowhere", "saves", "-r", repo, env=ssh_env)
+    assert res.returncode == 0, res.stderr
