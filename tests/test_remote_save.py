@@ -164,3 +164,53 @@ def test_local_repository_after_the_command_overrides_an_ssh_one_before(tmp_path
     run("-r", repo, "save", "--subset", "t", input=find0(tree))
     res = run_bin("-r", "ssh://127.0.0.1:1/nowhere", "saves", "-r", repo, env=ssh_env)
     assert res.returncode == 0, res.stderr
+
+
+def _host_tree(root, shared: dict[str, bytes], own: int):
+    root.mkdir()
+    (root / "shared").mkdir()
+    for name, data in shared.items():
+        (root / "shared" / name).write_bytes(data)
+    for i in range(own):
+        (root / f"own{i}").write_bytes(os.urandom(20_000))
+    (root / "link").symlink_to("shared")
+    return root
+
+
+@pytest.mark.parametrize("hosts", [2, 3])
+def test_remote_saves_of_several_hosts_at_once_store_shared_content_once(
+        tmp_path, sshd, ssh_env, hosts):
+    import subprocess
+
+    from conftest import BACKSHIFT
+    repo = init_repo(tmp_path / "repo")
+    url = sshd.url(os.fsdecode(repo))
+    shared = {f"s{i}": os.urandom(40_000) for i in range(20)}
+    trees = [_host_tree(tmp_path / f"h{n}", shared, 10) for n in range(hosts)]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("BACKSHIFT_")},
+           **ssh_env}
+    procs = [subprocess.Popen([BACKSHIFT, "-r", url, "save", "--hostname", f"web{n}",
+                               "--subset", "t", "--json", "--checkpoint-interval", "0.1"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env)
+             for n in range(hosts)]
+    outs = [p.communicate(find0(t), timeout=300) for p, t in zip(procs, trees, strict=True)]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+        assert b"locked" not in err, err
+    with open_repository(repo) as r:
+        rows = r.catalog.conn.execute("SELECT count(*) FROM chunk").fetchone()[0]
+    chunk_files = [n for _d, _s, files in os.walk(os.path.join(repo, b"chunks"))
+                   for n in files]
+    assert len(chunk_files) == rows  # every chunk once: the shared ones too
+    stored = sum(os.path.getsize(os.path.join(repo, b"chunks", n[:2], n)) for n in chunk_files)
+    assert stored < sum(map(len, shared.values())) * 1.1 + hosts * 10 * 20_000 * 1.1
+    run("-r", repo, "check", "--read-data")
+    for n, tree in enumerate(trees):
+        save_id = json.loads(outs[n][0])["save_id"]
+        assert_save_matches(repo, save_id, file_digests(tree))
+        stream = run_bin("-r", url, "tar", "--backup", str(save_id), env=ssh_env).stdout
+        for tool in ("gnu", "bsd"):
+            dest = tmp_path / f"{tool}{n}"
+            extract(tool, stream, dest)
+            compare_trees(tree, dest / os.path.relpath(tree, "/"))
