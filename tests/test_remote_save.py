@@ -12,7 +12,13 @@ from repo_oracle import assert_save_matches, file_digests
 from restorehelp import compare_trees, extract
 
 from backshift import chunkcodec
-from backshift.errors import ChunkRejected, RemoteError, RemoteNotSupported
+from backshift.errors import (
+    ChunkRejected,
+    RemoteError,
+    RemoteNotSupported,
+    RemoteRefused,
+    RepositoryIOError,
+)
 from backshift.remote.client import open_save_channel
 from backshift.repo import open_repository
 from conftest import find0, run, run_bin
@@ -214,3 +220,47 @@ def test_remote_saves_of_several_hosts_at_once_store_shared_content_once(
             dest = tmp_path / f"{tool}{n}"
             extract(tool, stream, dest)
             compare_trees(tree, dest / os.path.relpath(tree, "/"))
+
+
+def test_remote_save_allowed_by_an_append_only_forced_key(tmp_path, tree, sshd, ssh_env,
+                                                          monkeypatch):
+    repo = init_repo(sshd.allowed / f"ao-{tmp_path.name}")
+    env = {**ssh_env, "BACKSHIFT_RSH": sshd.rsh(sshd.forced_key)}
+    stats = remote_save(sshd.url(os.fsdecode(repo)), tree, env)
+    assert stats["status"] == "complete"
+    assert_save_matches(repo, stats["save_id"], file_digests(tree))
+    res = run_bin("-r", sshd.url(os.fsdecode(repo)), "expire", "--keep-last", "0",
+                  "--allow-empty-series", env=env)
+    assert res.returncode == RemoteRefused.exit_code
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 4 MiB tmpfs: a real disk full on the repository host."""
+    import subprocess
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_remote_save_into_a_full_disk_is_one_line_and_loses_nothing(tmp_path, tree, sshd,
+                                                                     ssh_env, small_fs):
+    repo = init_repo(small_fs / "repo")
+    url = sshd.url(os.fsdecode(repo))
+    first = remote_save(url, tree, ssh_env)
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(8):
+        (big / f"r{i}").write_bytes(os.urandom(1 << 20))
+    res = run_bin("-r", url, "save", "--subset", "big", input=find0(big), env=ssh_env)
+    assert res.returncode == RepositoryIOError.exit_code, res.stderr
+    err = res.stderr.decode()
+    assert err.count("\n") == 1 and "No space left on device" in err, err
+    assert statuses(repo) == ["complete", "interrupted"]
+    run("-r", repo, "check", "--read-data")
+    assert_save_matches(repo, first["save_id"], file_digests(tree))
+    (tree / "after.txt").write_bytes(b"still saving\n")
+    again = remote_save(url, tree, ssh_env)
+    assert_save_matches(repo, again["save_id"], file_digests(tree))
