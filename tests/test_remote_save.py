@@ -200,8 +200,11 @@ def test_remote_saves_of_several_hosts_at_once_store_shared_content_once(
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, env=env)
              for n in range(hosts)]
-    outs = [p.communicate(find0(t), timeout=300) for p, t in zip(procs, trees, strict=True)]
-    for p, (out, err) in zip(procs, outs, strict=True):
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(hosts) as pool:  # every save gets its names at once
+        outs = list(pool.map(lambda pt: pt[0].communicate(find0(pt[1]), timeout=300),
+                             zip(procs, trees, strict=True)))
+    for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
         assert b"locked" not in err, err
     with open_repository(repo) as r:
