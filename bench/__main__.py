@@ -31,8 +31,8 @@ LABELS = {
 }
 MANY_ONLY = {"find", "history"}
 DEFAULT_RUNS = {"small": 3, "mixed": 3, "many": 1}
-DEFAULT_PEERS = {"small": "borg,restic,original", "mixed": "borg,restic,original",
-                 "many": ""}
+DEFAULT_PEERS = {"small": "borg,restic,original", "mixed": "borg,restic,original,ssh",
+                 "many": ""}  # ssh: backshift itself into an ssh:// repository on localhost
 
 
 # A small fresh process times the step and reports its children's peak RSS: a child forked
@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datasets", default="small,mixed,many")
     ap.add_argument("--runs", type=int, default=None, help="runs per step (median reported)")
     ap.add_argument("--peers", default=None,
-                    help="comma list of borg,restic,original (default: all for small/mixed)")
+                    help="comma list of borg,restic,original,ssh (ssh: backshift over ssh:// "
+                         "to localhost; default: all for small/mixed)")
     ap.add_argument("--steps", default=",".join(STEPS))
     ap.add_argument("--out", default=None, help="JSON file (default bench/results/<time>.json)")
     ap.add_argument("--work", default=os.path.join(HERE, "cache", "work"))
