@@ -124,3 +124,23 @@ def test_remote_save_killed_leaves_an_interrupted_save_the_next_one_borrows(
     db.close()
     assert statuses == ["interrupted", "complete"]
     run("-r", repo, "check", "--read-data")
+
+
+def test_remote_save_removes_the_staging_directory_a_killed_save_left(tmp_path, sshd,
+                                                                      ssh_env):
+    from backshift.ops.savewire import STAGING, _staging_parent
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"data\n")
+    parent = _staging_parent() or __import__("tempfile").gettempdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = os.path.join(parent, f"{STAGING}{dead.pid}-leftover")
+    os.makedirs(os.path.join(left, "chunks"))
+    repo = os.fsencode(tmp_path / "repo")
+    run("-r", repo, "init")
+    res = run_bin("-r", sshd.url(os.fsdecode(repo)), "save", "--subset", "t",
+                  input=find0(src), env=ssh_env)
+    assert res.returncode == 0, res.stderr
+    assert not os.path.exists(left)
+    assert not [n for n in os.listdir(parent) if n.startswith(f"{STAGING}{os.getpid()}-")]

@@ -382,6 +382,32 @@ class SessionServer:
 # -- the client half ------------------------------------------------------------------------
 
 
+def _staging_parent() -> str | None:
+    """Where the readers' compressed bodies wait for their upload (each removed once sent,
+    at most about max_in_flight_bytes in all): a memory filesystem when there is one (a
+    disk's create and unlink cost more than the upload), else the temp directory."""
+    for where in (os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm"):
+        if where and os.path.isdir(where) and os.access(where, os.W_OK | os.X_OK):
+            return where
+    return None
+
+
+STAGING = "backshift-upload-"
+
+
+def _remove_dead_staging(parent: str | None) -> None:
+    """Remove the staging directories of remote saves whose process died (SIGKILL)."""
+    where = parent or tempfile.gettempdir()
+    try:
+        names = os.listdir(where)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(STAGING):].partition("-")[0]
+        if name.startswith(STAGING) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(os.path.join(where, name), ignore_errors=True)
+
+
 class _Borrowing:
     """What the Saver asks of session.borrower: whether there are candidates, the fast path."""
 
@@ -481,7 +507,10 @@ class SessionProxy:
         self.estimate = answer.get("estimate")
         self.borrower = _Borrowing(int(answer["candidates"]), bool(answer["fast"]))
         self.chunker = ChunkerParams(**answer["chunker"])
-        self.staging = os.fsencode(tempfile.mkdtemp(prefix="backshift-upload-"))
+        parent = _staging_parent()
+        _remove_dead_staging(parent)
+        self.staging = os.fsencode(tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-",
+                                                    dir=parent))
         Store.create_layout(self.staging)
         self._sink = Store(self.staging, zstd_level=int(answer["zstd_level"]), detached=True)
 
