@@ -229,6 +229,13 @@ class RemoteRefused(BackshiftError):
     summary = "`ssh://`: the server refused (outside --restrict-to-path, or --append-only)"
 
 
+class ChunkRejected(BackshiftError):
+    """the server rejected uploaded chunk {0}: its body is not data whose SHA-256 is its name"""
+
+    exit_code = 36
+    summary = "`ssh://` save: the server rejected an uploaded chunk (body does not match name)"
+
+
 class RemoteNotSupported(BackshiftError):
     """{0}"""
 

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING
 import apsw
 
 from . import __version__
-from .catalog import CATALOG_NAME, Catalog, on_read_only_media, translate_error
+from .catalog import (
+    CATALOG_NAME,
+    Catalog,
+    network_filesystem,
+    on_read_only_media,
+    translate_error,
+)
 from .errors import (
     NotACatalog,
     RepositoryExists,
@@ -319,9 +325,15 @@ def open_repository(path: bytes, mode: str = READ, operation: str = "",
         # expire can run there while check reads; the shared flock still works
     else:
         mode_lock = mode
+    exclusive = mode == EXCLUSIVE
+    if mode == WRITE and (network := network_filesystem(path)) is not None:
+        from .lock import _notice
+        exclusive = True  # the catalog is opened in exclusive locking mode: one writer
+        _notice(f"notice: {os.fsdecode(path)} is on a network filesystem ({network}): one "
+                "writer at a time; for many hosts, serve it over ssh:// (README)")
     if mode_lock in (WRITE, EXCLUSIVE, READ_LOCKED):
         from .lock import RepoLock
-        lock = RepoLock(path, exclusive=(mode == EXCLUSIVE), operation=operation or mode)
+        lock = RepoLock(path, exclusive=exclusive, operation=operation or mode)
         try:
             lock.acquire(lock_wait_s)
         except OSError as e:  # permission denied, read-only media, disk full

@@ -34,8 +34,9 @@ LABELS = {
 }
 MANY_ONLY = {"find", "history"}
 DEFAULT_RUNS = {"small": 3, "mixed": 3, "system": 3, "many": 1}
-DEFAULT_PEERS = {"small": "borg,restic,original,s3", "mixed": "borg,restic,original,s3",
+DEFAULT_PEERS = {"small": "borg,restic,original,s3", "mixed": "borg,restic,original,s3,ssh",
                  "system": "borg,restic", "many": ""}
+# s3: chunks in a SeaweedFS bucket; ssh: backshift itself into an ssh:// repository on localhost
 
 
 # A small fresh process times the step and reports its children's peak RSS: a child forked
@@ -263,8 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datasets", default="small,mixed,system,many")
     ap.add_argument("--runs", type=int, default=None, help="runs per step (median reported)")
     ap.add_argument("--peers", default=None,
-                    help="comma list of borg,restic,original,s3 (default: all for "
-                         "small/mixed; s3: chunks in a SeaweedFS bucket)")
+                    help="comma list of borg,restic,original,s3,ssh (default: all for "
+                         "small/mixed; s3: chunks in a SeaweedFS bucket; ssh: backshift "
+                         "over ssh:// to localhost)")
     ap.add_argument("--steps", default=",".join(STEPS))
     ap.add_argument("--out", default=None, help="JSON file (default bench/results/<time>.json)")
     ap.add_argument("--work", default=os.path.join(HERE, "cache", "work"))

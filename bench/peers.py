@@ -133,6 +133,46 @@ class Backshift(Tool):
         return {"repo": _du(self.repo), "catalog": cat}
 
 
+class BackshiftSsh(Backshift):
+    """backshift into an ssh:// repository on this host (the remote column): save, list -v
+    and tar through `backshift serve` over ssh to localhost, init and the rest n/a.
+    BACKSHIFT_BENCH_SSH names the host part (default ssh://localhost), BACKSHIFT_BENCH_RSH
+    the ssh command (default ssh); the key must log in without a prompt."""
+
+    name = "ssh"
+
+    def __init__(self, work: str) -> None:
+        super().__init__(work)
+        self.url = os.environ.get("BACKSHIFT_BENCH_SSH", "ssh://localhost").rstrip("/") \
+            + self.repo
+
+    def env(self) -> dict:
+        e = dict(os.environ)
+        e["BACKSHIFT_REMOTE_PATH"] = self.bin
+        if os.environ.get("BACKSHIFT_BENCH_RSH"):
+            e["BACKSHIFT_RSH"] = os.environ["BACKSHIFT_BENCH_RSH"]
+        return e
+
+    def available(self) -> bool:
+        probe = [self.bin, "-r", os.environ.get("BACKSHIFT_BENCH_SSH", "ssh://localhost")
+                 + "/nonexistent-bench-probe", "saves"]
+        r = subprocess.run(probe, capture_output=True, env=self.env(), timeout=60)
+        return r.returncode == 3  # reached serve, which found no repository there
+
+    def command(self, step, ds, save_no):
+        if step == "init":
+            return [self.bin, "-r", self.repo, "init"]
+        b = [self.bin, "-r", self.url]
+        if step in ("save1", "resave", "resave_mod"):
+            return b + ["save", "--hostname", "bench", "--subset", "bench", "--no-progress",
+                        ds.root]
+        if step == "list":
+            return b + ["list", "--backup", "latest", "-v"]
+        if step == "tar":
+            return b + ["tar", "--backup", "latest", "-o", "-"]
+        return None
+
+
 class Borg(Tool):
     name = "borg"
 
@@ -233,4 +273,5 @@ class Original(Tool):
         return None  # init is part of the first save; expire asks on stdin; no check
 
 
-TOOLS = {"backshift": Backshift, "borg": Borg, "restic": Restic, "original": Original}
+TOOLS = {"backshift": Backshift, "borg": Borg, "restic": Restic, "original": Original,
+         "ssh": BackshiftSsh}

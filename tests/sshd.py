@@ -78,6 +78,7 @@ KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 MaxStartups 50
 LogLevel ERROR
+Subsystem sftp internal-sftp
 """)
     if os.geteuid() == 0:  # a root sshd needs its privilege separation directory
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)

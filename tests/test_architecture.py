@@ -164,7 +164,7 @@ LAYERS: list[tuple[str, set[str]]] = [
       "ops.report", "ops.check", "ops.expire", "ops.import_legacy", "ops.listing",
       "ops.listformat", "ops.listfast", "ops.where", "ops.digestcheck",
       "ops.tardata", "ops.legacydir",
-      "ops.tarproduce", "ops.save", "ops.dryrun", "ops.mounttree", "ops.mountread",
+      "ops.tarproduce", "ops.save", "ops.savewire", "ops.dryrun", "ops.mounttree", "ops.mountread",
       "ops.readahead"}),
     ("the FUSE mount", {"ops.fusefs", "ops.mount"}),
     ("remote repositories",
@@ -387,7 +387,7 @@ CLI_RULES = {
     "save": {"admin", "app", "options", "views"},
     "reports": {"app", "options", "views"},
     "restore": {"app", "options", "views"},
-    "serve": {"app"},
+    "serve": {"app", "admin"},
     "__init__": {"admin", "app", "options", "reports", "restore", "save", "serve"},
 }
 

@@ -197,10 +197,29 @@ def _code_remote_refused(tmp_path, repo, monkeypatch):
                    f"sh -c 'exec {BACKSHIFT} serve --restrict-to-path {tmp_path}' rsh")
 
 
+def _code_remote_chunk_rejected(tmp_path, repo, monkeypatch):
+    """A broken or hostile client: every body it uploads has one bit flipped."""
+    from backshift.ops import savewire
+
+    real = savewire.SessionProxy._put
+
+    def flipped(self, batch, lengths):
+        return real(self, [(sha, body[:-1] + bytes([body[-1] ^ 1])) for sha, body in batch],
+                    lengths)
+
+    monkeypatch.setattr(savewire.SessionProxy, "_put", flipped)
+    monkeypatch.setenv("BACKSHIFT_RSH", LOCAL_RSH)
+    monkeypatch.setenv("BACKSHIFT_REMOTE_PATH", BACKSHIFT)
+    src = small_tree(tmp_path / "src")
+    return run("-r", f"ssh://backup.example{os.fsdecode(repo)}", "save", "--subset", "t",
+               input=find0(src), exit_code=None)
+
+
 SCENARIOS.update({
     30: _code_remote_unreachable, 31: _code_remote_auth_failed,
     32: _code_remote_command_not_found, 33: _code_remote_version_mismatch,
     34: _code_remote_connection_lost, 35: _code_remote_refused,
+    36: _code_remote_chunk_rejected,
 })
 
 

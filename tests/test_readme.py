@@ -270,8 +270,8 @@ def _does_not_do() -> str:
 
 
 @pytest.mark.parametrize("claim, cmd, code, says", [
-    ("ssh://", "backshift -r ssh://backup@nas.invalid/srv/repo save --subset x src", 2,
-     b"save on an ssh:// repository"),
+    ("ssh://", "backshift -r ssh://backup@nas.invalid/srv/repo import-legacy src", 2,
+     b"run it on the repository host"),
 ])
 def test_readme_does_not_do_section_matches_the_cli(tmp_path, claim, cmd, code, says):
     """Each "not yet" of the README holds: when a feature lands, this fails until the README

@@ -96,8 +96,6 @@ def test_without_option_drops_output_in_every_spelling():
 
 def test_check_remote_refuses_local_only_and_unknown_commands():
     check_remote("list")
-    with pytest.raises(Exception, match="remote save lands with"):
-        check_remote("save")
     with pytest.raises(Exception, match="run it on the repository host"):
         check_remote("import-legacy")
     with pytest.raises(Exception, match="does not run on ssh:// repositories yet"):

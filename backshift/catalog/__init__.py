@@ -34,6 +34,7 @@ from .conn import (
     Connection,
     catalog_damage,
     configure,
+    network_filesystem,
     on_read_only_media,
     open_connection,
     open_error,
@@ -87,7 +88,7 @@ __all__ = [
     "PREVIOUS_UNDER_PARENT", "READER_BUSY_MS", "STAGE_ROW_VALUES", "UNREFERENCED_CHUNKS_IN_RANGE",
     "WHERE_PREDICATE_MATCHES", "WRITER_BUSY_MS", "Catalog", "MembersDigest", "catalog_damage",
     "USER_SQL", "configure", "open_connection", "open_user_sql", "migrations",
-    "on_read_only_media", "open_error", "read_only_uri",
+    "network_filesystem", "on_read_only_media", "open_error", "read_only_uri",
     "schema_version", "stand_in_for_migrations", "translate_error",
 ]
 

@@ -58,6 +58,28 @@ def on_read_only_media(path: bytes) -> bool:
         return False
 
 
+# statfs(2) f_type of filesystems whose locks and shared memory do not work across hosts
+# (SQLite: "WAL does not work over a network filesystem"); FUSE covers sshfs.
+NETWORK_FS_TYPES = {0x6969: "NFS", 0xFF534D42: "CIFS/SMB", 0xFE534D42: "SMB2", 0x517B: "SMB",
+                    0x65735546: "FUSE", 0x5346414F: "AFS", 0x00C36400: "Ceph",
+                    0x01021997: "9P"}
+
+
+def network_filesystem(path: bytes) -> str | None:
+    """The name of the network or FUSE filesystem PATH is on (statfs f_type), else None."""
+    import ctypes
+
+    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is its first field
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.statfs(os.fsencode(path), buf) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    f_type = ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+    return NETWORK_FS_TYPES.get(f_type)
+
+
 def _wal_holds_frames(path: bytes) -> bool:
     """Whether the catalog at PATH has a write-ahead log with transactions in it (one not
     checkpointed into the file: the last writer was killed, or the media went away)."""
@@ -172,6 +194,11 @@ def open_connection(path: bytes, role: str, create: bool = False) -> apsw.Connec
     conn = None
     try:
         conn = apsw.Connection(name, flags=flags)
+        if not readonly and network_filesystem(os.path.dirname(path) or b"."):
+            # before the first read: the WAL index then lives in this process's memory,
+            # not in a -shm file other hosts would map incoherently; the file locks are
+            # held until the connection closes: one writer, and no reader meanwhile
+            conn.execute("PRAGMA locking_mode = EXCLUSIVE").fetchall()
         configure(conn, role)
     except apsw.Error as e:
         if conn is not None:

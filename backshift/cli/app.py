@@ -26,7 +26,7 @@ from ..errors import (
     exit_code_table,
 )
 from ..pathcodec import escape
-from .forward import run_remote
+from .forward import repo_given, run_remote
 from .views import ProgressLine, echo_err
 
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(
@@ -90,7 +90,7 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            if str(ctx.params.get("repo") or "").startswith("ssh://"):
+            if str(repo_given(ctx) or "").startswith("ssh://"):
                 code = run_remote(self, ctx)
                 if code is not None:
                     raise SystemExit(code)

@@ -144,17 +144,24 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
     # stdin unbuffered: a single read returns what the pipe has, and the name reader
     # thread never holds a buffer lock the interpreter needs at exit.
     stream = None if paths else filelist if filelist is not None else _raw_stdin()
+    if dry_run and (ctx.repo_arg or "").startswith("ssh://"):
+        from ..errors import RemoteNotSupported
+        raise RemoteNotSupported("save --dry-run on an ssh:// repository: run it on the "
+                                 "repository host, or save without --dry-run")
     if dry_run:
         _dry_run(ctx, opts, warn, cwd=cwd, paths=paths, stream=stream,
                  one_file_system=one_file_system, excludes=exclude,
                  exclude_caches=exclude_caches, exclude_if_present=exclude_if_present,
                  lock_wait_s=lock_wait, as_json=as_json)
         return
-    run = run_save(ctx.repo, opts, warn, cwd=cwd, paths=paths, stream=stream,
-                   one_file_system=one_file_system, excludes=exclude,
-                   exclude_caches=exclude_caches, exclude_if_present=exclude_if_present,
-                   lock_wait_s=lock_wait, progress=ctx.line.save if show else None,
-                   notice=notice, after_complete=copy_catalog)
+    walk_options = dict(cwd=cwd, paths=paths, stream=stream, one_file_system=one_file_system,
+                        excludes=exclude, exclude_caches=exclude_caches,
+                        exclude_if_present=exclude_if_present, lock_wait_s=lock_wait,
+                        progress=ctx.line.save if show else None, notice=notice)
+    if (ctx.repo_arg or "").startswith("ssh://"):
+        run = _remote_save(ctx, opts, warn, walk_options)
+    else:
+        run = run_save(ctx.repo, opts, warn, after_complete=copy_catalog, **walk_options)
     if run.terminated:  # a second SIGTERM: stopped at once, marked interrupted
         ctx.line.clear()
         echo_err("backshift: terminated")
@@ -175,6 +182,34 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
                          else EXIT_INTERRUPTED)
     if stats.warnings or not copied:
         raise SystemExit(EXIT_WARNING)
+
+
+def _remote_save(ctx: Context, opts, warn, walk_options: dict):
+    """The save into an ssh:// repository: this host reads, `backshift serve` there records."""
+    from ..errors import RemoteConnectionLost
+    from ..ops.savewire import run_remote_save
+    from ..remote.client import open_save_channel
+
+    opened: list = []
+
+    def connect():
+        channel, transport = open_save_channel(ctx.repo_arg, click.get_current_context()
+                                               .meta.get("remote_path"), sys.stderr.buffer)
+        opened.append(transport)
+        return channel
+
+    failed = True
+    try:
+        run = run_remote_save(connect, opts, warn, **walk_options)
+        failed = False
+        return run
+    except RemoteConnectionLost as e:
+        if opened:
+            raise opened[0].lost(e.args[-1]) from None
+        raise
+    finally:
+        if opened:
+            opened[0].close(failed=failed)
 
 
 def _dry_run(ctx: Context, opts, warn, *, as_json: bool, **walk_options) -> None:

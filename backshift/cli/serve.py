@@ -34,7 +34,21 @@ def serve(restrict: tuple[str, ...], append_only: bool) -> None:
     from ..remote.server import Policy, serve_stdio
 
     policy = Policy(restrict_to=restrict, append_only=append_only)
-    raise SystemExit(serve_stdio(policy, _serve_inspect, _serve_execute))
+    raise SystemExit(serve_stdio(policy, _serve_inspect, _serve_execute, _serve_saves))
+
+
+def _serve_saves(repo: str):
+    """The repository half of a remote save into REPO (ops/savewire.py)."""
+    import os
+
+    from ..ops.savewire import SessionServer
+    from ..repo import WRITE, open_repository
+    from .admin import copy_catalog
+
+    def open_repo(lock_wait_s: float):
+        return open_repository(os.fsencode(repo), WRITE, operation="save",
+                               lock_wait_s=lock_wait_s)
+    return SessionServer(open_repo, copy_catalog)
 
 
 def _serve_inspect(argv: list[str]) -> tuple[str, dict | None]:

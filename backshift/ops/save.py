@@ -90,18 +90,21 @@ class Saver:
     """Sequences one save: names in, lstat, hand-off to the readers, results recorded in
     input order through the session (self.session), stop requests honoured."""
 
-    def __init__(self, repo: Repository, opts: SaveOptions, warn: Warn,
-                 progress: Progress | None = None, readers: Executor | None = None) -> None:
+    def __init__(self, repo: Repository | None, opts: SaveOptions, warn: Warn,
+                 progress: Progress | None = None, readers: Executor | None = None,
+                 session=None) -> None:
         self.repo = repo
         self.readers = readers  # reader_pool(); threads of this process when None
         self.opts = opts
         self.progress = progress
-        self.session = SaveSession(repo, opts.hostname, opts.subset, opts.roots, warn,
-                                   batch_files=opts.batch_files, batch_bytes=opts.batch_bytes,
-                                   batch_seconds=opts.batch_seconds)
+        # SESSION: the repository half when it is not REPO's own SaveSession (a remote
+        # save's ops/savewire.SessionProxy: its chunker is known once it is open)
+        self.session = session if session is not None else SaveSession(
+            repo, opts.hostname, opts.subset, opts.roots, warn, batch_files=opts.batch_files,
+            batch_bytes=opts.batch_bytes, batch_seconds=opts.batch_seconds)
         self.stats = self.session.stats
         self.warn = self.session.warn  # thread-safe: the name reader warns from its thread
-        self.chunker = repo.chunker
+        self.chunker = repo.chunker if repo is not None else None
         self.owners = Owners()
         self.hardlinks: dict[tuple[int, int], Item] = {}
         self.queue: collections.deque[Item] = collections.deque()
@@ -109,7 +112,7 @@ class Saver:
         self.pool: Executor | None = None
         self._small: list[Item] = []  # small files waiting for their batch to be sent
         self._small_bytes = 0
-        self._small_limit = repo.chunker.min_size
+        self._small_limit = repo.chunker.min_size if repo is not None else 0
         self.stop_signal: int | None = None
         self.names_seen = 0
         self.notice: Callable[[str], None] = _notice
@@ -142,6 +145,9 @@ class Saver:
     def _run_handled(self, paths: Iterable[bytes]) -> SaveStats:
         session = self.session
         session.open()
+        if self.chunker is None:  # a remote session's: known now
+            self.chunker = session.chunker
+            self._small_limit = self.chunker.min_size
         if self.progress is not None and session.estimate is None and isinstance(paths, Walk):
             self._scan_ahead(paths)
         pool = self.pool = self.readers or ThreadPoolExecutor(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 
 from .. import __version__
 from ..errors import (
@@ -24,8 +26,6 @@ from .url import parse
 
 # Commands that read this host's files: they cannot run on the server as they are.
 LOCAL_ONLY = {
-    "save": "remote save lands with the split of save into client and repository halves; "
-            "until then run save on the repository host",
     "import-legacy": "it reads a save directory on this host; run it on the repository host",
     "mount": "mount works on local repositories only; run it on the repository host",
 }
@@ -205,3 +205,98 @@ def run_command(url: str, remote_path: str | None, argv: list[str], out, err, *,
     return run_over(transport, target.path, argv, out, err, debug=debug, encoding=encoding,
                     errors=errors)
 
+
+
+class Channel:
+    """A remote save's requests over one Session: call() waits for its answer, post() sends
+    and goes on (latency hidden: many requests in flight). A thread reads the answers, in
+    order; the first error of a posted request (or of the connection) is raised by the
+    next call() or post(). Only one thread sends."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.lock = threading.Lock()
+        self.waiting: collections.deque[tuple[int, Future | None]] = collections.deque()
+        self.error: BaseException | None = None
+        self.notes: list[dict] = []  # answers of posted requests that carry warnings
+        self.reader = threading.Thread(target=self._read, daemon=True, name="answers")
+        self.reader.start()
+
+    def _read(self) -> None:
+        session = self.session
+        try:
+            while True:
+                frame = session.reader.read()
+                if frame is None:
+                    raise RemoteConnectionLost(session.peer, "the server closed the connection")
+                with self.lock:
+                    rid, future = self.waiting.popleft() if self.waiting else (None, None)
+                if rid is None or frame.header.get("id") != rid:
+                    raise RemoteProtocolError(f"{session.peer} answered request "
+                                              f"{frame.header.get('id')!r} where {rid} was due")
+                if frame.kind == "error":
+                    error = _server_error(frame.header)
+                    if future is not None:
+                        future.set_exception(error)
+                    elif self.error is None:
+                        self.error = error
+                elif frame.kind != "result":
+                    raise RemoteProtocolError(f"{session.peer} sent a {frame.kind!r} frame "
+                                              "to a save request")
+                elif future is not None:
+                    future.set_result(frame)
+                elif frame.header.get("warnings"):
+                    with self.lock:
+                        self.notes.append(frame.header)
+        except BaseException as e:  # noqa: BLE001 - handed to the sending thread
+            if self.error is None:
+                self.error = e
+            with self.lock:
+                waiting, self.waiting = self.waiting, collections.deque()
+            for _rid, future in waiting:
+                if future is not None:
+                    future.set_exception(e)
+
+    def _send(self, header: dict, payload: bytes, future: Future | None) -> None:
+        if self.error is not None:
+            raise self.error
+        with self.lock:
+            rid = self.session.next_id
+            self.waiting.append((rid, future))
+        self.session.send(header, payload)  # takes that same id: one sending thread
+
+    def post(self, op: str, header: dict, payload: bytes = b"") -> None:
+        self._send({**header, "op": op}, payload, None)
+
+    def call(self, op: str, header: dict, payload: bytes = b"") -> tuple[dict, bytes]:
+        future: Future = Future()
+        self._send({**header, "op": op}, payload, future)
+        frame = future.result()
+        if self.error is not None:  # a posted request before it failed
+            raise self.error
+        return frame.header, frame.payload
+
+    def take_notes(self) -> list[dict]:
+        with self.lock:
+            notes, self.notes = self.notes, []
+        return notes
+
+
+def open_save_channel(url: str, remote_path: str | None, err):
+    """(Channel, transport) to the server of the ssh:// URL, the hello done: a remote save."""
+    target = parse(url)
+    rsh = os.environ.get("BACKSHIFT_RSH") or DEFAULT_RSH
+    transport = SshTransport(target, remote_path or DEFAULT_REMOTE_PATH, rsh, err,
+                             keep_sigint=True)
+    try:
+        session = Session(transport)
+        session.hello(target.path)
+        transport.connected()
+    except RemoteConnectionLost as e:
+        error = transport.lost(e.args[-1])
+        transport.close(failed=True)
+        raise error from None
+    except BaseException:
+        transport.close(failed=True)
+        raise
+    return Channel(session), transport

@@ -27,6 +27,7 @@ REMOTE_COMMANDS = frozenset({"init", "saves", "list", "tar", "find", "history", 
 
 Inspect = Callable[[list[str]], "tuple[str, dict]"]
 Execute = Callable[..., int]
+SaveHandler = Callable[[str], "object"]
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,16 @@ def _within(path: bytes, prefix: bytes) -> bool:
 
 
 def serve(inp, out, policy: Policy, inspect: Inspect, execute: Execute,
-          log: Callable[[str], None]) -> int:
-    """Answer requests from INP on OUT until the client closes; return the exit status."""
+          log: Callable[[str], None], saves: SaveHandler | None = None) -> int:
+    """Answer requests from INP on OUT until the client closes; return the exit status.
+
+    SAVES(repo) makes the handler of a remote save's requests ("save.*": its repository
+    half, ops/savewire.py's SessionServer); the save it runs is abandoned (marked
+    interrupted) when the client goes away before finishing it."""
     reader = FrameReader(inp, "the client")
     frames = FrameWriter(out)
+    handler = None
+    error: BaseException | None = None
     try:
         hello = reader.read()
         if hello is None:
@@ -82,14 +89,34 @@ def serve(inp, out, policy: Policy, inspect: Inspect, execute: Execute,
         if repo is None:
             return EXIT_OK
         while (frame := reader.read()) is not None:
+            if str(frame.header.get("op", "")).startswith("save.") and saves is not None:
+                if handler is None:
+                    handler = saves(repo)
+                _save_request(frame, frames, handler)
+                continue
             _answer(frame, frames, repo, policy, inspect, execute)
     except BackshiftError as e:  # the client broke the protocol or went away mid-frame
+        error = e
         log(f"backshift serve: {e.message()}")
         return e.exit_code
-    except (BrokenPipeError, ConnectionResetError):
+    except (BrokenPipeError, ConnectionResetError) as e:
+        error = e
         log("backshift serve: the client went away")
         return EXIT_ERROR
+    finally:
+        if handler is not None:
+            handler.close(error)
     return EXIT_OK
+
+
+def _save_request(frame, frames: FrameWriter, handler) -> None:
+    rid = frame.header.get("id")
+    try:
+        header, payload = handler.handle(str(frame.header["op"]), frame.header, frame.payload)
+    except BackshiftError as e:
+        _error(frames, rid, e)
+        return
+    frames.send({**header, "id": rid, "kind": "result"}, payload)
 
 
 def _hello(frame, frames: FrameWriter, policy: Policy) -> str | None:
@@ -155,7 +182,8 @@ def _error(frames: FrameWriter, rid: object, e: BackshiftError) -> None:
     frames.send({"id": rid, "kind": "error", "message": e.message(), "exit": e.exit_code})
 
 
-def serve_stdio(policy: Policy, inspect: Inspect, execute: Execute) -> int:
+def serve_stdio(policy: Policy, inspect: Inspect, execute: Execute,
+                saves: SaveHandler | None = None) -> int:
     """serve() on this process's stdin/stdout, which nothing else may touch meanwhile.
 
     The protocol keeps private copies of fds 0 and 1; fd 0 becomes /dev/null and fd 1 a copy
@@ -172,7 +200,7 @@ def serve_stdio(policy: Policy, inspect: Inspect, execute: Execute) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     try:
-        return serve(inp, out, policy, inspect, execute, log)
+        return serve(inp, out, policy, inspect, execute, log, saves)
     finally:
         for stream in (inp, out):
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import subprocess
 import threading
 from collections import deque
@@ -49,7 +50,8 @@ class SshTransport:
     fails they explain it (unreachable, refused login, command not found) in one line.
     """
 
-    def __init__(self, url: SshUrl, remote_path: str, rsh: str, err) -> None:
+    def __init__(self, url: SshUrl, remote_path: str, rsh: str, err,
+                 keep_sigint: bool = False) -> None:
         self.host = url.host
         self.remote_path = remote_path
         self.err = err
@@ -58,12 +60,21 @@ class SshTransport:
         self.tail: deque[bytes] = deque(maxlen=5)
         self.lock = threading.Lock()
         argv = ssh_argv(url, remote_path, rsh)
+        # KEEP_SIGINT (a save): ssh starts with SIGINT ignored, which OpenSSH keeps, so a
+        # Ctrl-C at the terminal stops the save (it commits what is saved) and not the
+        # connection it commits through
+        old_sigint = None
+        if keep_sigint and threading.current_thread() is threading.main_thread():
+            old_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE)
         except OSError as e:
             raise RemoteUnreachable(url.host, f"cannot run {argv[0]!r} (BACKSHIFT_RSH): "
                                               f"{e.strerror or e}") from None
+        finally:
+            if old_sigint is not None:
+                signal.signal(signal.SIGINT, old_sigint)
         self.reader = self.proc.stdout
         self.writer = self.proc.stdin
         self.relay = threading.Thread(target=self._relay_stderr, daemon=True)

@@ -1,0 +1,269 @@
+"""Remote save (`-r ssh://... save`) end to end through a real OpenSSH server (tests/sshd.py):
+the client half (walk, read, chunk, compress) here, the repository half in `backshift serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+from repo_oracle import assert_save_matches, file_digests
+from restorehelp import compare_trees, extract
+
+from backshift import chunkcodec
+from backshift.errors import (
+    ChunkRejected,
+    RemoteError,
+    RemoteNotSupported,
+    RemoteRefused,
+    RepositoryIOError,
+)
+from backshift.remote.client import open_save_channel
+from backshift.repo import open_repository
+from conftest import find0, run, run_bin
+
+
+def init_repo(path) -> bytes:
+    repo = os.fsencode(path)
+    run("-r", repo, "init", "--chunk-min", "4096", "--chunk-avg", "16384",
+        "--chunk-max", "65536")
+    return repo
+
+
+def statuses(repo: bytes) -> list[str]:
+    with open_repository(repo) as r:
+        return [row[0] for row in r.catalog.conn.execute("SELECT status FROM save ORDER BY id")]
+
+
+def remote_save(url: str, root, env: dict, *args: str, code: int = 0) -> dict:
+    res = run_bin("-r", url, "save", "--subset", "t", "--json", *args, input=find0(root),
+                  env=env)
+    assert res.returncode == code, res.stderr
+    return json.loads(res.stdout) if code in (0, 1) else {}
+
+
+def aged(root):
+    """Wait until ROOT's files are past the racy window (a save trusts an unchanged file
+    only when it was modified 2 s before the save started): the server is another process."""
+    time.sleep(2.1)
+    return root
+
+
+def test_remote_save_restores_exactly_like_a_local_save(tmp_path, tree, sshd, ssh_env):
+    local_repo = init_repo(tmp_path / "local")
+    remote_repo = init_repo(tmp_path / "remote")
+    local = json.loads(run("-r", local_repo, "save", "--subset", "t", "--json",
+                           input=find0(tree)).stdout_bytes)
+    remote = remote_save(sshd.url(os.fsdecode(remote_repo)), tree, ssh_env)
+    for key in ("files", "bytes", "files_read", "bytes_read", "new_chunks",
+                "new_bytes_stored", "warnings"):
+        assert remote[key] == local[key], key
+    run("-r", remote_repo, "check", "--read-data")
+    assert_save_matches(remote_repo, remote["save_id"], file_digests(tree))
+    listed = [run("-r", r, "list", "--backup", "latest", "-v").stdout_bytes
+              for r in (local_repo, remote_repo)]
+    assert listed[0] == listed[1]
+    stream = run_bin("-r", remote_repo, "tar", "--backup", "latest").stdout
+    for tool in ("gnu", "bsd"):
+        dest = tmp_path / tool
+        extract(tool, stream, dest)
+        compare_trees(tree, dest / os.path.relpath(tree, "/"))
+
+
+def test_remote_resave_borrows_unchanged_files_and_reads_changed_ones(tmp_path, tree, sshd,
+                                                                      ssh_env):
+    repo = init_repo(tmp_path / "repo")
+    url = sshd.url(os.fsdecode(repo))
+    first = remote_save(url, aged(tree), ssh_env)
+    again = remote_save(url, tree, ssh_env)
+    assert (again["files"], again["new_chunks"], again["files_read"]) == (first["files"], 0, 0)
+    assert again["files_borrowed"] == first["files_read"]
+    (tree / "text.txt").write_bytes(b"changed\n" * 1000)
+    third = remote_save(url, tree, ssh_env)
+    assert (third["files_read"], third["new_chunks"]) == (1, 1)
+    assert_save_matches(repo, third["save_id"], file_digests(tree))
+    run("-r", repo, "check", "--read-data")
+
+
+def test_remote_save_takes_the_repository_after_the_command(tmp_path, tree, sshd, ssh_env):
+    repo = init_repo(tmp_path / "repo")
+    res = run_bin("save", "-r", sshd.url(os.fsdecode(repo)), "--subset", "t",
+                  input=find0(tree), env=ssh_env)
+    assert res.returncode == 0, res.stderr
+    assert b"saved" in res.stdout or res.stdout
+    run("-r", repo, "check")
+    assert statuses(repo) == ["complete"]
+
+
+def test_remote_save_dry_run_is_refused_with_one_line(tmp_path, tree, sshd, ssh_env):
+    repo = init_repo(tmp_path / "repo")
+    res = run_bin("-r", sshd.url(os.fsdecode(repo)), "save", "-n", "--subset", "t",
+                  input=find0(tree), env=ssh_env)
+    assert res.returncode == RemoteNotSupported.exit_code
+    assert res.stderr.decode().count("\n") == 1
+
+
+def test_remote_save_refuses_a_chunk_body_that_does_not_match_its_name(tmp_path, sshd,
+                                                                       ssh_env):
+    """A crafted client: it uploads a sound-looking body under another chunk's name."""
+    repo = init_repo(tmp_path / "repo")
+    channel, transport = open_save_channel(sshd.url(os.fsdecode(repo)),
+                                           ssh_env["BACKSHIFT_REMOTE_PATH"],
+                                           open(os.devnull, "wb"))
+    try:
+        channel.call("save.open", {"hostname": "evil", "subset": "t", "roots": None,
+                                   "batch_files": 100, "batch_seconds": 10})
+        data = b"the truth" * 100
+        body = chunkcodec.Codec(3).encode(data)
+        name = bytes(32)  # not sha256(data)
+        channel.post("save.put", {"shas": [name.hex()], "lengths": [len(data)],
+                                  "sizes": [len(body)]}, body)
+        with pytest.raises(RemoteError) as caught:
+            channel.call("save.missing", {}, json.dumps([name.hex()]).encode())
+        assert caught.value.exit_code == ChunkRejected.exit_code
+        assert name.hex() in caught.value.message()
+    finally:
+        transport.close()
+    assert statuses(repo) == ["interrupted"]
+    chunk_files = [n for _d, _s, files in os.walk(os.path.join(repo, b"chunks")) for n in files]
+    assert chunk_files == []
+    run("-r", repo, "check", "--read-data")
+
+
+AFTER_COMMAND = [
+    ["saves"], ["list", "--backup", "latest"], ["tar", "--backup", "latest"],
+    ["find", "*.txt"], ["history", "{tree}/a.txt"], ["diff", "1", "2"], ["stats"],
+    ["sql", "SELECT count(*) AS n FROM save"], ["check"], ["break-lock"],
+    ["expire", "--keep-last", "5"],
+]
+
+
+def test_remote_repository_after_the_command_is_forwarded_like_before_it(
+        tmp_path, tree, sshd, ssh_env):
+    repo = init_repo(tmp_path / "repo")
+    url = sshd.url(os.fsdecode(repo))
+    remote_save(url, tree, ssh_env)
+    remote_save(url, tree, ssh_env)
+    for argv in AFTER_COMMAND:
+        argv = [a.replace("{tree}", str(tree)) for a in argv]
+        before = run_bin("-r", url, *argv, env=ssh_env)
+        after = run_bin(*argv, "-r", url, env=ssh_env)
+        glued = run_bin(argv[0], f"--repo={url}", *argv[1:], env=ssh_env)
+        assert before.returncode == 0, (argv, before.stderr)
+        if argv[0] == "check":  # it says how long it took
+            before.stdout = after.stdout = glued.stdout = b""
+        assert (after.returncode, after.stdout) == (before.returncode, before.stdout), argv
+        assert (glued.returncode, glued.stdout) == (before.returncode, before.stdout), argv
+
+
+def test_remote_init_with_the_repository_after_the_command(tmp_path, sshd, ssh_env):
+    url = sshd.url(tmp_path / "fresh")
+    res = run_bin("init", "-r", url, env=ssh_env)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "fresh" / "catalog.sqlite3").exists()
+
+
+def test_local_repository_after_the_command_overrides_an_ssh_one_before(tmp_path, tree,
+                                                                       sshd, ssh_env):
+    repo = init_repo(tmp_path / "repo")
+    run("-r", repo, "save", "--subset", "t", input=find0(tree))
+    res = run_bin("-r", "ssh://127.0.0.1:1/nowhere", "saves", "-r", repo, env=ssh_env)
+    assert res.returncode == 0, res.stderr
+
+
+def _host_tree(root, shared: dict[str, bytes], own: int):
+    root.mkdir()
+    (root / "shared").mkdir()
+    for name, data in shared.items():
+        (root / "shared" / name).write_bytes(data)
+    for i in range(own):
+        (root / f"own{i}").write_bytes(os.urandom(20_000))
+    (root / "link").symlink_to("shared")
+    return root
+
+
+@pytest.mark.parametrize("hosts", [2, 3])
+def test_remote_saves_of_several_hosts_at_once_store_shared_content_once(
+        tmp_path, sshd, ssh_env, hosts):
+    import subprocess
+
+    from conftest import BACKSHIFT
+    repo = init_repo(tmp_path / "repo")
+    url = sshd.url(os.fsdecode(repo))
+    shared = {f"s{i}": os.urandom(40_000) for i in range(20)}
+    trees = [_host_tree(tmp_path / f"h{n}", shared, 10) for n in range(hosts)]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("BACKSHIFT_")},
+           **ssh_env}
+    procs = [subprocess.Popen([BACKSHIFT, "-r", url, "save", "--hostname", f"web{n}",
+                               "--subset", "t", "--json", "--checkpoint-interval", "0.1"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env)
+             for n in range(hosts)]
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(hosts) as pool:  # every save gets its names at once
+        outs = list(pool.map(lambda pt: pt[0].communicate(find0(pt[1]), timeout=300),
+                             zip(procs, trees, strict=True)))
+    for p, (_out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+        assert b"locked" not in err, err
+    with open_repository(repo) as r:
+        rows = r.catalog.conn.execute("SELECT count(*) FROM chunk").fetchone()[0]
+    chunk_files = [n for _d, _s, files in os.walk(os.path.join(repo, b"chunks"))
+                   for n in files]
+    assert len(chunk_files) == rows  # every chunk once: the shared ones too
+    stored = sum(os.path.getsize(os.path.join(repo, b"chunks", n[:2], n)) for n in chunk_files)
+    assert stored < sum(map(len, shared.values())) * 1.1 + hosts * 10 * 20_000 * 1.1
+    run("-r", repo, "check", "--read-data")
+    for n, tree in enumerate(trees):
+        save_id = json.loads(outs[n][0])["save_id"]
+        assert_save_matches(repo, save_id, file_digests(tree))
+        stream = run_bin("-r", url, "tar", "--backup", str(save_id), env=ssh_env).stdout
+        for tool in ("gnu", "bsd"):
+            dest = tmp_path / f"{tool}{n}"
+            extract(tool, stream, dest)
+            compare_trees(tree, dest / os.path.relpath(tree, "/"))
+
+
+def test_remote_save_allowed_by_an_append_only_forced_key(tmp_path, tree, sshd, ssh_env,
+                                                          monkeypatch):
+    repo = init_repo(sshd.allowed / f"ao-{tmp_path.name}")
+    env = {**ssh_env, "BACKSHIFT_RSH": sshd.rsh(sshd.forced_key)}
+    stats = remote_save(sshd.url(os.fsdecode(repo)), tree, env)
+    assert stats["status"] == "complete"
+    assert_save_matches(repo, stats["save_id"], file_digests(tree))
+    res = run_bin("-r", sshd.url(os.fsdecode(repo)), "expire", "--keep-last", "0",
+                  "--allow-empty-series", env=env)
+    assert res.returncode == RemoteRefused.exit_code
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 4 MiB tmpfs: a real disk full on the repository host."""
+    import subprocess
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_remote_save_into_a_full_disk_is_one_line_and_loses_nothing(tmp_path, tree, sshd,
+                                                                     ssh_env, small_fs):
+    repo = init_repo(small_fs / "repo")
+    url = sshd.url(os.fsdecode(repo))
+    first = remote_save(url, tree, ssh_env)
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(8):
+        (big / f"r{i}").write_bytes(os.urandom(1 << 20))
+    res = run_bin("-r", url, "save", "--subset", "big", input=find0(big), env=ssh_env)
+    assert res.returncode == RepositoryIOError.exit_code, res.stderr
+    err = res.stderr.decode()
+    assert err.count("\n") == 1 and "No space left on device" in err, err
+    assert statuses(repo) == ["complete", "interrupted"]
+    run("-r", repo, "check", "--read-data")
+    assert_save_matches(repo, first["save_id"], file_digests(tree))
+    (tree / "after.txt").write_bytes(b"still saving\n")
+    again = remote_save(url, tree, ssh_env)
+    assert_save_matches(repo, again["save_id"], file_digests(tree))
