@@ -17,70 +17,41 @@ Presence comes from the catalog (the KNOWN callback repo.py gives a writing stor
 from a HEAD: a chunk a committed row names is not sent again, and one no row names (an
 orphan of a killed save) is PUT again with a body verified here, never trusted as found.
 A save's reader threads put through the saving process's store (live_store).
+
+This module is the chunk store's semantics; its parts live beside it, as mixins of
+ObjectStore: objrequests (each request with retries, backoff and error translation),
+objcodec (bodies encoded and decoded, both ways verified), objcopies (the catalog copies
+and init's probe); s3client is the obstore client under them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import random
-import re
-import secrets
-import socket
 import stat
 import threading
 import time
-from binascii import hexlify
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import zstandard
-
 from . import chunkcodec
-from .chunkcodec import HEADER_RAW, HEADER_ZSTD
-from .errors import (
-    ChunkCorrupt,
-    ChunkMissing,
-    ObjectStoreBucketMissing,
-    ObjectStoreDenied,
-    ObjectStoreFailed,
-    ObjectStoreUnreachable,
-    UsageError,
-)
+from .errors import ChunkCorrupt, ChunkMissing
 from .model import MAX_CHUNK_LENGTH, ChunkRef, StoredChunk
-from .s3client import (
-    DENIED,
-    NO_BUCKET,
-    NOT_FOUND,
-    RETRYABLE,
-    UNREACHABLE,
-    ObstoreClient,
-    RequestFailed,
-    endpoint_shown,
-    parse_url,
-)
+from .objcodec import VerifiedBodies
+from .objcopies import CATALOG_COPIES, BucketCopies
+from .objrequests import BACKOFF_S, RETRIES, RetryingRequests
+from .s3client import ObstoreClient, RequestFailed, parse_url
 
 CHUNKS = "chunks"
 QUARANTINE = "quarantine"
-CATALOG_COPIES = "catalog-copies"
-PROBE = "probe"
 # 16 PUTs in flight, as issue 16 measured (2,000 8 KB PUTs in 0.77 s against SeaweedFS); 4
 # and 32 were within noise of it here (docs/objstore.md), a remote service gains more. A
 # put() waits while IN_FLIGHT_PER_THREAD x threads are queued: memory stays bounded.
 THREADS = 16
 IN_FLIGHT_PER_THREAD = 4
-# Retries with exponential backoff and jitter (AWS's "equal jitter": half to all of the step,
-# so that parallel PUTs spread out): 0.2 s doubling up to 5 s, 6 retries: 6-11 s of a
-# service that throttles or restarts before giving up (boto3's standard mode tries 3 times).
-RETRIES = 6
-BACKOFF_S = 0.2
-BACKOFF_MAX_S = 5.0
-KEEP_COPIES = 3  # catalog copies kept in the bucket, as ops/catalog_copy.py keeps locally
 # GETs a reader (tar, check --read-data) keeps in flight ahead of its stream: requests wait
 # on the network, not the CPU, so many overlap; memory is bounded by this many chunks.
 READ_AHEAD = 32
 DELETE_BATCH = 1000  # keys in one DeleteObjects request (S3's limit)
-_COPY_NAME = re.compile(r"^catalog-(\d+)-(\d+)\.sqlite3$")
 
 
 # -- the store -----------------------------------------------------------------------------------
@@ -158,7 +129,7 @@ class SharedSink:
         pass
 
 
-class ObjectStore:
+class ObjectStore(RetryingRequests, VerifiedBodies, BucketCopies):
     """Reads and writes chunk objects under s3://BUCKET/PREFIX/chunks/xx/ (see the module
     docstring); the same operations as store.Store."""
 
@@ -205,65 +176,6 @@ class ObjectStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    # -- requests with retries ------------------------------------------------------------------
-
-    def _call(self, op: str, key: str, fn: Callable, *args):
-        """FN(*ARGS) with retries and backoff on transient failures; a user-facing error
-        naming OP and KEY after the last one. NOT_FOUND comes back as RequestFailed (the
-        caller knows what a missing object means)."""
-        attempt = 0
-        while True:
-            try:
-                return fn(*args)
-            except RequestFailed as e:
-                attempt += 1
-                if e.kind in RETRYABLE and attempt <= self.retries:
-                    self._sleep(attempt)
-                    continue
-                raise self._error(op, key, e, attempt) from None
-
-    def _sleep(self, attempt: int) -> None:
-        time.sleep(random.uniform(0.5, 1.0) * min(BACKOFF_MAX_S,
-                                                    self.backoff_s * 2 ** (attempt - 1)))
-
-    def _error(self, op: str, key: str, e: RequestFailed, attempts: int) -> Exception:
-        where = self.location.show(key)
-        if e.kind == NOT_FOUND:
-            return e
-        if e.kind == NO_BUCKET:
-            return ObjectStoreBucketMissing(self.location.bucket, endpoint_shown())
-        if e.kind == DENIED:
-            return ObjectStoreDenied(f"{op} {where}", e.detail)
-        if e.kind == UNREACHABLE:
-            return ObjectStoreUnreachable(endpoint_shown(), f"{op} {where}", e.detail, attempts)
-        return ObjectStoreFailed(where, op, attempts, e.detail)
-
-    # -- codec ----------------------------------------------------------------------------------
-
-    def _zstd(self) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
-        pair = getattr(self._local, "zstd", None)
-        if pair is None:
-            pair = (zstandard.ZstdCompressor(level=self.zstd_level),
-                    zstandard.ZstdDecompressor())
-            self._local.zstd = pair
-        return pair
-
-    def encode(self, data: bytes | memoryview) -> bytes:
-        """The chunk body for DATA, verified: what is sent decodes back to DATA."""
-        data = bytes(data)
-        comp, decomp = self._zstd()
-        packed = comp.compress(data)
-        if len(packed) >= len(data):
-            return HEADER_RAW + data
-        try:
-            back = decomp.decompress(packed, max_output_size=len(data))
-        except zstandard.ZstdError:
-            back = b""
-        if back != data:
-            raise ChunkCorrupt(hashlib.sha256(data).hexdigest(),
-                               "compressor output does not decompress back")
-        return HEADER_ZSTD + packed
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -414,21 +326,6 @@ class ObjectStore:
                                f"than any chunk holds ({MAX_CHUNK_LENGTH})")
         return self._verified(sha256, length, self._get_body(sha256, length))
 
-    def _verified(self, sha256: bytes, length: int, body: bytes) -> bytes:
-        """The data of BODY, the object of chunk SHA256 (LENGTH bytes), verified."""
-        name = hexlify(sha256).decode()
-        try:
-            data = chunkcodec.decode_sized(body, length, self._zstd()[1])
-        except chunkcodec.WrongSize as e:
-            raise ChunkCorrupt(name, f"length {e.size}, expected {length}") from None
-        except Exception as e:  # any decoder error means damage, never a crash
-            raise ChunkCorrupt(name, f"cannot decompress ({e})") from None
-        if len(data) != length:
-            raise ChunkCorrupt(name, f"length {len(data)}, expected {length}")
-        if hashlib.sha256(data).digest() != sha256:
-            raise ChunkCorrupt(name, "content does not match its name (sha256)")
-        return data
-
     def read_orphan(self, sha256: bytes, regular_only: bool = False) -> bytes:
         """The verified data of chunk object SHA256 when no catalog row gives its length
         (REGULAR_ONLY: for store.Store's signature; an object is never a FIFO)."""
@@ -447,16 +344,6 @@ class ObjectStore:
         body = self._get_body(sha256, length)
         self._verified(sha256, length, body)
         return len(body)
-
-    def _orphan_data(self, sha256: bytes, body: bytes) -> bytes:
-        name = hexlify(sha256).decode()
-        try:
-            data = chunkcodec.decode(body, MAX_CHUNK_LENGTH, self._zstd()[1])
-        except Exception as e:
-            raise ChunkCorrupt(name, f"cannot decompress ({e})") from None
-        if hashlib.sha256(data).digest() != sha256:
-            raise ChunkCorrupt(name, "content does not match its name (sha256)")
-        return data
 
     def _get_body(self, sha256: bytes, length: int) -> bytes:
         key = key_for(sha256)
@@ -492,25 +379,6 @@ class ObjectStore:
             sha = _sha_of_key(key)
             yield (sha, size) if sha is not None else (None, key)
 
-    def _list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        last: str | None = None
-        attempt = 0
-        while True:
-            try:
-                for batch in self.client.list(prefix, last):
-                    for key, size in batch:
-                        if key.startswith(prefix):
-                            last = key
-                            yield key, size
-                    attempt = 0
-                return
-            except RequestFailed as e:
-                attempt += 1
-                if e.kind in RETRYABLE and attempt <= self.retries:
-                    self._sleep(attempt)
-                    continue
-                raise self._error("LIST", prefix, e, attempt) from None
-
     def chunk_dir(self, fanout: int) -> list[tuple[bytes | None, ObjectEntry]]:
         """The objects under PREFIX/chunks/%02x/ (one LIST): (sha256, entry) for a chunk,
         (None, entry) for anything else (strays); as store.Store.chunk_dir."""
@@ -543,27 +411,6 @@ class ObjectStore:
         self._call("DELETE", src, self.client.delete, [src])
         return dst
 
-    def probe(self) -> None:
-        """Check that a probe object can be PUT, read back, LISTed and DELETEd; the error
-        of the first step that fails (bucket missing, credentials refused, endpoint down,
-        a step that misbehaves) names that step."""
-        host = socket.gethostname().replace("/", "_")[:32]
-        key = f"{PROBE}/{host}-{os.getpid()}-{secrets.token_hex(8)}"
-        body = secrets.token_bytes(32)
-        self._call("probe PUT", key, self.client.put, key, body)
-        try:
-            _size, back = self._call("probe GET", key, self.client.get, key, 1 << 10)
-        except RequestFailed as e:
-            raise ObjectStoreFailed(self.location.show(key), "probe GET", 1,
-                                    "an object just PUT is not found " + e.detail) from None
-        if back != body:
-            raise ObjectStoreFailed(self.location.show(key), "probe GET", 1,
-                                    "the object read back differs from what was PUT")
-        if key not in (k for k, _size in self._list(PROBE + "/")):
-            raise ObjectStoreFailed(self.location.show(PROBE + "/"), "probe LIST", 1,
-                                    "the object just PUT is not listed")
-        self._call("probe DELETE", key, self.client.delete, [key])
-
     def holds_repository(self) -> str:
         """What of a repository is under the prefix already ("chunk objects", "catalog
         copies"), "" when nothing is: one LIST of at most one key each."""
@@ -572,62 +419,3 @@ class ObjectStore:
             for _key in self._list(prefix):
                 return what
         return ""
-
-    # -- catalog copies -------------------------------------------------------------------------
-
-    def upload_catalog_copy(self, path: bytes | str, keep: int = KEEP_COPIES) -> str:
-        """PUT the catalog copy file PATH (named catalog-<ns>-<pid>.sqlite3, as
-        ops/catalog_copy.py makes them) to PREFIX/catalog-copies/<name>, then delete all but
-        the newest KEEP copies there; its key. Acknowledged means complete: S3 makes an
-        object visible only when its upload finished."""
-        name = os.path.basename(os.fsdecode(path))
-        if not _COPY_NAME.match(name):
-            raise UsageError(f"{name}: not a catalog copy name (catalog-NS-PID.sqlite3)")
-        key = f"{CATALOG_COPIES}/{name}"
-        self._call("PUT", key, self.client.put_file, key, os.fsdecode(path))
-        old = [k for k, _size in self.catalog_copies()[keep:]]
-        if old:
-            self._call("DELETE", old[0], self.client.delete, old)
-        return key
-
-    def catalog_copies(self) -> list[tuple[str, int]]:
-        """(key, size) of the catalog copies in the bucket, newest first (by the time in
-        their names)."""
-        found = []
-        for key, size in self._list(CATALOG_COPIES + "/"):
-            m = _COPY_NAME.match(key[len(CATALOG_COPIES) + 1:])
-            if m:
-                found.append((int(m.group(1)), key, size))
-        found.sort(reverse=True)
-        return [(key, size) for _ns, key, size in found]
-
-    def download_newest_catalog_copy(self, dest: bytes | str) -> str | None:
-        """Write the newest catalog copy of the bucket to DEST (through DEST.tmp, fsynced,
-        renamed: DEST is whole or absent); its key, None when there is none."""
-        copies = self.catalog_copies()
-        if not copies:
-            return None
-        key, size = copies[0]
-        dest = os.fsdecode(dest)
-        temp = dest + ".tmp"
-        try:
-            with open(temp, "wb") as f:
-                got = self._call("GET", key, self._download, key, f)
-                f.flush()
-                os.fsync(f.fileno())
-            if got != size:
-                raise ObjectStoreFailed(self.location.show(key), "GET", 1,
-                                        f"got {got} bytes of {size}")
-            os.rename(temp, dest)
-        except BaseException:
-            try:
-                os.unlink(temp)
-            except OSError:
-                pass
-            raise
-        return key
-
-    def _download(self, key: str, f) -> int:
-        f.seek(0)
-        f.truncate()  # a retry starts the file over
-        return self.client.get_to_file(key, f)
