@@ -520,3 +520,43 @@ def test_mount_open_fetches_the_next_listed_files_ahead(repo, tmp_path):
     finally:
         cache.close()
         cat.close()
+
+
+def test_mount_serve_inline_takes_a_queued_request_without_a_trip_through_trio(monkeypatch):
+    import pyfuse3
+    import trio
+
+    from backshift.ops import fusefs
+
+    fuse = os.open("/dev/fuse", os.O_RDWR)
+    r, w = os.pipe()
+    try:
+        assert fuse in fusefs.fuse_fds() and r not in fusefs.fuse_fds()
+        monkeypatch.setattr(pyfuse3, "_wait_fuse_readable", None)
+        assert not fusefs.serve_inline({r})  # no hook to take: pyfuse3 as it is
+        stock = []
+
+        async def stock_wait():
+            stock.append(True)
+            return True
+
+        monkeypatch.setattr(pyfuse3, "_wait_fuse_readable", stock_wait)
+        assert not fusefs.serve_inline({r, w})  # not one descriptor: pyfuse3 as it is
+        assert fusefs.serve_inline({r})
+        os.write(w, b"x")  # a queued request
+        served = []
+
+        async def serve():
+            for _ in range(fusefs.YIELD_EVERY * 2):
+                served.append(await pyfuse3._wait_fuse_readable())
+
+        trio.run(serve)
+        assert all(served)
+        assert len(stock) == 2  # only every YIELD_EVERY-th request lets the others run
+        os.read(r, 1)
+        stock.clear()
+        trio.run(serve)
+        assert len(stock) == fusefs.YIELD_EVERY * 2  # nothing queued: trio waits for one
+    finally:
+        for fd in (fuse, r, w):
+            os.close(fd)

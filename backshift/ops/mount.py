@@ -42,7 +42,7 @@ def mount_repository(repo: Repository, mountpoint: bytes, save_id: int | None,
     import pyfuse3
     import trio
 
-    from .fusefs import Filesystem
+    from .fusefs import Filesystem, fuse_fds, serve_inline
 
     mountpoint = os.path.abspath(mountpoint)
     check_mountpoint(mountpoint)
@@ -50,11 +50,13 @@ def mount_repository(repo: Repository, mountpoint: bytes, save_id: int | None,
     tree = Tree(repo.catalog, save_id, lambda msg: notice(f"backshift: warning: {msg}"))
     fs = Filesystem(tree, cache, lambda msg: notice(f"backshift: error: {msg}"))
     options = {"ro", "fsname=backshift", "subtype=backshift"}
+    fds_before = fuse_fds()
     try:
         pyfuse3.init(fs, os.fsdecode(mountpoint), options)
     except RuntimeError as e:
         cache.close()
         raise MountFailed(os.fsdecode(mountpoint), str(e)) from None
+    inline = serve_inline(fuse_fds() - fds_before)
     what = f"save {save_id}" if save_id is not None else "repository"
     notice(f"backshift: {what} mounted at {os.fsdecode(mountpoint)}; "
            f"unmount with: fusermount3 -u {os.fsdecode(mountpoint)}")
@@ -63,7 +65,7 @@ def mount_repository(repo: Repository, mountpoint: bytes, save_id: int | None,
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_signals, nursery.cancel_scope)
-            await pyfuse3.main()
+            await pyfuse3.main(max_tasks=1 if inline else 99)
             if not stopped:
                 unmounted.append(True)  # from outside: fusermount3 -u, umount
             nursery.cancel_scope.cancel()
