@@ -560,3 +560,27 @@ def test_mount_serve_inline_takes_a_queued_request_without_a_trip_through_trio(m
     finally:
         for fd in (fuse, r, w):
             os.close(fd)
+
+
+def test_mount_widens_the_kernels_read_ahead(repo, tree, tmp_path):
+    from backshift.ops.mount import READ_AHEAD_KB
+
+    save(repo, tree)
+    mp = tmp_path / "mnt with\ta tab"  # the mount table escapes it
+    with mounted(repo, mp):
+        dev = os.stat(mp).st_dev
+        with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb") as f:
+            assert int(f.read()) == READ_AHEAD_KB
+
+
+def test_mount_device_is_read_from_the_mount_table(tmp_path):
+    from backshift.ops.mount import mount_device
+
+    table = tmp_path / "mountinfo"
+    table.write_bytes(b"36 35 98:0 / /mnt/a\\040b rw,noatime - ext3 /dev/root rw\n"
+                      b"37 35 0:41 / /mnt/x rw - fuse.backshift backshift ro\n"
+                      b"38 35 0:42 / /mnt/x rw - fuse.backshift backshift ro\n")
+    assert mount_device(b"/mnt/a b", str(table)) == "98:0"
+    assert mount_device(b"/mnt/x", str(table)) == "0:42"  # the last one mounted there
+    assert mount_device(b"/mnt/none", str(table)) is None
+    assert mount_device(b"/mnt/x", str(tmp_path / "missing")) is None

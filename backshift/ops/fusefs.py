@@ -102,6 +102,11 @@ class Filesystem(pyfuse3.Operations):
         self.dirs: dict[int, list[tuple[bytes, Attr]] | Listing] = {}
         self.xattrs_served: bool | None = None  # None: not asked yet
         self.ahead: dict[int, None] = {}  # files whose chunks were fetched ahead lately
+        self.after_init: Callable[[], object] | None = None  # run once INIT is answered
+
+    def init(self) -> None:
+        if self.after_init is not None:  # called as INIT is answered: run just after
+            trio.lowlevel.current_trio_token().run_sync_soon(self.after_init)
 
     # -- metadata -------------------------------------------------------------------------
 
