@@ -584,3 +584,35 @@ def test_mount_device_is_read_from_the_mount_table(tmp_path):
     assert mount_device(b"/mnt/x", str(table)) == "0:42"  # the last one mounted there
     assert mount_device(b"/mnt/none", str(table)) is None
     assert mount_device(b"/mnt/x", str(tmp_path / "missing")) is None
+
+
+def resident_bytes(path: bytes) -> int:
+    """Bytes of PATH in the kernel's page cache (fincore: nothing is read)."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", path],
+                         capture_output=True, check=True).stdout
+    return int(out)
+
+
+def test_mount_puts_the_next_listed_files_in_the_page_cache(repo, tmp_path):
+    """Files listed after one that is opened, their chunks fetched, go into the kernel's
+    page cache whole (no READ request when they are read), and read back as saved."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"n{i}").write_bytes(os.urandom(10_000 + i))
+    save(repo, src)
+    mp = tmp_path / "mnt"
+    with mounted(repo, mp):
+        d = os.fsencode(mp / "h" / "t" / "1") + os.fsencode(src)
+        names = os.listdir(d)  # listing order: the order the files are fetched ahead in
+        first, later = os.path.join(d, names[0]), os.path.join(d, names[-1])
+        with open(first, "rb") as f:
+            f.read()
+        deadline = time.monotonic() + 60
+        while not resident_bytes(later) and time.monotonic() < deadline:
+            with open(first, "rb"):  # each open stores what was fetched meanwhile
+                time.sleep(0.05)
+        assert resident_bytes(later) > 0
+        for name in names:
+            with open(os.path.join(d, name), "rb") as f:
+                assert f.read() == (src / os.fsdecode(name)).read_bytes()

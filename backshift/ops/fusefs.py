@@ -25,6 +25,7 @@ SERIES_TIMEOUT_S = 1.0  # hosts, series and `latest` change as saves are made
 INLINE_READ_MAX = 64 * 1024  # files this small are read in the FUSE loop, not a thread
 AHEAD_FILES = 16  # files after the one opened whose chunks are fetched ahead (listing order)
 AHEAD_BYTES = 8 << 20  # ... and at most this many of their bytes
+STORE_MAX = 4 << 20  # files ahead at most this large go into the kernel's page cache whole
 BLKSIZE = 128 * 1024  # the I/O size stat suggests (cp, tar read this much at a time)
 
 
@@ -102,9 +103,13 @@ class Filesystem(pyfuse3.Operations):
         self.dirs: dict[int, list[tuple[bytes, Attr]] | Listing] = {}
         self.xattrs_served: bool | None = None  # None: not asked yet
         self.ahead: dict[int, None] = {}  # files whose chunks were fetched ahead lately
+        self.stored: dict[int, None] = {}  # files put in the kernel's page cache lately
+        self.open_inodes: dict[int, int] = {}  # inode -> its open handles
         self.after_init: Callable[[], object] | None = None  # run once INIT is answered
+        self.serving = False  # mounted: the kernel takes notify_store
 
     def init(self) -> None:
+        self.serving = True
         if self.after_init is not None:  # called as INIT is answered: run just after
             trio.lowlevel.current_trio_token().run_sync_soon(self.after_init)
 
@@ -227,9 +232,41 @@ class Filesystem(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         chunks = self.tree.chunks_of(attr)
         fh = next(self.handles)
-        self.files[fh] = OpenFile(self.cache, attr.key, attr.size, chunks)
+        self.files[fh] = OpenFile(self.cache, attr.key, attr.size, chunks, inode)
+        self.open_inodes[inode] = self.open_inodes.get(inode, 0) + 1
         self._fetch_ahead(inode)
+        if self.serving:
+            self._store_ahead(inode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    def _store_ahead(self, inode: int) -> None:
+        """Put the whole content of the files listed after INODE whose chunks are in the
+        cache already into the kernel's page cache (notify_store): the reader that opens
+        them next reads them with no READ request (a round trip through pyfuse3 each).
+        Only files nobody has open: a READ of theirs in flight would hold the pages the
+        store must lock, and this loop, the one that answers it, would wait forever."""
+        ino = inode
+        successor, known, stored = self.tree.successor, self.tree.known, self.stored
+        for _ in range(AHEAD_FILES):
+            ino = successor.get(ino)
+            attr = known.get(ino) if ino is not None else None
+            if attr is None or ino not in self.ahead:
+                return
+            if ino in stored or ino in self.open_inodes or attr.size > STORE_MAX:
+                continue
+            chunks = self.tree.listed_chunks(ino)
+            if chunks is None:
+                return
+            f = OpenFile(self.cache, attr.key, attr.size, chunks)
+            if not f.ready(0, attr.size):
+                return  # still being fetched: a later open stores it
+            try:
+                pyfuse3.notify_store(ino, 0, f.read(0, attr.size))
+            except (DataDamaged, OSError):
+                return  # the reader's READ gets it (or its error)
+            if len(stored) >= 10_000:
+                stored.clear()
+            stored[ino] = None
 
     def _fetch_ahead(self, inode: int) -> None:
         """Fetch the chunks of the files listed after INODE in worker threads: a reader of a
@@ -272,7 +309,11 @@ class Filesystem(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     async def release(self, fh):
-        self.files.pop(fh, None)
+        f = self.files.pop(fh, None)
+        if f is not None:
+            left = self.open_inodes.pop(f.ino, 1) - 1
+            if left:
+                self.open_inodes[f.ino] = left
 
     # -- writes: none ---------------------------------------------------------------------
 
