@@ -26,6 +26,7 @@ INLINE_READ_MAX = 64 * 1024  # files this small are read in the FUSE loop, not a
 AHEAD_FILES = 16  # files after the one opened whose chunks are fetched ahead (listing order)
 AHEAD_BYTES = 8 << 20  # ... and at most this many of their bytes
 STORE_MAX = 4 << 20  # files ahead at most this large go into the kernel's page cache whole
+STORE_EVERY = 4  # ... looked for at every such open while the next file is stored already
 BLKSIZE = 128 * 1024  # the I/O size stat suggests (cp, tar read this much at a time)
 
 
@@ -107,6 +108,7 @@ class Filesystem(pyfuse3.Operations):
         self.open_inodes: dict[int, int] = {}  # inode -> its open handles
         self.after_init: Callable[[], object] | None = None  # run once INIT is answered
         self.serving = False  # mounted: the kernel takes notify_store
+        self.opens = 0
 
     def init(self) -> None:
         self.serving = True
@@ -235,7 +237,9 @@ class Filesystem(pyfuse3.Operations):
         self.files[fh] = OpenFile(self.cache, attr.key, attr.size, chunks, inode)
         self.open_inodes[inode] = self.open_inodes.get(inode, 0) + 1
         self._fetch_ahead(inode)
-        if self.serving:
+        self.opens += 1
+        if self.serving and (self.opens % STORE_EVERY == 0
+                             or self.tree.successor.get(inode) not in self.stored):
             self._store_ahead(inode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
