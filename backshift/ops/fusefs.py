@@ -118,20 +118,20 @@ class Filesystem(pyfuse3.Operations):
     # -- metadata -------------------------------------------------------------------------
 
     def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        ino, mode, nlink, uid, gid, rdev, size, mtime_ns, ctime_ns, immutable = attr[:10]
         e = pyfuse3.EntryAttributes()
-        e.st_ino = attr.ino
-        e.generation = 0
-        e.entry_timeout = e.attr_timeout = SAVE_TIMEOUT_S if attr.immutable else SERIES_TIMEOUT_S
-        e.st_mode = attr.mode
-        e.st_nlink = attr.nlink
-        e.st_uid = attr.uid
-        e.st_gid = attr.gid
-        e.st_rdev = attr.rdev
-        e.st_size = attr.size
+        e.st_ino = ino
+        e.entry_timeout = e.attr_timeout = SAVE_TIMEOUT_S if immutable else SERIES_TIMEOUT_S
+        e.st_mode = mode
+        e.st_nlink = nlink
+        e.st_uid = uid
+        e.st_gid = gid
+        e.st_rdev = rdev
+        e.st_size = size
         e.st_blksize = BLKSIZE
-        e.st_blocks = (attr.size + 511) // 512 if stat.S_ISREG(attr.mode) else 0
-        e.st_atime_ns = e.st_mtime_ns = attr.mtime_ns
-        e.st_ctime_ns = attr.ctime_ns
+        e.st_blocks = (size + 511) >> 9 if mode & 0o170000 == stat.S_IFREG else 0
+        e.st_atime_ns = e.st_mtime_ns = mtime_ns
+        e.st_ctime_ns = ctime_ns
         return e
 
     async def getattr(self, inode, ctx=None):
@@ -256,7 +256,7 @@ class Filesystem(pyfuse3.Operations):
             attr = known.get(ino) if ino is not None else None
             if attr is None or ino not in self.ahead:
                 return
-            if ino in stored or ino in self.open_inodes or attr.size > STORE_MAX:
+            if ino in stored or ino in self.open_inodes or not 0 < attr.size <= STORE_MAX:
                 continue
             chunks = self.tree.listed_chunks(ino)
             if chunks is None:
