@@ -520,3 +520,99 @@ def test_mount_open_fetches_the_next_listed_files_ahead(repo, tmp_path):
     finally:
         cache.close()
         cat.close()
+
+
+def test_mount_serve_inline_takes_a_queued_request_without_a_trip_through_trio(monkeypatch):
+    import pyfuse3
+    import trio
+
+    from backshift.ops import fusefs
+
+    fuse = os.open("/dev/fuse", os.O_RDWR)
+    r, w = os.pipe()
+    try:
+        assert fuse in fusefs.fuse_fds() and r not in fusefs.fuse_fds()
+        monkeypatch.setattr(pyfuse3, "_wait_fuse_readable", None)
+        assert not fusefs.serve_inline({r})  # no hook to take: pyfuse3 as it is
+        stock = []
+
+        async def stock_wait():
+            stock.append(True)
+            return True
+
+        monkeypatch.setattr(pyfuse3, "_wait_fuse_readable", stock_wait)
+        assert not fusefs.serve_inline({r, w})  # not one descriptor: pyfuse3 as it is
+        assert fusefs.serve_inline({r})
+        os.write(w, b"x")  # a queued request
+        served = []
+
+        async def serve():
+            for _ in range(fusefs.YIELD_EVERY * 2):
+                served.append(await pyfuse3._wait_fuse_readable())
+
+        trio.run(serve)
+        assert all(served)
+        assert len(stock) == 2  # only every YIELD_EVERY-th request lets the others run
+        os.read(r, 1)
+        stock.clear()
+        trio.run(serve)
+        assert len(stock) == fusefs.YIELD_EVERY * 2  # nothing queued: trio waits for one
+    finally:
+        for fd in (fuse, r, w):
+            os.close(fd)
+
+
+def test_mount_widens_the_kernels_read_ahead(repo, tree, tmp_path):
+    from backshift.ops.mount import READ_AHEAD_KB
+
+    save(repo, tree)
+    mp = tmp_path / "mnt with\ta tab"  # the mount table escapes it
+    with mounted(repo, mp):
+        dev = os.stat(mp).st_dev
+        with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb") as f:
+            assert int(f.read()) == READ_AHEAD_KB
+
+
+def test_mount_device_is_read_from_the_mount_table(tmp_path):
+    from backshift.ops.mount import mount_device
+
+    table = tmp_path / "mountinfo"
+    table.write_bytes(b"36 35 98:0 / /mnt/a\\040b rw,noatime - ext3 /dev/root rw\n"
+                      b"37 35 0:41 / /mnt/x rw - fuse.backshift backshift ro\n"
+                      b"38 35 0:42 / /mnt/x rw - fuse.backshift backshift ro\n")
+    assert mount_device(b"/mnt/a b", str(table)) == "98:0"
+    assert mount_device(b"/mnt/x", str(table)) == "0:42"  # the last one mounted there
+    assert mount_device(b"/mnt/none", str(table)) is None
+    assert mount_device(b"/mnt/x", str(tmp_path / "missing")) is None
+
+
+def resident_bytes(path: bytes) -> int:
+    """Bytes of PATH in the kernel's page cache (fincore: nothing is read)."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", path],
+                         capture_output=True, check=True).stdout
+    return int(out)
+
+
+def test_mount_puts_the_next_listed_files_in_the_page_cache(repo, tmp_path):
+    """Files listed after one that is opened, their chunks fetched, go into the kernel's
+    page cache whole (no READ request when they are read), and read back as saved."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"n{i}").write_bytes(os.urandom(10_000 + i))
+    save(repo, src)
+    mp = tmp_path / "mnt"
+    with mounted(repo, mp):
+        d = os.fsencode(mp / "h" / "t" / "1") + os.fsencode(src)
+        names = os.listdir(d)  # listing order: the order the files are fetched ahead in
+        first, later = os.path.join(d, names[0]), os.path.join(d, names[-1])
+        with open(first, "rb") as f:
+            f.read()
+        deadline = time.monotonic() + 60
+        while not resident_bytes(later) and time.monotonic() < deadline:
+            with open(first, "rb"):  # each open stores what was fetched meanwhile
+                time.sleep(0.05)
+        assert resident_bytes(later) > 0
+        for name in names:
+            with open(os.path.join(d, name), "rb") as f:
+                assert f.read() == (src / os.fsdecode(name)).read_bytes()

@@ -7,6 +7,7 @@ cannot delete chunks under it; saves go on meanwhile and appear without remounti
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import Callable
 
@@ -16,6 +17,7 @@ from .mountread import ChunkCache
 from .mounttree import Tree
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+READ_AHEAD_KB = 1024  # the kernel's READ requests for a sequential reader (its default: 128)
 
 
 def check_fuse() -> None:
@@ -35,6 +37,41 @@ def check_mountpoint(mountpoint: bytes) -> None:
         raise MountFailed(os.fsdecode(mountpoint), "something is mounted there already")
 
 
+def mount_device(mountpoint: bytes, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """MAJOR:MINOR of what is mounted at MOUNTPOINT (the last mount there), from the mount
+    table: a stat of the mountpoint would ask the filesystem, which is not served yet."""
+    found = None
+    try:
+        with open(mountinfo, "rb") as f:
+            for line in f:
+                fields = line.split(b" ")
+                if len(fields) > 4 and _unescape(fields[4]) == mountpoint:
+                    found = fields[2].decode()
+    except OSError:
+        return None
+    return found
+
+
+def _unescape(field: bytes) -> bytes:
+    """A mountinfo path: space, tab, newline and backslash written as octal escapes."""
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
+
+
+def widen_read_ahead(mountpoint: bytes, sys_bdi: str = "/sys/class/bdi") -> bool:
+    """Let the kernel read ahead READ_AHEAD_KB of a file a reader goes through in order: one
+    READ request of a MiB instead of eight of 128 KiB (each a round trip through pyfuse3).
+    Only root may: for others the kernel's default stays (False)."""
+    device = mount_device(mountpoint)
+    if device is None:
+        return False
+    try:
+        with open(os.path.join(sys_bdi, device, "read_ahead_kb"), "w") as f:
+            f.write(f"{READ_AHEAD_KB}\n")
+    except OSError:
+        return False
+    return True
+
+
 def mount_repository(repo: Repository, mountpoint: bytes, save_id: int | None,
                      notice: Callable[[str], None]) -> None:
     """Mount and serve until unmounted or signalled (SIGINT, SIGTERM, SIGHUP: then the
@@ -42,7 +79,7 @@ def mount_repository(repo: Repository, mountpoint: bytes, save_id: int | None,
     import pyfuse3
     import trio
 
-    from .fusefs import Filesystem
+    from .fusefs import Filesystem, fuse_fds, serve_inline
 
     mountpoint = os.path.abspath(mountpoint)
     check_mountpoint(mountpoint)
@@ -50,11 +87,14 @@ def mount_repository(repo: Repository, mountpoint: bytes, save_id: int | None,
     tree = Tree(repo.catalog, save_id, lambda msg: notice(f"backshift: warning: {msg}"))
     fs = Filesystem(tree, cache, lambda msg: notice(f"backshift: error: {msg}"))
     options = {"ro", "fsname=backshift", "subtype=backshift"}
+    fds_before = fuse_fds()
     try:
         pyfuse3.init(fs, os.fsdecode(mountpoint), options)
     except RuntimeError as e:
         cache.close()
         raise MountFailed(os.fsdecode(mountpoint), str(e)) from None
+    inline = serve_inline(fuse_fds() - fds_before)
+    fs.after_init = lambda: widen_read_ahead(mountpoint)  # the kernel's INIT sets it first
     what = f"save {save_id}" if save_id is not None else "repository"
     notice(f"backshift: {what} mounted at {os.fsdecode(mountpoint)}; "
            f"unmount with: fusermount3 -u {os.fsdecode(mountpoint)}")
@@ -63,7 +103,7 @@ def mount_repository(repo: Repository, mountpoint: bytes, save_id: int | None,
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_signals, nursery.cancel_scope)
-            await pyfuse3.main()
+            await pyfuse3.main(max_tasks=1 if inline else 99)
             if not stopped:
                 unmounted.append(True)  # from outside: fusermount3 -u, umount
             nursery.cancel_scope.cancel()

@@ -91,8 +91,9 @@ class OpenFile:
     """One open regular file: its chunk list and where each chunk starts."""
 
     def __init__(self, cache: ChunkCache, key: bytes, size: int,
-                 chunks: list[tuple[bytes, int, int]]) -> None:
+                 chunks: list[tuple[bytes, int, int]], ino: int = 0) -> None:
         self.cache = cache
+        self.ino = ino  # its inode in the mount
         self.key = key  # the saved path's key, for messages
         self.size = size
         self.chunks = chunks
