@@ -222,6 +222,9 @@ class Maintenance:
         """Copy the whole catalog, consistently, into a new SQLite file DEST (backup API)."""
         out = apsw.Connection(dest)
         try:
+            # no syncs of the copy while it is written: it is a temp name until the caller
+            # (catalog_copy.make_copy) has fsynced the whole file and renamed it
+            out.execute("PRAGMA synchronous = OFF")
             with out.backup("main", self.conn, "main") as b:
                 b.step(-1)  # one step: one consistent snapshot even while saves commit
             out.execute("PRAGMA journal_mode = DELETE").fetchall()

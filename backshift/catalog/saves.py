@@ -211,6 +211,45 @@ COMPLETE_SAVES_WITH_DIGESTS = _sql("""
 
 DIGEST_BLOCK_PATHS = 8192  # paths (of any save) per block of records
 
+# An unchanged re-save has the very member rows of an earlier complete save: its records,
+# a function of the (path, version) rows its members name (rows never updated), are that
+# save's, and so is its digest. SAME_MEMBERS_DIGEST finds the newest complete save with a
+# digest of this scheme over as many members; MEMBERS_NOT_IN says whether SAVE_ID has a member
+# that save does not (none, and as many members: the same set, one primary key probe a
+# member, against ~11k instructions a member for the records). Reusing the earlier digest
+# is no weaker than computing it: had a row been damaged since, the reused digest is
+# that of the undamaged rows, and list and tar find the mismatch in both saves.
+MEMBER_COUNT = _sql("""
+    SELECT count(*)
+    FROM member
+    WHERE save_id = :save_id
+""")
+
+SAME_MEMBERS_DIGEST = _sql("""
+    SELECT d.save_id, d.digest
+    FROM save_digest AS d
+    JOIN save AS s ON s.id = d.save_id
+    WHERE d.save_id <> :save_id
+      AND d.scheme = :scheme
+      AND d.members = :members
+      AND s.status = 'complete'
+    ORDER BY d.save_id DESC
+    LIMIT 1
+""")
+
+MEMBERS_NOT_IN = _sql("""
+    SELECT EXISTS (
+        SELECT 1
+        FROM member AS a
+        WHERE a.save_id = :save_id
+          AND NOT EXISTS (SELECT 1
+                          FROM member AS b
+                          WHERE b.save_id = :other
+                            AND b.path_id = a.path_id
+                            AND b.version_id = a.version_id)
+    )
+""")
+
 
 class MembersDigest:
     """A save's members digest as it is computed: DIGEST_RECORDs in, in key order."""
@@ -347,12 +386,31 @@ class Saves:
         return out
 
     def record_save_digest(self, save_id: int) -> None:
-        """Compute and store the save's members digest (inside a write transaction)."""
-        computed = self.members_digest(save_id)
+        """Compute and store the save's members digest (inside a write transaction); the
+        digest of an earlier save with the same members when there is one (above
+        SAME_MEMBERS_DIGEST)."""
+        found = self._same_members_digest(save_id)
+        if found is None:
+            computed = self.members_digest(save_id)
+            found = (computed.members, computed.digest())
         self.conn.execute(INSERT_SAVE_DIGEST, {
-            "save_id": save_id, "scheme": DIGEST_SCHEME, "members": computed.members,
-            "digest": computed.digest(),
+            "save_id": save_id, "scheme": DIGEST_SCHEME, "members": found[0],
+            "digest": found[1],
         })
+
+    def _same_members_digest(self, save_id: int) -> tuple[int, bytes] | None:
+        """(members, digest) of the newest complete save with SAVE_ID's very members."""
+        c = self.conn
+        try:
+            members = c.execute(MEMBER_COUNT, {"save_id": save_id}).fetchone()[0]
+            row = c.execute(SAME_MEMBERS_DIGEST, {
+                "save_id": save_id, "scheme": DIGEST_SCHEME, "members": members}).fetchone()
+            if row is None or c.execute(MEMBERS_NOT_IN, {
+                    "save_id": save_id, "other": row[0]}).fetchone()[0]:
+                return None
+        except apsw.Error as e:  # a damaged page: NotACatalog (check reports it)
+            raise translate_error(e, self.path) from None
+        return members, row[1]
 
     def complete_saves_digests(self) -> list[tuple[int, int | None, int | None, bytes | None]]:
         """(save id, scheme, members, digest) of every complete save; None when it has none."""
