@@ -269,8 +269,16 @@ class Channel:
         self._send({**header, "op": op}, payload, None)
 
     def call(self, op: str, header: dict, payload: bytes = b"") -> tuple[dict, bytes]:
+        return self.answer(self.ask(op, header, payload))
+
+    def ask(self, op: str, header: dict, payload: bytes = b"") -> Future:
+        """Send and go on; answer(the Future) waits for the answer later (pipelining)."""
         future: Future = Future()
         self._send({**header, "op": op}, payload, future)
+        return future
+
+    def answer(self, future: Future) -> tuple[dict, bytes]:
+        """The (header, payload) answering ask()'s FUTURE, once it has come."""
         frame = future.result()
         if self.error is not None:  # a posted request before it failed
             raise self.error
