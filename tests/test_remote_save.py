@@ -282,8 +282,8 @@ def test_remote_save_asks_which_chunks_are_missing_ahead_of_the_uploads(tmp_path
     repo = init_repo(tmp_path / "repo")
     root = tmp_path / "tree"
     root.mkdir()
-    for i in range(6):  # above the chunker's minimum: a reader task each
-        (root / f"f{i}").write_bytes(os.urandom(20_000))
+    for i in range(200):  # above the chunker's minimum: a reader task each
+        (root / f"f{i:03}").write_bytes(os.urandom(6_000))
     ops: list[str] = []
 
     def saves(path: str):
@@ -307,13 +307,20 @@ def test_remote_save_asks_which_chunks_are_missing_ahead_of_the_uploads(tmp_path
 
     warnings: list[str] = []
     try:
-        done = run_remote_save(connect, SaveOptions("h", "t", roots=[os.fsencode(root)]),
+        # a commit at every checkpoint: uploads and the records naming them keep their order
+        done = run_remote_save(connect, SaveOptions("h", "t", batch_files=1,
+                                                    roots=[os.fsencode(root)]),
                                warnings.append, cwd=os.fsencode(tmp_path),
                                paths=[os.fsencode(root)])
     finally:
         for transport in transports:
             transport.close()
-    assert (done.stats.status, done.stats.files_read, warnings) == ("complete", 6, [])
+    assert (done.stats.status, done.stats.files_read, warnings) == ("complete", 200, [])
     uploads = [op for op in ops if op in ("save.missing", "save.put")]
     assert uploads[:6] == ["save.missing"] * 6, uploads
+    files = [n for _d, _s, names in os.walk(os.path.join(repo, b"chunks")) for n in names]
+    with open_repository(repo) as r:  # every uploaded chunk recorded as new: a row each
+        rows = r.catalog.conn.execute("SELECT count(*) FROM chunk").fetchone()[0]
+    assert rows == len(files) == done.stats.new_chunks
     assert_save_matches(repo, done.stats.save_id, file_digests(root))
+    run("-r", repo, "check", "--read-data")

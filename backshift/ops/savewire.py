@@ -119,6 +119,9 @@ def dec_result(row: list) -> ReadResult:
                        for sha, length, stored, new in chunks], changed, content_id)
 
 
+_ASKED = ["asked"]  # the place of a chunk question among the gathered calls (not sent)
+
+
 def _encode_op(call: list) -> list:
     """A gathered session call as it is posted: its read results encoded now."""
     if call[0] == "store":
@@ -607,6 +610,7 @@ class SessionProxy:
             self._sink.discard(pending)
             raise
         self._asked.append((future, shas, results, pending))
+        self._ops.append(_ASKED)  # its uploads go out here, between the calls around it
         self._asked_bytes += sum(p[3] for p in pending)
         while len(self._asked) > ASKED_TASKS or (self._asked_bytes > ASKED_BYTES
                                                  and len(self._asked) > 1):
@@ -618,6 +622,14 @@ class SessionProxy:
             self._settle_one()
 
     def _settle_one(self) -> None:
+        """The oldest question: the calls gathered before it posted, its answer awaited, the
+        missing bodies posted. So uploads keep their place among the calls (a checkpoint
+        between an upload and the record naming its chunk would lose the chunk's newness)."""
+        at = next(i for i, op in enumerate(self._ops) if op is _ASKED)
+        before, self._ops = self._ops[:at], self._ops[at + 1:]
+        if before:
+            self.channel.post("save.ops", {}, json.dumps(
+                [_encode_op(op) for op in before], separators=(",", ":")).encode())
         future, shas, results, pending = self._asked.popleft()
         self._asked_bytes -= sum(p[3] for p in pending)
         try:
