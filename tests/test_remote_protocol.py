@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import select
 
 import pytest
 
@@ -248,6 +249,27 @@ def test_serve_falls_back_to_utf8_for_an_encoding_it_cannot_use(tmp_path):
                     errors="strict")
     transport.close()
     assert seen == [("utf-8", "surrogateescape")] * 3 + [("latin-1", "strict")]
+
+
+def test_run_over_sends_the_run_with_the_hello():
+    """No round trip before the first byte: the run is on the wire before the hello's answer."""
+    seen: list[bool] = []
+
+    def server(inp, out):
+        raw = open(inp.fileno(), "rb", buffering=0, closefd=False)  # reads no further ahead
+        reader, frames = FrameReader(raw, "the client"), FrameWriter(out)
+        hello = reader.read()
+        seen.append(bool(select.select([raw], [], [], 10)[0]))
+        frames.send({"id": hello.header["id"], "kind": "result", "version": 1})
+        rid = reader.read().header["id"]
+        frames.send({"id": rid, "kind": "stdout"}, b"listing")
+        frames.send({"id": rid, "kind": "exit", "code": 0})
+        return reader.read()  # None: the client closed
+
+    out = io.BytesIO()
+    code = run_over(PipeTransport(server), "/repo", ["saves"], out, io.BytesIO(), debug=False,
+                    encoding="utf-8", errors="strict")
+    assert (code, out.getvalue(), seen) == (0, b"listing", [True])
 
 
 def test_run_over_reports_a_server_that_dies_mid_stream(tmp_path):

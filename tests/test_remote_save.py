@@ -267,3 +267,60 @@ def test_remote_save_into_a_full_disk_is_one_line_and_loses_nothing(tmp_path, tr
     (tree / "after.txt").write_bytes(b"still saving\n")
     again = remote_save(url, tree, ssh_env)
     assert_save_matches(repo, again["save_id"], file_digests(tree))
+
+
+def test_remote_save_asks_which_chunks_are_missing_ahead_of_the_uploads(tmp_path):
+    """Each reader task's question goes out without waiting for its answer: several are in
+    flight before the first upload (a round trip each no more), and the save is exact."""
+    from backshift.cli.serve import _serve_saves
+    from backshift.ops.save import SaveOptions
+    from backshift.ops.savewire import run_remote_save
+    from backshift.remote.client import Channel, Session
+    from backshift.remote.server import Policy, serve
+    from backshift.remote.transport import PipeTransport
+
+    repo = init_repo(tmp_path / "repo")
+    root = tmp_path / "tree"
+    root.mkdir()
+    for i in range(200):  # above the chunker's minimum: a reader task each
+        (root / f"f{i:03}").write_bytes(os.urandom(6_000))
+    ops: list[str] = []
+
+    def saves(path: str):
+        server = _serve_saves(path)
+        handle = server.handle
+
+        def recording(op, header, payload):
+            ops.append(op)
+            return handle(op, header, payload)
+        server.handle = recording
+        return server
+
+    transports: list[PipeTransport] = []
+
+    def connect():
+        transports.append(PipeTransport(lambda inp, out: serve(
+            inp, out, Policy(), None, None, lambda _msg: None, saves)))
+        session = Session(transports[0])
+        session.hello(os.fsdecode(repo))
+        return Channel(session)
+
+    warnings: list[str] = []
+    try:
+        # a commit at every checkpoint: uploads and the records naming them keep their order
+        done = run_remote_save(connect, SaveOptions("h", "t", batch_files=1,
+                                                    roots=[os.fsencode(root)]),
+                               warnings.append, cwd=os.fsencode(tmp_path),
+                               paths=[os.fsencode(root)])
+    finally:
+        for transport in transports:
+            transport.close()
+    assert (done.stats.status, done.stats.files_read, warnings) == ("complete", 200, [])
+    uploads = [op for op in ops if op in ("save.missing", "save.put")]
+    assert uploads[:6] == ["save.missing"] * 6, uploads
+    files = [n for _d, _s, names in os.walk(os.path.join(repo, b"chunks")) for n in names]
+    with open_repository(repo) as r:  # every uploaded chunk recorded as new: a row each
+        rows = r.catalog.conn.execute("SELECT count(*) FROM chunk").fetchone()[0]
+    assert rows == len(files) == done.stats.new_chunks
+    assert_save_matches(repo, done.stats.save_id, file_digests(root))
+    run("-r", repo, "check", "--read-data")

@@ -12,7 +12,10 @@ posted request is raised by the next call). What crosses the wire:
   has not chosen yet travels as a token (a negative id) the server maps to its own.
 - chunks: the readers write compressed bodies into a staging store on the client (a temp
   directory, never flushed); take() asks which chunks the repository lacks ("save.missing",
-  one request per reader task) and posts only those bodies ("save.put", binary payloads).
+  one request per reader task) and goes on: the answers are settled later, in order (before
+  the gathered calls that name those chunks are posted), and only the missing bodies are
+  posted ("save.put", binary payloads). So the readers' results do not wait a round trip
+  each behind the calls the server is still recording.
   The server decodes each body and checks its SHA-256 against its name before it is added
   to the store's durable batch: a bad body fails the save (ChunkRejected), nothing of it
   is named. The server decides every stored length and whether a chunk is new; a chunk a
@@ -34,7 +37,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Protocol
 
 from .. import chunkcodec
@@ -51,10 +56,16 @@ from .session import SaveSession, Warn
 OPS_BATCH = 512  # session calls gathered into one posted request
 PUT_BYTES = 8 << 20  # chunk bodies per upload request, at most
 FLUSH_S = 0.5  # gathered session calls wait this long at most (a checkpoint is due)
+ASKED_TASKS = 8  # reader tasks whose chunk question is in flight, at most, before the
+ASKED_BYTES = 64 << 20  # oldest is settled; and their compressed bodies waiting here
 
 
 class Channel(Protocol):
     def call(self, op: str, header: dict, payload: bytes = b"") -> tuple[dict, bytes]: ...
+
+    def ask(self, op: str, header: dict, payload: bytes = b"") -> Future: ...
+
+    def answer(self, future: Future) -> tuple[dict, bytes]: ...
 
     def post(self, op: str, header: dict, payload: bytes = b"") -> None: ...
 
@@ -106,6 +117,18 @@ def dec_result(row: list) -> ReadResult:
     return ReadResult(size, bytes.fromhex(digest),
                       [StoredChunk(ChunkRef(bytes.fromhex(sha), length), stored, bool(new))
                        for sha, length, stored, new in chunks], changed, content_id)
+
+
+_ASKED = ["asked"]  # the place of a chunk question among the gathered calls (not sent)
+
+
+def _encode_op(call: list) -> list:
+    """A gathered session call as it is posted: its read results encoded now."""
+    if call[0] == "store":
+        return [*call[:3], enc_result(call[3])]
+    if call[0] == "contents":
+        return ["contents", [[token, enc_result(r)] for token, r in call[1]]]
+    return call
 
 
 def _stats_dict(stats: SaveStats) -> dict:
@@ -441,16 +464,23 @@ class SessionProxy:
         self._open = False
         self._checkpoint_due = 0
         self._flushed = time.monotonic()
+        # take()'s chunk questions in flight: (answer, shas asked, results, temp files)
+        self._asked: deque[tuple[Future, list[bytes], list, list]] = deque()
+        self._asked_bytes = 0
+        self._uploaded: dict[bytes, int] = {}  # sha -> size, posted while questions were out
 
     # -- plumbing --
 
     def _call(self, op: str, header: dict, payload: bytes = b"") -> dict:
         self._flush_ops()
         answer, _ = self.channel.call(op, header, payload)
+        self._take_answer(answer)
+        return answer
+
+    def _take_answer(self, answer: dict) -> None:
         for note in self.channel.take_notes():  # posted requests' warnings, older
             self._absorb(note)
         self._absorb(answer)
-        return answer
 
     def _absorb(self, answer: dict) -> None:
         for msg in answer.get("warnings") or ():
@@ -467,9 +497,10 @@ class SessionProxy:
             self._flush_ops()
 
     def _flush_ops(self) -> None:
+        self._settle()  # the chunks the calls name are uploaded first, their sizes known
         self._flushed = time.monotonic()
         if self._ops:
-            ops, self._ops = self._ops, []
+            ops, self._ops = [_encode_op(op) for op in self._ops], []
             self.channel.post("save.ops", {}, json.dumps(ops, separators=(",", ":")).encode())
 
     def _token(self) -> int:
@@ -563,13 +594,52 @@ class SessionProxy:
     # -- chunks --
 
     def take(self, result, pending: list, seen_existing: bool):
-        """A reader task's RESULT once the chunks the repository lacks are uploaded; its
-        temp files here are removed."""
+        """A reader task's RESULT, the question which of its chunks the repository lacks
+        sent; the answer is settled (missing bodies uploaded, stored lengths set, its temp
+        files here removed) before any session call naming them is posted."""
+        results = [result] if not isinstance(result, list) else result
+        shas = list(dict.fromkeys(c.ref.sha256 for r in results if isinstance(r, ReadResult)
+                                  for c in r.chunks))
+        if not shas:
+            self._sink.discard(pending)
+            return result
         try:
-            self._upload([result] if not isinstance(result, list) else result, pending)
+            future = self.channel.ask("save.missing", {},
+                                      json.dumps([s.hex() for s in shas]).encode())
+        except BaseException:
+            self._sink.discard(pending)
+            raise
+        self._asked.append((future, shas, results, pending))
+        self._ops.append(_ASKED)  # its uploads go out here, between the calls around it
+        self._asked_bytes += sum(p[3] for p in pending)
+        while len(self._asked) > ASKED_TASKS or (self._asked_bytes > ASKED_BYTES
+                                                 and len(self._asked) > 1):
+            self._settle_one()
+        return result
+
+    def _settle(self) -> None:
+        while self._asked:
+            self._settle_one()
+
+    def _settle_one(self) -> None:
+        """The oldest question: the calls gathered before it posted, its answer awaited, the
+        missing bodies posted. So uploads keep their place among the calls (a checkpoint
+        between an upload and the record naming its chunk would lose the chunk's newness)."""
+        at = next(i for i, op in enumerate(self._ops) if op is _ASKED)
+        before, self._ops = self._ops[:at], self._ops[at + 1:]
+        if before:
+            self.channel.post("save.ops", {}, json.dumps(
+                [_encode_op(op) for op in before], separators=(",", ":")).encode())
+        future, shas, results, pending = self._asked.popleft()
+        self._asked_bytes -= sum(p[3] for p in pending)
+        try:
+            answer, _ = self.channel.answer(future)
+            self._take_answer(answer)
+            self._upload(shas, answer["sizes"], results, pending)
         finally:
             self._sink.discard(pending)
-        return result
+            if not self._asked:  # every later question saw those uploads: answered by size
+                self._uploaded.clear()
 
     def vet_found(self, results: list) -> set[bytes]:
         """read_here's reads (into the sink, in this thread): uploaded like take()'s."""
@@ -577,17 +647,10 @@ class SessionProxy:
         self.take(results if len(results) != 1 else results[0], pending, False)
         return set()
 
-    def _upload(self, results: list, pending: list) -> None:
-        shas: dict[bytes, None] = {}
-        for r in results:
-            if isinstance(r, ReadResult):
-                for c in r.chunks:
-                    shas[c.ref.sha256] = None
-        if not shas:
-            return
-        order = list(shas)
-        sizes = self._call("save.missing", {}, json.dumps(
-            [s.hex() for s in order]).encode())["sizes"]
+    def _upload(self, order: list[bytes], sizes: list, results: list, pending: list) -> None:
+        """Post the bodies of ORDER's chunks the server lacks (SIZES None), a chunk posted
+        for an earlier question that was in flight with this one once; RESULTS' chunks get
+        their stored lengths, new for the first upload of each."""
         if len(sizes) != len(order):
             raise RemoteProtocolError("the server answered a chunk query for another batch")
         temps = {key: (temp, size) for key, temp, _final, size in pending}
@@ -597,6 +660,8 @@ class SessionProxy:
         batch: list[tuple[bytes, bytes]] = []
         batch_bytes = 0
         for sha, size in zip(order, sizes, strict=True):
+            if size is None:
+                size = self._uploaded.get(sha)  # the server had not seen it when it answered
             if size is not None:
                 stored[sha] = size
                 continue
@@ -606,6 +671,7 @@ class SessionProxy:
             with open(temps[sha][0], "rb") as f:
                 body = f.read()
             stored[sha] = -len(body)  # negative: uploaded now (new)
+            self._uploaded[sha] = len(body)
             batch.append((sha, body))
             batch_bytes += len(body)
             if batch_bytes >= PUT_BYTES:
@@ -626,7 +692,6 @@ class SessionProxy:
                 r.chunks[:] = chunks
 
     def _put(self, batch: list[tuple[bytes, bytes]], lengths: dict[bytes, int]) -> None:
-        self._flush_ops()
         self.channel.post("save.put", {"shas": [s.hex() for s, _ in batch],
                                        "lengths": [lengths[s] for s, _ in batch],
                                        "sizes": [len(b) for _, b in batch]},
@@ -645,14 +710,14 @@ class SessionProxy:
         for r in batch:
             if isinstance(r, ReadResult):
                 r.content_id = self._token()
-                rows.append([r.content_id, enc_result(r)])
+                rows.append([r.content_id, r])  # encoded when posted: sizes settled
         if rows:
             self._post(["contents", rows])
         batch.contents_known = True
 
     def store_content(self, v: Version, result: ReadResult) -> Version:
         token = result.content_id if result.content_id is not None else self._token()
-        self._post(["store", token, enc_version(v), enc_result(result)])
+        self._post(["store", token, enc_version(v), result])  # encoded when posted
         self.stats.files_read += 1
         self.stats.bytes_read += result.size
         return v._replace(size=result.size, content_id=token)
@@ -685,6 +750,7 @@ class SessionProxy:
         """After an error: the server abandons the save (marks it interrupted) when told,
         or when the connection ends."""
         self._ops = []
+        self._asked.clear()  # their temp files go with the staging directory
         self.stats.status = "interrupted"
         try:
             self.channel.call("save.abandon", {})

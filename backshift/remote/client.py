@@ -76,8 +76,15 @@ class Session:
 
     def hello(self, repo: str) -> dict:
         """Agree on a protocol version and name the repository; the server's hello result."""
-        reply = self.call({"op": "hello", "versions": list(VERSIONS), "repo": repo,
-                           "client": __version__}).header
+        return self.hello_answer(self.send_hello(repo))
+
+    def send_hello(self, repo: str) -> int:
+        return self.send({"op": "hello", "versions": list(VERSIONS), "repo": repo,
+                          "client": __version__})
+
+    def hello_answer(self, rid: int) -> dict:
+        """The hello's answer (the requests sent after it wait behind it)."""
+        reply = list(self.answers(rid))[-1].header
         version = reply.get("version")
         if not isinstance(version, int) or not VERSIONS[0] <= version <= VERSIONS[1]:
             raise RemoteVersionMismatch(
@@ -127,9 +134,16 @@ class Session:
     def run(self, argv: list[str], out, err, *, debug: bool, encoding: str,
             errors: str) -> int:
         """Run a CLI command on the server: its stdout to OUT, stderr to ERR; its exit code."""
-        rid = self.send({"op": "run", "argv": argv, "debug": debug, "encoding": encoding,
-                         "errors": errors, "tz": os.environ.get("TZ"),
-                         "utf8": locale_is_utf8()})
+        return self.run_output(self.send_run(argv, debug=debug, encoding=encoding,
+                                             errors=errors), out, err)
+
+    def send_run(self, argv: list[str], *, debug: bool, encoding: str, errors: str) -> int:
+        return self.send({"op": "run", "argv": argv, "debug": debug, "encoding": encoding,
+                          "errors": errors, "tz": os.environ.get("TZ"),
+                          "utf8": locale_is_utf8()})
+
+    def run_output(self, rid: int, out, err) -> int:
+        """The run request RID's output to OUT and ERR; its exit code."""
         for frame in self.answers(rid):
             if frame.kind == "stdout":
                 out.write(frame.payload)
@@ -158,10 +172,12 @@ def run_over(transport, repo: str, argv: list[str], out, err, *, debug: bool,
     failed = True
     try:
         session = Session(transport)
-        try:
-            session.hello(repo)
+        try:  # the run goes out with the hello: no round trip before the first byte
+            hello = session.send_hello(repo)
+            rid = session.send_run(argv, debug=debug, encoding=encoding, errors=errors)
+            session.hello_answer(hello)
             transport.connected()
-            code = session.run(argv, out, err, debug=debug, encoding=encoding, errors=errors)
+            code = session.run_output(rid, out, err)
         except RemoteConnectionLost as e:
             raise transport.lost(e.args[-1]) from None
         failed = False
@@ -269,8 +285,16 @@ class Channel:
         self._send({**header, "op": op}, payload, None)
 
     def call(self, op: str, header: dict, payload: bytes = b"") -> tuple[dict, bytes]:
+        return self.answer(self.ask(op, header, payload))
+
+    def ask(self, op: str, header: dict, payload: bytes = b"") -> Future:
+        """Send and go on; answer(the Future) waits for the answer later (pipelining)."""
         future: Future = Future()
         self._send({**header, "op": op}, payload, future)
+        return future
+
+    def answer(self, future: Future) -> tuple[dict, bytes]:
+        """The (header, payload) answering ask()'s FUTURE, once it has come."""
         frame = future.result()
         if self.error is not None:  # a posted request before it failed
             raise self.error
