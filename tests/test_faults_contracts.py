@@ -199,15 +199,15 @@ def _code_remote_refused(tmp_path, repo, monkeypatch):
 
 def _code_remote_chunk_rejected(tmp_path, repo, monkeypatch):
     """A broken or hostile client: every body it uploads has one bit flipped."""
-    from backshift.ops import savewire
+    from backshift.ops import saveproxy
 
-    real = savewire.SessionProxy._put
+    real = saveproxy.SessionProxy._put
 
     def flipped(self, batch, lengths):
         return real(self, [(sha, body[:-1] + bytes([body[-1] ^ 1])) for sha, body in batch],
                     lengths)
 
-    monkeypatch.setattr(savewire.SessionProxy, "_put", flipped)
+    monkeypatch.setattr(saveproxy.SessionProxy, "_put", flipped)
     monkeypatch.setenv("BACKSHIFT_RSH", LOCAL_RSH)
     monkeypatch.setenv("BACKSHIFT_REMOTE_PATH", BACKSHIFT)
     src = small_tree(tmp_path / "src")

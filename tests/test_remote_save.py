@@ -274,7 +274,7 @@ def test_remote_save_asks_which_chunks_are_missing_ahead_of_the_uploads(tmp_path
     flight before the first upload (a round trip each no more), and the save is exact."""
     from backshift.cli.serve import _serve_saves
     from backshift.ops.save import SaveOptions
-    from backshift.ops.savewire import run_remote_save
+    from backshift.ops.saveproxy import run_remote_save
     from backshift.remote.client import Channel, Session
     from backshift.remote.server import Policy, serve
     from backshift.remote.transport import PipeTransport

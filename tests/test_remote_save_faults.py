@@ -128,7 +128,7 @@ def test_remote_save_killed_leaves_an_interrupted_save_the_next_one_borrows(
 
 def test_remote_save_removes_the_staging_directory_a_killed_save_left(tmp_path, sshd,
                                                                       ssh_env):
-    from backshift.ops.savewire import STAGING, _staging_parent
+    from backshift.ops.saveproxy import STAGING, _staging_parent
     src = tmp_path / "src"
     src.mkdir()
     (src / "f").write_bytes(b"data\n")

@@ -98,7 +98,8 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
     import signal
     import socket
 
-    from ..ops.save import SaveOptions, run_save
+    from ..ops.save import SaveOptions
+    from ..ops.saverun import run_save
     from ..ops.session import subset_for_roots
 
     hostname = _check_label("hostname", hostname or socket.gethostname())
@@ -187,7 +188,7 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
 def _remote_save(ctx: Context, opts, warn, walk_options: dict):
     """The save into an ssh:// repository: this host reads, `backshift serve` there records."""
     from ..errors import RemoteConnectionLost
-    from ..ops.savewire import run_remote_save
+    from ..ops.saveproxy import run_remote_save
     from ..remote.client import open_save_channel
 
     opened: list = []

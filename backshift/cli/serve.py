@@ -38,10 +38,10 @@ def serve(restrict: tuple[str, ...], append_only: bool) -> None:
 
 
 def _serve_saves(repo: str):
-    """The repository half of a remote save into REPO (ops/savewire.py)."""
+    """The repository half of a remote save into REPO (ops/saveserver.py)."""
     import os
 
-    from ..ops.savewire import SessionServer
+    from ..ops.saveserver import SessionServer
     from ..repo import WRITE, open_repository
     from .admin import copy_catalog
 

@@ -1,6 +1,6 @@
 """save --dry-run: what a save would read and what it would borrow, writing nothing.
 
-The names come exactly as a save's (ops/save.py input_names: the same walk, excludes and
+The names come exactly as a save's (ops/saverun.py input_names: the same walk, excludes and
 name checks), and each is decided by the repository half of a save opened read-only
 (SaveSession(dry_run=True)): the same candidate saves, the same Borrower and its rules
 (the fast path's offer(), then borrow() for the rest). Nothing is recorded, stored or
@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from ..errors import NothingToSave
 from ..model import TYPE_FILE, Version, type_of_mode
 from .owners import Owners
-from .save import SaveOptions, Warn, _fits_catalog, input_names, long_lstat
+from .save import SaveOptions, Warn, _fits_catalog, long_lstat
+from .saverun import input_names
 from .session import SaveSession
 
 READ, BORROW, NEW, LINK = "read", "borrow", "new", "link"

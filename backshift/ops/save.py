@@ -1,5 +1,5 @@
 """Saving a file tree, the client half: read names, lstat, hand files to the readers, and
-sequence it all against the repository half (SaveSession); run_save is the entry point.
+sequence it all against the repository half (SaveSession); ops/saverun.py runs it.
 
 The main thread walks or reads the names and lstats them; a re-save first offers each
 batch to the session, which borrows the unchanged ones. The rest become Items: borrowed
@@ -14,7 +14,6 @@ import collections
 import dataclasses
 import gc
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -45,9 +44,9 @@ from .reader import (
     in_flight_cost,
     read_file,
 )
-from .readers import read_batch_task, read_file_task, reader_pool
-from .session import SaveSession, series_exists
-from .stopping import _graceful_signals, _notice, catch_stop_signals
+from .readers import read_batch_task, read_file_task
+from .session import SaveSession
+from .stopping import _graceful_signals, _notice
 
 # Bounds of what the catalog's thread holds, whatever the commit interval: items queued for
 # recording (each holds its Version).
@@ -98,7 +97,7 @@ class Saver:
         self.opts = opts
         self.progress = progress
         # SESSION: the repository half when it is not REPO's own SaveSession (a remote
-        # save's ops/savewire.SessionProxy: its chunker is known once it is open)
+        # save's ops/saveproxy.SessionProxy: its chunker is known once it is open)
         self.session = session if session is not None else SaveSession(
             repo, opts.hostname, opts.subset, opts.roots, warn, batch_files=opts.batch_files,
             batch_bytes=opts.batch_bytes, batch_seconds=opts.batch_seconds)
@@ -116,6 +115,7 @@ class Saver:
         self.stop_signal: int | None = None
         self.names_seen = 0
         self.notice: Callable[[str], None] = _notice
+        self.copied = True  # the catalog copy after a complete save was refreshed
         # reader tasks handed over whose temp files are not adopted yet: a save that fails
         # removes those of the finished ones (drop_unadopted), whatever became of their items
         self._tasks: set[Future] = set()
@@ -579,75 +579,3 @@ def save(repo: Repository, paths: Iterable[bytes], opts: SaveOptions, warn: Warn
     PATHS iterator with Saver.warn as its callback, as the CLI does.
     """
     return Saver(repo, opts, warn, progress).run(paths)
-
-
-@dataclass
-class SaveRun:
-    """What run_save did: the save's stats, the stop signal that ended it (if any), whether
-    the catalog copy was refreshed, and whether a second SIGTERM stopped it at once."""
-
-    stats: SaveStats | None
-    stop_signal: int | None
-    copied: bool = True
-    terminated: bool = False
-
-
-def run_save(repo_path: bytes, opts: SaveOptions, warn: Warn, *, cwd: bytes,
-             paths: Iterable[bytes] = (), stream=None, one_file_system: bool = False,
-             excludes: Iterable[str] = (), exclude_caches: bool = False,
-             exclude_if_present: Iterable[str] = (), lock_wait_s: float = 0.0,
-             progress: Progress | None = None, notice: Callable[[str], None] | None = None,
-             after_complete: Callable[[Repository], bool] | None = None) -> SaveRun:
-    """The save command: fork the readers, open REPO_PATH for writing, save the PATHs
-    walked (with the walk's options) or the NUL-separated names of STREAM, and call
-    AFTER_COMPLETE(repo) on a complete save (its result: SaveRun.copied). A second
-    SIGINT raises KeyboardInterrupt; a second SIGTERM returns terminated."""
-    from ..repo import WRITE, chunks_in_bucket, open_repository
-
-    restore_signals = catch_stop_signals()  # from now on a signal ends as one later
-    try:
-        # forked before the repository (and its catalog) opens
-        readers = reader_pool(opts.workers, lambda: chunks_in_bucket(repo_path) or series_exists(
-            repo_path, opts.hostname, opts.subset))  # a bucket's readers are threads
-    except BaseException:
-        restore_signals()
-        raise
-    saver = None
-    try:
-        with open_repository(repo_path, WRITE, operation="save",
-                             lock_wait_s=lock_wait_s) as repo:
-            saver = Saver(repo, opts, warn, progress, readers)
-            if notice is not None:
-                saver.notice = notice
-            names = input_names(saver.warn, cwd=cwd, paths=paths, stream=stream,
-                                one_file_system=one_file_system, excludes=excludes,
-                                exclude_caches=exclude_caches,
-                                exclude_if_present=exclude_if_present)
-            stats = saver.run(names)
-            copied = True
-            if stats.status == "complete" and after_complete is not None:
-                copied = after_complete(repo)
-    except KeyboardInterrupt:  # a second signal: stopped at once, marked interrupted
-        if saver is None or saver.stop_signal != signal.SIGTERM:
-            raise
-        return SaveRun(None, saver.stop_signal, terminated=True)
-    finally:
-        readers.shutdown(wait=True, cancel_futures=True)
-        restore_signals()
-    return SaveRun(stats, saver.stop_signal, copied)
-
-
-def input_names(warn: Warn, *, cwd: bytes, paths: Iterable[bytes] = (), stream=None,
-                one_file_system: bool = False, excludes: Iterable[str] = (),
-                exclude_caches: bool = False, exclude_if_present: Iterable[str] = ()
-                ) -> Iterable[bytes]:
-    """The names a save reads: a walk of PATHS (with the walk's options), or the
-    NUL-separated names of STREAM, absolute and normal; bad ones are WARNed about."""
-    from .. import walk
-
-    if paths:
-        tags = sorted({os.fsencode(n) for n in exclude_if_present}
-                      | ({walk.CACHEDIR_TAG} if exclude_caches else set()))
-        return walk.walk(paths, cwd, warn, one_file_system=one_file_system,
-                         excludes=[os.fsencode(e) for e in excludes], tags=tags)
-    return walk.normalized(walk.read_nul_names(stream), cwd, warn)

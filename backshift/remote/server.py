@@ -75,7 +75,7 @@ def serve(inp, out, policy: Policy, inspect: Inspect, execute: Execute,
     """Answer requests from INP on OUT until the client closes; return the exit status.
 
     SAVES(repo) makes the handler of a remote save's requests ("save.*": its repository
-    half, ops/savewire.py's SessionServer); the save it runs is abandoned (marked
+    half, ops/saveserver.py's SessionServer); the save it runs is abandoned (marked
     interrupted) when the client goes away before finishing it."""
     reader = FrameReader(inp, "the client")
     frames = FrameWriter(out)
