@@ -3,7 +3,7 @@ as a typing.Protocol (ChunkStore); no code of a backend lives here.
 
 Two backends: store.Store (chunk files in REPO/chunks/) and objstore.ObjectStore (chunk
 objects in an S3 bucket; repo.py picks it when init --chunks recorded one).
-tests/test_architecture.py checks that every call the operations make on a store is listed
+tests/unit/test_architecture.py checks that every call the operations make on a store is listed
 here, and nothing more, and that both backends have each with the same parameters.
 
 Contract of every backend (the durability invariant): a chunk put since the last

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# The exit-code table. README.md documents it; tests/test_cli_basics.py keeps both equal.
+# The exit-code table. README.md documents it; tests/cli/test_cli_basics.py keeps both equal.
 EXIT_OK = 0
 EXIT_WARNING = 1  # the operation finished, but some files or members had problems
 EXIT_ERROR = 2  # generic error, including bad command-line usage

@@ -1,5 +1,5 @@
 """The object-store column of the benchmark: backshift with its chunks in a bucket of a
-SeaweedFS started for the run (`weed mini`, as the tests start it: tests/seaweed.py), the
+SeaweedFS started for the run (`weed mini`, as the tests start it: tests/helpers/seaweed.py), the
 catalog in the tool's local directory. Its request counts give the PUTs/s of a first save."""
 
 from __future__ import annotations

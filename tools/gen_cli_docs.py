@@ -1,6 +1,6 @@
 """Write docs/cli.md from the commands' --help (run: .venv/bin/python tools/gen_cli_docs.py).
 
-tests/test_cli_docs.py fails when docs/cli.md differs from what this renders, so the CLI
+tests/cli/test_cli_docs.py fails when docs/cli.md differs from what this renders, so the CLI
 reference can never go stale.
 """
 

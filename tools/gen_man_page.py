@@ -2,7 +2,7 @@
 .venv/bin/python tools/gen_man_page.py; install: man -l docs/backshift.1 or copy it to
 /usr/local/share/man/man1/).
 
-tests/test_cli_docs.py fails when docs/backshift.1 differs from what this renders, as for
+tests/cli/test_cli_docs.py fails when docs/backshift.1 differs from what this renders, as for
 docs/cli.md, so the man page and --help never disagree.
 """
 

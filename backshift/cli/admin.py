@@ -25,7 +25,7 @@ from .views import (
 )
 
 # ChunkerParams' defaults, spelled out so that start-up does not build model's dataclasses
-# (tests/test_cli_basics.py holds them equal).
+# (tests/cli/test_cli_basics.py holds them equal).
 DEFAULT_CHUNK_MIN = 256 * 1024
 DEFAULT_CHUNK_AVG = 1024 * 1024
 DEFAULT_CHUNK_MAX = 4 * 1024 * 1024

@@ -191,7 +191,8 @@ def encode_sparse_header(h: Header, realsize: int,
     pax records GNU.sparse.major=1, minor=0, name (the real name) and realsize; the ustar
     name (or `path`) is sparse_name's. GNU.sparse.name comes after `path`, as tarfile
     wants it (the later of the two names the member); GNU tar and libarchive take the
-    sparse name in this order too (tests/test_tar_sparse.py restores long names in all three)."""
+    sparse name in this order too (tests/ops/test_tar_sparse.py restores long names in all
+    three)."""
     return encode_header_general(h._replace(name=sparse_name(h.name)), (h.name, realsize),
                                  extra)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 VENV_BIN = Path(sys.executable).parent
 
@@ -52,7 +52,7 @@ RUN = {TOUR, COMPLETION}
 SKIPPED_BY_DESIGN = {
     ("Chunks in an object store",
      "export AWS_ENDPOINT_URL=https://s3.example.com AWS_REGION=us-east-1"):
-        "needs an S3 endpoint and its credentials; tests/test_objstore_repo.py runs the same "
+        "needs an S3 endpoint and its credentials; tests/ops/test_objstore_repo.py runs the same "
         "init --chunks, save, tar and init --recover against a real SeaweedFS",
     ("backshift", "make demo"):
         "make demo is run on its own (it builds the venv); make test is this suite",
@@ -60,7 +60,7 @@ SKIPPED_BY_DESIGN = {
         "names save 12 and host web1 of a larger repository; the tour runs the same list/tar "
         "forms on its own saves",
     ("Mounting: browse saves as a filesystem", "backshift -r /backup/repo mount /mnt/backup"):
-        "needs FUSE (/dev/fuse, fusermount3) and runs until unmounted; tests/test_mount.py "
+        "needs FUSE (/dev/fuse, fusermount3) and runs until unmounted; tests/ops/test_mount.py "
         "mounts for real",
     ("Asking questions of your backups", "backshift -r REPO stats"):
         "names saves 6 and 7 and writes an optional argument as [/home/alice]",
@@ -71,12 +71,12 @@ SKIPPED_BY_DESIGN = {
         "--read-data --repair is for a damaged repository; the catalog recipe test runs "
         "check --read-data",
     ("Moving from backshift 1.x", "backshift -r /backup/repo init"):
-        "needs a backshift 1.x save directory; tests/test_import_legacy.py imports real ones",
+        "needs a backshift 1.x save directory; tests/ops/test_import_legacy.py imports real ones",
     ("Speed", "make bench-peers"):
         "installs borg and restic and runs for ~25 minutes",
 }
 # Not fenced, so not in the inventory, and skipped by design too: the indented ssh:// examples
-# of "Remote repositories" (ssh to a real host; tests/test_remote*.py run them over a real ssh
+# of "Remote repositories" (ssh to a real host; tests/ops/test_remote*.py run them over a real ssh
 # transport) and the authorized_keys line.
 
 

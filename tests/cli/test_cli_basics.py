@@ -105,7 +105,7 @@ def test_help_lists_exit_codes():
 
 def test_readme_exit_code_table_equals_errors_py():
     """One table, two places: README's rows are exactly errors.exit_code_table()."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     rows = [(int(code), meaning)
             for code, meaning in re.findall(r"^\| (\d+) \| (.*) \|$", readme, re.M)]
     assert rows == exit_code_table()

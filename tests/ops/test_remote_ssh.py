@@ -1,4 +1,4 @@
-"""ssh:// repositories end to end through a real OpenSSH server (tests/sshd.py)."""
+"""ssh:// repositories end to end through a real OpenSSH server (tests/helpers/sshd.py)."""
 
 from __future__ import annotations
 

@@ -204,7 +204,7 @@ def test_check_catalog_restored_from_its_copy(tmp_path, repo):
     catalog.write_bytes(bytes(data))
     run("-r", repo, "saves", exit_code=7)
     # the README's restore procedure, its commands run as written there
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     steps = readme.split("### Restoring the catalog from its copy", 1)[1].split("\n## ", 1)[0]
     commands = re.findall(r"^\d\. .*?`([^`]+)`|^   `([^`]+)`$", steps, re.M)
     commands = [a or b for a, b in commands if "mv" in (a or b) or "cp" in (a or b)]

@@ -29,7 +29,7 @@ from backshift import pathcodec
 from backshift.repo import READ, open_repository
 from conftest import BACKSHIFT, find0, make_tree, run, run_bin
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LEGACY = ROOT / ".venv-legacy" / "bin" / "backshift"
 IS_ROOT = os.geteuid() == 0
 

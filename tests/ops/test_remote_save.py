@@ -1,5 +1,6 @@
-"""Remote save (`-r ssh://... save`) end to end through a real OpenSSH server (tests/sshd.py):
-the client half (walk, read, chunk, compress) here, the repository half in `backshift serve`."""
+"""Remote save (`-r ssh://... save`) end to end through a real OpenSSH server
+(tests/helpers/sshd.py): the client half (walk, read, chunk, compress) here, the repository
+half in `backshift serve`."""
 
 from __future__ import annotations
 

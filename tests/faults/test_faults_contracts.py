@@ -141,7 +141,7 @@ SCENARIOS = {
 
 
 # The ssh:// codes. A local "rsh" runs the far end as ssh would run it on the server (as
-# `rsync -e` allows), or plays ssh refusing the login; tests/test_remote_ssh.py has each
+# `rsync -e` allows), or plays ssh refusing the login; tests/ops/test_remote_ssh.py has each
 # through a real sshd.
 LOCAL_RSH = "sh -c 'shift; exec \"$@\"' rsh"
 

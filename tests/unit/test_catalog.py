@@ -14,7 +14,7 @@ from backshift.catalog import APPLICATION_ID, Catalog, migrations, schema_versio
 from backshift.errors import CatalogTooNew, NotACatalog, RepositoryNotFound
 from conftest import run
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 
 
 def digest(path: Path) -> str:

@@ -11,7 +11,7 @@ from test_sql_docs import doc_queries
 from backshift.lock import RepoLock
 from conftest import find0, run
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 
 
 def _save(repo, root, subset="s"):

@@ -1,5 +1,5 @@
 """A repository whose chunks are in an object store (init --chunks s3://...), end to end
-against a real SeaweedFS (tests/seaweed.py): save, restore through GNU tar and bsdtar,
+against a real SeaweedFS (tests/helpers/seaweed.py): save, restore through GNU tar and bsdtar,
 presence from the catalog (no request for an unchanged re-save or a catalog query), check,
 expire, catalog copies and recovery from the bucket alone."""
 

@@ -1,7 +1,7 @@
 """Retention policy: parametrised cases against golden files (restic's testdata/policy_*).
 
 Regenerate the golden files after an intended change with:
-    REGEN_GOLDEN=1 .venv/bin/python -m pytest -q tests/test_retention.py
+    REGEN_GOLDEN=1 .venv/bin/python -m pytest -q tests/ops/test_retention.py
 and review the diff like code.
 """
 
@@ -16,7 +16,7 @@ import pytest
 from backshift.model import SaveRow
 from backshift.retention import NS, Policy, decide, parse_duration
 
-GOLDEN = Path(__file__).parent / "golden" / "retention"
+GOLDEN = Path(__file__).parents[1] / "golden" / "retention"
 REGEN = os.environ.get("REGEN_GOLDEN") == "1"  # read at import: the hermetic fixture is later
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 NOW_NS = int(NOW.timestamp()) * NS

@@ -1,4 +1,4 @@
-"""The object-store chunk backend against a real SeaweedFS (tests/seaweed.py); faults the
+"""The object-store chunk backend against a real SeaweedFS (tests/helpers/seaweed.py); faults the
 server rarely produces (throttling, timeouts, lost responses) through a thin wrapper of the
 client, and obstore's own errors from a stub HTTP server and a port that never answers."""
 

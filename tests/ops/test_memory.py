@@ -15,7 +15,7 @@ from backshift.ops import check as check_mod
 from backshift.ops import expire as expire_mod
 from conftest import find0, run
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("command", [["check", "--read-data"], ["expire", "--keep-last", "1"]])

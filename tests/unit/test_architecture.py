@@ -11,7 +11,7 @@ import ast
 import os
 from pathlib import Path
 
-PKG = Path(__file__).parent.parent / "backshift"
+PKG = Path(__file__).parents[2] / "backshift"
 ROOT = "backshift"  # the package's own __init__ (its __version__)
 
 # -- the import graph ------------------------------------------------------------------------

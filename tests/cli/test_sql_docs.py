@@ -15,7 +15,7 @@ import pytest
 from backshift.repo import READ, open_repository
 from conftest import find0, make_tree, run
 
-DOCS = Path(__file__).parent.parent / "docs"
+DOCS = Path(__file__).parents[2] / "docs"
 VIEWS = ("saves", "files", "contents", "chunks", "xattrs")
 
 
