@@ -1,10 +1,11 @@
 """The directory chunk store: one file per chunk under REPO/chunks/xx/, named by its sha256.
 It owns the layout (fan-out directories, quarantine), presence, verified reads, maintenance.
 
-The one backend of chunkstore.ChunkStore today. A chunk file is a chunkcodec body (the
-original backshift's format, so its chunk stores can be imported unread); a new one is a
-temp file beside its final name until a chunkbatch.ChunkBatch makes it durable (the
-durability invariant: never a referenced chunk that is not on disk).
+The directory backend of chunkstore.ChunkStore (objstore.ObjectStore is the bucket one);
+a little over 400 lines because the protocol is one interface, kept whole. A chunk file
+is a chunkcodec body (the original backshift's format, so its chunk stores can be imported
+unread); a new one is a temp file beside its final name until a chunkbatch.ChunkBatch
+makes it durable (the durability invariant: never a referenced chunk that is not on disk).
 """
 
 from __future__ import annotations
