@@ -231,11 +231,10 @@ class Borrowing:
         the batch of those not recorded because the save held that path already (a path
         given twice: usually none)."""
         c = self.conn
-        c.execute("SAVEPOINT borrow_members")
-        try:
+        held: list[int] = []
+        with self.savepoint("borrow_members"):
             before = c.total_changes()
             c.execute(INSERT_MATCHED_MEMBERS, {"save_id": save_id})
-            held = []
             if c.total_changes() - before != matches:  # a duplicate: find which, in order
                 c.execute("ROLLBACK TO borrow_members")
                 for seq, path_id, version_id, _cid, _size in \
@@ -244,12 +243,4 @@ class Borrowing:
                                                    "version_id": version_id})
                     if c.changes() != 1:
                         held.append(seq)
-        except BaseException:
-            try:  # the error may have ended the whole transaction, savepoint included
-                c.execute("ROLLBACK TO borrow_members")
-                c.execute("RELEASE borrow_members")
-            except apsw.Error:
-                pass
-            raise
-        c.execute("RELEASE borrow_members")
         return held

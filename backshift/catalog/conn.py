@@ -336,6 +336,24 @@ class Connection:
             except apsw.Error:
                 pass
 
+    @contextmanager
+    def savepoint(self, name: str) -> Iterator[None]:
+        """A nested transaction NAME: released at the end, rolled back and released on an
+        error (which may have ended the whole transaction, the savepoint with it). Inside,
+        `ROLLBACK TO NAME` undoes what the block did so far and keeps the savepoint."""
+        c = self.conn
+        c.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            try:
+                c.execute(f"ROLLBACK TO {name}")
+                c.execute(f"RELEASE {name}")
+            except apsw.Error:
+                pass
+            raise
+        c.execute(f"RELEASE {name}")
+
     def begin_read(self) -> None:
         """Begin a read transaction: until it ends (rollback, close), every query sees the
         catalog as it was at the first read, whatever writers commit meanwhile."""

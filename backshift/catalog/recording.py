@@ -4,8 +4,6 @@ Also the previous save's entries of a directory, which a re-save borrows from.""
 
 from __future__ import annotations
 
-import apsw
-
 from ..model import Version
 from .sqltext import _slices, _sql
 
@@ -161,28 +159,17 @@ class Recording:
         """Record (save id, path id, version id) rows in one batch; returns the indexes of
         the rows not recorded because the save held that path already (usually none)."""
         c = self.conn
+        held: list[int] = []
         before = c.total_changes()
-        c.execute("SAVEPOINT members")
-        try:
+        with self.savepoint("members"):
             self._insert_rows(INSERT_MEMBERS, rows)
             if c.total_changes() - before != len(rows):  # a duplicate: find which, in order
                 c.execute("ROLLBACK TO members")
-                held = []
                 for i, row in enumerate(rows):
                     c.execute(INSERT_MEMBER, row)
                     if c.changes() != 1:
                         held.append(i)
-                c.execute("RELEASE members")
-                return held
-        except BaseException:
-            try:  # the error may have ended the whole transaction, savepoint included
-                c.execute("ROLLBACK TO members")
-                c.execute("RELEASE members")
-            except apsw.Error:
-                pass
-            raise
-        c.execute("RELEASE members")
-        return []
+        return held
 
     def _insert_rows(self, sql: str, rows: list[tuple]) -> None:
         """Run an INSERT ... VALUES {rows} statement for ROWS, BULK_ROWS at a time."""
