@@ -28,17 +28,20 @@ from .borrowing import MATCH_OFFER, STAGE_ROW_VALUES, Borrowing
 from .conn import (
     APPLICATION_ID,
     CATALOG_NAME,
+    READER,
     READER_BUSY_MS,
     USER_SQL,
     WRITER_BUSY_MS,
     Connection,
     catalog_damage,
     configure,
+    damaged_catalog,
     network_filesystem,
     on_read_only_media,
     open_connection,
     open_error,
     open_user_sql,
+    quick_check_problem,
     read_only_uri,
     translate_error,
 )
@@ -89,7 +92,8 @@ __all__ = [
     "WHERE_PREDICATE_MATCHES", "WRITER_BUSY_MS", "Catalog", "MembersDigest", "catalog_damage",
     "USER_SQL", "configure", "open_connection", "open_user_sql", "migrations",
     "network_filesystem", "on_read_only_media", "open_error", "read_only_uri",
-    "schema_version", "stand_in_for_migrations", "translate_error",
+    "READER", "damaged_catalog", "quick_check_problem", "schema_version",
+    "stand_in_for_migrations", "translate_error",
 ]
 
 

@@ -225,6 +225,31 @@ def open_user_sql(path: bytes) -> apsw.Connection:
     return conn
 
 
+def quick_check_problem(conn: apsw.Connection, errors_are_problems: bool = True
+                        ) -> str | None:
+    """The first problem SQLite's quick_check finds in CONN's catalog, or None (the probe of
+    Connection.probe_integrity; ops/session.py's IntegrityProbe runs it in a thread, where
+    an error is raised, not taken for damage: ERRORS_ARE_PROBLEMS False)."""
+    try:
+        problems = [p for (p,) in conn.execute("PRAGMA quick_check(1)") if p != "ok"]
+    except apsw.Error as e:
+        if not errors_are_problems:
+            raise
+        problems = [_root_cause(e)]
+    if not problems:
+        return None
+    return "; ".join(line for line in problems[0].splitlines()
+                     if line and not line.startswith("***"))  # "*** in database main"
+
+
+def damaged_catalog(path: bytes, problem: str) -> NotACatalog:
+    """The error of a save that found PROBLEM (quick_check's) in the catalog at PATH."""
+    copies = os.path.join(os.path.dirname(path), b"catalog-copies", b"")
+    return NotACatalog(os.fsdecode(path), (
+        f"damaged (quick_check: {problem}); nothing was written: restore it from "
+        f"a copy in {os.fsdecode(copies)} (README: 'Restoring the catalog from its copy')"))
+
+
 class Connection:
     """Opening and closing, identity checks, transactions, snapshots, checkpoints, meta."""
 
@@ -316,18 +341,9 @@ class Connection:
         Not chosen: the checksum VFS (cksumvfs) is not built into apsw's SQLite and needs
         8 reserved bytes a page, i.e. a rewrite of existing catalogs; cell_size_check only
         catches damaged cell layouts, which quick_check finds too."""
-        try:
-            problems = [p for (p,) in self.conn.execute("PRAGMA quick_check(1)") if p != "ok"]
-        except apsw.Error as e:
-            problems = [_root_cause(e)]
-        if problems:
-            first = "; ".join(line for line in problems[0].splitlines()
-                              if line and not line.startswith("***"))  # "*** in database main"
-            copies = os.path.join(os.path.dirname(self.path), b"catalog-copies", b"")
-            raise NotACatalog(os.fsdecode(self.path), (
-                f"damaged (quick_check: {first}); nothing was written: restore it from "
-                f"a copy in {os.fsdecode(copies)} (README: 'Restoring the catalog from its "
-                "copy')"))
+        problem = quick_check_problem(self.conn)
+        if problem is not None:
+            raise damaged_catalog(self.path, problem)
 
     def rollback_quietly(self) -> None:
         if self.conn.in_transaction:

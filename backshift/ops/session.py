@@ -42,7 +42,13 @@ import time
 from collections.abc import Callable
 
 from .. import __version__
-from ..catalog import catalog_damage
+from ..catalog import (
+    READER,
+    catalog_damage,
+    damaged_catalog,
+    open_connection,
+    quick_check_problem,
+)
 from ..crashpoints import crashpoint
 from ..errors import NothingToSave
 from ..lock import hold_save_lock, release_save_lock, remove_dead_save_lock, save_alive
@@ -65,6 +71,11 @@ from .series import (  # noqa: F401 - re-exported: callers ask the session modul
 # (batch_files): each commit syncs the WAL, ~1 ms quiet, much more under I/O load.
 UNCHANGED_PER_BATCH_FILE = 16
 RECORD_BATCH = 256  # recorded items whose catalog rows are inserted together (flush_records)
+# A catalog file this big or bigger is probed for damage (quick_check, ~2.5 ms per MB: 1.5 s
+# for a million files) in a thread while the save goes on (IntegrityProbe); the save row
+# and all after it are committed only once the probe passed. A smaller one is probed before
+# the save row is written: its probe takes a few ms.
+BACKGROUND_PROBE_BYTES = 4 << 20
 
 Warn = Callable[[str], None]
 
@@ -73,6 +84,40 @@ def _with_content(v: Version, size: int, content_id: int) -> Version:
     """v._replace(size=SIZE, content_id=CONTENT_ID), without _replace's per-field loop."""
     return Version(v.mode, v.uid, v.gid, v.user, v.group, size, v.mtime_ns, v.ctime_ns, v.dev,
                    v.ino, v.nlink, v.rdev, v.link_target, content_id, v.xattrs_id)
+
+
+class IntegrityProbe:
+    """quick_check of the catalog at PATH on a read connection of its own, in a thread:
+    SQLite runs it without the GIL, so a re-save walks and matches its names meanwhile.
+    PROBLEM: the first damage found, if any; FAILED: the probe itself could not run (busy,
+    open error): the writer probes again (SaveSession._settle_probe)."""
+
+    def __init__(self, path: bytes) -> None:
+        self.path = path
+        self.problem: str | None = None
+        self.failed = False
+        self._thread = threading.Thread(target=self._run, name="catalog-probe", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            conn = open_connection(self.path, READER)
+        except BaseException:  # noqa: BLE001 - the writer probes again
+            self.failed = True
+            return
+        try:
+            conn.execute("PRAGMA cache_size = -2048")  # each page is read once
+            self.problem = quick_check_problem(conn, errors_are_problems=False)
+        except BaseException:  # noqa: BLE001 - the writer probes again
+            self.failed = True
+        finally:
+            conn.close()
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self) -> None:
+        self._thread.join()
 
 
 class SaveSession:
@@ -112,6 +157,12 @@ class SaveSession:
         self._records: list[list] = []
         self._xattr_sets: dict[bytes, int] = {}  # attribute set digest -> id
         self.intake = ChunkIntake(self.cat, repo.store, self.ensure_txn)
+        # a catalog probed in a thread (open): its save row is not committed until the probe
+        # passed (_settle_probe; then _row_pending until the next commit, after which the
+        # lock files of the dead saves it marked interrupted are removed: _dead)
+        self._probe: IntegrityProbe | None = None
+        self._row_pending = False
+        self._dead: list[int] = []
 
     @property
     def borrowing(self) -> bool:
@@ -120,7 +171,10 @@ class SaveSession:
 
     @property
     def sink(self):
-        """Where chunk bodies go: this repository's store (its durable batch)."""
+        """Where chunk bodies go: this repository's store (its durable batch); nothing is
+        written there before the catalog's probe passed."""
+        if self._probe is not None:
+            self._settle_probe()
         return self.repo.store
 
     def warn(self, msg: str) -> None:
@@ -145,7 +199,9 @@ class SaveSession:
             return
         host = socket.gethostname()
         repo_path = self.repo.path
-        self.cat.probe_integrity()  # a damaged catalog: refuse before writing anything
+        probe = self._start_probe()
+        if probe is None:
+            self.cat.probe_integrity()  # a damaged catalog: refuse before writing anything
         self.cat.begin()
         try:
             dead = [sid for sid, pid in self.cat.running_saves_of_host(host)
@@ -160,11 +216,54 @@ class SaveSession:
             self._save_lock = hold_save_lock(repo_path, self.stats.save_id)
         except BaseException:
             self.cat.rollback_quietly()
+            if probe is not None:
+                probe.wait()
             raise
-        self.cat.commit()
-        for sid in dead:
-            remove_dead_save_lock(repo_path, sid)
+        if probe is None:
+            self.cat.commit()
+            for sid in dead:
+                remove_dead_save_lock(repo_path, sid)
+        else:  # committed by the first checkpoint after the probe passed
+            self._probe, self._dead, self._txn = probe, dead, True
         self.find_candidates(self.stats.save_id)
+
+    def _start_probe(self) -> IntegrityProbe | None:
+        """The probe of a big catalog, started in a thread; None for a small one, or when a
+        second connection could not read it while this one writes (not WAL: a rollback
+        journal, or the exclusive locking of a network filesystem)."""
+        try:
+            if os.path.getsize(self.cat.path) < BACKGROUND_PROBE_BYTES:
+                return None
+        except OSError:
+            return None
+        conn = self.cat.conn
+        if conn.execute("PRAGMA journal_mode").fetchall()[0][0] != "wal" or \
+                conn.execute("PRAGMA locking_mode").fetchall()[0][0] != "normal":
+            return None
+        return IntegrityProbe(self.cat.path)
+
+    def _settle_probe(self) -> None:
+        """Wait for the catalog's probe; NotACatalog when it found damage (nothing of this
+        save is committed then, and nothing more is written)."""
+        probe = self._probe
+        if probe is None:
+            return
+        probe.wait()
+        self._probe = None
+        problem = probe.problem
+        if probe.failed:  # it could not run: probe here, in this transaction
+            problem = quick_check_problem(self.cat.conn)
+        if problem is not None:
+            raise damaged_catalog(self.cat.path, problem)
+        self._row_pending = True
+
+    def _committed(self) -> None:
+        """After a commit: the save row is visible; the dead saves' lock files can go."""
+        if self._row_pending:
+            self._row_pending = False
+            for sid in self._dead:
+                remove_dead_save_lock(self.repo.path, sid)
+            self._dead = []
 
     def find_candidates(self, save_id: int) -> None:
         """The earlier saves of the series but SAVE_ID to borrow from, and their Borrower."""
@@ -216,7 +315,12 @@ class SaveSession:
             return [False] * len(entries)
         if not self.dry_run:
             self.ensure_txn()
-        out, places = self.borrower.match(entries)
+        try:
+            out, places = self.borrower.match(entries)
+        except Exception:
+            if self._probe is not None:  # damage met here: the probe's one error for it
+                self._settle_probe()
+            raise
         if self.dry_run or True not in out:
             return out
         cat, stats = self.cat, self.stats
@@ -284,10 +388,14 @@ class SaveSession:
     def take(self, result, pending: list, seen_existing: bool):
         """A reader task's RESULT once the chunk files it wrote (PENDING) are adopted
         (ChunkIntake.take): a file that met a damaged chunk file comes back as REREAD."""
+        if self._probe is not None:
+            self._settle_probe()
         return self.intake.take(result, pending, seen_existing)
 
     def vet_found(self, results: list) -> set[bytes]:
         """The sha256s of the chunk files RESULTS found on disk that fail verification."""
+        if self._probe is not None:
+            self._settle_probe()
         return self.intake.vet_found(results)
 
     def discard(self, pending: list) -> None:
@@ -391,14 +499,20 @@ class SaveSession:
         now = time.monotonic()
         if not self._txn:
             return
-        if not force and self._batch_files < self.batch_files \
-                and self._batch_bytes < self.batch_bytes \
-                and now - self._batch_started < self.batch_seconds:
+        due = force or self._batch_files >= self.batch_files \
+            or self._batch_bytes >= self.batch_bytes \
+            or now - self._batch_started >= self.batch_seconds
+        if self._probe is not None:
+            if not due and not self._probe.done():
+                return
+            self._settle_probe()
+        if not due and not self._row_pending:  # the save row: committed once probed
             return
         self.flush_records()
         self.repo.store.flush()
         self.write_counters()
         self.cat.commit()
+        self._committed()
         self._txn = False
         self._batch_files = 0
         self._batch_bytes = 0
@@ -406,6 +520,7 @@ class SaveSession:
 
     def finish(self, status: str) -> None:
         """The final commit: the save is STATUS (complete or interrupted)."""
+        self._settle_probe()
         self.ensure_txn()
         self.flush_records()
         self.repo.store.flush()
@@ -413,6 +528,7 @@ class SaveSession:
         crashpoint("before_save_complete")
         self.cat.finish_save(self.stats.save_id, status, time.time_ns())
         self.cat.commit()
+        self._committed()
         self._txn = False
         self.stats.status = status
         problem = self.cat.checkpoint()
@@ -424,9 +540,11 @@ class SaveSession:
     def discard_empty(self, names_seen: int) -> None:
         """A save that saved nothing is not recorded at all: as the newest complete save
         of its series, an empty save would be what expire's policy keeps."""
+        self._settle_probe()
         self.ensure_txn()
         self.cat.delete_save(self.stats.save_id)
         self.cat.commit()
+        self._committed()
         self._txn = False
         self.stats.status = "discarded"
         if names_seen:
@@ -442,7 +560,13 @@ class SaveSession:
         (not in a catalog found damaged: nothing more is written there)."""
         self.repo.store.abandon()
         self.cat.rollback_quietly()
-        if catalog_damage(error):
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.wait()  # its connection closed before this one
+        if catalog_damage(error) or probe is not None or self._row_pending:
+            # damaged: nothing more is written; or the save row was never committed (the
+            # catalog's probe had not passed, or no commit came since): nothing to mark
+            self._row_pending = False
             self.stats.status = "interrupted"
             return
         self._records = []
