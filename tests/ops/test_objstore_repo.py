@@ -219,6 +219,45 @@ def test_objstore_repo_recovers_from_the_bucket_alone(tmp_path, s3_url):
     run("-r", new, "save", "--subset", "t", input=find0(src))  # and it saves on
 
 
+def test_objstore_repo_catalog_copy_is_uploaded_beside_the_local_one(tmp_path, s3_url):
+    """make_copy hands the bucket upload the copy's file while it syncs and renames the
+    local copy (another thread); the bucket's copy is the local copy's bytes, compressed."""
+    import threading
+
+    import zstandard
+
+    from backshift.ops.catalog_copy import make_copy
+    from backshift.repo import WRITE, open_repository
+    repo, _src = saved_repo(tmp_path, s3_url)
+    threads = []
+    with open_repository(repo, WRITE) as r:
+        def upload(path, f):
+            threads.append(threading.current_thread())
+            r.copy_to_bucket(path, f)
+        local = make_copy(r.path, r.catalog, upload=upload)
+    assert threads and threads[0] is not threading.main_thread()
+    key = f"{CATALOG_COPIES}/{os.path.basename(local).decode()}.zst"
+    body = zstandard.ZstdDecompressor().decompressobj().decompress(get_raw(s3_url, key))
+    assert body == open(local, "rb").read()
+
+
+def test_objstore_repo_catalog_copy_upload_failure_is_raised_after_the_local_copy(
+        tmp_path, s3_url):
+    from backshift.ops.catalog_copy import list_copies, make_copy
+    from backshift.repo import WRITE, open_repository
+    repo, _src = saved_repo(tmp_path, s3_url)
+    before = len(list_copies(repo))
+
+    def upload(path, f):
+        raise OSError(28, "No space left on device", "upload")
+    with open_repository(repo, WRITE) as r, pytest.raises(OSError, match="No space"):
+        make_copy(r.path, r.catalog, upload=upload)
+    copies = list_copies(repo)
+    assert len(copies) == before + 1  # the local copy is whole and in place
+    assert not [n for n in os.listdir(os.path.join(repo, b"catalog-copies"))
+                if b".tmp" in n]
+
+
 def test_objstore_repo_recover_refuses_a_bucket_without_a_copy(tmp_path, s3_url):
     new = tmp_path / "new"
     res = run("-r", new, "init", "--recover", s3_url, exit_code=43)
