@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import zstandard
 from restorehelp import compare_trees, extract, tar_stream
 
 from backshift.objstore import CATALOG_COPIES, ObjectStore, key_for
@@ -89,6 +90,33 @@ def test_objstore_repo_unchanged_resave_and_queries_make_no_requests(
     copies = objects_under(url, CATALOG_COPIES + "/")
     assert len(copies) == 2
     assert len(objects_under(url, "chunks/")) == len(chunk_shas(repo))
+
+
+def test_objstore_repo_queries_load_no_object_store_client(s3_repo, tmp_path, s3_env):
+    """list, sql, find, history and diff on a bucket repository read the catalog only:
+    neither obstore nor the object-store backend is imported (no client is made); nor does
+    making an ObjectStore import obstore before its first request."""
+    import subprocess
+    import sys
+    repo, url = s3_repo
+    src = make_tree(tmp_path / "src")
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
+    code = ("import sys; from backshift import cli; code = cli.run(sys.argv[1:]); "
+            "print('MODULES', code, ' '.join(sorted(sys.modules)))")
+    for args in (["list", "--backup", "latest", "-v"], ["sql", "SELECT count(*) FROM files"],
+                 ["find", "*.txt"], ["history", os.path.join(src, "a.txt")],
+                 ["diff", "1", "2"]):
+        out = subprocess.run([sys.executable, "-c", code, "-r", os.fsdecode(repo), *args],
+                             capture_output=True, text=True, check=True).stdout
+        status, loaded = out.split("MODULES ", 1)[1].split(" ", 1)
+        assert status == "0", (args, out)
+        for lazy in ("obstore", "backshift.objstore", "backshift.s3client"):
+            assert lazy not in loaded.split(), (args, lazy)
+    out = subprocess.run([sys.executable, "-c", "import sys; from backshift.objstore import "
+                          f"ObjectStore; ObjectStore({url!r}).close(); print('obstore' in "
+                          "sys.modules)"], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False"]
 
 
 # -- check, repair, expire -----------------------------------------------------------------
@@ -194,7 +222,8 @@ def test_objstore_repo_expire_leaves_exactly_the_referenced_objects(
     # its catalog copy went to the bucket too: two saves and the expire, the newest three
     copies = sorted(objects_under(s3_url, CATALOG_COPIES + "/"))
     assert len(copies) == 3
-    newest = get_raw(s3_url, copies[-1])
+    newest = zstandard.ZstdDecompressor().decompressobj().decompress(
+        get_raw(s3_url, copies[-1]))
     assert newest.startswith(b"SQLite format 3\0")
     assert "no problems found" in run("-r", repo, "check", "--read-data").stdout
 
@@ -223,8 +252,6 @@ def test_objstore_repo_catalog_copy_is_uploaded_beside_the_local_one(tmp_path, s
     """make_copy hands the bucket upload the copy's file while it syncs and renames the
     local copy (another thread); the bucket's copy is the local copy's bytes, compressed."""
     import threading
-
-    import zstandard
 
     from backshift.ops.catalog_copy import make_copy
     from backshift.repo import WRITE, open_repository
@@ -392,7 +419,8 @@ def test_objstore_repo_save_sends_again_a_put_whose_response_was_lost(
         return clients[-1]
     monkeypatch.setattr(objstore, "ObstoreClient", faulty)
     run("-r", repo, "save", "--subset", "t", input=find0(src))
-    assert clients[0].calls["put"] == len(chunk_shas(repo)) + 3  # three sent twice
+    # three sent twice, and one for the catalog copy
+    assert clients[0].calls["put"] == len(chunk_shas(repo)) + 3 + 1
     data, _err = tar_stream(repo)
     extract("bsd" if have("bsdtar") else "gnu", data, tmp_path / "out")
     compare_trees(src, tmp_path / "out" / os.path.relpath(src, "/"))
