@@ -119,6 +119,55 @@ def test_objstore_repo_queries_load_no_object_store_client(s3_repo, tmp_path, s3
     assert out.split() == ["False"]
 
 
+# The CLI in a child that writes its own peak resident size (VmHWM, kB) to HWM_FILE at exit.
+# Not ru_maxrss: a child forked from this test process keeps, across its exec, the peak of
+# the copy of this process it started as (Linux carries it in signal->maxrss).
+PEAK_OF_CLI = """
+import atexit, os, sys
+def peak():
+    with open("/proc/self/status") as f:
+        kb = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+    with open(os.environ["HWM_FILE"], "w") as out:
+        out.write(kb)
+atexit.register(peak)
+from backshift.cli import main
+main(sys.argv[1:])
+"""
+
+
+def cli_peak_rss(tmp_path: Path, *args) -> int:
+    """Run the CLI with ARGS in a child; its peak resident size in bytes."""
+    import subprocess
+    import sys
+    hwm = tmp_path / "hwm"
+    res = subprocess.run([sys.executable, "-c", PEAK_OF_CLI, *map(os.fsdecode, args)],
+                         capture_output=True, env={**os.environ, "HWM_FILE": str(hwm)})
+    assert res.returncode == 0, res.stderr
+    return int(hwm.read_text()) << 10
+
+
+def test_objstore_repo_tar_and_check_read_data_keep_memory_flat(tmp_path, s3_url):
+    """tar and check --read-data read a bounded window of objects ahead of the stream: the
+    peak RSS is the same for a save 12 times the size of another (2 MiB and 24 MiB of
+    incompressible data, both far more chunks than the 32-object window), within a margin
+    (8 MiB) far below the difference (22 MiB, which holding the save would add)."""
+    repo = init_s3(tmp_path, s3_url)
+    peaks = {}
+    for name, mib in (("small", 2), ("big", 24)):
+        src = tmp_path / name
+        src.mkdir()
+        for i in range(mib):
+            (src / f"f{i}.bin").write_bytes(os.urandom(1 << 20))
+        run("-r", repo, "save", "--subset", name, input=find0(src))
+        out = tmp_path / f"{name}.tar"
+        tar = cli_peak_rss(tmp_path, "-r", repo, "tar", "--subset", name, "--backup", "latest",
+                           "-o", out)
+        assert out.stat().st_size > mib << 20
+        peaks[name] = (tar, cli_peak_rss(tmp_path, "-r", repo, "check", "--read-data"))
+    for i, what in enumerate(("tar", "check --read-data")):
+        assert peaks["big"][i] < peaks["small"][i] + (8 << 20), (what, peaks)
+
+
 # -- check, repair, expire -----------------------------------------------------------------
 
 
