@@ -162,7 +162,7 @@ class BucketCopies:
 
 def _touch_client(store) -> None:
     try:
-        store.client
+        _ = store.client  # made once, kept by the store
     except Exception:  # noqa: BLE001 - the upload's own first request reports it
         pass
 
