@@ -150,7 +150,7 @@ class ObjectStore(RetryingRequests, VerifiedBodies, BucketCopies):
         self.pid = os.getpid()
         self.known = known
         self._replace: set[bytes] = set()
-        self.client = client if client is not None else ObstoreClient(self.location)
+        self._client = client  # None: made at the first request (the client property)
         self.retries = RETRIES if retries is None else retries  # (read now: tests lower them)
         self.backoff_s = BACKOFF_S if backoff_s is None else backoff_s
         self.zstd_level = zstd_level
@@ -163,6 +163,20 @@ class ObjectStore(RetryingRequests, VerifiedBodies, BucketCopies):
         if repo:
             with _live_lock:
                 _live[(repo, self.pid)] = self
+
+    @property
+    def client(self):
+        """The obstore client, made at the first request: a save that stores no chunk
+        needs it only for its catalog copy, uploaded in a thread beside the local copy's
+        fsync (ops/catalog_copy.make_copy), so importing obstore and setting up the client
+        (10-40 ms) is no longer on its way."""
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = ObstoreClient(self.location)
+                client = self._client
+        return client
 
     def close(self) -> None:
         with _live_lock:

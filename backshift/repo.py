@@ -9,11 +9,11 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import apsw
 
@@ -137,10 +137,17 @@ class Repository:
         while self._closing:
             self._closing.pop()()
 
-    def copy_to_bucket(self, copy_path: bytes) -> None:
-        """Upload a catalog copy beside the chunks when they are in a bucket."""
+    def copy_to_bucket(self, copy_path: bytes, source: BinaryIO | None = None) -> None:
+        """Upload a catalog copy beside the chunks when they are in a bucket (SOURCE: its
+        bytes as an open file, read instead of COPY_PATH, which only names it)."""
         if self.objects is not None:
-            self.objects.upload_catalog_copy(copy_path)
+            self.objects.upload_catalog_copy(copy_path, source=source)
+
+    @property
+    def copy_upload(self) -> Callable[[bytes, BinaryIO], None] | None:
+        """What catalog_copy.make_copy runs beside the local copy (None: nothing, the
+        chunks are not in a bucket)."""
+        return self.copy_to_bucket if self.chunks_url is not None else None
 
 
 class _CatalogLengths:

@@ -153,11 +153,11 @@ class ObstoreClient:
         import obstore
         self._run(obstore.put, self.store, key, body)
 
-    def put_file(self, key: str, path: str) -> None:
-        import pathlib
-
+    def put_stream(self, key: str, blocks: Iterator[bytes]) -> None:
+        """PUT the concatenation of BLOCKS as a multipart upload (parts of 5 MB, sent as
+        the iterator yields them)."""
         import obstore
-        self._run(obstore.put, self.store, key, pathlib.Path(path))
+        self._run(obstore.put, self.store, key, blocks, use_multipart=True)
 
     def get(self, key: str, max_size: int) -> tuple[int, bytes | None]:
         """(size, body) of KEY; body None when size is above MAX_SIZE (not read)."""

@@ -24,13 +24,14 @@ TOOLS = {**TOOLS, "s3": BackshiftS3}  # the object-store column (chunks in a Sea
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STEPS = ["init", "save1", "resave", "resave_mod", "list", "list1dir", "tar", "tarsub",
-         "find", "history", "check", "expire", *mountbench.STEPS]
+         "find", "history", "sql", "check", "expire", *mountbench.STEPS]
 LABELS = {
     "init": "init", "save1": "first save", "resave": "unchanged re-save",
     "resave_mod": "re-save, 1% touched + insert", "list": "list -v (whole save)",
     "list1dir": "list --no-recursive (one dir)", "tar": "tar whole save > /dev/null",
     "tarsub": "tar one subtree", "check": "check --read-data", "expire": "expire + GC",
-    "find": "find (many catalog)", "history": "history (many catalog)", **mountbench.LABELS,
+    "find": "find (many catalog)", "history": "history (many catalog)",
+    "sql": "sql (count, bytes by type in the save)", **mountbench.LABELS,
 }
 MANY_ONLY = {"find", "history"}
 DEFAULT_RUNS = {"small": 3, "mixed": 3, "system": 3, "many": 1}

@@ -12,7 +12,8 @@ import time
 
 from .peers import Backshift
 
-TESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+TESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
+                     "helpers")  # where seaweed.py lives
 
 
 class _Server:

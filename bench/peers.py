@@ -103,7 +103,8 @@ class Backshift(Tool):
                 return f"find {shlex.quote(ds.root)} -print0 | {shlex.join(cmd)}"
             return cmd + [ds.root]
         need = {"list": "list", "list1dir": "list", "tar": "tar", "tarsub": "tar",
-                "expire": "expire", "check": "check", "find": "find", "history": "history"}
+                "expire": "expire", "check": "check", "find": "find", "history": "history",
+                "sql": "sql"}
         if not self.has(need[step]):
             return None
         if step == "list":
@@ -125,6 +126,9 @@ class Backshift(Tool):
             return b + ["find", "*/f0999.txt"]
         if step == "history":
             return b + ["history", os.path.join(ds.one_dir, os.listdir(ds.one_dir)[0])]
+        if step == "sql":
+            return b + ["sql", "SELECT type, count(*), sum(size) FROM files WHERE save_id = "
+                        "(SELECT max(id) FROM saves) GROUP BY type"]
         return None
 
     def repo_bytes(self) -> dict:

@@ -97,7 +97,7 @@ def copy_catalog(repo) -> bool:
     """Refresh the rotated catalog copy; a failure is a warning, the work itself is done."""
     from ..ops.catalog_copy import make_copy
     try:
-        repo.copy_to_bucket(make_copy(repo.path, repo.catalog))
+        make_copy(repo.path, repo.catalog, upload=repo.copy_upload)
     except Exception as e:  # noqa: BLE001 - any failure here must not undo a committed save
         cause = f"{os.fsdecode(e.filename)}: {e.strerror}" \
             if isinstance(e, OSError) and e.filename and e.strerror else str(e)

