@@ -43,7 +43,10 @@ class SessionServer:
         self.failed: BackshiftError | None = None
         self.done = False
         self.warnings: list[str] = []
-        self.tokens: dict[int, int] = {}  # the client's content tokens -> content ids
+        # the client's content tokens -> content ids, each retired by the call that uses
+        # it last (flat in the number of files): a read batch's by the store of its file,
+        # a store's by the record of its file unless more hard links may name it later
+        self.tokens: dict[int, int] = {}
         self.known: dict[bytes, tuple[int, bool]] = {}  # sha -> (stored length, new) since
         # the last commit: answered by missing() or uploaded
 
@@ -234,7 +237,9 @@ class SessionServer:
     def _content(self, v: Version) -> Version:
         cid = v.content_id
         if cid is not None and cid < 0:
-            real = self.tokens.get(cid)
+            # a file of one link is named once; another link of a group is recorded with
+            # its first member's content (ops/save.py: Saver.record): kept for it
+            real = self.tokens.pop(cid, None) if v.nlink <= 1 else self.tokens.get(cid)
             if real is None:
                 raise RemoteProtocolError(f"content token {cid} is unknown")
             return v._replace(content_id=real)
@@ -250,8 +255,8 @@ class SessionServer:
                          version_id)
             elif name == "store":
                 token, v, result = call[1], dec_version(call[2]), dec_result(call[3])
-                if result.content_id is not None:
-                    result.content_id = self.tokens[result.content_id]
+                if result.content_id is not None:  # its read batch's: used once
+                    result.content_id = self.tokens.pop(result.content_id)
                 v = s.store_content(v, self._chunks_here(result))
                 self.tokens[token] = v.content_id
             elif name == "contents":

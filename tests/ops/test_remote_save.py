@@ -325,3 +325,59 @@ def test_remote_save_asks_which_chunks_are_missing_ahead_of_the_uploads(tmp_path
     assert rows == len(files) == done.stats.new_chunks
     assert_save_matches(repo, done.stats.save_id, file_digests(root))
     run("-r", repo, "check", "--read-data")
+
+
+def test_remote_save_server_tokens_stay_flat_in_the_number_of_files(tmp_path):
+    """The server maps the client's content tokens to content ids; each is retired by the
+    call that uses it last, so its map stays small however many files a save reads (a
+    hard link group's token is kept for the group's later members, which still restore)."""
+    from backshift.cli.serve import _serve_saves
+    from backshift.ops.reader import BATCH_FILES
+    from backshift.ops.save import SaveOptions
+    from backshift.ops.saveproxy import run_remote_save
+    from backshift.remote.client import Channel, Session
+    from backshift.remote.server import Policy, serve
+    from backshift.remote.transport import PipeTransport
+
+    repo = init_repo(tmp_path / "repo")
+    root = tmp_path / "tree"
+    for d in range(6):
+        (root / f"d{d}").mkdir(parents=True)
+        for i in range(250):  # small files: read in batches, a token for the batch's
+            (root / f"d{d}" / f"f{i:03}").write_bytes(b"%d %d\n" % (d, i) * (i % 7 + 1))
+    os.link(root / "d0" / "f001", root / "d5" / "zz-link")  # named again at the very end
+    (root / "big").write_bytes(os.urandom(200_000))  # read alone: a store's token only
+    peaks: list[int] = []
+
+    def saves(path: str):
+        server = _serve_saves(path)
+        handle = server.handle
+
+        def measured(op, header, payload):
+            try:
+                return handle(op, header, payload)
+            finally:
+                peaks.append(len(server.tokens))
+        server.handle = measured
+        return server
+
+    transports: list[PipeTransport] = []
+
+    def connect():
+        transports.append(PipeTransport(lambda inp, out: serve(
+            inp, out, Policy(), None, None, lambda _msg: None, saves)))
+        session = Session(transports[0])
+        session.hello(os.fsdecode(repo))
+        return Channel(session)
+
+    try:
+        done = run_remote_save(connect, SaveOptions("h", "t", roots=[os.fsencode(root)]),
+                               pytest.fail, cwd=os.fsencode(tmp_path),
+                               paths=[os.fsencode(root)])
+    finally:
+        for transport in transports:
+            transport.close()
+    assert (done.stats.status, done.stats.files_read) == ("complete", 1_501)
+    # at most one read batch's tokens wait for their stores, and the hard link group's
+    assert max(peaks) <= BATCH_FILES + 1 < 1_501
+    assert_save_matches(repo, done.stats.save_id, file_digests(root))  # the link too
