@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import stat
 from collections.abc import Callable
 
 from .. import chunkcodec
@@ -22,6 +23,7 @@ from .savewire import (
     dec_stat,
     dec_version,
     enc_version,
+    entry_version,
     stats_dict,
 )
 from .session import SaveSession
@@ -127,7 +129,34 @@ class SessionServer:
     def op_offer(self, _h: dict, p: bytes) -> tuple[dict, bytes]:
         entries = [(bytes_of(path), dec_stat(st), bytes_of(user), bytes_of(group))
                    for path, st, user, group in json.loads(p)]
-        return {"borrowed": self.session.offer(entries)}, b""
+        borrowed = self.session.offer(entries)
+        return {"borrowed": borrowed, "ahead": self._ahead(entries, borrowed)}, b""
+
+    def _ahead(self, entries: list, borrowed: list[bool]) -> list:
+        """For each of ENTRIES not BORROWED: [its place, locate's answer, kept_xattrs', and
+        borrow's (a file; uncounted) or reusable_version's (neither a file nor a symlink,
+        whose target the client reads) or False], as the client's Saver.add asks them for
+        the same lstat (savewire.entry_version) when the file has no attributes of its own."""
+        s = self.session
+        if not s.borrowing:
+            return []
+        borrower = s.borrower
+        out = []
+        for i, (path, st, user, group) in enumerate(entries):
+            if borrowed[i]:
+                continue
+            path_id, parent_id = s.locate(path)
+            v = entry_version(st, user, group)
+            kept, xattrs_id = borrower.kept_xattrs(path, path_id, parent_id, v)
+            v = v._replace(xattrs_id=xattrs_id)
+            answer: object = False
+            if stat.S_ISREG(st.st_mode):
+                found = borrower.borrow(path, path_id, parent_id, v)
+                answer = None if found is None else [enc_version(found[0]), found[1]]
+            elif not stat.S_ISLNK(st.st_mode):
+                answer = borrower.reusable_version(path, path_id, parent_id, v)
+            out.append([i, path_id, parent_id, kept, xattrs_id, answer])
+        return out
 
     def _name_args(self, row: list):
         path, path_id, parent_id, v = row
@@ -270,6 +299,9 @@ class SessionServer:
                     self.tokens[token] = r.content_id
             elif name == "warn":
                 s.stats.warnings += call[1]
+            elif name == "counted":  # a borrow answered ahead (op_offer), used: its size
+                s.stats.files_borrowed += 1
+                s.stats.bytes_borrowed += int(call[1])
             elif name == "checkpoint":
                 before = s._txn
                 s.checkpoint(bool(call[1]))
