@@ -422,3 +422,35 @@ def test_remote_resave_answers_the_names_it_did_not_borrow_with_the_offer(tmp_pa
                     "warnings"):
             assert getattr(done.stats, key) == here[key], (step, key)
     assert [(s.files_read, s.files_borrowed) for s in stats] == [(26, 0), (0, 26), (3, 24)]
+
+
+def test_remote_resave_keeps_several_offers_in_flight(tmp_path, monkeypatch):
+    """An unchanged re-save offers its names a batch at a time; the next batches are
+    lstat'ed and offered while the server answers the first (settled in order)."""
+    from backshift.ops.feed import FEED_BATCH, OFFERS_AHEAD
+    from backshift.ops.saveproxy import SessionProxy
+
+    repo = init_repo(tmp_path / "repo")
+    root = tmp_path / "tree"
+    root.mkdir()
+    for i in range(FEED_BATCH * (OFFERS_AHEAD + 2)):
+        (root / f"f{i:04}").write_bytes(b"%d\n" % i)
+    aged(root)
+    pipe_save(repo, root, tmp_path)
+    offered = {"out": 0, "most": 0}
+    offer_ahead = SessionProxy.offer_ahead
+
+    def counted(self, entries):
+        answer = offer_ahead(self, entries)
+        offered["out"] += 1
+        offered["most"] = max(offered["most"], offered["out"])
+
+        def taken():
+            offered["out"] -= 1
+            return answer()
+        return taken
+    monkeypatch.setattr(SessionProxy, "offer_ahead", counted)
+    done = pipe_save(repo, root, tmp_path)
+    assert (done.stats.files_read, done.stats.files_borrowed) == (0, len(os.listdir(root)))
+    assert offered["most"] == OFFERS_AHEAD
+    assert_save_matches(repo, done.stats.save_id, file_digests(root))
