@@ -127,7 +127,7 @@ class SessionServer:
                 "zstd_level": repo.store.zstd_level}, b""
 
     def op_offer(self, _h: dict, p: bytes) -> tuple[dict, bytes]:
-        entries = [(bytes_of(path), dec_stat(st), bytes_of(user), bytes_of(group))
+        entries = [(path.encode("latin-1"), dec_stat(st), bytes_of(user), bytes_of(group))
                    for path, st, user, group in json.loads(p)]
         borrowed = self.session.offer(entries)
         return {"borrowed": borrowed, "ahead": self._ahead(entries, borrowed)}, b""

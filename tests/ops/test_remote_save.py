@@ -454,3 +454,16 @@ def test_remote_resave_keeps_several_offers_in_flight(tmp_path, monkeypatch):
     assert (done.stats.files_read, done.stats.files_borrowed) == (0, len(os.listdir(root)))
     assert offered["most"] == OFFERS_AHEAD
     assert_save_matches(repo, done.stats.save_id, file_digests(root))
+
+
+def test_remote_save_server_refuses_a_malformed_offer_and_keeps_the_save_interrupted(tmp_path):
+    from backshift.cli.serve import _serve_saves
+    from backshift.errors import RemoteProtocolError
+
+    repo = init_repo(tmp_path / "repo")
+    server = _serve_saves(os.fsdecode(repo))
+    server.handle("save.open", {"hostname": "h", "subset": "t", "roots": None,
+                                "batch_files": 100, "batch_seconds": 10}, b"")
+    with pytest.raises(RemoteProtocolError, match="malformed save.offer"):
+        server.handle("save.offer", {}, b'[["/x", [33188, 1, 2], "u", "g"]]')  # a short lstat
+    assert statuses(repo) == ["interrupted"]
