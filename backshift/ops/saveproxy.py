@@ -65,6 +65,21 @@ def _remove_dead_staging(parent: str | None) -> None:
             shutil.rmtree(os.path.join(where, name), ignore_errors=True)
 
 
+def _read_temp(path: bytes, size: int) -> bytes:
+    """The SIZE bytes of a reader's temp file (one read: no buffered file object)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        body = os.read(fd, size)
+        while len(body) < size and (more := os.read(fd, size - len(body))):
+            body += more
+    finally:
+        os.close(fd)
+    if len(body) != size:
+        raise RemoteProtocolError(f"the staged chunk {os.fsdecode(path)} holds {len(body)} "
+                                  f"bytes, not {size}")
+    return body
+
+
 class _Borrowing:
     """What the Saver asks of session.borrower: whether there are candidates, the fast path."""
 
@@ -355,8 +370,7 @@ class SessionProxy:
             if sha not in temps:
                 raise RemoteProtocolError(f"the repository lacks chunk {sha.hex()} and this "
                                           "client holds no body for it")
-            with open(temps[sha][0], "rb") as f:
-                body = f.read()
+            body = _read_temp(*temps[sha])
             stored[sha] = -len(body)  # negative: uploaded now (new)
             self._uploaded[sha] = len(body)
             batch.append((sha, body))
@@ -382,7 +396,7 @@ class SessionProxy:
         self.channel.post("save.put", {"shas": [s.hex() for s, _ in batch],
                                        "lengths": [lengths[s] for s, _ in batch],
                                        "sizes": [len(b) for _, b in batch]},
-                          b"".join(b for _, b in batch))
+                          [b for _, b in batch])  # written one after the other, not joined
 
     def discard(self, pending: list) -> None:
         self._sink.discard(pending)
