@@ -4,11 +4,12 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import queue
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 
@@ -34,6 +35,7 @@ class FeedError:
 
 
 FEED_BATCH = 256  # names per queue item: a queue hand-off per name cost ~25% of a re-save
+OFFERS_AHEAD = 4  # a remote re-save's offers in flight (Unchanged)
 
 
 class Feed:
@@ -113,43 +115,69 @@ class Unchanged:
     (SaveSession.offer), which records those unchanged since the latest save; the main
     loop only sees the others (its per-name steps cost as much again as the fast path
     itself). Batches of nothing but unchanged names are not handed on: the commits and
-    progress are done here meanwhile."""
+    progress are done here meanwhile. A session that answers offers later (a remote one's
+    offer_ahead) has up to OFFERS_AHEAD batches offered, settled in order: the round
+    trips overlap with the lstats of the next batches."""
 
     def __init__(self, saver: Offering, feed: Feed | LocalFeed) -> None:
         self.saver = saver
         self.feed = feed
+        self.offered: collections.deque = collections.deque()  # (batch, places, answer)
+        self.ended = False  # END or an error was fetched: nothing more to offer
 
     def start(self) -> None:
         self.feed.start()
 
+    def _offer(self, batch: list, ask) -> None:
+        owner_names = self.saver.owners.names
+        lstat = os.lstat
+        offered = []  # (path, lstat, user, group)
+        at = []  # their places in BATCH
+        for i, path in enumerate(batch):
+            if path.__class__ is bytes:  # not END or a FeedError
+                try:
+                    st = lstat(path)
+                except OSError:
+                    continue  # add() says what it is
+                user, group = owner_names(st.st_uid, st.st_gid)
+                offered.append((path, st, user, group))
+                at.append(i)
+            else:
+                self.ended = True
+        self.offered.append((batch, at, ask(offered) if offered else None))
+
     def get(self, timeout: float) -> list:
         saver = self.saver
-        offer = saver.session.offer
-        owner_names = saver.owners.names
-        lstat = os.lstat
+        session = saver.session
+        ask = getattr(session, "offer_ahead", None) or _answered_now(session.offer)
+        ahead = OFFERS_AHEAD if hasattr(session, "offer_ahead") else 1
         while True:
-            batch = self.feed.get(timeout)
-            offered = []  # (path, lstat, user, group)
-            at = []  # their places in BATCH
-            for i, path in enumerate(batch):
-                if path.__class__ is bytes:  # not END or a FeedError
-                    try:
-                        st = lstat(path)
-                    except OSError:
-                        continue  # add() says what it is
-                    user, group = owner_names(st.st_uid, st.st_gid)
-                    offered.append((path, st, user, group))
-                    at.append(i)
-            if offered:
+            while len(self.offered) < ahead and not self.ended:
+                batch = self.feed.get(timeout if not self.offered else 0.01)
+                if not batch:
+                    break
+                self._offer(batch, ask)
+            if not self.offered:
+                return []  # the input is slow
+            batch, at, answer = self.offered.popleft()
+            if answer is not None:
                 keep = [True] * len(batch)
-                for i, borrowed in zip(at, offer(offered), strict=True):
+                for i, borrowed in zip(at, answer(), strict=True):
                     if borrowed:
                         keep[i] = False
                 rest = list(itertools.compress(batch, keep))
             else:
                 rest = batch
-            if rest or not batch or saver.stop_signal is not None:
+            if rest or saver.stop_signal is not None:
                 return rest
             saver.drain(block=False)
             saver.checkpoint()
             saver.report_progress()
+
+
+def _answered_now(offer):
+    """A session's OFFER (answered at once) as offer_ahead: the answer's getter."""
+    def ask(entries: list) -> Callable[[], list[bool]]:
+        out = offer(entries)
+        return lambda: out
+    return ask

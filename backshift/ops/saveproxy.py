@@ -21,6 +21,7 @@ from ..model import ChunkerParams, SaveStats, StoredChunk, Version
 from ..store import Store
 from .reader import ReadBatch, ReadResult
 from .savewire import (
+    AHEAD_KEPT,
     ASKED,
     ASKED_BYTES,
     ASKED_TASKS,
@@ -32,6 +33,7 @@ from .savewire import (
     enc_stat,
     enc_version,
     encode_op,
+    entry_version,
     text_of,
 )
 from .session import Warn
@@ -61,6 +63,21 @@ def _remove_dead_staging(parent: str | None) -> None:
         pid = name[len(STAGING):].partition("-")[0]
         if name.startswith(STAGING) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
             shutil.rmtree(os.path.join(where, name), ignore_errors=True)
+
+
+def _read_temp(path: bytes, size: int) -> bytes:
+    """The SIZE bytes of a reader's temp file (one read: no buffered file object)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        body = os.read(fd, size)
+        while len(body) < size and (more := os.read(fd, size - len(body))):
+            body += more
+    finally:
+        os.close(fd)
+    if len(body) != size:
+        raise RemoteProtocolError(f"the staged chunk {os.fsdecode(path)} holds {len(body)} "
+                                  f"bytes, not {size}")
+    return body
 
 
 class _Borrowing:
@@ -100,6 +117,11 @@ class SessionProxy:
         self._asked: deque[tuple[Future, list[bytes], list, list]] = deque()
         self._asked_bytes = 0
         self._uploaded: dict[bytes, int] = {}  # sha -> size, posted while questions were out
+        self._stats_of = 0  # the request whose answer's stats were taken last
+        # offered names not borrowed -> (path id, parent id, the version asked about, kept,
+        # xattrs id, borrow's or reusable_version's answer or False): the offer's answers
+        # ahead to Saver.add's questions
+        self._ahead: dict[bytes, tuple] = {}
 
     # -- plumbing --
 
@@ -118,6 +140,12 @@ class SessionProxy:
         for msg in answer.get("warnings") or ():
             self._warn_cb(msg)
         stats = answer.get("stats")
+        rid = answer.get("id")
+        if isinstance(rid, int):  # an offer's answer taken after later ones: older stats
+            if rid < self._stats_of:
+                stats = None
+            else:
+                self._stats_of = rid
         if isinstance(stats, dict):
             for name, value in stats.items():
                 if name not in ("elapsed_s", "status") and hasattr(self.stats, name):
@@ -183,19 +211,46 @@ class SessionProxy:
             self.staging = None
 
     def offer(self, entries: list[tuple[bytes, os.stat_result, str, str]]) -> list[bool]:
+        return self.offer_ahead(entries)()
+
+    def offer_ahead(self, entries: list[tuple[bytes, os.stat_result, str, str]]
+                    ) -> Callable[[], list[bool]]:
+        """offer() sent now and answered later (ops/feed.py: Unchanged keeps several in
+        flight, taken in order): the answer's getter. The gathered calls go out first."""
         payload = json.dumps([[text_of(p), enc_stat(st), text_of(u), text_of(g)]
                               for p, st, u, g in entries], separators=(",", ":")).encode()
-        borrowed = self._call("save.offer", {}, payload)["borrowed"]
-        if len(borrowed) != len(entries):
-            raise RemoteProtocolError("the server answered an offer for another batch")
-        return borrowed
+        self._flush_ops()
+        future = self.channel.ask("save.offer", {}, payload)
+
+        def answer() -> list[bool]:
+            reply, _ = self.channel.answer(future)
+            self._take_answer(reply)
+            borrowed = reply["borrowed"]
+            if len(borrowed) != len(entries):
+                raise RemoteProtocolError("the server answered an offer for another batch")
+            ahead = self._ahead
+            while len(ahead) > AHEAD_KEPT:  # names never asked about (vanished, skipped)
+                del ahead[next(iter(ahead))]
+            for i, path_id, parent_id, kept, xattrs_id, found in reply.get("ahead") or ():
+                path, st, user, group = entries[i]
+                ahead[path] = (path_id, parent_id, entry_version(st, user, group, xattrs_id),
+                               kept, xattrs_id, found)
+            return borrowed
+        return answer
 
     def _ask(self, what: str, args) -> object:
         return self._call("save.ask", {"what": what, "args": args})["answer"]
 
     def locate(self, path: bytes) -> tuple[int | None, int | None]:
+        known = self._ahead.get(path)
+        if known is not None:
+            return known[0], known[1]
         path_id, parent_id = self._ask("locate", [text_of(path)])
         return path_id, parent_id
+
+    def _known_ahead(self, path: bytes, path_id, parent_id) -> tuple | None:
+        known = self._ahead.get(path)
+        return known if known is not None and known[:2] == (path_id, parent_id) else None
 
     def _name(self, path, path_id, parent_id, v) -> list:
         return [text_of(path), path_id, parent_id, enc_version(v)]
@@ -204,6 +259,9 @@ class SessionProxy:
                     v: Version) -> tuple[bool, int | None]:
         if not self.borrowing:
             return False, None
+        known = self._known_ahead(path, path_id, parent_id)
+        if known is not None and (v.ino, v.ctime_ns) == (known[2].ino, known[2].ctime_ns):
+            return known[3], known[4]  # what kept_xattrs looks at: the same
         kept, xattrs_id = self._ask("kept_xattrs", self._name(path, path_id, parent_id, v))
         return bool(kept), xattrs_id
 
@@ -214,6 +272,14 @@ class SessionProxy:
                ) -> tuple[Version, int | None] | None:
         if not self.borrowing:
             return None
+        known = self._known_ahead(path, path_id, parent_id)
+        if known is not None and known[5] is not False and v == known[2]:
+            del self._ahead[path]
+            found = known[5]
+            if found is not None:
+                self._post(["counted", v.size])
+                return dec_version(found[0]), found[1]
+            return None
         found = self._ask("borrow", self._name(path, path_id, parent_id, v))
         return None if found is None else (dec_version(found[0]), found[1])
 
@@ -221,6 +287,10 @@ class SessionProxy:
                          v: Version) -> int | None:
         if not self.borrowing:
             return None
+        known = self._known_ahead(path, path_id, parent_id)
+        if known is not None and known[5] is not False and v == known[2]:
+            del self._ahead[path]
+            return known[5]
         return self._ask("reusable_version", self._name(path, path_id, parent_id, v))
 
     # -- chunks --
@@ -300,8 +370,7 @@ class SessionProxy:
             if sha not in temps:
                 raise RemoteProtocolError(f"the repository lacks chunk {sha.hex()} and this "
                                           "client holds no body for it")
-            with open(temps[sha][0], "rb") as f:
-                body = f.read()
+            body = _read_temp(*temps[sha])
             stored[sha] = -len(body)  # negative: uploaded now (new)
             self._uploaded[sha] = len(body)
             batch.append((sha, body))
@@ -327,7 +396,7 @@ class SessionProxy:
         self.channel.post("save.put", {"shas": [s.hex() for s, _ in batch],
                                        "lengths": [lengths[s] for s, _ in batch],
                                        "sizes": [len(b) for _, b in batch]},
-                          b"".join(b for _, b in batch))
+                          [b for _, b in batch])  # written one after the other, not joined
 
     def discard(self, pending: list) -> None:
         self._sink.discard(pending)
@@ -356,6 +425,7 @@ class SessionProxy:
 
     def record(self, path: bytes, path_id: int | None, parent_id: int | None, v: Version,
                version_id: int | None) -> None:
+        self._ahead.pop(path, None)
         self._post(["record", text_of(path), path_id, parent_id, enc_version(v), version_id])
         self.stats.files += 1
         self._checkpoint_due += 1

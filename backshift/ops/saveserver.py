@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import stat
 from collections.abc import Callable
 
 from .. import chunkcodec
@@ -22,6 +23,7 @@ from .savewire import (
     dec_stat,
     dec_version,
     enc_version,
+    entry_version,
     stats_dict,
 )
 from .session import SaveSession
@@ -43,7 +45,10 @@ class SessionServer:
         self.failed: BackshiftError | None = None
         self.done = False
         self.warnings: list[str] = []
-        self.tokens: dict[int, int] = {}  # the client's content tokens -> content ids
+        # the client's content tokens -> content ids, each retired by the call that uses
+        # it last (flat in the number of files): a read batch's by the store of its file,
+        # a store's by the record of its file unless more hard links may name it later
+        self.tokens: dict[int, int] = {}
         self.known: dict[bytes, tuple[int, bool]] = {}  # sha -> (stored length, new) since
         # the last commit: answered by missing() or uploaded
 
@@ -122,9 +127,36 @@ class SessionServer:
                 "zstd_level": repo.store.zstd_level}, b""
 
     def op_offer(self, _h: dict, p: bytes) -> tuple[dict, bytes]:
-        entries = [(bytes_of(path), dec_stat(st), bytes_of(user), bytes_of(group))
+        entries = [(path.encode("latin-1"), dec_stat(st), bytes_of(user), bytes_of(group))
                    for path, st, user, group in json.loads(p)]
-        return {"borrowed": self.session.offer(entries)}, b""
+        borrowed = self.session.offer(entries)
+        return {"borrowed": borrowed, "ahead": self._ahead(entries, borrowed)}, b""
+
+    def _ahead(self, entries: list, borrowed: list[bool]) -> list:
+        """For each of ENTRIES not BORROWED: [its place, locate's answer, kept_xattrs', and
+        borrow's (a file; uncounted) or reusable_version's (neither a file nor a symlink,
+        whose target the client reads) or False], as the client's Saver.add asks them for
+        the same lstat (savewire.entry_version) when the file has no attributes of its own."""
+        s = self.session
+        if not s.borrowing:
+            return []
+        borrower = s.borrower
+        out = []
+        for i, (path, st, user, group) in enumerate(entries):
+            if borrowed[i]:
+                continue
+            path_id, parent_id = s.locate(path)
+            v = entry_version(st, user, group)
+            kept, xattrs_id = borrower.kept_xattrs(path, path_id, parent_id, v)
+            v = v._replace(xattrs_id=xattrs_id)
+            answer: object = False
+            if stat.S_ISREG(st.st_mode):
+                found = borrower.borrow(path, path_id, parent_id, v)
+                answer = None if found is None else [enc_version(found[0]), found[1]]
+            elif not stat.S_ISLNK(st.st_mode):
+                answer = borrower.reusable_version(path, path_id, parent_id, v)
+            out.append([i, path_id, parent_id, kept, xattrs_id, answer])
+        return out
 
     def _name_args(self, row: list):
         path, path_id, parent_id, v = row
@@ -234,7 +266,9 @@ class SessionServer:
     def _content(self, v: Version) -> Version:
         cid = v.content_id
         if cid is not None and cid < 0:
-            real = self.tokens.get(cid)
+            # a file of one link is named once; another link of a group is recorded with
+            # its first member's content (ops/save.py: Saver.record): kept for it
+            real = self.tokens.pop(cid, None) if v.nlink <= 1 else self.tokens.get(cid)
             if real is None:
                 raise RemoteProtocolError(f"content token {cid} is unknown")
             return v._replace(content_id=real)
@@ -250,8 +284,8 @@ class SessionServer:
                          version_id)
             elif name == "store":
                 token, v, result = call[1], dec_version(call[2]), dec_result(call[3])
-                if result.content_id is not None:
-                    result.content_id = self.tokens[result.content_id]
+                if result.content_id is not None:  # its read batch's: used once
+                    result.content_id = self.tokens.pop(result.content_id)
                 v = s.store_content(v, self._chunks_here(result))
                 self.tokens[token] = v.content_id
             elif name == "contents":
@@ -265,6 +299,9 @@ class SessionServer:
                     self.tokens[token] = r.content_id
             elif name == "warn":
                 s.stats.warnings += call[1]
+            elif name == "counted":  # a borrow answered ahead (op_offer), used: its size
+                s.stats.files_borrowed += 1
+                s.stats.bytes_borrowed += int(call[1])
             elif name == "checkpoint":
                 before = s._txn
                 s.checkpoint(bool(call[1]))

@@ -43,7 +43,7 @@ class Session:
         self.next_id = 1
         self.version: int | None = None
 
-    def send(self, header: dict, payload: bytes = b"") -> int:
+    def send(self, header: dict, payload: bytes | list[bytes] = b"") -> int:
         rid = self.next_id
         self.next_id += 1
         try:
@@ -273,7 +273,7 @@ class Channel:
                 if future is not None:
                     future.set_exception(e)
 
-    def _send(self, header: dict, payload: bytes, future: Future | None) -> None:
+    def _send(self, header: dict, payload: bytes | list[bytes], future: Future | None) -> None:
         if self.error is not None:
             raise self.error
         with self.lock:
@@ -281,7 +281,7 @@ class Channel:
             self.waiting.append((rid, future))
         self.session.send(header, payload)  # takes that same id: one sending thread
 
-    def post(self, op: str, header: dict, payload: bytes = b"") -> None:
+    def post(self, op: str, header: dict, payload: bytes | list[bytes] = b"") -> None:
         self._send({**header, "op": op}, payload, None)
 
     def call(self, op: str, header: dict, payload: bytes = b"") -> tuple[dict, bytes]:

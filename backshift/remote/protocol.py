@@ -52,14 +52,19 @@ class FrameWriter:
         self.stream = stream
         self.lock = threading.Lock()
 
-    def send(self, header: dict, payload: bytes | memoryview = b"") -> None:
+    def send(self, header: dict, payload: bytes | memoryview | list[bytes] = b"") -> None:
+        """One frame; a PAYLOAD given as a list of parts is written part by part (chunk
+        bodies: never joined into one copy)."""
         head = json.dumps(header, separators=(",", ":")).encode("utf-8")
-        if len(head) > MAX_HEADER or len(payload) > MAX_PAYLOAD:
-            raise ValueError(f"frame too large: header {len(head)}, payload {len(payload)}")
+        parts = payload if isinstance(payload, list) else [payload]
+        size = sum(len(part) for part in parts)
+        if len(head) > MAX_HEADER or size > MAX_PAYLOAD:
+            raise ValueError(f"frame too large: header {len(head)}, payload {size}")
         with self.lock:
-            self.stream.write(HEAD.pack(MAGIC, len(head), len(payload)) + head)
-            if payload:
-                self.stream.write(payload)
+            self.stream.write(HEAD.pack(MAGIC, len(head), size) + head)
+            for part in parts:
+                if part:
+                    self.stream.write(part)
             self.stream.flush()
 
 

@@ -325,3 +325,145 @@ def test_remote_save_asks_which_chunks_are_missing_ahead_of_the_uploads(tmp_path
     assert rows == len(files) == done.stats.new_chunks
     assert_save_matches(repo, done.stats.save_id, file_digests(root))
     run("-r", repo, "check", "--read-data")
+
+
+def pipe_save(repo: bytes, root, tmp_path, on_request=None):
+    """A remote save of ROOT into REPO through the pipe transport (serve in a thread);
+    ON_REQUEST(server, op) after each request the server answered. A SaveRun."""
+    from backshift.cli.serve import _serve_saves
+    from backshift.ops.save import SaveOptions
+    from backshift.ops.saveproxy import run_remote_save
+    from backshift.remote.client import Channel, Session
+    from backshift.remote.server import Policy, serve
+    from backshift.remote.transport import PipeTransport
+
+    def saves(path: str):
+        server = _serve_saves(path)
+        handle = server.handle
+
+        def watched(op, header, payload):
+            try:
+                return handle(op, header, payload)
+            finally:
+                if on_request is not None:
+                    on_request(server, op)
+        server.handle = watched
+        return server
+
+    transports: list[PipeTransport] = []
+
+    def connect():
+        transports.append(PipeTransport(lambda inp, out: serve(
+            inp, out, Policy(), None, None, lambda _msg: None, saves)))
+        session = Session(transports[0])
+        session.hello(os.fsdecode(repo))
+        return Channel(session)
+
+    try:
+        return run_remote_save(connect, SaveOptions("h", "t", roots=[os.fsencode(root)]),
+                               pytest.fail, cwd=os.fsencode(tmp_path),
+                               paths=[os.fsencode(root)])
+    finally:
+        for transport in transports:
+            transport.close()
+
+
+def test_remote_save_server_tokens_stay_flat_in_the_number_of_files(tmp_path):
+    """The server maps the client's content tokens to content ids; each is retired by the
+    call that uses it last, so its map stays small however many files a save reads (a
+    hard link group's token is kept for the group's later members, which still restore)."""
+    from backshift.ops.reader import BATCH_FILES
+
+    repo = init_repo(tmp_path / "repo")
+    root = tmp_path / "tree"
+    for d in range(6):
+        (root / f"d{d}").mkdir(parents=True)
+        for i in range(250):  # small files: read in batches, a token for the batch's
+            (root / f"d{d}" / f"f{i:03}").write_bytes(b"%d %d\n" % (d, i) * (i % 7 + 1))
+    os.link(root / "d0" / "f001", root / "d5" / "zz-link")  # named again at the very end
+    (root / "big").write_bytes(os.urandom(200_000))  # read alone: a store's token only
+    peaks: list[int] = []
+    done = pipe_save(repo, root, tmp_path, lambda server, _op: peaks.append(len(server.tokens)))
+    assert (done.stats.status, done.stats.files_read) == ("complete", 1_501)
+    # at most one read batch's tokens wait for their stores, and the hard link group's
+    assert max(peaks) <= BATCH_FILES + 1 < 1_501
+    assert_save_matches(repo, done.stats.save_id, file_digests(root))  # the link too
+
+
+def test_remote_resave_answers_the_names_it_did_not_borrow_with_the_offer(tmp_path):
+    """A re-save's hard links and changed files are not borrowed by the offer; the offer's
+    answer carries what the client then asks of each (locate, kept attributes, borrow), so
+    no question costs a round trip; what it saves and counts is what a local save does."""
+    local = init_repo(tmp_path / "local")
+    remote = init_repo(tmp_path / "remote")
+    root = tmp_path / "tree"
+    (root / "sub").mkdir(parents=True)
+    for i in range(20):
+        (root / "sub" / f"f{i:02}").write_bytes(b"%d\n" % i * (i + 1))
+    for i in range(6):  # hard link pairs: never on the offer's fast path
+        (root / f"h{i}").write_bytes(b"linked %d\n" % i * 50)
+        os.link(root / f"h{i}", root / "sub" / f"h{i}-again")
+    os.symlink("sub/f01", root / "link")
+    aged(root)
+    stats = []
+    for step in range(3):
+        if step == 2:  # changed: a plain file and a linked one, read again; one more
+            (root / "sub" / "f03").write_bytes(b"changed\n")
+            (root / "h2").write_bytes(b"changed too\n")
+            (root / "sub" / "new").write_bytes(b"new\n")
+        ops: list[str] = []
+        done = pipe_save(remote, root, tmp_path, lambda _server, op, ops=ops: ops.append(op))
+        assert "save.ask" not in ops or step == 0, ops
+        here = json.loads(run("-r", local, "save", "--subset", "t", "--hostname", "h",
+                              "--json", input=find0(root)).stdout_bytes)
+        assert_save_matches(remote, done.stats.save_id, file_digests(root))
+        stats.append(done.stats)
+        for key in ("files", "bytes", "files_read", "files_borrowed", "bytes_borrowed",
+                    "warnings"):
+            assert getattr(done.stats, key) == here[key], (step, key)
+    assert [(s.files_read, s.files_borrowed) for s in stats] == [(26, 0), (0, 26), (3, 24)]
+
+
+def test_remote_resave_keeps_several_offers_in_flight(tmp_path, monkeypatch):
+    """An unchanged re-save offers its names a batch at a time; the next batches are
+    lstat'ed and offered while the server answers the first (settled in order)."""
+    from backshift.ops.feed import FEED_BATCH, OFFERS_AHEAD
+    from backshift.ops.saveproxy import SessionProxy
+
+    repo = init_repo(tmp_path / "repo")
+    root = tmp_path / "tree"
+    root.mkdir()
+    for i in range(FEED_BATCH * (OFFERS_AHEAD + 2)):
+        (root / f"f{i:04}").write_bytes(b"%d\n" % i)
+    aged(root)
+    pipe_save(repo, root, tmp_path)
+    offered = {"out": 0, "most": 0}
+    offer_ahead = SessionProxy.offer_ahead
+
+    def counted(self, entries):
+        answer = offer_ahead(self, entries)
+        offered["out"] += 1
+        offered["most"] = max(offered["most"], offered["out"])
+
+        def taken():
+            offered["out"] -= 1
+            return answer()
+        return taken
+    monkeypatch.setattr(SessionProxy, "offer_ahead", counted)
+    done = pipe_save(repo, root, tmp_path)
+    assert (done.stats.files_read, done.stats.files_borrowed) == (0, len(os.listdir(root)))
+    assert offered["most"] == OFFERS_AHEAD
+    assert_save_matches(repo, done.stats.save_id, file_digests(root))
+
+
+def test_remote_save_server_refuses_a_malformed_offer_and_keeps_the_save_interrupted(tmp_path):
+    from backshift.cli.serve import _serve_saves
+    from backshift.errors import RemoteProtocolError
+
+    repo = init_repo(tmp_path / "repo")
+    server = _serve_saves(os.fsdecode(repo))
+    server.handle("save.open", {"hostname": "h", "subset": "t", "roots": None,
+                                "batch_files": 100, "batch_seconds": 10}, b"")
+    with pytest.raises(RemoteProtocolError, match="malformed save.offer"):
+        server.handle("save.offer", {}, b'[["/x", [33188, 1, 2], "u", "g"]]')  # a short lstat
+    assert statuses(repo) == ["interrupted"]

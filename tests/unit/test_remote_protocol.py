@@ -126,6 +126,17 @@ def test_frames_round_trip_header_and_payload():
     assert got[0].payload == b"" and got[1].payload == big
 
 
+def test_frames_written_in_parts_read_as_one_payload():
+    buf = io.BytesIO()
+    parts = [os.urandom(n) for n in (5, 0, 70_000, 1)]
+    FrameWriter(buf).send({"id": 3, "op": "save.put"}, parts)
+    got = frames_of(buf.getvalue())
+    assert [(f.header, f.payload) for f in got] == [({"id": 3, "op": "save.put"},
+                                                     b"".join(parts))]
+    with pytest.raises(ValueError, match="frame too large"):  # the parts' sum counts
+        FrameWriter(io.BytesIO()).send({}, [b"x" * (protocol.MAX_PAYLOAD // 2 + 1)] * 2)
+
+
 def test_frame_reader_names_a_cut_frame_a_lost_connection():
     buf = io.BytesIO()
     FrameWriter(buf).send({"id": 1}, b"x" * 1000)
