@@ -69,6 +69,26 @@ def serve_inline(fds: set[int]) -> bool:
     return True
 
 
+REQUESTS = ("lookup", "getattr", "readlink", "opendir", "readdir", "releasedir", "open", "read",
+            "flush", "release", "getxattr", "listxattr", "access", "statfs", "forget")
+
+
+def count_requests(fs: Filesystem) -> dict[str, int]:
+    """Count the requests of each type FS answers (BACKSHIFT_MOUNT_STATS: the mount prints
+    them at its end), plus "notify_store": the files put in the kernel's page cache."""
+    counts = dict.fromkeys((*REQUESTS, "notify_store"), 0)
+    for name in REQUESTS:
+        method = getattr(fs, name)
+
+        def counted(*args, _name=name, _method=method):
+            counts[_name] += 1
+            return _method(*args)
+
+        setattr(fs, name, counted)
+    fs.counts = counts
+    return counts
+
+
 async def _rofs(*_args, **_kw):
     raise pyfuse3.FUSEError(errno.EROFS)
 
@@ -109,6 +129,7 @@ class Filesystem(pyfuse3.Operations):
         self.after_init: Callable[[], object] | None = None  # run once INIT is answered
         self.serving = False  # mounted: the kernel takes notify_store
         self.opens = 0
+        self.counts: dict[str, int] | None = None  # requests by type (count_requests)
 
     def init(self) -> None:
         self.serving = True
@@ -271,6 +292,8 @@ class Filesystem(pyfuse3.Operations):
             if len(stored) >= 10_000:
                 stored.clear()
             stored[ino] = None
+            if self.counts is not None:
+                self.counts["notify_store"] += 1
 
     def _fetch_ahead(self, inode: int) -> None:
         """Fetch the chunks of the files listed after INODE in worker threads: a reader of a

@@ -17,6 +17,7 @@ from .mountread import ChunkCache
 from .mounttree import Tree
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STATS_ENV = "BACKSHIFT_MOUNT_STATS"  # set: the requests answered, by type, printed at the end
 READ_AHEAD_KB = 1024  # the kernel's READ requests for a sequential reader (its default: 128)
 
 
@@ -79,13 +80,14 @@ def mount_repository(repo: Repository, mountpoint: bytes, save_id: int | None,
     import pyfuse3
     import trio
 
-    from .fusefs import Filesystem, fuse_fds, serve_inline
+    from .fusefs import Filesystem, count_requests, fuse_fds, serve_inline
 
     mountpoint = os.path.abspath(mountpoint)
     check_mountpoint(mountpoint)
     cache = ChunkCache(repo.store)
     tree = Tree(repo.catalog, save_id, lambda msg: notice(f"backshift: warning: {msg}"))
     fs = Filesystem(tree, cache, lambda msg: notice(f"backshift: error: {msg}"))
+    counts = count_requests(fs) if os.environ.get(STATS_ENV) else None
     options = {"ro", "fsname=backshift", "subtype=backshift"}
     fds_before = fuse_fds()
     try:
@@ -122,3 +124,6 @@ def mount_repository(repo: Repository, mountpoint: bytes, save_id: int | None,
     finally:
         pyfuse3.close(unmount=not unmounted)
         cache.close()
+        if counts is not None:
+            notice("backshift: mount requests: " + ", ".join(
+                f"{name} {n}" for name, n in counts.items() if n))
