@@ -23,6 +23,8 @@ from .mounttree import Attr, NotFound, Tree
 SAVE_TIMEOUT_S = 300.0  # a save's entries never change: the kernel may cache them long
 SERIES_TIMEOUT_S = 1.0  # hosts, series and `latest` change as saves are made
 INLINE_READ_MAX = 64 * 1024  # files this small are read in the FUSE loop, not a thread
+INLINE_LOAD_MAX = 64 * 1024  # chunks this small are fetched ahead in the FUSE loop too: a
+# worker thread's hand-over (a future, the GIL, a wake-up) costs more than such a fetch
 AHEAD_FILES = 16  # files after the one opened whose chunks are fetched ahead (listing order)
 AHEAD_BYTES = 8 << 20  # ... and at most this many of their bytes
 STORE_MAX = 4 << 20  # files ahead at most this large go into the kernel's page cache whole
@@ -311,7 +313,13 @@ class Filesystem(pyfuse3.Operations):
                 chunks = self.tree.listed_chunks(ino)
                 if chunks is None:
                     break
-                refs += [ref for ref in chunks if not is_hole(*ref)]
+                for ref in chunks:
+                    if is_hole(*ref):
+                        continue
+                    if ref[1] <= INLINE_LOAD_MAX:
+                        self.cache.load_quietly(*ref)
+                    else:
+                        refs.append(ref)
                 if len(ahead) >= 10_000:
                     ahead.clear()
                 ahead[ino] = None

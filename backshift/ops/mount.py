@@ -126,4 +126,5 @@ def mount_repository(repo: Repository, mountpoint: bytes, save_id: int | None,
         cache.close()
         if counts is not None:
             notice("backshift: mount requests: " + ", ".join(
-                f"{name} {n}" for name, n in counts.items() if n))
+                f"{name} {n}" for name, n in counts.items() if n)
+                + f"; chunk files read {cache.reads} ({cache.pooled} by worker threads)")

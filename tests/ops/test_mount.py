@@ -30,13 +30,14 @@ def save(repo: bytes, root: Path | bytes, subset: str = "t") -> None:
 
 
 @contextmanager
-def mounted(repo: bytes, mountpoint: Path, *args: str):
+def mounted(repo: bytes, mountpoint: Path, *args: str, env: dict | None = None):
     """A `backshift mount` process, serving once the mount is there; unmounted at the end,
     where the process must have exited 0."""
     mountpoint.mkdir(exist_ok=True)
     log = open(mountpoint.parent / f"{mountpoint.name}.stderr", "w+b")  # noqa: SIM115
     proc = subprocess.Popen([BACKSHIFT, "-r", repo, "mount", str(mountpoint), *args],
-                            stdout=subprocess.DEVNULL, stderr=log)
+                            stdout=subprocess.DEVNULL, stderr=log,
+                            env=None if env is None else {**os.environ, **env})
     proc.log_path = log.name
     try:
         deadline = time.monotonic() + 30
@@ -485,9 +486,11 @@ def test_mount_directory_pages_go_on_and_seek_back(repo, tmp_path, monkeypatch):
         cat.close()
 
 
-def test_mount_open_fetches_the_next_listed_files_ahead(repo, tmp_path):
+def test_mount_open_fetches_the_next_listed_files_ahead(repo, tmp_path, monkeypatch):
     """Opening a file of a listed directory fetches the chunks of the files listed after
-    it (in worker threads): a reader of the directory opens them next."""
+    it: a reader of the directory opens them next. Small chunks in the FUSE loop, done
+    when open returns (a worker's hand-over costs more than their fetch), larger ones in
+    worker threads."""
     import trio
 
     from backshift.ops import fusefs, mounttree
@@ -495,6 +498,8 @@ def test_mount_open_fetches_the_next_listed_files_ahead(repo, tmp_path):
     src.mkdir()
     for i in range(fusefs.AHEAD_FILES + 4):
         (src / f"n{i:02d}").write_bytes(os.urandom(1000 + i))
+    (src / "n03").write_bytes(os.urandom(200_000))  # chunks of 4 to 64 KiB
+    monkeypatch.setattr(fusefs, "INLINE_LOAD_MAX", 8192)  # some of them above it
     save(repo, src)
     cat = Catalog.open(os.path.join(repo, CATALOG_NAME), readonly=True)
     cache = ChunkCache(Store(repo))
@@ -507,8 +512,11 @@ def test_mount_open_fetches_the_next_listed_files_ahead(repo, tmp_path):
         page, _ = tree.children_page(ino, 0)
         files = [attr for _, _, attr in page]
         trio.run(fs.open, files[0].ino, os.O_RDONLY, None)
-        ahead = {sha for a in files[1:1 + fusefs.AHEAD_FILES]
-                 for sha, _, _ in tree.listed_chunks(a.ino)}
+        refs = {ref for a in files[1:1 + fusefs.AHEAD_FILES] for ref in tree.listed_chunks(a.ino)}
+        small = {sha for sha, length, _ in refs if length <= fusefs.INLINE_LOAD_MAX}
+        assert small <= set(cache.data)  # fetched by open itself
+        assert cache.pooled == len(refs) - len(small) > 0  # the others by worker threads
+        ahead = {sha for sha, _, _ in refs}
         deadline = time.monotonic() + 30
         while not ahead <= set(cache.data) and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -616,3 +624,32 @@ def test_mount_puts_the_next_listed_files_in_the_page_cache(repo, tmp_path):
         for name in names:
             with open(os.path.join(d, name), "rb") as f:
                 assert f.read() == (src / os.fsdecode(name)).read_bytes()
+
+
+def test_mount_stats_count_the_requests_by_type(repo, tmp_path):
+    """BACKSHIFT_MOUNT_STATS: the mount's last line counts the requests it answered by type
+    (what the speed work measures); without it, no such line."""
+    from backshift.ops.mount import STATS_ENV
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(5):
+        (src / f"n{i}").write_bytes(os.urandom(3000 + i))
+    save(repo, src)
+    for env, expected in (({STATS_ENV: "1"}, True), ({}, False)):
+        mp = tmp_path / f"mnt{int(expected)}"
+        with mounted(repo, mp, env=env) as proc:
+            d = in_save(mp, src)
+            for name in sorted(os.listdir(d)):
+                with open(os.path.join(d, name), "rb") as f:
+                    assert f.read() == (src / os.fsdecode(name)).read_bytes()
+        assert proc.returncode == 0
+        lines = [ln for ln in stderr_of(proc).splitlines() if "mount requests:" in ln]
+        if not expected:
+            assert lines == []
+            continue
+        assert len(lines) == 1, stderr_of(proc)
+        counts = dict(part.rsplit(" ", 1) for part in
+                      lines[0].split("requests: ", 1)[1].split(";")[0].split(", "))
+        assert counts["open"] == "5" and int(counts["opendir"]) >= 1
+        assert "chunk files read 5 (0 by worker threads)" in lines[0]
