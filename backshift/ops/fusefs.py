@@ -33,6 +33,9 @@ BLKSIZE = 128 * 1024  # the I/O size stat suggests (cp, tar read this much at a 
 
 
 YIELD_EVERY = 64  # requests served back to back before the loop lets other tasks run
+WAIT_HERE_MS = 20  # ... and how long it waits for the next one before trio waits instead: a
+# reader in step with the mount (tar, find: one request after each answer) sends the next
+# one within this, and the trip through trio's epoll costs as much as a request
 
 
 def fuse_fds() -> set[int]:
@@ -48,11 +51,12 @@ def fuse_fds() -> set[int]:
 
 
 def serve_inline(fds: set[int]) -> bool:
-    """Let pyfuse3's request loop take the next request at once when one is queued, instead
-    of a trip through trio's lock and epoll for every request (about half of what a request
-    costs). Safe with one request task only (main(max_tasks=1)): no other task reads the
-    descriptor between the check and the read. False (pyfuse3 as it is) when the session's
-    descriptor is not known or pyfuse3 lacks the hook."""
+    """Let pyfuse3's request loop take the next request at once when one is queued or comes
+    within WAIT_HERE_MS, instead of a trip through trio's lock and epoll for every request
+    (about half of what a request costs). Safe with one request task only
+    (main(max_tasks=1)): no other task reads the descriptor between the check and the
+    read. False (pyfuse3 as it is) when the session's descriptor is not known or pyfuse3
+    lacks the hook."""
     wait = getattr(pyfuse3, "_wait_fuse_readable", None)
     if len(fds) != 1 or wait is None:
         return False
@@ -63,7 +67,8 @@ def serve_inline(fds: set[int]) -> bool:
     async def wait_readable() -> bool:
         nonlocal served
         served += 1
-        if served % YIELD_EVERY and poller.poll(0):
+        # the first wait, after INIT, is trio's: what init() left for trio runs then
+        if served % YIELD_EVERY and poller.poll(WAIT_HERE_MS if served > 2 else 0):
             return True
         return await wait()
 

@@ -104,14 +104,18 @@ def mount_repository(repo: Repository, mountpoint: bytes, save_id: int | None,
 
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_signals, nursery.cancel_scope)
+            # the signals are this task's before a request is served (serve_inline's wait
+            # for the next request does not let other tasks run)
+            await nursery.start(watch_signals, nursery.cancel_scope)
             await pyfuse3.main(max_tasks=1 if inline else 99)
             if not stopped:
                 unmounted.append(True)  # from outside: fusermount3 -u, umount
             nursery.cancel_scope.cancel()
 
-    async def watch_signals(scope: trio.CancelScope) -> None:
+    async def watch_signals(scope: trio.CancelScope, task_status=trio.TASK_STATUS_IGNORED
+                            ) -> None:
         with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+            task_status.started()
             async for _signum in signals:
                 stopped.append(True)
                 pyfuse3.terminate()  # main() returns once the requests in flight are done

@@ -8,6 +8,7 @@ import os
 import signal
 import stat
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -563,8 +564,20 @@ def test_mount_serve_inline_takes_a_queued_request_without_a_trip_through_trio(m
         assert len(stock) == 2  # only every YIELD_EVERY-th request lets the others run
         os.read(r, 1)
         stock.clear()
+        monkeypatch.setattr(fusefs, "WAIT_HERE_MS", 1)
         trio.run(serve)
         assert len(stock) == fusefs.YIELD_EVERY * 2  # nothing queued: trio waits for one
+        # a request that comes while the loop waits (a reader in step with the mount): no
+        # trip through trio either
+        monkeypatch.setattr(fusefs, "WAIT_HERE_MS", 60_000)
+        stock.clear()
+        later = threading.Timer(0.2, os.write, (w, b"x"))
+        later.start()
+        try:
+            assert trio.run(pyfuse3._wait_fuse_readable)
+        finally:
+            later.join()
+        assert stock == []
     finally:
         for fd in (fuse, r, w):
             os.close(fd)
