@@ -181,6 +181,35 @@ def test_mount_damaged_chunk_is_eio_never_wrong_bytes(repo, tree, tmp_path, dama
     assert "random.bin" in err and "(EIO)" in err and "Traceback" not in err, err
 
 
+def test_mount_damaged_chunk_of_a_file_fetched_ahead_is_eio(repo, tmp_path):
+    """A file whose chunk is damaged, fetched ahead when an earlier one of its directory is
+    opened (in the FUSE loop, and stored in the page cache with the others), still gives
+    EIO when read, never wrong bytes; the files around it read as saved."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(8):
+        (src / f"n{i}").write_bytes(os.urandom(5000 + i))
+    save(repo, src)
+    mp = tmp_path / "mnt"
+    with mounted(repo, mp) as proc:
+        d = in_save(mp, src)
+        names = os.listdir(d)  # listing order: the order they are fetched ahead in
+        bad = names[3]
+        chunk_damage.garble(chunk_damage.chunk_file_of(repo, src / os.fsdecode(bad), 0))
+        for name in names:
+            path = os.path.join(d, name)
+            if name == bad:
+                with pytest.raises(OSError) as e, open(path, "rb") as f:
+                    f.read()
+                assert e.value.errno == errno.EIO
+            else:
+                with open(path, "rb") as f:
+                    assert f.read() == (src / os.fsdecode(name)).read_bytes()
+    err = stderr_of(proc)
+    assert proc.returncode == 0, err
+    assert os.fsdecode(bad) in err and "(EIO)" in err and "Traceback" not in err, err
+
+
 def test_mount_reads_holes_without_reading_chunks(repo, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
