@@ -516,6 +516,48 @@ def test_mount_directory_pages_go_on_and_seek_back(repo, tmp_path, monkeypatch):
         cat.close()
 
 
+def test_mount_keeps_the_listings_of_complete_saves_only(repo, tmp_path, monkeypatch):
+    """A directory of a complete save listed again (ls, then cp -r; find, then tar) is
+    answered from the listing kept, with no catalog query; one of a save still running
+    (or interrupted) is asked again each time: it may have grown. The listings kept stay
+    within LISTED_ENTRIES_MAX."""
+    from backshift.ops import mounttree
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for i in range(6):
+        (src / f"n{i}").write_bytes(b"x" * i)
+    save(repo, src)
+    save(repo, src)
+    cat = Catalog.open(os.path.join(repo, CATALOG_NAME))
+    cat.conn.execute("UPDATE save SET status = 'running' WHERE id = 2")
+    cat.close()
+    cat = Catalog.open(os.path.join(repo, CATALOG_NAME), readonly=True)
+    asked = []
+    real = cat.mount_children
+    monkeypatch.setattr(cat, "mount_children", lambda *a: asked.append(a[0]) or real(*a))
+    try:
+        for save_id, queries in ((1, 1), (2, 3)):
+            tree = mounttree.Tree(cat, save_id)
+            ino = mounttree.ROOT_INODE
+            for part in src.parts[1:]:
+                ino = tree.lookup(ino, os.fsencode(part)).ino
+            asked.clear()
+            first = tree.children_page(ino, 0)
+            assert [tree.children_page(ino, 0) for _ in range(2)] == [first, first]
+            assert asked == [save_id] * queries
+            assert sorted(name for _, name, _ in first[0]) == [
+                b"n0", b"n1", b"n2", b"n3", b"n4", b"n5", b"sub"]
+        monkeypatch.setattr(mounttree, "LISTED_ENTRIES_MAX", 10)
+        tree = mounttree.Tree(cat, 1)
+        ino = mounttree.ROOT_INODE
+        for part in src.parts[1:]:
+            ino = tree.lookup(ino, os.fsencode(part)).ino
+            tree.children_page(ino, 0)
+            assert tree.listed_entries <= 10
+    finally:
+        cat.close()
+
+
 def test_mount_open_fetches_the_next_listed_files_ahead(repo, tmp_path, monkeypatch):
     """Opening a file of a listed directory fetches the chunks of the files listed after
     it: a reader of the directory opens them next. Small chunks in the FUSE loop, done
