@@ -737,3 +737,26 @@ def test_mount_stats_count_the_requests_by_type(repo, tmp_path):
                       lines[0].split("requests: ", 1)[1].split(";")[0].split(", "))
         assert counts["open"] == "5" and int(counts["opendir"]) >= 1
         assert "chunk files read 5 (0 by worker threads)" in lines[0]
+
+
+def test_mount_collects_garbage_rarely(repo, tmp_path):
+    """The mount's caches grow by a few objects an entry and its requests make next to no
+    cycles: Python's collector runs once GC_EVERY more objects are alive, not every 700
+    (a run of it looked at every object of the caches: a sixth of the mount's CPU)."""
+    from backshift.ops.mount import STATS_ENV
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(300):
+        (src / f"n{i:03d}").write_bytes(b"%d" % i)
+    save(repo, src)
+    mp = tmp_path / "mnt"
+    with mounted(repo, mp, env={STATS_ENV: "1"}) as proc:
+        d = in_save(mp, src)
+        for _ in range(2):
+            for name in os.listdir(d):
+                with open(os.path.join(d, name), "rb") as f:
+                    f.read()
+    assert proc.returncode == 0
+    line = next(ln for ln in stderr_of(proc).splitlines() if "mount requests:" in ln)
+    assert int(line.rsplit("garbage collections ", 1)[1]) == 0, line
