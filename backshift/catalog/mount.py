@@ -51,6 +51,12 @@ class Mount:
         WHERE id = :save_id
     """)
 
+    MOUNT_SAVE_COMPLETE = _sql("""
+        SELECT status = 'complete'
+        FROM save
+        WHERE id = :save_id
+    """)
+
     MOUNT_ENTRY_COLUMNS = _sql("""
         p.id, p.key, p.name, v.mode, v.uid, v.gid, v.size, v.mtime_ns, v.ctime_ns, v.dev,
         v.ino, v.nlink, v.rdev, v.link_target, v.content_id, v.xattrs_id
@@ -150,6 +156,11 @@ class Mount:
         """(hostname, subset, started_ns) of a save, None when there is no such save."""
         rows = self.conn.execute(self.MOUNT_SAVE_SERIES, {"save_id": save_id}).fetchall()
         return rows[0] if rows else None
+
+    def mount_save_complete(self, save_id: int) -> bool:
+        """Whether the save is complete (its entries change no more)."""
+        rows = self.conn.execute(self.MOUNT_SAVE_COMPLETE, {"save_id": save_id}).fetchall()
+        return bool(rows and rows[0][0])
 
     def mount_children(self, save_id: int, parent_id: int, after: int,
                        limit: int) -> list[tuple]:

@@ -23,6 +23,8 @@ from .mounttree import Attr, NotFound, Tree
 SAVE_TIMEOUT_S = 300.0  # a save's entries never change: the kernel may cache them long
 SERIES_TIMEOUT_S = 1.0  # hosts, series and `latest` change as saves are made
 INLINE_READ_MAX = 64 * 1024  # files this small are read in the FUSE loop, not a thread
+INLINE_LOAD_MAX = 64 * 1024  # chunks this small are fetched ahead in the FUSE loop too: a
+# worker thread's hand-over (a future, the GIL, a wake-up) costs more than such a fetch
 AHEAD_FILES = 16  # files after the one opened whose chunks are fetched ahead (listing order)
 AHEAD_BYTES = 8 << 20  # ... and at most this many of their bytes
 STORE_MAX = 4 << 20  # files ahead at most this large go into the kernel's page cache whole
@@ -31,6 +33,9 @@ BLKSIZE = 128 * 1024  # the I/O size stat suggests (cp, tar read this much at a 
 
 
 YIELD_EVERY = 64  # requests served back to back before the loop lets other tasks run
+WAIT_HERE_MS = 20  # ... and how long it waits for the next one before trio waits instead: a
+# reader in step with the mount (tar, find: one request after each answer) sends the next
+# one within this, and the trip through trio's epoll costs as much as a request
 
 
 def fuse_fds() -> set[int]:
@@ -46,11 +51,12 @@ def fuse_fds() -> set[int]:
 
 
 def serve_inline(fds: set[int]) -> bool:
-    """Let pyfuse3's request loop take the next request at once when one is queued, instead
-    of a trip through trio's lock and epoll for every request (about half of what a request
-    costs). Safe with one request task only (main(max_tasks=1)): no other task reads the
-    descriptor between the check and the read. False (pyfuse3 as it is) when the session's
-    descriptor is not known or pyfuse3 lacks the hook."""
+    """Let pyfuse3's request loop take the next request at once when one is queued or comes
+    within WAIT_HERE_MS, instead of a trip through trio's lock and epoll for every request
+    (about half of what a request costs). Safe with one request task only
+    (main(max_tasks=1)): no other task reads the descriptor between the check and the
+    read. False (pyfuse3 as it is) when the session's descriptor is not known or pyfuse3
+    lacks the hook."""
     wait = getattr(pyfuse3, "_wait_fuse_readable", None)
     if len(fds) != 1 or wait is None:
         return False
@@ -61,12 +67,33 @@ def serve_inline(fds: set[int]) -> bool:
     async def wait_readable() -> bool:
         nonlocal served
         served += 1
-        if served % YIELD_EVERY and poller.poll(0):
+        # the first wait, after INIT, is trio's: what init() left for trio runs then
+        if served % YIELD_EVERY and poller.poll(WAIT_HERE_MS if served > 2 else 0):
             return True
         return await wait()
 
     pyfuse3._wait_fuse_readable = wait_readable
     return True
+
+
+REQUESTS = ("lookup", "getattr", "readlink", "opendir", "readdir", "releasedir", "open", "read",
+            "flush", "release", "getxattr", "listxattr", "access", "statfs", "forget")
+
+
+def count_requests(fs: Filesystem) -> dict[str, int]:
+    """Count the requests of each type FS answers (BACKSHIFT_MOUNT_STATS: the mount prints
+    them at its end), plus "notify_store": the files put in the kernel's page cache."""
+    counts = dict.fromkeys((*REQUESTS, "notify_store"), 0)
+    for name in REQUESTS:
+        method = getattr(fs, name)
+
+        def counted(*args, _name=name, _method=method):
+            counts[_name] += 1
+            return _method(*args)
+
+        setattr(fs, name, counted)
+    fs.counts = counts
+    return counts
 
 
 async def _rofs(*_args, **_kw):
@@ -109,6 +136,7 @@ class Filesystem(pyfuse3.Operations):
         self.after_init: Callable[[], object] | None = None  # run once INIT is answered
         self.serving = False  # mounted: the kernel takes notify_store
         self.opens = 0
+        self.counts: dict[str, int] | None = None  # requests by type (count_requests)
 
     def init(self) -> None:
         self.serving = True
@@ -271,6 +299,8 @@ class Filesystem(pyfuse3.Operations):
             if len(stored) >= 10_000:
                 stored.clear()
             stored[ino] = None
+            if self.counts is not None:
+                self.counts["notify_store"] += 1
 
     def _fetch_ahead(self, inode: int) -> None:
         """Fetch the chunks of the files listed after INODE in worker threads: a reader of a
@@ -288,7 +318,13 @@ class Filesystem(pyfuse3.Operations):
                 chunks = self.tree.listed_chunks(ino)
                 if chunks is None:
                     break
-                refs += [ref for ref in chunks if not is_hole(*ref)]
+                for ref in chunks:
+                    if is_hole(*ref):
+                        continue
+                    if ref[1] <= INLINE_LOAD_MAX:
+                        self.cache.load_quietly(*ref)
+                    else:
+                        refs.append(ref)
                 if len(ahead) >= 10_000:
                     ahead.clear()
                 ahead[ino] = None

@@ -6,6 +6,7 @@ cannot delete chunks under it; saves go on meanwhile and appear without remounti
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import signal
@@ -17,6 +18,10 @@ from .mountread import ChunkCache
 from .mounttree import Tree
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STATS_ENV = "BACKSHIFT_MOUNT_STATS"  # set: the requests answered, by type, printed at the end
+GC_EVERY = 50_000  # more live objects between collections (Python's default: 700; the
+# caches grow by a few an entry, each collection looked at all of them, and next to
+# nothing the requests make forms a cycle)
 READ_AHEAD_KB = 1024  # the kernel's READ requests for a sequential reader (its default: 128)
 
 
@@ -79,13 +84,14 @@ def mount_repository(repo: Repository, mountpoint: bytes, save_id: int | None,
     import pyfuse3
     import trio
 
-    from .fusefs import Filesystem, fuse_fds, serve_inline
+    from .fusefs import Filesystem, count_requests, fuse_fds, serve_inline
 
     mountpoint = os.path.abspath(mountpoint)
     check_mountpoint(mountpoint)
     cache = ChunkCache(repo.store)
     tree = Tree(repo.catalog, save_id, lambda msg: notice(f"backshift: warning: {msg}"))
     fs = Filesystem(tree, cache, lambda msg: notice(f"backshift: error: {msg}"))
+    counts = count_requests(fs) if os.environ.get(STATS_ENV) else None
     options = {"ro", "fsname=backshift", "subtype=backshift"}
     fds_before = fuse_fds()
     try:
@@ -102,19 +108,26 @@ def mount_repository(repo: Repository, mountpoint: bytes, save_id: int | None,
 
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_signals, nursery.cancel_scope)
+            # the signals are this task's before a request is served (serve_inline's wait
+            # for the next request does not let other tasks run)
+            await nursery.start(watch_signals, nursery.cancel_scope)
             await pyfuse3.main(max_tasks=1 if inline else 99)
             if not stopped:
                 unmounted.append(True)  # from outside: fusermount3 -u, umount
             nursery.cancel_scope.cancel()
 
-    async def watch_signals(scope: trio.CancelScope) -> None:
+    async def watch_signals(scope: trio.CancelScope, task_status=trio.TASK_STATUS_IGNORED
+                            ) -> None:
         with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+            task_status.started()
             async for _signum in signals:
                 stopped.append(True)
                 pyfuse3.terminate()  # main() returns once the requests in flight are done
                 return
 
+    gc.freeze()  # what is there now lives as long as the mount: no collection looks at it
+    gc.set_threshold(GC_EVERY)
+    collections = sum(g["collections"] for g in gc.get_stats())
     try:
         trio.run(serve)
     except KeyboardInterrupt:  # before the signal receiver was set up
@@ -122,3 +135,9 @@ def mount_repository(repo: Repository, mountpoint: bytes, save_id: int | None,
     finally:
         pyfuse3.close(unmount=not unmounted)
         cache.close()
+        if counts is not None:
+            collected = sum(g["collections"] for g in gc.get_stats()) - collections
+            notice("backshift: mount requests: " + ", ".join(
+                f"{name} {n}" for name, n in counts.items() if n)
+                + f"; chunk files read {cache.reads} ({cache.pooled} by worker threads)"
+                + f"; garbage collections {collected}")

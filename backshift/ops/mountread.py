@@ -39,6 +39,7 @@ class ChunkCache:
         self.pending: dict[bytes, Future] = {}
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="prefetch")
         self.reads = 0  # chunk files read (tests count them)
+        self.pooled = 0  # ... of them handed to a worker thread
 
     def get(self, sha: bytes, length: int, stored: int) -> bytes:
         """The chunk's data; ChunkMissing / ChunkCorrupt when it cannot be had."""
@@ -62,9 +63,20 @@ class ChunkCache:
                 if sha not in self.data and sha not in self.pending:
                     fut = self.pool.submit(self._load, sha, length, stored)
                     self.pending[sha] = fut
+                    self.pooled += 1
                     started.append((sha, fut))
         for sha, fut in started:  # outside the lock: a done future calls back at once
             fut.add_done_callback(lambda _f, sha=sha: self._done(sha))
+
+    def load_quietly(self, sha: bytes, length: int, stored: int) -> None:
+        """Have the chunk in the cache if it can be had; a damaged or missing one is left
+        out (the read that needs it fails, and says why)."""
+        if sha in self.data or sha in self.pending:
+            return
+        try:
+            self._load(sha, length, stored)
+        except DataDamaged:
+            pass
 
     def _done(self, sha: bytes) -> None:
         with self.lock:

@@ -31,6 +31,7 @@ PAGE = 1000  # directory entries asked of the catalog at a time
 CHUNK_LISTS_MAX = 200_000  # chunk refs kept by content id (about 150 bytes each)
 LISTED_BYTES_MAX = 16 << 20  # a listed file larger than this gets its chunk list when
 LISTED_CHUNKS_MAX = 64  # it is opened (as does one of more chunks than this)
+LISTED_ENTRIES_MAX = 50_000  # directory entries of listings kept (about 300 bytes each)
 
 
 class NotFound(Exception):
@@ -79,6 +80,12 @@ class Tree:
         self.successor: dict[int, int] = {}  # a listed file's inode -> the next one's
         self.listed_with: dict[int, list[int]] = {}  # inode -> its page's content ids
         self.xattr_sets: dict[int, tuple[tuple[bytes, bytes], ...]] = {}
+        # pages of directories of complete saves listed lately: (inode, after) -> what
+        # children_page gave (the kernel's own cache of listings is not there: pyfuse3 3.5
+        # cannot ask for it)
+        self.listings: dict[tuple[int, int], tuple[list, int]] = {}
+        self.listed_entries = 0
+        self.complete: dict[int, bool] = {}  # save id -> complete (only True is kept)
 
     # -- inode numbers ------------------------------------------------------------------
 
@@ -154,6 +161,10 @@ class Tree:
         if node is None:
             raise NotFound(ino)
         save_id, path_id = node
+        listed = self.listings.get((ino, after))
+        if listed is not None:  # listed already (ls, then cp -r; find, then tar)
+            self._note_files(listed[0])
+            return listed
         attr = self.getattr(ino)
         if not stat.S_ISDIR(attr.mode):
             return [], after
@@ -167,7 +178,23 @@ class Tree:
                 continue
             out.append((row[0], name, self._attr(save_id, row)))
         self._note_files(out)
-        return out, rows[-1][0] if len(rows) == PAGE else after
+        end = rows[-1][0] if len(rows) == PAGE else after
+        if self._complete(save_id):
+            if self.listed_entries + len(out) > LISTED_ENTRIES_MAX:
+                self.listings.clear()
+                self.listed_entries = 0
+            self.listings[(ino, after)] = out, end
+            self.listed_entries += len(out) + 1
+        return out, end
+
+    def _complete(self, save_id: int) -> bool:
+        """Whether the save is complete: its listings may be kept (a running save's grow)."""
+        done = self.complete.get(save_id)
+        if done is None:
+            done = self.catalog.mount_save_complete(save_id)
+            if done:  # a running one is asked again: it may be complete by now
+                self.complete[save_id] = True
+        return done
 
     def chunks_of(self, attr: Attr) -> list[tuple[bytes, int, int]]:
         """The (sha256, length, stored length) chunks of a regular file, in order."""
