@@ -5,7 +5,8 @@ comes up (cold: nothing of it cached yet):
 - mount_ls:   `ls -la` of a directory of 5,000 entries (a save of its own: WIDE_ENTRIES)
 - mount_find: `find MOUNT/.../SAVE | wc -l` over the whole dataset's newest save
 - mount_read: `tar -cf - -C MOUNT/.../SAVE . | cat` (every byte read; GNU tar writing to
-  /dev/null itself would read nothing), beside the `tar` row of `backshift tar`
+  /dev/null itself would read nothing), beside the `tar_pipe` row (`backshift tar | cat`,
+  the same plumbing) and the `tar` row
 
 The mount process runs in the background; only the command is timed (run_timed)."""
 
