@@ -129,10 +129,10 @@ def run_dataset(ds: datasets.Dataset, tools: list[Tool], steps: list[str], runs:
             for step in STEPS:
                 if step in MANY_ONLY and not ds.name.startswith("many"):
                     continue
-                if step in ("save1", "resave", "resave_mod"):
-                    save_no += 1
                 if step not in steps and step not in ("init", "save1"):
                     continue  # later steps need a repository and a save: always made
+                if step in ("save1", "resave", "resave_mod"):
+                    save_no += 1  # the saves made so far (borg names its archives by it)
                 if step in mountbench.STEPS:  # all of them at once, in one mount
                     if step == next(s for s in mountbench.STEPS if s in steps):
                         wanted = [s for s in mountbench.STEPS if s in steps]
@@ -178,7 +178,8 @@ def piped_tar(cmd) -> str | None:
     the two compare like for like, each stream copied once more through cat."""
     if cmd is None:
         return None
-    return f"{cmd if isinstance(cmd, str) else shlex.join(cmd)} | cat > /dev/null"
+    inner = f"{cmd if isinstance(cmd, str) else shlex.join(cmd)} | cat > /dev/null"
+    return f"bash -o pipefail -c {shlex.quote(inner)}"  # the tool's exit status, not cat's
 
 
 def summarize(results: dict) -> dict:
