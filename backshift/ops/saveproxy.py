@@ -463,8 +463,9 @@ class SessionProxy:
 def run_remote_save(connect: Callable[[], Channel], opts, warn: Warn, *,
                     lock_wait_s: float = 0.0, progress=None, notice=None, **names_from):
     """ops/saverun.run_save for a repository behind CONNECT() (a Channel to its server): the
-    readers are forked first, then the connection opens, then the same Saver runs with a
-    SessionProxy as its repository half. A SaveRun."""
+    connection opens, then the same Saver runs with a SessionProxy as its repository half;
+    the reader processes are forked when the first file is read (no catalog lives in this
+    process, and an unchanged re-save reads nothing). A SaveRun."""
     from .save import Saver
     from .saverun import drive_save
 
@@ -477,5 +478,4 @@ def run_remote_save(connect: Callable[[], Channel], opts, warn: Warn, *,
         yield saver
         saver.copied = getattr(session, "copied", True)
 
-    # the readers are forked before the ssh process and its threads
-    return drive_save(saver_in, None, opts, notice, names_from)
+    return drive_save(saver_in, None, opts, notice, names_from, lazy=True)
