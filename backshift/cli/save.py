@@ -95,6 +95,8 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
 
     Exit status 1 means the save completed but some files were skipped (see stderr).
     """
+    import atexit
+    import gc
     import signal
     import socket
 
@@ -150,6 +152,11 @@ def save(ctx: Context, paths: tuple[bytes, ...], hostname: str | None, subset: s
         echo_err(msg)
 
     show = ctx.progress(progress)
+    # At exit the interpreter's last collection walks every object the save left (~15 ms
+    # of an unchanged re-save of mixed, 20,000 files): frozen, it skips them. Every file
+    # and connection of a save is closed by its own code before then, and stdout/stderr
+    # are flushed by the interpreter itself.
+    atexit.register(gc.freeze)
     opts = SaveOptions(hostname=hostname, subset=subset, workers=workers,
                        batch_files=checkpoint_files, batch_seconds=checkpoint_interval,
                        roots=roots)
