@@ -474,23 +474,33 @@ os.register_at_fork(after_in_parent=lambda: _forks.append(os.getpid()))
 
 
 def test_remote_save_forks_reader_processes_only_when_a_file_is_read(tmp_path):
-    """The reader pool of a remote save starts with its first file to read: an unchanged
-    re-save (everything borrowed) forks no reader process, a first save forks them."""
+    """The reader pool of a remote save starts with its first file to read, and its staging
+    directory is made then: an unchanged re-save (everything borrowed) forks no reader
+    process and makes no staging directory, a first save does both."""
     repo = init_repo(tmp_path / "repo")
     root = tmp_path / "tree"
     root.mkdir()
     for i in range(20):
         (root / f"f{i:02}").write_bytes(os.urandom(5_000))
     aged(root)
+    from backshift.ops.saveproxy import STAGING, _staging_parent
+    parent = _staging_parent() or __import__("tempfile").gettempdir()
+    staged: list[str] = []
+
+    def staging(_server, _op):  # the client's staging directory, while the server answers
+        staged.extend(n for n in os.listdir(parent) if n.startswith(f"{STAGING}{os.getpid()}-"))
+
     before = len(_forks)
-    first = pipe_save(repo, root, tmp_path)
+    first = pipe_save(repo, root, tmp_path, staging)
     assert first.stats.files_read == 20
     assert len(_forks) > before  # the readers: processes
-    before = len(_forks)
-    again = pipe_save(repo, root, tmp_path)
+    assert staged  # where they wrote the bodies to upload
+    before, staged[:] = len(_forks), []
+    again = pipe_save(repo, root, tmp_path, staging)
     assert (again.stats.status, again.stats.files_read) == ("complete", 0)
     assert again.stats.files_borrowed == 20
     assert len(_forks) == before
+    assert staged == []  # nothing to stage: no staging directory made
     assert_save_matches(repo, again.stats.save_id, file_digests(root))
 
 
