@@ -52,6 +52,30 @@ def reader_pool(workers: int, resave: Callable[[], bool] | None = None) -> Execu
     return pool
 
 
+class LazyReaders(Executor):
+    """reader_pool(WORKERS, RESAVE), started by the first task submitted: a remote save
+    that reads nothing (an unchanged re-save) forks no reader process. Tasks are submitted
+    by the saving thread (Saver), so that thread forks them, as PR_SET_PDEATHSIG wants."""
+
+    def __init__(self, workers: int, resave: Callable[[], bool] | None = None) -> None:
+        self.workers = workers
+        self.resave = resave
+        self.pool: Executor | None = None
+
+    def submit(self, fn, /, *args, **kwargs):
+        if self.pool is None:
+            self.pool = reader_pool(self.workers, self.resave)
+        return self.pool.submit(fn, *args, **kwargs)
+
+    @property
+    def reader_pids(self) -> tuple[int, ...]:
+        return getattr(self.pool, "reader_pids", ())
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait, cancel_futures=cancel_futures)
+
+
 def _reader_started(saver_pid: int) -> None:
     """In a reader process: Ctrl-C and SIGTERM are for the saving process, which finishes
     what was read and then stops the readers (a reader killed mid-file would fail the save);

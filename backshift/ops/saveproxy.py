@@ -108,6 +108,7 @@ class SessionProxy:
         self.chunker: ChunkerParams | None = None
         self.staging: bytes | None = None
         self._sink: Store | None = None
+        self._zstd_level = 3
         self._ops: list = []
         self._next_token = -1
         self._open = False
@@ -176,6 +177,13 @@ class SessionProxy:
 
     @property
     def sink(self) -> Store:
+        """The staging store the readers write into, made when the first file is read (256
+        directories made and removed: ~6 ms an unchanged re-save does not need)."""
+        if self._sink is None:
+            self.staging = os.fsencode(tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-",
+                                                        dir=_staging_parent()))
+            Store.create_layout(self.staging)
+            self._sink = Store(self.staging, zstd_level=self._zstd_level, detached=True)
         return self._sink
 
     def warn(self, msg: str) -> None:
@@ -198,12 +206,8 @@ class SessionProxy:
         self.estimate = answer.get("estimate")
         self.borrower = _Borrowing(int(answer["candidates"]), bool(answer["fast"]))
         self.chunker = ChunkerParams(**answer["chunker"])
-        parent = _staging_parent()
-        _remove_dead_staging(parent)
-        self.staging = os.fsencode(tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-",
-                                                    dir=parent))
-        Store.create_layout(self.staging)
-        self._sink = Store(self.staging, zstd_level=int(answer["zstd_level"]), detached=True)
+        self._zstd_level = int(answer["zstd_level"])
+        _remove_dead_staging(_staging_parent())
 
     def close(self) -> None:
         if self.staging is not None:
@@ -303,13 +307,13 @@ class SessionProxy:
         shas = list(dict.fromkeys(c.ref.sha256 for r in results if isinstance(r, ReadResult)
                                   for c in r.chunks))
         if not shas:
-            self._sink.discard(pending)
+            self.sink.discard(pending)
             return result
         try:
             future = self.channel.ask("save.missing", {},
                                       json.dumps([s.hex() for s in shas]).encode())
         except BaseException:
-            self._sink.discard(pending)
+            self.sink.discard(pending)
             raise
         self._asked.append((future, shas, results, pending))
         self._ops.append(ASKED)  # its uploads go out here, between the calls around it
@@ -339,13 +343,13 @@ class SessionProxy:
             self._take_answer(answer)
             self._upload(shas, answer["sizes"], results, pending)
         finally:
-            self._sink.discard(pending)
+            self.sink.discard(pending)
             if not self._asked:  # every later question saw those uploads: answered by size
                 self._uploaded.clear()
 
     def vet_found(self, results: list) -> set[bytes]:
         """read_here's reads (into the sink, in this thread): uploaded like take()'s."""
-        pending, _seen = self._sink.take_pending()
+        pending, _seen = self.sink.take_pending()
         self.take(results if len(results) != 1 else results[0], pending, False)
         return set()
 
@@ -399,10 +403,12 @@ class SessionProxy:
                           [b for _, b in batch])  # written one after the other, not joined
 
     def discard(self, pending: list) -> None:
-        self._sink.discard(pending)
+        if self._sink is not None:
+            self._sink.discard(pending)
 
     def discard_temps_of(self, pids: list[int]) -> None:
-        self._sink.discard_temps_of(pids)
+        if self._sink is not None:
+            self._sink.discard_temps_of(pids)
 
     # -- recording --
 
@@ -463,8 +469,9 @@ class SessionProxy:
 def run_remote_save(connect: Callable[[], Channel], opts, warn: Warn, *,
                     lock_wait_s: float = 0.0, progress=None, notice=None, **names_from):
     """ops/saverun.run_save for a repository behind CONNECT() (a Channel to its server): the
-    readers are forked first, then the connection opens, then the same Saver runs with a
-    SessionProxy as its repository half. A SaveRun."""
+    connection opens, then the same Saver runs with a SessionProxy as its repository half;
+    the reader processes are forked when the first file is read (no catalog lives in this
+    process, and an unchanged re-save reads nothing). A SaveRun."""
     from .save import Saver
     from .saverun import drive_save
 
@@ -477,5 +484,4 @@ def run_remote_save(connect: Callable[[], Channel], opts, warn: Warn, *,
         yield saver
         saver.copied = getattr(session, "copied", True)
 
-    # the readers are forked before the ssh process and its threads
-    return drive_save(saver_in, None, opts, notice, names_from)
+    return drive_save(saver_in, None, opts, notice, names_from, lazy=True)

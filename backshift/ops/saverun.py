@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ..model import SaveStats
 from ..repo import Repository
-from .readers import reader_pool
+from .readers import LazyReaders, reader_pool
 from .save import Progress, SaveOptions, Saver, Warn
 from .session import series_exists
 from .stopping import catch_stop_signals
@@ -59,14 +59,16 @@ def run_save(repo_path: bytes, opts: SaveOptions, warn: Warn, *, lock_wait_s: fl
 
 def drive_save(saver_in: Callable[[Executor], AbstractContextManager[Saver]],
                threads: Callable[[], bool] | None, opts: SaveOptions,
-               notice: Callable[[str], None] | None, names_from: dict) -> SaveRun:
+               notice: Callable[[str], None] | None, names_from: dict,
+               lazy: bool = False) -> SaveRun:
     """The one way a save runs, into a local repository (run_save) or an ssh:// one
     (saveproxy.run_remote_save): stop signals caught first, the reader pool forked (threads
-    when THREADS() says so), then SAVER_IN(readers) gives the Saver, which saves the names
-    of NAMES_FROM (input_names' arguments)."""
+    when THREADS() says so; LAZY: when the first file is read), then SAVER_IN(readers) gives
+    the Saver, which saves the names of NAMES_FROM (input_names' arguments)."""
     restore_signals = catch_stop_signals()  # from now on a signal ends as one later
     try:
-        readers = reader_pool(opts.workers, threads)
+        readers = LazyReaders(opts.workers, threads) if lazy \
+            else reader_pool(opts.workers, threads)
     except BaseException:
         restore_signals()
         raise

@@ -306,21 +306,48 @@ class Channel:
         return notes
 
 
+class SaveConnection:
+    """A remote save's connection, started as early as the client can: ssh spawned and the
+    hello sent at once, so the handshake overlaps the client's own start-up; channel() waits
+    for the hello's answer. Every failure closes the ssh process and raises one line."""
+
+    def __init__(self, url: str, remote_path: str | None, err) -> None:
+        target = parse(url)
+        rsh = os.environ.get("BACKSHIFT_RSH") or DEFAULT_RSH
+        self.transport = SshTransport(target, remote_path or DEFAULT_REMOTE_PATH, rsh, err,
+                                      keep_sigint=True)
+        self.closed = False
+        self.session = Session(self.transport)
+        self.hello = self._guarded(self.session.send_hello, target.path)
+
+    def _guarded(self, step, *args):
+        try:
+            return step(*args)
+        except RemoteConnectionLost as e:
+            error = self.transport.lost(e.args[-1])
+            self.close(failed=True)
+            raise error from None
+        except BaseException:
+            self.close(failed=True)
+            raise
+
+    def close(self, failed: bool = False) -> None:
+        """End the ssh process (FAILED: at once); a second call does nothing."""
+        if not self.closed:
+            self.closed = True
+            self.transport.close(failed=failed)
+
+    def _answered(self) -> None:
+        self.session.hello_answer(self.hello)
+        self.transport.connected()
+
+    def channel(self) -> Channel:
+        """The Channel of the save, once the server has answered the hello."""
+        self._guarded(self._answered)
+        return Channel(self.session)
+
+
 def open_save_channel(url: str, remote_path: str | None, err):
     """(Channel, transport) to the server of the ssh:// URL, the hello done: a remote save."""
-    target = parse(url)
-    rsh = os.environ.get("BACKSHIFT_RSH") or DEFAULT_RSH
-    transport = SshTransport(target, remote_path or DEFAULT_REMOTE_PATH, rsh, err,
-                             keep_sigint=True)
-    try:
-        session = Session(transport)
-        session.hello(target.path)
-        transport.connected()
-    except RemoteConnectionLost as e:
-        error = transport.lost(e.args[-1])
-        transport.close(failed=True)
-        raise error from None
-    except BaseException:
-        transport.close(failed=True)
-        raise
-    return Channel(session), transport
+    connection = SaveConnection(url, remote_path, err)
+    return connection.channel(), connection.transport

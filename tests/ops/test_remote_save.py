@@ -467,3 +467,79 @@ def test_remote_save_server_refuses_a_malformed_offer_and_keeps_the_save_interru
     with pytest.raises(RemoteProtocolError, match="malformed save.offer"):
         server.handle("save.offer", {}, b'[["/x", [33188, 1, 2], "u", "g"]]')  # a short lstat
     assert statuses(repo) == ["interrupted"]
+
+
+_forks: list[int] = []
+os.register_at_fork(after_in_parent=lambda: _forks.append(os.getpid()))
+
+
+def test_remote_save_forks_reader_processes_only_when_a_file_is_read(tmp_path):
+    """The reader pool of a remote save starts with its first file to read, and its staging
+    directory is made then: an unchanged re-save (everything borrowed) forks no reader
+    process and makes no staging directory, a first save does both."""
+    repo = init_repo(tmp_path / "repo")
+    root = tmp_path / "tree"
+    root.mkdir()
+    for i in range(20):
+        (root / f"f{i:02}").write_bytes(os.urandom(5_000))
+    aged(root)
+    from backshift.ops.saveproxy import STAGING, _staging_parent
+    parent = _staging_parent() or __import__("tempfile").gettempdir()
+    staged: list[str] = []
+
+    def staging(_server, _op):  # the client's staging directory, while the server answers
+        staged.extend(n for n in os.listdir(parent) if n.startswith(f"{STAGING}{os.getpid()}-"))
+
+    before = len(_forks)
+    first = pipe_save(repo, root, tmp_path, staging)
+    assert first.stats.files_read == 20
+    assert len(_forks) > before  # the readers: processes
+    assert staged  # where they wrote the bodies to upload
+    before, staged[:] = len(_forks), []
+    again = pipe_save(repo, root, tmp_path, staging)
+    assert (again.stats.status, again.stats.files_read) == ("complete", 0)
+    assert again.stats.files_borrowed == 20
+    assert len(_forks) == before
+    assert staged == []  # nothing to stage: no staging directory made
+    assert_save_matches(repo, again.stats.save_id, file_digests(root))
+
+
+def spying_rsh(tmp_path, sshd, spy: str) -> str:
+    """A BACKSHIFT_RSH that runs the shell line SPY (in the ssh process, whose parent is the
+    client: $PPID) and then becomes the test's ssh."""
+    script = tmp_path / "rsh.sh"
+    script.write_text(f'{spy}\nexec {sshd.rsh()} "$@"\n')
+    return f"sh {script}"
+
+
+def test_remote_save_starts_ssh_before_any_reader_process(tmp_path, tree, sshd, ssh_env):
+    """ssh (its handshake ~0.4 s) starts when the save command begins, before the client's
+    own set-up: when it starts, the client has no other child (the reader processes of a
+    first save come once the server has answered); the save is exact."""
+    repo = init_repo(tmp_path / "repo")
+    mark = tmp_path / "mark"
+    env = {**ssh_env, "BACKSHIFT_RSH": spying_rsh(
+        tmp_path, sshd, f"echo $$ > {mark}.self; cat /proc/$PPID/task/*/children > {mark}")}
+    done = remote_save(sshd.url(os.fsdecode(repo)), tree, env)
+    assert done["files_read"] > 0  # a first save: read by reader processes
+    assert mark.read_text().split() == (tmp_path / "mark.self").read_text().split()
+    assert_save_matches(repo, done["save_id"], file_digests(tree))
+
+
+def test_remote_save_refused_argument_ends_the_ssh_started_early(tmp_path, tree, sshd,
+                                                                 ssh_env):
+    """An argument refused after ssh started: one line, UsageError's code, and the ssh
+    process is ended (killed and reaped), not left behind."""
+    from backshift.errors import UsageError
+
+    repo = init_repo(tmp_path / "repo")
+    pidfile = tmp_path / "ssh.pid"
+    env = {**ssh_env, "BACKSHIFT_RSH": spying_rsh(tmp_path, sshd, f"echo $$ > {pidfile}")}
+    res = run_bin("-r", sshd.url(os.fsdecode(repo)), "save", "--subset", "", input=find0(tree),
+                  env=env)
+    assert res.returncode == UsageError.exit_code, res.stderr
+    assert res.stderr.decode().count("\n") == 1, res.stderr
+    pid = int(pidfile.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert statuses(repo) == []
