@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import apsw
 
-from .recording import VERSION_COLUMNS
 from .sqltext import BULK_ROWS, _sql
 
 # The staged names: rowid is the name's place in the batch (1, 2, ... in an emptied table).
@@ -171,11 +170,13 @@ UNMATCHED_OFFER = _sql("""
 # (NULLs: none does); no row when the catalog lacks the path. The general path's questions
 # about the name (Borrower.previous_version: kept_xattrs, borrow, reusable_version) are then
 # answered from these rows, not from a listing of its whole directory per candidate save.
-UNMATCHED_PREVIOUS = _sql(f"""
-    SELECT o.rowid, p.id, p.parent_id, m.save_id, v.id, {VERSION_COLUMNS}, v.xattrs_id
+UNMATCHED_PREVIOUS = _sql("""
+    SELECT o.rowid, p.id, p.parent_id, m.save_id, v.id, v.mode, v.uid, v.gid, v.user, v.grp,
+           v.size, v.mtime_ns, v.ctime_ns, v.dev, v.ino, v.nlink, v.rdev, v.link_target,
+           v.content_id, v.xattrs_id
     FROM temp.borrow_offer AS o
     CROSS JOIN path AS p
-    LEFT JOIN member AS m ON m.save_id IN ({{marks}}) AND m.path_id = p.id
+    LEFT JOIN member AS m ON m.save_id IN ({marks}) AND m.path_id = p.id
     LEFT JOIN version AS v ON v.id = m.version_id
     WHERE o.rowid NOT IN (SELECT seq FROM temp.borrow_match)
       AND p.key = o.key
