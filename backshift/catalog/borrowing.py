@@ -165,6 +165,23 @@ UNMATCHED_OFFER = _sql("""
     ORDER BY o.rowid
 """)
 
+# For each staged name that did not match: its path's id and its directory's (the path's
+# parent_id), and its version in each candidate save ({marks}: their ids) that holds it
+# (NULLs: none does); no row when the catalog lacks the path. The general path's questions
+# about the name (Borrower.previous_version: kept_xattrs, borrow, reusable_version) are then
+# answered from these rows, not from a listing of its whole directory per candidate save.
+UNMATCHED_PREVIOUS = _sql("""
+    SELECT o.rowid, p.id, p.parent_id, m.save_id, v.id, v.mode, v.uid, v.gid, v.user, v.grp,
+           v.size, v.mtime_ns, v.ctime_ns, v.dev, v.ino, v.nlink, v.rdev, v.link_target,
+           v.content_id, v.xattrs_id
+    FROM temp.borrow_offer AS o
+    CROSS JOIN path AS p
+    LEFT JOIN member AS m ON m.save_id IN ({marks}) AND m.path_id = p.id
+    LEFT JOIN version AS v ON v.id = m.version_id
+    WHERE o.rowid NOT IN (SELECT seq FROM temp.borrow_match)
+      AND p.key = o.key
+""")
+
 INSERT_MEMBER_ONCE = _sql("""
     INSERT INTO member (save_id, path_id, version_id)
     VALUES (:save_id, :path_id, :version_id)
@@ -225,6 +242,14 @@ class Borrowing:
     def unmatched_offer(self) -> list[int]:
         """The places (from 1) in the batch of the names that did not match."""
         return [r[0] for r in self.conn.execute(UNMATCHED_OFFER)]
+
+    def unmatched_previous(self, save_ids: list[int]) -> list[tuple]:
+        """(place in the batch, path id, parent id, save id, version id, the version's
+        fields as Version orders them) of the staged names that did not match, one row per
+        save of SAVE_IDS holding the path (save id and on None when none does); none for a
+        path the catalog lacks."""
+        sql = UNMATCHED_PREVIOUS.format(marks=",".join("?" * len(save_ids)))
+        return self.conn.execute(sql, save_ids).fetchall()
 
     def insert_matched_members(self, save_id: int, matches: int) -> list[int]:
         """Record the MATCHES matches as members of SAVE_ID in one statement; the places in

@@ -24,6 +24,10 @@ from ..pathcodec import basename
 RACY_MARGIN_NS = 2_000_000_000
 
 PREFETCH_MAX_ROWS = 16384
+# Names the fast path did not borrow whose earlier versions were fetched with their batch
+# (Borrower.ahead): the oldest dropped past this many (a name's questions come while its
+# batch is handled, and its recording soon after: MAX_QUEUED in ops/save.py).
+AHEAD_KEPT = 16384
 PREFETCH_ENTRIES = 16384  # ~725 bytes each: ~12 MB
 
 
@@ -172,6 +176,10 @@ class Borrower:
             self.latest, started_ns = candidates[0]
             self.trusted_before = started_ns - RACY_MARGIN_NS
         self._whole = 0  # contents the catalog's borrow_whole holds (about)
+        # path -> (path id, parent id, {save id: Found}) of the names of recent batches the
+        # fast path did not borrow, their versions in every candidate fetched with the batch
+        # (match): the general path's questions about them take no query of their own
+        self.ahead: dict[bytes, tuple[int, int | None, dict[int, Found]]] = {}
 
     def match(self, entries: list[tuple[bytes, os.stat_result, bytes, bytes]]
               ) -> tuple[list[bool], list[int] | None]:
@@ -206,17 +214,42 @@ class Borrower:
             cat.forget_whole()
             self._whole = 0
         crashpoint("borrow_after_match")
+        unmatched = cat.unmatched_offer()
         if places is None:
             out = [True] * len(entries)
-            for seq in cat.unmatched_offer():
+            for seq in unmatched:
                 out[seq - 1] = False
         else:
             out = [False] * len(entries)
             for i in places:
                 out[i] = True
-            for seq in cat.unmatched_offer():
+            for seq in unmatched:
                 out[places[seq - 1]] = False
+        if unmatched:
+            self.fetch_ahead(entries, places)
         return out, places
+
+    def fetch_ahead(self, entries: list, places: list[int] | None) -> None:
+        """The staged names of ENTRIES (PLACES: where the staged rows are in it, None: all)
+        that did not match: their path and parent ids and earlier versions in every
+        candidate save, with one query (Catalog.unmatched_previous), into self.ahead."""
+        ahead = self.ahead
+        while len(ahead) > AHEAD_KEPT:
+            del ahead[next(iter(ahead))]
+        new = tuple.__new__  # no NamedTuple.__new__ call per row
+        for row in self.cat.unmatched_previous([sid for sid, _ in self.candidates]):
+            seq = row[0]
+            path = entries[seq - 1 if places is None else places[seq - 1]][0]
+            known = ahead.get(path)
+            if known is None or known[0] != row[1]:
+                known = ahead[path] = (row[1], row[2], {})
+            if row[3] is not None:
+                known[2][row[3]] = (row[4], new(Version, row[5:]), None)
+
+    def located(self, path: bytes) -> tuple[int, int | None] | None:
+        """(PATH's id, its directory's) when its batch fetched them ahead, else None."""
+        known = self.ahead.get(path)
+        return None if known is None else known[:2]
 
     def path_id_hint(self, parent_id: int, path: bytes) -> int | None:
         """PATH's id from the latest save's listing of its directory, if there."""
@@ -295,6 +328,9 @@ class Borrower:
         of None: the catalog lacks the path, no save holds it)."""
         if path_id is None:
             return None
+        known = self.ahead.get(path)
+        if known is not None and known[0] == path_id:
+            return known[2].get(sid)
         entries = (self.previous.directory(sid, parent_id)
                    if parent_id is not None else None)
         if entries is None:

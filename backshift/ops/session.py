@@ -349,6 +349,10 @@ class SaveSession:
         lacks (no earlier save holds it). Nothing is interned here: a new path is interned
         with the batch of records that holds it (flush_records, PathInterner.intern_batch),
         a few statements per batch instead of one per path."""
+        if self.borrower is not None:
+            found = self.borrower.located(path)  # fetched with its batch's offer
+            if found is not None:
+                return found
         known = self.interner.known
         up = parent(path)
         return known(path), known(up) if up is not None else None
