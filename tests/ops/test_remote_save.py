@@ -4,6 +4,7 @@ half in `backshift serve`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -273,50 +274,15 @@ def test_remote_save_into_a_full_disk_is_one_line_and_loses_nothing(tmp_path, tr
 def test_remote_save_asks_which_chunks_are_missing_ahead_of_the_uploads(tmp_path):
     """Each reader task's question goes out without waiting for its answer: several are in
     flight before the first upload (a round trip each no more), and the save is exact."""
-    from backshift.cli.serve import _serve_saves
-    from backshift.ops.save import SaveOptions
-    from backshift.ops.saveproxy import run_remote_save
-    from backshift.remote.client import Channel, Session
-    from backshift.remote.server import Policy, serve
-    from backshift.remote.transport import PipeTransport
-
     repo = init_repo(tmp_path / "repo")
     root = tmp_path / "tree"
     root.mkdir()
     for i in range(200):  # above the chunker's minimum: a reader task each
         (root / f"f{i:03}").write_bytes(os.urandom(6_000))
     ops: list[str] = []
-
-    def saves(path: str):
-        server = _serve_saves(path)
-        handle = server.handle
-
-        def recording(op, header, payload):
-            ops.append(op)
-            return handle(op, header, payload)
-        server.handle = recording
-        return server
-
-    transports: list[PipeTransport] = []
-
-    def connect():
-        transports.append(PipeTransport(lambda inp, out: serve(
-            inp, out, Policy(), None, None, lambda _msg: None, saves)))
-        session = Session(transports[0])
-        session.hello(os.fsdecode(repo))
-        return Channel(session)
-
-    warnings: list[str] = []
-    try:
-        # a commit at every checkpoint: uploads and the records naming them keep their order
-        done = run_remote_save(connect, SaveOptions("h", "t", batch_files=1,
-                                                    roots=[os.fsencode(root)]),
-                               warnings.append, cwd=os.fsencode(tmp_path),
-                               paths=[os.fsencode(root)])
-    finally:
-        for transport in transports:
-            transport.close()
-    assert (done.stats.status, done.stats.files_read, warnings) == ("complete", 200, [])
+    # a commit at every checkpoint: uploads and the records naming them keep their order
+    done = pipe_save(repo, root, tmp_path, lambda _server, op: ops.append(op), batch_files=1)
+    assert (done.stats.status, done.stats.files_read) == ("complete", 200)
     uploads = [op for op in ops if op in ("save.missing", "save.put")]
     assert uploads[:6] == ["save.missing"] * 6, uploads
     files = [n for _d, _s, names in os.walk(os.path.join(repo, b"chunks")) for n in names]
@@ -327,9 +293,10 @@ def test_remote_save_asks_which_chunks_are_missing_ahead_of_the_uploads(tmp_path
     run("-r", repo, "check", "--read-data")
 
 
-def pipe_save(repo: bytes, root, tmp_path, on_request=None):
+def pipe_save(repo: bytes, root, tmp_path, on_request=None, batch_files=None):
     """A remote save of ROOT into REPO through the pipe transport (serve in a thread);
-    ON_REQUEST(server, op) after each request the server answered. A SaveRun."""
+    ON_REQUEST(server, op) after each request the server answered; BATCH_FILES: files per
+    checkpoint, if not the default. A warning fails the test. A SaveRun."""
     from backshift.cli.serve import _serve_saves
     from backshift.ops.save import SaveOptions
     from backshift.ops.saveproxy import run_remote_save
@@ -360,8 +327,10 @@ def pipe_save(repo: bytes, root, tmp_path, on_request=None):
         return Channel(session)
 
     try:
-        return run_remote_save(connect, SaveOptions("h", "t", roots=[os.fsencode(root)]),
-                               pytest.fail, cwd=os.fsencode(tmp_path),
+        options = SaveOptions("h", "t", roots=[os.fsencode(root)])
+        if batch_files is not None:
+            options = dataclasses.replace(options, batch_files=batch_files)
+        return run_remote_save(connect, options, pytest.fail, cwd=os.fsencode(tmp_path),
                                paths=[os.fsencode(root)])
     finally:
         for transport in transports:
