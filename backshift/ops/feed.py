@@ -149,8 +149,9 @@ class Unchanged:
     def get(self, timeout: float) -> list:
         saver = self.saver
         session = saver.session
-        ask = getattr(session, "offer_ahead", None) or _answered_now(session.offer)
-        ahead = OFFERS_AHEAD if hasattr(session, "offer_ahead") else 1
+        offer_ahead = getattr(session, "offer_ahead", None)  # a remote session's
+        ask, ahead = ((offer_ahead, OFFERS_AHEAD) if offer_ahead is not None
+                      else (_answered_now(session.offer), 1))
         while True:
             while len(self.offered) < ahead and not self.ended:
                 batch = self.feed.get(timeout if not self.offered else 0.01)

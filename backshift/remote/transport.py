@@ -150,7 +150,6 @@ class SshTransport:
             self.proc.wait()
         self.relay.join(timeout=5)
 
-
     def _wait(self, timeout: float) -> None:
         """proc.wait(TIMEOUT), woken by the exit itself through a pidfd where there is one:
         Popen.wait(timeout) polls with doubling sleeps, which found ssh's ~25 ms wind-down
